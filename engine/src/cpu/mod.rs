@@ -1,0 +1,1 @@
+//! The replay CPU (DESIGN.md section 5).

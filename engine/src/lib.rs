@@ -1,0 +1,13 @@
+//! krr-tui engine: everything about a recording that does not need KVM or a terminal.
+//!
+//! * [`event`]: the event kinds (one definition).
+//! * [`state`]: CPU state, memory map, CPUID table, snapshots.
+//! * [`trace`]: the recording file format (writer, reader, recovery, statistics).
+//! * [`icount`]: what one instruction counts for, shared by recorder and replay CPU.
+//! * [`cpu`]: the software x86-64 CPU that replays ring-0 code.
+
+pub mod cpu;
+pub mod event;
+pub mod icount;
+pub mod state;
+pub mod trace;

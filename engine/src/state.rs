@@ -1,0 +1,257 @@
+//! Machine state shared by the recorder, the trace format and the replay CPU: the
+//! architectural CPU state, the memory map, the CPUID table and the initial snapshot.
+
+use serde::{Deserialize, Serialize};
+
+/// Size of a guest page, the unit of snapshots and copy-on-write checkpoints.
+pub const PAGE_SIZE: usize = 4096;
+
+/// A segment register as the CPU caches it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    pub selector: u16,
+    pub base: u64,
+    pub limit: u32,
+    /// Access rights in the VMX/KVM layout: type (bits 0-3), S (4), DPL (5-6), P (7),
+    /// AVL (12), L (13), D/B (14), G (15).
+    pub attr: u16,
+}
+
+impl Segment {
+    pub fn dpl(&self) -> u8 {
+        ((self.attr >> 5) & 3) as u8
+    }
+    pub fn long_mode(&self) -> bool {
+        self.attr & (1 << 13) != 0
+    }
+}
+
+/// A descriptor-table register (GDTR, IDTR).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescriptorTable {
+    pub base: u64,
+    pub limit: u16,
+}
+
+/// Indices into [`CpuState::seg`].
+pub mod seg {
+    pub const ES: usize = 0;
+    pub const CS: usize = 1;
+    pub const SS: usize = 2;
+    pub const DS: usize = 3;
+    pub const FS: usize = 4;
+    pub const GS: usize = 5;
+}
+
+/// Indices into [`CpuState::gpr`] (hardware encoding order).
+pub mod gpr {
+    pub const RAX: usize = 0;
+    pub const RCX: usize = 1;
+    pub const RDX: usize = 2;
+    pub const RBX: usize = 3;
+    pub const RSP: usize = 4;
+    pub const RBP: usize = 5;
+    pub const RSI: usize = 6;
+    pub const RDI: usize = 7;
+    pub const R8: usize = 8;
+    pub const R11: usize = 11;
+    pub const R15: usize = 15;
+    pub const NAMES: [&str; 16] = [
+        "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12",
+        "r13", "r14", "r15",
+    ];
+}
+
+/// Model-specific registers a kernel uses, by number.
+pub mod msr {
+    pub const IA32_TSC: u32 = 0x10;
+    pub const IA32_APIC_BASE: u32 = 0x1b;
+    pub const IA32_SYSENTER_CS: u32 = 0x174;
+    pub const IA32_SYSENTER_ESP: u32 = 0x175;
+    pub const IA32_SYSENTER_EIP: u32 = 0x176;
+    pub const IA32_PAT: u32 = 0x277;
+    pub const IA32_EFER: u32 = 0xc000_0080;
+    pub const IA32_STAR: u32 = 0xc000_0081;
+    pub const IA32_LSTAR: u32 = 0xc000_0082;
+    pub const IA32_CSTAR: u32 = 0xc000_0083;
+    pub const IA32_FMASK: u32 = 0xc000_0084;
+    pub const IA32_FS_BASE: u32 = 0xc000_0100;
+    pub const IA32_GS_BASE: u32 = 0xc000_0101;
+    pub const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
+    pub const IA32_TSC_AUX: u32 = 0xc000_0103;
+}
+
+/// The architectural state of the vCPU that kernel replay needs.
+///
+/// FS and GS bases live in `seg[FS].base` and `seg[GS].base`; EFER in `efer`; the other
+/// MSRs in `msrs` (sorted by number).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuState {
+    pub gpr: [u64; 16],
+    pub rip: u64,
+    pub rflags: u64,
+    pub seg: [Segment; 6],
+    pub tr: Segment,
+    pub ldtr: Segment,
+    pub gdtr: DescriptorTable,
+    pub idtr: DescriptorTable,
+    pub cr0: u64,
+    pub cr2: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub cr8: u64,
+    pub efer: u64,
+    pub xcr0: u64,
+    pub msrs: Vec<(u32, u64)>,
+    /// Interrupt shadow after `sti` or `mov ss` (no interrupt before the next instruction).
+    pub interrupt_shadow: bool,
+    /// The vCPU is halted, waiting for an interrupt.
+    pub halted: bool,
+}
+
+impl CpuState {
+    /// The current privilege level (CS.DPL in long mode).
+    pub fn cpl(&self) -> u8 {
+        self.seg[seg::CS].dpl()
+    }
+
+    pub fn msr(&self, index: u32) -> Option<u64> {
+        self.msrs
+            .binary_search_by_key(&index, |&(i, _)| i)
+            .ok()
+            .map(|i| self.msrs[i].1)
+    }
+
+    pub fn set_msr(&mut self, index: u32, value: u64) {
+        match self.msrs.binary_search_by_key(&index, |&(i, _)| i) {
+            Ok(i) => self.msrs[i].1 = value,
+            Err(i) => self.msrs.insert(i, (index, value)),
+        }
+    }
+
+    /// The register digest stored in [`crate::event::Digest::regs`]: FNV-1a over the
+    /// sixteen general registers and RFLAGS. Recorder and replay both call this.
+    pub fn regs_digest(&self) -> u64 {
+        regs_digest(&self.gpr, self.rflags)
+    }
+}
+
+/// FNV-1a over the general registers and RFLAGS (see [`CpuState::regs_digest`]).
+pub fn regs_digest(gpr: &[u64; 16], rflags: u64) -> u64 {
+    let mut h = Fnv1a::new();
+    for r in gpr {
+        h.write_u64(*r);
+    }
+    h.write_u64(rflags);
+    h.finish()
+}
+
+/// 64-bit FNV-1a, the hash of digests (cheap, stable across versions).
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Fnv1a {
+    pub const fn new() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+    pub fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= *b as u64;
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    pub fn write_u64(&mut self, v: u64) {
+        self.write(&v.to_le_bytes());
+    }
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// One CPUID leaf as the guest saw it (KVM_SET_CPUID2 layout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuidEntry {
+    pub function: u32,
+    pub index: u32,
+    /// KVM_CPUID_FLAG_SIGNIFCANT_INDEX (bit 0): `index` selects the sub-leaf.
+    pub flags: u32,
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+}
+
+/// What a region of guest-physical address space is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegionKind {
+    /// Ordinary RAM.
+    Ram,
+    /// The guest agent's shared ring (RAM that the recorder also maps).
+    AgentRing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryRegion {
+    pub gpa: u64,
+    pub size: u64,
+    pub kind: RegionKind,
+}
+
+/// How the machine was configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineConfig {
+    pub regions: Vec<MemoryRegion>,
+    /// Guest TSC frequency in kHz, if known.
+    pub tsc_khz: Option<u32>,
+    /// The instruction-counter source the recorder used.
+    pub counter: CounterSourceKind,
+}
+
+/// Where the recorder's instruction counts came from (DESIGN.md section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CounterSourceKind {
+    /// KVM's per-vCPU `insn_emulation` statistic (hosts that emulate ring-0 code).
+    KvmInsnEmulation,
+    /// A guest-kernel-only hardware performance counter.
+    PerfGuestKernel,
+    /// No counter: kernel-mode interrupts only at deterministic exits or by signature.
+    None,
+}
+
+/// Identity of the guest kernel image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelIdentity {
+    /// File name or "builtin:demo".
+    pub name: String,
+    pub size: u64,
+    pub sha256: [u8; 32],
+}
+
+/// A guest symbol the replay needs (agent hooks) or shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Symbol {
+    pub name: String,
+    pub addr: u64,
+    pub size: u64,
+}
+
+/// One guest page of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotPage {
+    /// Guest-physical address, page aligned.
+    pub gpa: u64,
+    pub data: Vec<u8>,
+}
+
+/// The machine at the start of a recording. Pages absent from `pages` are zero.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub cpu: CpuState,
+    pub pages: Vec<SnapshotPage>,
+}
