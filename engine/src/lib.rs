@@ -5,9 +5,11 @@
 //! * [`trace`]: the recording file format (writer, reader, recovery, statistics).
 //! * [`icount`]: what one instruction counts for, shared by recorder and replay CPU.
 //! * [`cpu`]: the software x86-64 CPU that replays ring-0 code.
+//! * [`memory`]: guest-physical memory with copy-on-write pages.
 
 pub mod cpu;
 pub mod event;
 pub mod icount;
+pub mod memory;
 pub mod state;
 pub mod trace;
