@@ -150,17 +150,17 @@ pub fn shift(op: ShiftOp, a: u64, count: u32, size: usize, rflags: u64) -> (u64,
             } else {
                 0
             } as u64;
-            f |= szp(r, size) | if cf != 0 { CF } else { 0 };
+            // AF is architecturally undefined; the recording host (Intel, whose result
+            // KVM's emulator passes through) sets it for every non-zero count.
+            f |= szp(r, size) | AF | if cf != 0 { CF } else { 0 };
             if msb(r) ^ cf != 0 {
                 f |= OF;
             }
-            // AF is undefined; Intel sets it for counts other than zero when... it is
-            // left clear here, and the differential tests mask it.
         }
         ShiftOp::Shr => {
             r = if count >= 64 { 0 } else { a >> count };
             let cf = if count <= bits { (a >> (count - 1)) & 1 } else { 0 };
-            f |= szp(r, size) | if cf != 0 { CF } else { 0 };
+            f |= szp(r, size) | AF | if cf != 0 { CF } else { 0 };
             // OF is defined for count 1 only (the original sign); other counts use the
             // same rule.
             if msb(a) != 0 {
@@ -172,7 +172,7 @@ pub fn shift(op: ShiftOp, a: u64, count: u32, size: usize, rflags: u64) -> (u64,
             let c = count.min(63);
             r = ((s >> c) as u64) & m;
             let cf = ((s >> (c - 1).min(63)) & 1) as u64;
-            f |= szp(r, size) | if cf != 0 { CF } else { 0 };
+            f |= szp(r, size) | AF | if cf != 0 { CF } else { 0 };
         }
         ShiftOp::Rol => {
             let c = count % bits;
