@@ -15,18 +15,10 @@ use krr_engine::event::{
 };
 use std::mem::{offset_of, size_of};
 
-pub const RING_GPA: u64 = 0xfd00_0000;
-pub const RING_REGION_SIZE: u64 = 0x10_0000;
-
-pub const PORT_DOORBELL: u16 = 0x0520;
-pub const PORT_POWEROFF: u16 = 0x00f4;
-pub const PORT_COM1: u16 = 0x03f8;
-pub const PORT_PIC_MASTER: u16 = 0x0020;
-pub const PORT_PIC_SLAVE: u16 = 0x00a0;
-pub const PORT_PIT: u16 = 0x0040;
-pub const PORT_FW_CFG: u16 = 0x0510;
-pub const PORT_FW_CFG_DATA: u16 = 0x0511;
-pub const PORT_FW_CFG_DMA: u16 = 0x0514;
+pub use krr_engine::machine::{
+    PORT_COM1, PORT_DOORBELL, PORT_FW_CFG, PORT_FW_CFG_DATA, PORT_FW_CFG_DMA, PORT_PIC_MASTER,
+    PORT_PIC_SLAVE, PORT_PIT, PORT_POWEROFF, RING_GPA, RING_REGION_SIZE,
+};
 
 pub const DISK_FW_CFG_NAME: &str = "opt/krr/disk";
 
