@@ -1,1 +1,180 @@
+//! krr-tui guest code, built from C and assembly by `build.rs` with the system gcc.
+//!
+//! * [`DEMO_KERNEL`]: the demo kernel ELF (PVH-bootable, DWARF included) with its agent.
+//! * [`demo_disk`]: the disk image its `disk` program reads (fw_cfg file `opt/krr/disk`).
+//! * [`HOSTILE_GUESTS`]: small kernels that abuse the agent ring and the doorbell, for the
+//!   recorder's robustness tests.
+//! * [`ABI_HEADER`] and [`INCLUDE_DIR`]: the agent ring ABI (`krr_agent_abi.h`).
+//!
+//! The machine the kernels expect: an ELF64 loaded by the `p_paddr` of its PT_LOAD segments
+//! (at physical 1 MiB), entered at `e_entry` (a virtual address in the top 2 GiB) in
+//! 64-bit mode at CPL0 with interrupts off and page tables mapping `0xffffffff80000000` to
+//! physical 0; at least [`MIN_RAM`] bytes of RAM at guest-physical 0. Power-off is an `out`
+//! to port 0xf4 (value 0 after a clean run, 1 after a kernel panic).
 
+mod disk;
+
+pub use disk::{DEMO_DISK_SEED, DEMO_DISK_SIZE, demo_disk, fnv1a64};
+
+/// The demo kernel ELF image.
+pub const DEMO_KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/demo.elf"));
+
+/// Where the build left the demo kernel ELF (for scripts and external tools).
+pub const DEMO_KERNEL_PATH: &str = concat!(env!("OUT_DIR"), "/demo.elf");
+
+/// Where the build left a copy of [`demo_disk`] as a file.
+pub const DEMO_DISK_PATH: &str = concat!(env!("OUT_DIR"), "/disk.img");
+
+/// The agent ring ABI header (C).
+pub const ABI_HEADER: &str = include_str!("../include/krr_agent_abi.h");
+
+/// The directory holding `krr_agent_abi.h`, for compiling against it.
+pub const INCLUDE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
+
+/// RAM the demo kernel needs at guest-physical 0 (its frame pools end at 48 MiB).
+pub const MIN_RAM: u64 = 64 << 20;
+
+/// Guest-physical address where the demo kernel is loaded (`p_paddr` of its first segment).
+pub const LOAD_PADDR: u64 = 0x10_0000;
+
+/// Virtual base that maps physical 0 in the demo kernel (`-mcmodel=kernel`).
+pub const KERNEL_VMA: u64 = 0xffff_ffff_8000_0000;
+
+/// Symbol names of the agent hooks, global functions in every kernel image here.
+pub mod hooks {
+    /// `void krr_agent_user_entry(unsigned entry_kind, const struct trapframe *tf, unsigned long cr2)`
+    pub const USER_ENTRY: &str = "krr_agent_user_entry";
+    /// `void krr_agent_user_read(void *dst, const void *src, unsigned long len)`, called after the copy.
+    pub const USER_READ: &str = "krr_agent_user_read";
+    /// `unsigned long krr_agent_rdtsc(void)`
+    pub const RDTSC: &str = "krr_agent_rdtsc";
+    /// The `syscall` entry stub; LSTAR holds its address.
+    pub const SYSCALL_ENTRY: &str = "syscall_entry";
+}
+
+/// System call numbers of the demo kernel (RAX; arguments in RDI, RSI, RDX).
+pub mod syscalls {
+    /// `write(buf, len) -> len`
+    pub const WRITE: u64 = 0;
+    /// `read_disk(offset, buf, len) -> bytes read (at most 16 KiB), 0 at the end`
+    pub const READ_DISK: u64 = 1;
+    /// `sleep(ticks) -> 0`, 100 ticks a second
+    pub const SLEEP: u64 = 2;
+    /// `getpid() -> pid`
+    pub const GETPID: u64 = 3;
+    /// `uptime() -> microseconds since boot (TSC)`
+    pub const UPTIME: u64 = 4;
+    /// `exit(code)`
+    pub const EXIT: u64 = 5;
+    /// `spawn(program) -> pid`
+    pub const SPAWN: u64 = 6;
+    /// `wait(pid) -> exit code (128 + vector for a process killed by an exception)`
+    pub const WAIT: u64 = 7;
+}
+
+/// Console lines of the demo kernel that tests look for.
+pub mod console {
+    /// The last line before power-off.
+    pub const POWER_OFF: &str = "krr-demo: all processes exited, powering off";
+    /// The disk program's checksum line starts with this, followed by 16 hex digits.
+    pub const CHECKSUM_PREFIX: &str = "fnv1a64 ";
+    /// The user programs' names, in pid order of the demo run (prefix `[name:pid] `).
+    pub const PROGRAMS: [&str; 6] = ["primes", "disk", "clock", "pager", "crash-ud", "crash-pf"];
+}
+
+/// The hostile test guests, by name. Each prints one line to the UART first.
+///
+/// * `ring-garbage`: a valid ring header, then records with garbage kinds and sizes (size
+///   0, odd sizes, a record claiming 4 GiB), rung with FULL and FLUSH; then powers off.
+/// * `ring-header`: absurd header values (head = 2^63, head past capacity, misaligned head,
+///   capacity and header_size near 2^32, a wiped magic), each followed by a doorbell.
+/// * `doorbell-nonsense`: 1000 doorbells with pseudo-random codes, then 8- and 16-bit
+///   writes and reads at the doorbell port and its neighbours; then powers off.
+/// * `no-poweroff`: prints, then spins forever in kernel mode with interrupts enabled.
+/// * `triple-fault`: prints, loads an empty IDT and executes `ud2`.
+pub const HOSTILE_GUESTS: &[(&str, &[u8])] = &[
+    (
+        "ring-garbage",
+        include_bytes!(concat!(env!("OUT_DIR"), "/hostile-ring-garbage.elf")),
+    ),
+    (
+        "ring-header",
+        include_bytes!(concat!(env!("OUT_DIR"), "/hostile-ring-header.elf")),
+    ),
+    (
+        "doorbell-nonsense",
+        include_bytes!(concat!(env!("OUT_DIR"), "/hostile-doorbell-nonsense.elf")),
+    ),
+    (
+        "no-poweroff",
+        include_bytes!(concat!(env!("OUT_DIR"), "/hostile-no-poweroff.elf")),
+    ),
+    (
+        "triple-fault",
+        include_bytes!(concat!(env!("OUT_DIR"), "/hostile-triple-fault.elf")),
+    ),
+];
+
+/// The hostile guest of that name, if there is one.
+pub fn hostile_guest(name: &str) -> Option<&'static [u8]> {
+    HOSTILE_GUESTS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, elf)| *elf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_disk_is_deterministic_and_sized() {
+        let disk = demo_disk();
+        assert_eq!(disk.len(), DEMO_DISK_SIZE);
+        assert_eq!(disk, demo_disk());
+        // Not constant: every 8-byte word differs from the next.
+        assert!(
+            disk.chunks(8)
+                .zip(disk.chunks(8).skip(1))
+                .all(|(a, b)| a != b)
+        );
+    }
+
+    #[test]
+    fn fnv1a64_known_values() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn built_disk_file_matches_demo_disk() {
+        let file = std::fs::read(DEMO_DISK_PATH).expect("disk.img written by build.rs");
+        assert_eq!(file, demo_disk());
+    }
+
+    #[test]
+    fn hostile_guests_are_elf_and_distinct() {
+        assert_eq!(HOSTILE_GUESTS.len(), 5);
+        for (name, elf) in HOSTILE_GUESTS {
+            assert_eq!(&elf[..4], b"\x7fELF", "{name}");
+            assert_eq!(hostile_guest(name), Some(*elf));
+        }
+        assert!(hostile_guest("nonexistent").is_none());
+        for (i, (_, a)) in HOSTILE_GUESTS.iter().enumerate() {
+            for (_, b) in &HOSTILE_GUESTS[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn abi_header_is_the_contract() {
+        assert!(ABI_HEADER.contains("KRR_RING_MAGIC"));
+        assert!(
+            std::path::Path::new(INCLUDE_DIR)
+                .join("krr_agent_abi.h")
+                .is_file()
+        );
+    }
+}

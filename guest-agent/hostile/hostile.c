@@ -1,0 +1,133 @@
+/*
+ * Hostile test guests for the recorder's robustness tests, built from the demo kernel's
+ * infrastructure with HOSTILE_KIND selecting the behaviour. Each prints one line first.
+ */
+#include "kernel.h"
+#include "krr_agent_abi.h"
+
+#define RING_GARBAGE 1
+#define RING_HEADER 2
+#define DOORBELL_NONSENSE 3
+#define NO_POWEROFF 4
+#define TRIPLE_FAULT 5
+
+#ifndef HOSTILE_KIND
+#error "HOSTILE_KIND must be defined"
+#endif
+
+static u64 rng = 0x9e3779b97f4a7c15UL;
+static u64 xorshift(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return rng;
+}
+
+static volatile struct krr_ring_header *ring_header(void)
+{
+	volatile struct krr_ring_header *h = (volatile struct krr_ring_header *)RING_VA;
+	if (h->magic != KRR_RING_MAGIC || h->header_size > KRR_RING_REGION_SIZE / 2)
+		return NULL;
+	return h;
+}
+
+static void doorbell(u32 code) { outl(KRR_PORT_DOORBELL, code); }
+
+__attribute__((unused)) static void ring_garbage(void)
+{
+	kprintf("hostile ring-garbage: records with garbage kinds and sizes\n");
+	volatile struct krr_ring_header *h = ring_header();
+	if (!h)
+		return;
+	u64 cap = h->capacity;
+	if (cap > KRR_RING_REGION_SIZE - h->header_size)
+		cap = KRR_RING_REGION_SIZE - h->header_size;
+	volatile u64 *area = (volatile u64 *)((u64)h + h->header_size);
+	u64 fill = cap < 8192 ? cap : 8192;
+	for (u64 i = 0; i < fill / 8; i++)
+		area[i] = xorshift();
+	/* kind 0xffff; a USER_ENTRY of size 8; a USER_READ claiming 4 GiB; an odd size */
+	area[0] = 0xffffUL | 16UL << 32;
+	area[2] = 1UL | 8UL << 32;
+	area[3] = 2UL | 0xfffffff8UL << 32;
+	h->head = fill;
+	doorbell(KRR_DOORBELL_FULL);
+	area[0] = 3UL | 13UL << 32; /* size not a multiple of 8 */
+	h->head = 64;
+	doorbell(KRR_DOORBELL_FLUSH);
+	area[0] = 1UL; /* size 0: a reader that does not advance would loop forever */
+	h->head = 8;
+	doorbell(KRR_DOORBELL_FULL);
+	for (u64 i = 0; i < fill / 8; i++)
+		area[i] = xorshift();
+	h->head = fill;
+	doorbell(KRR_DOORBELL_FLUSH);
+}
+
+__attribute__((unused)) static void ring_header_abuse(void)
+{
+	kprintf("hostile ring-header: absurd head and capacity values\n");
+	volatile struct krr_ring_header *h = ring_header();
+	if (!h)
+		return;
+	h->head = 1UL << 63;
+	doorbell(KRR_DOORBELL_FULL);
+	h->head = (u64)h->capacity + 8;
+	doorbell(KRR_DOORBELL_FLUSH);
+	h->head = 7;
+	doorbell(KRR_DOORBELL_FULL);
+	h->head = ~0UL;
+	doorbell(KRR_DOORBELL_FLUSH);
+	h->capacity = 0xffffffffu;
+	h->header_size = 0xfffffff0u;
+	h->head = 0x1000;
+	doorbell(KRR_DOORBELL_FULL);
+	h->magic = 0;
+	h->version = 0xdead;
+	doorbell(KRR_DOORBELL_FLUSH);
+}
+
+__attribute__((unused)) static void doorbell_nonsense(void)
+{
+	kprintf("hostile doorbell-nonsense: random doorbell codes and access sizes\n");
+	for (int i = 0; i < 1000; i++)
+		doorbell((u32)xorshift());
+	outb(KRR_PORT_DOORBELL, KRR_DOORBELL_FULL);
+	outw(KRR_PORT_DOORBELL, KRR_DOORBELL_FLUSH);
+	outb(KRR_PORT_DOORBELL + 1, 0xff);
+	outw(KRR_PORT_DOORBELL + 2, 0xffff);
+	(void)inl(KRR_PORT_DOORBELL);
+	(void)inb(KRR_PORT_DOORBELL);
+	doorbell(0);
+	doorbell(0xffffffffu);
+}
+
+void kmain(void)
+{
+	uart_init();
+	arch_init();
+	mm_init();
+#if HOSTILE_KIND == RING_GARBAGE
+	ring_garbage();
+#elif HOSTILE_KIND == RING_HEADER
+	ring_header_abuse();
+#elif HOSTILE_KIND == DOORBELL_NONSENSE
+	doorbell_nonsense();
+#elif HOSTILE_KIND == NO_POWEROFF
+	kprintf("hostile no-poweroff: spinning forever in kernel mode, interrupts on\n");
+	pic_init();
+	pit_init(TIMER_HZ);
+	sti();
+	for (volatile u64 spins = 0;; spins++)
+		;
+#elif HOSTILE_KIND == TRIPLE_FAULT
+	kprintf("hostile triple-fault: empty IDT, then ud2\n");
+	idt_load_empty();
+	__asm__ volatile("ud2");
+#else
+#error "unknown HOSTILE_KIND"
+#endif
+	kprintf("hostile: done, powering off\n");
+	power_off(0);
+}
