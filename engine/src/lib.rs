@@ -12,6 +12,6 @@ pub mod cpu;
 pub mod event;
 pub mod icount;
 pub mod machine;
-pub mod replay;
+// pub mod replay;
 pub mod state;
 pub mod trace;

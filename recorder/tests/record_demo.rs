@@ -28,6 +28,16 @@ fn demo_records_every_event_kind_to_power_off_twice_in_one_process() {
     }
     for round in 0..2 {
         let (outcome, events) = record(demo_config());
+        println!(
+            "round {round}: {:?}, {} kernel instructions, {} exits, {:.2} s",
+            outcome.end,
+            outcome.kernel_instructions,
+            outcome.exits,
+            outcome.duration.as_secs_f64()
+        );
+        for k in EventKind::ALL {
+            println!("  {:<16} {}", k.name(), outcome.counts[k.index()]);
+        }
         assert_eq!(outcome.end, EndReason::PowerOff, "round {round}");
         let count = |k: EventKind| outcome.counts[k.index()];
         for kind in [
