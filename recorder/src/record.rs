@@ -338,6 +338,12 @@ impl Recorder {
                     if let Some(end) = self.on_port_out(port, &data)? {
                         return Ok(end);
                     }
+                    // Digests only where the instruction has completed (after an `out`
+                    // RIP is past it; at an `in` it is not yet), so replay sees the
+                    // same state at the same icount.
+                    if self.exits % self.config.digest_interval == 0 {
+                        self.digest();
+                    }
                     ExitKind::Deterministic
                 }
                 Ok(VcpuExit::IoIn(port, data)) => {
@@ -401,9 +407,6 @@ impl Recorder {
                 Err(e) => return Err(RecorderError::kvm("KVM_RUN", e)),
             };
             last = kind;
-            if self.exits % self.config.digest_interval == 0 && kind == ExitKind::Deterministic {
-                self.digest();
-            }
         }
     }
 
@@ -426,16 +429,21 @@ impl Recorder {
     /// so events stay in execution order.
     fn sync_position(&mut self) -> Result<(), RecorderError> {
         let raw = self.counter.read()?;
+        let first = self.pending.len();
         self.poll_ring()?;
+        // Entries collected now happened before this exit, so they count for this
+        // reading too; the collected events are stamped with this exit's position.
         self.icount = self.model.icount(raw);
+        for e in &mut self.pending[first..] {
+            e.set_icount(self.icount);
+        }
         Ok(())
     }
 
     fn poll_ring(&mut self) -> Result<(), RecorderError> {
         self.vm.read(RING_GPA, &mut self.ring_buf)?;
         let first = self.pending.len();
-        self.ring
-            .poll(&self.ring_buf, self.icount, &mut self.pending)?;
+        self.ring.poll(&self.ring_buf, self.icount, &mut self.pending)?;
         for e in &self.pending[first..] {
             if let Event::UserEntry(entry) = e {
                 self.model.observe_entry(entry);
