@@ -71,7 +71,6 @@ const KERNEL_SOURCES: &[&str] = &[
     "demo/sched.c",
     "demo/syscall.c",
     "demo/trap.c",
-    "agent/agent.c",
 ];
 
 const USER_SOURCES: &[&str] = &[
@@ -193,7 +192,7 @@ fn main() {
     );
     core_objs.push(blob);
 
-    let link = |main_obj: &Path, elf: &Path| {
+    let link = |objs: &[&Path], elf: &Path| {
         run(Command::new(&cc)
             .args(["-nostdlib", "-static", "-no-pie", "-Wl,--build-id=none"])
             .arg("-Wl,-z,max-page-size=4096")
@@ -203,32 +202,43 @@ fn main() {
             ))
             .arg("-o")
             .arg(elf)
-            .arg(main_obj)
+            .args(objs)
             .args(&core_objs));
     };
+    let kernel_obj = |src: &str, name: &str, defines: &[&str]| -> PathBuf {
+        let obj = out.join(name);
+        let mut extra = includes.clone();
+        extra.extend(defines.iter().map(|d| format!("-D{d}")));
+        compile(&cc, &manifest.join(src), &obj, KERNEL_CFLAGS, &extra);
+        obj
+    };
 
-    let main_obj = out.join("k_main.o");
-    compile(
-        &cc,
-        &manifest.join("demo/main.c"),
-        &main_obj,
-        KERNEL_CFLAGS,
-        &includes,
-    );
-    link(&main_obj, &out.join("demo.elf"));
+    let agent = kernel_obj("agent/agent.c", "k_agent.o", &[]);
+    let main_obj = kernel_obj("demo/main.c", "k_main.o", &[]);
+    link(&[&main_obj, &agent], &out.join("demo.elf"));
+
+    // Test build: the kernel consumes its own (tiny) ring and checks every record.
+    let selftest = "KRR_AGENT_SELFTEST";
+    let objs = [
+        kernel_obj("demo/main.c", "k_main_selftest.o", &[selftest]),
+        kernel_obj("agent/agent.c", "k_agent_selftest.o", &[selftest]),
+        kernel_obj(
+            "demo/agent_selftest.c",
+            "k_agent_selftest_ring.o",
+            &[selftest],
+        ),
+    ];
+    let objs: Vec<&Path> = objs.iter().map(PathBuf::as_path).collect();
+    link(&objs, &out.join("demo-agent-selftest.elf"));
 
     for (name, kind) in HOSTILE {
-        let obj = out.join(format!("hostile_{kind}.o"));
-        let mut extra = includes.clone();
-        extra.push(format!("-DHOSTILE_KIND={kind}"));
-        compile(
-            &cc,
-            &manifest.join("hostile/hostile.c"),
-            &obj,
-            KERNEL_CFLAGS,
-            &extra,
+        let define = format!("HOSTILE_KIND={kind}");
+        let obj = kernel_obj(
+            "hostile/hostile.c",
+            &format!("hostile_{kind}.o"),
+            &[&define],
         );
-        link(&obj, &out.join(format!("hostile-{name}.elf")));
+        link(&[&obj, &agent], &out.join(format!("hostile-{name}.elf")));
     }
 
     std::fs::write(out.join("disk.img"), disk::demo_disk()).expect("write disk.img");

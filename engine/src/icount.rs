@@ -48,3 +48,13 @@ impl KvmCounterModel {
 pub fn counter_extra_for_entry(_entry: &UserEntry) -> u64 {
     0
 }
+
+/// A `rep` string instruction retires in chunks: it counts 1 each time it stops with
+/// RCX a non-zero multiple of this value (RIP stays on the instruction, and an interrupt
+/// may be taken there), and 1 when it completes. With RCX = n > 0 and no early REPE/REPNE
+/// termination that is `1 + (n - 1) / REP_CHUNK`; with RCX = 0 it is 1.
+pub const REP_CHUNK: u64 = 1024;
+
+/// Whether an instruction that raises an exception counts (it does not retire, but the
+/// recording host's counter may count its emulation).
+pub const FAULTING_INSTRUCTION_COUNTS: bool = false;

@@ -12,6 +12,14 @@
 
 #define HOOK __attribute__((noinline, used))
 
+#ifdef KRR_AGENT_SELFTEST
+/* Test build: the kernel itself consumes the ring (demo/agent_selftest.c). */
+void krr_agent_selftest_doorbell(u32 code);
+#define DOORBELL(code) krr_agent_selftest_doorbell(code)
+#else
+#define DOORBELL(code) outl(KRR_PORT_DOORBELL, code)
+#endif
+
 typedef u64 __attribute__((may_alias, aligned(1))) unaligned_u64;
 
 static volatile struct krr_ring_header *ring; /* NULL: agent disabled */
@@ -27,7 +35,8 @@ void krr_agent_init(void *ring_va)
 	u64 hs = h->header_size, cap = h->capacity;
 	if (hs < sizeof(struct krr_ring_header) || hs % KRR_RECORD_ALIGN || hs > KRR_RING_REGION_SIZE)
 		return;
-	if (cap > KRR_RING_REGION_SIZE - hs || cap < 512)
+	/* The largest fixed-size record must fit in an empty ring. */
+	if (cap > KRR_RING_REGION_SIZE - hs || cap < sizeof(struct krr_rec_user_entry) + KRR_RECORD_ALIGN)
 		return;
 	capacity = cap & ~(u64)(KRR_RECORD_ALIGN - 1);
 	area = (volatile u8 *)ring_va + hs;
@@ -43,7 +52,7 @@ static volatile u8 *reserve(u64 size, u64 *head_out)
 {
 	u64 head = ring->head;
 	if (!fits(head, size)) {
-		outl(KRR_PORT_DOORBELL, KRR_DOORBELL_FULL);
+		DOORBELL(KRR_DOORBELL_FULL);
 		head = ring->head; /* the recorder consumed the ring and reset head */
 		if (!fits(head, size)) {
 			ring->lost = ring->lost + 1;
@@ -174,5 +183,5 @@ HOOK unsigned long krr_agent_rdtsc(void)
 void krr_agent_flush(void)
 {
 	if (ring)
-		outl(KRR_PORT_DOORBELL, KRR_DOORBELL_FLUSH);
+		DOORBELL(KRR_DOORBELL_FLUSH);
 }

@@ -136,7 +136,7 @@ extern volatile u64 ticks;
 extern struct proc *cur;
 void sched_timer_tick(void);
 int proc_spawn(u32 prog, struct proc *parent);
-void scheduler(void) __attribute__((noreturn));
+void scheduler(void);
 void proc_yield(void);
 void proc_sleep(u64 nticks);
 void proc_exit(i64 code) __attribute__((noreturn));

@@ -3,12 +3,21 @@
 #include "krr_agent.h"
 #include "krr_agent_abi.h"
 
+#ifdef KRR_AGENT_SELFTEST
+void agent_selftest_init(void);
+void agent_selftest_report(void);
+#endif
+
 void kmain(void)
 {
 	uart_init();
 	arch_init();
 	mm_init();
+#ifdef KRR_AGENT_SELFTEST
+	agent_selftest_init();
+#else
 	krr_agent_init((void *)RING_VA);
+#endif
 	kprintf("krr-demo: booting, agent %s\n", krr_agent_enabled() ? "enabled" : "disabled (no ring)");
 	pic_init();
 	pit_init(TIMER_HZ);
@@ -23,4 +32,13 @@ void kmain(void)
 		if (proc_spawn(initial[i], NULL) < 0)
 			panic("cannot start program %u", initial[i]);
 	scheduler();
+	kprintf("krr-demo: stats: %lu syscalls (%lu as #PF at LSTAR, %lu architectural), %lu timer ticks (%lu in user "
+		"mode), %lu demand-paging faults\n",
+		stat_syscalls_fault + stat_syscalls_arch, stat_syscalls_fault, stat_syscalls_arch, (u64)ticks,
+		stat_user_irqs, stat_demand_faults);
+#ifdef KRR_AGENT_SELFTEST
+	agent_selftest_report();
+#endif
+	kprintf("krr-demo: all processes exited, powering off\n");
+	power_off(0);
 }

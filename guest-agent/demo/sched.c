@@ -147,6 +147,7 @@ i64 proc_wait(int pid)
 	return code;
 }
 
+/* Run processes until none is left. */
 void scheduler(void)
 {
 	u32 last = NPROC - 1;
@@ -174,10 +175,4 @@ void scheduler(void)
 		sti_hlt(); /* idle: the timer interrupt wakes us in kernel mode */
 		cli();
 	}
-	kprintf("krr-demo: stats: %lu syscalls (%lu as #PF at LSTAR, %lu architectural), %lu timer ticks (%lu in user "
-		"mode), %lu demand-paging faults\n",
-		stat_syscalls_fault + stat_syscalls_arch, stat_syscalls_fault, stat_syscalls_arch, (u64)ticks,
-		stat_user_irqs, stat_demand_faults);
-	kprintf("krr-demo: all processes exited, powering off\n");
-	power_off(0);
 }

@@ -19,6 +19,12 @@ pub use disk::{DEMO_DISK_SEED, DEMO_DISK_SIZE, demo_disk, fnv1a64};
 /// The demo kernel ELF image.
 pub const DEMO_KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/demo.elf"));
 
+/// A test build of the demo kernel whose agent writes into a small ring in kernel memory
+/// that the kernel consumes and checks itself (no recorder needed); it prints a line
+/// `krr-demo: agent selftest: ...` with its counts before powering off.
+pub const AGENT_SELFTEST_KERNEL: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/demo-agent-selftest.elf"));
+
 /// Where the build left the demo kernel ELF (for scripts and external tools).
 pub const DEMO_KERNEL_PATH: &str = concat!(env!("OUT_DIR"), "/demo.elf");
 

@@ -106,7 +106,10 @@ fn checker_catches_what_the_emulator_cannot_run() {
 
 #[test]
 fn ring0_code_uses_only_emulatable_instructions() {
-    let mut images = vec![("demo", krr_guest::DEMO_KERNEL)];
+    let mut images = vec![
+        ("demo", krr_guest::DEMO_KERNEL),
+        ("agent-selftest", krr_guest::AGENT_SELFTEST_KERNEL),
+    ];
     images.extend_from_slice(krr_guest::HOSTILE_GUESTS);
     for (name, data) in images {
         let file = object::File::parse(data).unwrap();

@@ -8,7 +8,10 @@ type Header = object::elf::FileHeader64<object::Endianness>;
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 
 fn images() -> Vec<(&'static str, &'static [u8])> {
-    let mut all = vec![("demo", krr_guest::DEMO_KERNEL)];
+    let mut all = vec![
+        ("demo", krr_guest::DEMO_KERNEL),
+        ("agent-selftest", krr_guest::AGENT_SELFTEST_KERNEL),
+    ];
     all.extend_from_slice(krr_guest::HOSTILE_GUESTS);
     all
 }

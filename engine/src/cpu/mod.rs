@@ -1,1 +1,614 @@
-//! The replay CPU (DESIGN.md section 5).
+//! The replay CPU (DESIGN.md section 5): a software x86-64 CPU that executes guest
+//! ring-0 code in 64-bit long mode, decoding with iced-x86.
+//!
+//! # Interface (used by the replay driver)
+//!
+//! * [`Cpu::new`]`(state, cpuid)`, [`Cpu::state`] / [`Cpu::state_mut`], [`Cpu::icount`] /
+//!   [`Cpu::set_icount`]. `Cpu: Clone`; a clone starts with empty caches. After changing
+//!   paging or segment state through `state_mut`, call [`Cpu::flush_caches`].
+//! * [`Cpu::run`]`(mem, limit) -> `[`Exit`] executes until `icount == limit` or an exit:
+//!   - [`Exit::Limit`]: `icount` reached `limit` (returned at once if it already has).
+//!   - [`Exit::PortIn`], [`Exit::Rdtsc`], [`Exit::Rdrand`], [`Exit::Rdseed`]: the instruction
+//!     is pending (RIP still points at it). [`Cpu::complete_input`]`(value, cf)` writes the
+//!     destination, retires it (`icount += 1`) and advances RIP.
+//!   - [`Exit::MmioRead`]: the instruction is pending. `complete_input(value, _)` stores
+//!     the value; the instruction is executed again with it as the first thing the next
+//!     `run` does (it then retires there, or raises an exception, or exits again).
+//!   - [`Exit::PortOut`], [`Exit::MmioWrite`]: the instruction has retired.
+//!   - [`Exit::Hlt`]: `hlt` retired and the CPU is halted; `run` returns `Hlt` again at
+//!     once until [`Cpu::inject_interrupt`] clears `halted`.
+//!   - [`Exit::ReturnToUser`]: an `iretq` or `sysretq` to CPL3 retired; the state holds
+//!     the user state it loaded. Continue with [`Cpu::enter_from_user`].
+//!   - [`Exit::Breakpoint`]`(rip)`: the next instruction is at an address in the
+//!     breakpoint set ([`Cpu::set_breakpoints`], [`Cpu::add_breakpoint`],
+//!     [`Cpu::remove_breakpoint`]). Nothing was executed for it. The next `run` starts
+//!     by executing that instruction without reporting the breakpoint again (provided
+//!     RIP was not changed in between), so calling `run` again resumes past it.
+//!   - [`Exit::Error`]: something replay cannot do (see [`CpuError`]). The state is that
+//!     before the offending instruction.
+//! * [`Cpu::inject_interrupt`]: deliver an external interrupt through the IDT now (no
+//!   instruction counted). The caller decides when interrupts are allowed
+//!   ([`Cpu::interrupts_enabled`] tells whether IF is set and no shadow is active).
+//! * [`Cpu::enter_from_user`]: perform a recorded user-mode entry architecturally.
+//! * [`Cpu::translate`], [`Cpu::read_virtual`], [`Cpu::write_virtual`]: side-effect-free
+//!   access through the guest page tables (no A/D updates, no exceptions) for the UI and
+//!   gdb.
+//!
+//! Instruction counting follows [`crate::icount`].
+//!
+//! # Paging
+//!
+//! 4-level paging with 4 KiB, 2 MiB and 1 GiB (if CPUID advertises them) pages; P, R/W,
+//! U/S, NX (with EFER.NXE), CR0.WP, CR4.SMEP/SMAP; A and D bits set as KVM's page walker
+//! sets them (A on every level of a successful walk, D on the leaf for writes, nothing on
+//! a faulting walk); reserved-bit faults. The TLB is *coherent*: it is flushed whenever a
+//! page that served as a page table is written, so every access behaves as a fresh walk
+//! of the current tables. This is what the recording host does (its instruction
+//! emulator walks the guest tables for every access), so a kernel that changes a PTE
+//! without `invlpg` sees the same thing in replay as it saw when recorded.
+
+mod exec;
+pub mod flags;
+mod mmu;
+mod system;
+
+use std::collections::HashSet;
+
+use iced_x86::{Code, Decoder, DecoderOptions, Instruction};
+use thiserror::Error;
+
+use crate::memory::GuestMemory;
+use crate::state::{CpuState, CpuidEntry};
+
+pub use mmu::{Access, PageFault};
+
+/// Why [`Cpu::run`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    Limit,
+    PortIn { port: u16, size: u8 },
+    PortOut { port: u16, size: u8, value: u32 },
+    MmioRead { gpa: u64, size: u8 },
+    MmioWrite { gpa: u64, size: u8, value: u64 },
+    Rdtsc,
+    Rdrand,
+    Rdseed,
+    Hlt,
+    ReturnToUser,
+    Breakpoint(u64),
+    Error(CpuError),
+}
+
+/// What the replay CPU cannot do. Never a panic: guest input only ever yields these.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CpuError {
+    #[error("unimplemented instruction {mnemonic} at {rip:#x} (bytes {bytes:02x?})")]
+    Unimplemented {
+        rip: u64,
+        bytes: Vec<u8>,
+        mnemonic: String,
+    },
+    #[error("triple fault at {rip:#x} (exception {vector} while delivering a double fault)")]
+    TripleFault { rip: u64, vector: u8 },
+    #[error("not executing ring-0 long-mode code at {rip:#x} (CPL {cpl}, CS attr {cs_attr:#x})")]
+    NotRing0 { rip: u64, cpl: u8, cs_attr: u16 },
+    #[error("instruction fetch at {rip:#x} from non-RAM guest-physical address {gpa:#x}")]
+    FetchNotRam { rip: u64, gpa: u64 },
+    #[error("page-table walk for {linear:#x} read non-RAM guest-physical address {gpa:#x}")]
+    PageTableNotRam { linear: u64, gpa: u64 },
+    #[error("instruction at {rip:#x} accessed MMIO at {gpa:#x} in an unsupported way ({what})")]
+    UnsupportedMmio { rip: u64, gpa: u64, what: &'static str },
+    #[error("no instruction is waiting for input")]
+    NoPendingInput,
+    #[error("unsupported operation at {rip:#x}: {what}")]
+    Unsupported { rip: u64, what: String },
+    #[error("user-entry event cannot be performed: {0}")]
+    BadEntry(String),
+}
+
+/// An instruction waiting for a value from the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// `in`: write AL/AX/EAX.
+    PortIn { port: u16, size: u8, next_rip: u64 },
+    /// `rdtsc` or `rdmsr` of IA32_TSC: write EDX:EAX.
+    EdxEax { next_rip: u64 },
+    /// `rdrand`/`rdseed` into a register of `size` bytes.
+    Random {
+        reg: usize,
+        size: u8,
+        next_rip: u64,
+        seed: bool,
+    },
+    /// A load from MMIO: re-execute with the value.
+    Mmio { gpa: u64, size: u8 },
+}
+
+/// An exception raised while executing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Exception {
+    pub vector: u8,
+    pub error_code: Option<u32>,
+    /// CR2 for a page fault.
+    pub cr2: u64,
+}
+
+/// How an instruction stopped short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Fault {
+    Exc(Exception),
+    /// The instruction waits for input (it has not retired) or cannot run.
+    Exit(Exit),
+}
+
+impl From<Exception> for Fault {
+    fn from(e: Exception) -> Self {
+        Fault::Exc(e)
+    }
+}
+
+pub(crate) type R<T> = Result<T, Fault>;
+
+pub(crate) mod vector {
+    pub const DE: u8 = 0;
+    pub const UD: u8 = 6;
+    pub const DF: u8 = 8;
+    pub const TS: u8 = 10;
+    pub const NP: u8 = 11;
+    pub const SS: u8 = 12;
+    pub const GP: u8 = 13;
+    pub const PF: u8 = 14;
+}
+
+pub(crate) fn exc(vector: u8, error_code: Option<u32>) -> Fault {
+    Fault::Exc(Exception {
+        vector,
+        error_code,
+        cr2: 0,
+    })
+}
+
+pub(crate) fn gp0() -> Fault {
+    exc(vector::GP, Some(0))
+}
+
+pub(crate) fn ud() -> Fault {
+    exc(vector::UD, None)
+}
+
+#[derive(Clone, Copy)]
+struct DecodedEntry {
+    /// Guest-physical address of the first byte (u64::MAX: empty).
+    gpa: u64,
+    ins: Instruction,
+}
+
+const DECODE_CACHE_BITS: u32 = 14;
+const BP_FILTER_WORDS: usize = 64;
+
+/// The replay CPU (see the module documentation).
+pub struct Cpu {
+    st: CpuState,
+    cpuid: Vec<CpuidEntry>,
+    icount: u64,
+    pending: Option<Pending>,
+    mmio_input: Option<(u64, u8, u64)>,
+    mmio_write: Option<(u64, u8, u64)>,
+    /// RIP after the instruction being executed (instructions that jump change it).
+    next_rip: u64,
+    /// Bytes of the current instruction, for error reports.
+    cur_len: usize,
+    /// Debug registers DR0-DR7 (stored only; breakpoints are the driver's).
+    dr: [u64; 8],
+    breakpoints: HashSet<u64>,
+    bp_filter: [u64; BP_FILTER_WORDS],
+    skip_breakpoint_at: Option<u64>,
+    decode_cache: Vec<DecodedEntry>,
+    tlb: mmu::Tlb,
+    seen_memory: u64,
+    seen_code_generation: u64,
+    seen_pt_generation: u64,
+    max_phys_bits: u32,
+    has_1g_pages: bool,
+    has_lzcnt: bool,
+    has_tzcnt: bool,
+}
+
+impl Clone for Cpu {
+    fn clone(&self) -> Self {
+        Cpu {
+            st: self.st.clone(),
+            cpuid: self.cpuid.clone(),
+            icount: self.icount,
+            pending: self.pending,
+            mmio_input: self.mmio_input,
+            mmio_write: self.mmio_write,
+            next_rip: self.next_rip,
+            cur_len: self.cur_len,
+            dr: self.dr,
+            breakpoints: self.breakpoints.clone(),
+            bp_filter: self.bp_filter,
+            skip_breakpoint_at: self.skip_breakpoint_at,
+            decode_cache: Vec::new(),
+            tlb: mmu::Tlb::new(),
+            seen_memory: 0,
+            seen_code_generation: 0,
+            seen_pt_generation: 0,
+            max_phys_bits: self.max_phys_bits,
+            has_1g_pages: self.has_1g_pages,
+            has_lzcnt: self.has_lzcnt,
+            has_tzcnt: self.has_tzcnt,
+        }
+    }
+}
+
+impl std::fmt::Debug for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cpu")
+            .field("icount", &self.icount)
+            .field("rip", &format_args!("{:#x}", self.st.rip))
+            .field("pending", &self.pending)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cpu {
+    pub fn new(state: CpuState, cpuid: Vec<CpuidEntry>) -> Cpu {
+        let find = |f: u32| cpuid.iter().find(|e| e.function == f && e.index == 0).copied();
+        let max_phys_bits = find(0x8000_0008)
+            .map(|e| e.eax & 0xff)
+            .filter(|&b| (32..=52).contains(&b))
+            .unwrap_or(46);
+        let ext1 = find(0x8000_0001);
+        let has_1g_pages = ext1.is_some_and(|e| e.edx & (1 << 26) != 0);
+        let has_lzcnt = ext1.is_some_and(|e| e.ecx & (1 << 5) != 0);
+        let has_tzcnt = find(7).is_some_and(|e| e.ebx & (1 << 3) != 0);
+        Cpu {
+            st: state,
+            cpuid,
+            icount: 0,
+            pending: None,
+            mmio_input: None,
+            mmio_write: None,
+            next_rip: 0,
+            cur_len: 0,
+            dr: [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400],
+            breakpoints: HashSet::new(),
+            bp_filter: [0; BP_FILTER_WORDS],
+            skip_breakpoint_at: None,
+            decode_cache: Vec::new(),
+            tlb: mmu::Tlb::new(),
+            seen_memory: 0,
+            seen_code_generation: 0,
+            seen_pt_generation: 0,
+            max_phys_bits,
+            has_1g_pages,
+            has_lzcnt,
+            has_tzcnt,
+        }
+    }
+
+    pub fn state(&self) -> &CpuState {
+        &self.st
+    }
+
+    /// Mutable state. Call [`Cpu::flush_caches`] after changing CR0/CR3/CR4/EFER.
+    pub fn state_mut(&mut self) -> &mut CpuState {
+        &mut self.st
+    }
+
+    pub fn icount(&self) -> u64 {
+        self.icount
+    }
+
+    pub fn set_icount(&mut self, icount: u64) {
+        self.icount = icount;
+    }
+
+    pub fn cpuid_table(&self) -> &[CpuidEntry] {
+        &self.cpuid
+    }
+
+    /// Drops the TLB and the decoded-instruction cache.
+    pub fn flush_caches(&mut self) {
+        self.tlb.flush_all();
+        self.decode_cache.clear();
+    }
+
+    /// Whether an external interrupt may be taken now (IF set, no interrupt shadow).
+    pub fn interrupts_enabled(&self) -> bool {
+        self.st.rflags & flags::IF != 0 && !self.st.interrupt_shadow
+    }
+
+    /// Whether an instruction waits for [`Cpu::complete_input`].
+    pub fn has_pending_input(&self) -> bool {
+        self.pending.is_some() && self.mmio_input.is_none()
+    }
+
+    // ---- breakpoints ----
+
+    fn bp_bit(addr: u64) -> (usize, u64) {
+        let h = addr.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52;
+        ((h as usize / 64) % BP_FILTER_WORDS, 1 << (h % 64))
+    }
+
+    fn rebuild_bp_filter(&mut self) {
+        self.bp_filter = [0; BP_FILTER_WORDS];
+        for &a in &self.breakpoints {
+            let (w, b) = Self::bp_bit(a);
+            self.bp_filter[w] |= b;
+        }
+    }
+
+    pub fn set_breakpoints(&mut self, addrs: impl IntoIterator<Item = u64>) {
+        self.breakpoints = addrs.into_iter().collect();
+        self.rebuild_bp_filter();
+    }
+
+    pub fn add_breakpoint(&mut self, addr: u64) {
+        self.breakpoints.insert(addr);
+        let (w, b) = Self::bp_bit(addr);
+        self.bp_filter[w] |= b;
+    }
+
+    pub fn remove_breakpoint(&mut self, addr: u64) {
+        if self.breakpoints.remove(&addr) {
+            self.rebuild_bp_filter();
+        }
+    }
+
+    pub fn breakpoints(&self) -> &HashSet<u64> {
+        &self.breakpoints
+    }
+
+    #[inline]
+    fn breakpoint_hit(&self, rip: u64) -> bool {
+        let (w, b) = Self::bp_bit(rip);
+        self.bp_filter[w] & b != 0 && self.breakpoints.contains(&rip)
+    }
+
+    // ---- input completion ----
+
+    /// Supplies the value an exiting input instruction waits for (see [`Exit`]). `cf` is
+    /// the carry flag result of `rdrand`/`rdseed` (ignored otherwise).
+    pub fn complete_input(&mut self, value: u64, cf: bool) -> Result<(), CpuError> {
+        let p = self.pending.ok_or(CpuError::NoPendingInput)?;
+        match p {
+            Pending::PortIn { size, next_rip, .. } => {
+                let v = value & flags::mask(size as usize);
+                match size {
+                    1 => self.st.gpr[0] = (self.st.gpr[0] & !0xff) | v,
+                    2 => self.st.gpr[0] = (self.st.gpr[0] & !0xffff) | v,
+                    _ => self.st.gpr[0] = v & 0xffff_ffff,
+                }
+                self.retire_pending(next_rip);
+            }
+            Pending::EdxEax { next_rip } => {
+                self.st.gpr[0] = value & 0xffff_ffff;
+                self.st.gpr[2] = value >> 32;
+                self.retire_pending(next_rip);
+            }
+            Pending::Random {
+                reg, size, next_rip, ..
+            } => {
+                let v = value & flags::mask(size as usize);
+                let r = &mut self.st.gpr[reg];
+                *r = if size == 2 { (*r & !0xffff) | v } else { v };
+                self.st.rflags &= !flags::STATUS;
+                if cf {
+                    self.st.rflags |= flags::CF;
+                }
+                self.retire_pending(next_rip);
+            }
+            Pending::Mmio { gpa, size } => {
+                if self.mmio_input.is_some() {
+                    return Err(CpuError::NoPendingInput);
+                }
+                self.mmio_input = Some((gpa, size, value & flags::mask(size as usize)));
+            }
+        }
+        Ok(())
+    }
+
+    fn retire_pending(&mut self, next_rip: u64) {
+        self.pending = None;
+        self.st.rip = next_rip;
+        self.st.interrupt_shadow = false;
+        self.icount += 1;
+    }
+
+    // ---- the run loop ----
+
+    /// Makes the caches valid for `mem` (a different memory object drops them all).
+    #[inline]
+    fn sync_caches(&mut self, mem: &GuestMemory) {
+        if self.seen_memory != mem.instance_id() {
+            self.seen_memory = mem.instance_id();
+            self.tlb.flush_all();
+            self.decode_cache.clear();
+            self.seen_code_generation = mem.code_generation();
+            self.seen_pt_generation = mem.pt_generation();
+        }
+        if self.seen_code_generation != mem.code_generation() {
+            self.seen_code_generation = mem.code_generation();
+            self.decode_cache.clear();
+        }
+        if self.seen_pt_generation != mem.pt_generation() {
+            self.seen_pt_generation = mem.pt_generation();
+            self.tlb.flush_all();
+        }
+        if self.decode_cache.is_empty() {
+            self.decode_cache = vec![
+                DecodedEntry {
+                    gpa: u64::MAX,
+                    ins: Instruction::default(),
+                };
+                1 << DECODE_CACHE_BITS
+            ];
+        }
+    }
+
+    /// Executes until `icount == limit` or an exit (see the module documentation).
+    pub fn run(&mut self, mem: &mut GuestMemory, limit: u64) -> Exit {
+        if let Some(p) = self.pending {
+            match p {
+                Pending::Mmio { .. } if self.mmio_input.is_some() => {
+                    self.pending = None;
+                    self.sync_caches(mem);
+                    if let Some(e) = self.step(mem) {
+                        return e;
+                    }
+                }
+                Pending::Mmio { gpa, size } => return Exit::MmioRead { gpa, size },
+                Pending::PortIn { .. } | Pending::EdxEax { .. } | Pending::Random { .. } => {
+                    return self.pending_exit(p);
+                }
+            }
+        }
+        loop {
+            if self.icount >= limit {
+                return Exit::Limit;
+            }
+            if self.st.halted {
+                return Exit::Hlt;
+            }
+            self.sync_caches(mem);
+            let rip = self.st.rip;
+            if !self.breakpoints.is_empty() && self.breakpoint_hit(rip) {
+                if self.skip_breakpoint_at != Some(rip) {
+                    self.skip_breakpoint_at = Some(rip);
+                    return Exit::Breakpoint(rip);
+                }
+            }
+            self.skip_breakpoint_at = None;
+            if let Some(e) = self.step(mem) {
+                return e;
+            }
+        }
+    }
+
+    fn pending_exit(&self, p: Pending) -> Exit {
+        match p {
+            Pending::PortIn { port, size, .. } => Exit::PortIn { port, size },
+            Pending::EdxEax { .. } => Exit::Rdtsc,
+            Pending::Random { seed: false, .. } => Exit::Rdrand,
+            Pending::Random { seed: true, .. } => Exit::Rdseed,
+            Pending::Mmio { gpa, size } => Exit::MmioRead { gpa, size },
+        }
+    }
+
+    /// Executes one instruction (or delivers the exception it raises). Returns an exit
+    /// if the run loop must stop.
+    fn step(&mut self, mem: &mut GuestMemory) -> Option<Exit> {
+        if self.st.cpl() != 0 || !self.st.seg[crate::state::seg::CS].long_mode() {
+            return Some(Exit::Error(CpuError::NotRing0 {
+                rip: self.st.rip,
+                cpl: self.st.cpl(),
+                cs_attr: self.st.seg[crate::state::seg::CS].attr,
+            }));
+        }
+        let ins = match self.fetch(mem) {
+            Ok(i) => i,
+            Err(f) => return self.handle_fault(mem, f),
+        };
+        let rip = self.st.rip;
+        self.next_rip = rip.wrapping_add(ins.len() as u64);
+        self.cur_len = ins.len();
+        let shadow = self.st.interrupt_shadow;
+        self.st.interrupt_shadow = false;
+        match self.exec(mem, &ins) {
+            Ok(exit) => {
+                self.mmio_input = None;
+                self.st.rip = self.next_rip;
+                self.icount += 1;
+                if let Some((gpa, size, value)) = self.mmio_write.take() {
+                    return Some(Exit::MmioWrite { gpa, size, value });
+                }
+                exit
+            }
+            Err(f) => {
+                self.st.interrupt_shadow = shadow;
+                self.mmio_write = None;
+                self.mmio_input = None;
+                self.handle_fault(mem, f)
+            }
+        }
+    }
+
+    fn handle_fault(&mut self, mem: &mut GuestMemory, f: Fault) -> Option<Exit> {
+        match f {
+            Fault::Exc(e) => {
+                if crate::icount::FAULTING_INSTRUCTION_COUNTS {
+                    self.icount += 1;
+                }
+                match self.deliver_exception(mem, e) {
+                    Ok(()) => None,
+                    Err(err) => Some(Exit::Error(err)),
+                }
+            }
+            Fault::Exit(Exit::MmioRead { gpa, size }) => {
+                self.pending = Some(Pending::Mmio { gpa, size });
+                Some(Exit::MmioRead { gpa, size })
+            }
+            Fault::Exit(e) => Some(e),
+        }
+    }
+
+    /// The instruction at RIP, through the decoded-instruction cache.
+    fn fetch(&mut self, mem: &mut GuestMemory) -> R<Instruction> {
+        let rip = self.st.rip;
+        let gpa = self.translate_access(mem, rip, Access::Fetch)?;
+        let idx = ((gpa ^ (gpa >> DECODE_CACHE_BITS)) as usize) & ((1 << DECODE_CACHE_BITS) - 1);
+        let e = &self.decode_cache[idx];
+        if e.gpa == gpa {
+            return Ok(e.ins);
+        }
+        let mut buf = [0u8; 15];
+        let in_page = (4096 - (rip & 0xfff) as usize).min(15);
+        if mem.read(gpa, &mut buf[..in_page]).is_err() {
+            return Err(Fault::Exit(Exit::Error(CpuError::FetchNotRam { rip, gpa })));
+        }
+        let mut ins = Instruction::default();
+        let mut dec = Decoder::with_ip(64, &buf[..in_page], 0, DecoderOptions::NONE);
+        dec.decode_out(&mut ins);
+        let complete = dec.last_error() != iced_x86::DecoderError::NoMoreBytes;
+        if complete {
+            mem.mark_code(gpa);
+            // The mark may itself have bumped nothing; keep the cache entry.
+            self.decode_cache[idx] = DecodedEntry { gpa, ins };
+            return Ok(ins);
+        }
+        // The instruction crosses into the next page: translate it (with its own fetch
+        // checks) and decode from both. Such instructions are not cached.
+        let next = (rip | 0xfff).wrapping_add(1);
+        let gpa2 = self.translate_access(mem, next, Access::Fetch)?;
+        if mem.read(gpa2, &mut buf[in_page..]).is_err() {
+            return Err(Fault::Exit(Exit::Error(CpuError::FetchNotRam { rip, gpa: gpa2 })));
+        }
+        let mut dec = Decoder::with_ip(64, &buf, 0, DecoderOptions::NONE);
+        dec.decode_out(&mut ins);
+        Ok(ins)
+    }
+
+    /// An error for an instruction the CPU does not implement.
+    pub(crate) fn unimplemented(&self, mem: &GuestMemory, ins: &Instruction) -> Fault {
+        let mut bytes = vec![0u8; ins.len()];
+        let _ = self.read_virtual(mem, self.st.rip, &mut bytes);
+        Fault::Exit(Exit::Error(CpuError::Unimplemented {
+            rip: self.st.rip,
+            bytes,
+            mnemonic: if ins.code() == Code::INVALID {
+                "(invalid)".to_string()
+            } else {
+                format!("{:?}", ins.code())
+            },
+        }))
+    }
+
+    pub(crate) fn unsupported(&self, what: impl Into<String>) -> Fault {
+        Fault::Exit(Exit::Error(CpuError::Unsupported {
+            rip: self.st.rip,
+            what: what.into(),
+        }))
+    }
+}

@@ -5,8 +5,8 @@
 long clock_main(void)
 {
 	long last = sys_uptime();
-	for (int i = 1; i <= 6; i++) {
-		sys_sleep(15);
+	for (int i = 1; i <= 8; i++) {
+		sys_sleep(50);
 		long now = sys_uptime();
 		printf("sleep %d: uptime %ld us (+%ld us)\n", i, now, now - last);
 		last = now;

@@ -1,0 +1,432 @@
+//! Linear-address translation (4-level paging), the TLB, and linear memory accesses.
+
+use super::{Cpu, CpuError, Exception, Exit, Fault, R, flags, vector};
+use crate::memory::GuestMemory;
+
+/// The kind of a memory access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    Fetch,
+}
+
+/// Why a linear address could not be translated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageFault {
+    /// A page fault with its architectural error code.
+    Fault { linear: u64, error_code: u32 },
+    /// The address is not canonical (a #GP, not a #PF).
+    NonCanonical { linear: u64 },
+    /// A paging-structure entry lies outside RAM.
+    TableNotRam { linear: u64, gpa: u64 },
+}
+
+pub(crate) const PF_P: u32 = 1;
+pub(crate) const PF_W: u32 = 2;
+pub(crate) const PF_RSVD: u32 = 8;
+pub(crate) const PF_I: u32 = 16;
+
+const PTE_P: u64 = 1;
+const PTE_W: u64 = 2;
+const PTE_U: u64 = 4;
+const PTE_A: u64 = 1 << 5;
+const PTE_D: u64 = 1 << 6;
+const PTE_PS: u64 = 1 << 7;
+const PTE_G: u64 = 1 << 8;
+const PTE_NX: u64 = 1 << 63;
+
+// TLB entry permission bits.
+const T_W: u8 = 1;
+const T_U: u8 = 2;
+const T_NX: u8 = 4;
+const T_D: u8 = 8;
+const T_G: u8 = 16;
+
+const TLB_SIZE: usize = 512;
+
+#[derive(Clone, Copy, Default)]
+struct TlbEntry {
+    /// Linear page number + 1 (0: empty).
+    tag: u64,
+    page_gpa: u64,
+    bits: u8,
+}
+
+#[derive(Clone)]
+pub(crate) struct Tlb {
+    entries: Box<[TlbEntry; TLB_SIZE]>,
+}
+
+impl Tlb {
+    pub fn new() -> Tlb {
+        Tlb {
+            entries: Box::new([TlbEntry::default(); TLB_SIZE]),
+        }
+    }
+
+    pub fn flush_all(&mut self) {
+        self.entries.fill(TlbEntry::default());
+    }
+
+    pub fn flush_non_global(&mut self) {
+        for e in self.entries.iter_mut() {
+            if e.bits & T_G == 0 {
+                *e = TlbEntry::default();
+            }
+        }
+    }
+
+    pub fn flush_page(&mut self, linear: u64) {
+        let vpn = linear >> 12;
+        let e = &mut self.entries[vpn as usize % TLB_SIZE];
+        if e.tag == vpn + 1 {
+            *e = TlbEntry::default();
+        }
+    }
+}
+
+#[inline]
+pub(crate) fn canonical(a: u64) -> bool {
+    ((a as i64) << 16 >> 16) as u64 == a
+}
+
+/// A successful walk.
+struct Walk {
+    page_gpa: u64,
+    bits: u8,
+    /// Entries walked (gpa, value), top level first.
+    entries: [(u64, u64); 4],
+    n: usize,
+}
+
+impl Cpu {
+    fn perm_fault(&self, bits: u8, acc: Access) -> bool {
+        let st = &self.st;
+        match acc {
+            Access::Fetch => {
+                (bits & T_NX != 0 && st.efer & (1 << 11) != 0) || (bits & T_U != 0 && st.cr4 & (1 << 20) != 0)
+            }
+            Access::Read | Access::Write => {
+                let smap = bits & T_U != 0 && st.cr4 & (1 << 21) != 0 && st.rflags & flags::AC == 0;
+                smap || (acc == Access::Write && bits & T_W == 0 && st.cr0 & (1 << 16) != 0)
+            }
+        }
+    }
+
+    /// Walks the page tables for a supervisor access. Pure: no A/D updates.
+    fn walk(&self, mem: &GuestMemory, la: u64, acc: Access, check: bool) -> Result<Walk, PageFault> {
+        let st = &self.st;
+        let nxe = st.efer & (1 << 11) != 0;
+        let addr_mask = ((1u64 << self.max_phys_bits) - 1) & !0xfff;
+        // Bits between MAXPHYADDR and 51 are reserved in every entry; bit 63 without NXE.
+        let mut rsvd = !((1u64 << self.max_phys_bits) - 1) & ((1u64 << 52) - 1);
+        if !nxe {
+            rsvd |= PTE_NX;
+        }
+        let mut table = st.cr3 & addr_mask;
+        let mut w = Walk {
+            page_gpa: 0,
+            bits: T_W | T_U,
+            entries: [(0, 0); 4],
+            n: 0,
+        };
+        let fetch_flag = if acc == Access::Fetch && (nxe || st.cr4 & (1 << 20) != 0) {
+            PF_I
+        } else {
+            0
+        };
+        let wflag = if acc == Access::Write { PF_W } else { 0 };
+        for level in (1..=4u32).rev() {
+            let shift = 12 + 9 * (level - 1);
+            let ea = table + ((la >> shift) & 0x1ff) * 8;
+            let e = mem
+                .read_in_page(ea, 8)
+                .ok_or(PageFault::TableNotRam { linear: la, gpa: ea })?;
+            w.entries[w.n] = (ea, e);
+            w.n += 1;
+            if e & PTE_P == 0 {
+                return Err(PageFault::Fault {
+                    linear: la,
+                    error_code: wflag | fetch_flag,
+                });
+            }
+            let large = e & PTE_PS != 0 && level > 1;
+            let mut r = rsvd;
+            if level == 4 {
+                r |= PTE_PS;
+            } else if large && level == 3 {
+                if !self.has_1g_pages {
+                    r |= PTE_PS;
+                } else {
+                    r |= 0x3fff_e000;
+                }
+            } else if large && level == 2 {
+                r |= 0x1f_e000;
+            }
+            if e & r != 0 {
+                return Err(PageFault::Fault {
+                    linear: la,
+                    error_code: PF_P | PF_RSVD | wflag | fetch_flag,
+                });
+            }
+            if e & PTE_W == 0 {
+                w.bits &= !T_W;
+            }
+            if e & PTE_U == 0 {
+                w.bits &= !T_U;
+            }
+            if e & PTE_NX != 0 {
+                w.bits |= T_NX;
+            }
+            if level == 1 || large {
+                let page_mask = (1u64 << shift) - 1;
+                let base = e & addr_mask & !page_mask;
+                w.page_gpa = base | (la & page_mask & !0xfff);
+                if e & PTE_D != 0 {
+                    w.bits |= T_D;
+                }
+                if e & PTE_G != 0 && st.cr4 & (1 << 7) != 0 {
+                    w.bits |= T_G;
+                }
+                if check && self.perm_fault(w.bits, acc) {
+                    return Err(PageFault::Fault {
+                        linear: la,
+                        error_code: PF_P | wflag | fetch_flag,
+                    });
+                }
+                return Ok(w);
+            }
+            table = e & addr_mask;
+        }
+        unreachable!("the loop returns at level 1")
+    }
+
+    fn paging_enabled(&self) -> bool {
+        self.st.cr0 & (1 << 31) != 0
+    }
+
+    /// Translates a linear address without side effects (no A/D updates, no TLB fill).
+    pub fn translate(&self, mem: &GuestMemory, linear: u64, access: Access) -> Result<u64, PageFault> {
+        if !self.paging_enabled() {
+            return Ok(linear);
+        }
+        if !canonical(linear) {
+            return Err(PageFault::NonCanonical { linear });
+        }
+        self.walk(mem, linear, access, true)
+            .map(|w| w.page_gpa | (linear & 0xfff))
+    }
+
+    /// Reads guest memory through the page tables without side effects (for the UI and
+    /// gdb). Fails at the first page that is not mapped or not RAM.
+    pub fn read_virtual(&self, mem: &GuestMemory, addr: u64, buf: &mut [u8]) -> Result<(), PageFault> {
+        let mut done = 0;
+        while done < buf.len() {
+            let a = addr.wrapping_add(done as u64);
+            let gpa = self.translate(mem, a, Access::Read)?;
+            let n = (4096 - (a & 0xfff) as usize).min(buf.len() - done);
+            mem.read(gpa, &mut buf[done..done + n])
+                .map_err(|_| PageFault::TableNotRam { linear: a, gpa })?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes guest memory through the page tables (for gdb). Like a debugger, it
+    /// ignores write protection; it needs the pages mapped. No A/D updates.
+    pub fn write_virtual(&mut self, mem: &mut GuestMemory, addr: u64, data: &[u8]) -> Result<(), PageFault> {
+        let mut done = 0;
+        while done < data.len() {
+            let a = addr.wrapping_add(done as u64);
+            let gpa = self.translate(mem, a, Access::Read)?;
+            let n = (4096 - (a & 0xfff) as usize).min(data.len() - done);
+            mem.write(gpa, &data[done..done + n])
+                .map_err(|_| PageFault::TableNotRam { linear: a, gpa })?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Translates for an access by the executing instruction: TLB, walk, A/D bits,
+    /// exceptions.
+    #[inline]
+    pub(crate) fn translate_access(&mut self, mem: &mut GuestMemory, la: u64, acc: Access) -> R<u64> {
+        if !self.paging_enabled() {
+            return Ok(la);
+        }
+        let vpn = la >> 12;
+        let e = self.tlb.entries[vpn as usize % TLB_SIZE];
+        if e.tag == vpn + 1 && (acc != Access::Write || e.bits & T_D != 0) && !self.perm_fault(e.bits, acc) {
+            return Ok(e.page_gpa | (la & 0xfff));
+        }
+        self.translate_slow(mem, la, acc)
+    }
+
+    fn translate_slow(&mut self, mem: &mut GuestMemory, la: u64, acc: Access) -> R<u64> {
+        if !canonical(la) {
+            return Err(super::gp0());
+        }
+        let w = match self.walk(mem, la, acc, true) {
+            Ok(w) => w,
+            Err(PageFault::Fault { linear, error_code }) => {
+                // Watch the tables that were read: a fix by the kernel must be seen.
+                self.mark_tables(mem, la);
+                return Err(Fault::Exc(Exception {
+                    vector: vector::PF,
+                    error_code: Some(error_code),
+                    cr2: linear,
+                }));
+            }
+            Err(PageFault::NonCanonical { .. }) => return Err(super::gp0()),
+            Err(PageFault::TableNotRam { linear, gpa }) => {
+                return Err(Fault::Exit(Exit::Error(CpuError::PageTableNotRam { linear, gpa })));
+            }
+        };
+        let mut bits = w.bits;
+        for (i, &(ea, e)) in w.entries[..w.n].iter().enumerate() {
+            mem.mark_page_table(ea);
+            let mut ne = e | PTE_A;
+            if i + 1 == w.n && acc == Access::Write {
+                ne |= PTE_D;
+                bits |= T_D;
+            }
+            if ne != e {
+                mem.write_pte(ea, ne);
+            }
+        }
+        let vpn = la >> 12;
+        self.tlb.entries[vpn as usize % TLB_SIZE] = TlbEntry {
+            tag: vpn + 1,
+            page_gpa: w.page_gpa,
+            bits,
+        };
+        Ok(w.page_gpa | (la & 0xfff))
+    }
+
+    /// Marks as page tables the pages a (failed) walk of `la` read.
+    fn mark_tables(&self, mem: &mut GuestMemory, la: u64) {
+        let addr_mask = ((1u64 << self.max_phys_bits) - 1) & !0xfff;
+        let mut table = self.st.cr3 & addr_mask;
+        for level in (1..=4u32).rev() {
+            let ea = table + ((la >> (12 + 9 * (level - 1))) & 0x1ff) * 8;
+            mem.mark_page_table(ea);
+            match mem.read_in_page(ea, 8) {
+                Some(e) if e & PTE_P != 0 && (level == 1 || e & PTE_PS == 0) => table = e & addr_mask,
+                _ => return,
+            }
+        }
+    }
+
+    // ---- physical and linear accesses ----
+
+    #[inline]
+    fn phys_read(&mut self, mem: &GuestMemory, gpa: u64, size: usize) -> R<u64> {
+        if let Some(v) = mem.read_in_page(gpa, size) {
+            return Ok(v);
+        }
+        match self.mmio_input {
+            Some((g, s, v)) if g == gpa && s as usize == size => Ok(v),
+            _ => Err(Fault::Exit(Exit::MmioRead { gpa, size: size as u8 })),
+        }
+    }
+
+    #[inline]
+    fn phys_write(&mut self, mem: &mut GuestMemory, gpa: u64, size: usize, v: u64) -> R<()> {
+        if mem.write_in_page(gpa, size, v) {
+            return Ok(());
+        }
+        if self.mmio_write.is_some() {
+            return Err(Fault::Exit(Exit::Error(CpuError::UnsupportedMmio {
+                rip: self.st.rip,
+                gpa,
+                what: "two MMIO writes in one instruction",
+            })));
+        }
+        self.mmio_write = Some((gpa, size as u8, v & flags::mask(size)));
+        Ok(())
+    }
+
+    /// Reads `size` (1..=8) bytes at a linear address. `ss`: a stack access (#SS instead
+    /// of #GP for a non-canonical address).
+    #[inline]
+    pub(crate) fn read_lin(&mut self, mem: &mut GuestMemory, la: u64, size: usize, ss: bool) -> R<u64> {
+        if ss && !canonical(la) {
+            return Err(super::exc(vector::SS, Some(0)));
+        }
+        if (la & 0xfff) as usize + size <= 4096 {
+            let gpa = self.translate_access(mem, la, Access::Read)?;
+            return self.phys_read(mem, gpa, size);
+        }
+        let n1 = 4096 - (la & 0xfff) as usize;
+        let la2 = la.wrapping_add(n1 as u64);
+        if ss && !canonical(la2) {
+            return Err(super::exc(vector::SS, Some(0)));
+        }
+        let g1 = self.translate_access(mem, la, Access::Read)?;
+        let g2 = self.translate_access(mem, la2, Access::Read)?;
+        if !mem.is_ram(g1) || !mem.is_ram(g2) {
+            return Err(Fault::Exit(Exit::Error(CpuError::UnsupportedMmio {
+                rip: self.st.rip,
+                gpa: g1,
+                what: "read crossing a page into MMIO",
+            })));
+        }
+        let lo = self.phys_read(mem, g1, n1)?;
+        let hi = self.phys_read(mem, g2, size - n1)?;
+        Ok(lo | (hi << (n1 * 8)))
+    }
+
+    /// Writes the low `size` bytes of `v` at a linear address. Both pages of a crossing
+    /// write are checked before either is written.
+    #[inline]
+    pub(crate) fn write_lin(&mut self, mem: &mut GuestMemory, la: u64, size: usize, v: u64, ss: bool) -> R<()> {
+        if ss && !canonical(la) {
+            return Err(super::exc(vector::SS, Some(0)));
+        }
+        if (la & 0xfff) as usize + size <= 4096 {
+            let gpa = self.translate_access(mem, la, Access::Write)?;
+            return self.phys_write(mem, gpa, size, v);
+        }
+        let n1 = 4096 - (la & 0xfff) as usize;
+        let la2 = la.wrapping_add(n1 as u64);
+        if ss && !canonical(la2) {
+            return Err(super::exc(vector::SS, Some(0)));
+        }
+        let g1 = self.translate_access(mem, la, Access::Write)?;
+        let g2 = self.translate_access(mem, la2, Access::Write)?;
+        if !mem.is_ram(g1) || !mem.is_ram(g2) {
+            return Err(Fault::Exit(Exit::Error(CpuError::UnsupportedMmio {
+                rip: self.st.rip,
+                gpa: g1,
+                what: "write crossing a page into MMIO",
+            })));
+        }
+        self.phys_write(mem, g1, n1, v)?;
+        self.phys_write(mem, g2, size - n1, v >> (n1 * 8))
+    }
+
+    /// Checks that `size` bytes at `la` are writable (translating, setting A/D bits)
+    /// without writing them.
+    pub(crate) fn probe_write(&mut self, mem: &mut GuestMemory, la: u64, size: usize) -> R<()> {
+        self.translate_access(mem, la, Access::Write)?;
+        let last = la.wrapping_add(size as u64 - 1);
+        if last >> 12 != la >> 12 {
+            self.translate_access(mem, last, Access::Write)?;
+        }
+        Ok(())
+    }
+
+    /// Invalidation for `invlpg`.
+    pub(crate) fn tlb_flush_page(&mut self, la: u64) {
+        self.tlb.flush_page(la);
+    }
+
+    pub(crate) fn tlb_flush(&mut self, include_global: bool) {
+        if include_global {
+            self.tlb.flush_all();
+        } else {
+            self.tlb.flush_non_global();
+        }
+    }
+}

@@ -1,0 +1,624 @@
+//! Exceptions and interrupts (IDT delivery, double and triple faults), entries from and
+//! returns to user mode, descriptor tables and segments, MSRs and CPUID.
+
+use super::{Cpu, CpuError, Exception, Exit, Fault, R, exc, flags, gp0, vector};
+use crate::event::{EntryKind, UserEntry};
+use crate::memory::GuestMemory;
+use crate::state::{Segment, msr, seg};
+
+/// User-mode 64-bit code segment attributes (type 0xb, S, DPL 3, P, L, G).
+pub const USER_CODE64_ATTR: u16 = 0xa0fb;
+/// User-mode data segment attributes (type 3, S, DPL 3, P, D/B, G).
+pub const USER_DATA_ATTR: u16 = 0xc0f3;
+/// Kernel 64-bit code segment attributes (type 0xb, S, DPL 0, P, L, G).
+pub const KERNEL_CODE64_ATTR: u16 = 0xa09b;
+/// Kernel data segment attributes (type 3, S, DPL 0, P, D/B, G).
+pub const KERNEL_DATA_ATTR: u16 = 0xc093;
+/// User compatibility-mode code segment attributes (type 0xb, S, DPL 3, P, D/B, G).
+const USER_CODE32_ATTR: u16 = 0xc0fb;
+
+/// Segment-register state that a descriptor describes.
+pub(crate) fn segment_from_descriptor(selector: u16, d: u64) -> Segment {
+    let mut limit = ((d & 0xffff) | ((d >> 32) & 0xf_0000)) as u32;
+    let attr = (((d >> 40) & 0xff) | (((d >> 52) & 0xf) << 12)) as u16;
+    if attr & 0x8000 != 0 {
+        limit = (limit << 12) | 0xfff;
+    }
+    let base = ((d >> 16) & 0xff_ffff) | (((d >> 56) & 0xff) << 24);
+    Segment {
+        selector,
+        base,
+        limit,
+        attr,
+    }
+}
+
+fn is_contributory(v: u8) -> bool {
+    matches!(v, 0 | 10 | 11 | 12 | 13)
+}
+
+fn has_error_code(v: u8) -> bool {
+    matches!(v, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21 | 29 | 30)
+}
+
+impl Cpu {
+    /// Delivers an exception raised by an instruction (or by an earlier delivery),
+    /// applying the double-fault rules. A fault while delivering #DF is a triple fault.
+    pub(crate) fn deliver_exception(&mut self, mem: &mut GuestMemory, first: Exception) -> Result<(), CpuError> {
+        let mut cur = first;
+        loop {
+            if cur.vector == vector::PF {
+                self.st.cr2 = cur.cr2;
+            }
+            let code = if has_error_code(cur.vector) {
+                Some(cur.error_code.unwrap_or(0))
+            } else {
+                None
+            };
+            match self.deliver(mem, cur.vector, code, false) {
+                Ok(()) => return Ok(()),
+                Err(Fault::Exc(next)) => {
+                    if cur.vector == vector::DF {
+                        return Err(CpuError::TripleFault {
+                            rip: self.st.rip,
+                            vector: next.vector,
+                        });
+                    }
+                    let df = (is_contributory(cur.vector) && is_contributory(next.vector))
+                        || (cur.vector == vector::PF && (next.vector == vector::PF || is_contributory(next.vector)));
+                    cur = if df {
+                        Exception {
+                            vector: vector::DF,
+                            error_code: Some(0),
+                            cr2: 0,
+                        }
+                    } else {
+                        next
+                    };
+                }
+                Err(Fault::Exit(Exit::Error(e))) => return Err(e),
+                Err(Fault::Exit(_)) => {
+                    return Err(CpuError::Unsupported {
+                        rip: self.st.rip,
+                        what: format!("MMIO access while delivering vector {}", cur.vector),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Delivers an external interrupt through the IDT now. It does not count as an
+    /// instruction. Clears `halted`.
+    pub fn inject_interrupt(&mut self, mem: &mut GuestMemory, vector: u8) -> Result<(), CpuError> {
+        self.sync_caches(mem);
+        self.skip_breakpoint_at = None;
+        let r = match self.deliver(mem, vector, None, true) {
+            Ok(()) => Ok(()),
+            Err(Fault::Exc(e)) => self.deliver_exception(mem, e),
+            Err(Fault::Exit(Exit::Error(e))) => Err(e),
+            Err(Fault::Exit(_)) => Err(CpuError::Unsupported {
+                rip: self.st.rip,
+                what: "MMIO access while delivering an interrupt".into(),
+            }),
+        };
+        self.st.halted = false;
+        r
+    }
+
+    /// One IDT delivery in 64-bit mode. Changes nothing unless it succeeds.
+    fn deliver(&mut self, mem: &mut GuestMemory, vec: u8, error_code: Option<u32>, ext: bool) -> R<()> {
+        let ext_bit = ext as u32;
+        let idt_err = Some(vec as u32 * 8 + 2 + ext_bit);
+        let off = vec as u64 * 16;
+        if off + 15 > self.st.idtr.limit as u64 {
+            return Err(exc(vector::GP, idt_err));
+        }
+        let base = self.st.idtr.base.wrapping_add(off);
+        let lo = self.read_lin(mem, base, 8, false)?;
+        let hi = self.read_lin(mem, base.wrapping_add(8), 8, false)?;
+        let gate_type = (lo >> 40) & 0xf;
+        if gate_type != 0xe && gate_type != 0xf {
+            return Err(exc(vector::GP, idt_err));
+        }
+        if (lo >> 47) & 1 == 0 {
+            return Err(exc(vector::NP, idt_err));
+        }
+        let target = (lo & 0xffff) | ((lo >> 32) & 0xffff_0000) | ((hi & 0xffff_ffff) << 32);
+        let ist = ((lo >> 32) & 7) as u64;
+        let sel = ((lo >> 16) & 0xffff) as u16;
+        let sel_err = Some((sel as u32 & !3) + ext_bit);
+        if sel & !3 == 0 {
+            return Err(exc(vector::GP, Some(ext_bit)));
+        }
+        let d = self.read_descriptor(mem, sel).map_err(|f| match f {
+            Fault::Exc(e) if e.vector == vector::GP => exc(vector::GP, sel_err),
+            f => f,
+        })?;
+        let cs = segment_from_descriptor(sel, d);
+        // A present 64-bit code segment, not more privileged-than-allowed.
+        if cs.attr & 0x18 != 0x18 || !cs.long_mode() || cs.attr & (1 << 14) != 0 {
+            return Err(exc(vector::GP, sel_err));
+        }
+        if cs.attr & 0x80 == 0 {
+            return Err(exc(vector::NP, sel_err));
+        }
+        let old_cpl = self.st.cpl();
+        let new_cpl = cs.dpl().min(old_cpl);
+        if cs.dpl() > old_cpl {
+            return Err(exc(vector::GP, sel_err));
+        }
+        let mut rsp = if ist != 0 {
+            self.read_tss(mem, 0x24 + (ist - 1) * 8)?
+        } else if new_cpl < old_cpl {
+            self.read_tss(mem, 4 + new_cpl as u64 * 8)?
+        } else {
+            self.st.gpr[4]
+        };
+        rsp &= !0xf;
+        let old_ss = self.st.seg[seg::SS].selector as u64;
+        let old_cs = self.st.seg[seg::CS].selector as u64;
+        let frame = [
+            old_ss,
+            self.st.gpr[4],
+            self.st.rflags,
+            old_cs,
+            self.st.rip,
+            error_code.unwrap_or(0) as u64,
+        ];
+        let n = if error_code.is_some() { 6 } else { 5 };
+        let new_rsp = rsp.wrapping_sub(8 * n as u64);
+        // Check the whole frame before writing any of it.
+        self.probe_write(mem, new_rsp, 8 * n).map_err(|f| match f {
+            Fault::Exc(e) if e.vector == vector::GP => exc(vector::SS, Some(0)),
+            f => f,
+        })?;
+        for (i, v) in frame[..n].iter().enumerate() {
+            self.write_lin(mem, rsp.wrapping_sub(8 * (i as u64 + 1)), 8, *v, true)?;
+        }
+        let mut cs = cs;
+        cs.selector = (sel & !3) | new_cpl as u16;
+        self.st.seg[seg::CS] = cs;
+        if new_cpl != old_cpl {
+            self.st.seg[seg::SS] = Segment {
+                selector: new_cpl as u16,
+                base: 0,
+                limit: 0,
+                attr: 0,
+            };
+        }
+        self.st.gpr[4] = new_rsp;
+        self.st.rip = target;
+        self.st.rflags &= !(flags::TF | flags::NT | flags::RF | flags::VM);
+        if gate_type == 0xe {
+            self.st.rflags &= !flags::IF;
+        }
+        self.st.interrupt_shadow = false;
+        self.st.halted = false;
+        Ok(())
+    }
+
+    fn read_tss(&mut self, mem: &mut GuestMemory, off: u64) -> R<u64> {
+        let tr = self.st.tr;
+        if tr.attr & 0x80 == 0 || off + 7 > tr.limit as u64 {
+            return Err(exc(vector::TS, Some(tr.selector as u32 & !3)));
+        }
+        self.read_lin(mem, tr.base.wrapping_add(off), 8, false)
+    }
+
+    /// Reads the 8-byte descriptor `sel` selects (GDT or LDT). #GP(sel) beyond the limit.
+    pub(crate) fn read_descriptor(&mut self, mem: &mut GuestMemory, sel: u16) -> R<u64> {
+        let (base, limit) = if sel & 4 != 0 {
+            if self.st.ldtr.attr & 0x80 == 0 {
+                return Err(exc(vector::GP, Some(sel as u32 & !3)));
+            }
+            (self.st.ldtr.base, self.st.ldtr.limit as u64)
+        } else {
+            (self.st.gdtr.base, self.st.gdtr.limit as u64)
+        };
+        let off = (sel & !7) as u64;
+        if off + 7 > limit {
+            return Err(exc(vector::GP, Some(sel as u32 & !3)));
+        }
+        self.read_lin(mem, base.wrapping_add(off), 8, false)
+    }
+
+    /// Sets the accessed bit of a code/data descriptor in its table.
+    fn mark_descriptor_accessed(&mut self, mem: &mut GuestMemory, sel: u16, d: u64) -> R<()> {
+        if d & (1 << 40) != 0 {
+            return Ok(());
+        }
+        let base = if sel & 4 != 0 {
+            self.st.ldtr.base
+        } else {
+            self.st.gdtr.base
+        };
+        self.write_lin(mem, base.wrapping_add((sel & !7) as u64), 8, d | (1 << 40), false)
+    }
+
+    /// `mov sreg` / `pop sreg` for DS, ES, FS, GS and SS in 64-bit mode at CPL0.
+    pub(crate) fn load_data_segment(&mut self, mem: &mut GuestMemory, idx: usize, sel: u16) -> R<()> {
+        let err = Some(sel as u32 & !3);
+        if sel & !3 == 0 {
+            if idx == seg::SS && sel & 3 != 0 {
+                return Err(exc(vector::GP, Some(0)));
+            }
+            self.st.seg[idx] = Segment {
+                selector: sel,
+                base: 0,
+                limit: 0,
+                attr: 0,
+            };
+            return Ok(());
+        }
+        let d = self.read_descriptor(mem, sel)?;
+        let mut s = segment_from_descriptor(sel, d);
+        let code = s.attr & 8 != 0;
+        if s.attr & 0x10 == 0 {
+            return Err(exc(vector::GP, err));
+        }
+        if idx == seg::SS {
+            // A writable data segment with DPL = RPL = CPL.
+            if code || s.attr & 2 == 0 || s.dpl() != 0 || sel & 3 != 0 {
+                return Err(exc(vector::GP, err));
+            }
+            if s.attr & 0x80 == 0 {
+                return Err(exc(vector::SS, err));
+            }
+        } else {
+            if code && s.attr & 2 == 0 {
+                return Err(exc(vector::GP, err));
+            }
+            if s.attr & 0x80 == 0 {
+                return Err(exc(vector::NP, err));
+            }
+        }
+        self.mark_descriptor_accessed(mem, sel, d)?;
+        s.attr |= 1;
+        self.st.seg[idx] = s;
+        if idx == seg::SS {
+            self.st.interrupt_shadow = true;
+        }
+        Ok(())
+    }
+
+    /// Loads CS for a far transfer at CPL0 (far `jmp`, `lret`). Only 64-bit code
+    /// segments keep the CPU executing; anything else is reported at the next step.
+    pub(crate) fn load_code_segment(&mut self, mem: &mut GuestMemory, sel: u16) -> R<Segment> {
+        let err = Some(sel as u32 & !3);
+        if sel & !3 == 0 {
+            return Err(gp0());
+        }
+        let d = self.read_descriptor(mem, sel)?;
+        let s = segment_from_descriptor(sel, d);
+        if s.attr & 0x18 != 0x18 {
+            return Err(exc(vector::GP, err));
+        }
+        if s.attr & 0x80 == 0 {
+            return Err(exc(vector::NP, err));
+        }
+        if s.dpl() != (sel & 3) as u8 && s.attr & 4 == 0 {
+            return Err(exc(vector::GP, err));
+        }
+        self.mark_descriptor_accessed(mem, sel, d)?;
+        let mut s = s;
+        s.attr |= 1;
+        Ok(s)
+    }
+
+    /// `iretq` (and its 16/32-bit operand-size forms).
+    pub(crate) fn iret(&mut self, mem: &mut GuestMemory, size: usize) -> R<Option<Exit>> {
+        let rsp = self.st.gpr[4];
+        let mut v = [0u64; 5];
+        for (i, x) in v.iter_mut().enumerate() {
+            *x = self.read_lin(mem, rsp.wrapping_add((i * size) as u64), size, true)?;
+        }
+        let [rip, cs_sel, rflags, new_rsp, ss_sel] = v;
+        let (cs_sel, ss_sel) = (cs_sel as u16, ss_sel as u16);
+        let rpl = cs_sel & 3;
+        let old = self.st.rflags;
+        let mut mask = flags::WRITABLE & !flags::VM;
+        if size == 2 {
+            mask &= 0xffff;
+        } else if size == 4 {
+            mask &= 0xffff_ffff;
+        }
+        let new_flags = (old & !mask) | (rflags & mask) | flags::FIXED1;
+        if rpl == 0 {
+            let cs = self.load_code_segment(mem, cs_sel)?;
+            if !cs.long_mode() && size == 8 {
+                // Compatibility-mode kernel code is not replayed.
+                return Err(self.unsupported("iret to a non-64-bit kernel code segment"));
+            }
+            if ss_sel & !3 != 0 {
+                self.load_data_segment(mem, seg::SS, ss_sel)?;
+            } else {
+                self.st.seg[seg::SS] = Segment {
+                    selector: ss_sel,
+                    base: 0,
+                    limit: 0,
+                    attr: 0,
+                };
+            }
+            self.st.seg[seg::CS] = cs;
+            self.st.rflags = new_flags;
+            self.st.gpr[4] = new_rsp;
+            self.next_rip = rip;
+            // An interrupt shadow set by loading SS does not apply to iret.
+            self.st.interrupt_shadow = false;
+            return Ok(None);
+        }
+        if rpl != 3 {
+            return Err(self.unsupported(format!("iret to CPL{rpl}")));
+        }
+        let cs = self.load_code_segment(mem, cs_sel)?;
+        let ss = if ss_sel & !3 != 0 {
+            let d = self.read_descriptor(mem, ss_sel)?;
+            let mut s = segment_from_descriptor(ss_sel, d);
+            s.attr |= 1;
+            s
+        } else {
+            return Err(exc(vector::GP, Some(0)));
+        };
+        self.st.seg[seg::CS] = cs;
+        self.st.seg[seg::SS] = ss;
+        self.st.rflags = new_flags;
+        self.st.gpr[4] = new_rsp;
+        self.next_rip = rip;
+        Ok(Some(Exit::ReturnToUser))
+    }
+
+    /// `sysret`: to 64-bit user mode with REX.W, to compatibility mode without.
+    pub(crate) fn sysret(&mut self, wide: bool) -> R<Option<Exit>> {
+        if self.st.efer & 1 == 0 {
+            return Err(super::ud());
+        }
+        let rcx = self.st.gpr[1];
+        if wide && !super::mmu::canonical(rcx) {
+            return Err(gp0());
+        }
+        let star = self.msr_value(msr::IA32_STAR);
+        let base = ((star >> 48) & 0xffff) as u16;
+        let (cs_sel, cs_attr, rip) = if wide {
+            (base.wrapping_add(16) | 3, USER_CODE64_ATTR, rcx)
+        } else {
+            (base | 3, USER_CODE32_ATTR, rcx & 0xffff_ffff)
+        };
+        self.st.seg[seg::CS] = Segment {
+            selector: cs_sel,
+            base: 0,
+            limit: 0xffff_ffff,
+            attr: cs_attr,
+        };
+        self.st.seg[seg::SS] = Segment {
+            selector: base.wrapping_add(8) | 3,
+            base: 0,
+            limit: 0xffff_ffff,
+            attr: USER_DATA_ATTR,
+        };
+        self.st.rflags = (self.st.gpr[11] & 0x3c_7fd7) | flags::FIXED1;
+        self.next_rip = rip;
+        Ok(Some(Exit::ReturnToUser))
+    }
+
+    /// The architectural effect of `syscall` from `rip_after` with `rflags`.
+    fn do_syscall(&mut self, rip_after: u64, rflags: u64) {
+        let star = self.msr_value(msr::IA32_STAR);
+        let sel = ((star >> 32) & 0xfffc) as u16;
+        self.st.gpr[1] = rip_after;
+        self.st.gpr[11] = rflags;
+        self.st.seg[seg::CS] = Segment {
+            selector: sel,
+            base: 0,
+            limit: 0xffff_ffff,
+            attr: KERNEL_CODE64_ATTR,
+        };
+        self.st.seg[seg::SS] = Segment {
+            selector: sel.wrapping_add(8),
+            base: 0,
+            limit: 0xffff_ffff,
+            attr: KERNEL_DATA_ATTR,
+        };
+        let fmask = self.msr_value(msr::IA32_FMASK);
+        self.st.rflags = (rflags & !fmask & !flags::RF) | flags::FIXED1;
+        self.next_rip = self.msr_value(msr::IA32_LSTAR);
+    }
+
+    /// `syscall` executed by kernel code.
+    pub(crate) fn syscall(&mut self) -> R<()> {
+        if self.st.efer & 1 == 0 {
+            return Err(super::ud());
+        }
+        self.do_syscall(self.next_rip, self.st.rflags);
+        Ok(())
+    }
+
+    /// Performs a recorded entry from user mode (see the module documentation).
+    pub fn enter_from_user(&mut self, mem: &mut GuestMemory, entry: &UserEntry) -> Result<(), CpuError> {
+        self.sync_caches(mem);
+        self.skip_breakpoint_at = None;
+        self.pending = None;
+        self.mmio_input = None;
+        let r = &entry.regs;
+        self.st.gpr = r.gpr;
+        self.st.rip = r.rip;
+        self.st.rflags = r.rflags | flags::FIXED1;
+        self.st.seg[seg::CS] = Segment {
+            selector: r.cs,
+            base: 0,
+            limit: 0xffff_ffff,
+            attr: USER_CODE64_ATTR,
+        };
+        self.st.seg[seg::SS] = Segment {
+            selector: r.ss,
+            base: 0,
+            limit: 0xffff_ffff,
+            attr: USER_DATA_ATTR,
+        };
+        self.st.seg[seg::FS].base = r.fs_base;
+        self.st.seg[seg::GS].base = r.gs_base;
+        self.st.halted = false;
+        self.st.interrupt_shadow = false;
+        match entry.kind {
+            EntryKind::Syscall => {
+                if self.st.efer & 1 == 0 {
+                    return Err(CpuError::BadEntry("syscall with EFER.SCE clear".into()));
+                }
+                self.do_syscall(r.rip, self.st.rflags);
+                self.st.rip = self.next_rip;
+                Ok(())
+            }
+            EntryKind::Interrupt { vector } => self.entry_delivery(mem, vector, None, true),
+            EntryKind::Exception {
+                vector,
+                error_code,
+                cr2,
+            } => {
+                if vector == super::vector::PF {
+                    self.st.cr2 = cr2;
+                }
+                self.entry_delivery(mem, vector, error_code, false)
+            }
+        }
+    }
+
+    fn entry_delivery(&mut self, mem: &mut GuestMemory, v: u8, code: Option<u32>, ext: bool) -> Result<(), CpuError> {
+        match self.deliver(mem, v, code, ext) {
+            Ok(()) => Ok(()),
+            Err(Fault::Exc(e)) => Err(CpuError::BadEntry(format!(
+                "delivering vector {v} from user mode raised exception {} (error code {:?})",
+                e.vector, e.error_code
+            ))),
+            Err(Fault::Exit(Exit::Error(e))) => Err(e),
+            Err(Fault::Exit(x)) => Err(CpuError::BadEntry(format!("delivery of vector {v} needs {x:?}"))),
+        }
+    }
+
+    // ---- MSRs ----
+
+    pub(crate) fn msr_value(&self, index: u32) -> u64 {
+        self.st.msr(index).unwrap_or(0)
+    }
+
+    fn named_msr(index: u32) -> bool {
+        matches!(
+            index,
+            msr::IA32_APIC_BASE
+                | msr::IA32_SYSENTER_CS
+                | msr::IA32_SYSENTER_ESP
+                | msr::IA32_SYSENTER_EIP
+                | msr::IA32_PAT
+                | msr::IA32_STAR
+                | msr::IA32_LSTAR
+                | msr::IA32_CSTAR
+                | msr::IA32_FMASK
+                | msr::IA32_KERNEL_GS_BASE
+                | msr::IA32_TSC_AUX
+        )
+    }
+
+    /// `rdmsr`. `Ok(None)` means the value comes from the driver (IA32_TSC).
+    pub(crate) fn rdmsr(&mut self, index: u32) -> R<Option<u64>> {
+        Ok(Some(match index {
+            msr::IA32_TSC => return Ok(None),
+            msr::IA32_EFER => self.st.efer,
+            msr::IA32_FS_BASE => self.st.seg[seg::FS].base,
+            msr::IA32_GS_BASE => self.st.seg[seg::GS].base,
+            i if Self::named_msr(i) => self.msr_value(i),
+            i => match self.st.msr(i) {
+                Some(v) => v,
+                None => return Err(gp0()),
+            },
+        }))
+    }
+
+    pub(crate) fn wrmsr(&mut self, index: u32, v: u64) -> R<()> {
+        let need_canonical = matches!(
+            index,
+            msr::IA32_FS_BASE
+                | msr::IA32_GS_BASE
+                | msr::IA32_KERNEL_GS_BASE
+                | msr::IA32_LSTAR
+                | msr::IA32_CSTAR
+                | msr::IA32_SYSENTER_ESP
+                | msr::IA32_SYSENTER_EIP
+        );
+        if need_canonical && !super::mmu::canonical(v) {
+            return Err(gp0());
+        }
+        match index {
+            msr::IA32_TSC => return Err(self.unsupported("wrmsr to IA32_TSC")),
+            msr::IA32_EFER => {
+                // SCE, LME, NXE are writable; LMA is read-only; the rest is reserved.
+                let writable = 1 | (1 << 8) | (1 << 11);
+                if v & !(writable | (1 << 10)) != 0 {
+                    return Err(gp0());
+                }
+                if (v ^ self.st.efer) & (1 << 8) != 0 && self.st.cr0 & (1 << 31) != 0 {
+                    return Err(gp0());
+                }
+                self.st.efer = (self.st.efer & (1 << 10)) | (v & writable);
+                self.tlb_flush(true);
+            }
+            msr::IA32_FS_BASE => self.st.seg[seg::FS].base = v,
+            msr::IA32_GS_BASE => self.st.seg[seg::GS].base = v,
+            msr::IA32_PAT => {
+                if (0..8).any(|i| !matches!((v >> (8 * i)) & 0xff, 0 | 1 | 4 | 5 | 6 | 7)) {
+                    return Err(gp0());
+                }
+                self.st.set_msr(index, v);
+            }
+            msr::IA32_TSC_AUX => {
+                if v >> 32 != 0 {
+                    return Err(gp0());
+                }
+                self.st.set_msr(index, v);
+            }
+            i if Self::named_msr(i) || self.st.msr(i).is_some() => self.st.set_msr(i, v),
+            _ => return Err(gp0()),
+        }
+        Ok(())
+    }
+
+    pub(crate) fn swapgs(&mut self) {
+        let k = self.msr_value(msr::IA32_KERNEL_GS_BASE);
+        let g = self.st.seg[seg::GS].base;
+        self.st.set_msr(msr::IA32_KERNEL_GS_BASE, g);
+        self.st.seg[seg::GS].base = k;
+    }
+
+    // ---- CPUID ----
+
+    /// CPUID from the recorded table, with KVM's lookup rules: an entry with the
+    /// significant-index flag matches (leaf, subleaf), others match the leaf; a leaf
+    /// above the maximum of its range (0, 0x4000_0000, 0x8000_0000, 0xc000_0000)
+    /// returns the highest basic leaf (as Intel CPUs and KVM with an Intel vendor do);
+    /// any other missing leaf returns zeros. OSXSAVE and OSPKE reflect CR4.
+    pub fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        let find = |f: u32, i: u32| {
+            self.cpuid
+                .iter()
+                .find(|e| e.function == f && (e.flags & 1 == 0 || e.index == i))
+        };
+        let class = match leaf {
+            0x4000_0000..=0x4fff_ffff => leaf & 0xffff_ff00,
+            0xc000_0000.. => 0xc000_0000,
+            _ => leaf & 0x8000_0000,
+        };
+        let in_range = find(class, 0).is_some_and(|e| leaf <= e.eax);
+        let (l, s) = match find(0, 0) {
+            Some(basic) if !in_range => (basic.eax, subleaf),
+            _ => (leaf, subleaf),
+        };
+        let mut out = match find(l, s) {
+            Some(e) => [e.eax, e.ebx, e.ecx, e.edx],
+            None => [0; 4],
+        };
+        if l == 1 {
+            out[2] = (out[2] & !(1 << 27)) | if self.st.cr4 & (1 << 18) != 0 { 1 << 27 } else { 0 };
+        }
+        if l == 7 && s == 0 {
+            out[2] = (out[2] & !(1 << 4)) | if self.st.cr4 & (1 << 22) != 0 { 1 << 4 } else { 0 };
+        }
+        out
+    }
+}

@@ -1,0 +1,738 @@
+//! Reading a recording, finished or cut short.
+
+use std::fs::File;
+use std::io::{Cursor, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use crate::event::Event;
+use crate::state::{CpuState, PAGE_SIZE, Snapshot, SnapshotPage};
+
+use super::error::{Result, TraceError};
+use super::section::{
+    FILE_MAGIC, FOOTER_LEN, PREAMBLE_LEN, SectionDecoder, SectionHeader, SectionKind, decode_exact,
+    decode_footer,
+};
+use super::stats::{KindCounts, Stats, StoredStats};
+use super::{ChunkInfo, FORMAT_VERSION, Header, PAGES_PER_SECTION};
+
+/// How much of a recording could be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// The recording was finished: trailer and footer are intact and consistent.
+    pub complete: bool,
+    /// Events readable (for an incomplete recording: those of every complete,
+    /// checksum-valid chunk before the first damage).
+    pub valid_events: u64,
+    /// Bytes after the last valid section (0 for a complete recording).
+    pub lost_bytes: u64,
+    /// Why the recording is incomplete and where the scan stopped (None if complete).
+    pub reason: Option<String>,
+}
+
+/// A section of the snapshot: where it is and how many pages it holds.
+#[derive(Debug, Clone, Copy)]
+struct PageSection {
+    offset: u64,
+    header: SectionHeader,
+}
+
+/// Reads a recording. Opening reads the header, walks the snapshot's section headers
+/// and loads the chunk index (from the trailer, or by scanning when the recording was
+/// cut short). Events and snapshot pages are decoded on demand.
+pub struct RecordingReader<R = File> {
+    r: R,
+    file_size: u64,
+    dec: SectionDecoder,
+    header: Header,
+    snapshot_begin: (u64, SectionHeader),
+    page_sections: Vec<PageSection>,
+    total_pages: u64,
+    index: Vec<ChunkInfo>,
+    stats: Stats,
+    recovery: Recovery,
+    cache: Option<(usize, Vec<Event>)>,
+}
+
+impl RecordingReader<File> {
+    /// Opens the recording at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::from_reader(File::open(path)?)
+    }
+}
+
+impl RecordingReader<Cursor<Vec<u8>>> {
+    /// Reads a recording held in memory.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
+        Self::from_reader(Cursor::new(bytes))
+    }
+}
+
+impl<R: Read + Seek> RecordingReader<R> {
+    /// Reads a recording from any seekable source; offset 0 is the start of the recording.
+    pub fn from_reader(mut r: R) -> Result<Self> {
+        let file_size = r.seek(SeekFrom::End(0))?;
+        read_preamble(&mut r, file_size)?;
+        let mut dec = SectionDecoder::new()?;
+
+        let at = PREAMBLE_LEN;
+        let h = dec
+            .read_header(&mut r, at, file_size)
+            .map_err(|e| in_context(e, "header"))?;
+        if h.kind != SectionKind::Header {
+            return Err(TraceError::corrupt(
+                at,
+                "first section",
+                format!("is {}, expected the header", h.kind.name()),
+            ));
+        }
+        let header: Header =
+            decode_exact(dec.read_payload(&mut r, &h, at, "header")?, at, "header")?;
+        if header.format_version != FORMAT_VERSION {
+            return Err(TraceError::corrupt(
+                at,
+                "header",
+                format!(
+                    "says format version {}, the preamble says {FORMAT_VERSION}",
+                    header.format_version
+                ),
+            ));
+        }
+
+        // The snapshot: its sections' headers only; payloads are read by snapshot().
+        let mut at = h.end(at);
+        let begin = dec
+            .read_header(&mut r, at, file_size)
+            .map_err(|e| in_context(e, "snapshot"))?;
+        if begin.kind != SectionKind::SnapshotBegin {
+            return Err(TraceError::corrupt(
+                at,
+                "snapshot",
+                format!("found {} where the snapshot begins", begin.kind.name()),
+            ));
+        }
+        let snapshot_begin = (at, begin);
+        at = begin.end(at);
+        let mut page_sections = Vec::new();
+        let mut pages_seen = 0u64;
+        let total_pages = loop {
+            let h = dec
+                .read_header(&mut r, at, file_size)
+                .map_err(|e| in_context(e, "snapshot"))?;
+            match h.kind {
+                SectionKind::SnapshotPages => {
+                    let n = h.meta[0];
+                    if n == 0
+                        || n > PAGES_PER_SECTION as u64
+                        || h.uncompressed_len < n * PAGE_SIZE as u64
+                    {
+                        return Err(TraceError::corrupt(
+                            at,
+                            "snapshot pages",
+                            format!("claims {n} pages in a {}-byte payload", h.uncompressed_len),
+                        ));
+                    }
+                    pages_seen += n;
+                    page_sections.push(PageSection {
+                        offset: at,
+                        header: h,
+                    });
+                }
+                SectionKind::SnapshotEnd => {
+                    if h.meta[0] != pages_seen || h.meta[1] != page_sections.len() as u64 {
+                        return Err(TraceError::corrupt(
+                            at,
+                            "snapshot end",
+                            format!(
+                                "claims {} pages in {} sections, found {pages_seen} in {}",
+                                h.meta[0],
+                                h.meta[1],
+                                page_sections.len()
+                            ),
+                        ));
+                    }
+                    // Tiny, and read so that no byte of the snapshot goes unchecked.
+                    let payload = dec.read_payload(&mut r, &h, at, "snapshot end")?;
+                    decode_exact::<()>(payload, at, "snapshot end")?;
+                    at = h.end(at);
+                    break pages_seen;
+                }
+                other => {
+                    return Err(TraceError::corrupt(
+                        at,
+                        "snapshot",
+                        format!("found {} before the snapshot ended", other.name()),
+                    ));
+                }
+            }
+            at = h.end(at);
+        };
+        let events_start = at;
+
+        let mut reader = RecordingReader {
+            r,
+            file_size,
+            dec,
+            header,
+            snapshot_begin,
+            page_sections,
+            total_pages,
+            index: Vec::new(),
+            stats: Stats::from_counts(&KindCounts::default(), 0),
+            recovery: Recovery {
+                complete: false,
+                valid_events: 0,
+                lost_bytes: 0,
+                reason: None,
+            },
+            cache: None,
+        };
+        match reader.load_trailer(events_start) {
+            Ok(()) => {}
+            Err(why) => reader.scan(events_start, why)?,
+        }
+        Ok(reader)
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn chunk_index(&self) -> &[ChunkInfo] {
+        &self.index
+    }
+
+    pub fn event_count(&self) -> u64 {
+        self.index.last().map_or(0, |c| c.end_event())
+    }
+
+    /// Non-zero pages in the snapshot.
+    pub fn snapshot_page_count(&self) -> u64 {
+        self.total_pages
+    }
+
+    /// The snapshot's CPU state.
+    pub fn snapshot_cpu(&mut self) -> Result<CpuState> {
+        let (at, h) = self.snapshot_begin;
+        let what = "snapshot CPU state";
+        let payload = self.dec.read_payload(&mut self.r, &h, at, what)?;
+        decode_exact(payload, at, what)
+    }
+
+    /// The snapshot's pages, one section decoded at a time.
+    pub fn snapshot_pages(&mut self) -> SnapshotPages<'_, R> {
+        SnapshotPages {
+            reader: self,
+            section: 0,
+            pages: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+
+    /// The whole snapshot (pages absent from it are zero).
+    pub fn snapshot(&mut self) -> Result<Snapshot> {
+        let cpu = self.snapshot_cpu()?;
+        // The count was checked against the sections' page counts; each is at most
+        // PAGES_PER_SECTION and backed by a payload that exists in the file.
+        let mut pages = Vec::with_capacity(self.total_pages.min(1 << 16) as usize);
+        for page in self.snapshot_pages() {
+            pages.push(page?);
+        }
+        Ok(Snapshot { cpu, pages })
+    }
+
+    /// Event number `n`.
+    pub fn event(&mut self, n: u64) -> Result<Event> {
+        let i = self.chunk_of(n)?;
+        if self.cache.as_ref().is_none_or(|(c, _)| *c != i) {
+            self.cache = None;
+            let events = self.read_chunk(i)?;
+            self.cache = Some((i, events));
+        }
+        let (_, events) = self.cache.as_ref().expect("cache just filled");
+        let chunk = &self.index[i];
+        Ok(events[(n - chunk.first_event) as usize].clone())
+    }
+
+    /// Events from number `n` to the end, decoding one chunk at a time. After an error
+    /// the iterator ends.
+    pub fn events_from(&mut self, n: u64) -> EventsFrom<'_, R> {
+        let count = self.event_count();
+        EventsFrom {
+            reader: self,
+            next: n,
+            chunk: None,
+            pending_error: (n > count).then_some(TraceError::EventOutOfRange { index: n, count }),
+            done: false,
+        }
+    }
+
+    /// Reads every section payload and checks it (checksums, decoding, counts).
+    pub fn verify(&mut self) -> Result<()> {
+        self.snapshot_cpu()?;
+        for page in self.snapshot_pages() {
+            page?;
+        }
+        for i in 0..self.index.len() {
+            self.read_chunk(i)?;
+        }
+        Ok(())
+    }
+
+    fn chunk_of(&self, n: u64) -> Result<usize> {
+        let count = self.event_count();
+        if n >= count {
+            return Err(TraceError::EventOutOfRange { index: n, count });
+        }
+        Ok(self.index.partition_point(|c| c.end_event() <= n))
+    }
+
+    /// Decodes chunk `i` and checks it against its index entry.
+    fn read_chunk(&mut self, i: usize) -> Result<Vec<Event>> {
+        let info = self.index[i];
+        let what = format!("event chunk {i}");
+        let h = self
+            .dec
+            .read_header(&mut self.r, info.offset, self.file_size)
+            .map_err(|e| in_context(e, &what))?;
+        check_chunk_header(&h, info.offset, &what, info.first_event)?;
+        if h.meta
+            != [
+                info.first_event,
+                u64::from(info.count),
+                info.first_icount,
+                info.last_icount,
+            ]
+        {
+            return Err(TraceError::corrupt(
+                info.offset,
+                what,
+                "section header disagrees with the trailer's index",
+            ));
+        }
+        decode_chunk(&mut self.dec, &mut self.r, &h, info.offset, &what)
+    }
+
+    /// Loads index and statistics through the footer; Err says why it could not.
+    fn load_trailer(&mut self, events_start: u64) -> std::result::Result<(), String> {
+        if self.file_size < events_start + FOOTER_LEN {
+            return Err("no footer (the recording was not finished)".into());
+        }
+        let footer_at = self.file_size - FOOTER_LEN;
+        let mut b = [0u8; FOOTER_LEN as usize];
+        self.r
+            .seek(SeekFrom::Start(footer_at))
+            .and_then(|_| self.r.read_exact(&mut b))
+            .map_err(|e| format!("reading the footer: {e}"))?;
+        let at = decode_footer(&b)?;
+        if at < events_start || at > footer_at {
+            return Err(format!(
+                "footer points at offset {at}, outside the event area {events_start}..{footer_at}"
+            ));
+        }
+        let (index, stored) = self
+            .read_trailer_at(at, footer_at)
+            .map_err(|e| e.to_string())?;
+
+        // The index must describe contiguous events in increasing, in-range chunks.
+        let mut next_event = 0u64;
+        let mut min_offset = events_start;
+        for (i, c) in index.iter().enumerate() {
+            if c.offset < min_offset
+                || c.offset >= at
+                || c.count == 0
+                || c.first_event != next_event
+            {
+                return Err(format!(
+                    "trailer at offset {at}: index entry {i} is inconsistent"
+                ));
+            }
+            next_event = c.end_event();
+            min_offset = c.offset + super::section::SECTION_HEADER_LEN;
+        }
+        if stored.total_events != next_event || stored.counts.sum() != Some(next_event) {
+            return Err(format!(
+                "trailer at offset {at}: statistics count {} events, the index {next_event}",
+                stored.total_events
+            ));
+        }
+        self.index = index;
+        self.stats = stats_from_stored(&stored, true, self.file_size);
+        self.recovery = Recovery {
+            complete: true,
+            valid_events: next_event,
+            lost_bytes: 0,
+            reason: None,
+        };
+        Ok(())
+    }
+
+    /// Reads the trailer section at `at`, which must end at `end`.
+    fn read_trailer_at(&mut self, at: u64, end: u64) -> Result<(Vec<ChunkInfo>, StoredStats)> {
+        let what = "trailer";
+        let h = self
+            .dec
+            .read_header(&mut self.r, at, self.file_size)
+            .map_err(|e| in_context(e, what))?;
+        if h.kind != SectionKind::Trailer {
+            return Err(TraceError::corrupt(
+                at,
+                what,
+                format!("found {} where the trailer should be", h.kind.name()),
+            ));
+        }
+        if h.end(at) != end {
+            return Err(TraceError::corrupt(
+                at,
+                what,
+                format!("ends at offset {}, expected {end}", h.end(at)),
+            ));
+        }
+        let payload = self.dec.read_payload(&mut self.r, &h, at, what)?;
+        decode_exact(payload, at, what)
+    }
+
+    /// Rebuilds the index by reading every chunk from `events_start` until the first
+    /// damage. Only a failure to read the file at all is an error.
+    fn scan(&mut self, events_start: u64, footer_problem: String) -> Result<()> {
+        let mut at = events_start;
+        let mut counts = KindCounts::default();
+        let mut next_event = 0u64;
+        let mut event_bytes = 0u64;
+        let mut trailer: Option<StoredStats> = None;
+        let stop: String = loop {
+            if at == self.file_size {
+                break format!("file ends at offset {at} after {} chunks", self.index.len());
+            }
+            let what = format!("event chunk {}", self.index.len());
+            let h = match self.dec.read_header(&mut self.r, at, self.file_size) {
+                Ok(h) => h,
+                Err(TraceError::Io(e)) => return Err(TraceError::Io(e)),
+                Err(e) => break in_context(e, &what).to_string(),
+            };
+            match h.kind {
+                SectionKind::EventChunk => {
+                    let events = check_chunk_header(&h, at, &what, next_event)
+                        .and_then(|()| decode_chunk(&mut self.dec, &mut self.r, &h, at, &what));
+                    let events = match events {
+                        Ok(ev) => ev,
+                        Err(TraceError::Io(e)) => return Err(TraceError::Io(e)),
+                        Err(e) => break e.to_string(),
+                    };
+                    for e in &events {
+                        counts.add(e.kind());
+                    }
+                    self.index.push(ChunkInfo {
+                        offset: at,
+                        first_event: next_event,
+                        count: events.len() as u32,
+                        first_icount: h.meta[2],
+                        last_icount: h.meta[3],
+                    });
+                    next_event += events.len() as u64;
+                    event_bytes += h.end(at) - at;
+                    at = h.end(at);
+                }
+                SectionKind::Trailer => {
+                    // The footer is damaged but the trailer may be whole: use its
+                    // statistics if they agree with the chunks found.
+                    match self.read_trailer_at(at, h.end(at)) {
+                        Ok((index, stored))
+                            if index == self.index
+                                && stored.total_events == next_event
+                                && stored.counts == counts =>
+                        {
+                            let trailer_at = at;
+                            at = h.end(at);
+                            trailer = Some(stored);
+                            break format!("trailer at offset {trailer_at} is intact");
+                        }
+                        Ok(_) => {
+                            break format!(
+                                "trailer at offset {at} disagrees with the chunks found"
+                            );
+                        }
+                        Err(e) => break e.to_string(),
+                    }
+                }
+                other => break format!("unexpected {} section at offset {at}", other.name()),
+            }
+        };
+        let mut stats = match &trailer {
+            Some(stored) => stats_from_stored(stored, false, self.file_size),
+            None => {
+                let mut s = Stats::from_counts(&counts, next_event);
+                s.kernel_instructions = self.index.last().map_or(0, |c| c.last_icount);
+                s.end_reason = "unknown (the recording was cut short)".into();
+                s.set_sizes(self.file_size, event_bytes);
+                s
+            }
+        };
+        stats.complete = false;
+        self.stats = stats;
+        self.recovery = Recovery {
+            complete: false,
+            valid_events: next_event,
+            lost_bytes: self.file_size - at,
+            reason: Some(format!(
+                "{footer_problem}; recovered {next_event} events in {} chunks by scanning; stopped: {stop}",
+                self.index.len()
+            )),
+        };
+        Ok(())
+    }
+}
+
+fn read_preamble<R: Read + Seek>(r: &mut R, file_size: u64) -> Result<()> {
+    let mut b = [0u8; PREAMBLE_LEN as usize];
+    let n = file_size.min(PREAMBLE_LEN) as usize;
+    r.seek(SeekFrom::Start(0))?;
+    r.read_exact(&mut b[..n])?;
+    let m = n.min(FILE_MAGIC.len());
+    if b[..m] != FILE_MAGIC[..m] {
+        return Err(TraceError::BadMagic {
+            found: b[..m].to_vec(),
+        });
+    }
+    if (n as u64) < PREAMBLE_LEN {
+        return Err(TraceError::truncated(
+            0,
+            format!("file preamble ({n} of {PREAMBLE_LEN} bytes present)"),
+        ));
+    }
+    let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(TraceError::UnsupportedVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if b[12..16] != [0; 4] {
+        return Err(TraceError::corrupt(
+            8,
+            "file preamble",
+            format!("reserved bytes are {:02x?}, not zero", &b[12..16]),
+        ));
+    }
+    Ok(())
+}
+
+/// Names the structure a framing error was found in ("section" becomes "event chunk 7").
+fn in_context(e: TraceError, what: &str) -> TraceError {
+    match e {
+        TraceError::Corrupt {
+            offset,
+            what: w,
+            problem,
+        } => TraceError::Corrupt {
+            offset,
+            what: format!("{what} ({w} at offset {offset})"),
+            problem,
+        },
+        TraceError::Truncated { offset, what: w } => TraceError::Truncated {
+            offset,
+            what: format!("{what}: {w}"),
+        },
+        e => e,
+    }
+}
+
+fn check_chunk_header(h: &SectionHeader, at: u64, what: &str, first_event: u64) -> Result<()> {
+    if h.kind != SectionKind::EventChunk {
+        return Err(TraceError::corrupt(
+            at,
+            what,
+            format!("is a {} section", h.kind.name()),
+        ));
+    }
+    let [first, count, ..] = h.meta;
+    if first != first_event {
+        return Err(TraceError::corrupt(
+            at,
+            what,
+            format!("starts at event {first}, expected {first_event}"),
+        ));
+    }
+    if count == 0 || count > u64::from(u32::MAX) || count > h.uncompressed_len {
+        return Err(TraceError::corrupt(
+            at,
+            what,
+            format!(
+                "claims {count} events in a {}-byte payload",
+                h.uncompressed_len
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes a chunk whose header was checked, and checks its events against it.
+fn decode_chunk<R: Read + Seek>(
+    dec: &mut SectionDecoder,
+    r: &mut R,
+    h: &SectionHeader,
+    at: u64,
+    what: &str,
+) -> Result<Vec<Event>> {
+    let payload = dec.read_payload(r, h, at, what)?;
+    let events: Vec<Event> = decode_exact(payload, at, what)?;
+    let [_, count, first_icount, last_icount] = h.meta;
+    if events.len() as u64 != count {
+        return Err(TraceError::corrupt(
+            at,
+            what,
+            format!("header says {count} events, payload has {}", events.len()),
+        ));
+    }
+    let (first, last) = (events[0].icount(), events[events.len() - 1].icount());
+    if (first, last) != (first_icount, last_icount) {
+        return Err(TraceError::corrupt(
+            at,
+            what,
+            format!(
+                "header says icounts {first_icount}..={last_icount}, events have {first}..={last}"
+            ),
+        ));
+    }
+    Ok(events)
+}
+
+fn stats_from_stored(stored: &StoredStats, complete: bool, file_size: u64) -> Stats {
+    let mut s = Stats::from_counts(&stored.counts, stored.total_events);
+    s.kernel_instructions = stored.kernel_instructions;
+    s.duration_s = stored.duration_s;
+    s.end_reason = stored.end_reason.clone();
+    s.complete = complete;
+    s.set_sizes(file_size, stored.event_bytes);
+    s
+}
+
+/// Iterator over events from a given number; see [`RecordingReader::events_from`].
+pub struct EventsFrom<'a, R> {
+    reader: &'a mut RecordingReader<R>,
+    next: u64,
+    chunk: Option<std::iter::Skip<std::vec::IntoIter<Event>>>,
+    pending_error: Option<TraceError>,
+    done: bool,
+}
+
+impl<R: Read + Seek> Iterator for EventsFrom<'_, R> {
+    type Item = Result<Event>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if let Some(e) = self.pending_error.take() {
+            self.done = true;
+            return Some(Err(e));
+        }
+        if let Some(ev) = self.chunk.as_mut().and_then(|c| c.next()) {
+            self.next += 1;
+            return Some(Ok(ev));
+        }
+        if self.next >= self.reader.event_count() {
+            self.done = true;
+            return None;
+        }
+        let loaded = self.reader.chunk_of(self.next).and_then(|i| {
+            let first = self.reader.index[i].first_event;
+            self.reader.read_chunk(i).map(|ev| (ev, first))
+        });
+        match loaded {
+            Ok((events, first)) => {
+                let mut it = events.into_iter().skip((self.next - first) as usize);
+                let ev = it.next();
+                self.chunk = Some(it);
+                self.next += 1;
+                ev.map(Ok)
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Iterator over the snapshot's pages; see [`RecordingReader::snapshot_pages`].
+pub struct SnapshotPages<'a, R> {
+    reader: &'a mut RecordingReader<R>,
+    section: usize,
+    pages: std::vec::IntoIter<SnapshotPage>,
+    done: bool,
+}
+
+impl<R: Read + Seek> SnapshotPages<'_, R> {
+    fn load(&mut self) -> Result<Vec<SnapshotPage>> {
+        let s = self.reader.page_sections[self.section];
+        let what = format!("snapshot pages section {}", self.section);
+        let payload =
+            self.reader
+                .dec
+                .read_payload(&mut self.reader.r, &s.header, s.offset, &what)?;
+        let pages: Vec<SnapshotPage> = decode_exact(payload, s.offset, &what)?;
+        if pages.len() as u64 != s.header.meta[0] {
+            return Err(TraceError::corrupt(
+                s.offset,
+                what,
+                format!(
+                    "header says {} pages, payload has {}",
+                    s.header.meta[0],
+                    pages.len()
+                ),
+            ));
+        }
+        if let Some(p) = pages
+            .iter()
+            .find(|p| p.data.len() != PAGE_SIZE || !p.gpa.is_multiple_of(PAGE_SIZE as u64))
+        {
+            return Err(TraceError::corrupt(
+                s.offset,
+                what,
+                format!(
+                    "page at {:#x} has {} bytes or is not page aligned",
+                    p.gpa,
+                    p.data.len()
+                ),
+            ));
+        }
+        Ok(pages)
+    }
+}
+
+impl<R: Read + Seek> Iterator for SnapshotPages<'_, R> {
+    type Item = Result<SnapshotPage>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(p) = self.pages.next() {
+                return Some(Ok(p));
+            }
+            if self.section >= self.reader.page_sections.len() {
+                self.done = true;
+                return None;
+            }
+            match self.load() {
+                Ok(pages) => {
+                    self.section += 1;
+                    self.pages = pages.into_iter();
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! Any bytes given to the recording reader: opening, every event, random access, the
+//! snapshot, statistics and verification must return values or errors, never panic,
+//! hang or allocate what the bytes merely claim.
+
+#![no_main]
+
+use krr_engine::trace::RecordingReader;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(mut r) = RecordingReader::from_bytes(data.to_vec()) else {
+        return;
+    };
+    let _ = r.header().symbols.len();
+    let _ = r.recovery().reason.clone();
+    let _ = r.stats().to_json().to_string();
+    let _ = r.stats().to_string();
+    let _ = r.chunk_index().len();
+    let n = r.event_count();
+    let mut read = 0u64;
+    for e in r.events_from(0) {
+        if e.is_err() {
+            break;
+        }
+        read += 1;
+    }
+    assert!(read <= n);
+    if n > 0 {
+        let _ = r.event(n - 1);
+        let _ = r.event(n / 2);
+        let _ = r.events_from(n / 2).count();
+    }
+    let _ = r.event(n);
+    let _ = r.snapshot();
+    let _ = r.verify();
+});
