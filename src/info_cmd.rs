@@ -14,8 +14,8 @@ pub struct InfoArgs {
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
-    let reader = RecordingReader::open(&args.file)
-        .with_context(|| format!("{}", args.file.display()))?;
+    let reader =
+        RecordingReader::open(&args.file).with_context(|| format!("{}", args.file.display()))?;
     let stats = reader.stats();
     let header = reader.header();
     let recovery = reader.recovery();

@@ -26,7 +26,12 @@ pub struct RecordArgs {
     #[arg(long, default_value = "")]
     cmdline: String,
     /// Output file.
-    #[arg(short = 'o', long = "output", value_name = "FILE", default_value = "recording.krr")]
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "FILE",
+        default_value = "recording.krr"
+    )]
     output: PathBuf,
     /// Record without the terminal UI: the guest console goes to standard output.
     #[arg(long)]
@@ -57,7 +62,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a size like 64M"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Writes events to the recording file and echoes the console.
@@ -86,9 +92,7 @@ pub fn run(args: RecordArgs) -> Result<()> {
         bail!("recording needs KVM: {why}");
     }
     if !args.headless {
-        eprintln!(
-            "krr-tui: the recording terminal UI is not available yet; recording headless"
-        );
+        eprintln!("krr-tui: the recording terminal UI is not available yet; recording headless");
     }
     let (image, name) = match &args.kernel {
         Some(p) => (
@@ -98,7 +102,9 @@ pub fn run(args: RecordArgs) -> Result<()> {
         None => (krr_guest::DEMO_KERNEL.to_vec(), "builtin:demo".to_string()),
     };
     let disk = match (&args.disk, &args.kernel) {
-        (Some(p), _) => Some(std::fs::read(p).with_context(|| format!("reading disk {}", p.display()))?),
+        (Some(p), _) => {
+            Some(std::fs::read(p).with_context(|| format!("reading disk {}", p.display()))?)
+        }
         (None, None) => Some(krr_guest::demo_disk()),
         (None, Some(_)) => None,
     };
@@ -158,7 +164,9 @@ pub fn run(args: RecordArgs) -> Result<()> {
     eprintln!("{stats}");
     match outcome {
         Ok(o) => match o.end {
-            EndReason::GuestError(e) => bail!("the guest failed: {e} (everything before it is recorded)"),
+            EndReason::GuestError(e) => {
+                bail!("the guest failed: {e} (everything before it is recorded)")
+            }
             _ => Ok(()),
         },
         Err(e) => Err(e.into()),

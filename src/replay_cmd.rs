@@ -71,7 +71,11 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         Stop::Finished(End::EndOfRecording) => ended = " (end of recording)",
         Stop::Reached(_) => {
             let n = replay.events_consumed();
-            println!("stopped after event #{} at icount {}", n.saturating_sub(1), replay.icount());
+            println!(
+                "stopped after event #{} at icount {}",
+                n.saturating_sub(1),
+                replay.icount()
+            );
         }
         Stop::Breakpoint(a) => println!("breakpoint at {a:#x}"),
     }

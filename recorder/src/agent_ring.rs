@@ -132,7 +132,9 @@ pub const RECORD_CAPACITY: u64 = RING_REGION_SIZE - RECORD_AREA_OFFSET;
 /// A violation of the ring protocol by the guest.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RingError {
-    #[error("agent ring header changed by the guest: {field} is {value:#x}, expected {expected:#x}")]
+    #[error(
+        "agent ring header changed by the guest: {field} is {value:#x}, expected {expected:#x}"
+    )]
     HeaderChanged {
         field: &'static str,
         value: u64,
@@ -238,10 +240,8 @@ impl RingReader {
         while self.consumed < head {
             let offset = self.consumed;
             let rec = &area[offset as usize..head as usize];
-            let (event, size) = parse_record(rec, icount).map_err(|what| RingError::BadRecord {
-                offset,
-                what,
-            })?;
+            let (event, size) =
+                parse_record(rec, icount).map_err(|what| RingError::BadRecord { offset, what })?;
             out.push(event);
             self.consumed += size;
             self.records += 1;
@@ -268,7 +268,11 @@ impl RingReader {
         for (field, value, exp) in [
             ("magic", h.magic as u64, expected.magic as u64),
             ("version", h.version as u64, expected.version as u64),
-            ("header_size", h.header_size as u64, expected.header_size as u64),
+            (
+                "header_size",
+                h.header_size as u64,
+                expected.header_size as u64,
+            ),
             ("capacity", h.capacity as u64, expected.capacity as u64),
         ] {
             if value != exp {
@@ -491,7 +495,10 @@ mod tests {
         let err = RingReader::new()
             .poll(&region, 0, &mut Vec::new())
             .unwrap_err();
-        assert!(matches!(err, RingError::BadRecord { offset: 0, .. }), "{err}");
+        assert!(
+            matches!(err, RingError::BadRecord { offset: 0, .. }),
+            "{err}"
+        );
 
         let mut region = region_with(&[]);
         let mut h = initial_header();
@@ -508,7 +515,13 @@ mod tests {
             .poll(&region, 0, &mut Vec::new())
             .unwrap_err();
         assert!(
-            matches!(err, RingError::HeaderChanged { field: "capacity", .. }),
+            matches!(
+                err,
+                RingError::HeaderChanged {
+                    field: "capacity",
+                    ..
+                }
+            ),
             "{err}"
         );
     }

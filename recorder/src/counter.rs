@@ -152,7 +152,11 @@ impl KvmInsnEmulation {
             }
         }
         let delta = counter.read()? - before;
-        tracing::debug!(delta, expected = CALIBRATION_INSTRUCTIONS, "insn_emulation calibration");
+        tracing::debug!(
+            delta,
+            expected = CALIBRATION_INSTRUCTIONS,
+            "insn_emulation calibration"
+        );
         Ok(delta == CALIBRATION_INSTRUCTIONS)
     }
 }
@@ -192,7 +196,11 @@ impl WrapExtender {
     }
 
     fn mask_for(width: u32) -> u64 {
-        if width >= 64 { u64::MAX } else { (1u64 << width) - 1 }
+        if width >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << width) - 1
+        }
     }
 
     pub fn extend(&mut self, raw: u64) -> u64 {
@@ -264,7 +272,9 @@ impl PerfGuestKernel {
         // SAFETY: reads 8 bytes into a valid buffer.
         let n = unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
         if n != 8 {
-            return Err(RecorderError::Counter("reading the perf counter failed".into()));
+            return Err(RecorderError::Counter(
+                "reading the perf counter failed".into(),
+            ));
         }
         Ok(u64::from_le_bytes(b))
     }

@@ -17,7 +17,9 @@ pub mod record;
 pub mod symbols;
 pub mod vm;
 
-pub use record::{CounterChoice, EndReason, EventSink, RecordConfig, RecordOutcome, RecordStart, Recorder};
+pub use record::{
+    CounterChoice, EndReason, EventSink, RecordConfig, RecordOutcome, RecordStart, Recorder,
+};
 
 /// Errors of the recorder.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +52,11 @@ impl RecorderError {
 
 /// Whether this machine can record: /dev/kvm exists and opens.
 pub fn kvm_available() -> Result<(), String> {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => Ok(()),
         Err(e) => Err(format!("/dev/kvm: {e}")),
     }

@@ -150,7 +150,10 @@ pub fn load_flat_code(vm: &mut Vm, code: &[u8]) -> Result<(), RecorderError> {
 
 fn add_e820(params: &mut boot_params, ram_size: u64) {
     const E820_RAM: u32 = 1;
-    let entries = [(0u64, 0x9_f000u64), (0x10_0000, ram_size.saturating_sub(0x10_0000))];
+    let entries = [
+        (0u64, 0x9_f000u64),
+        (0x10_0000, ram_size.saturating_sub(0x10_0000)),
+    ];
     for (i, (addr, size)) in entries.iter().enumerate() {
         params.e820_table[i].addr = *addr;
         params.e820_table[i].size = *size;
@@ -165,7 +168,10 @@ fn build_page_tables(vm: &Vm) -> Result<(), RecorderError> {
     const PRESENT_RW: u64 = 0x3;
     const HUGE: u64 = 0x80;
     vm.write(PML4_GPA, &(PDPT_LOW_GPA | PRESENT_RW).to_le_bytes())?;
-    vm.write(PML4_GPA + 511 * 8, &(PDPT_HIGH_GPA | PRESENT_RW).to_le_bytes())?;
+    vm.write(
+        PML4_GPA + 511 * 8,
+        &(PDPT_HIGH_GPA | PRESENT_RW).to_le_bytes(),
+    )?;
     for i in 0..4u64 {
         let pd = PD_GPA + i * 0x1000;
         vm.write(PDPT_LOW_GPA + i * 8, &(pd | PRESENT_RW).to_le_bytes())?;
@@ -178,8 +184,14 @@ fn build_page_tables(vm: &Vm) -> Result<(), RecorderError> {
         vm.write(pd, &table)?;
     }
     // 0xffff_ffff_8000_0000 is PDPT entry 510 of PML4 entry 511.
-    vm.write(PDPT_HIGH_GPA + 510 * 8, &(PD_GPA | PRESENT_RW).to_le_bytes())?;
-    vm.write(PDPT_HIGH_GPA + 511 * 8, &((PD_GPA + 0x1000) | PRESENT_RW).to_le_bytes())?;
+    vm.write(
+        PDPT_HIGH_GPA + 510 * 8,
+        &(PD_GPA | PRESENT_RW).to_le_bytes(),
+    )?;
+    vm.write(
+        PDPT_HIGH_GPA + 511 * 8,
+        &((PD_GPA + 0x1000) | PRESENT_RW).to_le_bytes(),
+    )?;
     Ok(())
 }
 

@@ -154,7 +154,8 @@ impl DmaMemory for GuestRam<'_> {
     }
     fn writable(&self, gpa: u64, len: u64) -> bool {
         // Only ordinary RAM: a device never writes the agent ring.
-        gpa.checked_add(len).is_some_and(|end| end <= self.0.ram_size)
+        gpa.checked_add(len)
+            .is_some_and(|end| end <= self.0.ram_size)
     }
 }
 
@@ -191,11 +192,11 @@ impl Recorder {
         vm.write(RING_GPA, &agent_ring::initial_header().to_bytes())?;
         let symbols = symbols::kernel_symbols(&config.kernel);
         let counter: Box<dyn CounterSource> = match config.counter {
-            CounterChoice::Auto if KvmInsnEmulation::host_counts_ring0()? => Box::new(
-                KvmInsnEmulation::open(&vm).ok_or_else(|| {
+            CounterChoice::Auto if KvmInsnEmulation::host_counts_ring0()? => {
+                Box::new(KvmInsnEmulation::open(&vm).ok_or_else(|| {
                     RecorderError::Counter("insn_emulation vanished after calibration".into())
-                })?,
-            ),
+                })?)
+            }
             _ => Box::new(NoCounter),
         };
         let files = config
@@ -418,7 +419,9 @@ impl Recorder {
         // mapping, which spans the whole vCPU mmap area.
         unsafe {
             let io = run.__bindgen_anon_1.io;
-            let len = (io.size as usize * io.count as usize).min(size.max(1)).min(4);
+            let len = (io.size as usize * io.count as usize)
+                .min(size.max(1))
+                .min(4);
             let p = (run as *mut kvm_bindings::kvm_run as *mut u8).add(io.data_offset as usize);
             let bytes = value.to_le_bytes();
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, len);
@@ -443,7 +446,8 @@ impl Recorder {
     fn poll_ring(&mut self) -> Result<(), RecorderError> {
         self.vm.read(RING_GPA, &mut self.ring_buf)?;
         let first = self.pending.len();
-        self.ring.poll(&self.ring_buf, self.icount, &mut self.pending)?;
+        self.ring
+            .poll(&self.ring_buf, self.icount, &mut self.pending)?;
         for e in &self.pending[first..] {
             if let Event::UserEntry(entry) = e {
                 self.model.observe_entry(entry);
@@ -467,9 +471,7 @@ impl Recorder {
     fn on_port_in(&mut self, port: u16, size: usize) -> Result<u32, RecorderError> {
         let now = Instant::now();
         let value: u32 = match port {
-            p if (PORT_COM1..PORT_COM1 + 8).contains(&p) => {
-                self.serial.read(p - PORT_COM1) as u32
-            }
+            p if (PORT_COM1..PORT_COM1 + 8).contains(&p) => self.serial.read(p - PORT_COM1) as u32,
             p if p == PORT_PIC_MASTER
                 || p == PORT_PIC_MASTER + 1
                 || p == PORT_PIC_SLAVE
@@ -653,10 +655,7 @@ impl Recorder {
             return Ok(());
         }
         let has_counter = self.counter.kind() != CounterSourceKind::None;
-        let waited = self
-            .pending_since
-            .map(|t| t.elapsed())
-            .unwrap_or_default();
+        let waited = self.pending_since.map(|t| t.elapsed()).unwrap_or_default();
         let point = if user_mode {
             // Becomes an entry from user mode, recorded by the agent.
             None

@@ -1,8 +1,8 @@
 //! The KVM virtual machine: one vCPU, guest RAM, the agent ring region, and the
 //! conversion of the vCPU state to the engine's [`CpuState`].
 
-use crate::agent_ring::{RING_GPA, RING_REGION_SIZE};
 use crate::RecorderError;
+use crate::agent_ring::{RING_GPA, RING_REGION_SIZE};
 use krr_engine::state::{
     CpuState, CpuidEntry, DescriptorTable, MemoryRegion, RegionKind, Segment, msr,
 };
@@ -161,7 +161,11 @@ impl Vm {
     }
 
     /// Sets the long-mode entry state: the registers and system registers.
-    pub fn set_entry_state(&mut self, regs: &kvm_regs, sregs: &kvm_sregs) -> Result<(), RecorderError> {
+    pub fn set_entry_state(
+        &mut self,
+        regs: &kvm_regs,
+        sregs: &kvm_sregs,
+    ) -> Result<(), RecorderError> {
         self.vcpu
             .set_sregs(sregs)
             .map_err(|e| RecorderError::kvm("KVM_SET_SREGS", e))?;

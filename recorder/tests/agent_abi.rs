@@ -169,7 +169,11 @@ fn c_header_matches_rust_definitions() {
         c.get("name KRR_DISK_FW_CFG_NAME").map(String::as_str),
         Some(DISK_FW_CFG_NAME)
     );
-    assert!(mismatches.is_empty(), "ABI mismatches:\n{}", mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "ABI mismatches:\n{}",
+        mismatches.join("\n")
+    );
     // Everything the C side prints is checked.
     assert_eq!(c.len(), rust.len() + 1, "C side prints {} items", c.len());
 }

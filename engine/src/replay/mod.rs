@@ -18,9 +18,7 @@ pub use divergence::Divergence;
 
 use crate::cpu::{Cpu, Exit};
 use crate::event::{Event, Icount, InjectionPoint, RandomInstruction};
-use crate::machine::{
-    HOOK_USER_READ, PORT_COM1, PORT_POWEROFF, UART_LCR, UART_LCR_DLAB,
-};
+use crate::machine::{HOOK_USER_READ, PORT_COM1, PORT_POWEROFF, UART_LCR, UART_LCR_DLAB};
 use crate::memory::GuestMemory;
 use crate::state::gpr;
 use crate::trace::{Header, RecordingReader, TraceError};
@@ -269,7 +267,9 @@ impl Replay {
                     Ok(false) => Ok(()),
                     Err(d) => Err(d),
                 },
-                Exit::Error(e) => Err(self.diverge("an instruction the replay CPU executes", e.to_string())),
+                Exit::Error(e) => {
+                    Err(self.diverge("an instruction the replay CPU executes", e.to_string()))
+                }
             };
             if let Err(d) = result {
                 return Stop::Diverged(d);
@@ -340,7 +340,10 @@ impl Replay {
         match self.front() {
             Some(Event::KernelInterrupt(k)) if k.icount == icount => Ok(()),
             Some(e) if self.next_interrupt_icount() == Some(icount) => Err(self.diverge(
-                format!("{:?} event before the interrupt at icount {icount}", e.kind()),
+                format!(
+                    "{:?} event before the interrupt at icount {icount}",
+                    e.kind()
+                ),
                 "the interrupt point reached first".to_string(),
             )),
             _ => Ok(()),
@@ -361,7 +364,9 @@ impl Replay {
             return Ok(());
         };
         let (value, cf) = match (exit, &front) {
-            (Exit::PortIn { port, size }, Event::PortIn(p)) if p.port == *port && p.size == *size => {
+            (Exit::PortIn { port, size }, Event::PortIn(p))
+                if p.port == *port && p.size == *size =>
+            {
                 if p.icount != self.cpu.icount() + 1 {
                     return Err(self.diverge(
                         format!("port {port:#x} input at icount {}", p.icount),
@@ -370,7 +375,9 @@ impl Replay {
                 }
                 (p.value as u64, false)
             }
-            (Exit::MmioRead { gpa, size }, Event::MmioRead(m)) if m.gpa == *gpa && m.size == *size => {
+            (Exit::MmioRead { gpa, size }, Event::MmioRead(m))
+                if m.gpa == *gpa && m.size == *size =>
+            {
                 (m.value, false)
             }
             (Exit::Rdtsc, Event::Random(r)) if r.instruction == RandomInstruction::Rdtsc => {
@@ -585,13 +592,21 @@ impl Replay {
 
 fn describe(e: &Event) -> String {
     match e {
-        Event::PortIn(p) => format!("port input {:#x} (size {}) = {:#x}", p.port, p.size, p.value),
+        Event::PortIn(p) => format!(
+            "port input {:#x} (size {}) = {:#x}",
+            p.port, p.size, p.value
+        ),
         Event::MmioRead(m) => format!("MMIO read at {:#x}", m.gpa),
         Event::Random(r) => format!("{:?} = {:#x}", r.instruction, r.value),
         Event::UserEntry(u) => format!("entry from user mode ({:?})", u.kind),
         Event::UserRead(u) => format!("user read of {} bytes into {:#x}", u.data.len(), u.dst),
         Event::KernelInterrupt(k) => format!("interrupt {:#x} at icount {}", k.vector, k.icount),
-        Event::MemoryWrite(w) => format!("{:?} write of {} bytes at {:#x}", w.source, w.data.len(), w.gpa),
+        Event::MemoryWrite(w) => format!(
+            "{:?} write of {} bytes at {:#x}",
+            w.source,
+            w.data.len(),
+            w.gpa
+        ),
         Event::Console(c) => format!("console {:?}", String::from_utf8_lossy(&c.bytes)),
         Event::Digest(d) => format!("digest at icount {}", d.icount),
         Event::PteRead(p) => format!("PTE read at {:#x}", p.addr),

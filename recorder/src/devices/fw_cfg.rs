@@ -189,17 +189,36 @@ mod tests {
         assert_eq!(sig, b"QEMU");
 
         // Directory by DMA.
-        request(&mem, 0x100, (FW_CFG_FILE_DIR as u32) << 16 | FW_CFG_DMA_SELECT | FW_CFG_DMA_READ, 68, 0x200);
+        request(
+            &mem,
+            0x100,
+            (FW_CFG_FILE_DIR as u32) << 16 | FW_CFG_DMA_SELECT | FW_CFG_DMA_READ,
+            68,
+            0x200,
+        );
         run(&mut dev, &mem, 0x100);
         let m = mem.0.borrow().clone();
         assert_eq!(u32::from_be_bytes(m[0x200..0x204].try_into().unwrap()), 1);
-        assert_eq!(u32::from_be_bytes(m[0x204..0x208].try_into().unwrap()), 10_000);
+        assert_eq!(
+            u32::from_be_bytes(m[0x204..0x208].try_into().unwrap()),
+            10_000
+        );
         let sel = u16::from_be_bytes(m[0x208..0x20a].try_into().unwrap());
         assert_eq!(&m[0x20c..0x20c + 12], b"opt/krr/disk");
-        assert_eq!(u32::from_be_bytes(m[0x100..0x104].try_into().unwrap()), 0, "control cleared");
+        assert_eq!(
+            u32::from_be_bytes(m[0x100..0x104].try_into().unwrap()),
+            0,
+            "control cleared"
+        );
 
         // Select, skip 5000, read 100.
-        request(&mem, 0x100, (sel as u32) << 16 | FW_CFG_DMA_SELECT | FW_CFG_DMA_SKIP, 5000, 0);
+        request(
+            &mem,
+            0x100,
+            (sel as u32) << 16 | FW_CFG_DMA_SELECT | FW_CFG_DMA_SKIP,
+            5000,
+            0,
+        );
         run(&mut dev, &mem, 0x100);
         request(&mem, 0x100, FW_CFG_DMA_READ, 100, 0x1000);
         let w = run(&mut dev, &mem, 0x100);
@@ -211,9 +230,18 @@ mod tests {
     fn a_read_outside_ram_sets_the_error_bit_and_writes_nothing_else() {
         let mut dev = FwCfg::new(vec![("opt/krr/disk".into(), vec![1; 64])]);
         let mem = Mem(RefCell::new(vec![0u8; 0x1000]));
-        request(&mem, 0, 0x20 << 16 | FW_CFG_DMA_SELECT | FW_CFG_DMA_READ, 0xffff_ff00, 0x10);
+        request(
+            &mem,
+            0,
+            0x20 << 16 | FW_CFG_DMA_SELECT | FW_CFG_DMA_READ,
+            0xffff_ff00,
+            0x10,
+        );
         let w = run(&mut dev, &mem, 0);
         assert_eq!(w.len(), 1);
-        assert_eq!(u32::from_be_bytes(w[0].data[..].try_into().unwrap()), FW_CFG_DMA_ERROR);
+        assert_eq!(
+            u32::from_be_bytes(w[0].data[..].try_into().unwrap()),
+            FW_CFG_DMA_ERROR
+        );
     }
 }

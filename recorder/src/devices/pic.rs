@@ -100,8 +100,16 @@ impl Pic {
 
     /// Port access: `port` is 0x20, 0x21, 0xa0 or 0xa1.
     pub fn read(&mut self, port: u16) -> u8 {
-        let chip = if port & 0x80 != 0 { &self.slave } else { &self.master };
-        if port & 1 == 0 { chip.read_command() } else { chip.imr }
+        let chip = if port & 0x80 != 0 {
+            &self.slave
+        } else {
+            &self.master
+        };
+        if port & 1 == 0 {
+            chip.read_command()
+        } else {
+            chip.imr
+        }
     }
 
     pub fn write(&mut self, port: u16, value: u8) {

@@ -70,7 +70,11 @@ impl Pit {
             n = now + period;
         }
         // One-shot modes fire once.
-        self.next = if self.mode == 0 || self.mode == 1 { None } else { Some(n) };
+        self.next = if self.mode == 0 || self.mode == 1 {
+            None
+        } else {
+            Some(n)
+        };
         true
     }
 
@@ -160,7 +164,10 @@ mod tests {
         assert!(p > Duration::from_micros(9_990) && p < Duration::from_micros(10_010));
         assert!(!pit.due(t0 + Duration::from_millis(5)));
         assert!(pit.due(t0 + Duration::from_millis(11)));
-        assert!(!pit.due(t0 + Duration::from_millis(12)), "one tick per period");
+        assert!(
+            !pit.due(t0 + Duration::from_millis(12)),
+            "one tick per period"
+        );
         assert!(pit.due(t0 + Duration::from_millis(21)));
     }
 
