@@ -155,6 +155,23 @@ impl Event {
             Event::Digest(e) => e.icount,
         }
     }
+
+    /// Sets the position (the recorder stamps agent events with the exit that
+    /// collected them).
+    pub fn set_icount(&mut self, icount: Icount) {
+        match self {
+            Event::UserEntry(e) => e.icount = icount,
+            Event::KernelInterrupt(e) => e.icount = icount,
+            Event::PortIn(e) => e.icount = icount,
+            Event::MmioRead(e) => e.icount = icount,
+            Event::MemoryWrite(e) => e.icount = icount,
+            Event::UserRead(e) => e.icount = icount,
+            Event::PteRead(e) => e.icount = icount,
+            Event::Random(e) => e.icount = icount,
+            Event::Console(e) => e.icount = icount,
+            Event::Digest(e) => e.icount = icount,
+        }
+    }
 }
 
 /// How the kernel was entered from user mode.

@@ -3,13 +3,17 @@
 //! * [`event`]: the event kinds (one definition).
 //! * [`state`]: CPU state, memory map, CPUID table, snapshots.
 //! * [`trace`]: the recording file format (writer, reader, recovery, statistics).
+//! * [`machine`]: the port map and agent ring location replay needs.
 //! * [`icount`]: what one instruction counts for, shared by recorder and replay CPU.
+//! * [`replay`]: the replay driver (events applied to the replay CPU, divergence checks).
 //! * [`cpu`]: the software x86-64 CPU that replays ring-0 code.
 //! * [`memory`]: guest-physical memory with copy-on-write pages.
 
 pub mod cpu;
 pub mod event;
 pub mod icount;
+pub mod machine;
 pub mod memory;
+pub mod replay;
 pub mod state;
 pub mod trace;

@@ -1,0 +1,622 @@
+//! The replay driver: restores the initial snapshot and executes the recorded kernel in
+//! the replay CPU, applying every event where DESIGN.md section 1 says.
+//!
+//! Where each event is replayed:
+//! * user entries: [`Replay::on_return_to_user`] (when the kernel returns to user mode);
+//! * kernel-mode interrupts: [`Replay::apply_due`] (at their icount);
+//! * port input, MMIO reads, rdtsc/rdrand/rdseed: [`Replay::on_input`] (at the instruction);
+//! * DMA and VMM writes, console output, digests: [`Replay::after_exit`] (at the exit);
+//! * user-memory data: [`Replay::on_breakpoint`] (at the agent hook).
+//!
+//! Events are consumed strictly in recorded order; anything else is a divergence,
+//! reported with the event number, icount, expected against actual, and the last
+//! instructions executed (DESIGN.md section 7).
+
+mod divergence;
+
+pub use divergence::Divergence;
+
+use crate::cpu::{Cpu, Exit};
+use crate::event::{Event, Icount, InjectionPoint, RandomInstruction};
+use crate::machine::{HOOK_USER_READ, PORT_COM1, PORT_POWEROFF, UART_LCR, UART_LCR_DLAB};
+use crate::memory::GuestMemory;
+use crate::state::gpr;
+use crate::trace::{Header, RecordingReader, TraceError};
+use std::path::Path;
+
+/// Errors opening a replay.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    #[error("the recording's snapshot does not fit its machine: {0}")]
+    Memory(#[from] crate::memory::MemoryError),
+}
+
+/// Where to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The end of the recording.
+    End,
+    /// Just before the instruction that would make `icount` exceed this.
+    Icount(Icount),
+    /// Right after event N was applied.
+    Event(u64),
+}
+
+/// How the recording ended, as replay reached it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The guest powered off, as it did when recorded.
+    PowerOff,
+    /// The recording stops here (it was interrupted, or cut short).
+    EndOfRecording,
+}
+
+/// Why [`Replay::run`] stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stop {
+    Reached(Target),
+    Finished(End),
+    /// A breakpoint the caller set (not an agent hook).
+    Breakpoint(u64),
+    Diverged(Box<Divergence>),
+}
+
+/// The machine state at the start of the recording (shared, copy-on-write pages).
+#[derive(Clone)]
+struct Initial {
+    cpu: Cpu,
+    mem: GuestMemory,
+}
+
+/// A replay of one recording.
+pub struct Replay {
+    pub cpu: Cpu,
+    pub mem: GuestMemory,
+    header: Header,
+    events: Vec<Event>,
+    /// Index of the next event to consume.
+    next: usize,
+    /// Index of the next kernel-mode interrupt at or after `next`.
+    next_interrupt: usize,
+    /// Address of the user-read hook, if the guest has one.
+    hook_user_read: Option<u64>,
+    /// Breakpoints the caller set.
+    user_breakpoints: Vec<u64>,
+    /// Console bytes replayed so far, and how many of them were already compared.
+    console: Vec<u8>,
+    console_checked: usize,
+    uart_lcr: u8,
+    /// Final icount of a complete recording.
+    final_icount: Option<Icount>,
+    finished: Option<End>,
+    initial: Initial,
+}
+
+impl Replay {
+    /// Opens a recording and restores its initial state.
+    pub fn open(path: impl AsRef<Path>) -> Result<Replay, ReplayError> {
+        let mut reader = RecordingReader::open(path)?;
+        Self::from_reader(&mut reader)
+    }
+
+    pub fn from_reader<R: std::io::Read + std::io::Seek>(
+        reader: &mut RecordingReader<R>,
+    ) -> Result<Replay, ReplayError> {
+        let header = reader.header().clone();
+        let snapshot = reader.snapshot()?;
+        let mem = GuestMemory::from_snapshot(&header.machine, &snapshot)?;
+        let cpu = Cpu::new(snapshot.cpu.clone(), header.cpuid.clone());
+        let events = reader.events_from(0).collect::<Result<Vec<_>, _>>()?;
+        let final_icount = reader
+            .recovery()
+            .complete
+            .then(|| reader.stats().kernel_instructions);
+        Ok(Self::new(header, cpu, mem, events, final_icount))
+    }
+
+    fn new(
+        header: Header,
+        mut cpu: Cpu,
+        mem: GuestMemory,
+        events: Vec<Event>,
+        final_icount: Option<Icount>,
+    ) -> Replay {
+        let hook_user_read = header
+            .symbols
+            .iter()
+            .find(|s| s.name == HOOK_USER_READ)
+            .map(|s| s.addr);
+        cpu.set_breakpoints(hook_user_read);
+        let initial = Initial {
+            cpu: cpu.clone(),
+            mem: mem.clone(),
+        };
+        let mut r = Replay {
+            cpu,
+            mem,
+            header,
+            events,
+            next: 0,
+            next_interrupt: 0,
+            hook_user_read,
+            user_breakpoints: Vec::new(),
+            console: Vec::new(),
+            console_checked: 0,
+            uart_lcr: 0,
+            final_icount,
+            finished: None,
+            initial,
+        };
+        r.find_next_interrupt();
+        r
+    }
+
+    /// A fresh replay of the same recording, back at its start.
+    pub fn restart(&self) -> Replay {
+        let mut r = Replay::new(
+            self.header.clone(),
+            self.initial.cpu.clone(),
+            self.initial.mem.clone(),
+            Vec::new(),
+            self.final_icount,
+        );
+        r.events = self.events.clone();
+        r.find_next_interrupt();
+        r
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// Number of events consumed so far.
+    pub fn events_consumed(&self) -> u64 {
+        self.next as u64
+    }
+
+    pub fn icount(&self) -> Icount {
+        self.cpu.icount()
+    }
+
+    /// The guest console output replayed so far.
+    pub fn console(&self) -> &[u8] {
+        &self.console
+    }
+
+    pub fn finished(&self) -> Option<End> {
+        self.finished
+    }
+
+    /// Whether every event was consumed and the recording's end was reached.
+    pub fn fully_consumed(&self) -> bool {
+        self.finished.is_some() && self.next == self.events.len()
+    }
+
+    pub fn set_user_breakpoints(&mut self, addrs: Vec<u64>) {
+        self.user_breakpoints = addrs;
+        let hooks = self.hook_user_read.into_iter();
+        self.cpu
+            .set_breakpoints(hooks.chain(self.user_breakpoints.iter().copied()));
+    }
+
+    fn find_next_interrupt(&mut self) {
+        let mut i = self.next_interrupt.max(self.next);
+        while i < self.events.len() && !matches!(self.events[i], Event::KernelInterrupt(_)) {
+            i += 1;
+        }
+        self.next_interrupt = i;
+    }
+
+    fn front(&self) -> Option<&Event> {
+        self.events.get(self.next)
+    }
+
+    fn consume(&mut self) {
+        self.next += 1;
+        if self.next > self.next_interrupt {
+            self.find_next_interrupt();
+        }
+    }
+
+    /// Runs until `target`, the end, a caller breakpoint or a divergence.
+    pub fn run(&mut self, target: Target) -> Stop {
+        if let Some(end) = self.finished {
+            return Stop::Finished(end);
+        }
+        loop {
+            if let Err(d) = self.apply_due() {
+                return Stop::Diverged(d);
+            }
+            if let Target::Event(n) = target
+                && self.next as u64 > n
+            {
+                return Stop::Reached(target);
+            }
+            let mut limit = match target {
+                Target::Icount(k) => k,
+                _ => u64::MAX,
+            };
+            if self.cpu.icount() >= limit {
+                return Stop::Reached(target);
+            }
+            if let Some(Event::KernelInterrupt(k)) = self.events.get(self.next_interrupt) {
+                limit = limit.min(k.icount);
+            } else if let Some(f) = self.final_icount {
+                limit = limit.min(f);
+            }
+            let exit = self.cpu.run(&mut self.mem, limit);
+            let result = match exit {
+                Exit::Limit => self.on_limit(),
+                Exit::PortIn { .. }
+                | Exit::MmioRead { .. }
+                | Exit::Rdtsc
+                | Exit::Rdrand
+                | Exit::Rdseed => self.on_input(&exit),
+                Exit::PortOut { port, size, value } => self.on_port_out(port, size, value),
+                Exit::MmioWrite { .. } => self.after_exit(),
+                Exit::Hlt => self.on_hlt(),
+                Exit::ReturnToUser => self.on_return_to_user(),
+                Exit::Breakpoint(addr) => match self.on_breakpoint(addr) {
+                    Ok(true) => return Stop::Breakpoint(addr),
+                    Ok(false) => Ok(()),
+                    Err(d) => Err(d),
+                },
+                Exit::Error(e) => {
+                    Err(self.diverge("an instruction the replay CPU executes", e.to_string()))
+                }
+            };
+            if let Err(d) = result {
+                return Stop::Diverged(d);
+            }
+            if let Some(end) = self.finished {
+                return Stop::Finished(end);
+            }
+        }
+    }
+
+    /// Applies the events due at the current position: kernel-mode interrupts and
+    /// digests whose icount has been reached.
+    fn apply_due(&mut self) -> Result<(), Box<Divergence>> {
+        loop {
+            let icount = self.cpu.icount();
+            match self.front() {
+                Some(Event::Digest(d)) if d.icount == icount => {
+                    let d = *d;
+                    let rip = self.cpu.state().rip;
+                    let regs = self.cpu.state().regs_digest();
+                    if rip != d.rip || regs != d.regs {
+                        return Err(self.diverge(
+                            format!("digest rip {:#x} registers {:#018x}", d.rip, d.regs),
+                            format!("rip {rip:#x} registers {regs:#018x}"),
+                        ));
+                    }
+                    self.consume();
+                }
+                Some(Event::KernelInterrupt(k)) if k.icount == icount => {
+                    let k = *k;
+                    let rip = self.cpu.state().rip;
+                    let check_rip = !matches!(k.point, InjectionPoint::AfterExit);
+                    if check_rip && rip != k.rip {
+                        return Err(self.diverge(
+                            format!("interrupt {:#x} at rip {:#x}", k.vector, k.rip),
+                            format!("rip {rip:#x}"),
+                        ));
+                    }
+                    if let InjectionPoint::Signature { regs_digest } = k.point {
+                        let actual = self.cpu.state().regs_digest();
+                        if actual != regs_digest {
+                            return Err(self.diverge(
+                                format!("interrupt signature {regs_digest:#018x}"),
+                                format!("registers {actual:#018x}"),
+                            ));
+                        }
+                    }
+                    if let Err(e) = self.cpu.inject_interrupt(&mut self.mem, k.vector) {
+                        return Err(self.diverge(
+                            format!("interrupt {:#x} delivered", k.vector),
+                            e.to_string(),
+                        ));
+                    }
+                    self.consume();
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn on_limit(&mut self) -> Result<(), Box<Divergence>> {
+        let icount = self.cpu.icount();
+        if self.final_icount == Some(icount) && self.next_interrupt >= self.events.len() {
+            self.finished = Some(End::EndOfRecording);
+            return self.check_all_consumed();
+        }
+        // The next interrupt's point: every event before it must have been consumed.
+        match self.front() {
+            Some(Event::KernelInterrupt(k)) if k.icount == icount => Ok(()),
+            Some(e) if self.next_interrupt_icount() == Some(icount) => Err(self.diverge(
+                format!(
+                    "{:?} event before the interrupt at icount {icount}",
+                    e.kind()
+                ),
+                "the interrupt point reached first".to_string(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn next_interrupt_icount(&self) -> Option<Icount> {
+        match self.events.get(self.next_interrupt) {
+            Some(Event::KernelInterrupt(k)) => Some(k.icount),
+            _ => None,
+        }
+    }
+
+    /// Supplies the value of a pending input instruction from the next event.
+    fn on_input(&mut self, exit: &Exit) -> Result<(), Box<Divergence>> {
+        let Some(front) = self.front().cloned() else {
+            self.finished = Some(End::EndOfRecording);
+            return Ok(());
+        };
+        let (value, cf) = match (exit, &front) {
+            (Exit::PortIn { port, size }, Event::PortIn(p))
+                if p.port == *port && p.size == *size =>
+            {
+                if p.icount != self.cpu.icount() + 1 {
+                    return Err(self.diverge(
+                        format!("port {port:#x} input at icount {}", p.icount),
+                        format!("at icount {}", self.cpu.icount() + 1),
+                    ));
+                }
+                (p.value as u64, false)
+            }
+            (Exit::MmioRead { gpa, size }, Event::MmioRead(m))
+                if m.gpa == *gpa && m.size == *size =>
+            {
+                (m.value, false)
+            }
+            (Exit::Rdtsc, Event::Random(r)) if r.instruction == RandomInstruction::Rdtsc => {
+                self.check_bound(r.icount)?;
+                (r.value, true)
+            }
+            (Exit::Rdrand, Event::Random(r)) if r.instruction == RandomInstruction::Rdrand => {
+                self.check_bound(r.icount)?;
+                (r.value, r.success)
+            }
+            (Exit::Rdseed, Event::Random(r)) if r.instruction == RandomInstruction::Rdseed => {
+                self.check_bound(r.icount)?;
+                (r.value, r.success)
+            }
+            _ => {
+                return Err(self.diverge(describe(&front), describe_exit(exit)));
+            }
+        };
+        if let Err(e) = self.cpu.complete_input(value, cf) {
+            return Err(self.diverge("an input instruction to complete", e.to_string()));
+        }
+        self.consume();
+        Ok(())
+    }
+
+    /// An agent event's icount is the exit where the recorder collected it: it cannot
+    /// have happened later than that.
+    fn check_bound(&self, bound: Icount) -> Result<(), Box<Divergence>> {
+        if self.cpu.icount() > bound {
+            return Err(self.diverge(
+                format!("this event no later than icount {bound}"),
+                format!("it is needed at icount {}", self.cpu.icount()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn on_port_out(&mut self, port: u16, size: u8, value: u32) -> Result<(), Box<Divergence>> {
+        let byte = value as u8;
+        if port == PORT_COM1 + UART_LCR {
+            self.uart_lcr = byte;
+        } else if port == PORT_COM1 && self.uart_lcr & UART_LCR_DLAB == 0 {
+            self.console.push(byte);
+        }
+        let _ = size;
+        self.after_exit()?;
+        if port == PORT_POWEROFF {
+            self.finished = Some(End::PowerOff);
+            return self.check_all_consumed();
+        }
+        Ok(())
+    }
+
+    /// Applies what the recorder captured at this exit: device and VMM memory writes,
+    /// console output (compared), digests (compared).
+    fn after_exit(&mut self) -> Result<(), Box<Divergence>> {
+        let icount = self.cpu.icount();
+        loop {
+            match self.front().cloned() {
+                Some(Event::MemoryWrite(w)) if w.icount == icount => {
+                    if let Err(e) = self.mem.write(w.gpa, &w.data) {
+                        return Err(self.diverge(
+                            format!("{} bytes written at {:#x}", w.data.len(), w.gpa),
+                            e.to_string(),
+                        ));
+                    }
+                    self.consume();
+                }
+                Some(Event::Console(c)) if c.icount == icount => {
+                    let replayed = &self.console[self.console_checked..];
+                    if replayed != c.bytes.as_slice() {
+                        return Err(self.diverge(
+                            format!("console {:?}", String::from_utf8_lossy(&c.bytes)),
+                            format!("console {:?}", String::from_utf8_lossy(replayed)),
+                        ));
+                    }
+                    self.console_checked = self.console.len();
+                    self.consume();
+                }
+                Some(Event::Digest(d)) if d.icount == icount => {
+                    // Compared by apply_due, which runs next.
+                    let _ = d;
+                    return Ok(());
+                }
+                Some(e) if e.icount() < icount => {
+                    return Err(self.diverge(
+                        describe(&e),
+                        format!("nothing consumed it by icount {icount}"),
+                    ));
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn on_hlt(&mut self) -> Result<(), Box<Divergence>> {
+        self.after_exit()?;
+        match self.front() {
+            Some(Event::KernelInterrupt(k)) if k.icount == self.cpu.icount() => Ok(()),
+            None => {
+                self.finished = Some(End::EndOfRecording);
+                Ok(())
+            }
+            Some(e) => {
+                let e = e.clone();
+                Err(self.diverge(describe(&e), "hlt waiting for an interrupt".to_string()))
+            }
+        }
+    }
+
+    fn on_return_to_user(&mut self) -> Result<(), Box<Divergence>> {
+        match self.front().cloned() {
+            Some(Event::UserEntry(entry)) => {
+                self.check_bound(entry.icount)?;
+                if let Err(e) = self.cpu.enter_from_user(&mut self.mem, &entry) {
+                    return Err(self.diverge("a kernel entry from user mode", e.to_string()));
+                }
+                self.consume();
+                Ok(())
+            }
+            None => {
+                self.finished = Some(End::EndOfRecording);
+                Ok(())
+            }
+            Some(e) => Err(self.diverge(describe(&e), "a return to user mode".to_string())),
+        }
+    }
+
+    /// Returns true for a caller breakpoint; agent hooks are handled here.
+    fn on_breakpoint(&mut self, addr: u64) -> Result<bool, Box<Divergence>> {
+        if Some(addr) != self.hook_user_read {
+            return Ok(true);
+        }
+        let (dst, len) = {
+            let st = self.cpu.state();
+            (st.gpr[gpr::RDI], st.gpr[gpr::RDX])
+        };
+        // The agent may have split a large copy over several records.
+        let mut done = 0u64;
+        while done < len {
+            match self.front().cloned() {
+                Some(Event::UserRead(u))
+                    if u.dst == dst.wrapping_add(done)
+                        && !u.data.is_empty()
+                        && done + u.data.len() as u64 <= len =>
+                {
+                    self.check_bound(u.icount)?;
+                    if let Err(f) = self.cpu.write_virtual(&mut self.mem, u.dst, &u.data) {
+                        return Err(self.diverge(
+                            format!("user data written to {:#x}", u.dst),
+                            format!("{f:?}"),
+                        ));
+                    }
+                    done += u.data.len() as u64;
+                    self.consume();
+                }
+                None => {
+                    self.finished = Some(End::EndOfRecording);
+                    return Ok(false);
+                }
+                Some(e) => {
+                    return Err(self.diverge(
+                        describe(&e),
+                        format!("user read of {} bytes into {:#x}", len - done, dst + done),
+                    ));
+                }
+            }
+        }
+        Ok(self.user_breakpoints.contains(&addr))
+    }
+
+    fn check_all_consumed(&self) -> Result<(), Box<Divergence>> {
+        match self.front() {
+            None => Ok(()),
+            Some(e) => {
+                let e = e.clone();
+                Err(self.diverge(describe(&e), "the end of the recording".to_string()))
+            }
+        }
+    }
+
+    fn diverge(&self, expected: impl Into<String>, actual: impl Into<String>) -> Box<Divergence> {
+        Box::new(Divergence {
+            event: self.next as u64,
+            icount: self.cpu.icount(),
+            rip: self.cpu.state().rip,
+            expected: expected.into(),
+            actual: actual.into(),
+            last_instructions: Vec::new(),
+        })
+    }
+
+    /// The instructions executed just before `icount`: replays again from the start to
+    /// `icount - n`, then one instruction at a time.
+    pub fn last_instructions(&self, icount: Icount, n: u64) -> Vec<String> {
+        let mut r = self.restart();
+        let from = icount.saturating_sub(n);
+        if !matches!(r.run(Target::Icount(from)), Stop::Reached(_)) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        while r.cpu.icount() < icount {
+            out.push(divergence::disassemble_at(&r.cpu, &r.mem));
+            let next = r.cpu.icount() + 1;
+            if !matches!(r.run(Target::Icount(next)), Stop::Reached(_)) {
+                break;
+            }
+        }
+        out
+    }
+}
+
+fn describe(e: &Event) -> String {
+    match e {
+        Event::PortIn(p) => format!(
+            "port input {:#x} (size {}) = {:#x}",
+            p.port, p.size, p.value
+        ),
+        Event::MmioRead(m) => format!("MMIO read at {:#x}", m.gpa),
+        Event::Random(r) => format!("{:?} = {:#x}", r.instruction, r.value),
+        Event::UserEntry(u) => format!("entry from user mode ({:?})", u.kind),
+        Event::UserRead(u) => format!("user read of {} bytes into {:#x}", u.data.len(), u.dst),
+        Event::KernelInterrupt(k) => format!("interrupt {:#x} at icount {}", k.vector, k.icount),
+        Event::MemoryWrite(w) => format!(
+            "{:?} write of {} bytes at {:#x}",
+            w.source,
+            w.data.len(),
+            w.gpa
+        ),
+        Event::Console(c) => format!("console {:?}", String::from_utf8_lossy(&c.bytes)),
+        Event::Digest(d) => format!("digest at icount {}", d.icount),
+        Event::PteRead(p) => format!("PTE read at {:#x}", p.addr),
+    }
+}
+
+fn describe_exit(exit: &Exit) -> String {
+    match exit {
+        Exit::PortIn { port, size } => format!("port input {port:#x} (size {size})"),
+        Exit::MmioRead { gpa, .. } => format!("MMIO read at {gpa:#x}"),
+        other => format!("{other:?}"),
+    }
+}

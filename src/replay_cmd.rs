@@ -1,0 +1,105 @@
+//! `krr-tui replay`: replay a recording's kernel in the replay CPU.
+
+use anyhow::{Context, Result, bail};
+use krr_engine::replay::{End, Replay, Stop, Target};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    /// The recording (.krr) to replay.
+    pub file: PathBuf,
+    /// Replay without the terminal UI, printing the guest console.
+    #[arg(long)]
+    pub headless: bool,
+    /// Check the replay against the recording's digests and console output, and exit
+    /// non-zero unless it replays to the end without divergence.
+    #[arg(long)]
+    pub verify: bool,
+    /// Stop right after this event is applied.
+    #[arg(long, value_name = "EVENT")]
+    pub goto: Option<u64>,
+    /// Serve the replay to gdb on this address (for example 127.0.0.1:1234).
+    #[arg(long, value_name = "ADDR")]
+    pub gdb: Option<String>,
+    /// Do not print the guest console.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run(args: ReplayArgs) -> Result<()> {
+    if args.gdb.is_some() {
+        bail!("`--gdb` is not available yet: the gdb stub is still being built");
+    }
+    if !args.headless {
+        bail!(
+            "the replay terminal UI is not available yet: use `krr-tui replay {} --headless`",
+            args.file.display()
+        );
+    }
+    let mut replay =
+        Replay::open(&args.file).with_context(|| format!("{}", args.file.display()))?;
+    let target = match args.goto {
+        Some(n) => {
+            let total = replay.events().len() as u64;
+            if n >= total {
+                bail!("event {n} does not exist: the recording has {total} events");
+            }
+            Target::Event(n)
+        }
+        None => Target::End,
+    };
+    let started = Instant::now();
+    let stop = replay.run(target);
+    let elapsed = started.elapsed().as_secs_f64();
+    if !args.quiet {
+        let mut out = std::io::stdout().lock();
+        out.write_all(replay.console())?;
+        out.flush()?;
+    }
+    let mut divergences = 0;
+    let mut ended = "";
+    match &stop {
+        Stop::Diverged(d) => {
+            divergences = 1;
+            let mut d = (**d).clone();
+            d.last_instructions = replay.last_instructions(d.icount, 16);
+            eprintln!("\n{d}");
+        }
+        Stop::Finished(End::PowerOff) => ended = " (guest powered off)",
+        Stop::Finished(End::EndOfRecording) => ended = " (end of recording)",
+        Stop::Reached(_) => {
+            let n = replay.events_consumed();
+            println!(
+                "stopped after event #{} at icount {}",
+                n.saturating_sub(1),
+                replay.icount()
+            );
+        }
+        Stop::Breakpoint(a) => println!("breakpoint at {a:#x}"),
+    }
+    let instructions = replay.icount();
+    println!(
+        "replayed {} events, {} instructions in {:.2} s ({:.1} MIPS), divergences: {}{}",
+        replay.events_consumed(),
+        instructions,
+        elapsed,
+        instructions as f64 / elapsed.max(1e-9) / 1e6,
+        divergences,
+        ended
+    );
+    if args.verify {
+        if divergences > 0 {
+            bail!("the replay diverged");
+        }
+        if args.goto.is_none() && !replay.fully_consumed() {
+            bail!(
+                "the replay stopped before the end: {} of {} events consumed",
+                replay.events_consumed(),
+                replay.events().len()
+            );
+        }
+    }
+    Ok(())
+}
