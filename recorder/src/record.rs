@@ -62,6 +62,10 @@ pub struct RecordConfig {
     pub digest_interval: u64,
     /// Embed the kernel image in the recording if it is at most this large.
     pub embed_kernel_limit: usize,
+    /// Capture events. Off, the same machine runs the same guest without reading the
+    /// counter, the agent ring or producing events: the baseline of the recording
+    /// overhead benchmark.
+    pub capture: bool,
 }
 
 impl RecordConfig {
@@ -76,6 +80,7 @@ impl RecordConfig {
             max_kernel_delay: Duration::from_millis(5),
             digest_interval: 64,
             embed_kernel_limit: 16 << 20,
+            capture: true,
         }
     }
 }
@@ -431,6 +436,9 @@ impl Recorder {
     /// Reads the counter and collects the agent's new ring records: done at every exit,
     /// so events stay in execution order.
     fn sync_position(&mut self) -> Result<(), RecorderError> {
+        if !self.config.capture {
+            return Ok(());
+        }
         let raw = self.counter.read()?;
         let first = self.pending.len();
         self.poll_ring()?;
@@ -457,7 +465,9 @@ impl Recorder {
     }
 
     fn push(&mut self, e: Event) {
-        self.pending.push(e);
+        if self.config.capture {
+            self.pending.push(e);
+        }
     }
 
     fn drain_pending(&mut self, sink: &mut dyn EventSink) -> Result<(), RecorderError> {
