@@ -408,7 +408,7 @@ impl Cpu {
                 let old_rsp = self.st.gpr[4];
                 self.st.gpr[4] = old_rsp.wrapping_add(size as u64);
                 let r = if ins.op_kind(0) == OpKind::Register && (ES..=GS).contains(&(ins.op_register(0) as u32)) {
-                    self.load_data_segment(mem, seg_index(ins.op_register(0)), v as u16)
+                    self.load_data_segment(mem, seg_index(ins.op_register(0)), v as u16, true)
                 } else {
                     // The destination address uses the incremented RSP.
                     self.wr(mem, ins, 0, size, v)
@@ -473,7 +473,7 @@ impl Cpu {
                     let ss = Self::mem_ss(ins);
                     let off = self.read_lin(mem, la, osz, ss)?;
                     let sel = self.read_lin(mem, la.wrapping_add(osz as u64), 2, ss)? as u16;
-                    let cs = self.load_code_segment(mem, sel)?;
+                    let cs = self.load_code_segment(mem, sel, true)?;
                     if !super::mmu::canonical(off) {
                         return Err(gp0());
                     }
@@ -493,7 +493,7 @@ impl Cpu {
                 if sel & 3 != 0 {
                     return Err(self.unsupported("far return to another privilege level"));
                 }
-                let cs = self.load_code_segment(mem, sel)?;
+                let cs = self.load_code_segment(mem, sel, true)?;
                 if !super::mmu::canonical(off) {
                     return Err(gp0());
                 }
@@ -855,6 +855,7 @@ impl Cpu {
                     M::Iretd => 4,
                     _ => 2,
                 };
+                self.keep_rf = true;
                 return self.iret(mem, size);
             }
             M::Cpuid => {
@@ -927,7 +928,7 @@ impl Cpu {
                 if idx == seg::CS {
                     return Err(ud());
                 }
-                self.load_data_segment(mem, idx, sel)?;
+                self.load_data_segment(mem, idx, sel, true)?;
                 return Ok(None);
             }
             if (CR0..CR0 + 16).contains(&r0) {
@@ -1223,9 +1224,9 @@ impl Cpu {
     }
 
     /// String instructions. With a repeat prefix, one call runs iterations until the
-    /// count is exhausted (or the REPE/REPNE condition ends it), or until RCX reaches a
-    /// multiple of [`REP_CHUNK`], where it retires without advancing RIP (see
-    /// [`crate::icount`]).
+    /// REPE/REPNE condition ends it (RIP advances) or RCX reaches a multiple of
+    /// [`REP_CHUNK`], zero included (it retires without advancing RIP); executed with
+    /// RCX = 0 it completes at once (see [`crate::icount`]).
     fn exec_string(&mut self, mem: &mut GuestMemory, ins: &Instruction, m: Mnemonic) -> R<()> {
         use Mnemonic as M;
         let size = ins.memory_size().size();
@@ -1289,9 +1290,6 @@ impl Cpu {
             }
             let c = self.st.gpr[1].wrapping_sub(1) & amask;
             set_addr(&mut self.st.gpr[1], c);
-            if c == 0 {
-                return Ok(());
-            }
             if compares {
                 let zf = self.st.rflags & ZF != 0;
                 if (repne && zf) || (!repne && !zf) {
@@ -1301,6 +1299,8 @@ impl Cpu {
             if self.mmio_write.is_some() {
                 return Err(self.unsupported("rep string instruction writing MMIO"));
             }
+            // RCX reaching zero also ends a chunk: the instruction then completes when it
+            // is executed again and finds RCX = 0.
             if self.st.gpr[1] % REP_CHUNK == 0 {
                 // Retire this chunk; the instruction continues at the same RIP.
                 self.next_rip = self.st.rip;

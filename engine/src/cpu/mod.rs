@@ -198,6 +198,8 @@ pub struct Cpu {
     next_rip: u64,
     /// Bytes of the current instruction, for error reports.
     cur_len: usize,
+    /// Set by `iret`, which loads RF; every other retiring instruction clears RF.
+    keep_rf: bool,
     /// Debug registers DR0-DR7 (stored only; breakpoints are the driver's).
     dr: [u64; 8],
     breakpoints: HashSet<u64>,
@@ -225,6 +227,7 @@ impl Clone for Cpu {
             mmio_write: self.mmio_write,
             next_rip: self.next_rip,
             cur_len: self.cur_len,
+            keep_rf: false,
             dr: self.dr,
             breakpoints: self.breakpoints.clone(),
             bp_filter: self.bp_filter,
@@ -272,6 +275,7 @@ impl Cpu {
             mmio_write: None,
             next_rip: 0,
             cur_len: 0,
+            keep_rf: false,
             dr: [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400],
             breakpoints: HashSet::new(),
             bp_filter: [0; BP_FILTER_WORDS],
@@ -518,6 +522,10 @@ impl Cpu {
         self.st.interrupt_shadow = false;
         match self.exec(mem, &ins) {
             Ok(exit) => {
+                if self.st.rflags & flags::RF != 0 && !std::mem::take(&mut self.keep_rf) {
+                    self.st.rflags &= !flags::RF;
+                }
+                self.keep_rf = false;
                 self.mmio_input = None;
                 self.st.rip = self.next_rip;
                 self.icount += 1;

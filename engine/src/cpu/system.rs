@@ -55,7 +55,7 @@ impl Cpu {
             } else {
                 None
             };
-            match self.deliver(mem, cur.vector, code, false) {
+            match self.deliver(mem, cur.vector, code, false, true) {
                 Ok(()) => return Ok(()),
                 Err(Fault::Exc(next)) => {
                     if cur.vector == vector::DF {
@@ -92,7 +92,7 @@ impl Cpu {
     pub fn inject_interrupt(&mut self, mem: &mut GuestMemory, vector: u8) -> Result<(), CpuError> {
         self.sync_caches(mem);
         self.skip_breakpoint_at = None;
-        let r = match self.deliver(mem, vector, None, true) {
+        let r = match self.deliver(mem, vector, None, true, false) {
             Ok(()) => Ok(()),
             Err(Fault::Exc(e)) => self.deliver_exception(mem, e),
             Err(Fault::Exit(Exit::Error(e))) => Err(e),
@@ -105,8 +105,11 @@ impl Cpu {
         r
     }
 
-    /// One IDT delivery in 64-bit mode. Changes nothing unless it succeeds.
-    fn deliver(&mut self, mem: &mut GuestMemory, vec: u8, error_code: Option<u32>, ext: bool) -> R<()> {
+    /// One IDT delivery in 64-bit mode. Changes nothing unless it succeeds. `fault`: the
+    /// event is a fault-class exception, whose pushed RFLAGS image has RF set.
+    /// The code segment's descriptor is not marked accessed (the recording host does not
+    /// mark it).
+    fn deliver(&mut self, mem: &mut GuestMemory, vec: u8, error_code: Option<u32>, ext: bool, fault: bool) -> R<()> {
         let ext_bit = ext as u32;
         let idt_err = Some(vec as u32 * 8 + 2 + ext_bit);
         let off = vec as u64 * 16;
@@ -160,7 +163,7 @@ impl Cpu {
         let frame = [
             old_ss,
             self.st.gpr[4],
-            self.st.rflags,
+            if fault { self.st.rflags | flags::RF } else { self.st.rflags },
             old_cs,
             self.st.rip,
             error_code.unwrap_or(0) as u64,
@@ -236,7 +239,7 @@ impl Cpu {
     }
 
     /// `mov sreg` / `pop sreg` for DS, ES, FS, GS and SS in 64-bit mode at CPL0.
-    pub(crate) fn load_data_segment(&mut self, mem: &mut GuestMemory, idx: usize, sel: u16) -> R<()> {
+    pub(crate) fn load_data_segment(&mut self, mem: &mut GuestMemory, idx: usize, sel: u16, mark_accessed: bool) -> R<()> {
         let err = Some(sel as u32 & !3);
         if sel & !3 == 0 {
             if idx == seg::SS && sel & 3 != 0 {
@@ -272,8 +275,10 @@ impl Cpu {
                 return Err(exc(vector::NP, err));
             }
         }
-        self.mark_descriptor_accessed(mem, sel, d)?;
-        s.attr |= 1;
+        if mark_accessed {
+            self.mark_descriptor_accessed(mem, sel, d)?;
+            s.attr |= 1;
+        }
         self.st.seg[idx] = s;
         if idx == seg::SS {
             self.st.interrupt_shadow = true;
@@ -283,7 +288,7 @@ impl Cpu {
 
     /// Loads CS for a far transfer at CPL0 (far `jmp`, `lret`). Only 64-bit code
     /// segments keep the CPU executing; anything else is reported at the next step.
-    pub(crate) fn load_code_segment(&mut self, mem: &mut GuestMemory, sel: u16) -> R<Segment> {
+    pub(crate) fn load_code_segment(&mut self, mem: &mut GuestMemory, sel: u16, mark_accessed: bool) -> R<Segment> {
         let err = Some(sel as u32 & !3);
         if sel & !3 == 0 {
             return Err(gp0());
@@ -299,9 +304,9 @@ impl Cpu {
         if s.dpl() != (sel & 3) as u8 && s.attr & 4 == 0 {
             return Err(exc(vector::GP, err));
         }
-        self.mark_descriptor_accessed(mem, sel, d)?;
-        let mut s = s;
-        s.attr |= 1;
+        if mark_accessed {
+            self.mark_descriptor_accessed(mem, sel, d)?;
+        }
         Ok(s)
     }
 
@@ -324,13 +329,13 @@ impl Cpu {
         }
         let new_flags = (old & !mask) | (rflags & mask) | flags::FIXED1;
         if rpl == 0 {
-            let cs = self.load_code_segment(mem, cs_sel)?;
+            let cs = self.load_code_segment(mem, cs_sel, false)?;
             if !cs.long_mode() && size == 8 {
                 // Compatibility-mode kernel code is not replayed.
                 return Err(self.unsupported("iret to a non-64-bit kernel code segment"));
             }
             if ss_sel & !3 != 0 {
-                self.load_data_segment(mem, seg::SS, ss_sel)?;
+                self.load_data_segment(mem, seg::SS, ss_sel, false)?;
             } else {
                 self.st.seg[seg::SS] = Segment {
                     selector: ss_sel,
@@ -350,7 +355,7 @@ impl Cpu {
         if rpl != 3 {
             return Err(self.unsupported(format!("iret to CPL{rpl}")));
         }
-        let cs = self.load_code_segment(mem, cs_sel)?;
+        let cs = self.load_code_segment(mem, cs_sel, false)?;
         let ss = if ss_sel & !3 != 0 {
             let d = self.read_descriptor(mem, ss_sel)?;
             let mut s = segment_from_descriptor(ss_sel, d);
@@ -482,7 +487,7 @@ impl Cpu {
     }
 
     fn entry_delivery(&mut self, mem: &mut GuestMemory, v: u8, code: Option<u32>, ext: bool) -> Result<(), CpuError> {
-        match self.deliver(mem, v, code, ext) {
+        match self.deliver(mem, v, code, ext, !ext) {
             Ok(()) => Ok(()),
             Err(Fault::Exc(e)) => Err(CpuError::BadEntry(format!(
                 "delivering vector {v} from user mode raised exception {} (error code {:?})",

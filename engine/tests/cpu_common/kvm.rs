@@ -2,6 +2,7 @@
 //! same CPU state, and the per-vCPU `insn_emulation` statistic as instruction counter.
 
 use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 use kvm_bindings::{
     KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry, kvm_segment, kvm_userspace_memory_region,
@@ -12,6 +13,22 @@ use krr_engine::state::{CpuState, CpuidEntry, Segment, msr};
 use super::{EXC_PORT, END_PORT, Image, RAM_SIZE, port_in_value};
 
 const KVM_GET_STATS_FD: libc::c_ulong = 0xaece;
+
+extern "C" fn kick(_: libc::c_int) {}
+
+fn install_kick_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: installs a handler that does nothing (async-signal-safe), without
+        // SA_RESTART so that KVM_RUN returns EINTR.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = kick as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+        }
+    });
+}
 
 /// How a KVM run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,8 +339,23 @@ impl KvmMachine {
     }
 
     /// Runs until a write to END_PORT or EXC_PORT, `hlt`, or an unexpected exit, with
-    /// at most `max_exits` other exits.
+    /// at most `max_exits` other exits and a time limit of a few seconds (a guest that
+    /// loops inside KVM is interrupted with a signal).
     pub fn run(&mut self, max_exits: usize) -> KvmOutcome {
+        install_kick_handler();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        let watchdog = std::thread::spawn(move || {
+            if stopped.recv_timeout(Duration::from_secs(5)) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                return;
+            }
+            while stopped.recv_timeout(Duration::from_millis(50)) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                // SAFETY: `me` is the test thread, alive until it sends `stop`, and the
+                // signal's handler does nothing.
+                unsafe { libc::pthread_kill(me, libc::SIGUSR1) };
+            }
+        });
         let before = self.insn_emulation();
         let mut exit = KvmExit::Other("exit budget exhausted".into());
         for _ in 0..max_exits {
@@ -353,11 +385,13 @@ impl KvmMachine {
                     break;
                 }
                 Err(e) => {
-                    exit = KvmExit::Other(format!("KVM_RUN: {e}"));
+                    exit = KvmExit::Other(format!("KVM_RUN: {e} (time limit?)"));
                     break;
                 }
             }
         }
+        let _ = stop.send(());
+        let _ = watchdog.join();
         let after = self.insn_emulation();
         KvmOutcome {
             state: self.get_state(),
