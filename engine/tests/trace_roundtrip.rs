@@ -483,3 +483,30 @@ fn stats_json_and_table() {
     );
     assert!(table.contains("guest powered off"), "{table}");
 }
+
+#[test]
+fn oversized_header_is_refused_before_anything_is_written() {
+    let mut w = RecordingWriter::new(Vec::new()).unwrap();
+    let mut h = header();
+    h.kernel_image = Some(vec![0x90; 65 << 20]);
+    let err = w.write_header(&h).unwrap_err();
+    assert!(err.to_string().contains("kernel image"), "{err}");
+    assert_eq!(w.bytes_written(), 0);
+    // The writer is still usable without the image.
+    h.kernel_image = None;
+    w.write_header(&h).unwrap();
+    w.write_snapshot(&Snapshot {
+        cpu: CpuState::default(),
+        pages: vec![],
+    })
+    .unwrap();
+    w.finish(FinishInfo {
+        kernel_instructions: 0,
+        duration_s: 0.0,
+        end_reason: "test".into(),
+    })
+    .unwrap();
+    let r = RecordingReader::from_bytes(w.into_inner()).unwrap();
+    assert!(r.recovery().complete);
+    assert_eq!(r.header().kernel_image, None);
+}

@@ -153,6 +153,15 @@ impl<W: Write> RecordingWriter<W> {
             )));
         }
         let payload = encode(header, "header")?;
+        if payload.len() as u64 > MAX_SECTION_UNCOMPRESSED {
+            // Checked before the preamble is written, so the caller can retry without
+            // the kernel image.
+            return Err(TraceError::TooLarge {
+                what: "header (with the embedded kernel image)".into(),
+                size: payload.len() as u64,
+                limit: MAX_SECTION_UNCOMPRESSED,
+            });
+        }
         self.guarded(|w| {
             let out = w.out.as_mut().expect("writer output present");
             out.write_all(&encode_preamble(FORMAT_VERSION))?;
