@@ -376,3 +376,69 @@ fn dropped_writer_flushes_buffered_events() {
     let got: Vec<Event> = r.events_from(0).collect::<Result<_, _>>().unwrap();
     assert_eq!(got, evs);
 }
+
+const CHILD_ENV: &str = "KRR_TRACE_KILL9_CHILD";
+
+/// The recorder side of `kill_9_keeps_every_flushed_chunk`: runs only in the child
+/// process that test starts (it does nothing in a normal test run).
+#[test]
+fn kill_9_child() {
+    let Ok(path) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    use std::io::Write as _;
+    let cfg = WriterConfig {
+        chunk_events: 100,
+        ..WriterConfig::default()
+    };
+    let mut w = RecordingWriter::with_config(std::fs::File::create(&path).unwrap(), cfg).unwrap();
+    w.write_header(&header()).unwrap();
+    w.write_snapshot(&snapshot()).unwrap();
+    let mut out = std::io::stdout().lock();
+    for e in events(5050) {
+        w.push(e).unwrap();
+        if w.event_count() % 100 == 0 {
+            writeln!(out, "flushed {}", w.event_count()).unwrap();
+        }
+    }
+    writeln!(out, "ready").unwrap();
+    out.flush().unwrap();
+    // Wait to be killed, with 50 events still buffered.
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+#[test]
+fn kill_9_keeps_every_flushed_chunk() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kill9.krr");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "kill_9_child", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, &path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut flushed = 0u64;
+    let mut ready = false;
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if let Some(n) = line.strip_prefix("flushed ") {
+            flushed = n.parse().unwrap();
+        } else if line == "ready" {
+            ready = true;
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(ready, "the child did not get to the end");
+    assert_eq!(flushed, 5000);
+    let mut r = RecordingReader::open(&path).unwrap();
+    let rec = r.recovery().clone();
+    assert!(!rec.complete);
+    assert_eq!(rec.valid_events, 5000, "{rec:?}");
+    assert_eq!(rec.lost_bytes, 0, "{rec:?}");
+    let got: Vec<Event> = r.events_from(0).collect::<Result<_, _>>().unwrap();
+    assert_eq!(got, events(5000));
+}
