@@ -344,6 +344,8 @@ impl Program {
         self.ins.extend_from_slice(body);
         self.ins.push(Instruction::with(Code::Pushfq));
         self.ins.push(Instruction::with1(Code::Pop_r64, Register::R15).unwrap());
+        // Erase the raw flags image left below the stack pointer.
+        self.ins.push(Instruction::with2(Code::Mov_rm64_imm32, MemoryOperand::with_base_displ(Register::RSP, -8), 0).unwrap());
         self.ins.push(Instruction::with2(Code::And_rm64_imm32, Register::R15, !(undefined as i64) as i32).unwrap());
         for (i, r) in REGS64.iter().enumerate() {
             self.ins.push(Instruction::with2(Code::Mov_rm64_r64, MemoryOperand::with_base_displ(Register::R14, 8 * i as i64), *r).unwrap());
@@ -559,5 +561,279 @@ fn random_unary_and_shifts() {
             p.block(&mut rng, &[ins], undefined, &setup);
         }
         p.check(&format!("unary/shift seed {seed}"));
+    }
+}
+
+fn code_at(base: Code, offset: usize) -> Code {
+    Code::values().nth(base as usize + offset).expect("code")
+}
+
+const SF: u64 = 0x80;
+const ZF: u64 = 0x40;
+const PF: u64 = 0x4;
+const CF: u64 = 0x1;
+
+/// A register other than RAX, RDX (and RCX), as a value index and register.
+fn other_reg(rng: &mut Rng) -> (usize, Register) {
+    let i = rng.pick(&[1usize, 4, 5, 6, 7, 8, 9]);
+    (i, REGS64[i])
+}
+
+#[test]
+fn random_mul_div_bits() {
+    if !available() {
+        return;
+    }
+    use Code::*;
+    for seed in 1..=4u64 {
+        let mut rng = Rng(0xdead_beef_1234_5679 ^ (seed << 40));
+        let mut p = Program::new();
+        for _ in 0..250 {
+            let szi = rng.below(4) as usize;
+            let size = SIZES[szi];
+            let s16 = 1 + rng.below(3) as usize; // 16/32/64 only
+            let size16 = SIZES[s16];
+            let (body, undefined, setup): (Vec<Instruction>, u64, Box<dyn Fn(&mut Rng, &mut [u64; 10])>) =
+                match rng.below(9) {
+                    0 => {
+                        let code = rng.pick(&[[Mul_rm8, Mul_rm16, Mul_rm32, Mul_rm64], [Imul_rm8, Imul_rm16, Imul_rm32, Imul_rm64]])[szi];
+                        (vec![with_rm(code, rm_operand(&mut rng, size), None, None, true)], SF | ZF | AF | PF, Box::new(no_setup))
+                    }
+                    1 => {
+                        let r = sized(rng.pick(&REGS64), size16);
+                        let rm = rm_operand(&mut rng, size16);
+                        let ins = match rng.below(3) {
+                            0 => with_rm([Imul_r16_rm16, Imul_r32_rm32, Imul_r64_rm64][s16 - 1], rm, Some(r), None, false),
+                            1 => {
+                                let c = [Imul_r16_rm16_imm8, Imul_r32_rm32_imm8, Imul_r64_rm64_imm8][s16 - 1];
+                                let imm = rng.next() as i8 as i32;
+                                match rm {
+                                    Ok(x) => Instruction::with3(c, r, x, imm).unwrap(),
+                                    Err(m) => Instruction::with3(c, r, m, imm).unwrap(),
+                                }
+                            }
+                            _ => {
+                                let c = [Imul_r16_rm16_imm16, Imul_r32_rm32_imm32, Imul_r64_rm64_imm32][s16 - 1];
+                                let imm = imm_for(&mut rng, size16);
+                                match rm {
+                                    Ok(x) => Instruction::with3(c, r, x, imm).unwrap(),
+                                    Err(m) => Instruction::with3(c, r, m, imm).unwrap(),
+                                }
+                            }
+                        };
+                        (vec![ins], SF | ZF | AF | PF, Box::new(no_setup))
+                    }
+                    2 => {
+                        // div/idiv with a dividend whose quotient fits.
+                        let signed = rng.below(2) == 1;
+                        let (dix, dr) = other_reg(&mut rng);
+                        let code = if signed {
+                            [Idiv_rm8, Idiv_rm16, Idiv_rm32, Idiv_rm64][szi]
+                        } else {
+                            [Div_rm8, Div_rm16, Div_rm32, Div_rm64][szi]
+                        };
+                        let setup = move |rng: &mut Rng, v: &mut [u64; 10]| {
+                            let m = if size == 8 { u64::MAX } else { (1u64 << (size * 8)) - 1 };
+                            let mut d = v[dix] & m;
+                            if d == 0 || (signed && d == m) {
+                                d = 3;
+                            }
+                            v[dix] = (v[dix] & !m) | d;
+                            let bits = size as u32 * 8;
+                            if signed {
+                                // High half = sign extension of a half-size value: the
+                                // quotient always fits.
+                                let lo = v[0] & m;
+                                let small = ((lo << (64 - bits)) as i64 >> (64 - bits + bits / 2)) as u64;
+                                let (hi_part, lo_part) = ((small as i64 >> 63) as u64 & m, small & m);
+                                if size == 1 {
+                                    v[0] = (v[0] & !0xffff) | ((hi_part & 0xff) << 8) | (lo_part & 0xff);
+                                } else {
+                                    v[0] = (v[0] & !m) | lo_part;
+                                    v[3] = (v[3] & !m) | hi_part;
+                                }
+                            } else if size == 1 {
+                                let ahv = (rng.next() % d) & 0xff;
+                                v[0] = (v[0] & !0xff00) | (ahv << 8);
+                            } else {
+                                v[3] = (v[3] & !m) | (rng.next() % d);
+                            }
+                        };
+                        let ins = Instruction::with1(code, sized(dr, size)).unwrap();
+                        (vec![ins], 0x8d5, Box::new(setup))
+                    }
+                    3 => {
+                        // bt/bts/btr/btc with register, immediate and memory operands.
+                        let group = rng.below(4) as usize;
+                        let rcodes = [[Bt_rm16_r16, Bt_rm32_r32, Bt_rm64_r64], [Bts_rm16_r16, Bts_rm32_r32, Bts_rm64_r64], [Btr_rm16_r16, Btr_rm32_r32, Btr_rm64_r64], [Btc_rm16_r16, Btc_rm32_r32, Btc_rm64_r64]];
+                        let icodes = [[Bt_rm16_imm8, Bt_rm32_imm8, Bt_rm64_imm8], [Bts_rm16_imm8, Bts_rm32_imm8, Bts_rm64_imm8], [Btr_rm16_imm8, Btr_rm32_imm8, Btr_rm64_imm8], [Btc_rm16_imm8, Btc_rm32_imm8, Btc_rm64_imm8]];
+                        let rm = rm_operand(&mut rng, size16);
+                        let (oi, or) = other_reg(&mut rng);
+                        let ins = if rng.below(2) == 0 {
+                            let rm = match rm {
+                                Ok(r) if r.full_register() == or => Ok(sized(Register::RAX, size16)),
+                                x => x,
+                            };
+                            with_rm(rcodes[group][s16 - 1], rm, Some(sized(or, size16)), None, true)
+                        } else {
+                            with_rm(icodes[group][s16 - 1], rm, None, Some(rng.below(256) as i32), true)
+                        };
+                        let setup = move |rng: &mut Rng, v: &mut [u64; 10]| {
+                            // Bit offsets reaching a few bytes around the operand.
+                            v[oi] = (rng.below(384) as i64 - 128) as u64;
+                        };
+                        (vec![ins], OF | SF | AF | PF, Box::new(setup))
+                    }
+                    4 => {
+                        let code = rng.pick(&[[Bsf_r16_rm16, Bsf_r32_rm32, Bsf_r64_rm64], [Bsr_r16_rm16, Bsr_r32_rm32, Bsr_r64_rm64], [Lzcnt_r16_rm16, Lzcnt_r32_rm32, Lzcnt_r64_rm64], [Tzcnt_r16_rm16, Tzcnt_r32_rm32, Tzcnt_r64_rm64]])[s16 - 1];
+                        let (si_, sr) = other_reg(&mut rng);
+                        let dst = sized(rng.pick(&REGS64), size16);
+                        let zero = rng.below(3) == 0;
+                        let setup = move |_: &mut Rng, v: &mut [u64; 10]| {
+                            if zero {
+                                v[si_] = 0;
+                            }
+                        };
+                        (vec![i2(code, dst, sized(sr, size16))], CF | OF | SF | AF | PF, Box::new(setup))
+                    }
+                    5 => {
+                        let r = rng.pick(&REGS64);
+                        let ins = if rng.below(2) == 0 {
+                            Instruction::with1(Bswap_r64, r).unwrap()
+                        } else {
+                            Instruction::with1(Bswap_r32, sized(r, 4)).unwrap()
+                        };
+                        (vec![ins], 0, Box::new(no_setup))
+                    }
+                    6 => {
+                        let cc = rng.below(16) as usize;
+                        let ins = if rng.below(2) == 0 {
+                            let rm = rm_operand(&mut rng, size16);
+                            with_rm(code_at(Cmovo_r16_rm16, cc * 3 + s16 - 1), rm, Some(sized(rng.pick(&REGS64), size16)), None, false)
+                        } else {
+                            with_rm(code_at(Seto_rm8, cc), rm_operand(&mut rng, 1), None, None, true)
+                        };
+                        (vec![ins], 0, Box::new(no_setup))
+                    }
+                    7 => {
+                        let codes = [Movzx_r16_rm8, Movzx_r32_rm8, Movzx_r64_rm8, Movzx_r32_rm16, Movzx_r64_rm16, Movsx_r16_rm8, Movsx_r32_rm8, Movsx_r64_rm8, Movsx_r32_rm16, Movsx_r64_rm16, Movsxd_r64_rm32];
+                        let dsz = [2, 4, 8, 4, 8, 2, 4, 8, 4, 8, 8];
+                        let ssz = [1, 1, 1, 2, 2, 1, 1, 1, 2, 2, 4];
+                        let k = rng.below(codes.len() as u64) as usize;
+                        let rm = rm_operand(&mut rng, ssz[k]);
+                        let ins = with_rm(codes[k], rm, Some(sized(rng.pick(&REGS64), dsz[k])), None, false);
+                        (vec![ins], 0, Box::new(no_setup))
+                    }
+                    _ => {
+                        let code = rng.pick(&[[Shld_rm16_r16_CL, Shld_rm32_r32_CL, Shld_rm64_r64_CL], [Shrd_rm16_r16_CL, Shrd_rm32_r32_CL, Shrd_rm64_r64_CL]])[s16 - 1];
+                        let mut rm = rm_operand(&mut rng, size16);
+                        if let Ok(r) = rm {
+                            if r.full_register() == Register::RCX {
+                                rm = Ok(sized(Register::RDX, size16));
+                            }
+                        }
+                        let src = sized(rng.pick(&[Register::RBX, Register::RSI, Register::R8]), size16);
+                        let ins = match rm {
+                            Ok(r) => Instruction::with3(code, r, src, Register::CL).unwrap(),
+                            Err(m) => Instruction::with3(code, m, src, Register::CL).unwrap(),
+                        };
+                        let setup = |rng: &mut Rng, v: &mut [u64; 10]| {
+                            v[2] = rng.pick(&[0u64, 1, 2, 8, 15, 16, 17, 31, 32, 33, 63]);
+                        };
+                        // OF is undefined for counts other than 1; results and CF for
+                        // 16-bit counts above 16 are undefined as well (the result is
+                        // modelled on Intel; its CF is not).
+                        let u = if size16 == 2 { OF | AF | CF } else { OF | AF };
+                        (vec![ins], u, Box::new(setup))
+                    }
+                };
+            p.block(&mut rng, &body, undefined, &*setup);
+        }
+        p.check(&format!("mul/div/bits seed {seed}"));
+    }
+}
+
+#[test]
+fn random_moves_and_exchanges() {
+    if !available() {
+        return;
+    }
+    use Code::*;
+    for seed in 1..=3u64 {
+        let mut rng = Rng(0x0123_4567_89ab_cdef ^ (seed << 20));
+        let mut p = Program::new();
+        for _ in 0..250 {
+            let szi = rng.below(4) as usize;
+            let size = SIZES[szi];
+            let body: Vec<Instruction> = match rng.below(7) {
+                0 => {
+                    let code = rng.pick(&[[Xchg_rm8_r8, Xchg_rm16_r16, Xchg_rm32_r32, Xchg_rm64_r64], [Xadd_rm8_r8, Xadd_rm16_r16, Xadd_rm32_r32, Xadd_rm64_r64], [Cmpxchg_rm8_r8, Cmpxchg_rm16_r16, Cmpxchg_rm32_r32, Cmpxchg_rm64_r64]])[szi];
+                    let mut ins = with_rm(code, rm_operand(&mut rng, size), Some(sized(rng.pick(&REGS64), size)), None, true);
+                    if ins.op0_kind() == iced_x86::OpKind::Memory && rng.below(2) == 0 {
+                        ins.set_has_lock_prefix(true);
+                    }
+                    vec![ins]
+                }
+                1 => {
+                    // cmpxchg that succeeds: the accumulator equals the destination.
+                    let code = [Cmpxchg_rm8_r8, Cmpxchg_rm16_r16, Cmpxchg_rm32_r32, Cmpxchg_rm64_r64][szi];
+                    let d = sized(rng.pick(&[Register::RBX, Register::RSI, Register::R9]), size);
+                    let s = sized(rng.pick(&[Register::RDI, Register::R10]), size);
+                    vec![i2(Mov_r64_rm64, Register::RAX, d.full_register()), i2(code, d, s)]
+                }
+                2 => vec![Instruction::with(rng.pick(&[Cbw, Cwde, Cdqe, Cwd, Cdq, Cqo, Lahf, Sahf, Clc, Stc, Cmc]))],
+                3 => {
+                    // lea with base, index, scale and displacement, 32- and 64-bit.
+                    let base = rng.pick(&REGS64);
+                    let index = rng.pick(&[Register::RBX, Register::RSI, Register::R8, Register::R11]);
+                    let scale = rng.pick(&[1u32, 2, 4, 8]);
+                    let disp = rng.next() as i32 as i64;
+                    let (b, i, dsz) = if rng.below(3) == 0 { (sized(base, 4), sized(index, 4), 4) } else { (base, index, 8) };
+                    let m = MemoryOperand::with_base_index_scale_displ_size(b, i, scale, disp, dsz);
+                    let code = rng.pick(&[Lea_r16_m, Lea_r32_m, Lea_r64_m]);
+                    let dsz = match code {
+                        Lea_r16_m => 2,
+                        Lea_r32_m => 4,
+                        _ => 8,
+                    };
+                    vec![Instruction::with2(code, sized(rng.pick(&REGS64), dsz), m).unwrap()]
+                }
+                4 => {
+                    // push/pop through the stack, memory and 16-bit forms.
+                    let r = rng.pick(&REGS64);
+                    let r2 = rng.pick(&REGS64);
+                    match rng.below(4) {
+                        0 => vec![Instruction::with1(Push_r64, r).unwrap(), Instruction::with1(Pop_r64, r2).unwrap()],
+                        1 => vec![Instruction::with1(Push_rm64, MemoryOperand::with_base(Register::R12)).unwrap(), Instruction::with1(Pop_r64, r2).unwrap()],
+                        2 => vec![Instruction::with1(Pushq_imm32, rng.next() as i32).unwrap(), Instruction::with1(Pop_rm64, MemoryOperand::with_base(Register::R12)).unwrap()],
+                        _ => vec![Instruction::with1(Push_r16, sized(r, 2)).unwrap(), Instruction::with1(Pop_r16, sized(r2, 2)).unwrap()],
+                    }
+                }
+                5 => {
+                    // pushfq/popfq round trip with random status flags.
+                    let r = rng.pick(&REGS64);
+                    vec![
+                        Instruction::with(Pushfq),
+                        Instruction::with1(Pop_r64, r).unwrap(),
+                        Instruction::with2(Xor_rm64_imm32, r, (rng.next() & 0x8d5) as i32).unwrap(),
+                        Instruction::with1(Push_r64, r).unwrap(),
+                        Instruction::with(Popfq),
+                    ]
+                }
+                _ => {
+                    let r = sized(rng.pick(&REGS64), size);
+                    let code = [Mov_rm8_r8, Mov_rm16_r16, Mov_rm32_r32, Mov_rm64_r64][szi];
+                    let m = MemoryOperand::with_base_displ(Register::R12, rng.below(16) as i64 - 8);
+                    if rng.below(2) == 0 {
+                        vec![Instruction::with2(code, m, r).unwrap()]
+                    } else {
+                        let code = [Mov_r8_rm8, Mov_r16_rm16, Mov_r32_rm32, Mov_r64_rm64][szi];
+                        vec![Instruction::with2(code, r, m).unwrap()]
+                    }
+                }
+            };
+            p.block(&mut rng, &body, 0, &no_setup);
+        }
+        p.check(&format!("moves seed {seed}"));
     }
 }

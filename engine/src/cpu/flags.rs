@@ -248,13 +248,24 @@ pub fn double_shift(left: bool, dst: u64, src: u64, count: u32, size: usize, rfl
         return (dst, rflags);
     }
     let msb = |v: u64| (v >> (bits - 1)) & 1;
-    let (r, cf) = if left {
+    let (r, cf) = if size == 2 && count > 16 {
+        // Undefined by the architecture; Intel CPUs (and so the recording hosts) shift
+        // the 48-bit value dst:src:src (left) or src:src:dst (right).
+        let (d, s) = (dst as u128, src as u128);
+        if left {
+            let w = (d << 32) | (s << 16) | s;
+            (((w << count) >> 32) as u64 & m, ((w >> (48 - count)) & 1) as u64)
+        } else {
+            let w = (s << 32) | (s << 16) | d;
+            (((w >> count) as u64) & m, ((w >> (count - 1)) & 1) as u64)
+        }
+    } else if left {
         // Concatenate dst:src (2*bits wide) and take the top `bits` after shifting.
         let v = ((dst as u128) << bits) | src as u128;
         let sh = v << count;
         let r = ((sh >> bits) as u64) & m;
-        let cf = ((v >> (2 * bits - count).min(127)) & 1) as u64;
-        (r, if count <= bits { cf } else { 0 })
+        let cf = ((v >> (2 * bits - count)) & 1) as u64;
+        (r, cf)
     } else {
         let v = ((src as u128) << bits) | dst as u128;
         let r = ((v >> count) as u64) & m;
