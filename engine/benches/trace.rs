@@ -256,6 +256,72 @@ fn bench(c: &mut Criterion) {
         )
     });
     g.finish();
+
+    // A 16 MiB snapshot: 4096 pages, each 1 KiB of random bytes and 3 KiB of a 64-byte
+    // pattern that differs per page, plus 1024 zero pages (omitted).
+    let mut rng = Rng(7);
+    let pages: Vec<SnapshotPage> = (0..4096u64)
+        .map(|i| {
+            let data = (0..PAGE_SIZE)
+                .map(|j| {
+                    if j < 1024 {
+                        rng.next() as u8
+                    } else {
+                        ((j % 64) as u64 * (i | 1)) as u8
+                    }
+                })
+                .collect();
+            SnapshotPage {
+                gpa: i * PAGE_SIZE as u64,
+                data,
+            }
+        })
+        .collect();
+    let snapshot = Snapshot {
+        cpu: CpuState::default(),
+        pages,
+    };
+    let zero = [0u8; PAGE_SIZE];
+    let write_snapshot = |out: Vec<u8>| {
+        let mut w = RecordingWriter::new(out).unwrap();
+        w.write_header(&header()).unwrap();
+        w.begin_snapshot(&snapshot.cpu).unwrap();
+        for (i, p) in snapshot.pages.iter().enumerate() {
+            w.add_page(p.gpa, p.data.as_slice().try_into().unwrap())
+                .unwrap();
+            if i % 4 == 0 {
+                w.add_page((1 << 32) + p.gpa, &zero).unwrap();
+            }
+        }
+        w.finish(FinishInfo {
+            kernel_instructions: 0,
+            duration_s: 0.0,
+            end_reason: "bench".into(),
+        })
+        .unwrap();
+        w.into_inner()
+    };
+    let snap_bytes = write_snapshot(Vec::new());
+    eprintln!(
+        "snapshot: 4096 pages (16 MiB) + 1024 zero pages -> {} bytes",
+        snap_bytes.len()
+    );
+    let mut g = c.benchmark_group("trace_snapshot");
+    g.throughput(Throughput::Bytes((snapshot.pages.len() * PAGE_SIZE) as u64));
+    g.bench_function("write", |b| {
+        b.iter(|| black_box(write_snapshot(Vec::with_capacity(snap_bytes.len() + 4096)).len()))
+    });
+    g.bench_function("read", |b| {
+        b.iter_batched(
+            || snap_bytes.clone(),
+            |bytes| {
+                let mut r = RecordingReader::from_bytes(bytes).unwrap();
+                r.snapshot().unwrap().pages.len()
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
 }
 
 criterion_group! {

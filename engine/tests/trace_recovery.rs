@@ -397,7 +397,7 @@ fn kill_9_child() {
     let mut out = std::io::stdout().lock();
     for e in events(5050) {
         w.push(e).unwrap();
-        if w.event_count() % 100 == 0 {
+        if w.event_count().is_multiple_of(100) {
             writeln!(out, "flushed {}", w.event_count()).unwrap();
         }
     }

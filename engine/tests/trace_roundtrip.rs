@@ -510,3 +510,113 @@ fn oversized_header_is_refused_before_anything_is_written() {
     assert!(r.recovery().complete);
     assert_eq!(r.header().kernel_image, None);
 }
+
+/// Walks a recording by the layout documented in `trace` and `trace::section`, with
+/// zstd and postcard directly, so that the documented format is the written one.
+#[test]
+fn file_layout_is_as_documented() {
+    use krr_engine::trace::ChunkInfo;
+    use krr_engine::trace::section::{FILE_MAGIC, FOOTER_MAGIC, SECTION_MAGIC};
+
+    let events: Vec<Event> = (0..10)
+        .map(|i| {
+            Event::Console(ConsoleOutput {
+                icount: i,
+                bytes: vec![b'x'; i as usize],
+            })
+        })
+        .collect();
+    let snapshot = Snapshot {
+        cpu: CpuState {
+            rip: 0xfff0,
+            ..CpuState::default()
+        },
+        pages: vec![SnapshotPage {
+            gpa: 0x5000,
+            data: page_data(3, 9),
+        }],
+    };
+    let w = write_recording(
+        &snapshot,
+        &events,
+        WriterConfig {
+            chunk_events: 4,
+            ..WriterConfig::default()
+        },
+    );
+    let b = std::fs::read(&w.path).unwrap();
+    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+
+    assert_eq!(b[0..8], FILE_MAGIC);
+    assert_eq!(
+        u32::from_le_bytes(b[8..12].try_into().unwrap()),
+        krr_engine::trace::FORMAT_VERSION
+    );
+    assert_eq!(b[b.len() - 8..], FOOTER_MAGIC);
+    let trailer_at = u64_at(b.len() - 24) as usize;
+
+    let mut at = 16;
+    let mut kinds = Vec::new();
+    let mut got_events = Vec::new();
+    while at < b.len() - 24 {
+        assert_eq!(b[at..at + 4], SECTION_MAGIC);
+        let kind = u32::from_le_bytes(b[at + 4..at + 8].try_into().unwrap());
+        let clen = u64_at(at + 8) as usize;
+        let ulen = u64_at(at + 16) as usize;
+        let meta = [
+            u64_at(at + 24),
+            u64_at(at + 32),
+            u64_at(at + 40),
+            u64_at(at + 48),
+        ];
+        let compressed = &b[at + 72..at + 72 + clen];
+        let mut h = Fnv1a::new();
+        h.write(compressed);
+        assert_eq!(u64_at(at + 56), h.finish(), "payload checksum");
+        let mut h = Fnv1a::new();
+        h.write(&b[at..at + 64]);
+        assert_eq!(u64_at(at + 64), h.finish(), "header checksum");
+        let payload = zstd::decode_all(compressed).unwrap();
+        assert_eq!(payload.len(), ulen);
+        match kind {
+            1 => assert_eq!(postcard::from_bytes::<Header>(&payload).unwrap(), header()),
+            2 => assert_eq!(
+                postcard::from_bytes::<CpuState>(&payload).unwrap(),
+                snapshot.cpu
+            ),
+            3 => {
+                assert_eq!(meta[0], 1);
+                assert_eq!(
+                    postcard::from_bytes::<Vec<SnapshotPage>>(&payload).unwrap(),
+                    snapshot.pages
+                );
+            }
+            4 => assert_eq!(meta[..2], [1, 1]),
+            5 => {
+                let chunk: Vec<Event> = postcard::from_bytes(&payload).unwrap();
+                assert_eq!(
+                    meta,
+                    [
+                        got_events.len() as u64,
+                        chunk.len() as u64,
+                        chunk[0].icount(),
+                        chunk.last().unwrap().icount()
+                    ]
+                );
+                got_events.extend(chunk);
+            }
+            6 => {
+                assert_eq!(at, trailer_at);
+                let (index, _) = postcard::take_from_bytes::<Vec<ChunkInfo>>(&payload).unwrap();
+                assert_eq!(index.len(), 3);
+                assert_eq!(index[1].first_event, 4);
+            }
+            other => panic!("unknown section kind {other}"),
+        }
+        kinds.push(kind);
+        at += 72 + clen;
+    }
+    assert_eq!(at, b.len() - 24);
+    assert_eq!(kinds, [1, 2, 3, 4, 5, 5, 5, 6]);
+    assert_eq!(got_events, events);
+}

@@ -678,7 +678,8 @@ impl<R: Read + Seek> SnapshotPages<'_, R> {
             self.reader
                 .dec
                 .read_payload(&mut self.reader.r, &s.header, s.offset, &what)?;
-        let pages: Vec<SnapshotPage> = decode_exact(payload, s.offset, &what)?;
+        let pages = decode_pages(payload)
+            .map_err(|problem| TraceError::corrupt(s.offset, &what, problem))?;
         if pages.len() as u64 != s.header.meta[0] {
             return Err(TraceError::corrupt(
                 s.offset,
@@ -735,4 +736,56 @@ impl<R: Read + Seek> Iterator for SnapshotPages<'_, R> {
             }
         }
     }
+}
+
+/// Decodes the postcard `Vec<SnapshotPage>` of a pages section. Done by hand because
+/// serde decodes a `Vec<u8>` byte by byte; the encoding is the same.
+fn decode_pages(mut b: &[u8]) -> std::result::Result<Vec<SnapshotPage>, String> {
+    let count = take_varint(&mut b)?;
+    if count > PAGES_PER_SECTION as u64 {
+        return Err(format!(
+            "{count} pages, more than {PAGES_PER_SECTION} per section"
+        ));
+    }
+    let mut pages = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let gpa = take_varint(&mut b)?;
+        let len = take_varint(&mut b)?;
+        if len != PAGE_SIZE as u64 || b.len() < PAGE_SIZE {
+            return Err(format!(
+                "page {i} at {gpa:#x} has {len} bytes ({} left)",
+                b.len()
+            ));
+        }
+        let (data, rest) = b.split_at(PAGE_SIZE);
+        pages.push(SnapshotPage {
+            gpa,
+            data: data.to_vec(),
+        });
+        b = rest;
+    }
+    if !b.is_empty() {
+        return Err(format!("{} bytes left over after the pages", b.len()));
+    }
+    Ok(pages)
+}
+
+/// A postcard varint (LEB128, at most 10 bytes for a u64).
+fn take_varint(b: &mut &[u8]) -> std::result::Result<u64, String> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let Some((&byte, rest)) = b.split_first() else {
+            return Err("payload ends inside a number".into());
+        };
+        *b = rest;
+        let bits = u64::from(byte & 0x7f);
+        if i == 9 && byte > 1 {
+            return Err("number does not fit in 64 bits".into());
+        }
+        v |= bits << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err("number longer than 10 bytes".into())
 }

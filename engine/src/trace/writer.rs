@@ -218,12 +218,10 @@ impl<W: Write> RecordingWriter<W> {
         if data.iter().all(|b| *b == 0) {
             return Ok(());
         }
-        #[derive(Serialize)]
-        struct PageRef<'a> {
-            gpa: u64,
-            data: &'a [u8],
-        }
-        serialize_into(&PageRef { gpa, data }, &mut self.pages, "snapshot page")?;
+        // The postcard encoding of a SnapshotPage, without serde's byte-by-byte Vec<u8>.
+        put_varint(&mut self.pages, gpa);
+        put_varint(&mut self.pages, PAGE_SIZE as u64);
+        self.pages.extend_from_slice(data);
         self.section_pages += 1;
         self.total_pages += 1;
         if self.section_pages == PAGES_PER_SECTION {
@@ -450,23 +448,32 @@ impl<W: Write> Drop for RecordingWriter<W> {
     }
 }
 
-/// Writes the postcard varint of `count` just before `buf[PREFIX..]` and returns where
-/// the encoded `Vec` starts.
-fn put_prefix(buf: &mut [u8], count: u64) -> usize {
-    let mut tmp = [0u8; PREFIX];
+/// The postcard varint (LEB128) of `v` in `out`; returns its length.
+fn varint(mut v: u64, out: &mut [u8; PREFIX]) -> usize {
     let mut n = 0;
-    let mut v = count;
     loop {
         let byte = (v & 0x7f) as u8;
         v >>= 7;
         if v == 0 {
-            tmp[n] = byte;
-            n += 1;
-            break;
+            out[n] = byte;
+            return n + 1;
         }
-        tmp[n] = byte | 0x80;
+        out[n] = byte | 0x80;
         n += 1;
     }
+}
+
+fn put_varint(buf: &mut Vec<u8>, v: u64) {
+    let mut tmp = [0u8; PREFIX];
+    let n = varint(v, &mut tmp);
+    buf.extend_from_slice(&tmp[..n]);
+}
+
+/// Writes the postcard varint of `count` just before `buf[PREFIX..]` and returns where
+/// the encoded `Vec` starts.
+fn put_prefix(buf: &mut [u8], count: u64) -> usize {
+    let mut tmp = [0u8; PREFIX];
+    let n = varint(count, &mut tmp);
     let start = PREFIX - n;
     buf[start..PREFIX].copy_from_slice(&tmp[..n]);
     start
