@@ -23,6 +23,7 @@ use crate::memory::GuestMemory;
 use crate::state::gpr;
 use crate::trace::{Header, RecordingReader, TraceError};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Errors opening a replay.
 #[derive(Debug, thiserror::Error)]
@@ -70,12 +71,14 @@ struct Initial {
     mem: GuestMemory,
 }
 
-/// A replay of one recording.
+/// A replay of one recording. Cloning is cheap (memory pages are shared copy-on-write,
+/// events are shared): a clone is a checkpoint.
+#[derive(Clone)]
 pub struct Replay {
     pub cpu: Cpu,
     pub mem: GuestMemory,
-    header: Header,
-    events: Vec<Event>,
+    header: Arc<Header>,
+    events: Arc<[Event]>,
     /// Index of the next event to consume.
     next: usize,
     /// Index of the next kernel-mode interrupt at or after `next`.
@@ -136,8 +139,8 @@ impl Replay {
         let mut r = Replay {
             cpu,
             mem,
-            header,
-            events,
+            header: Arc::new(header),
+            events: events.into(),
             next: 0,
             next_interrupt: 0,
             hook_user_read,
@@ -155,14 +158,15 @@ impl Replay {
 
     /// A fresh replay of the same recording, back at its start.
     pub fn restart(&self) -> Replay {
-        let mut r = Replay::new(
-            self.header.clone(),
-            self.initial.cpu.clone(),
-            self.initial.mem.clone(),
-            Vec::new(),
-            self.final_icount,
-        );
-        r.events = self.events.clone();
+        let mut r = self.clone();
+        r.cpu = self.initial.cpu.clone();
+        r.mem = self.initial.mem.clone();
+        r.next = 0;
+        r.next_interrupt = 0;
+        r.console.clear();
+        r.console_checked = 0;
+        r.uart_lcr = 0;
+        r.finished = None;
         r.find_next_interrupt();
         r
     }
@@ -226,6 +230,12 @@ impl Replay {
 
     /// Runs until `target`, the end, a caller breakpoint or a divergence.
     pub fn run(&mut self, target: Target) -> Stop {
+        self.run_capped(target, Icount::MAX)
+    }
+
+    /// Like [`Replay::run`], but also stops with `Stop::Reached(Target::Icount(cap))`
+    /// when `cap` comes first (the timeline uses it to take checkpoints on the way).
+    pub fn run_capped(&mut self, target: Target, cap: Icount) -> Stop {
         if let Some(end) = self.finished {
             return Stop::Finished(end);
         }
@@ -238,13 +248,17 @@ impl Replay {
             {
                 return Stop::Reached(target);
             }
-            let mut limit = match target {
+            let goal = match target {
                 Target::Icount(k) => k,
-                _ => u64::MAX,
+                _ => Icount::MAX,
             };
-            if self.cpu.icount() >= limit {
+            if self.cpu.icount() >= goal {
                 return Stop::Reached(target);
             }
+            if self.cpu.icount() >= cap {
+                return Stop::Reached(Target::Icount(cap));
+            }
+            let mut limit = goal.min(cap);
             if let Some(Event::KernelInterrupt(k)) = self.events.get(self.next_interrupt) {
                 limit = limit.min(k.icount);
             } else if let Some(f) = self.final_icount {
