@@ -61,6 +61,7 @@ use crate::memory::GuestMemory;
 use crate::state::{CpuState, CpuidEntry};
 
 pub use mmu::{Access, PageFault};
+pub use system::{KERNEL_CODE64_ATTR, KERNEL_DATA_ATTR, USER_CODE64_ATTR, USER_DATA_ATTR};
 
 /// Why [`Cpu::run`] returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,13 +98,35 @@ pub enum CpuError {
     #[error("page-table walk for {linear:#x} read non-RAM guest-physical address {gpa:#x}")]
     PageTableNotRam { linear: u64, gpa: u64 },
     #[error("instruction at {rip:#x} accessed MMIO at {gpa:#x} in an unsupported way ({what})")]
-    UnsupportedMmio { rip: u64, gpa: u64, what: &'static str },
+    UnsupportedMmio {
+        rip: u64,
+        gpa: u64,
+        what: &'static str,
+    },
     #[error("no instruction is waiting for input")]
     NoPendingInput,
     #[error("unsupported operation at {rip:#x}: {what}")]
     Unsupported { rip: u64, what: String },
     #[error("user-entry event cannot be performed: {0}")]
     BadEntry(String),
+}
+
+/// Behaviours of the recording host's instruction emulator that differ from a hardware
+/// CPU with the same CPUID. Replay must reproduce the host that made the recording.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quirks {
+    /// `lzcnt`/`tzcnt` execute as `bsr`/`bsf` even when CPUID advertises ABM/BMI1
+    /// (KVM's emulator ignores the F3 prefix there; measured in cpu_vs_kvm.rs).
+    pub bit_scan_ignores_rep: bool,
+}
+
+impl Quirks {
+    /// The quirks of the host a recording with this counter source was made on.
+    pub fn for_counter(counter: crate::state::CounterSourceKind) -> Quirks {
+        Quirks {
+            bit_scan_ignores_rep: counter == crate::state::CounterSourceKind::KvmInsnEmulation,
+        }
+    }
 }
 
 /// An instruction waiting for a value from the driver.
@@ -214,6 +237,7 @@ pub struct Cpu {
     has_1g_pages: bool,
     has_lzcnt: bool,
     has_tzcnt: bool,
+    quirks: Quirks,
 }
 
 impl Clone for Cpu {
@@ -241,6 +265,7 @@ impl Clone for Cpu {
             has_1g_pages: self.has_1g_pages,
             has_lzcnt: self.has_lzcnt,
             has_tzcnt: self.has_tzcnt,
+            quirks: self.quirks,
         }
     }
 }
@@ -257,7 +282,12 @@ impl std::fmt::Debug for Cpu {
 
 impl Cpu {
     pub fn new(state: CpuState, cpuid: Vec<CpuidEntry>) -> Cpu {
-        let find = |f: u32| cpuid.iter().find(|e| e.function == f && e.index == 0).copied();
+        let find = |f: u32| {
+            cpuid
+                .iter()
+                .find(|e| e.function == f && e.index == 0)
+                .copied()
+        };
         let max_phys_bits = find(0x8000_0008)
             .map(|e| e.eax & 0xff)
             .filter(|&b| (32..=52).contains(&b))
@@ -289,7 +319,17 @@ impl Cpu {
             has_1g_pages,
             has_lzcnt,
             has_tzcnt,
+            quirks: Quirks::default(),
         }
+    }
+
+    /// Reproduce the recording host's deviations (see [`Quirks::for_counter`]).
+    pub fn set_quirks(&mut self, quirks: Quirks) {
+        self.quirks = quirks;
+    }
+
+    pub fn quirks(&self) -> Quirks {
+        self.quirks
     }
 
     pub fn state(&self) -> &CpuState {
@@ -393,7 +433,10 @@ impl Cpu {
                 self.retire_pending(next_rip);
             }
             Pending::Random {
-                reg, size, next_rip, ..
+                reg,
+                size,
+                next_rip,
+                ..
             } => {
                 let v = value & flags::mask(size as usize);
                 let r = &mut self.st.gpr[reg];
@@ -478,11 +521,12 @@ impl Cpu {
             }
             self.sync_caches(mem);
             let rip = self.st.rip;
-            if !self.breakpoints.is_empty() && self.breakpoint_hit(rip) {
-                if self.skip_breakpoint_at != Some(rip) {
-                    self.skip_breakpoint_at = Some(rip);
-                    return Exit::Breakpoint(rip);
-                }
+            if !self.breakpoints.is_empty()
+                && self.breakpoint_hit(rip)
+                && self.skip_breakpoint_at != Some(rip)
+            {
+                self.skip_breakpoint_at = Some(rip);
+                return Exit::Breakpoint(rip);
             }
             self.skip_breakpoint_at = None;
             if let Some(e) = self.step(mem) {
@@ -591,7 +635,10 @@ impl Cpu {
         let next = (rip | 0xfff).wrapping_add(1);
         let gpa2 = self.translate_access(mem, next, Access::Fetch)?;
         if mem.read(gpa2, &mut buf[in_page..]).is_err() {
-            return Err(Fault::Exit(Exit::Error(CpuError::FetchNotRam { rip, gpa: gpa2 })));
+            return Err(Fault::Exit(Exit::Error(CpuError::FetchNotRam {
+                rip,
+                gpa: gpa2,
+            })));
         }
         let mut dec = Decoder::with_ip(64, &buf, 0, DecoderOptions::NONE);
         dec.decode_out(&mut ins);
