@@ -712,16 +712,16 @@ fn random_unary_and_shifts() {
                         None,
                         true,
                     ),
-                    OF | AF,
+                    OF,
                 ),
                 2 => (
                     with_rm(rng.pick(&shifts_1)[szi], rm, None, Some(1), true),
-                    AF,
+                    0,
                 ),
                 _ => {
                     let c =
                         rng.pick(&[0i32, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 200]);
-                    let u = if c == 1 { AF } else { OF | AF };
+                    let u = if c == 1 { 0 } else { OF };
                     (
                         with_rm(rng.pick(&shifts_imm)[szi], rm, None, Some(c), true),
                         u,
