@@ -167,7 +167,7 @@ fn tlb_follows_page_table_writes() {
     img.write_u64(va, 0x1111);
     img.write_u64(DATA + 0x7000, 0x2222);
     build(&mut img, |a| {
-        a.mov(rax, qword_ptr(va)).unwrap();
+        a.mov(rdi, qword_ptr(va)).unwrap();
         a.mov(rbx, (DATA + 0x7000) | 3).unwrap();
         a.mov(qword_ptr(Image::pte_addr(va)), rbx).unwrap();
         a.mov(rcx, qword_ptr(va)).unwrap();
@@ -179,7 +179,7 @@ fn tlb_follows_page_table_writes() {
     });
     let o = run_replay(&img, &default_cpuid(), 1000);
     let st = o.cpu.state();
-    assert_eq!((st.gpr[0], st.gpr[1], st.gpr[2]), (0x1111, 0x2222, 0x2222));
+    assert_eq!((st.gpr[7], st.gpr[1], st.gpr[2]), (0x1111, 0x2222, 0x2222));
     assert_eq!(
         o.exit,
         Exit::PortOut {
