@@ -248,6 +248,24 @@ impl<R: Read + Seek> RecordingReader<R> {
         Ok(Snapshot { cpu, pages })
     }
 
+    /// The number of the first event whose `icount` is at least `icount` (the event
+    /// count if there is none). Events are stored in execution order, so their icounts
+    /// do not decrease; the search uses the index and decodes at most one chunk.
+    pub fn first_event_at(&mut self, icount: u64) -> Result<u64> {
+        let i = self.index.partition_point(|c| c.last_icount < icount);
+        let Some(chunk) = self.index.get(i).copied() else {
+            return Ok(self.event_count());
+        };
+        if chunk.first_icount >= icount {
+            return Ok(chunk.first_event);
+        }
+        // Load through the cache, then search inside the chunk.
+        self.event(chunk.first_event)?;
+        let (_, events) = self.cache.as_ref().expect("cache just filled");
+        let k = events.partition_point(|e| e.icount() < icount);
+        Ok(chunk.first_event + k as u64)
+    }
+
     /// Event number `n`.
     pub fn event(&mut self, n: u64) -> Result<Event> {
         let i = self.chunk_of(n)?;
