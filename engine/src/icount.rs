@@ -10,6 +10,14 @@
 //! * `hlt` counts 1 when it executes; the wait does not count.
 //! * Ring-3 instructions never count (user mode is not replayed).
 //!
+//! ## Recordings without a counter
+//!
+//! A recorder without an instruction counter cannot know icounts. Its events' `icount`
+//! field then holds the ordinal of the deterministic exit (port access, MMIO access,
+//! `hlt`: exits that replay meets at the same instruction) at which the event was
+//! captured, counting from 1; the recording's machine configuration says which
+//! meaning applies (`CounterSourceKind::None`).
+//!
 //! ## KVM's `insn_emulation` statistic as a counter
 //!
 //! On hosts whose KVM emulates guest ring-0 code, the per-vCPU statistic
