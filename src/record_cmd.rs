@@ -9,6 +9,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct RecordArgs {
@@ -70,7 +71,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 struct TraceSink {
     writer: RecordingWriter<File>,
     echo: bool,
+    last_flush: Instant,
 }
+
+/// Longest time events stay buffered: what a crash or kill -9 can lose at most.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 
 impl EventSink for TraceSink {
     fn event(&mut self, event: Event) -> Result<(), RecorderError> {
@@ -83,7 +88,14 @@ impl EventSink for TraceSink {
         }
         self.writer
             .push(event)
-            .map_err(|e| RecorderError::Sink(e.to_string()))
+            .map_err(|e| RecorderError::Sink(e.to_string()))?;
+        if self.last_flush.elapsed() >= FLUSH_INTERVAL {
+            self.last_flush = Instant::now();
+            self.writer
+                .flush_events()
+                .map_err(|e| RecorderError::Sink(e.to_string()))?;
+        }
+        Ok(())
     }
 }
 
@@ -137,6 +149,7 @@ pub fn run(args: RecordArgs) -> Result<()> {
     let mut sink = TraceSink {
         writer,
         echo: !args.quiet,
+        last_flush: Instant::now(),
     };
     let outcome = recorder.run(&mut sink, &stop);
     let (end_reason, kernel_instructions, duration_s) = match &outcome {
