@@ -351,7 +351,7 @@ impl Recorder {
                     // Digests only where the instruction has completed (after an `out`
                     // RIP is past it; at an `in` it is not yet), so replay sees the
                     // same state at the same icount.
-                    if self.exits % self.config.digest_interval == 0 {
+                    if self.exits.is_multiple_of(self.config.digest_interval) {
                         self.digest();
                     }
                     ExitKind::Deterministic

@@ -46,7 +46,7 @@ pub struct Vm {
 impl Vm {
     /// Creates a VM with `ram_size` bytes of RAM at 0 and the agent ring region.
     pub fn new(ram_size: u64) -> Result<Vm, RecorderError> {
-        if ram_size == 0 || ram_size > MAX_RAM || ram_size % 4096 != 0 {
+        if ram_size == 0 || ram_size > MAX_RAM || !ram_size.is_multiple_of(4096) {
             return Err(RecorderError::Config(format!(
                 "memory size {ram_size:#x} must be a positive multiple of 4 KiB below {MAX_RAM:#x}"
             )));
