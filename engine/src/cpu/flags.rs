@@ -314,7 +314,10 @@ mod tests {
 
     #[test]
     fn shifts() {
-        assert_eq!(shift(ShiftOp::Shl, 0x80, 1, 1, 0), (0, CF | ZF | PF | OF | AF));
+        assert_eq!(
+            shift(ShiftOp::Shl, 0x80, 1, 1, 0),
+            (0, CF | ZF | PF | OF | AF)
+        );
         assert_eq!(shift(ShiftOp::Shr, 1, 1, 1, 0), (0, CF | ZF | PF | AF));
         assert_eq!(shift(ShiftOp::Sar, 0x80, 7, 1, 0).0, 0xff);
         assert_eq!(shift(ShiftOp::Rol, 0x81, 1, 1, 0).0, 0x03);
