@@ -3,11 +3,11 @@
 //! second (criterion's "elements").
 
 #[path = "../tests/cpu_common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod cpu_common;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use cpu_common::*;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use iced_x86::code_asm::*;
 use krr_engine::cpu::{Cpu, Exit};
 

@@ -7,7 +7,7 @@
 use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
 use super::flags::{self, CF, DF, IF, OF, PF, SF, STATUS, ShiftOp, ZF, mask, sext};
-use super::{Cpu, Exit, Fault, Pending, R, exc, gp0, ud, vector};
+use super::{Cpu, Exit, Pending, R, Retired, exc, exit, gp0, ud, vector};
 use crate::icount::REP_CHUNK;
 use crate::memory::GuestMemory;
 use crate::state::seg;
@@ -291,7 +291,7 @@ impl Cpu {
 
     /// Executes one decoded instruction. `Ok(exit)` retires it (RIP becomes
     /// `self.next_rip`); `Err` leaves it unretired.
-    pub(crate) fn exec(&mut self, mem: &mut GuestMemory, ins: &Instruction) -> R<Option<Exit>> {
+    pub(crate) fn exec(&mut self, mem: &mut GuestMemory, ins: &Instruction) -> R<Retired> {
         use Mnemonic as M;
         let m = ins.mnemonic();
         match m {
@@ -499,6 +499,9 @@ impl Cpu {
                     let off = self.read_lin(mem, la, osz, ss)?;
                     let sel = self.read_lin(mem, la.wrapping_add(osz as u64), 2, ss)? as u16;
                     let cs = self.load_code_segment(mem, sel, true)?;
+                    if !cs.long_mode() {
+                        return Err(self.unsupported("far jump to a non-64-bit code segment"));
+                    }
                     if !super::mmu::canonical(off) {
                         return Err(gp0());
                     }
@@ -519,6 +522,9 @@ impl Cpu {
                     return Err(self.unsupported("far return to another privilege level"));
                 }
                 let cs = self.load_code_segment(mem, sel, true)?;
+                if !cs.long_mode() {
+                    return Err(self.unsupported("far return to a non-64-bit code segment"));
+                }
                 if !super::mmu::canonical(off) {
                     return Err(gp0());
                 }
@@ -887,7 +893,7 @@ impl Cpu {
                         self.pending = Some(Pending::EdxEax {
                             next_rip: self.next_rip,
                         });
-                        return Err(Fault::Exit(Exit::Rdtsc));
+                        return Err(exit(Exit::Rdtsc));
                     }
                 }
             }
@@ -925,7 +931,7 @@ impl Cpu {
                     port,
                     next_rip: self.next_rip,
                 });
-                return Err(Fault::Exit(Exit::PortIn { port, size }));
+                return Err(exit(Exit::PortIn { port, size }));
             }
             M::Out => {
                 let size = reg_size(ins.op_register(1)) as u8;
@@ -935,13 +941,13 @@ impl Cpu {
                     ins.immediate8() as u16
                 };
                 let value = (self.st.gpr[0] & mask(size as usize)) as u32;
-                return Ok(Some(Exit::PortOut { port, size, value }));
+                return Ok(Retired::PortOut { port, size, value });
             }
             M::Rdtsc => {
                 self.pending = Some(Pending::EdxEax {
                     next_rip: self.next_rip,
                 });
-                return Err(Fault::Exit(Exit::Rdtsc));
+                return Err(exit(Exit::Rdtsc));
             }
             M::Rdrand | M::Rdseed => {
                 let r = ins.op_register(0);
@@ -951,7 +957,7 @@ impl Cpu {
                     next_rip: self.next_rip,
                     seed: m == M::Rdseed,
                 });
-                return Err(Fault::Exit(if m == M::Rdseed {
+                return Err(exit(if m == M::Rdseed {
                     Exit::Rdseed
                 } else {
                     Exit::Rdrand
@@ -959,7 +965,7 @@ impl Cpu {
             }
             M::Hlt => {
                 self.st.halted = true;
-                return Ok(Some(Exit::Hlt));
+                return Ok(Retired::Hlt);
             }
             M::Ud0 | M::Ud1 | M::Ud2 | M::INVALID => return Err(ud()),
             M::Int | M::Int3 | M::Into | M::Int1 => {
@@ -969,10 +975,10 @@ impl Cpu {
             }
             _ => return Err(self.unimplemented(mem, ins)),
         }
-        Ok(None)
+        Ok(Retired::Continue)
     }
 
-    fn exec_mov(&mut self, mem: &mut GuestMemory, ins: &Instruction) -> R<Option<Exit>> {
+    fn exec_mov(&mut self, mem: &mut GuestMemory, ins: &Instruction) -> R<Retired> {
         let k0 = ins.op_kind(0);
         let k1 = ins.op_kind(1);
         if k0 == OpKind::Register {
@@ -984,12 +990,12 @@ impl Cpu {
                     return Err(ud());
                 }
                 self.load_data_segment(mem, idx, sel, true)?;
-                return Ok(None);
+                return Ok(Retired::Continue);
             }
             if (CR0..CR0 + 16).contains(&r0) {
                 let v = self.reg_get(ins.op_register(1));
                 self.write_cr(r0 - CR0, v)?;
-                return Ok(None);
+                return Ok(Retired::Continue);
             }
             if (DR0..DR0 + 16).contains(&r0) {
                 let v = self.reg_get(ins.op_register(1));
@@ -998,7 +1004,7 @@ impl Cpu {
                 if n < 8 {
                     self.dr[n] = v;
                 }
-                return Ok(None);
+                return Ok(Retired::Continue);
             }
         }
         if k1 == OpKind::Register {
@@ -1009,25 +1015,25 @@ impl Cpu {
                 // A register destination receives the zero-extended selector.
                 let size = if k0 == OpKind::Register { size } else { 2 };
                 self.wr(mem, ins, 0, size, v)?;
-                return Ok(None);
+                return Ok(Retired::Continue);
             }
             if (CR0..CR0 + 16).contains(&r1) {
                 let v = self.read_cr(r1 - CR0)?;
                 self.reg_set(ins.op_register(0), v);
-                return Ok(None);
+                return Ok(Retired::Continue);
             }
             if (DR0..DR0 + 16).contains(&r1) {
                 let n = (r1 - DR0) as usize;
                 let n = if n == 4 || n == 5 { n + 2 } else { n };
                 let v = if n < 8 { self.dr[n] } else { 0 };
                 self.reg_set(ins.op_register(0), v);
-                return Ok(None);
+                return Ok(Retired::Continue);
             }
         }
         let size = op_size(ins, 0);
         let v = self.rd(mem, ins, 1, size)?;
         self.wr(mem, ins, 0, size, v)?;
-        Ok(None)
+        Ok(Retired::Continue)
     }
 
     fn read_cr(&self, n: u32) -> R<u64> {

@@ -1,6 +1,6 @@
 //! Linear-address translation (4-level paging), the TLB, and linear memory accesses.
 
-use super::{Cpu, CpuError, Exception, Exit, Fault, R, flags, vector};
+use super::{Cpu, CpuError, Exception, Exit, Fault, R, exit, flags, vector};
 use crate::memory::GuestMemory;
 
 /// The kind of a memory access.
@@ -311,10 +311,7 @@ impl Cpu {
             }
             Err(PageFault::NonCanonical { .. }) => return Err(super::gp0()),
             Err(PageFault::TableNotRam { linear, gpa }) => {
-                return Err(Fault::Exit(Exit::Error(CpuError::PageTableNotRam {
-                    linear,
-                    gpa,
-                })));
+                return Err(exit(Exit::Error(CpuError::PageTableNotRam { linear, gpa })));
             }
         };
         let mut bits = w.bits;
@@ -363,7 +360,7 @@ impl Cpu {
         }
         match self.mmio_input {
             Some((g, s, v)) if g == gpa && s as usize == size => Ok(v),
-            _ => Err(Fault::Exit(Exit::MmioRead {
+            _ => Err(exit(Exit::MmioRead {
                 gpa,
                 size: size as u8,
             })),
@@ -376,7 +373,7 @@ impl Cpu {
             return Ok(());
         }
         if self.mmio_write.is_some() {
-            return Err(Fault::Exit(Exit::Error(CpuError::UnsupportedMmio {
+            return Err(exit(Exit::Error(CpuError::UnsupportedMmio {
                 rip: self.st.rip,
                 gpa,
                 what: "two MMIO writes in one instruction",
@@ -411,7 +408,7 @@ impl Cpu {
         let g1 = self.translate_access(mem, la, Access::Read)?;
         let g2 = self.translate_access(mem, la2, Access::Read)?;
         if !mem.is_ram(g1) || !mem.is_ram(g2) {
-            return Err(Fault::Exit(Exit::Error(CpuError::UnsupportedMmio {
+            return Err(exit(Exit::Error(CpuError::UnsupportedMmio {
                 rip: self.st.rip,
                 gpa: g1,
                 what: "read crossing a page into MMIO",
@@ -448,7 +445,7 @@ impl Cpu {
         // commits the first part before translating the second (which may fault).
         let g1 = self.translate_access(mem, la, Access::Write)?;
         if !mem.is_ram(g1) {
-            return Err(Fault::Exit(Exit::Error(CpuError::UnsupportedMmio {
+            return Err(exit(Exit::Error(CpuError::UnsupportedMmio {
                 rip: self.st.rip,
                 gpa: g1,
                 what: "write crossing a page from MMIO",
@@ -457,7 +454,7 @@ impl Cpu {
         self.phys_write(mem, g1, n1, v)?;
         let g2 = self.translate_access(mem, la2, Access::Write)?;
         if !mem.is_ram(g2) {
-            return Err(Fault::Exit(Exit::Error(CpuError::UnsupportedMmio {
+            return Err(exit(Exit::Error(CpuError::UnsupportedMmio {
                 rip: self.st.rip,
                 gpa: g2,
                 what: "write crossing a page into MMIO",

@@ -156,12 +156,25 @@ pub(crate) struct Exception {
     pub cr2: u64,
 }
 
-/// How an instruction stopped short.
+/// How an instruction stopped short. Kept small: it is returned by every access.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Fault {
     Exc(Exception),
     /// The instruction waits for input (it has not retired) or cannot run.
-    Exit(Exit),
+    Exit(Box<Exit>),
+}
+
+pub(crate) fn exit(e: Exit) -> Fault {
+    Fault::Exit(Box::new(e))
+}
+
+/// What a retired instruction asks of the run loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retired {
+    Continue,
+    PortOut { port: u16, size: u8, value: u32 },
+    Hlt,
+    ReturnToUser,
 }
 
 impl From<Exception> for Fault {
@@ -207,6 +220,7 @@ struct DecodedEntry {
 }
 
 const DECODE_CACHE_BITS: u32 = 14;
+const FETCHED_UNCACHED: usize = usize::MAX;
 const BP_FILTER_WORDS: usize = 64;
 
 /// The replay CPU (see the module documentation).
@@ -229,6 +243,8 @@ pub struct Cpu {
     bp_filter: [u64; BP_FILTER_WORDS],
     skip_breakpoint_at: Option<u64>,
     decode_cache: Vec<DecodedEntry>,
+    /// The last instruction decoded across a page boundary (not cached).
+    uncached: Instruction,
     tlb: mmu::Tlb,
     seen_memory: u64,
     seen_code_generation: u64,
@@ -257,6 +273,7 @@ impl Clone for Cpu {
             bp_filter: self.bp_filter,
             skip_breakpoint_at: self.skip_breakpoint_at,
             decode_cache: Vec::new(),
+            uncached: Instruction::default(),
             tlb: mmu::Tlb::new(),
             seen_memory: 0,
             seen_code_generation: 0,
@@ -311,6 +328,7 @@ impl Cpu {
             bp_filter: [0; BP_FILTER_WORDS],
             skip_breakpoint_at: None,
             decode_cache: Vec::new(),
+            uncached: Instruction::default(),
             tlb: mmu::Tlb::new(),
             seen_memory: 0,
             seen_code_generation: 0,
@@ -467,7 +485,6 @@ impl Cpu {
     // ---- the run loop ----
 
     /// Makes the caches valid for `mem` (a different memory object drops them all).
-    #[inline]
     fn sync_caches(&mut self, mem: &GuestMemory) {
         if self.seen_memory != mem.instance_id() {
             self.seen_memory = mem.instance_id();
@@ -476,14 +493,7 @@ impl Cpu {
             self.seen_code_generation = mem.code_generation();
             self.seen_pt_generation = mem.pt_generation();
         }
-        if self.seen_code_generation != mem.code_generation() {
-            self.seen_code_generation = mem.code_generation();
-            self.decode_cache.clear();
-        }
-        if self.seen_pt_generation != mem.pt_generation() {
-            self.seen_pt_generation = mem.pt_generation();
-            self.tlb.flush_all();
-        }
+        self.sync_generations(mem);
         if self.decode_cache.is_empty() {
             self.decode_cache = vec![
                 DecodedEntry {
@@ -495,13 +505,45 @@ impl Cpu {
         }
     }
 
+    /// Drops cached decodes after code pages were written, and translations after page
+    /// tables were written.
+    #[inline]
+    fn sync_generations(&mut self, mem: &GuestMemory) {
+        if self.seen_code_generation != mem.code_generation() {
+            self.seen_code_generation = mem.code_generation();
+            for e in self.decode_cache.iter_mut() {
+                e.gpa = u64::MAX;
+            }
+        }
+        if self.seen_pt_generation != mem.pt_generation() {
+            self.seen_pt_generation = mem.pt_generation();
+            self.tlb.flush_all();
+        }
+    }
+
+    /// An error if the CPU is not in 64-bit ring 0 (the only mode replayed).
+    fn mode_error(&self) -> Option<Exit> {
+        let cs = &self.st.seg[crate::state::seg::CS];
+        if self.st.cpl() != 0 || !cs.long_mode() || self.st.efer & (1 << 10) == 0 {
+            return Some(Exit::Error(CpuError::NotRing0 {
+                rip: self.st.rip,
+                cpl: self.st.cpl(),
+                cs_attr: cs.attr,
+            }));
+        }
+        None
+    }
+
     /// Executes until `icount == limit` or an exit (see the module documentation).
     pub fn run(&mut self, mem: &mut GuestMemory, limit: u64) -> Exit {
+        self.sync_caches(mem);
+        if let Some(e) = self.mode_error() {
+            return e;
+        }
         if let Some(p) = self.pending {
             match p {
                 Pending::Mmio { .. } if self.mmio_input.is_some() => {
                     self.pending = None;
-                    self.sync_caches(mem);
                     if let Some(e) = self.step(mem) {
                         return e;
                     }
@@ -519,7 +561,11 @@ impl Cpu {
             if self.st.halted {
                 return Exit::Hlt;
             }
-            self.sync_caches(mem);
+            if self.seen_code_generation != mem.code_generation()
+                || self.seen_pt_generation != mem.pt_generation()
+            {
+                self.sync_generations(mem);
+            }
             let rip = self.st.rip;
             if !self.breakpoints.is_empty()
                 && self.breakpoint_hit(rip)
@@ -547,16 +593,11 @@ impl Cpu {
 
     /// Executes one instruction (or delivers the exception it raises). Returns an exit
     /// if the run loop must stop.
+    #[inline]
     fn step(&mut self, mem: &mut GuestMemory) -> Option<Exit> {
-        if self.st.cpl() != 0 || !self.st.seg[crate::state::seg::CS].long_mode() {
-            return Some(Exit::Error(CpuError::NotRing0 {
-                rip: self.st.rip,
-                cpl: self.st.cpl(),
-                cs_attr: self.st.seg[crate::state::seg::CS].attr,
-            }));
-        }
         let ins = match self.fetch(mem) {
-            Ok(i) => i,
+            Ok(FETCHED_UNCACHED) => self.uncached,
+            Ok(idx) => self.decode_cache[idx].ins,
             Err(f) => return self.handle_fault(mem, f),
         };
         let rip = self.st.rip;
@@ -565,7 +606,7 @@ impl Cpu {
         let shadow = self.st.interrupt_shadow;
         self.st.interrupt_shadow = false;
         match self.exec(mem, &ins) {
-            Ok(exit) => {
+            Ok(retired) => {
                 if self.st.rflags & flags::RF != 0 && !std::mem::take(&mut self.keep_rf) {
                     self.st.rflags &= !flags::RF;
                 }
@@ -576,7 +617,14 @@ impl Cpu {
                 if let Some((gpa, size, value)) = self.mmio_write.take() {
                     return Some(Exit::MmioWrite { gpa, size, value });
                 }
-                exit
+                match retired {
+                    Retired::Continue => None,
+                    Retired::PortOut { port, size, value } => {
+                        Some(Exit::PortOut { port, size, value })
+                    }
+                    Retired::Hlt => Some(Exit::Hlt),
+                    Retired::ReturnToUser => Some(Exit::ReturnToUser),
+                }
             }
             Err(f) => {
                 self.st.interrupt_shadow = shadow;
@@ -598,27 +646,31 @@ impl Cpu {
                     Err(err) => Some(Exit::Error(err)),
                 }
             }
-            Fault::Exit(Exit::MmioRead { gpa, size }) => {
-                self.pending = Some(Pending::Mmio { gpa, size });
-                Some(Exit::MmioRead { gpa, size })
+            Fault::Exit(e) => {
+                if let Exit::MmioRead { gpa, size } = *e {
+                    self.pending = Some(Pending::Mmio { gpa, size });
+                }
+                Some(*e)
             }
-            Fault::Exit(e) => Some(e),
         }
     }
 
-    /// The instruction at RIP, through the decoded-instruction cache.
-    fn fetch(&mut self, mem: &mut GuestMemory) -> R<Instruction> {
+    /// Decodes the instruction at RIP into the decoded-instruction cache and returns
+    /// its index there, or [`FETCHED_UNCACHED`] for an instruction that crosses a page
+    /// (left in `self.uncached`). Returning an index rather than the instruction keeps
+    /// the 40-byte instruction out of the `Result`.
+    #[inline]
+    fn fetch(&mut self, mem: &mut GuestMemory) -> R<usize> {
         let rip = self.st.rip;
         let gpa = self.translate_access(mem, rip, Access::Fetch)?;
         let idx = ((gpa ^ (gpa >> DECODE_CACHE_BITS)) as usize) & ((1 << DECODE_CACHE_BITS) - 1);
-        let e = &self.decode_cache[idx];
-        if e.gpa == gpa {
-            return Ok(e.ins);
+        if self.decode_cache[idx].gpa == gpa {
+            return Ok(idx);
         }
         let mut buf = [0u8; 15];
         let in_page = (4096 - (rip & 0xfff) as usize).min(15);
         if mem.read(gpa, &mut buf[..in_page]).is_err() {
-            return Err(Fault::Exit(Exit::Error(CpuError::FetchNotRam { rip, gpa })));
+            return Err(exit(Exit::Error(CpuError::FetchNotRam { rip, gpa })));
         }
         let mut ins = Instruction::default();
         let mut dec = Decoder::with_ip(64, &buf[..in_page], 0, DecoderOptions::NONE);
@@ -628,28 +680,25 @@ impl Cpu {
             mem.mark_code(gpa);
             // The mark may itself have bumped nothing; keep the cache entry.
             self.decode_cache[idx] = DecodedEntry { gpa, ins };
-            return Ok(ins);
+            return Ok(idx);
         }
         // The instruction crosses into the next page: translate it (with its own fetch
         // checks) and decode from both. Such instructions are not cached.
         let next = (rip | 0xfff).wrapping_add(1);
         let gpa2 = self.translate_access(mem, next, Access::Fetch)?;
         if mem.read(gpa2, &mut buf[in_page..]).is_err() {
-            return Err(Fault::Exit(Exit::Error(CpuError::FetchNotRam {
-                rip,
-                gpa: gpa2,
-            })));
+            return Err(exit(Exit::Error(CpuError::FetchNotRam { rip, gpa: gpa2 })));
         }
         let mut dec = Decoder::with_ip(64, &buf, 0, DecoderOptions::NONE);
-        dec.decode_out(&mut ins);
-        Ok(ins)
+        dec.decode_out(&mut self.uncached);
+        Ok(FETCHED_UNCACHED)
     }
 
     /// An error for an instruction the CPU does not implement.
     pub(crate) fn unimplemented(&self, mem: &GuestMemory, ins: &Instruction) -> Fault {
         let mut bytes = vec![0u8; ins.len()];
         let _ = self.read_virtual(mem, self.st.rip, &mut bytes);
-        Fault::Exit(Exit::Error(CpuError::Unimplemented {
+        exit(Exit::Error(CpuError::Unimplemented {
             rip: self.st.rip,
             bytes,
             mnemonic: if ins.code() == Code::INVALID {
@@ -661,7 +710,7 @@ impl Cpu {
     }
 
     pub(crate) fn unsupported(&self, what: impl Into<String>) -> Fault {
-        Fault::Exit(Exit::Error(CpuError::Unsupported {
+        exit(Exit::Error(CpuError::Unsupported {
             rip: self.st.rip,
             what: what.into(),
         }))

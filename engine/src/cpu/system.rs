@@ -1,7 +1,7 @@
 //! Exceptions and interrupts (IDT delivery, double and triple faults), entries from and
 //! returns to user mode, descriptor tables and segments, MSRs and CPUID.
 
-use super::{Cpu, CpuError, Exception, Exit, Fault, R, exc, flags, gp0, vector};
+use super::{Cpu, CpuError, Exception, Exit, Fault, R, Retired, exc, flags, gp0, vector};
 use crate::event::{EntryKind, UserEntry};
 use crate::memory::GuestMemory;
 use crate::state::{Segment, msr, seg};
@@ -73,11 +73,13 @@ impl Cpu {
                         cr2: 0,
                     };
                 }
-                Err(Fault::Exit(Exit::Error(e))) => return Err(e),
-                Err(Fault::Exit(_)) => {
-                    return Err(CpuError::Unsupported {
-                        rip: self.st.rip,
-                        what: format!("MMIO access while delivering vector {}", cur.vector),
+                Err(Fault::Exit(x)) => {
+                    return Err(match *x {
+                        Exit::Error(e) => e,
+                        _ => CpuError::Unsupported {
+                            rip: self.st.rip,
+                            what: format!("MMIO access while delivering vector {}", cur.vector),
+                        },
                     });
                 }
             }
@@ -100,10 +102,12 @@ impl Cpu {
                     cr2: 0,
                 },
             ),
-            Err(Fault::Exit(Exit::Error(e))) => Err(e),
-            Err(Fault::Exit(_)) => Err(CpuError::Unsupported {
-                rip: self.st.rip,
-                what: "MMIO access while delivering an interrupt".into(),
+            Err(Fault::Exit(x)) => Err(match *x {
+                Exit::Error(e) => e,
+                _ => CpuError::Unsupported {
+                    rip: self.st.rip,
+                    what: "MMIO access while delivering an interrupt".into(),
+                },
             }),
         };
         self.st.halted = false;
@@ -369,7 +373,7 @@ impl Cpu {
     }
 
     /// `iretq` (and its 16/32-bit operand-size forms).
-    pub(crate) fn iret(&mut self, mem: &mut GuestMemory, size: usize) -> R<Option<Exit>> {
+    pub(crate) fn iret(&mut self, mem: &mut GuestMemory, size: usize) -> R<Retired> {
         let rsp = self.st.gpr[4];
         let mut v = [0u64; 5];
         for (i, x) in v.iter_mut().enumerate() {
@@ -408,7 +412,7 @@ impl Cpu {
             self.next_rip = rip;
             // An interrupt shadow set by loading SS does not apply to iret.
             self.st.interrupt_shadow = false;
-            return Ok(None);
+            return Ok(Retired::Continue);
         }
         if rpl != 3 {
             return Err(self.unsupported(format!("iret to CPL{rpl}")));
@@ -427,11 +431,11 @@ impl Cpu {
         self.st.rflags = new_flags;
         self.st.gpr[4] = new_rsp;
         self.next_rip = rip;
-        Ok(Some(Exit::ReturnToUser))
+        Ok(Retired::ReturnToUser)
     }
 
     /// `sysret`: to 64-bit user mode with REX.W, to compatibility mode without.
-    pub(crate) fn sysret(&mut self, wide: bool) -> R<Option<Exit>> {
+    pub(crate) fn sysret(&mut self, wide: bool) -> R<Retired> {
         if self.st.efer & 1 == 0 {
             return Err(super::ud());
         }
@@ -460,7 +464,7 @@ impl Cpu {
         };
         self.st.rflags = (self.st.gpr[11] & 0x3c_7fd7) | flags::FIXED1;
         self.next_rip = rip;
-        Ok(Some(Exit::ReturnToUser))
+        Ok(Retired::ReturnToUser)
     }
 
     /// The architectural effect of `syscall` from `rip_after` with `rflags`.
@@ -561,10 +565,10 @@ impl Cpu {
                 "delivering vector {v} from user mode raised exception {} (error code {:?})",
                 e.vector, e.error_code
             ))),
-            Err(Fault::Exit(Exit::Error(e))) => Err(e),
-            Err(Fault::Exit(x)) => Err(CpuError::BadEntry(format!(
-                "delivery of vector {v} needs {x:?}"
-            ))),
+            Err(Fault::Exit(x)) => Err(match *x {
+                Exit::Error(e) => e,
+                x => CpuError::BadEntry(format!("delivery of vector {v} needs {x:?}")),
+            }),
         }
     }
 
