@@ -364,3 +364,38 @@ fn dma_writes_to_code_are_seen() {
         }
     );
 }
+
+/// Throughput in CPU time (robust against other load on the machine):
+/// `cargo test --release -p krr-engine --test cpu_api -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput() {
+    let (cpu0, mem0, _) = setup(|a| {
+        let mut top = a.create_label();
+        a.mov(rsi, DATA).unwrap();
+        a.mov(ecx, 0x7fff_ffffu32).unwrap();
+        a.xor(eax, eax).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.mov(edx, ecx).unwrap();
+        a.and(edx, 0x3ff).unwrap();
+        a.mov(ebx, dword_ptr(rsi + rdx * 4)).unwrap();
+        a.add(eax, ebx).unwrap();
+        a.rol(eax, 5).unwrap();
+        a.xor(dword_ptr(rsi + rdx * 4), eax).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(top).unwrap();
+    });
+    let thread_cpu = || {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes into the timespec owned by this frame.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    };
+    for _ in 0..3 {
+        let (mut cpu, mut mem) = (cpu0.clone(), mem0.clone());
+        let t = thread_cpu();
+        assert_eq!(cpu.run(&mut mem, 20_000_000), Exit::Limit);
+        let dt = thread_cpu() - t;
+        println!("{:.1} M instructions/s (CPU time)", cpu.icount() as f64 / dt / 1e6);
+    }
+}
