@@ -366,10 +366,13 @@ impl Replay {
                     self.consume();
                 }
                 Some(Event::KernelInterrupt(k))
-                    if self.due(k.icount)
-                        || (!self.exact
-                            && matches!(k.point, InjectionPoint::Signature { .. })
-                            && self.cpu.state().rip == k.rip) =>
+                    if match k.point {
+                        InjectionPoint::Signature { .. } if !self.exact => {
+                            // After the exit it was recorded at, at its rip.
+                            self.exit_ordinal >= k.icount && self.cpu.state().rip == k.rip
+                        }
+                        _ => self.due(k.icount),
+                    } =>
                 {
                     let k = *k;
                     let rip = self.cpu.state().rip;
@@ -463,10 +466,15 @@ impl Replay {
             (Exit::PortIn { port, size }, Event::PortIn(p))
                 if p.port == *port && p.size == *size =>
             {
-                if self.exact && p.icount != self.cpu.icount() + 1 {
+                let here = if self.exact {
+                    self.cpu.icount() + 1
+                } else {
+                    self.exit_ordinal
+                };
+                if p.icount != here {
                     return Err(self.diverge(
-                        format!("port {port:#x} input at icount {}", p.icount),
-                        format!("at icount {}", self.cpu.icount() + 1),
+                        format!("port {port:#x} input at position {}", p.icount),
+                        format!("at position {here}"),
                     ));
                 }
                 (p.value as u64, false)
