@@ -246,8 +246,13 @@ fn signals_end_the_recording_with_a_complete_file() {
         );
         // The guest spins in kernel mode with interrupts on: every timer interrupt was
         // injected at an arbitrary instruction and placed by its exact icount.
-        let interrupts = r.stats().count(krr_engine::event::EventKind::KernelInterrupt);
-        assert!(interrupts > 10, "signal {signal}: {interrupts} kernel interrupts");
+        let interrupts = r
+            .stats()
+            .count(krr_engine::event::EventKind::KernelInterrupt);
+        assert!(
+            interrupts > 10,
+            "signal {signal}: {interrupts} kernel interrupts"
+        );
         let out = replay_verify(&file);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -255,7 +260,10 @@ fn signals_end_the_recording_with_a_complete_file() {
             "signal {signal}: {stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(stdout.contains("divergences: 0 (end of recording)"), "{stdout}");
+        assert!(
+            stdout.contains("divergences: 0 (end of recording)"),
+            "{stdout}"
+        );
     }
 }
 
