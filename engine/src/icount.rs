@@ -7,7 +7,9 @@
 //! * A `rep` string instruction counts per chunk of iterations ([`REP_CHUNK`]).
 //! * An interrupt is taken after `icount` instructions have retired: the event's icount
 //!   is the count before the first handler instruction.
-//! * `hlt` counts 1 when it executes; the wait does not count.
+//! * `hlt` counts 1 when it executes; the wait does not count. `in`, `out`, MMIO
+//!   accesses, `iretq`, `sysretq`, `swapgs` count 1 like any other instruction.
+//! * Entries from user mode (syscall, interrupt, exception delivery) do not count.
 //! * Ring-3 instructions never count (user mode is not replayed).
 //!
 //! ## Recordings without a counter

@@ -1336,6 +1336,17 @@ fn system_instructions() {
         a.pause().unwrap();
         end(a);
     });
+    scenario("MMIO loads and stores", |_, a| {
+        let mmio = 0x2000_0000u64;
+        a.mov(rbx, mmio).unwrap();
+        a.mov(rax, qword_ptr(rbx)).unwrap();
+        a.mov(ecx, dword_ptr(rbx + 0x10)).unwrap();
+        a.add(rcx, qword_ptr(rbx + 0x18)).unwrap();
+        a.movzx(edx, byte_ptr(rbx + 0x21)).unwrap();
+        a.mov(qword_ptr(rbx + 0x40), rcx).unwrap();
+        a.mov(word_ptr(rbx + 0x48), dx).unwrap();
+        end(a);
+    });
     scenario("far return and far jump reload CS", |_, a| {
         let mut after = a.create_label();
         let mut after2 = a.create_label();

@@ -46,6 +46,42 @@
 //! of the current tables. This is what the recording host does (its instruction
 //! emulator walks the guest tables for every access), so a kernel that changes a PTE
 //! without `invlpg` sees the same thing in replay as it saw when recorded.
+//!
+//! # Exceptions
+//!
+//! #DE, #UD, #GP, #SS, #NP, #TS and #PF raised by kernel code are delivered through the
+//! IDT (64-bit interrupt and trap gates, IST, TSS.RSP0 for entries from CPL3) with their
+//! error codes and CR2; the pushed RFLAGS of a fault has RF set. A fault while
+//! delivering becomes #DF; a fault while delivering #DF is [`CpuError::TripleFault`].
+//!
+//! # Deviations copied from the recording host
+//!
+//! The recordings come from KVM's instruction emulator, which differs from hardware in
+//! a few places; replay follows the emulator (each is checked by engine/tests/cpu_vs_kvm.rs):
+//! a page-crossing write commits its first page before the second may fault; any fault
+//! during exception delivery becomes #DF without writing CR2; delivery and `iret` do not
+//! set descriptor accessed bits (`mov sreg`, far `jmp` and `lret` do); `lzcnt`/`tzcnt`
+//! are bit scans ([`Quirks`]); CPUID must be the table the guest observed, which
+//! differs from the one KVM was given (leaf 1 EBX[31:24] even varies with the host CPU).
+//!
+//! # Instructions
+//!
+//! Integer ALU with exact flags (add, adc, sub, sbb, cmp, and, or, xor, test, inc, dec,
+//! neg, not), shifts and rotates (all counts; Intel's results for undefined cases where
+//! measured), shld/shrd, mul/imul (1, 2, 3 operands), div/idiv with #DE, bt/bts/btr/btc
+//! (register, immediate, memory with large offsets), bsf/bsr/lzcnt/tzcnt, bswap, setcc,
+//! cmovcc, jcc, mov/movzx/movsx/movsxd/movnti, lea, xchg, cmpxchg, cmpxchg8b, xadd
+//! (lock accepted), cbw/cwde/cdqe/cwd/cdq/cqo, lahf/sahf, clc/stc/cmc/cld/std, push/pop
+//! (register, memory, immediate, segment), pushf/popf, call/ret (near, indirect, `ret n`),
+//! jmp (near, indirect, far through memory), lret, enter/leave, loop/loope/loopne,
+//! jrcxz/jecxz, xlat, string instructions (movs, stos, lods, cmps, scas; rep/repe/repne;
+//! 32- and 64-bit addressing), nop/pause/fences/prefetch/clflush/clwb/wbinvd/invd/endbr64,
+//! cli/sti (with the interrupt shadow), lgdt/lidt/sgdt/sidt, ltr/str/lldt/sldt,
+//! smsw/lmsw/clts, mov to and from CR0/2/3/4/8 and DR0-7, invlpg, invpcid, rdmsr/wrmsr,
+//! swapgs, syscall, sysret, iret (to CPL0 and CPL3), cpuid, in/out (immediate and DX
+//! ports), rdtsc, rdrand, rdseed, hlt, ud0/ud1/ud2, mov to segment registers (DS, ES,
+//! FS, GS, SS). `int n`, `int3`, `into`, `int1`, x87, SSE/AVX, xsave/fxsave, ins/outs
+//! and anything else give [`Exit::Error`].
 
 mod exec;
 pub mod flags;

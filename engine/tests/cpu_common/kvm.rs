@@ -393,6 +393,12 @@ impl KvmMachine {
                     let n = data.len();
                     data.copy_from_slice(&v[..n]);
                 }
+                Ok(VcpuExit::MmioRead(gpa, data)) => {
+                    let v = super::mmio_value(gpa).to_le_bytes();
+                    let n = data.len();
+                    data.copy_from_slice(&v[..n]);
+                }
+                Ok(VcpuExit::MmioWrite(..)) => {}
                 Ok(VcpuExit::Hlt) => {
                     exit = KvmExit::Hlt;
                     break;

@@ -273,11 +273,18 @@ pub fn port_in_value(port: u16) -> u64 {
     0x1234_5678u64.wrapping_mul(port as u64 + 1) & 0xffff_ffff
 }
 
+/// The value a load from MMIO address `gpa` returns in the tests (KVM and replay).
+pub fn mmio_value(gpa: u64) -> u64 {
+    gpa.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
 pub fn run_cpu(cpu: &mut Cpu, mem: &mut GuestMemory, limit: u64) -> Exit {
     loop {
         let e = cpu.run(mem, limit);
         match e {
             Exit::PortIn { port, .. } => cpu.complete_input(port_in_value(port), false).unwrap(),
+            Exit::MmioRead { gpa, .. } => cpu.complete_input(mmio_value(gpa), false).unwrap(),
+            Exit::MmioWrite { .. } => {}
             Exit::PortOut { port, .. } if port != END_PORT && port != EXC_PORT => {}
             _ => return e,
         }
