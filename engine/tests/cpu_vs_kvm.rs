@@ -1526,3 +1526,79 @@ fn paging() {
         end(a);
     });
 }
+
+/// An external interrupt injected after a port write (as the recorder injects at a VM
+/// exit), handled by a handler that returns with iretq; and `hlt`. The replay CPU's
+/// inject_interrupt must build the same frame and both must count the same.
+#[test]
+fn injected_interrupt_and_hlt() {
+    if !available() {
+        return;
+    }
+    const INJECT_PORT: u16 = 0x55;
+    const VECTOR: u8 = 0x30;
+    let mut img = image();
+    let mut h = asm();
+    h.push(rax).unwrap();
+    h.mov(rax, qword_ptr(rsp + 8)).unwrap();
+    h.mov(qword_ptr(DATA + 0x800), rax).unwrap();
+    h.mov(rax, qword_ptr(rsp + 24)).unwrap();
+    h.mov(qword_ptr(DATA + 0x808), rax).unwrap();
+    h.add(qword_ptr(DATA + 0x810), 1).unwrap();
+    h.pop(rax).unwrap();
+    h.iretq().unwrap();
+    img.load_at(HANDLERS, &mut h);
+    img.set_gate(VECTOR, HANDLERS, false, 0);
+    let mut a = asm();
+    a.sti().unwrap();
+    a.mov(ecx, 5u32).unwrap();
+    a.out(INJECT_PORT as u32, al).unwrap();
+    a.add(ecx, 1).unwrap();
+    a.pushfq().unwrap();
+    a.pop(rdx).unwrap();
+    a.hlt().unwrap();
+    end(&mut a);
+    img.load_code(&mut a);
+
+    let mut km = KvmMachine::new(&img);
+    km.inject_on_port = Some((INJECT_PORT, VECTOR));
+    let k = km.run(100);
+    assert_eq!(k.exit, KvmExit::Hlt, "KVM stops at hlt");
+
+    let mut mem = img.memory();
+    let mut cpu = krr_engine::cpu::Cpu::new(img.state.clone(), observed_cpuid());
+    loop {
+        match cpu.run(&mut mem, 1000) {
+            Exit::PortOut {
+                port: INJECT_PORT, ..
+            } => {
+                assert!(cpu.interrupts_enabled());
+                cpu.inject_interrupt(&mut mem, VECTOR).unwrap();
+            }
+            Exit::Hlt => break,
+            e => panic!("unexpected {e:?}"),
+        }
+    }
+    let st = cpu.state();
+    assert_eq!(st.gpr, k.state.gpr, "registers");
+    assert_eq!(st.rip, k.state.rip, "rip after hlt");
+    assert_eq!(st.rflags, k.state.rflags, "rflags");
+    let word =
+        |m: &[u8], a: u64| u64::from_le_bytes(m[a as usize..a as usize + 8].try_into().unwrap());
+    let mut ours = vec![0u8; RAM_SIZE as usize];
+    mem.read(0, &mut ours).unwrap();
+    for at in [DATA + 0x800, DATA + 0x808, DATA + 0x810] {
+        assert_eq!(
+            word(&ours, at),
+            word(&k.ram, at),
+            "handler observation at {at:#x}"
+        );
+    }
+    assert_eq!(word(&ours, DATA + 0x810), 1, "the handler ran once");
+    assert_eq!(ours, k.ram, "memory");
+    assert_eq!(
+        cpu.icount(),
+        k.insn_delta,
+        "instruction count with an interrupt and hlt"
+    );
+}

@@ -13,6 +13,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use super::{END_PORT, EXC_PORT, Image, RAM_SIZE, port_in_value};
 
 const KVM_GET_STATS_FD: libc::c_ulong = 0xaece;
+const KVM_INTERRUPT: libc::c_ulong = 0x4004_ae86;
 
 extern "C" fn kick(_: libc::c_int) {}
 
@@ -55,6 +56,8 @@ pub struct KvmMachine {
     stats_fd: i32,
     insn_off: i64,
     pub cpuid: Vec<CpuidEntry>,
+    /// When the guest writes this port, inject this interrupt vector (KVM_INTERRUPT).
+    pub inject_on_port: Option<(u16, u8)>,
 }
 
 impl Drop for KvmMachine {
@@ -224,6 +227,7 @@ impl KvmMachine {
             stats_fd,
             insn_off,
             cpuid,
+            inject_on_port: None,
         };
         m.set_state(&img.state);
         m
@@ -386,6 +390,16 @@ impl KvmMachine {
                             value: u32::from_le_bytes(b),
                         };
                         break;
+                    }
+                    if let Some((p, vector)) = self.inject_on_port
+                        && p == port
+                    {
+                        let irq = kvm_bindings::kvm_interrupt { irq: vector as u32 };
+                        // SAFETY: KVM_INTERRUPT reads one kvm_interrupt from the pointer.
+                        let r = unsafe {
+                            libc::ioctl(self.vcpu.as_raw_fd(), KVM_INTERRUPT, &irq as *const _)
+                        };
+                        assert_eq!(r, 0, "KVM_INTERRUPT");
                     }
                 }
                 Ok(VcpuExit::IoIn(port, data)) => {
