@@ -386,7 +386,10 @@ fn throughput() {
         a.jnz(top).unwrap();
     });
     let thread_cpu = || {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: clock_gettime writes into the timespec owned by this frame.
         unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
         ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
@@ -396,6 +399,9 @@ fn throughput() {
         let t = thread_cpu();
         assert_eq!(cpu.run(&mut mem, 20_000_000), Exit::Limit);
         let dt = thread_cpu() - t;
-        println!("{:.1} M instructions/s (CPU time)", cpu.icount() as f64 / dt / 1e6);
+        println!(
+            "{:.1} M instructions/s (CPU time)",
+            cpu.icount() as f64 / dt / 1e6
+        );
     }
 }
