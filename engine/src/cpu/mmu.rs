@@ -56,20 +56,29 @@ struct TlbEntry {
 #[derive(Clone)]
 pub(crate) struct Tlb {
     entries: Box<[TlbEntry; TLB_SIZE]>,
+    /// The linear page instructions are being fetched from (u64::MAX: none) and its
+    /// guest-physical page: fetches within it skip the lookup and permission check.
+    /// Every flush forgets it.
+    pub fetch_vpn: u64,
+    pub fetch_page: u64,
 }
 
 impl Tlb {
     pub fn new() -> Tlb {
         Tlb {
             entries: Box::new([TlbEntry::default(); TLB_SIZE]),
+            fetch_vpn: u64::MAX,
+            fetch_page: 0,
         }
     }
 
     pub fn flush_all(&mut self) {
+        self.fetch_vpn = u64::MAX;
         self.entries.fill(TlbEntry::default());
     }
 
     pub fn flush_non_global(&mut self) {
+        self.fetch_vpn = u64::MAX;
         for e in self.entries.iter_mut() {
             if e.bits & T_G == 0 {
                 *e = TlbEntry::default();
@@ -78,6 +87,7 @@ impl Tlb {
     }
 
     pub fn flush_page(&mut self, linear: u64) {
+        self.fetch_vpn = u64::MAX;
         let vpn = linear >> 12;
         let e = &mut self.entries[vpn as usize % TLB_SIZE];
         if e.tag == vpn + 1 {

@@ -698,7 +698,14 @@ impl Cpu {
     #[inline]
     fn fetch(&mut self, mem: &mut GuestMemory) -> R<usize> {
         let rip = self.st.rip;
-        let gpa = self.translate_access(mem, rip, Access::Fetch)?;
+        let gpa = if rip >> 12 == self.tlb.fetch_vpn {
+            self.tlb.fetch_page | (rip & 0xfff)
+        } else {
+            let g = self.translate_access(mem, rip, Access::Fetch)?;
+            self.tlb.fetch_vpn = rip >> 12;
+            self.tlb.fetch_page = g & !0xfff;
+            g
+        };
         let idx = ((gpa ^ (gpa >> DECODE_CACHE_BITS)) as usize) & ((1 << DECODE_CACHE_BITS) - 1);
         if self.decode_cache[idx].gpa == gpa {
             return Ok(idx);
