@@ -145,6 +145,9 @@ impl Replay {
             .find(|s| s.name == HOOK_USER_READ)
             .map(|s| s.addr);
         cpu.set_breakpoints(hook_user_read);
+        // Behave like the recording host's instruction emulator where it differs from
+        // the architecture.
+        cpu.set_quirks(crate::cpu::Quirks::for_counter(header.machine.counter));
         let exact = header.machine.counter != CounterSourceKind::None;
         let initial = Initial {
             cpu: cpu.clone(),
