@@ -2,7 +2,6 @@
 //! replay and info on the checked-in fixture (everywhere), signals, kill -9, hostile
 //! guests.
 
-use krr_engine::event::Event;
 use krr_engine::trace::RecordingReader;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -70,14 +69,7 @@ fn wait_with_timeout(child: &mut Child, limit: Duration) -> Output {
 }
 
 fn recorded_console(path: &Path) -> Vec<u8> {
-    let mut r = RecordingReader::open(path).unwrap();
-    r.events_from(0)
-        .filter_map(|e| match e.unwrap() {
-            Event::Console(c) => Some(c.bytes),
-            _ => None,
-        })
-        .flatten()
-        .collect()
+    RecordingReader::open(path).unwrap().console().unwrap()
 }
 
 fn replay_verify(path: &Path) -> Output {
@@ -228,7 +220,8 @@ fn signals_end_the_recording_with_a_complete_file() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_secs(2));
+        // Let it record for a while (set-up included) even on a loaded machine.
+        std::thread::sleep(Duration::from_secs(3));
         // SAFETY: sending a signal to our own child process.
         unsafe { libc::kill(child.id() as i32, signal) };
         let out = wait_with_timeout(&mut child, Duration::from_secs(20));

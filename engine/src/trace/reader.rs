@@ -209,6 +209,17 @@ impl<R: Read + Seek> RecordingReader<R> {
         &self.index
     }
 
+    /// The guest console output the recording holds (its console events, in order).
+    pub fn console(&mut self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for e in self.events_from(0) {
+            if let Event::Console(c) = e? {
+                out.extend_from_slice(&c.bytes);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn event_count(&self) -> u64 {
         self.index.last().map_or(0, |c| c.end_event())
     }
