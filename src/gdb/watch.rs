@@ -1,17 +1,22 @@
 //! Write watchpoints over the timeline, forwards and backwards.
 //!
-//! The replay CPU has no write-watch hook, so a watched range is compared after every
-//! instruction on a clone of the replay (checkpoints make the clone cheap); the
-//! timeline is then moved to the hit. A watchpoint fires when the bytes change, which
-//! is what gdb reports for `watch` anyway.
+//! The replay CPU has no write-watch hook. Replay runs on a clone in stretches; memory
+//! pages are shared copy-on-write with the clone taken at the start of each stretch, so
+//! a write to a watched page shows as a new page. Only a stretch in which a watched
+//! page was written (or the page tables changed) is replayed again one instruction at a
+//! time, comparing the watched bytes after each. The timeline is then moved to the hit.
+//! A watchpoint fires when the bytes change, which is what gdb reports for `watch`.
 
+use krr_engine::cpu::Access;
 use krr_engine::event::Icount;
-use krr_engine::replay::{Replay, Stop, Target};
+use krr_engine::replay::{Divergence, End, Replay, Stop, Target};
 use krr_engine::timeline::{Moved, Timeline};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How far back one backward scan reaches before trying the stretch before it.
 const BACKWARD_STRETCH: Icount = 200_000;
+/// Instructions replayed between two checks of the watched pages.
+const CHUNK: Icount = 16_384;
 
 /// Where a move with watchpoints ended.
 #[derive(Debug)]
@@ -44,6 +49,120 @@ fn changed(
         .map(|(_, w)| w.0)
 }
 
+/// What [`advance`] ran into first.
+enum Advance {
+    /// The goal icount.
+    Reached,
+    /// A breakpoint (the replay stands on it).
+    Breakpoint(u64),
+    /// The instruction at icount `at` changed the watched bytes at `addr` (the replay
+    /// stands after it).
+    Watch {
+        at: Icount,
+        addr: u64,
+    },
+    Finished(End),
+    Diverged(Box<Divergence>),
+    Interrupted,
+}
+
+/// Identity of the pages under the watched ranges, and of the mappings that lead there.
+#[derive(PartialEq, Eq)]
+struct PageSignature {
+    pages: Vec<Option<usize>>,
+    pt_generation: u64,
+    cr3: u64,
+}
+
+fn page_signature(r: &Replay, watches: &[(u64, u64)]) -> PageSignature {
+    let mut pages = Vec::new();
+    for &(addr, len) in watches {
+        let first = addr & !0xfff;
+        let last = addr.wrapping_add(len.saturating_sub(1)) & !0xfff;
+        let mut page = first;
+        loop {
+            let id =
+                r.cpu
+                    .translate(&r.mem, page, Access::Read)
+                    .ok()
+                    .map(|gpa| match r.mem.page(gpa) {
+                        Some(Some(p)) => p.as_ptr() as usize,
+                        Some(None) => 1,
+                        None => 2,
+                    });
+            pages.push(id);
+            if page == last {
+                break;
+            }
+            page = page.wrapping_add(0x1000);
+        }
+    }
+    PageSignature {
+        pages,
+        pt_generation: r.mem.pt_generation(),
+        cr3: r.cpu.state().cr3,
+    }
+}
+
+/// `Replay::run`, passing a breakpoint the move started on.
+fn run_from(r: &mut Replay, target: Target, skip_at: Option<Icount>) -> Stop {
+    loop {
+        match r.run(target) {
+            Stop::Breakpoint(_) if Some(r.icount()) == skip_at => continue,
+            stop => return stop,
+        }
+    }
+}
+
+/// Replays `r` towards `goal`, stopping at the first breakpoint, watched write, end or
+/// divergence. `values` holds the watched bytes at the current position.
+fn advance(
+    r: &mut Replay,
+    goal: Icount,
+    skip_at: Option<Icount>,
+    watches: &[(u64, u64)],
+    values: &mut Vec<Option<Vec<u8>>>,
+    cancel: &AtomicBool,
+) -> Advance {
+    loop {
+        if r.icount() >= goal {
+            return Advance::Reached;
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Advance::Interrupted;
+        }
+        let stretch_end = goal.min(r.icount().saturating_add(CHUNK));
+        // Holding `base` keeps every page shared, so any write replaces the page.
+        let base = r.clone();
+        let signature = page_signature(r, watches);
+        let stop = run_from(r, Target::Icount(stretch_end), skip_at);
+        if page_signature(r, watches) == signature {
+            match stop {
+                Stop::Reached(_) => continue,
+                Stop::Breakpoint(addr) => return Advance::Breakpoint(addr),
+                Stop::Finished(end) => return Advance::Finished(end),
+                Stop::Diverged(d) => return Advance::Diverged(d),
+            }
+        }
+        // A watched page was written in this stretch: find the instruction.
+        *r = base;
+        while r.icount() < stretch_end {
+            let at = r.icount();
+            match run_from(r, Target::Icount(at + 1), skip_at) {
+                Stop::Reached(_) => {}
+                Stop::Breakpoint(addr) => return Advance::Breakpoint(addr),
+                Stop::Finished(end) => return Advance::Finished(end),
+                Stop::Diverged(d) => return Advance::Diverged(d),
+            }
+            let now = read_watched(r, watches);
+            if let Some(addr) = changed(values, &now, watches) {
+                *values = now;
+                return Advance::Watch { at, addr };
+            }
+        }
+    }
+}
+
 /// Runs forward to the first watched write, breakpoint, or the end. Stops after the
 /// writing instruction, as hardware watchpoints do.
 pub fn forward(
@@ -56,32 +175,24 @@ pub fn forward(
     let mut r = tl.replay().clone();
     r.set_user_breakpoints(breakpoints.to_vec());
     let mut values = read_watched(&r, watches);
-    loop {
-        if cancel.load(Ordering::Relaxed) {
-            tl.goto_icount(r.icount());
-            return WatchMoved::Moved(Moved::Interrupted);
-        }
-        match r.run(Target::Icount(r.icount() + 1)) {
-            Stop::Reached(_) => {}
-            // Standing on a breakpoint when the move began: the next run passes it.
-            Stop::Breakpoint(_) if r.icount() == start => continue,
-            Stop::Breakpoint(addr) => {
-                tl.goto_icount(r.icount());
-                return WatchMoved::Moved(Moved::Breakpoint(addr));
-            }
-            Stop::Finished(end) => {
-                tl.goto_icount(r.icount());
-                return WatchMoved::Moved(Moved::End(end));
-            }
-            Stop::Diverged(d) => return WatchMoved::Moved(Moved::Diverged(d)),
-        }
-        let now = read_watched(&r, watches);
-        if let Some(addr) = changed(&values, &now, watches) {
-            tl.goto_icount(r.icount());
-            return WatchMoved::Watch(addr);
-        }
-        values = now;
-    }
+    let result = advance(
+        &mut r,
+        Icount::MAX,
+        Some(start),
+        watches,
+        &mut values,
+        cancel,
+    );
+    let moved = match result {
+        Advance::Diverged(d) => return WatchMoved::Moved(Moved::Diverged(d)),
+        Advance::Watch { addr, .. } => WatchMoved::Watch(addr),
+        Advance::Breakpoint(addr) => WatchMoved::Moved(Moved::Breakpoint(addr)),
+        Advance::Finished(end) => WatchMoved::Moved(Moved::End(end)),
+        Advance::Interrupted => WatchMoved::Moved(Moved::Interrupted),
+        Advance::Reached => WatchMoved::Moved(Moved::End(End::EndOfRecording)),
+    };
+    tl.goto_icount(r.icount());
+    moved
 }
 
 enum Hit {
@@ -108,42 +219,26 @@ pub fn backward(
         let lower = upper.saturating_sub(BACKWARD_STRETCH).max(origin);
         match tl.goto_icount(lower) {
             Moved::Arrived => {}
-            Moved::Diverged(d) => return WatchMoved::Moved(Moved::Diverged(d)),
             other => return WatchMoved::Moved(other),
         }
         let mut r = tl.replay().clone();
         r.set_user_breakpoints(breakpoints.to_vec());
         let mut values = read_watched(&r, watches);
         let mut last: Option<(Icount, Hit)> = None;
-        while r.icount() < upper {
-            if cancel.load(Ordering::Relaxed) {
-                return WatchMoved::Moved(Moved::Interrupted);
-            }
-            let before = r.icount();
-            match r.run(Target::Icount(before + 1)) {
-                Stop::Reached(_) => {}
-                Stop::Breakpoint(addr) => {
+        let mut skip_at = None;
+        loop {
+            match advance(&mut r, upper, skip_at, watches, &mut values, cancel) {
+                Advance::Reached | Advance::Finished(_) => break,
+                Advance::Breakpoint(addr) => {
                     if r.icount() < here {
                         last = Some((r.icount(), Hit::Breakpoint(addr)));
                     }
-                    // The next run executes the instruction under the breakpoint.
-                    match r.run(Target::Icount(r.icount() + 1)) {
-                        Stop::Diverged(d) => return WatchMoved::Moved(Moved::Diverged(d)),
-                        Stop::Finished(_) => break,
-                        _ => {}
-                    }
+                    skip_at = Some(r.icount());
                 }
-                Stop::Finished(_) => break,
-                Stop::Diverged(d) => return WatchMoved::Moved(Moved::Diverged(d)),
+                Advance::Watch { at, addr } => last = Some((at, Hit::Watch(addr))),
+                Advance::Diverged(d) => return WatchMoved::Moved(Moved::Diverged(d)),
+                Advance::Interrupted => return WatchMoved::Moved(Moved::Interrupted),
             }
-            if r.icount() > here {
-                break;
-            }
-            let now = read_watched(&r, watches);
-            if let Some(addr) = changed(&values, &now, watches) {
-                last = Some((before, Hit::Watch(addr)));
-            }
-            values = now;
         }
         if let Some((k, hit)) = last {
             tl.goto_icount(k);
