@@ -91,21 +91,24 @@ fn kernel_elf(dir: &Path) -> PathBuf {
     path
 }
 
-/// Runs gdb in batch mode on `script`, with a time limit.
-fn run_gdb(elf: &Path, script: &str, dir: &Path) -> String {
+/// Runs gdb in batch mode on `script`, with a time limit. Without `elf`, gdb takes the
+/// executable the server offers.
+fn run_gdb(elf: Option<&Path>, script: &str, dir: &Path) -> String {
     let script_path = dir.join("script.gdb");
     std::fs::write(&script_path, script).unwrap();
-    let mut child = Command::new("gdb")
-        .args([
-            "-batch",
-            "-nx",
-            "-ex",
-            "set pagination off",
-            "-ex",
-            "set confirm off",
-        ])
-        .arg("-ex")
-        .arg(format!("file {}", elf.display()))
+    let mut cmd = Command::new("gdb");
+    cmd.args([
+        "-batch",
+        "-nx",
+        "-ex",
+        "set pagination off",
+        "-ex",
+        "set confirm off",
+    ]);
+    if let Some(elf) = elf {
+        cmd.arg("-ex").arg(format!("file {}", elf.display()));
+    }
+    let mut child = cmd
         .arg("-x")
         .arg(&script_path)
         .stdout(Stdio::piped())
@@ -204,7 +207,7 @@ detach
 "#,
         addr = server.addr
     );
-    let out = run_gdb(&elf, &script, dir.path());
+    let out = run_gdb(Some(&elf), &script, dir.path());
     println!("{out}");
 
     let bp = tagged(&out, "bp");
@@ -331,7 +334,7 @@ detach
 "#,
         addr = server.addr
     );
-    let out = run_gdb(&elf, &script, dir.path());
+    let out = run_gdb(Some(&elf), &script, dir.path());
     println!("{out}");
     assert!(
         out.contains("No more reverse-execution history."),
@@ -366,6 +369,43 @@ detach
         out.contains("No more reverse-execution history."),
         "the end is reported as the replay log's end"
     );
+    let status = server
+        .wait(Duration::from_secs(10))
+        .expect("the server exits after detach");
+    assert!(status.success(), "{status:?}");
+}
+
+/// examples/gdb/demo.gdb as the walk-through runs it, with gdb loading the kernel the
+/// server offers.
+#[test]
+fn gdb_example_script_runs_as_documented() {
+    if !gdb_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start();
+    let script = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gdb/demo.gdb"),
+    )
+    .unwrap()
+    .replace("127.0.0.1:1234", &server.addr);
+    let out = run_gdb(None, &script, dir.path());
+    println!("{out}");
+    assert!(
+        out.contains("Reading symbols from"),
+        "gdb loads the offered kernel"
+    );
+    assert!(out.contains("uart_write (n=26, s=0x"), "{out}");
+    assert!(out.contains("\"krr-demo: tsc "), "{out}");
+    assert!(out.contains("#1  kprintf ("), "{out}");
+    // Back to the call before: the same buffer with what it held then.
+    assert!(
+        out.contains("$4 = 0xffffffff8010eea0 \"krr-demo: disk "),
+        "{out}"
+    );
+    assert!(out.contains("Hardware watchpoint 2: ticks"), "{out}");
+    assert!(out.contains("Current event: 500 (of "), "{out}");
+    assert!(out.contains("detached"), "{out}");
     let status = server
         .wait(Duration::from_secs(10))
         .expect("the server exits after detach");

@@ -44,6 +44,7 @@ pub fn serve(path: &Path, addr: &str) -> Result<()> {
     let listener = TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
     if let Some(k) = &kernel {
+        target.set_exec_file(k.path());
         println!("gdb: kernel ELF with symbols: {}", k.path().display());
     }
     println!("gdb: listening on {local} (in gdb: target remote {local})");

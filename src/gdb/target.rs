@@ -3,7 +3,7 @@
 
 use super::arch::{KernelRegs, KernelX86_64};
 use super::watch::{self, WatchMoved};
-use gdbstub::common::Signal;
+use gdbstub::common::{Pid, Signal};
 use gdbstub::stub::SingleThreadStopReason;
 use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::base::reverse_exec::{
@@ -17,6 +17,7 @@ use gdbstub::target::ext::breakpoints::{
     Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps,
     SwBreakpoint, SwBreakpointOps, WatchKind,
 };
+use gdbstub::target::ext::exec_file::{ExecFile, ExecFileOps};
 use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd, MonitorCmdOps};
 use gdbstub::target::{Target, TargetError, TargetResult};
 use krr_engine::event::Icount;
@@ -63,6 +64,8 @@ pub struct ReplayTarget {
     pub(super) divergence: Option<String>,
     /// Guest symbols sorted by address.
     pub(super) symbols: Vec<Symbol>,
+    /// Where the kernel ELF was written, offered to gdb as the executable.
+    exec_file: Option<Vec<u8>>,
 }
 
 impl ReplayTarget {
@@ -78,7 +81,13 @@ impl ReplayTarget {
             overlay: None,
             divergence: None,
             symbols,
+            exec_file: None,
         }
+    }
+
+    /// Offers this file to gdb as the executable (gdb loads its symbols on connect).
+    pub fn set_exec_file(&mut self, path: &std::path::Path) {
+        self.exec_file = Some(path.as_os_str().as_encoded_bytes().to_vec());
     }
 
     /// The move gdb asked for last, if it has not been carried out yet.
@@ -187,6 +196,26 @@ impl Target for ReplayTarget {
 
     fn support_monitor_cmd(&mut self) -> Option<MonitorCmdOps<'_, Self>> {
         Some(self)
+    }
+
+    fn support_exec_file(&mut self) -> Option<ExecFileOps<'_, Self>> {
+        self.exec_file.is_some().then_some(self)
+    }
+}
+
+impl ExecFile for ReplayTarget {
+    fn get_exec_file(
+        &self,
+        _pid: Option<Pid>,
+        offset: u64,
+        length: usize,
+        buf: &mut [u8],
+    ) -> TargetResult<usize, Self> {
+        let name = self.exec_file.as_deref().unwrap_or_default();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(name.len());
+        let n = length.min(buf.len()).min(name.len() - start);
+        buf[..n].copy_from_slice(&name[start..start + n]);
+        Ok(n)
     }
 }
 
