@@ -212,7 +212,9 @@ impl ExecFile for ReplayTarget {
         buf: &mut [u8],
     ) -> TargetResult<usize, Self> {
         let name = self.exec_file.as_deref().unwrap_or_default();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(name.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(name.len());
         let n = length.min(buf.len()).min(name.len() - start);
         buf[..n].copy_from_slice(&name[start..start + n]);
         Ok(n)
