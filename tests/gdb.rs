@@ -196,6 +196,11 @@ printf "pc=%lx\n", $pc
 monitor when
 stepi
 monitor when
+set $rax = 0x1234abcd
+printf "rax=%lx\n", $rax
+stepi
+reverse-stepi
+printf "rax=%lx\n", $rax
 python
 try:
     gdb.execute("x/2gx 0x7fff00000000")
@@ -282,6 +287,14 @@ detach
     assert_eq!(w[4], w[1], "reverse-continue returns to the first hit");
     assert_eq!(w[5].1, first + 1, "stepi goes forward one instruction");
 
+    // A register write shows until the next move; the replay keeps its recorded value.
+    let rax = tagged(&out, "rax");
+    assert_eq!(rax.len(), 2, "{out}");
+    assert_eq!(rax[0], 0x1234abcd);
+    assert_ne!(
+        rax[1], 0x1234abcd,
+        "the write is dropped when the position moves"
+    );
     assert!(
         out.contains("memory error: Cannot access memory at address 0x7fff00000000"),
         "an unmapped read is an error: {out}"
@@ -318,7 +331,7 @@ reverse-continue
 printf "ticks=%lx\n", ticks
 monitor when
 delete
-break syscall_dispatch
+hbreak syscall_dispatch
 continue
 stepi
 stepi
@@ -353,6 +366,10 @@ detach
     assert_eq!(w[0].1, 0);
     assert!(w[2].1 > w[1].1);
     assert!(w[3].1 < w[2].1 && w[3].1 >= w[1].1, "{w:?}");
+    assert!(
+        out.contains("Breakpoint 2, syscall_dispatch (tf="),
+        "a hardware breakpoint stops like a software one: {out}"
+    );
     // reverse-finish lands in the caller, before the call.
     let after_finish = out
         .lines()
