@@ -17,7 +17,6 @@
 #   of the whole process; the same for the bench-loop-boot kernel (0 iterations: QEMU's
 #   start-up, firmware and the guest's boot and power-off). QEMU's rate is
 #   N*K / (time(bench-loop) - time(bench-loop-boot)): loop instructions only.
-#   For context, the same with multi-instruction blocks (plain `-accel tcg`).
 #
 # Needs /dev/kvm (to record) unless KRR_BENCH_RECORDING is set, and qemu-system-x86_64.
 set -euo pipefail
@@ -60,6 +59,9 @@ dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 
 now() { echo "$EPOCHREALTIME"; }
+# CPU seconds (user + system) of the last command run under `timed`.
+timed() { /usr/bin/time -f '%U %S' -o "$dir/cpu" "$@"; }
+cpu_seconds() { awk '{ s = $1 + $2 } END { printf "%.3f", s }' "$dir/cpu"; }
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 recording=${KRR_BENCH_RECORDING:-}
@@ -78,30 +80,31 @@ if [ -z "$recording" ]; then
 	echo "recorded in $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') s" >&2
 fi
 
-# replay FILE: prints "instructions seconds mips" from replay's summary line; fails on a divergence.
+# replay FILE: prints "instructions seconds mips cpu_seconds" (the first three from replay's
+# summary line; CPU time of the whole process); fails on a divergence.
 replay() {
 	local line
-	"$bin" replay "$1" --headless --verify --quiet >"$dir/replay.out" 2>&1 || {
+	timed "$bin" replay "$1" --headless --verify --quiet >"$dir/replay.out" 2>&1 || {
 		echo "error: replay of $1 failed:" >&2
 		tail -n 20 "$dir/replay.out" >&2
 		exit 1
 	}
 	line=$(grep '^replayed ' "$dir/replay.out" | tail -n 1)
 	# replayed N events, M instructions in T s (X MIPS), divergences: D
-	awk '{ gsub(/[(,]/, ""); print $4, $7, $9; if ($12 != 0) exit 1 }' <<<"$line" || {
+	awk -v cpu="$(cpu_seconds)" '{ gsub(/[(,]/, ""); print $4, $7, $9, cpu; if ($12 != 0) exit 1 }' <<<"$line" || {
 		echo "error: divergences in $1: $line" >&2
 		exit 1
 	}
 }
 
-# qemu_run KERNEL ACCEL...: prints "seconds iterations per_iteration checksum"; fails unless
+# qemu_run KERNEL ACCEL...: prints "seconds iterations per_iteration checksum cpu_seconds"; fails unless
 # the guest printed its checksum line and powered off (isa-debug-exit: status 1).
 qemu_run() {
 	local kernel=$1 t0 t1 status line
 	shift
 	t0=$(now)
 	set +e
-	"$QEMU" "$@" -machine pc -m 128 -nographic -no-reboot -nic none \
+	timed "$QEMU" "$@" -machine pc -m 128 -nographic -no-reboot -nic none \
 		-device isa-debug-exit,iobase=0xf4,iosize=4 -kernel "$kernel" </dev/null >"$dir/qemu.out" 2>&1
 	status=$?
 	set -e
@@ -113,52 +116,48 @@ qemu_run() {
 		exit 1
 	fi
 	# bench-loop: checksum C after N iterations of K instructions
-	awk -v a="$t0" -v b="$t1" '{ printf "%.6f %s %s %s\n", b - a, $5, $8, $3 }' <<<"$line"
+	awk -v a="$t0" -v b="$t1" -v cpu="$(cpu_seconds)" '{ printf "%.6f %s %s %s %s\n", b - a, $5, $8, $3, cpu }' <<<"$line"
 }
 
-declare -a ours demo_mips qemu_mips tcg_mips
+declare -a ours demo_mips qemu_mips ours_cpu qemu_cpu
 for run in $(seq 1 "$RUNS"); do
 	# Assignments, so that set -e stops the script when a step fails.
 	r=$(replay "$recording")
-	read -r ours_insns ours_s ours_mips <<<"$r"
+	read -r ours_insns ours_s ours_mips ours_cpu_s <<<"$r"
 	r=$(replay "$demo")
-	read -r demo_insns _ demo_run_mips <<<"$r"
+	read -r demo_insns _ demo_run_mips _ <<<"$r"
 	r=$(qemu_run "$kernel" "${singlestep[@]}")
-	read -r q_full iterations per_iteration checksum <<<"$r"
+	read -r q_full iterations per_iteration checksum q_full_cpu <<<"$r"
 	r=$(qemu_run "$boot_kernel" "${singlestep[@]}")
-	read -r q_boot _ _ _ <<<"$r"
-	r=$(qemu_run "$kernel" -accel tcg)
-	read -r t_full _ _ _ <<<"$r"
-	r=$(qemu_run "$boot_kernel" -accel tcg)
-	read -r t_boot _ _ _ <<<"$r"
+	read -r q_boot _ _ _ q_boot_cpu <<<"$r"
 	loop_insns=$((iterations * per_iteration))
 	q_mips=$(awk -v n="$loop_insns" -v f="$q_full" -v b="$q_boot" 'BEGIN { printf "%.2f", n / (f - b) / 1e6 }')
-	t_mips=$(awk -v n="$loop_insns" -v f="$t_full" -v b="$t_boot" 'BEGIN { printf "%.1f", n / (f - b) / 1e6 }')
 	ours+=("$ours_mips")
+	ours_cpu+=("$(awk -v n="$ours_insns" -v c="$ours_cpu_s" 'BEGIN { printf "%.1f", n / c / 1e6 }')")
+	qemu_cpu+=("$(awk -v n="$loop_insns" -v f="$q_full_cpu" -v b="$q_boot_cpu" 'BEGIN { printf "%.2f", n / (f - b) / 1e6 }')")
 	demo_mips+=("$demo_run_mips")
 	qemu_mips+=("$q_mips")
-	tcg_mips+=("$t_mips")
 	printf 'run %d: krr-tui bench-loop %s MIPS (%s instructions in %s s), demo %s MIPS (%s instructions); ' \
 		"$run" "$ours_mips" "$ours_insns" "$ours_s" "$demo_run_mips" "$demo_insns"
-	printf 'QEMU -singlestep %.2f s - %.2f s boot = %s MIPS; QEMU TCG %.2f s - %.2f s = %s MIPS\n' \
-		"$q_full" "$q_boot" "$q_mips" "$t_full" "$t_boot" "$t_mips"
+	printf 'QEMU one-insn-per-block %.2f s - %.2f s boot = %s MIPS; CPU time: krr-tui %s s, QEMU %s s - %s s\n' \
+		"$q_full" "$q_boot" "$q_mips" "$ours_cpu_s" "$q_full_cpu" "$q_boot_cpu"
 done
 
 m_ours=$(printf '%s\n' "${ours[@]}" | median)
 m_demo=$(printf '%s\n' "${demo_mips[@]}" | median)
 m_qemu=$(printf '%s\n' "${qemu_mips[@]}" | median)
-m_tcg=$(printf '%s\n' "${tcg_mips[@]}" | median)
+m_ours_cpu=$(printf '%s\n' "${ours_cpu[@]}" | median)
+m_qemu_cpu=$(printf '%s\n' "${qemu_cpu[@]}" | median)
 ratio=$(awk -v a="$m_ours" -v b="$m_qemu" 'BEGIN { printf "%.2f", a / b }')
 
 echo
 echo "bench-loop: $iterations iterations of $per_iteration instructions = $loop_insns loop instructions, checksum $checksum"
 echo "medians of $RUNS runs ($(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), $("$QEMU" --version | head -n 1)):"
 echo
-echo "| what | MIPS |"
-echo "|---|---|"
-echo "| krr-tui replay, bench-loop ($ours_insns instructions) | $m_ours |"
-echo "| krr-tui replay, tests/fixtures/demo.krr ($demo_insns instructions) | $m_demo |"
-echo "| QEMU TCG ${singlestep[*]}, bench-loop (loop only) | $m_qemu |"
-echo "| QEMU TCG -accel tcg (multi-instruction blocks), bench-loop (loop only) | $m_tcg |"
+echo "| what | MIPS (wall time) | MIPS (CPU time) |"
+echo "|---|---|---|"
+echo "| krr-tui replay, bench-loop ($ours_insns instructions) | $m_ours | $m_ours_cpu |"
+echo "| krr-tui replay, tests/fixtures/demo.krr ($demo_insns instructions) | $m_demo | |"
+echo "| QEMU TCG ${singlestep[*]}, bench-loop (loop only) | $m_qemu | $m_qemu_cpu |"
 echo
-echo "ratio krr-tui replay / QEMU one-instruction-per-block on bench-loop: $ratio"
+echo "ratio krr-tui replay / QEMU one-instruction-per-block on bench-loop: $ratio (CPU time: $(awk -v a="$m_ours_cpu" -v b="$m_qemu_cpu" 'BEGIN { printf "%.2f", a / b }'))"
