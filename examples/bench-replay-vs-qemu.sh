@@ -18,7 +18,8 @@
 #   start-up, firmware and the guest's boot and power-off). QEMU's rate is
 #   N*K / (time(bench-loop) - time(bench-loop-boot)): loop instructions only.
 #
-# Needs /dev/kvm (to record) unless KRR_BENCH_RECORDING is set, and qemu-system-x86_64.
+# Needs /dev/kvm (to record) unless KRR_BENCH_RECORDING is set, qemu-system-x86_64 and
+# /usr/bin/time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +31,11 @@ demo=tests/fixtures/demo.krr
 
 command -v "$QEMU" >/dev/null || {
 	echo "error: $QEMU not found (apt-get install qemu-system-x86)" >&2
+	exit 2
+}
+
+[ -x /usr/bin/time ] || {
+	echo "error: /usr/bin/time not found (apt-get install time)" >&2
 	exit 2
 }
 
@@ -49,6 +55,7 @@ boot_kernel=$out_dir/bench-loop-boot.elf
 # QEMU 8.1 replaced -singlestep with the one-insn-per-tb accelerator property.
 qemu_version=$("$QEMU" --version | sed -n 's/.*version \([0-9]*\)\.\([0-9]*\).*/\1 \2/p' | head -n 1)
 read -r qmajor qminor <<<"$qemu_version"
+qmajor=${qmajor:-0} qminor=${qminor:-0}
 if [ "$qmajor" -gt 8 ] || { [ "$qmajor" -eq 8 ] && [ "$qminor" -ge 1 ]; }; then
 	singlestep=(-accel tcg,one-insn-per-tb=on)
 else
