@@ -17,6 +17,8 @@
 #   of the whole process; the same for the bench-loop-boot kernel (0 iterations: QEMU's
 #   start-up, firmware and the guest's boot and power-off). QEMU's rate is
 #   N*K / (time(bench-loop) - time(bench-loop-boot)): loop instructions only.
+# * Both also as CPU time (user + system of the processes, /usr/bin/time), which depends
+#   less on what else the machine is running.
 #
 # Needs /dev/kvm (to record) unless KRR_BENCH_RECORDING is set, qemu-system-x86_64 and
 # /usr/bin/time.
