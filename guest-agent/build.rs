@@ -92,6 +92,9 @@ const HOSTILE: &[(&str, u32)] = &[
     ("triple-fault", 5),
 ];
 
+/// Iterations of the replay-speed benchmark loop (26 instructions each, bench/bench.h).
+const BENCH_LOOP_ITERATIONS: u64 = 2_000_000;
+
 fn run(cmd: &mut Command) {
     let out = cmd
         .output()
@@ -133,6 +136,7 @@ fn main() {
         "demo",
         "agent",
         "hostile",
+        "bench",
         "include",
         "src/disk.rs",
         "build.rs",
@@ -240,6 +244,40 @@ fn main() {
         );
         link(&[&obj, &agent], &out.join(format!("hostile-{name}.elf")));
     }
+
+    // The replay-speed benchmark: the full loop, and the boot-only variant (0 iterations)
+    // whose time a benchmark subtracts.
+    let bench_includes = format!("-I{}", manifest.join("bench").display());
+    let bench_loop = out.join("k_bench_loop.o");
+    compile(
+        &cc,
+        &manifest.join("bench/bench_loop.S"),
+        &bench_loop,
+        KERNEL_CFLAGS,
+        std::slice::from_ref(&bench_includes),
+    );
+    for (name, iterations) in [
+        ("bench-loop", BENCH_LOOP_ITERATIONS),
+        ("bench-loop-boot", 0),
+    ] {
+        let define = format!("BENCH_ITERATIONS={iterations}UL");
+        let obj = out.join(format!("k_{name}.o"));
+        let mut extra = includes.clone();
+        extra.push(bench_includes.clone());
+        extra.push(format!("-D{define}"));
+        compile(
+            &cc,
+            &manifest.join("bench/bench.c"),
+            &obj,
+            KERNEL_CFLAGS,
+            &extra,
+        );
+        link(
+            &[&obj, &bench_loop, &agent],
+            &out.join(format!("{name}.elf")),
+        );
+    }
+    println!("cargo:rustc-env=KRR_BENCH_LOOP_ITERATIONS={BENCH_LOOP_ITERATIONS}");
 
     std::fs::write(out.join("disk.img"), disk::demo_disk()).expect("write disk.img");
 }

@@ -4,6 +4,7 @@
 //! * [`demo_disk`]: the disk image its `disk` program reads (fw_cfg file `opt/krr/disk`).
 //! * [`HOSTILE_GUESTS`]: small kernels that abuse the agent ring and the doorbell, for the
 //!   recorder's robustness tests.
+//! * [`BENCH_LOOP_KERNEL`]: the replay-speed benchmark kernel (a ring-0 loop of known length).
 //! * [`ABI_HEADER`] and [`INCLUDE_DIR`]: the agent ring ABI (`krr_agent_abi.h`).
 //!
 //! The machine the kernels expect: an ELF64 loaded by the `p_paddr` of its PT_LOAD segments
@@ -121,6 +122,72 @@ pub const HOSTILE_GUESTS: &[(&str, &[u8])] = &[
     ),
 ];
 
+/// The replay-speed benchmark kernel: boots like the demo kernel, then runs a ring-0 loop of
+/// ordinary integer code (`bench/bench_loop.S`: loads, stores, ALU, shifts, a multiply, a
+/// data-dependent branch, a call) for [`BENCH_LOOP_ITERATIONS`] iterations of
+/// [`BENCH_LOOP_INSTRUCTIONS_PER_ITERATION`] instructions with interrupts off, prints
+/// `bench-loop: checksum <16 hex digits> after <N> iterations of <K> instructions` (see
+/// [`bench_loop_checksum`]) and powers off with 0. No agent ring, no devices but the UART.
+pub const BENCH_LOOP_KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench-loop.elf"));
+
+/// [`BENCH_LOOP_KERNEL`] built with 0 iterations: its run time is the boot and power-off
+/// that a benchmark subtracts.
+pub const BENCH_LOOP_BOOT_KERNEL: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/bench-loop-boot.elf"));
+
+/// Where the build left [`BENCH_LOOP_KERNEL`] as a file.
+pub const BENCH_LOOP_KERNEL_PATH: &str = concat!(env!("OUT_DIR"), "/bench-loop.elf");
+
+/// Where the build left [`BENCH_LOOP_BOOT_KERNEL`] as a file.
+pub const BENCH_LOOP_BOOT_KERNEL_PATH: &str = concat!(env!("OUT_DIR"), "/bench-loop-boot.elf");
+
+/// Iterations of the loop in [`BENCH_LOOP_KERNEL`] (set in `build.rs`).
+pub const BENCH_LOOP_ITERATIONS: u64 = parse_u64(env!("KRR_BENCH_LOOP_ITERATIONS"));
+
+/// Instructions one iteration executes, the call and the callee included (`bench/bench.h`).
+pub const BENCH_LOOP_INSTRUCTIONS_PER_ITERATION: u64 = 26;
+
+/// Console line prefix of the benchmark kernel's result.
+pub const BENCH_LOOP_CHECKSUM_PREFIX: &str = "bench-loop: checksum ";
+
+const fn parse_u64(s: &str) -> u64 {
+    let bytes = s.as_bytes();
+    let mut value = 0u64;
+    let mut i = 0;
+    while i < bytes.len() {
+        value = value * 10 + (bytes[i] - b'0') as u64;
+        i += 1;
+    }
+    value
+}
+
+/// The checksum `bench_loop` computes in `iterations` iterations over a table initialised
+/// to `table[i] = i`: the same arithmetic in Rust, for tests.
+pub fn bench_loop_checksum(iterations: u64) -> u64 {
+    const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+    const MUL: u64 = 0x2545_f491;
+    let mut table: [u64; 256] = std::array::from_fn(|i| i as u64);
+    let mut x = SEED;
+    let mut sum = 0u64;
+    let mut left = iterations;
+    while left != 0 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let index = (x & 0xff) as usize;
+        let word = table[index].wrapping_add(x).rotate_left(5);
+        table[index] = word;
+        if x & 0x100 != 0 {
+            sum = sum.wrapping_sub(index as u64);
+        } else {
+            sum = sum.wrapping_add(word) ^ left;
+        }
+        sum ^= sum.wrapping_mul(MUL) >> 29;
+        left -= 1;
+    }
+    sum
+}
+
 /// The hostile guest of that name, if there is one.
 pub fn hostile_guest(name: &str) -> Option<&'static [u8]> {
     HOSTILE_GUESTS
@@ -169,6 +236,34 @@ mod tests {
         assert!(hostile_guest("nonexistent").is_none());
         for (i, (_, a)) in HOSTILE_GUESTS.iter().enumerate() {
             for (_, b) in &HOSTILE_GUESTS[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn bench_loop_kernels_are_built_and_sized() {
+        for elf in [BENCH_LOOP_KERNEL, BENCH_LOOP_BOOT_KERNEL] {
+            assert_eq!(&elf[..4], b"\x7fELF");
+        }
+        assert_ne!(BENCH_LOOP_KERNEL, BENCH_LOOP_BOOT_KERNEL);
+        let loop_instructions = BENCH_LOOP_ITERATIONS * BENCH_LOOP_INSTRUCTIONS_PER_ITERATION;
+        assert!((50_000_000..=100_000_000).contains(&loop_instructions));
+        let header = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/bench.h"),
+        )
+        .unwrap();
+        assert!(header.contains(&format!(
+            "#define BENCH_INSNS_PER_ITERATION {BENCH_LOOP_INSTRUCTIONS_PER_ITERATION}\n"
+        )));
+    }
+
+    #[test]
+    fn bench_loop_checksum_depends_on_every_iteration() {
+        assert_eq!(bench_loop_checksum(0), 0);
+        let sums: Vec<u64> = (1..=64).map(bench_loop_checksum).collect();
+        for (i, a) in sums.iter().enumerate() {
+            for b in &sums[i + 1..] {
                 assert_ne!(a, b);
             }
         }

@@ -3,8 +3,10 @@
 //! (their instruction counting is not calibrated). The user programs live in a data
 //! section (`.user_image`) and are exempt: they run natively at ring 3.
 
-use iced_x86::{Code, CpuidFeature, Decoder, DecoderOptions, Instruction, Mnemonic};
-use object::{Object, ObjectSection, SectionFlags};
+use std::collections::HashMap;
+
+use iced_x86::{Code, CpuidFeature, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
+use object::{Object, ObjectSection, ObjectSymbol, SectionFlags};
 
 /// Why the ring-0 emulator cannot run `instr`, if it cannot.
 fn forbidden(instr: &Instruction) -> Option<String> {
@@ -109,6 +111,8 @@ fn ring0_code_uses_only_emulatable_instructions() {
     let mut images = vec![
         ("demo", krr_guest::DEMO_KERNEL),
         ("agent-selftest", krr_guest::AGENT_SELFTEST_KERNEL),
+        ("bench-loop", krr_guest::BENCH_LOOP_KERNEL),
+        ("bench-loop-boot", krr_guest::BENCH_LOOP_BOOT_KERNEL),
     ];
     images.extend_from_slice(krr_guest::HOSTILE_GUESTS);
     for (name, data) in images {
@@ -137,5 +141,84 @@ fn ring0_code_uses_only_emulatable_instructions() {
             scanned > 4000,
             "{name}: only {scanned} bytes of code scanned"
         );
+    }
+}
+
+/// Instruction counts of every path from `ip` to the loop's back edge (a conditional branch
+/// to `head`, counted) or, inside a call, to the `ret` (counted). Calls add their callee's.
+fn path_lengths(
+    code: &HashMap<u64, Instruction>,
+    ip: u64,
+    head: u64,
+    in_call: bool,
+    depth: u32,
+) -> Vec<u64> {
+    assert!(
+        depth < 200,
+        "no back edge to {head:#x} within 200 instructions"
+    );
+    let instr = code
+        .get(&ip)
+        .unwrap_or_else(|| panic!("no instruction at {ip:#x}"));
+    let next = |ip| path_lengths(code, ip, head, in_call, depth + 1);
+    let plus_one = |v: Vec<u64>| v.into_iter().map(|n| n + 1).collect::<Vec<_>>();
+    match instr.flow_control() {
+        FlowControl::Next => plus_one(next(instr.next_ip())),
+        FlowControl::Return if in_call => vec![1],
+        FlowControl::ConditionalBranch if !in_call && instr.near_branch_target() == head => vec![1],
+        FlowControl::ConditionalBranch => {
+            let mut v = plus_one(next(instr.near_branch_target()));
+            v.extend(plus_one(next(instr.next_ip())));
+            v
+        }
+        FlowControl::UnconditionalBranch => plus_one(next(instr.near_branch_target())),
+        FlowControl::Call => {
+            let callee = path_lengths(code, instr.near_branch_target(), head, true, depth + 1);
+            let rest = next(instr.next_ip());
+            callee
+                .iter()
+                .flat_map(|c| rest.iter().map(move |r| 1 + c + r))
+                .collect()
+        }
+        other => panic!("{ip:#x}: unexpected {other:?} in the loop"),
+    }
+}
+
+/// The benchmark's instruction rate rests on the loop's hand-counted length: every path
+/// through one iteration (both sides of its branch, the callee included) must have it.
+#[test]
+fn bench_loop_iteration_has_its_declared_length() {
+    let file = object::File::parse(krr_guest::BENCH_LOOP_KERNEL).unwrap();
+    let text = file.section_by_name(".text").unwrap();
+    let mut code = HashMap::new();
+    let mut decoder = Decoder::with_ip(
+        64,
+        text.data().unwrap(),
+        text.address(),
+        DecoderOptions::NONE,
+    );
+    for instr in &mut decoder {
+        code.insert(instr.ip(), instr);
+    }
+    let symbol = file
+        .symbols()
+        .find(|s| s.name() == Ok("bench_loop"))
+        .expect("bench_loop symbol");
+    let (start, end) = (symbol.address(), symbol.address() + symbol.size());
+    assert!(symbol.size() > 0);
+    // The loop head: the target of the function's one backward conditional branch.
+    let back_edges: Vec<u64> = code
+        .values()
+        .filter(|i| (start..end).contains(&i.ip()))
+        .filter(|i| {
+            i.flow_control() == FlowControl::ConditionalBranch && i.near_branch_target() < i.ip()
+        })
+        .map(|i| i.near_branch_target())
+        .collect();
+    assert_eq!(back_edges.len(), 1, "back edges {back_edges:x?}");
+    let lengths = path_lengths(&code, back_edges[0], back_edges[0], false, 0);
+    assert_eq!(lengths.len(), 2, "paths {lengths:?}");
+    for n in lengths {
+        assert_eq!(n, krr_guest::BENCH_LOOP_INSTRUCTIONS_PER_ITERATION);
     }
 }

@@ -11,6 +11,8 @@ fn images() -> Vec<(&'static str, &'static [u8])> {
     let mut all = vec![
         ("demo", krr_guest::DEMO_KERNEL),
         ("agent-selftest", krr_guest::AGENT_SELFTEST_KERNEL),
+        ("bench-loop", krr_guest::BENCH_LOOP_KERNEL),
+        ("bench-loop-boot", krr_guest::BENCH_LOOP_BOOT_KERNEL),
     ];
     all.extend_from_slice(krr_guest::HOSTILE_GUESTS);
     all

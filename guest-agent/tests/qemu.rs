@@ -317,3 +317,44 @@ fn hostile_guests_boot_under_qemu() {
         "QEMU exits 0 on a reset with -no-reboot"
     );
 }
+
+/// The replay-speed benchmark kernel runs its loop under QEMU to the checksum that the Rust
+/// model of the loop computes, and powers off; so does its boot-only variant.
+#[test]
+fn bench_loop_boots_under_qemu_tcg() {
+    let Some(qemu) = find_qemu() else {
+        println!("skipped: {QEMU} not installed (apt-get install qemu-system-x86)");
+        return;
+    };
+    let per = krr_guest::BENCH_LOOP_INSTRUCTIONS_PER_ITERATION;
+    for (kernel, iterations) in [
+        (
+            krr_guest::BENCH_LOOP_KERNEL,
+            krr_guest::BENCH_LOOP_ITERATIONS,
+        ),
+        (krr_guest::BENCH_LOOP_BOOT_KERNEL, 0),
+    ] {
+        let run = boot(
+            &qemu,
+            &["-accel", "tcg"],
+            kernel,
+            Duration::from_secs(120),
+            None,
+        );
+        assert!(
+            !run.timed_out,
+            "bench-loop ({iterations}) did not power off in time"
+        );
+        assert_eq!(run.status, Some(1), "QEMU exit status");
+        let line = format!(
+            "{}{:016x} after {iterations} iterations of {per} instructions",
+            krr_guest::BENCH_LOOP_CHECKSUM_PREFIX,
+            krr_guest::bench_loop_checksum(iterations)
+        );
+        assert!(
+            run.output.lines().any(|l| l == line),
+            "no line {line:?} in\n{}",
+            run.output
+        );
+    }
+}
