@@ -6,10 +6,12 @@
 //! * [`devices`]: serial port, PIC, PIT, fw_cfg (the DMA block device).
 //! * [`agent_ring`]: the guest agent ABI and its ring reader.
 //! * [`counter`]: instruction-counter sources.
+//! * [`cpuid`]: the CPUID values the guest observes (recorded for replay).
 //! * [`record`]: the recording loop and the injection policy.
 
 pub mod agent_ring;
 pub mod counter;
+pub mod cpuid;
 pub mod devices;
 pub mod kick;
 pub mod loader;

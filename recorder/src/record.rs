@@ -186,6 +186,9 @@ pub struct Recorder {
     /// When the oldest undelivered interrupt became pending.
     pending_since: Option<Instant>,
     symbols: Vec<Symbol>,
+    /// The CPU the vCPU thread is pinned to, and the CPUID values a guest observes there.
+    cpu: usize,
+    observed_cpuid: Vec<CpuidEntry>,
 }
 
 /// Standard PC interrupt line of the PIT.
@@ -194,7 +197,11 @@ const IRQ_TIMER: u8 = 0;
 impl Recorder {
     /// Creates the machine and loads the kernel. Nothing runs yet.
     pub fn new(config: RecordConfig) -> Result<Recorder, RecorderError> {
+        // What the guest observes through CPUID depends on the host CPU it runs on:
+        // probe and record on one CPU, and run the vCPU there.
+        let cpu = crate::cpuid::pin_current_thread()?;
         let mut vm = Vm::new(config.memory)?;
+        let observed_cpuid = crate::cpuid::observe(&vm.cpuid)?;
         let loaded = loader::load_kernel(&mut vm, &config.kernel, &config.cmdline)?;
         vm.write(RING_GPA, &agent_ring::initial_header().to_bytes())?;
         let symbols = symbols::kernel_symbols(&config.kernel);
@@ -230,6 +237,8 @@ impl Recorder {
             icount: 0,
             pending_since: None,
             symbols,
+            cpu,
+            observed_cpuid,
             config,
         })
     }
@@ -266,7 +275,7 @@ impl Recorder {
                 tsc_khz: self.vm.vcpu.get_tsc_khz().ok(),
                 counter: self.counter.kind(),
             },
-            cpuid: self.vm.cpuid.clone(),
+            cpuid: self.observed_cpuid.clone(),
             kernel: KernelIdentity {
                 name: self.config.kernel_name.clone(),
                 size: self.config.kernel.len() as u64,
@@ -286,6 +295,7 @@ impl Recorder {
         stop: &AtomicBool,
     ) -> Result<RecordOutcome, RecorderError> {
         let started = Instant::now();
+        crate::cpuid::pin_thread(self.cpu)?;
         let run_ptr: *mut kvm_bindings::kvm_run = self.vm.vcpu.get_kvm_run();
         let _guard = VcpuThreadGuard::new(run_ptr);
         let kicker = Kicker::for_current_thread();

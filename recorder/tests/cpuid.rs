@@ -1,0 +1,62 @@
+//! The CPUID table the recorder stores is what a guest executing `cpuid` observes.
+
+use krr_recorder::cpuid::{observe, pin_current_thread};
+use krr_recorder::loader::load_flat_code;
+use krr_recorder::vm::Vm;
+
+#[test]
+fn recorded_cpuid_is_what_the_guest_observes() {
+    if let Err(why) = krr_recorder::kvm_available() {
+        println!("skipped: {why}");
+        return;
+    }
+    pin_current_thread().unwrap();
+    let mut vm = Vm::new(4 << 20).unwrap();
+    let observed = observe(&vm.cpuid).unwrap();
+    assert_eq!(observed.len(), vm.cpuid.len());
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        // Where KVM emulates ring 0 the guest does not see the table it was given, which
+        // is why the recorder stores what it observes.
+        let leaf1 = |t: &[krr_engine::state::CpuidEntry]| {
+            *t.iter().find(|e| e.function == 1).expect("leaf 1")
+        };
+        assert_ne!(leaf1(&observed), leaf1(&vm.cpuid));
+    }
+    // A guest of our own reads leaves 0, 1 and 0x80000001 (EAX..EDX stored at
+    // 0x300000 + 16 i, clear of the page tables).
+    let leaves = [0u32, 1, 0x8000_0001];
+    let mut code = vec![0xbf, 0x00, 0x00, 0x30, 0x00]; // mov edi, 0x300000
+    for leaf in leaves {
+        code.push(0xb8);
+        code.extend_from_slice(&leaf.to_le_bytes()); // mov eax, leaf
+        code.extend_from_slice(&[0x31, 0xc9, 0x0f, 0xa2]); // xor ecx, ecx; cpuid
+        code.extend_from_slice(&[0x89, 0x07, 0x89, 0x5f, 0x04, 0x89, 0x4f, 0x08]);
+        code.extend_from_slice(&[0x89, 0x57, 0x0c, 0x48, 0x83, 0xc7, 0x10]);
+    }
+    code.extend_from_slice(&[0xe6, 0x80]); // out 0x80, al
+    load_flat_code(&mut vm, &code).unwrap();
+    loop {
+        match vm.vcpu.run() {
+            Ok(kvm_ioctls::VcpuExit::IoOut(0x80, _)) => break,
+            Ok(other) => panic!("unexpected exit {other:?}"),
+            Err(e) if e.errno() == libc::EINTR => continue,
+            Err(e) => panic!("KVM_RUN: {e}"),
+        }
+    }
+    let mut out = vec![0u8; 16 * leaves.len()];
+    vm.read(0x30_0000, &mut out).unwrap();
+    for (i, leaf) in leaves.iter().enumerate() {
+        let w = |k: usize| {
+            u32::from_le_bytes(out[16 * i + 4 * k..16 * i + 4 * k + 4].try_into().unwrap())
+        };
+        let e = observed
+            .iter()
+            .find(|e| e.function == *leaf && e.index == 0)
+            .expect("leaf in the table");
+        assert_eq!(
+            (e.eax, e.ebx, e.ecx, e.edx),
+            (w(0), w(1), w(2), w(3)),
+            "leaf {leaf:#x}"
+        );
+    }
+}
