@@ -2,6 +2,9 @@
 
 use anyhow::{Context, Result, bail};
 use krr_engine::replay::{End, Replay, Stop, Target};
+use krr_engine::symbols::Symbols;
+use krr_engine::timeline::Timeline;
+use krr_ui::{App, Keymap};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -26,6 +29,42 @@ pub struct ReplayArgs {
     /// Do not print the guest console.
     #[arg(long)]
     pub quiet: bool,
+    /// Memory budget for the checkpoints of the terminal UI, e.g. 512M or 2G.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = crate::record_cmd::parse_size)]
+    pub checkpoint_memory: u64,
+    /// The guest kernel ELF with symbols and DWARF lines (default: the image embedded in
+    /// the recording, else its symbol list).
+    #[arg(long, visible_alias = "vmlinux", value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// A directory searched (by file name) for source files before the paths recorded in
+    /// the DWARF information.
+    #[arg(long, value_name = "DIR")]
+    pub source_dir: Vec<PathBuf>,
+}
+
+/// Opens the recording in the terminal UI.
+pub fn tui(args: &ReplayArgs) -> Result<()> {
+    let replay = Replay::open(&args.file).with_context(|| format!("{}", args.file.display()))?;
+    let symbols = match &args.kernel {
+        Some(p) => Symbols::from_path(p).with_context(|| format!("{}", p.display()))?,
+        None => Symbols::from_header(replay.header()),
+    };
+    let keymap = Keymap::load()?;
+    let mut timeline = Timeline::new(replay, args.checkpoint_memory);
+    let mut message = String::new();
+    if let Some(n) = args.goto {
+        if n >= timeline.replay().events().len() as u64 {
+            bail!("event {n} does not exist");
+        }
+        timeline.goto_event(n);
+        message = format!("goto event {n}");
+    }
+    let mut app = App::new(timeline, symbols, keymap);
+    app.source_dirs = args.source_dir.clone();
+    if !message.is_empty() {
+        app.message = message;
+    }
+    krr_ui::run_in_terminal(app).context("terminal")
 }
 
 pub fn run(args: ReplayArgs) -> Result<()> {
@@ -33,10 +72,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         bail!("`--gdb` is not available yet: the gdb stub is still being built");
     }
     if !args.headless {
-        bail!(
-            "the replay terminal UI is not available yet: use `krr-tui replay {} --headless`",
-            args.file.display()
-        );
+        return tui(&args);
     }
     let mut replay =
         Replay::open(&args.file).with_context(|| format!("{}", args.file.display()))?;

@@ -92,7 +92,7 @@ impl Symbols {
         let file = object::File::parse(image)?;
         let mut functions: Vec<Function> = file
             .symbols()
-            .filter(|s| s.kind() == SymbolKind::Text && s.address() != 0)
+            .filter(|s| s.address() != 0 && is_code(&file, s))
             .filter_map(|s| {
                 let name = s.name().ok()?;
                 (!name.is_empty()).then(|| Function {
@@ -196,6 +196,18 @@ impl Symbols {
             file: PathBuf::from(loc.file?),
             line: loc.line?,
         })
+    }
+}
+
+/// Functions, and the untyped labels of assembly code in executable sections.
+fn is_code(file: &object::File<'_>, s: &object::Symbol<'_, '_>) -> bool {
+    match s.kind() {
+        SymbolKind::Text => true,
+        SymbolKind::Label | SymbolKind::Unknown => s
+            .section_index()
+            .and_then(|i| file.section_by_index(i).ok())
+            .is_some_and(|sec| sec.kind() == object::SectionKind::Text),
+        _ => false,
     }
 }
 
