@@ -885,10 +885,37 @@ fn register_value(regs: &CpuState, r: usize) -> u64 {
 pub fn event_details(e: &Event) -> String {
     match e {
         Event::UserEntry(u) => match u.kind {
-            EntryKind::Syscall => {
-                format!("syscall nr {} rip {:#x}", u.regs.gpr[gpr::RAX], u.regs.rip)
+            EntryKind::Syscall => format!(
+                "syscall nr {} from user rip {:#x}",
+                u.regs.gpr[gpr::RAX],
+                u.regs.rip
+            ),
+            EntryKind::Interrupt { vector } => {
+                format!("vector {vector:#x} from user rip {:#x}", u.regs.rip)
             }
-            k => format!("{k:?} rip {:#x}", u.regs.rip),
+            EntryKind::Exception {
+                vector,
+                error_code,
+                cr2,
+            } => {
+                let err = error_code
+                    .map(|e| format!(" error {e:#x}"))
+                    .unwrap_or_default();
+                let cr2 = if vector == 14 {
+                    format!(" cr2 {cr2:#x}")
+                } else {
+                    String::new()
+                };
+                let what = if u.is_syscall_fault() {
+                    " (syscall)"
+                } else {
+                    ""
+                };
+                format!(
+                    "exception {vector}{err}{cr2}{what} from user rip {:#x}",
+                    u.regs.rip
+                )
+            }
         },
         Event::KernelInterrupt(k) => format!("vector {:#x} at {:#x}", k.vector, k.rip),
         Event::PortIn(p) => format!("port {:#x} size {} = {:#x}", p.port, p.size, p.value),

@@ -321,11 +321,16 @@ fn event_lines(app: &App, w: usize, h: usize) -> Vec<Line<'static>> {
             } else {
                 1 + (n as usize * 7).div_ceil(max as usize).min(7)
             };
-            let c = BARS[level.min(8)].to_string();
             if i == here.min(w - 1) {
-                Span::styled(c, Style::default().bg(Color::Yellow).fg(Color::Black))
+                // The current position.
+                Span::styled(
+                    "◆",
+                    Style::default()
+                        .fg(Color::Yellow)
+                        .add_modifier(Modifier::BOLD),
+                )
             } else {
-                Span::raw(c)
+                Span::raw(BARS[level.min(8)].to_string())
             }
         })
         .collect();

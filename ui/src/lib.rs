@@ -7,7 +7,7 @@ pub mod app;
 pub mod draw;
 pub mod keymap;
 
-pub use app::{App, MoveCtl, Pane};
+pub use app::{App, Mode, MoveCtl, Pane};
 pub use keymap::{Action, Keymap, KeymapError};
 
 use ratatui::Terminal;
