@@ -156,3 +156,61 @@ fn step_reverse_step_goto_and_reverse_continue_to_a_breakpoint() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn record_shows_the_live_console_and_q_ends_the_recording() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        println!("skipped: tmux is not installed");
+        return;
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        println!("skipped: /dev/kvm not available");
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_krr-tui");
+    let out = std::env::temp_dir().join(format!("krr-tmux-record-{}.krr", std::process::id()));
+    let t = Tmux {
+        socket: format!("krr-tui-rec-{}", std::process::id()),
+    };
+    let cmd = format!("{bin} record -o {}", out.display());
+    let o = t.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "tui",
+        "-x",
+        "140",
+        "-y",
+        "40",
+        &cmd,
+    ]);
+    assert!(o.status.success());
+    t.wait_for("q or Esc ends the recording");
+    // The console fills in while the guest runs, and the counters count.
+    let s = t.wait_for("krr-demo");
+    assert!(s.contains("syscall") && s.contains("total"), "{s}");
+    t.send(&["q"]);
+    let s = t.wait_for("press any key");
+    assert!(
+        s.contains("recording ended"),
+        "the recording ends (interrupted, or the guest already powered off):\n{s}"
+    );
+    t.send(&["x"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while t.cmd(&["has-session", "-t", "tui"]).status.success() {
+        assert!(Instant::now() < deadline, "the recorder did not exit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let info = Command::new(bin).arg("info").arg(&out).output().unwrap();
+    let _ = std::fs::remove_file(&out);
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+}

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod draw;
 pub mod keymap;
+pub mod record;
 
 pub use app::{App, Mode, MoveCtl, Pane};
 pub use keymap::{Action, Keymap, KeymapError};
