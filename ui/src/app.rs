@@ -274,11 +274,13 @@ impl App {
     /// Does what an action says.
     pub fn act(&mut self, action: Action, ctl: &mut MoveCtl<'_>) {
         match action {
-            Action::Step => self.step_line(true, ctl),
-            Action::ReverseStep => self.step_line(false, ctl),
-            Action::Next => self.moved("next", |t, c| t.next(c.cancel), ctl),
-            Action::ReverseNext => self.moved(
-                "reverse-next",
+            Action::Step => self.line_move(false, true, ctl),
+            Action::ReverseStep => self.line_move(false, false, ctl),
+            Action::Next => self.line_move(true, true, ctl),
+            Action::ReverseNext => self.line_move(true, false, ctl),
+            Action::Nexti => self.moved("nexti", |t, c| t.next(c.cancel), ctl),
+            Action::ReverseNexti => self.moved(
+                "reverse-nexti",
                 |t, c| t.reverse_next(c.cancel, c.progress),
                 ctl,
             ),
@@ -422,31 +424,83 @@ impl App {
         symbols.line(addr).map(|l| (l.file, l.line))
     }
 
-    fn step_line(&mut self, forward: bool, ctl: &mut MoveCtl<'_>) {
+    /// Source-line moves: `step` (into calls) and `next` (over calls), forward or back.
+    /// Backward they land on the first instruction of the previous line, as gdb does.
+    /// Without line information they move by one instruction.
+    fn line_move(&mut self, over_calls: bool, forward: bool, ctl: &mut MoveCtl<'_>) {
+        let what = match (over_calls, forward) {
+            (false, true) => "step",
+            (false, false) => "reverse-step",
+            (true, true) => "next",
+            (true, false) => "reverse-next",
+        };
         if !self.symbols.has_lines() {
-            let (what, a) = if forward {
-                ("step", Action::Stepi)
-            } else {
-                ("reverse-step", Action::ReverseStepi)
+            self.prev_regs = self.regs().clone();
+            let t = &mut self.timeline;
+            let m = match (over_calls, forward) {
+                (false, true) => t.stepi(),
+                (false, false) => t.reverse_stepi(),
+                (true, true) => t.next(ctl.cancel),
+                (true, false) => t.reverse_next(ctl.cancel, ctl.progress),
             };
-            self.act(a, ctl);
-            self.message = format!("{what} (no line information: one instruction)");
+            self.after_move(what, m);
+            self.message
+                .push_str(" (no line information: by instruction)");
             return;
         }
-        let start = Self::line_key(&self.symbols, self.rip());
         let symbols = &self.symbols;
+        let line_of = |r: &Replay| Self::line_key(symbols, r.cpu.state().rip);
+        let sp = |r: &Replay| r.cpu.state().gpr[gpr::RSP];
+        let start = line_of(self.timeline.replay());
+        let sp0 = sp(self.timeline.replay());
         self.prev_regs = self.timeline.replay().cpu.state().clone();
-        let m = if forward {
-            self.timeline.step_until(ctl.cancel, |r| {
-                Self::line_key(symbols, r.cpu.state().rip) != start
-            })
-        } else {
-            self.timeline
-                .reverse_step_until(ctl.cancel, ctl.progress, &mut |r| {
-                    Self::line_key(symbols, r.cpu.state().rip) != start
-                })
+        let t = &mut self.timeline;
+        let cancelled = || {
+            ctl.cancel
+                .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
         };
-        self.after_move(if forward { "step" } else { "reverse-step" }, m);
+        let m = if forward && over_calls {
+            loop {
+                let m = t.next(ctl.cancel);
+                if !matches!(m, Moved::Arrived) {
+                    break m;
+                }
+                if cancelled() {
+                    break Moved::Interrupted;
+                }
+                let r = t.replay();
+                if line_of(r) != start && sp(r) >= sp0 {
+                    break m;
+                }
+            }
+        } else if forward {
+            t.step_until(ctl.cancel, |r| line_of(r) != start)
+        } else {
+            let m = t.reverse_step_until(ctl.cancel, ctl.progress, &mut |r| {
+                line_of(r) != start && (!over_calls || sp(r) >= sp0)
+            });
+            if !matches!(m, Moved::Arrived) {
+                m
+            } else {
+                // Now on the last instruction of the previous line: back to its first.
+                let k = t.icount();
+                let line = line_of(t.replay());
+                let spk = sp(t.replay());
+                let before = t.reverse_step_until(ctl.cancel, ctl.progress, &mut |r| {
+                    line_of(r) != line && (!over_calls || sp(r) >= spk)
+                });
+                match before {
+                    Moved::Arrived if over_calls => t.next(ctl.cancel),
+                    Moved::Arrived => t.stepi(),
+                    Moved::Start => t.goto_icount(0),
+                    _ => {
+                        t.goto_icount(k);
+                        Moved::Arrived
+                    }
+                }
+            }
+        };
+        self.after_move(what, m);
     }
 
     // ----- commands -----
@@ -463,6 +517,8 @@ impl App {
             "s" | "step" => Some(Action::Step),
             "rs" | "reverse-step" => Some(Action::ReverseStep),
             "n" | "next" => Some(Action::Next),
+            "ni" | "nexti" => Some(Action::Nexti),
+            "rni" | "reverse-nexti" => Some(Action::ReverseNexti),
             "rn" | "reverse-next" => Some(Action::ReverseNext),
             "c" | "continue" => Some(Action::Continue),
             "rc" | "reverse-continue" => Some(Action::ReverseContinue),

@@ -112,7 +112,7 @@ pub fn render_pane(f: &mut Frame<'_>, app: &App, pane: Pane, area: Rect) {
         Pane::Disassembly => disassembly_lines(app, h),
         Pane::Source => source_lines(app, h),
         Pane::Events => event_lines(app, inner.width as usize, h),
-        Pane::Checkpoints => checkpoint_lines(app),
+        Pane::Checkpoints => checkpoint_lines(app, h),
         Pane::Console => {
             let text = String::from_utf8_lossy(app.replay().console()).into_owned();
             let all: Vec<&str> = text.lines().collect();
@@ -370,7 +370,7 @@ fn event_lines(app: &App, w: usize, h: usize) -> Vec<Line<'static>> {
     out
 }
 
-fn checkpoint_lines(app: &App) -> Vec<Line<'static>> {
+fn checkpoint_lines(app: &App, h: usize) -> Vec<Line<'static>> {
     let cps = app.timeline.checkpoints();
     let now = app.timeline.icount();
     let current = cps.iter().rposition(|c| c.icount <= now);
@@ -380,7 +380,13 @@ fn checkpoint_lines(app: &App) -> Vec<Line<'static>> {
         app.timeline.checkpoint_bytes() / 1024,
         app.timeline.budget() >> 20
     ))];
-    v.extend(cps.iter().enumerate().map(|(i, c)| {
+    // Keep the checkpoint in use in view.
+    let rows = h.saturating_sub(1).max(1);
+    let first = current
+        .unwrap_or(0)
+        .saturating_sub(rows / 2)
+        .min(cps.len().saturating_sub(rows));
+    v.extend(cps.iter().enumerate().skip(first).take(rows).map(|(i, c)| {
         let s = format!(
             "{}icount {:>10}  #{:<6} {:>7} KiB",
             if Some(i) == current { "→" } else { " " },

@@ -115,8 +115,31 @@ fn next_finish_and_step_move_and_report() {
     keys(&mut a, "S");
     assert!(a.timeline.icount() < before + 1000);
     assert_ne!(a.symbols.line(a.rip()), line, "reverse-step left the line");
+    // Back to the first instruction of the previous line: one more instruction back is
+    // on another line (or in a deeper frame).
+    let first = a.timeline.icount();
+    let line_s = a.symbols.line(a.rip());
+    let sp_s = a.regs().gpr[4];
+    keys(&mut a, "I");
+    assert!(
+        a.symbols.line(a.rip()) != line_s || a.regs().gpr[4] < sp_s,
+        "reverse-step stopped inside its line"
+    );
+    keys(&mut a, "i");
+    assert_eq!(a.timeline.icount(), first);
+    // next: another line, not in a deeper frame.
+    let line = a.symbols.line(a.rip());
+    let sp = a.regs().gpr[4];
     keys(&mut a, "n");
     assert_eq!(a.message, "next");
+    assert_ne!(a.symbols.line(a.rip()), line);
+    assert!(a.regs().gpr[4] >= sp);
+    let after_next = a.timeline.icount();
+    keys(&mut a, "N");
+    assert!(a.message.starts_with("reverse-next"), "{}", a.message);
+    assert!(a.timeline.icount() < after_next);
+    keys(&mut a, "o");
+    assert_eq!(a.message, "nexti");
     keys(&mut a, "f");
     assert!(a.message.starts_with("finish"), "{}", a.message);
     keys(&mut a, "F");
