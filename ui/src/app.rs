@@ -235,6 +235,15 @@ impl App {
         )
     }
 
+    /// The event under the events pane's cursor (the last applied one, moved by the
+    /// cursor keys).
+    pub fn selected_event(&self) -> Option<u64> {
+        let n = self.replay().events_consumed() as i64 - 1 + self.event_scroll;
+        (0..self.replay().events().len() as i64)
+            .contains(&n)
+            .then_some(n as u64)
+    }
+
     pub fn is_visible(&self, p: Pane) -> bool {
         !self.hidden[p.index()]
     }
@@ -266,6 +275,11 @@ impl App {
             Mode::Normal => {
                 if let Some(a) = self.keymap.action(&key) {
                     self.act(a, ctl);
+                } else if key.code == KeyCode::Enter && self.focus == Pane::Events {
+                    // Goto the event under the events cursor.
+                    if let Some(n) = self.selected_event() {
+                        self.moved(&format!("goto event {n}"), |t, _| t.goto_event(n), ctl);
+                    }
                 }
             }
         }

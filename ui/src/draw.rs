@@ -354,7 +354,10 @@ fn event_lines(app: &App, w: usize, h: usize) -> Vec<Line<'static>> {
             e.icount(),
             event_details(e)
         );
-        out.push(if n == consumed - 1 {
+        let selected = app.event_scroll != 0 && app.selected_event() == Some(n as u64);
+        out.push(if selected {
+            Line::styled(s, Style::default().add_modifier(Modifier::REVERSED))
+        } else if n == consumed - 1 {
             Line::styled(
                 s,
                 Style::default()

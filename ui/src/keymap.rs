@@ -136,7 +136,9 @@ impl Action {
             Action::FocusPrev => "focus the previous pane".into(),
             Action::Grow => "grow the focused pane".into(),
             Action::Shrink => "shrink the focused pane".into(),
-            Action::CursorUp => "move the cursor up (disassembly, events, memory)".into(),
+            Action::CursorUp => {
+                "move the cursor up (disassembly, events: enter goes there, memory)".into()
+            }
             Action::CursorDown => "move the cursor down".into(),
             Action::TogglePane(n) => format!(
                 "show or hide the {} pane",

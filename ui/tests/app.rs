@@ -185,3 +185,67 @@ fn panes_hide_focus_skips_hidden_ones_resize_help_and_quit() {
     keys(&mut a, "q");
     assert!(a.quit);
 }
+
+#[test]
+fn the_events_cursor_and_enter_goto_an_event() {
+    let mut a = app();
+    keys(&mut a, ":goto event 100");
+    key(&mut a, KeyCode::Enter);
+    while a.focus != Pane::Events {
+        key(&mut a, KeyCode::Tab);
+    }
+    keys(&mut a, "jjj");
+    assert_eq!(a.selected_event(), Some(103));
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.event_number(), Some(103));
+    assert_eq!(a.message, "goto event 103");
+    keys(&mut a, "kk");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.event_number(), Some(101));
+}
+
+#[test]
+fn a_cancelled_reverse_continue_reports_the_interruption_and_progress_is_reported() {
+    use krr_ui::MoveCtl;
+    use ratatui::crossterm::event::{KeyEvent, KeyModifiers};
+    use std::sync::atomic::AtomicBool;
+    let mut a = app();
+    keys(&mut a, ":break krr_agent_rdtsc");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, ":goto event 2000");
+    key(&mut a, KeyCode::Enter);
+    let here = a.timeline.icount();
+    let cancel = AtomicBool::new(true);
+    let mut seen = Vec::new();
+    let mut progress = |p: f64| seen.push(p);
+    let mut ctl = MoveCtl {
+        cancel: Some(&cancel),
+        progress: &mut progress,
+    };
+    a.press(
+        KeyEvent::new(KeyCode::Char('C'), KeyModifiers::NONE),
+        &mut ctl,
+    );
+    assert_eq!(a.message, "reverse-continue: interrupted");
+    let cancel = AtomicBool::new(false);
+    let mut seen = Vec::new();
+    let mut progress = |p: f64| seen.push(p);
+    let mut ctl = MoveCtl {
+        cancel: Some(&cancel),
+        progress: &mut progress,
+    };
+    a.timeline.goto_icount(here);
+    a.press(
+        KeyEvent::new(KeyCode::Char('C'), KeyModifiers::NONE),
+        &mut ctl,
+    );
+    assert!(
+        a.message.starts_with("reverse-continue: breakpoint"),
+        "{}",
+        a.message
+    );
+    assert!(
+        !seen.is_empty() && seen.iter().all(|p| (0.0..=1.0).contains(p)),
+        "{seen:?}"
+    );
+}
