@@ -366,6 +366,9 @@ impl App {
         match self.focus {
             Pane::Disassembly => {
                 let lines = self.disassembly(64);
+                if lines.is_empty() {
+                    return;
+                }
                 let at = self.cursor.unwrap_or(self.rip());
                 let i = lines.iter().position(|l| l.addr == at).unwrap_or(0) as i64;
                 let j = (i + by).clamp(0, lines.len() as i64 - 1);

@@ -307,6 +307,9 @@ const BARS: [char; 9] = [' ', '▁', '▂', '▃', '▄', '▅', '▆', '▇', '
 
 fn event_lines(app: &App, w: usize, h: usize) -> Vec<Line<'static>> {
     let mut out = Vec::new();
+    if w == 0 || h == 0 {
+        return out;
+    }
     // The density strip: events per column over the whole recording.
     let d = app.density(w.max(1));
     let max = d.iter().copied().max().unwrap_or(0).max(1);

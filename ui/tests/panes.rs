@@ -86,3 +86,16 @@ fn registers_changed_by_the_last_move_are_highlighted() {
         .unwrap() as u16;
     assert_ne!(buf[(1, 1 + unchanged)].fg, ratatui::style::Color::Red);
 }
+
+#[test]
+fn tiny_terminals_and_collapsed_panes_do_not_panic() {
+    let mut a = positioned();
+    for (w, h) in [(1, 1), (2, 3), (10, 4), (30, 8), (200, 3)] {
+        render(&a, None, w, h);
+        for p in PANES {
+            render(&a, Some(p), w, h);
+        }
+    }
+    keys(&mut a, "?");
+    render(&a, None, 5, 5);
+}
