@@ -124,6 +124,24 @@ fn step_reverse_step_goto_and_reverse_continue_to_a_breakpoint() {
         "the events pane marks the current event:\n{s}"
     );
 
+    // A source-line step forward, then back.
+    let icount_of = |status: &str| -> u64 {
+        status
+            .split("icount ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("icount in the status bar")
+    };
+    let at_event = icount_of(&t.status());
+    t.send(&["s"]);
+    t.wait_for("│ step");
+    let stepped = icount_of(&t.status());
+    assert!(stepped > at_event, "{}", t.status());
+    t.send(&["S"]);
+    t.wait_for("│ reverse-step");
+    assert!(icount_of(&t.status()) < stepped, "{}", t.status());
+
     // A breakpoint on a symbol, then reverse-continue to its last hit before here.
     t.send(&[":"]);
     t.type_text("break krr_agent_rdtsc");
