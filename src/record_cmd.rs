@@ -6,7 +6,7 @@ use krr_engine::trace::{FinishInfo, Header, RecordingWriter};
 use krr_recorder::{CounterChoice, EndReason, EventSink, RecordConfig, Recorder, RecorderError};
 use krr_ui::record::RecordMsg;
 use std::fs::File;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -195,7 +195,8 @@ pub fn run(args: RecordArgs) -> Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
-    let recorded = if args.headless {
+    // Without a terminal there is nothing to draw on: record headless.
+    let recorded = if args.headless || !std::io::stdout().is_terminal() {
         let echo = !args.quiet;
         record(&args, &stop, &mut |event| {
             if echo && let Event::Console(c) = event {
@@ -244,7 +245,7 @@ pub fn record_with_ui(args: &RecordArgs, stop: Arc<AtomicBool>) -> Result<Record
     let result = recorder
         .join()
         .map_err(|_| anyhow::anyhow!("the recorder thread panicked"))?;
-    ui.context("terminal")?;
+    ui.context("the recording view needs a terminal (or use --headless)")?;
     result
 }
 

@@ -119,7 +119,7 @@ pub fn tui(args: &ReplayArgs) -> Result<()> {
     if !message.is_empty() {
         app.message = message;
     }
-    krr_ui::run_in_terminal(app).context("terminal")
+    krr_ui::run_in_terminal(app).context("the terminal UI needs a terminal (or use --headless)")
 }
 
 pub fn run(args: ReplayArgs) -> Result<()> {

@@ -21,7 +21,7 @@ use std::time::Duration;
 /// Takes over the terminal (alternate screen, raw mode), runs the application, and
 /// restores the terminal, also on panic.
 pub fn run_in_terminal(app: App) -> std::io::Result<()> {
-    let mut terminal = ratatui::init();
+    let mut terminal = ratatui::try_init().inspect_err(|_| ratatui::restore())?;
     let result = run(&mut terminal, app);
     ratatui::restore();
     result

@@ -118,7 +118,7 @@ pub fn run_in_terminal(
     rx: Receiver<RecordMsg>,
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
-    let mut terminal = ratatui::init();
+    let mut terminal = ratatui::try_init().inspect_err(|_| ratatui::restore())?;
     let mut view = RecordView::new(title);
     let result = (|| -> std::io::Result<()> {
         loop {
