@@ -1,5 +1,6 @@
 //! krr-tui: record a guest under KVM, replay its kernel in a software CPU.
 
+mod gdb;
 mod info_cmd;
 mod record_cmd;
 mod replay_cmd;

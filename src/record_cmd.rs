@@ -10,6 +10,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Clone)]
 pub struct RecordArgs {
@@ -87,14 +88,25 @@ impl RecordArgs {
 struct TraceSink<'a> {
     writer: RecordingWriter<File>,
     observe: &'a mut dyn FnMut(&Event),
+    last_flush: Instant,
 }
+
+/// Longest time events stay buffered: what a crash or kill -9 can lose at most.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 
 impl EventSink for TraceSink<'_> {
     fn event(&mut self, event: Event) -> Result<(), RecorderError> {
         (self.observe)(&event);
         self.writer
             .push(event)
-            .map_err(|e| RecorderError::Sink(e.to_string()))
+            .map_err(|e| RecorderError::Sink(e.to_string()))?;
+        if self.last_flush.elapsed() >= FLUSH_INTERVAL {
+            self.last_flush = Instant::now();
+            self.writer
+                .flush_events()
+                .map_err(|e| RecorderError::Sink(e.to_string()))?;
+        }
+        Ok(())
     }
 }
 
@@ -153,7 +165,11 @@ pub fn record(
     writer.write_header(&header)?;
     writer.write_snapshot(&start.snapshot)?;
 
-    let mut sink = TraceSink { writer, observe };
+    let mut sink = TraceSink {
+        writer,
+        observe,
+        last_flush: Instant::now(),
+    };
     let outcome = recorder.run(&mut sink, stop);
     let (end_reason, kernel_instructions, duration_s) = match &outcome {
         Ok(o) => (

@@ -26,7 +26,8 @@ pub struct ReplayArgs {
     /// Stop right after this event is applied.
     #[arg(long, value_name = "EVENT")]
     pub goto: Option<u64>,
-    /// Serve the replay to gdb on this address (for example 127.0.0.1:1234).
+    /// Serve the replay to gdb on this address (for example 127.0.0.1:1234), headless,
+    /// until gdb detaches or kills it.
     #[arg(long, value_name = "ADDR")]
     pub gdb: Option<String>,
     /// Do not print the guest console.
@@ -123,8 +124,8 @@ pub fn tui(args: &ReplayArgs) -> Result<()> {
 }
 
 pub fn run(args: ReplayArgs) -> Result<()> {
-    if args.gdb.is_some() {
-        bail!("`--gdb` is not available yet: the gdb stub is still being built");
+    if let Some(addr) = &args.gdb {
+        return crate::gdb::serve(&args.file, addr);
     }
     if !args.headless {
         return tui(&args);

@@ -7,8 +7,18 @@
 //! * A `rep` string instruction counts per chunk of iterations ([`REP_CHUNK`]).
 //! * An interrupt is taken after `icount` instructions have retired: the event's icount
 //!   is the count before the first handler instruction.
-//! * `hlt` counts 1 when it executes; the wait does not count.
+//! * `hlt` counts 1 when it executes; the wait does not count. `in`, `out`, MMIO
+//!   accesses, `iretq`, `sysretq`, `swapgs` count 1 like any other instruction.
+//! * Entries from user mode (syscall, interrupt, exception delivery) do not count.
 //! * Ring-3 instructions never count (user mode is not replayed).
+//!
+//! ## Recordings without a counter
+//!
+//! A recorder without an instruction counter cannot know icounts. Its events' `icount`
+//! field then holds the ordinal of the deterministic exit (port access, MMIO access,
+//! `hlt`: exits that replay meets at the same instruction) at which the event was
+//! captured, counting from 1; the recording's machine configuration says which
+//! meaning applies (`CounterSourceKind::None`).
 //!
 //! ## KVM's `insn_emulation` statistic as a counter
 //!

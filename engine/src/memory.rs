@@ -247,9 +247,18 @@ impl GuestMemory {
         let Some(p) = &self.regions[r].pages[i] else {
             return Some(0);
         };
-        let mut b = [0u8; 8];
-        b[..size].copy_from_slice(&p[off..off + size]);
-        Some(u64::from_le_bytes(b))
+        // Fixed-size reads compile to single loads (no memcpy call).
+        Some(match size {
+            1 => p[off] as u64,
+            2 => u16::from_le_bytes([p[off], p[off + 1]]) as u64,
+            4 => u32::from_le_bytes(p[off..off + 4].try_into().ok()?) as u64,
+            8 => u64::from_le_bytes(p[off..off + 8].try_into().ok()?),
+            _ => {
+                let mut b = [0u8; 8];
+                b[..size].copy_from_slice(&p[off..off + size]);
+                u64::from_le_bytes(b)
+            }
+        })
     }
 
     /// Writes the low `size` bytes of `value` at `gpa` (within one page). Returns false if
@@ -260,7 +269,13 @@ impl GuestMemory {
         let off = (gpa & PAGE_MASK) as usize;
         match self.page_mut(gpa) {
             Some(p) => {
-                p[off..off + size].copy_from_slice(&value.to_le_bytes()[..size]);
+                match size {
+                    1 => p[off] = value as u8,
+                    2 => p[off..off + 2].copy_from_slice(&(value as u16).to_le_bytes()),
+                    4 => p[off..off + 4].copy_from_slice(&(value as u32).to_le_bytes()),
+                    8 => p[off..off + 8].copy_from_slice(&value.to_le_bytes()),
+                    _ => p[off..off + size].copy_from_slice(&value.to_le_bytes()[..size]),
+                }
                 true
             }
             None => false,

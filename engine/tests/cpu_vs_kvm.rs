@@ -3,7 +3,7 @@
 
 mod cpu_common;
 
-use cpu_common::kvm::{KvmExit, KvmMachine, available};
+use cpu_common::kvm::{KvmExit, KvmMachine, available, observed_cpuid};
 use cpu_common::*;
 use iced_x86::code_asm::*;
 use krr_engine::cpu::Exit;
@@ -23,7 +23,12 @@ fn compare_opts(name: &str, img: &Image, undefined: u64, check_count: bool) -> C
     compare_full(name, img, undefined, check_count, &|_| String::new())
 }
 
-fn compare_annotated(name: &str, img: &Image, undefined: u64, annotate: &dyn Fn(u64) -> String) -> Compared {
+fn compare_annotated(
+    name: &str,
+    img: &Image,
+    undefined: u64,
+    annotate: &dyn Fn(u64) -> String,
+) -> Compared {
     compare_full(name, img, undefined, true, annotate)
 }
 
@@ -35,11 +40,14 @@ fn compare_full(
     annotate: &dyn Fn(u64) -> String,
 ) -> Compared {
     let mut km = KvmMachine::new(img);
-    let cpuid = km.cpuid.clone();
+    let cpuid = observed_cpuid();
     let k = km.run(1000);
     let o = run_replay(img, &cpuid, 5_000_000);
     let ours_exit = match &o.exit {
-        Exit::PortOut { port, value, .. } => KvmExit::Out { port: *port, value: *value },
+        Exit::PortOut { port, value, .. } => KvmExit::Out {
+            port: *port,
+            value: *value,
+        },
         Exit::Hlt => KvmExit::Hlt,
         e => KvmExit::Other(format!("{e:?}")),
     };
@@ -62,12 +70,19 @@ fn compare_full(
         diffs.push(format!("rip: ours {:#x} kvm {:#x}", st.rip, k.state.rip));
     }
     if (st.rflags ^ k.state.rflags) & !undefined != 0 {
-        diffs.push(format!("rflags: ours {:#x} kvm {:#x}", st.rflags, k.state.rflags));
+        diffs.push(format!(
+            "rflags: ours {:#x} kvm {:#x}",
+            st.rflags, k.state.rflags
+        ));
     }
     if st.cr2 != k.state.cr2 {
         diffs.push(format!("cr2: ours {:#x} kvm {:#x}", st.cr2, k.state.cr2));
     }
-    for (a, b, n) in [(st.cr0, k.state.cr0, "cr0"), (st.cr3, k.state.cr3, "cr3"), (st.cr4, k.state.cr4, "cr4")] {
+    for (a, b, n) in [
+        (st.cr0, k.state.cr0, "cr0"),
+        (st.cr3, k.state.cr3, "cr3"),
+        (st.cr4, k.state.cr4, "cr4"),
+    ] {
         if a != b {
             diffs.push(format!("{n}: ours {a:#x} kvm {b:#x}"));
         }
@@ -91,16 +106,27 @@ fn compare_full(
                         let a = gpa as usize + off;
                         let ours = u64::from_le_bytes(page[off..off + 8].try_into().unwrap());
                         let kv = u64::from_le_bytes(k.ram[a..a + 8].try_into().unwrap());
-                        diffs.push(format!("memory at {a:#x}: ours {ours:#x} kvm {kv:#x} {}", annotate(a as u64)));
+                        diffs.push(format!(
+                            "memory at {a:#x}: ours {ours:#x} kvm {kv:#x} {}",
+                            annotate(a as u64)
+                        ));
                     }
                 }
             }
         }
     }
     if check_count && o.cpu.icount() != k.insn_delta {
-        diffs.push(format!("icount: ours {} kvm insn_emulation {}", o.cpu.icount(), k.insn_delta));
+        diffs.push(format!(
+            "icount: ours {} kvm insn_emulation {}",
+            o.cpu.icount(),
+            k.insn_delta
+        ));
     }
-    assert!(diffs.is_empty(), "{name}: replay CPU differs from KVM:\n  {}", diffs.join("\n  "));
+    assert!(
+        diffs.is_empty(),
+        "{name}: replay CPU differs from KVM:\n  {}",
+        diffs.join("\n  ")
+    );
     Compared {
         ours_icount: o.cpu.icount(),
         kvm_count: k.insn_delta,
@@ -156,10 +182,17 @@ fn rep_string_counts() {
                 img.ram[(DATA + i) as usize] = (i * 7 % 251) as u8;
             }
             let c = compare(&format!("rep kind {kind} n {n}"), &img, 0);
-            report.push(format!("kind {kind} rcx {n}: kvm {} ours {}", c.kvm_count, c.ours_icount));
+            report.push(format!(
+                "kind {kind} rcx {n}: kvm {} ours {}",
+                c.kvm_count, c.ours_icount
+            ));
             if kind < 2 {
                 // 4 setup instructions, the rep, the end marker.
-                assert_eq!(c.ours_icount, 5 + 1 + n.div_ceil(1024), "rep rule for rcx {n}");
+                assert_eq!(
+                    c.ours_icount,
+                    5 + 1 + n.div_ceil(1024),
+                    "rep rule for rcx {n}"
+                );
             }
         }
     }
@@ -299,7 +332,14 @@ impl Rng {
     fn value(&mut self) -> u64 {
         match self.below(8) {
             0 => self.pick(&[0, 1, u64::MAX, 0x7f, 0x80, 0xff, 0x7fff, 0x8000, 0xffff]),
-            1 => self.pick(&[0x7fff_ffff, 0x8000_0000, 0xffff_ffff, 0x1_0000_0000, 0x7fff_ffff_ffff_ffff, 0x8000_0000_0000_0000]),
+            1 => self.pick(&[
+                0x7fff_ffff,
+                0x8000_0000,
+                0xffff_ffff,
+                0x1_0000_0000,
+                0x7fff_ffff_ffff_ffff,
+                0x8000_0000_0000_0000,
+            ]),
             2 => self.below(64),
             3 => self.next() | 0x8000_0000_0000_0000,
             _ => self.next(),
@@ -318,42 +358,108 @@ fn i2(code: Code, a: Register, b: Register) -> Instruction {
 
 impl Program {
     fn new() -> Program {
-        let mut p = Program { ins: Vec::new(), blocks: Vec::new() };
-        p.ins.push(Instruction::with2(Code::Mov_r64_imm64, Register::R14, OUT).unwrap());
-        p.ins.push(Instruction::with2(Code::Mov_r64_imm64, Register::R12, SCRATCH).unwrap());
+        let mut p = Program {
+            ins: Vec::new(),
+            blocks: Vec::new(),
+        };
+        p.ins
+            .push(Instruction::with2(Code::Mov_r64_imm64, Register::R14, OUT).unwrap());
+        p.ins
+            .push(Instruction::with2(Code::Mov_r64_imm64, Register::R12, SCRATCH).unwrap());
         p
     }
 
     /// Appends one block: random registers, scratch memory and flags, the instructions
     /// under test, then every register and the flags (masked with `!undefined`) stored.
-    fn block(&mut self, rng: &mut Rng, body: &[Instruction], undefined: u64, setup: &dyn Fn(&mut Rng, &mut [u64; 10])) {
+    fn block(
+        &mut self,
+        rng: &mut Rng,
+        body: &[Instruction],
+        undefined: u64,
+        setup: &dyn Fn(&mut Rng, &mut [u64; 10]),
+    ) {
         let mut vals = [0u64; 10];
         for v in vals.iter_mut() {
             *v = rng.value();
         }
         setup(rng, &mut vals);
         for (r, v) in REGS64.iter().zip(vals) {
-            self.ins.push(Instruction::with2(Code::Mov_r64_imm64, *r, v).unwrap());
+            self.ins
+                .push(Instruction::with2(Code::Mov_r64_imm64, *r, v).unwrap());
         }
         let m = rng.value();
-        self.ins.push(Instruction::with2(Code::Mov_r64_imm64, Register::R15, m).unwrap());
-        self.ins.push(Instruction::with2(Code::Mov_rm64_r64, MemoryOperand::with_base(Register::R12), Register::R15).unwrap());
+        self.ins
+            .push(Instruction::with2(Code::Mov_r64_imm64, Register::R15, m).unwrap());
+        self.ins.push(
+            Instruction::with2(
+                Code::Mov_rm64_r64,
+                MemoryOperand::with_base(Register::R12),
+                Register::R15,
+            )
+            .unwrap(),
+        );
         let fl = (rng.next() & 0x8d5) as i32 | 2;
-        self.ins.push(Instruction::with1(Code::Pushq_imm32, fl).unwrap());
+        self.ins
+            .push(Instruction::with1(Code::Pushq_imm32, fl).unwrap());
         self.ins.push(Instruction::with(Code::Popfq));
         self.ins.extend_from_slice(body);
         self.ins.push(Instruction::with(Code::Pushfq));
-        self.ins.push(Instruction::with1(Code::Pop_r64, Register::R15).unwrap());
+        self.ins
+            .push(Instruction::with1(Code::Pop_r64, Register::R15).unwrap());
         // Erase the raw flags image left below the stack pointer.
-        self.ins.push(Instruction::with2(Code::Mov_rm64_imm32, MemoryOperand::with_base_displ(Register::RSP, -8), 0).unwrap());
-        self.ins.push(Instruction::with2(Code::And_rm64_imm32, Register::R15, !(undefined as i64) as i32).unwrap());
+        self.ins.push(
+            Instruction::with2(
+                Code::Mov_rm64_imm32,
+                MemoryOperand::with_base_displ(Register::RSP, -8),
+                0,
+            )
+            .unwrap(),
+        );
+        self.ins.push(
+            Instruction::with2(
+                Code::And_rm64_imm32,
+                Register::R15,
+                !(undefined as i64) as i32,
+            )
+            .unwrap(),
+        );
         for (i, r) in REGS64.iter().enumerate() {
-            self.ins.push(Instruction::with2(Code::Mov_rm64_r64, MemoryOperand::with_base_displ(Register::R14, 8 * i as i64), *r).unwrap());
+            self.ins.push(
+                Instruction::with2(
+                    Code::Mov_rm64_r64,
+                    MemoryOperand::with_base_displ(Register::R14, 8 * i as i64),
+                    *r,
+                )
+                .unwrap(),
+            );
         }
-        self.ins.push(Instruction::with2(Code::Mov_rm64_r64, MemoryOperand::with_base_displ(Register::R14, 80), Register::R15).unwrap());
-        self.ins.push(Instruction::with2(Code::Mov_r64_rm64, Register::R15, MemoryOperand::with_base(Register::R12)).unwrap());
-        self.ins.push(Instruction::with2(Code::Mov_rm64_r64, MemoryOperand::with_base_displ(Register::R14, 88), Register::R15).unwrap());
-        self.ins.push(Instruction::with2(Code::Add_rm64_imm8, Register::R14, BLOCK_OUT as i32).unwrap());
+        self.ins.push(
+            Instruction::with2(
+                Code::Mov_rm64_r64,
+                MemoryOperand::with_base_displ(Register::R14, 80),
+                Register::R15,
+            )
+            .unwrap(),
+        );
+        self.ins.push(
+            Instruction::with2(
+                Code::Mov_r64_rm64,
+                Register::R15,
+                MemoryOperand::with_base(Register::R12),
+            )
+            .unwrap(),
+        );
+        self.ins.push(
+            Instruction::with2(
+                Code::Mov_rm64_r64,
+                MemoryOperand::with_base_displ(Register::R14, 88),
+                Register::R15,
+            )
+            .unwrap(),
+        );
+        self.ins.push(
+            Instruction::with2(Code::Add_rm64_imm8, Register::R14, BLOCK_OUT as i32).unwrap(),
+        );
         let mut f = IntelFormatter::new();
         let mut text = String::new();
         for i in body {
@@ -362,7 +468,9 @@ impl Program {
             text += &s;
             text += "; ";
         }
-        self.blocks.push(format!("{text} (inputs {vals:x?}, mem {m:#x}, flags {fl:#x})"));
+        self.blocks.push(format!(
+            "{text} (inputs {vals:x?}, mem {m:#x}, flags {fl:#x})"
+        ));
     }
 
     fn image(&self) -> Image {
@@ -408,15 +516,56 @@ fn alu_codes(op: usize) -> [[Code; 4]; 3] {
     // [rm,r], [r,rm], [rm,imm] for sizes 1, 2, 4, 8.
     use Code::*;
     match op {
-        0 => [[Add_rm8_r8, Add_rm16_r16, Add_rm32_r32, Add_rm64_r64], [Add_r8_rm8, Add_r16_rm16, Add_r32_rm32, Add_r64_rm64], [Add_rm8_imm8, Add_rm16_imm16, Add_rm32_imm32, Add_rm64_imm32]],
-        1 => [[Or_rm8_r8, Or_rm16_r16, Or_rm32_r32, Or_rm64_r64], [Or_r8_rm8, Or_r16_rm16, Or_r32_rm32, Or_r64_rm64], [Or_rm8_imm8, Or_rm16_imm16, Or_rm32_imm32, Or_rm64_imm32]],
-        2 => [[Adc_rm8_r8, Adc_rm16_r16, Adc_rm32_r32, Adc_rm64_r64], [Adc_r8_rm8, Adc_r16_rm16, Adc_r32_rm32, Adc_r64_rm64], [Adc_rm8_imm8, Adc_rm16_imm16, Adc_rm32_imm32, Adc_rm64_imm32]],
-        3 => [[Sbb_rm8_r8, Sbb_rm16_r16, Sbb_rm32_r32, Sbb_rm64_r64], [Sbb_r8_rm8, Sbb_r16_rm16, Sbb_r32_rm32, Sbb_r64_rm64], [Sbb_rm8_imm8, Sbb_rm16_imm16, Sbb_rm32_imm32, Sbb_rm64_imm32]],
-        4 => [[And_rm8_r8, And_rm16_r16, And_rm32_r32, And_rm64_r64], [And_r8_rm8, And_r16_rm16, And_r32_rm32, And_r64_rm64], [And_rm8_imm8, And_rm16_imm16, And_rm32_imm32, And_rm64_imm32]],
-        5 => [[Sub_rm8_r8, Sub_rm16_r16, Sub_rm32_r32, Sub_rm64_r64], [Sub_r8_rm8, Sub_r16_rm16, Sub_r32_rm32, Sub_r64_rm64], [Sub_rm8_imm8, Sub_rm16_imm16, Sub_rm32_imm32, Sub_rm64_imm32]],
-        6 => [[Xor_rm8_r8, Xor_rm16_r16, Xor_rm32_r32, Xor_rm64_r64], [Xor_r8_rm8, Xor_r16_rm16, Xor_r32_rm32, Xor_r64_rm64], [Xor_rm8_imm8, Xor_rm16_imm16, Xor_rm32_imm32, Xor_rm64_imm32]],
-        7 => [[Cmp_rm8_r8, Cmp_rm16_r16, Cmp_rm32_r32, Cmp_rm64_r64], [Cmp_r8_rm8, Cmp_r16_rm16, Cmp_r32_rm32, Cmp_r64_rm64], [Cmp_rm8_imm8, Cmp_rm16_imm16, Cmp_rm32_imm32, Cmp_rm64_imm32]],
-        _ => [[Test_rm8_r8, Test_rm16_r16, Test_rm32_r32, Test_rm64_r64], [Test_rm8_r8, Test_rm16_r16, Test_rm32_r32, Test_rm64_r64], [Test_rm8_imm8, Test_rm16_imm16, Test_rm32_imm32, Test_rm64_imm32]],
+        0 => [
+            [Add_rm8_r8, Add_rm16_r16, Add_rm32_r32, Add_rm64_r64],
+            [Add_r8_rm8, Add_r16_rm16, Add_r32_rm32, Add_r64_rm64],
+            [Add_rm8_imm8, Add_rm16_imm16, Add_rm32_imm32, Add_rm64_imm32],
+        ],
+        1 => [
+            [Or_rm8_r8, Or_rm16_r16, Or_rm32_r32, Or_rm64_r64],
+            [Or_r8_rm8, Or_r16_rm16, Or_r32_rm32, Or_r64_rm64],
+            [Or_rm8_imm8, Or_rm16_imm16, Or_rm32_imm32, Or_rm64_imm32],
+        ],
+        2 => [
+            [Adc_rm8_r8, Adc_rm16_r16, Adc_rm32_r32, Adc_rm64_r64],
+            [Adc_r8_rm8, Adc_r16_rm16, Adc_r32_rm32, Adc_r64_rm64],
+            [Adc_rm8_imm8, Adc_rm16_imm16, Adc_rm32_imm32, Adc_rm64_imm32],
+        ],
+        3 => [
+            [Sbb_rm8_r8, Sbb_rm16_r16, Sbb_rm32_r32, Sbb_rm64_r64],
+            [Sbb_r8_rm8, Sbb_r16_rm16, Sbb_r32_rm32, Sbb_r64_rm64],
+            [Sbb_rm8_imm8, Sbb_rm16_imm16, Sbb_rm32_imm32, Sbb_rm64_imm32],
+        ],
+        4 => [
+            [And_rm8_r8, And_rm16_r16, And_rm32_r32, And_rm64_r64],
+            [And_r8_rm8, And_r16_rm16, And_r32_rm32, And_r64_rm64],
+            [And_rm8_imm8, And_rm16_imm16, And_rm32_imm32, And_rm64_imm32],
+        ],
+        5 => [
+            [Sub_rm8_r8, Sub_rm16_r16, Sub_rm32_r32, Sub_rm64_r64],
+            [Sub_r8_rm8, Sub_r16_rm16, Sub_r32_rm32, Sub_r64_rm64],
+            [Sub_rm8_imm8, Sub_rm16_imm16, Sub_rm32_imm32, Sub_rm64_imm32],
+        ],
+        6 => [
+            [Xor_rm8_r8, Xor_rm16_r16, Xor_rm32_r32, Xor_rm64_r64],
+            [Xor_r8_rm8, Xor_r16_rm16, Xor_r32_rm32, Xor_r64_rm64],
+            [Xor_rm8_imm8, Xor_rm16_imm16, Xor_rm32_imm32, Xor_rm64_imm32],
+        ],
+        7 => [
+            [Cmp_rm8_r8, Cmp_rm16_r16, Cmp_rm32_r32, Cmp_rm64_r64],
+            [Cmp_r8_rm8, Cmp_r16_rm16, Cmp_r32_rm32, Cmp_r64_rm64],
+            [Cmp_rm8_imm8, Cmp_rm16_imm16, Cmp_rm32_imm32, Cmp_rm64_imm32],
+        ],
+        _ => [
+            [Test_rm8_r8, Test_rm16_r16, Test_rm32_r32, Test_rm64_r64],
+            [Test_rm8_r8, Test_rm16_r16, Test_rm32_r32, Test_rm64_r64],
+            [
+                Test_rm8_imm8,
+                Test_rm16_imm16,
+                Test_rm32_imm32,
+                Test_rm64_imm32,
+            ],
+        ],
     }
 }
 
@@ -431,7 +580,13 @@ fn rm_operand(rng: &mut Rng, size: usize) -> Result<Register, MemoryOperand> {
     }
 }
 
-fn with_rm(code: Code, rm: Result<Register, MemoryOperand>, other: Option<Register>, imm: Option<i32>, rm_first: bool) -> Instruction {
+fn with_rm(
+    code: Code,
+    rm: Result<Register, MemoryOperand>,
+    other: Option<Register>,
+    imm: Option<i32>,
+    rm_first: bool,
+) -> Instruction {
     match (rm, other, imm) {
         (Ok(r), Some(o), _) if rm_first => i2(code, r, o),
         (Ok(r), Some(o), _) => i2(code, o, r),
@@ -454,6 +609,9 @@ fn imm_for(rng: &mut Rng, size: usize) -> i32 {
 }
 
 fn no_setup(_: &mut Rng, _: &mut [u64; 10]) {}
+
+/// Adjusts a block's random register values (indices into REGS64).
+type Setup = Box<dyn Fn(&mut Rng, &mut [u64; 10])>;
 
 const AF: u64 = 0x10;
 const OF: u64 = 0x800;
@@ -539,24 +697,42 @@ fn random_unary_and_shifts() {
             let kind = rng.below(4);
             // The destination must not be CL/RCX for the CL forms.
             let mut rm = rm_operand(&mut rng, size);
-            if let Ok(r) = rm {
-                if r.full_register() == Register::RCX {
-                    rm = Ok(sized(Register::RDX, size));
-                }
+            if let Ok(r) = rm
+                && r.full_register() == Register::RCX
+            {
+                rm = Ok(sized(Register::RDX, size));
             }
             let (ins, undefined) = match kind {
                 0 => (with_rm(rng.pick(&unary)[szi], rm, None, None, true), 0),
-                1 => (with_rm(rng.pick(&shifts_cl)[szi], rm, Some(Register::CL), None, true), OF | AF),
-                2 => (with_rm(rng.pick(&shifts_1)[szi], rm, None, Some(1), true), AF),
+                1 => (
+                    with_rm(
+                        rng.pick(&shifts_cl)[szi],
+                        rm,
+                        Some(Register::CL),
+                        None,
+                        true,
+                    ),
+                    OF,
+                ),
+                2 => (
+                    with_rm(rng.pick(&shifts_1)[szi], rm, None, Some(1), true),
+                    0,
+                ),
                 _ => {
-                    let c = rng.pick(&[0i32, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 200]);
-                    let u = if c == 1 { AF } else { OF | AF };
-                    (with_rm(rng.pick(&shifts_imm)[szi], rm, None, Some(c), true), u)
+                    let c =
+                        rng.pick(&[0i32, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 200]);
+                    let u = if c == 1 { 0 } else { OF };
+                    (
+                        with_rm(rng.pick(&shifts_imm)[szi], rm, None, Some(c), true),
+                        u,
+                    )
                 }
             };
             let setup = |rng: &mut Rng, v: &mut [u64; 10]| {
                 // RCX: shift counts around the interesting boundaries.
-                v[2] = rng.pick(&[0u64, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 0xff]);
+                v[2] = rng.pick(&[
+                    0u64, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 0xff,
+                ]);
             };
             p.block(&mut rng, &[ins], undefined, &setup);
         }
@@ -593,160 +769,250 @@ fn random_mul_div_bits() {
             let size = SIZES[szi];
             let s16 = 1 + rng.below(3) as usize; // 16/32/64 only
             let size16 = SIZES[s16];
-            let (body, undefined, setup): (Vec<Instruction>, u64, Box<dyn Fn(&mut Rng, &mut [u64; 10])>) =
-                match rng.below(9) {
-                    0 => {
-                        let code = rng.pick(&[[Mul_rm8, Mul_rm16, Mul_rm32, Mul_rm64], [Imul_rm8, Imul_rm16, Imul_rm32, Imul_rm64]])[szi];
-                        (vec![with_rm(code, rm_operand(&mut rng, size), None, None, true)], SF | ZF | AF | PF, Box::new(no_setup))
-                    }
-                    1 => {
-                        let r = sized(rng.pick(&REGS64), size16);
-                        let rm = rm_operand(&mut rng, size16);
-                        let ins = match rng.below(3) {
-                            0 => with_rm([Imul_r16_rm16, Imul_r32_rm32, Imul_r64_rm64][s16 - 1], rm, Some(r), None, false),
-                            1 => {
-                                let c = [Imul_r16_rm16_imm8, Imul_r32_rm32_imm8, Imul_r64_rm64_imm8][s16 - 1];
-                                let imm = rng.next() as i8 as i32;
-                                match rm {
-                                    Ok(x) => Instruction::with3(c, r, x, imm).unwrap(),
-                                    Err(m) => Instruction::with3(c, r, m, imm).unwrap(),
-                                }
-                            }
-                            _ => {
-                                let c = [Imul_r16_rm16_imm16, Imul_r32_rm32_imm32, Imul_r64_rm64_imm32][s16 - 1];
-                                let imm = imm_for(&mut rng, size16);
-                                match rm {
-                                    Ok(x) => Instruction::with3(c, r, x, imm).unwrap(),
-                                    Err(m) => Instruction::with3(c, r, m, imm).unwrap(),
-                                }
-                            }
-                        };
-                        (vec![ins], SF | ZF | AF | PF, Box::new(no_setup))
-                    }
-                    2 => {
-                        // div/idiv with a dividend whose quotient fits.
-                        let signed = rng.below(2) == 1;
-                        let (dix, dr) = other_reg(&mut rng);
-                        let code = if signed {
-                            [Idiv_rm8, Idiv_rm16, Idiv_rm32, Idiv_rm64][szi]
-                        } else {
-                            [Div_rm8, Div_rm16, Div_rm32, Div_rm64][szi]
-                        };
-                        let setup = move |rng: &mut Rng, v: &mut [u64; 10]| {
-                            let m = if size == 8 { u64::MAX } else { (1u64 << (size * 8)) - 1 };
-                            let mut d = v[dix] & m;
-                            if d == 0 || (signed && d == m) {
-                                d = 3;
-                            }
-                            v[dix] = (v[dix] & !m) | d;
-                            let bits = size as u32 * 8;
-                            if signed {
-                                // High half = sign extension of a half-size value: the
-                                // quotient always fits.
-                                let lo = v[0] & m;
-                                let small = ((lo << (64 - bits)) as i64 >> (64 - bits + bits / 2)) as u64;
-                                let (hi_part, lo_part) = ((small as i64 >> 63) as u64 & m, small & m);
-                                if size == 1 {
-                                    v[0] = (v[0] & !0xffff) | ((hi_part & 0xff) << 8) | (lo_part & 0xff);
-                                } else {
-                                    v[0] = (v[0] & !m) | lo_part;
-                                    v[3] = (v[3] & !m) | hi_part;
-                                }
-                            } else if size == 1 {
-                                let ahv = (rng.next() % d) & 0xff;
-                                v[0] = (v[0] & !0xff00) | (ahv << 8);
-                            } else {
-                                v[3] = (v[3] & !m) | (rng.next() % d);
-                            }
-                        };
-                        let ins = Instruction::with1(code, sized(dr, size)).unwrap();
-                        (vec![ins], 0x8d5, Box::new(setup))
-                    }
-                    3 => {
-                        // bt/bts/btr/btc with register, immediate and memory operands.
-                        let group = rng.below(4) as usize;
-                        let rcodes = [[Bt_rm16_r16, Bt_rm32_r32, Bt_rm64_r64], [Bts_rm16_r16, Bts_rm32_r32, Bts_rm64_r64], [Btr_rm16_r16, Btr_rm32_r32, Btr_rm64_r64], [Btc_rm16_r16, Btc_rm32_r32, Btc_rm64_r64]];
-                        let icodes = [[Bt_rm16_imm8, Bt_rm32_imm8, Bt_rm64_imm8], [Bts_rm16_imm8, Bts_rm32_imm8, Bts_rm64_imm8], [Btr_rm16_imm8, Btr_rm32_imm8, Btr_rm64_imm8], [Btc_rm16_imm8, Btc_rm32_imm8, Btc_rm64_imm8]];
-                        let rm = rm_operand(&mut rng, size16);
-                        let (oi, or) = other_reg(&mut rng);
-                        let ins = if rng.below(2) == 0 {
-                            let rm = match rm {
-                                Ok(r) if r.full_register() == or => Ok(sized(Register::RAX, size16)),
-                                x => x,
-                            };
-                            with_rm(rcodes[group][s16 - 1], rm, Some(sized(or, size16)), None, true)
-                        } else {
-                            with_rm(icodes[group][s16 - 1], rm, None, Some(rng.below(256) as i32), true)
-                        };
-                        let setup = move |rng: &mut Rng, v: &mut [u64; 10]| {
-                            // Bit offsets reaching a few bytes around the operand.
-                            v[oi] = (rng.below(384) as i64 - 128) as u64;
-                        };
-                        (vec![ins], OF | SF | AF | PF, Box::new(setup))
-                    }
-                    4 => {
-                        let code = rng.pick(&[[Bsf_r16_rm16, Bsf_r32_rm32, Bsf_r64_rm64], [Bsr_r16_rm16, Bsr_r32_rm32, Bsr_r64_rm64], [Lzcnt_r16_rm16, Lzcnt_r32_rm32, Lzcnt_r64_rm64], [Tzcnt_r16_rm16, Tzcnt_r32_rm32, Tzcnt_r64_rm64]])[s16 - 1];
-                        let (si_, sr) = other_reg(&mut rng);
-                        let dst = sized(rng.pick(&REGS64), size16);
-                        let zero = rng.below(3) == 0;
-                        let setup = move |_: &mut Rng, v: &mut [u64; 10]| {
-                            if zero {
-                                v[si_] = 0;
-                            }
-                        };
-                        (vec![i2(code, dst, sized(sr, size16))], CF | OF | SF | AF | PF, Box::new(setup))
-                    }
-                    5 => {
-                        let r = rng.pick(&REGS64);
-                        let ins = if rng.below(2) == 0 {
-                            Instruction::with1(Bswap_r64, r).unwrap()
-                        } else {
-                            Instruction::with1(Bswap_r32, sized(r, 4)).unwrap()
-                        };
-                        (vec![ins], 0, Box::new(no_setup))
-                    }
-                    6 => {
-                        let cc = rng.below(16) as usize;
-                        let ins = if rng.below(2) == 0 {
-                            let rm = rm_operand(&mut rng, size16);
-                            with_rm(code_at(Cmovo_r16_rm16, cc * 3 + s16 - 1), rm, Some(sized(rng.pick(&REGS64), size16)), None, false)
-                        } else {
-                            with_rm(code_at(Seto_rm8, cc), rm_operand(&mut rng, 1), None, None, true)
-                        };
-                        (vec![ins], 0, Box::new(no_setup))
-                    }
-                    7 => {
-                        let codes = [Movzx_r16_rm8, Movzx_r32_rm8, Movzx_r64_rm8, Movzx_r32_rm16, Movzx_r64_rm16, Movsx_r16_rm8, Movsx_r32_rm8, Movsx_r64_rm8, Movsx_r32_rm16, Movsx_r64_rm16, Movsxd_r64_rm32];
-                        let dsz = [2, 4, 8, 4, 8, 2, 4, 8, 4, 8, 8];
-                        let ssz = [1, 1, 1, 2, 2, 1, 1, 1, 2, 2, 4];
-                        let k = rng.below(codes.len() as u64) as usize;
-                        let rm = rm_operand(&mut rng, ssz[k]);
-                        let ins = with_rm(codes[k], rm, Some(sized(rng.pick(&REGS64), dsz[k])), None, false);
-                        (vec![ins], 0, Box::new(no_setup))
-                    }
-                    _ => {
-                        let code = rng.pick(&[[Shld_rm16_r16_CL, Shld_rm32_r32_CL, Shld_rm64_r64_CL], [Shrd_rm16_r16_CL, Shrd_rm32_r32_CL, Shrd_rm64_r64_CL]])[s16 - 1];
-                        let mut rm = rm_operand(&mut rng, size16);
-                        if let Ok(r) = rm {
-                            if r.full_register() == Register::RCX {
-                                rm = Ok(sized(Register::RDX, size16));
+            let (body, undefined, setup): (Vec<Instruction>, u64, Setup) = match rng.below(9) {
+                0 => {
+                    let code = rng.pick(&[
+                        [Mul_rm8, Mul_rm16, Mul_rm32, Mul_rm64],
+                        [Imul_rm8, Imul_rm16, Imul_rm32, Imul_rm64],
+                    ])[szi];
+                    (
+                        vec![with_rm(code, rm_operand(&mut rng, size), None, None, true)],
+                        SF | ZF | AF | PF,
+                        Box::new(no_setup),
+                    )
+                }
+                1 => {
+                    let r = sized(rng.pick(&REGS64), size16);
+                    let rm = rm_operand(&mut rng, size16);
+                    let ins = match rng.below(3) {
+                        0 => with_rm(
+                            [Imul_r16_rm16, Imul_r32_rm32, Imul_r64_rm64][s16 - 1],
+                            rm,
+                            Some(r),
+                            None,
+                            false,
+                        ),
+                        1 => {
+                            let c = [Imul_r16_rm16_imm8, Imul_r32_rm32_imm8, Imul_r64_rm64_imm8]
+                                [s16 - 1];
+                            let imm = rng.next() as i8 as i32;
+                            match rm {
+                                Ok(x) => Instruction::with3(c, r, x, imm).unwrap(),
+                                Err(m) => Instruction::with3(c, r, m, imm).unwrap(),
                             }
                         }
-                        let src = sized(rng.pick(&[Register::RBX, Register::RSI, Register::R8]), size16);
-                        let ins = match rm {
-                            Ok(r) => Instruction::with3(code, r, src, Register::CL).unwrap(),
-                            Err(m) => Instruction::with3(code, m, src, Register::CL).unwrap(),
+                        _ => {
+                            let c = [
+                                Imul_r16_rm16_imm16,
+                                Imul_r32_rm32_imm32,
+                                Imul_r64_rm64_imm32,
+                            ][s16 - 1];
+                            let imm = imm_for(&mut rng, size16);
+                            match rm {
+                                Ok(x) => Instruction::with3(c, r, x, imm).unwrap(),
+                                Err(m) => Instruction::with3(c, r, m, imm).unwrap(),
+                            }
+                        }
+                    };
+                    (vec![ins], SF | ZF | AF | PF, Box::new(no_setup))
+                }
+                2 => {
+                    // div/idiv with a dividend whose quotient fits.
+                    let signed = rng.below(2) == 1;
+                    let (dix, dr) = other_reg(&mut rng);
+                    let code = if signed {
+                        [Idiv_rm8, Idiv_rm16, Idiv_rm32, Idiv_rm64][szi]
+                    } else {
+                        [Div_rm8, Div_rm16, Div_rm32, Div_rm64][szi]
+                    };
+                    let setup = move |rng: &mut Rng, v: &mut [u64; 10]| {
+                        let m = if size == 8 {
+                            u64::MAX
+                        } else {
+                            (1u64 << (size * 8)) - 1
                         };
-                        let setup = |rng: &mut Rng, v: &mut [u64; 10]| {
-                            v[2] = rng.pick(&[0u64, 1, 2, 8, 15, 16, 17, 31, 32, 33, 63]);
+                        let mut d = v[dix] & m;
+                        if d == 0 || (signed && d == m) {
+                            d = 3;
+                        }
+                        v[dix] = (v[dix] & !m) | d;
+                        let bits = size as u32 * 8;
+                        if signed {
+                            // High half = sign extension of a half-size value: the
+                            // quotient always fits.
+                            let lo = v[0] & m;
+                            let small =
+                                ((lo << (64 - bits)) as i64 >> (64 - bits + bits / 2)) as u64;
+                            let (hi_part, lo_part) = ((small as i64 >> 63) as u64 & m, small & m);
+                            if size == 1 {
+                                v[0] =
+                                    (v[0] & !0xffff) | ((hi_part & 0xff) << 8) | (lo_part & 0xff);
+                            } else {
+                                v[0] = (v[0] & !m) | lo_part;
+                                v[3] = (v[3] & !m) | hi_part;
+                            }
+                        } else if size == 1 {
+                            let ahv = (rng.next() % d) & 0xff;
+                            v[0] = (v[0] & !0xff00) | (ahv << 8);
+                        } else {
+                            v[3] = (v[3] & !m) | (rng.next() % d);
+                        }
+                    };
+                    let ins = Instruction::with1(code, sized(dr, size)).unwrap();
+                    (vec![ins], 0x8d5, Box::new(setup))
+                }
+                3 => {
+                    // bt/bts/btr/btc with register, immediate and memory operands.
+                    let group = rng.below(4) as usize;
+                    let rcodes = [
+                        [Bt_rm16_r16, Bt_rm32_r32, Bt_rm64_r64],
+                        [Bts_rm16_r16, Bts_rm32_r32, Bts_rm64_r64],
+                        [Btr_rm16_r16, Btr_rm32_r32, Btr_rm64_r64],
+                        [Btc_rm16_r16, Btc_rm32_r32, Btc_rm64_r64],
+                    ];
+                    let icodes = [
+                        [Bt_rm16_imm8, Bt_rm32_imm8, Bt_rm64_imm8],
+                        [Bts_rm16_imm8, Bts_rm32_imm8, Bts_rm64_imm8],
+                        [Btr_rm16_imm8, Btr_rm32_imm8, Btr_rm64_imm8],
+                        [Btc_rm16_imm8, Btc_rm32_imm8, Btc_rm64_imm8],
+                    ];
+                    let rm = rm_operand(&mut rng, size16);
+                    let (oi, or) = other_reg(&mut rng);
+                    let ins = if rng.below(2) == 0 {
+                        let rm = match rm {
+                            Ok(r) if r.full_register() == or => Ok(sized(Register::RAX, size16)),
+                            x => x,
                         };
-                        // OF is undefined for counts other than 1; results and CF for
-                        // 16-bit counts above 16 are undefined as well (the result is
-                        // modelled on Intel; its CF is not).
-                        let u = if size16 == 2 { OF | AF | CF } else { OF | AF };
-                        (vec![ins], u, Box::new(setup))
+                        with_rm(
+                            rcodes[group][s16 - 1],
+                            rm,
+                            Some(sized(or, size16)),
+                            None,
+                            true,
+                        )
+                    } else {
+                        with_rm(
+                            icodes[group][s16 - 1],
+                            rm,
+                            None,
+                            Some(rng.below(256) as i32),
+                            true,
+                        )
+                    };
+                    let setup = move |rng: &mut Rng, v: &mut [u64; 10]| {
+                        // Bit offsets reaching a few bytes around the operand.
+                        v[oi] = (rng.below(384) as i64 - 128) as u64;
+                    };
+                    (vec![ins], OF | SF | AF | PF, Box::new(setup))
+                }
+                4 => {
+                    let code = rng.pick(&[
+                        [Bsf_r16_rm16, Bsf_r32_rm32, Bsf_r64_rm64],
+                        [Bsr_r16_rm16, Bsr_r32_rm32, Bsr_r64_rm64],
+                        [Lzcnt_r16_rm16, Lzcnt_r32_rm32, Lzcnt_r64_rm64],
+                        [Tzcnt_r16_rm16, Tzcnt_r32_rm32, Tzcnt_r64_rm64],
+                    ])[s16 - 1];
+                    let (si_, sr) = other_reg(&mut rng);
+                    let dst = sized(rng.pick(&REGS64), size16);
+                    let zero = rng.below(3) == 0;
+                    let setup = move |_: &mut Rng, v: &mut [u64; 10]| {
+                        if zero {
+                            v[si_] = 0;
+                        }
+                    };
+                    (
+                        vec![i2(code, dst, sized(sr, size16))],
+                        CF | OF | SF | AF | PF,
+                        Box::new(setup),
+                    )
+                }
+                5 => {
+                    let r = rng.pick(&REGS64);
+                    let ins = if rng.below(2) == 0 {
+                        Instruction::with1(Bswap_r64, r).unwrap()
+                    } else {
+                        Instruction::with1(Bswap_r32, sized(r, 4)).unwrap()
+                    };
+                    (vec![ins], 0, Box::new(no_setup))
+                }
+                6 => {
+                    let cc = rng.below(16) as usize;
+                    let ins = if rng.below(2) == 0 {
+                        let rm = rm_operand(&mut rng, size16);
+                        with_rm(
+                            code_at(Cmovo_r16_rm16, cc * 3 + s16 - 1),
+                            rm,
+                            Some(sized(rng.pick(&REGS64), size16)),
+                            None,
+                            false,
+                        )
+                    } else {
+                        with_rm(
+                            code_at(Seto_rm8, cc),
+                            rm_operand(&mut rng, 1),
+                            None,
+                            None,
+                            true,
+                        )
+                    };
+                    (vec![ins], 0, Box::new(no_setup))
+                }
+                7 => {
+                    let codes = [
+                        Movzx_r16_rm8,
+                        Movzx_r32_rm8,
+                        Movzx_r64_rm8,
+                        Movzx_r32_rm16,
+                        Movzx_r64_rm16,
+                        Movsx_r16_rm8,
+                        Movsx_r32_rm8,
+                        Movsx_r64_rm8,
+                        Movsx_r32_rm16,
+                        Movsx_r64_rm16,
+                        Movsxd_r64_rm32,
+                    ];
+                    let dsz = [2, 4, 8, 4, 8, 2, 4, 8, 4, 8, 8];
+                    let ssz = [1, 1, 1, 2, 2, 1, 1, 1, 2, 2, 4];
+                    let k = rng.below(codes.len() as u64) as usize;
+                    let rm = rm_operand(&mut rng, ssz[k]);
+                    let ins = with_rm(
+                        codes[k],
+                        rm,
+                        Some(sized(rng.pick(&REGS64), dsz[k])),
+                        None,
+                        false,
+                    );
+                    (vec![ins], 0, Box::new(no_setup))
+                }
+                _ => {
+                    let code = rng.pick(&[
+                        [Shld_rm16_r16_CL, Shld_rm32_r32_CL, Shld_rm64_r64_CL],
+                        [Shrd_rm16_r16_CL, Shrd_rm32_r32_CL, Shrd_rm64_r64_CL],
+                    ])[s16 - 1];
+                    let mut rm = rm_operand(&mut rng, size16);
+                    if let Ok(r) = rm
+                        && r.full_register() == Register::RCX
+                    {
+                        rm = Ok(sized(Register::RDX, size16));
                     }
-                };
+                    let src = sized(
+                        rng.pick(&[Register::RBX, Register::RSI, Register::R8]),
+                        size16,
+                    );
+                    let ins = match rm {
+                        Ok(r) => Instruction::with3(code, r, src, Register::CL).unwrap(),
+                        Err(m) => Instruction::with3(code, m, src, Register::CL).unwrap(),
+                    };
+                    let setup = |rng: &mut Rng, v: &mut [u64; 10]| {
+                        v[2] = rng.pick(&[0u64, 1, 2, 8, 15, 16, 17, 31, 32, 33, 63]);
+                    };
+                    // OF is undefined for counts other than 1; results and CF for
+                    // 16-bit counts above 16 are undefined as well (the result is
+                    // modelled on Intel; its CF is not).
+                    let u = if size16 == 2 { OF | AF | CF } else { OF | AF };
+                    (vec![ins], u, Box::new(setup))
+                }
+            };
             p.block(&mut rng, &body, undefined, &*setup);
         }
         p.check(&format!("mul/div/bits seed {seed}"));
@@ -767,8 +1033,23 @@ fn random_moves_and_exchanges() {
             let size = SIZES[szi];
             let body: Vec<Instruction> = match rng.below(7) {
                 0 => {
-                    let code = rng.pick(&[[Xchg_rm8_r8, Xchg_rm16_r16, Xchg_rm32_r32, Xchg_rm64_r64], [Xadd_rm8_r8, Xadd_rm16_r16, Xadd_rm32_r32, Xadd_rm64_r64], [Cmpxchg_rm8_r8, Cmpxchg_rm16_r16, Cmpxchg_rm32_r32, Cmpxchg_rm64_r64]])[szi];
-                    let mut ins = with_rm(code, rm_operand(&mut rng, size), Some(sized(rng.pick(&REGS64), size)), None, true);
+                    let code = rng.pick(&[
+                        [Xchg_rm8_r8, Xchg_rm16_r16, Xchg_rm32_r32, Xchg_rm64_r64],
+                        [Xadd_rm8_r8, Xadd_rm16_r16, Xadd_rm32_r32, Xadd_rm64_r64],
+                        [
+                            Cmpxchg_rm8_r8,
+                            Cmpxchg_rm16_r16,
+                            Cmpxchg_rm32_r32,
+                            Cmpxchg_rm64_r64,
+                        ],
+                    ])[szi];
+                    let mut ins = with_rm(
+                        code,
+                        rm_operand(&mut rng, size),
+                        Some(sized(rng.pick(&REGS64), size)),
+                        None,
+                        true,
+                    );
                     if ins.op0_kind() == iced_x86::OpKind::Memory && rng.below(2) == 0 {
                         ins.set_has_lock_prefix(true);
                     }
@@ -776,19 +1057,37 @@ fn random_moves_and_exchanges() {
                 }
                 1 => {
                     // cmpxchg that succeeds: the accumulator equals the destination.
-                    let code = [Cmpxchg_rm8_r8, Cmpxchg_rm16_r16, Cmpxchg_rm32_r32, Cmpxchg_rm64_r64][szi];
-                    let d = sized(rng.pick(&[Register::RBX, Register::RSI, Register::R9]), size);
+                    let code = [
+                        Cmpxchg_rm8_r8,
+                        Cmpxchg_rm16_r16,
+                        Cmpxchg_rm32_r32,
+                        Cmpxchg_rm64_r64,
+                    ][szi];
+                    let d = sized(
+                        rng.pick(&[Register::RBX, Register::RSI, Register::R9]),
+                        size,
+                    );
                     let s = sized(rng.pick(&[Register::RDI, Register::R10]), size);
-                    vec![i2(Mov_r64_rm64, Register::RAX, d.full_register()), i2(code, d, s)]
+                    vec![
+                        i2(Mov_r64_rm64, Register::RAX, d.full_register()),
+                        i2(code, d, s),
+                    ]
                 }
-                2 => vec![Instruction::with(rng.pick(&[Cbw, Cwde, Cdqe, Cwd, Cdq, Cqo, Lahf, Sahf, Clc, Stc, Cmc]))],
+                2 => vec![Instruction::with(rng.pick(&[
+                    Cbw, Cwde, Cdqe, Cwd, Cdq, Cqo, Lahf, Sahf, Clc, Stc, Cmc,
+                ]))],
                 3 => {
                     // lea with base, index, scale and displacement, 32- and 64-bit.
                     let base = rng.pick(&REGS64);
-                    let index = rng.pick(&[Register::RBX, Register::RSI, Register::R8, Register::R11]);
+                    let index =
+                        rng.pick(&[Register::RBX, Register::RSI, Register::R8, Register::R11]);
                     let scale = rng.pick(&[1u32, 2, 4, 8]);
                     let disp = rng.next() as i32 as i64;
-                    let (b, i, dsz) = if rng.below(3) == 0 { (sized(base, 4), sized(index, 4), 4) } else { (base, index, 8) };
+                    let (b, i, dsz) = if rng.below(3) == 0 {
+                        (sized(base, 4), sized(index, 4), 4)
+                    } else {
+                        (base, index, 8)
+                    };
                     let m = MemoryOperand::with_base_index_scale_displ_size(b, i, scale, disp, dsz);
                     let code = rng.pick(&[Lea_r16_m, Lea_r32_m, Lea_r64_m]);
                     let dsz = match code {
@@ -803,10 +1102,24 @@ fn random_moves_and_exchanges() {
                     let r = rng.pick(&REGS64);
                     let r2 = rng.pick(&REGS64);
                     match rng.below(4) {
-                        0 => vec![Instruction::with1(Push_r64, r).unwrap(), Instruction::with1(Pop_r64, r2).unwrap()],
-                        1 => vec![Instruction::with1(Push_rm64, MemoryOperand::with_base(Register::R12)).unwrap(), Instruction::with1(Pop_r64, r2).unwrap()],
-                        2 => vec![Instruction::with1(Pushq_imm32, rng.next() as i32).unwrap(), Instruction::with1(Pop_rm64, MemoryOperand::with_base(Register::R12)).unwrap()],
-                        _ => vec![Instruction::with1(Push_r16, sized(r, 2)).unwrap(), Instruction::with1(Pop_r16, sized(r2, 2)).unwrap()],
+                        0 => vec![
+                            Instruction::with1(Push_r64, r).unwrap(),
+                            Instruction::with1(Pop_r64, r2).unwrap(),
+                        ],
+                        1 => vec![
+                            Instruction::with1(Push_rm64, MemoryOperand::with_base(Register::R12))
+                                .unwrap(),
+                            Instruction::with1(Pop_r64, r2).unwrap(),
+                        ],
+                        2 => vec![
+                            Instruction::with1(Pushq_imm32, rng.next() as i32).unwrap(),
+                            Instruction::with1(Pop_rm64, MemoryOperand::with_base(Register::R12))
+                                .unwrap(),
+                        ],
+                        _ => vec![
+                            Instruction::with1(Push_r16, sized(r, 2)).unwrap(),
+                            Instruction::with1(Pop_r16, sized(r2, 2)).unwrap(),
+                        ],
                     }
                 }
                 5 => {
@@ -836,4 +1149,456 @@ fn random_moves_and_exchanges() {
         }
         p.check(&format!("moves seed {seed}"));
     }
+}
+
+// ---------------------------------------------------------------------------------
+// Control flow, system instructions, exceptions and paging.
+
+fn scenario(name: &str, build: impl FnOnce(&mut Image, &mut CodeAssembler)) {
+    let mut img = image();
+    let mut a = asm();
+    build(&mut img, &mut a);
+    img.load_code(&mut a);
+    compare(name, &img, 0);
+}
+
+#[test]
+fn control_flow() {
+    if !available() {
+        return;
+    }
+    scenario("call/ret/jcc/loop", |_, a| {
+        let mut func = a.create_label();
+        let mut top = a.create_label();
+        let mut skip = a.create_label();
+        let mut done = a.create_label();
+        a.mov(rcx, 10u64).unwrap();
+        a.xor(eax, eax).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.call(func).unwrap();
+        a.cmp(eax, 30i32).unwrap();
+        a.jg(skip).unwrap();
+        a.add(eax, 1i32).unwrap();
+        a.set_label(&mut skip).unwrap();
+        a.loop_(top).unwrap();
+        a.mov(rcx, 3u64).unwrap();
+        let mut l2 = a.create_label();
+        a.set_label(&mut l2).unwrap();
+        a.dec(rcx).unwrap();
+        a.jrcxz(done).unwrap();
+        a.jmp(l2).unwrap();
+        a.set_label(&mut done).unwrap();
+        a.lea(rbx, ptr(func)).unwrap();
+        a.call(rbx).unwrap();
+        a.push(rbx).unwrap();
+        a.call(qword_ptr(rsp)).unwrap();
+        a.pop(rdx).unwrap();
+        end(a);
+        a.set_label(&mut func).unwrap();
+        a.enter(32u32, 0u32).unwrap();
+        a.mov(qword_ptr(rbp - 8), rax).unwrap();
+        a.add(eax, 2i32).unwrap();
+        a.leave().unwrap();
+        a.ret_1(8u32).unwrap();
+    });
+    scenario("strings and direction flag", |img, a| {
+        for i in 0..64u64 {
+            img.ram[(DATA + i) as usize] = i as u8 ^ 0x5a;
+        }
+        a.mov(rsi, DATA).unwrap();
+        a.mov(rdi, DATA + 0x100).unwrap();
+        a.movsq().unwrap();
+        a.movsb().unwrap();
+        a.lodsd().unwrap();
+        a.mov(eax, 0x99u32).unwrap();
+        a.stosw().unwrap();
+        a.std().unwrap();
+        a.movsd().unwrap();
+        a.scasb().unwrap();
+        a.cmpsw().unwrap();
+        a.cld().unwrap();
+        a.mov(rcx, 20u64).unwrap();
+        a.mov(rsi, DATA).unwrap();
+        a.mov(rdi, DATA + 0x200).unwrap();
+        a.rep().movsd().unwrap();
+        a.mov(rcx, 20u64).unwrap();
+        a.mov(rdi, DATA + 0x200).unwrap();
+        a.mov(al, 0x5eu32).unwrap();
+        a.repne().scasb().unwrap();
+        a.mov(rbx, DATA).unwrap();
+        a.mov(al, 5u32).unwrap();
+        a.xlatb().unwrap();
+        end(a);
+    });
+}
+
+#[test]
+fn system_instructions() {
+    if !available() {
+        return;
+    }
+    scenario("descriptor tables, segments, msrs, cpuid, ports", |_, a| {
+        a.sgdt(ptr(DATA)).unwrap();
+        a.sidt(ptr(DATA + 0x10)).unwrap();
+        a.lgdt(ptr(DATA)).unwrap();
+        a.lidt(ptr(DATA + 0x10)).unwrap();
+        a.str(ax).unwrap();
+        a.mov(word_ptr(DATA + 0x20), ax).unwrap();
+        a.mov(eax, KERNEL_DS as u32).unwrap();
+        a.mov(ds, eax).unwrap();
+        a.mov(es, eax).unwrap();
+        a.mov(ss, eax).unwrap();
+        a.mov(fs, eax).unwrap();
+        a.mov(ebx, ds).unwrap();
+        a.xor(eax, eax).unwrap();
+        a.mov(gs, eax).unwrap();
+        // MSRs.
+        a.mov(ecx, 0xc000_0100u32).unwrap();
+        a.mov(eax, 0x1000u32).unwrap();
+        a.mov(edx, 0xffff_8000u32).unwrap();
+        a.wrmsr().unwrap();
+        a.mov(ecx, 0xc000_0102u32).unwrap();
+        a.mov(eax, 0x2000u32).unwrap();
+        a.xor(edx, edx).unwrap();
+        a.wrmsr().unwrap();
+        a.swapgs().unwrap();
+        a.mov(ecx, 0xc000_0101u32).unwrap();
+        a.rdmsr().unwrap();
+        a.mov(r8, rax).unwrap();
+        a.mov(ecx, 0xc000_0080u32).unwrap();
+        a.rdmsr().unwrap();
+        a.mov(r9, rax).unwrap();
+        a.mov(ecx, 0x277u32).unwrap();
+        a.rdmsr().unwrap();
+        a.mov(r10, rax).unwrap();
+        a.mov(ecx, 0xc000_0084u32).unwrap();
+        a.rdmsr().unwrap();
+        a.mov(r11, rax).unwrap();
+        // CPUID leaves, in range, out of range and sub-leaves.
+        for (i, (leaf, sub)) in [
+            (0u32, 0u32),
+            (1, 0),
+            (7, 0),
+            (0xd, 1),
+            (0x8000_0001, 0),
+            (0x8000_0008, 0),
+            (0x4000_0000, 0),
+            (0x100, 0),
+            (0x8000_00ff, 0),
+        ]
+        .iter()
+        .enumerate()
+        {
+            a.mov(eax, *leaf).unwrap();
+            a.mov(ecx, *sub).unwrap();
+            a.cpuid().unwrap();
+            if *leaf == 1 {
+                // EBX[31:24] is the APIC ID of the host CPU the vCPU happens to run on.
+                a.and(ebx, 0x00ff_ffffi32).unwrap();
+            }
+            let at = DATA + 0x100 + 16 * i as u64;
+            a.mov(dword_ptr(at), eax).unwrap();
+            a.mov(dword_ptr(at + 4), ebx).unwrap();
+            a.mov(dword_ptr(at + 8), ecx).unwrap();
+            a.mov(dword_ptr(at + 12), edx).unwrap();
+        }
+        // Ports, both forms, all sizes.
+        a.in_(al, 0x71u32).unwrap();
+        a.mov(r12, rax).unwrap();
+        a.mov(dx, 0x3f8u32).unwrap();
+        a.in_(ax, dx).unwrap();
+        a.mov(r13, rax).unwrap();
+        a.in_(eax, dx).unwrap();
+        a.mov(r14, rax).unwrap();
+        a.out(dx, al).unwrap();
+        a.out(0x80u32, eax).unwrap();
+        // Control registers.
+        a.mov(rax, cr0).unwrap();
+        a.mov(rbx, cr4).unwrap();
+        a.or(rbx, 0x80i32).unwrap();
+        a.mov(cr4, rbx).unwrap();
+        a.mov(rcx, cr3).unwrap();
+        a.mov(cr3, rcx).unwrap();
+        a.mov(rdx, 0x1234u64).unwrap();
+        a.mov(cr2, rdx).unwrap();
+        a.mov(rsi, cr8).unwrap();
+        a.invlpg(ptr(DATA)).unwrap();
+        a.cli().unwrap();
+        a.pushfq().unwrap();
+        a.sti().unwrap();
+        a.pushfq().unwrap();
+        a.pop(rdi).unwrap();
+        a.pop(r15).unwrap();
+        a.wbinvd().unwrap();
+        a.clflush(ptr(DATA)).unwrap();
+        a.lfence().unwrap();
+        a.mfence().unwrap();
+        a.pause().unwrap();
+        end(a);
+    });
+    scenario("MMIO loads and stores", |_, a| {
+        let mmio = 0x2000_0000u64;
+        a.mov(rbx, mmio).unwrap();
+        a.mov(rax, qword_ptr(rbx)).unwrap();
+        a.mov(ecx, dword_ptr(rbx + 0x10)).unwrap();
+        a.add(rcx, qword_ptr(rbx + 0x18)).unwrap();
+        a.movzx(edx, byte_ptr(rbx + 0x21)).unwrap();
+        a.mov(qword_ptr(rbx + 0x40), rcx).unwrap();
+        a.mov(word_ptr(rbx + 0x48), dx).unwrap();
+        end(a);
+    });
+    scenario("far return and far jump reload CS", |_, a| {
+        let mut after = a.create_label();
+        let mut after2 = a.create_label();
+        a.lea(rax, ptr(after)).unwrap();
+        a.push(KERNEL_CS as i32).unwrap();
+        a.push(rax).unwrap();
+        a.db(&[0x48, 0xcb]).unwrap(); // retfq
+        a.set_label(&mut after).unwrap();
+        a.lea(rax, ptr(after2)).unwrap();
+        a.mov(qword_ptr(DATA), rax).unwrap();
+        a.mov(word_ptr(DATA + 8), KERNEL_CS as u32).unwrap();
+        // jmp far qword [DATA] (REX.W FF /5, m16:64).
+        let mut far = vec![0x48, 0xff, 0x2c, 0x25];
+        far.extend_from_slice(&(DATA as u32).to_le_bytes());
+        a.db(&far).unwrap();
+        a.set_label(&mut after2).unwrap();
+        a.mov(ebx, cs).unwrap();
+        end(a);
+    });
+    scenario("iretq to CPL0 with a new stack", |_, a| {
+        let mut target = a.create_label();
+        a.mov(rax, rsp).unwrap();
+        a.push(KERNEL_DS as i32).unwrap();
+        a.push(0x3_0000i32).unwrap();
+        a.push(0x202i32).unwrap();
+        a.push(KERNEL_CS as i32).unwrap();
+        a.lea(rbx, ptr(target)).unwrap();
+        a.push(rbx).unwrap();
+        a.iretq().unwrap();
+        a.set_label(&mut target).unwrap();
+        a.pushfq().unwrap();
+        a.pop(rcx).unwrap();
+        a.mov(rsp, rax).unwrap();
+        end(a);
+    });
+}
+
+/// Exceptions raised by kernel code, delivered through the IDT, stopping at the stub.
+#[test]
+fn exceptions() {
+    if !available() {
+        return;
+    }
+    scenario("#DE", |_, a| {
+        a.xor(ecx, ecx).unwrap();
+        a.mov(eax, 7u32).unwrap();
+        a.div(ecx).unwrap();
+        end(a);
+    });
+    scenario("#DE quotient overflow", |_, a| {
+        a.mov(edx, 5u32).unwrap();
+        a.mov(ecx, 2u32).unwrap();
+        a.div(ecx).unwrap();
+        end(a);
+    });
+    scenario("#UD", |_, a| {
+        a.ud2().unwrap();
+    });
+    scenario("#GP unknown msr", |_, a| {
+        a.mov(ecx, 0x1234_5678u32).unwrap();
+        a.rdmsr().unwrap();
+    });
+    scenario("#GP non-canonical", |_, a| {
+        a.mov(rax, 0x8000_0000_0000u64).unwrap();
+        a.mov(rbx, qword_ptr(rax)).unwrap();
+    });
+    scenario("#GP bad selector", |_, a| {
+        a.mov(eax, 0x80u32).unwrap();
+        a.mov(ds, eax).unwrap();
+    });
+    scenario("#PF not present", |img, a| {
+        let pte = Image::pte_addr(DATA + 0x5000);
+        img.write_u64(pte, img.read_u64(pte) & !1);
+        a.mov(rax, DATA + 0x5008).unwrap();
+        a.mov(qword_ptr(rax), rax).unwrap();
+    });
+    scenario("#PF write to read-only with WP", |img, a| {
+        let pte = Image::pte_addr(DATA + 0x5000);
+        img.write_u64(pte, img.read_u64(pte) & !2);
+        a.mov(rax, DATA + 0x5ffc).unwrap();
+        a.mov(rbx, qword_ptr(rax)).unwrap();
+        a.mov(qword_ptr(rax), rax).unwrap();
+    });
+    scenario(
+        "#PF page-crossing write, second page read-only",
+        |img, a| {
+            let pte = Image::pte_addr(DATA + 0x6000);
+            img.write_u64(pte, img.read_u64(pte) & !2);
+            a.mov(rax, DATA + 0x5ffc).unwrap();
+            a.mov(qword_ptr(rax), rax).unwrap();
+        },
+    );
+    scenario("#PF NX fetch", |img, a| {
+        let pte = Image::pte_addr(DATA + 0x7000);
+        img.write_u64(pte, img.read_u64(pte) | (1 << 63));
+        img.ram[(DATA + 0x7000) as usize] = 0x90;
+        a.mov(rax, DATA + 0x7000).unwrap();
+        a.jmp(rax).unwrap();
+    });
+    scenario("#PF reserved bit", |img, a| {
+        let pte = Image::pte_addr(DATA + 0x8000);
+        img.write_u64(pte, img.read_u64(pte) | (1 << 50));
+        a.mov(rax, DATA + 0x8000).unwrap();
+        a.mov(rbx, qword_ptr(rax)).unwrap();
+    });
+    scenario("#PF on the stack: push, #DF on an IST stack", |img, a| {
+        let pte = Image::pte_addr(DATA + 0x9000);
+        img.write_u64(pte, img.read_u64(pte) & !1);
+        img.set_gate(8, STUBS + 8 * 16, false, 1);
+        a.mov(rsp, DATA + 0xa000).unwrap();
+        a.mov(rax, STACK_TOP).unwrap();
+        a.push(rax).unwrap();
+    });
+    scenario("IST delivery", |img, a| {
+        img.set_gate(6, STUBS + 6 * 16, false, 1);
+        a.ud2().unwrap();
+    });
+    scenario(
+        "#DF: #PF while delivering #UD (stack not present)",
+        |img, a| {
+            let pte = Image::pte_addr(DATA + 0x9000);
+            img.write_u64(pte, img.read_u64(pte) & !1);
+            img.set_gate(8, STUBS + 8 * 16, false, 1);
+            a.mov(rsp, DATA + 0xa000).unwrap();
+            a.ud2().unwrap();
+        },
+    );
+    scenario("trap gate keeps IF", |img, a| {
+        img.set_gate(6, STUBS + 6 * 16, true, 0);
+        a.sti().unwrap();
+        a.ud2().unwrap();
+    });
+}
+
+#[test]
+fn paging() {
+    if !available() {
+        return;
+    }
+    scenario("accessed and dirty bits, 4K and 2M pages", |_, a| {
+        a.mov(rax, qword_ptr(DATA + 0x1000)).unwrap();
+        a.mov(qword_ptr(DATA + 0x2000), rax).unwrap();
+        a.mov(rax, qword_ptr(0x60_0000u64)).unwrap();
+        a.mov(qword_ptr(0x80_0010u64), rax).unwrap();
+        a.inc(qword_ptr(DATA + 0x3000)).unwrap();
+        end(a);
+    });
+    scenario(
+        "PTE change without invlpg is seen (no stale TLB on the recording host)",
+        |img, a| {
+            // Map DATA+0x4000 to the frame of DATA+0x5000 after first touching it.
+            img.write_u64(DATA + 0x4000, 0x1111);
+            img.write_u64(DATA + 0x5000, 0x2222);
+            let pte = Image::pte_addr(DATA + 0x4000);
+            a.mov(rax, qword_ptr(DATA + 0x4000)).unwrap();
+            a.mov(rbx, (DATA + 0x5000) | 3).unwrap();
+            a.mov(qword_ptr(pte), rbx).unwrap();
+            a.mov(rcx, qword_ptr(DATA + 0x4000)).unwrap();
+            a.invlpg(ptr(DATA + 0x4000)).unwrap();
+            a.mov(rdx, qword_ptr(DATA + 0x4000)).unwrap();
+            a.mov(rbx, cr3).unwrap();
+            a.mov(cr3, rbx).unwrap();
+            a.mov(rsi, qword_ptr(DATA + 0x4000)).unwrap();
+            end(a);
+        },
+    );
+    scenario("self-modifying code", |_, a| {
+        let mut again = a.create_label();
+        a.xor(ecx, ecx).unwrap();
+        a.set_label(&mut again).unwrap();
+        a.mov(eax, 1u32).unwrap();
+        a.add(ecx, eax).unwrap();
+        a.lea(rbx, ptr(again)).unwrap();
+        a.mov(dword_ptr(rbx + 1), 40u32).unwrap();
+        a.cmp(ecx, 2i32).unwrap();
+        a.jb(again).unwrap();
+        end(a);
+    });
+}
+
+/// An external interrupt injected after a port write (as the recorder injects at a VM
+/// exit), handled by a handler that returns with iretq; and `hlt`. The replay CPU's
+/// inject_interrupt must build the same frame and both must count the same.
+#[test]
+fn injected_interrupt_and_hlt() {
+    if !available() {
+        return;
+    }
+    const INJECT_PORT: u16 = 0x55;
+    const VECTOR: u8 = 0x30;
+    let mut img = image();
+    let mut h = asm();
+    h.push(rax).unwrap();
+    h.mov(rax, qword_ptr(rsp + 8)).unwrap();
+    h.mov(qword_ptr(DATA + 0x800), rax).unwrap();
+    h.mov(rax, qword_ptr(rsp + 24)).unwrap();
+    h.mov(qword_ptr(DATA + 0x808), rax).unwrap();
+    h.add(qword_ptr(DATA + 0x810), 1).unwrap();
+    h.pop(rax).unwrap();
+    h.iretq().unwrap();
+    img.load_at(HANDLERS, &mut h);
+    img.set_gate(VECTOR, HANDLERS, false, 0);
+    let mut a = asm();
+    a.sti().unwrap();
+    a.mov(ecx, 5u32).unwrap();
+    a.out(INJECT_PORT as u32, al).unwrap();
+    a.add(ecx, 1).unwrap();
+    a.pushfq().unwrap();
+    a.pop(rdx).unwrap();
+    a.hlt().unwrap();
+    end(&mut a);
+    img.load_code(&mut a);
+
+    let mut km = KvmMachine::new(&img);
+    km.inject_on_port = Some((INJECT_PORT, VECTOR));
+    let k = km.run(100);
+    assert_eq!(k.exit, KvmExit::Hlt, "KVM stops at hlt");
+
+    let mut mem = img.memory();
+    let mut cpu = krr_engine::cpu::Cpu::new(img.state.clone(), observed_cpuid());
+    loop {
+        match cpu.run(&mut mem, 1000) {
+            Exit::PortOut {
+                port: INJECT_PORT, ..
+            } => {
+                assert!(cpu.interrupts_enabled());
+                cpu.inject_interrupt(&mut mem, VECTOR).unwrap();
+            }
+            Exit::Hlt => break,
+            e => panic!("unexpected {e:?}"),
+        }
+    }
+    let st = cpu.state();
+    assert_eq!(st.gpr, k.state.gpr, "registers");
+    assert_eq!(st.rip, k.state.rip, "rip after hlt");
+    assert_eq!(st.rflags, k.state.rflags, "rflags");
+    let word =
+        |m: &[u8], a: u64| u64::from_le_bytes(m[a as usize..a as usize + 8].try_into().unwrap());
+    let mut ours = vec![0u8; RAM_SIZE as usize];
+    mem.read(0, &mut ours).unwrap();
+    for at in [DATA + 0x800, DATA + 0x808, DATA + 0x810] {
+        assert_eq!(
+            word(&ours, at),
+            word(&k.ram, at),
+            "handler observation at {at:#x}"
+        );
+    }
+    assert_eq!(word(&ours, DATA + 0x810), 1, "the handler ran once");
+    assert_eq!(ours, k.ram, "memory");
+    assert_eq!(
+        cpu.icount(),
+        k.insn_delta,
+        "instruction count with an interrupt and hlt"
+    );
 }

@@ -14,14 +14,7 @@ fn fixture() -> PathBuf {
 }
 
 fn recorded_console(path: &Path) -> Vec<u8> {
-    let mut r = RecordingReader::open(path).unwrap();
-    r.events_from(0)
-        .filter_map(|e| match e.unwrap() {
-            Event::Console(c) => Some(c.bytes),
-            _ => None,
-        })
-        .flatten()
-        .collect()
+    RecordingReader::open(path).unwrap().console().unwrap()
 }
 
 #[test]

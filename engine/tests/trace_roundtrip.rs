@@ -324,6 +324,18 @@ proptest! {
             }
         }
         prop_assert!(r.event(events.len() as u64).is_err());
+
+        // first_event_at on sorted icounts: compare with a linear search.
+        let mut sorted = events.clone();
+        sorted.sort_by_key(|e| e.icount());
+        let w2 = write_recording(&snapshot, &sorted, cfg);
+        let mut r2 = RecordingReader::open(&w2.path).unwrap();
+        let mut targets: Vec<u64> = sorted.iter().flat_map(|e| [e.icount(), e.icount().saturating_add(1)]).collect();
+        targets.extend([0, u64::MAX]);
+        for t in targets {
+            let expected = sorted.iter().position(|e| e.icount() >= t).unwrap_or(sorted.len()) as u64;
+            prop_assert_eq!(r2.first_event_at(t).unwrap(), expected, "icount {}", t);
+        }
         prop_assert_eq!(r.events_from(events.len() as u64).count(), 0);
         prop_assert!(r.events_from(events.len() as u64 + 1).next().unwrap().is_err());
 

@@ -31,6 +31,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = r.events_from(n / 2).count();
     }
     let _ = r.event(n);
+    let _ = r.first_event_at(u64::from(data.first().copied().unwrap_or(0)) << 3);
+    let _ = r.first_event_at(u64::MAX);
     let _ = r.snapshot();
     let _ = r.verify();
 });

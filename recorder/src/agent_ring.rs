@@ -306,7 +306,7 @@ fn parse_record(rec: &[u8], icount: Icount) -> Result<(Event, u64), String> {
     let kind = le16(rec, 0);
     let flags = le16(rec, 2);
     let size = le32(rec, 4) as usize;
-    if size < size_of::<RecordHeader>() || size % RECORD_ALIGN as usize != 0 {
+    if size < size_of::<RecordHeader>() || !size.is_multiple_of(RECORD_ALIGN as usize) {
         return Err(format!("kind {kind}: bad size {size}"));
     }
     if size > rec.len() {

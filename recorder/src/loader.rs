@@ -222,14 +222,16 @@ fn long_mode_entry_state(
     entry: u64,
     format: KernelFormat,
 ) -> Result<(kvm_regs, kvm_sregs), RecorderError> {
-    let mut sregs = kvm_sregs::default();
-    sregs.cs = segment_to_kvm(&CODE64);
     let data = segment_to_kvm(&DATA);
-    sregs.ds = data;
-    sregs.es = data;
-    sregs.fs = data;
-    sregs.gs = data;
-    sregs.ss = data;
+    let mut sregs = kvm_sregs {
+        cs: segment_to_kvm(&CODE64),
+        ds: data,
+        es: data,
+        fs: data,
+        gs: data,
+        ss: data,
+        ..Default::default()
+    };
     let mut tr = segment_to_kvm(&Segment {
         selector: 0,
         base: 0,

@@ -180,6 +180,8 @@ pub struct Recorder {
     pending: Vec<Event>,
     counts: [u64; EventKind::ALL.len()],
     exits: u64,
+    /// Port and MMIO accesses and `hlt` exits so far (the position without a counter).
+    deterministic_exits: u64,
     icount: u64,
     /// When the oldest undelivered interrupt became pending.
     pending_since: Option<Instant>,
@@ -224,6 +226,7 @@ impl Recorder {
             pending: Vec::new(),
             counts: [0; EventKind::ALL.len()],
             exits: 0,
+            deterministic_exits: 0,
             icount: 0,
             pending_since: None,
             symbols,
@@ -340,6 +343,7 @@ impl Recorder {
             let kind = match exit {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     let data = data.to_vec();
+                    self.deterministic_exits += 1;
                     self.sync_position()?;
                     if let Some(end) = self.on_port_out(port, &data)? {
                         return Ok(end);
@@ -347,13 +351,14 @@ impl Recorder {
                     // Digests only where the instruction has completed (after an `out`
                     // RIP is past it; at an `in` it is not yet), so replay sees the
                     // same state at the same icount.
-                    if self.exits % self.config.digest_interval == 0 {
+                    if self.exits.is_multiple_of(self.config.digest_interval) {
                         self.digest();
                     }
                     ExitKind::Deterministic
                 }
                 Ok(VcpuExit::IoIn(port, data)) => {
                     let size = data.len();
+                    self.deterministic_exits += 1;
                     self.sync_position()?;
                     let value = self.on_port_in(port, size)?;
                     self.fill_io_data(value, size);
@@ -362,15 +367,18 @@ impl Recorder {
                 Ok(VcpuExit::MmioRead(gpa, data)) => {
                     let size = data.len();
                     data.fill(0xff);
+                    self.deterministic_exits += 1;
                     self.sync_position()?;
                     self.on_mmio_read(gpa, size)?;
                     ExitKind::Deterministic
                 }
                 Ok(VcpuExit::MmioWrite(..)) => {
+                    self.deterministic_exits += 1;
                     self.sync_position()?;
                     ExitKind::Deterministic
                 }
                 Ok(VcpuExit::Hlt) => {
+                    self.deterministic_exits += 1;
                     self.sync_position()?;
                     if let Some(end) = self.on_hlt(base, deadline, stop)? {
                         return Ok(end);
@@ -444,7 +452,11 @@ impl Recorder {
         self.poll_ring()?;
         // Entries collected now happened before this exit, so they count for this
         // reading too; the collected events are stamped with this exit's position.
-        self.icount = self.model.icount(raw);
+        self.icount = if self.counter.kind() == CounterSourceKind::None {
+            self.deterministic_exits
+        } else {
+            self.model.icount(raw)
+        };
         for e in &mut self.pending[first..] {
             e.set_icount(self.icount);
         }

@@ -46,7 +46,7 @@ pub struct Vm {
 impl Vm {
     /// Creates a VM with `ram_size` bytes of RAM at 0 and the agent ring region.
     pub fn new(ram_size: u64) -> Result<Vm, RecorderError> {
-        if ram_size == 0 || ram_size > MAX_RAM || ram_size % 4096 != 0 {
+        if ram_size == 0 || ram_size > MAX_RAM || !ram_size.is_multiple_of(4096) {
             return Err(RecorderError::Config(format!(
                 "memory size {ram_size:#x} must be a positive multiple of 4 KiB below {MAX_RAM:#x}"
             )));
@@ -85,9 +85,8 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| RecorderError::kvm("KVM_GET_SUPPORTED_CPUID", e))?;
         let cpuid = guest_cpuid(&supported);
-        let kvm_cpuid = to_kvm_cpuid(&cpuid)?;
         // KVM_SET_CPUID2 must come before KVM_SET_SREGS and KVM_SET_XCRS.
-        vcpu.set_cpuid2(&kvm_cpuid)
+        vcpu.set_cpuid2(&supported)
             .map_err(|e| RecorderError::kvm("KVM_SET_CPUID2", e))?;
         vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
         vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::SystemRegister);
@@ -242,23 +241,6 @@ fn guest_cpuid(supported: &CpuId) -> Vec<CpuidEntry> {
             edx: e.edx,
         })
         .collect()
-}
-
-fn to_kvm_cpuid(entries: &[CpuidEntry]) -> Result<CpuId, RecorderError> {
-    let kvm_entries: Vec<kvm_bindings::kvm_cpuid_entry2> = entries
-        .iter()
-        .map(|e| kvm_bindings::kvm_cpuid_entry2 {
-            function: e.function,
-            index: e.index,
-            flags: e.flags,
-            eax: e.eax,
-            ebx: e.ebx,
-            ecx: e.ecx,
-            edx: e.edx,
-            ..Default::default()
-        })
-        .collect();
-    CpuId::from_entries(&kvm_entries).map_err(|e| RecorderError::Config(format!("CPUID: {e:?}")))
 }
 
 pub fn segment_from_kvm(s: &kvm_segment) -> Segment {

@@ -410,6 +410,10 @@ impl App {
         self.cursor = None;
         self.event_scroll = 0;
         self.message = match m {
+            // Arriving at icount 0 is arriving at the start: say so.
+            Moved::Arrived if self.timeline.icount() == 0 => {
+                format!("{what}: at the start of the recording")
+            }
             Moved::Arrived => what.to_string(),
             Moved::Breakpoint(a) => format!("{what}: breakpoint at {}", self.symbols.describe(a)),
             Moved::Watchpoint(w) => format!(

@@ -7,7 +7,7 @@
 use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
 use super::flags::{self, CF, DF, IF, OF, PF, SF, STATUS, ShiftOp, ZF, mask, sext};
-use super::{Cpu, Exit, Fault, Pending, R, exc, gp0, ud, vector};
+use super::{Cpu, Exit, Pending, R, Retired, exc, exit, gp0, ud, vector};
 use crate::icount::REP_CHUNK;
 use crate::memory::GuestMemory;
 use crate::state::seg;
@@ -157,7 +157,10 @@ impl Cpu {
         let idx = ins.memory_index();
         if idx != Register::None {
             narrow |= (EAX..RAX).contains(&(idx as u32));
-            a = a.wrapping_add(self.reg_get(idx).wrapping_mul(ins.memory_index_scale() as u64));
+            a = a.wrapping_add(
+                self.reg_get(idx)
+                    .wrapping_mul(ins.memory_index_scale() as u64),
+            );
         }
         if narrow { a & 0xffff_ffff } else { a }
     }
@@ -174,7 +177,8 @@ impl Cpu {
     /// Linear address of the memory operand.
     #[inline]
     fn mem_la(&self, ins: &Instruction) -> u64 {
-        self.ea(ins).wrapping_add(self.seg_base(ins.memory_segment()))
+        self.ea(ins)
+            .wrapping_add(self.seg_base(ins.memory_segment()))
     }
 
     #[inline]
@@ -195,7 +199,14 @@ impl Cpu {
     }
 
     #[inline]
-    fn wr(&mut self, mem: &mut GuestMemory, ins: &Instruction, n: u32, size: usize, v: u64) -> R<()> {
+    fn wr(
+        &mut self,
+        mem: &mut GuestMemory,
+        ins: &Instruction,
+        n: u32,
+        size: usize,
+        v: u64,
+    ) -> R<()> {
         match ins.op_kind(n) {
             OpKind::Register => {
                 self.reg_set(ins.op_register(n), v);
@@ -267,14 +278,20 @@ impl Cpu {
         Ok(())
     }
 
-    fn shift_count(&mut self, mem: &mut GuestMemory, ins: &Instruction, n: u32, size: usize) -> R<u32> {
+    fn shift_count(
+        &mut self,
+        mem: &mut GuestMemory,
+        ins: &Instruction,
+        n: u32,
+        size: usize,
+    ) -> R<u32> {
         let c = self.rd(mem, ins, n, 1)? as u32;
         Ok(c & if size == 8 { 63 } else { 31 })
     }
 
     /// Executes one decoded instruction. `Ok(exit)` retires it (RIP becomes
     /// `self.next_rip`); `Err` leaves it unretired.
-    pub(crate) fn exec(&mut self, mem: &mut GuestMemory, ins: &Instruction) -> R<Option<Exit>> {
+    pub(crate) fn exec(&mut self, mem: &mut GuestMemory, ins: &Instruction) -> R<Retired> {
         use Mnemonic as M;
         let m = ins.mnemonic();
         match m {
@@ -330,7 +347,11 @@ impl Cpu {
                 let dsize = op_size(ins, 0);
                 let ssize = op_size(ins, 1);
                 let v = self.rd(mem, ins, 1, ssize)?;
-                let v = if m == M::Movzx { v } else { sext(v, ssize) & mask(dsize) };
+                let v = if m == M::Movzx {
+                    v
+                } else {
+                    sext(v, ssize) & mask(dsize)
+                };
                 self.wr(mem, ins, 0, dsize, v)?;
             }
             M::Lea => {
@@ -407,7 +428,9 @@ impl Cpu {
                 let v = self.peek(mem, 0, size)?;
                 let old_rsp = self.st.gpr[4];
                 self.st.gpr[4] = old_rsp.wrapping_add(size as u64);
-                let r = if ins.op_kind(0) == OpKind::Register && (ES..=GS).contains(&(ins.op_register(0) as u32)) {
+                let r = if ins.op_kind(0) == OpKind::Register
+                    && (ES..=GS).contains(&(ins.op_register(0) as u32))
+                {
                     self.load_data_segment(mem, seg_index(ins.op_register(0)), v as u16, true)
                 } else {
                     // The destination address uses the incremented RSP.
@@ -426,9 +449,11 @@ impl Cpu {
             M::Popf | M::Popfq => {
                 let size = if m == M::Popfq { 8 } else { 2 };
                 let v = self.peek(mem, 0, size)?;
-                let writable = (flags::WRITABLE & !(flags::RF | flags::VIF | flags::VIP)) & mask(size);
+                let writable =
+                    (flags::WRITABLE & !(flags::RF | flags::VIF | flags::VIP)) & mask(size);
                 self.st.gpr[4] = self.st.gpr[4].wrapping_add(size as u64);
-                self.st.rflags = ((self.st.rflags & !writable) | (v & writable) | flags::FIXED1) & !flags::RF;
+                self.st.rflags =
+                    ((self.st.rflags & !writable) | (v & writable) | flags::FIXED1) & !flags::RF;
             }
             M::Call => match ins.code() {
                 Code::Call_rel32_64 => {
@@ -474,6 +499,9 @@ impl Cpu {
                     let off = self.read_lin(mem, la, osz, ss)?;
                     let sel = self.read_lin(mem, la.wrapping_add(osz as u64), 2, ss)? as u16;
                     let cs = self.load_code_segment(mem, sel, true)?;
+                    if !cs.long_mode() {
+                        return Err(self.unsupported("far jump to a non-64-bit code segment"));
+                    }
                     if !super::mmu::canonical(off) {
                         return Err(gp0());
                     }
@@ -494,6 +522,9 @@ impl Cpu {
                     return Err(self.unsupported("far return to another privilege level"));
                 }
                 let cs = self.load_code_segment(mem, sel, true)?;
+                if !cs.long_mode() {
+                    return Err(self.unsupported("far return to a non-64-bit code segment"));
+                }
                 if !super::mmu::canonical(off) {
                     return Err(gp0());
                 }
@@ -537,7 +568,11 @@ impl Cpu {
                 }
             }
             M::Loop | M::Loope | M::Loopne => {
-                let amask = if ins.op_register(1) == Register::ECX { 0xffff_ffff } else { u64::MAX };
+                let amask = if ins.op_register(1) == Register::ECX {
+                    0xffff_ffff
+                } else {
+                    u64::MAX
+                };
                 let c = self.st.gpr[1].wrapping_sub(1) & amask;
                 let zf = self.st.rflags & ZF != 0;
                 let take = c != 0
@@ -546,11 +581,7 @@ impl Cpu {
                         M::Loopne => !zf,
                         _ => true,
                     };
-                if amask == u64::MAX {
-                    self.st.gpr[1] = c;
-                } else {
-                    self.st.gpr[1] = c;
-                }
+                self.st.gpr[1] = c;
                 if take {
                     self.next_rip = self.st.rip.wrapping_add(ins.near_branch64());
                 }
@@ -653,10 +684,15 @@ impl Cpu {
                 let size = op_size(ins, 0);
                 let s = self.rd(mem, ins, 1, size)? & mask(size);
                 let bits = size as u64 * 8;
-                let counting = (m == M::Tzcnt && self.has_tzcnt) || (m == M::Lzcnt && self.has_lzcnt);
+                let counting = !self.quirks.bit_scan_ignores_rep
+                    && ((m == M::Tzcnt && self.has_tzcnt) || (m == M::Lzcnt && self.has_lzcnt));
                 if counting {
                     let r = if m == M::Tzcnt {
-                        if s == 0 { bits } else { s.trailing_zeros() as u64 }
+                        if s == 0 {
+                            bits
+                        } else {
+                            s.trailing_zeros() as u64
+                        }
                     } else if s == 0 {
                         bits
                     } else {
@@ -708,7 +744,11 @@ impl Cpu {
             }
             M::Enter => self.exec_enter(mem, ins)?,
             M::Leave => {
-                let size = ins.stack_pointer_increment() as usize;
+                let size = match ins.code() {
+                    Code::Leavew => 2,
+                    Code::Leaved => 4,
+                    _ => 8,
+                };
                 let rbp = self.st.gpr[5];
                 let v = self.read_lin(mem, rbp, size, true)?;
                 self.st.gpr[4] = rbp.wrapping_add(size as u64);
@@ -749,7 +789,9 @@ impl Cpu {
             | M::Scasw
             | M::Scasd
             | M::Scasq => self.exec_string(mem, ins, m)?,
-            M::Movsd | M::Cmpsd if matches!(ins.code(), Code::Movsd_m32_m32 | Code::Cmpsd_m32_m32) => {
+            M::Movsd | M::Cmpsd
+                if matches!(ins.code(), Code::Movsd_m32_m32 | Code::Cmpsd_m32_m32) =>
+            {
                 self.exec_string(mem, ins, m)?
             }
             M::Cli => self.st.rflags &= !IF,
@@ -788,12 +830,20 @@ impl Cpu {
                 if !super::mmu::canonical(base) {
                     return Err(gp0());
                 }
-                let t = if m == M::Lgdt { &mut self.st.gdtr } else { &mut self.st.idtr };
+                let t = if m == M::Lgdt {
+                    &mut self.st.gdtr
+                } else {
+                    &mut self.st.idtr
+                };
                 t.base = base;
                 t.limit = limit;
             }
             M::Sgdt | M::Sidt => {
-                let t = if m == M::Sgdt { self.st.gdtr } else { self.st.idtr };
+                let t = if m == M::Sgdt {
+                    self.st.gdtr
+                } else {
+                    self.st.idtr
+                };
                 let la = self.mem_la(ins);
                 let ss = Self::mem_ss(ins);
                 self.probe_write(mem, la, 10)?;
@@ -805,7 +855,11 @@ impl Cpu {
                 self.load_system_segment(mem, sel, m == M::Ltr)?;
             }
             M::Str | M::Sldt => {
-                let sel = if m == M::Str { self.st.tr.selector } else { self.st.ldtr.selector } as u64;
+                let sel = if m == M::Str {
+                    self.st.tr.selector
+                } else {
+                    self.st.ldtr.selector
+                } as u64;
                 let size = op_size(ins, 0);
                 self.wr(mem, ins, 0, size, sel)?;
             }
@@ -826,7 +880,6 @@ impl Cpu {
                 self.tlb_flush_page(la);
             }
             M::Invpcid => {
-                let _ = self.rd(mem, ins, 1, 16).or_else(|_| Ok::<u64, Fault>(0));
                 self.tlb_flush(true);
             }
             M::Rdmsr => {
@@ -837,8 +890,10 @@ impl Cpu {
                         self.st.gpr[2] = v >> 32;
                     }
                     None => {
-                        self.pending = Some(Pending::EdxEax { next_rip: self.next_rip });
-                        return Err(Fault::Exit(Exit::Rdtsc));
+                        self.pending = Some(Pending::EdxEax {
+                            next_rip: self.next_rip,
+                        });
+                        return Err(exit(Exit::Rdtsc));
                     }
                 }
             }
@@ -876,7 +931,7 @@ impl Cpu {
                     port,
                     next_rip: self.next_rip,
                 });
-                return Err(Fault::Exit(Exit::PortIn { port, size }));
+                return Err(exit(Exit::PortIn { port, size }));
             }
             M::Out => {
                 let size = reg_size(ins.op_register(1)) as u8;
@@ -886,11 +941,13 @@ impl Cpu {
                     ins.immediate8() as u16
                 };
                 let value = (self.st.gpr[0] & mask(size as usize)) as u32;
-                return Ok(Some(Exit::PortOut { port, size, value }));
+                return Ok(Retired::PortOut { port, size, value });
             }
             M::Rdtsc => {
-                self.pending = Some(Pending::EdxEax { next_rip: self.next_rip });
-                return Err(Fault::Exit(Exit::Rdtsc));
+                self.pending = Some(Pending::EdxEax {
+                    next_rip: self.next_rip,
+                });
+                return Err(exit(Exit::Rdtsc));
             }
             M::Rdrand | M::Rdseed => {
                 let r = ins.op_register(0);
@@ -900,11 +957,15 @@ impl Cpu {
                     next_rip: self.next_rip,
                     seed: m == M::Rdseed,
                 });
-                return Err(Fault::Exit(if m == M::Rdseed { Exit::Rdseed } else { Exit::Rdrand }));
+                return Err(exit(if m == M::Rdseed {
+                    Exit::Rdseed
+                } else {
+                    Exit::Rdrand
+                }));
             }
             M::Hlt => {
                 self.st.halted = true;
-                return Ok(Some(Exit::Hlt));
+                return Ok(Retired::Hlt);
             }
             M::Ud0 | M::Ud1 | M::Ud2 | M::INVALID => return Err(ud()),
             M::Int | M::Int3 | M::Into | M::Int1 => {
@@ -914,10 +975,10 @@ impl Cpu {
             }
             _ => return Err(self.unimplemented(mem, ins)),
         }
-        Ok(None)
+        Ok(Retired::Continue)
     }
 
-    fn exec_mov(&mut self, mem: &mut GuestMemory, ins: &Instruction) -> R<Option<Exit>> {
+    fn exec_mov(&mut self, mem: &mut GuestMemory, ins: &Instruction) -> R<Retired> {
         let k0 = ins.op_kind(0);
         let k1 = ins.op_kind(1);
         if k0 == OpKind::Register {
@@ -929,12 +990,12 @@ impl Cpu {
                     return Err(ud());
                 }
                 self.load_data_segment(mem, idx, sel, true)?;
-                return Ok(None);
+                return Ok(Retired::Continue);
             }
             if (CR0..CR0 + 16).contains(&r0) {
                 let v = self.reg_get(ins.op_register(1));
                 self.write_cr(r0 - CR0, v)?;
-                return Ok(None);
+                return Ok(Retired::Continue);
             }
             if (DR0..DR0 + 16).contains(&r0) {
                 let v = self.reg_get(ins.op_register(1));
@@ -943,7 +1004,7 @@ impl Cpu {
                 if n < 8 {
                     self.dr[n] = v;
                 }
-                return Ok(None);
+                return Ok(Retired::Continue);
             }
         }
         if k1 == OpKind::Register {
@@ -954,25 +1015,25 @@ impl Cpu {
                 // A register destination receives the zero-extended selector.
                 let size = if k0 == OpKind::Register { size } else { 2 };
                 self.wr(mem, ins, 0, size, v)?;
-                return Ok(None);
+                return Ok(Retired::Continue);
             }
             if (CR0..CR0 + 16).contains(&r1) {
                 let v = self.read_cr(r1 - CR0)?;
                 self.reg_set(ins.op_register(0), v);
-                return Ok(None);
+                return Ok(Retired::Continue);
             }
             if (DR0..DR0 + 16).contains(&r1) {
                 let n = (r1 - DR0) as usize;
                 let n = if n == 4 || n == 5 { n + 2 } else { n };
                 let v = if n < 8 { self.dr[n] } else { 0 };
                 self.reg_set(ins.op_register(0), v);
-                return Ok(None);
+                return Ok(Retired::Continue);
             }
         }
         let size = op_size(ins, 0);
         let v = self.rd(mem, ins, 1, size)?;
         self.wr(mem, ins, 0, size, v)?;
-        Ok(None)
+        Ok(Retired::Continue)
     }
 
     fn read_cr(&self, n: u32) -> R<u64> {
@@ -989,7 +1050,10 @@ impl Cpu {
     pub(crate) fn write_cr(&mut self, n: u32, v: u64) -> R<()> {
         match n {
             0 => {
-                if v >> 32 != 0 || (v & (1 << 31) != 0 && v & 1 == 0) || (v & (1 << 29) != 0 && v & (1 << 30) == 0) {
+                if v >> 32 != 0
+                    || (v & (1 << 31) != 0 && v & 1 == 0)
+                    || (v & (1 << 29) != 0 && v & (1 << 30) == 0)
+                {
                     return Err(gp0());
                 }
                 if v & (1 << 31) == 0 && self.st.efer & (1 << 10) != 0 {
@@ -1013,8 +1077,26 @@ impl Cpu {
             }
             4 => {
                 // PAE cannot be cleared in long mode; VMXE/SMXE and unknown bits fault.
-                let known: u64 = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x20 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800
-                    | (1 << 16) | (1 << 17) | (1 << 18) | (1 << 20) | (1 << 21) | (1 << 22) | (1 << 23) | (1 << 24);
+                let known: u64 = 0x1
+                    | 0x2
+                    | 0x4
+                    | 0x8
+                    | 0x10
+                    | 0x20
+                    | 0x40
+                    | 0x80
+                    | 0x100
+                    | 0x200
+                    | 0x400
+                    | 0x800
+                    | (1 << 16)
+                    | (1 << 17)
+                    | (1 << 18)
+                    | (1 << 20)
+                    | (1 << 21)
+                    | (1 << 22)
+                    | (1 << 23)
+                    | (1 << 24);
                 if v & !known != 0 || v & 0x20 == 0 {
                     return Err(gp0());
                 }
@@ -1196,7 +1278,11 @@ impl Cpu {
     }
 
     fn exec_enter(&mut self, mem: &mut GuestMemory, ins: &Instruction) -> R<()> {
-        let size = if ins.code() == Code::Enterq_imm16_imm8 { 8 } else { 2 };
+        let size = if ins.code() == Code::Enterq_imm16_imm8 {
+            8
+        } else {
+            2
+        };
         let alloc = ins.immediate16() as u64;
         let level = (ins.immediate8_2nd() & 31) as u64;
         let mut rsp = self.st.gpr[4];
@@ -1217,7 +1303,8 @@ impl Cpu {
         }
         rsp = rsp.wrapping_sub(alloc);
         // The new stack top must be accessible.
-        self.probe_write(mem, rsp, 1).or_else(|f| if alloc == 0 { Ok(()) } else { Err(f) })?;
+        self.probe_write(mem, rsp, 1)
+            .or_else(|f| if alloc == 0 { Ok(()) } else { Err(f) })?;
         self.set_gpr_sized(5, size, frame);
         self.st.gpr[4] = rsp;
         Ok(())
@@ -1230,10 +1317,8 @@ impl Cpu {
     fn exec_string(&mut self, mem: &mut GuestMemory, ins: &Instruction, m: Mnemonic) -> R<()> {
         use Mnemonic as M;
         let size = ins.memory_size().size();
-        let addr32 = matches!(
-            ins.op_kind(0),
-            OpKind::MemorySegESI | OpKind::MemoryESEDI
-        ) || matches!(ins.op_kind(1), OpKind::MemorySegESI | OpKind::MemoryESEDI);
+        let addr32 = matches!(ins.op_kind(0), OpKind::MemorySegESI | OpKind::MemoryESEDI)
+            || matches!(ins.op_kind(1), OpKind::MemorySegESI | OpKind::MemoryESEDI);
         let amask = if addr32 { 0xffff_ffffu64 } else { u64::MAX };
         let step = if self.st.rflags & DF != 0 {
             (size as u64).wrapping_neg()
@@ -1243,7 +1328,10 @@ impl Cpu {
         let src_base = self.seg_base(ins.memory_segment());
         let rep = ins.has_rep_prefix() || ins.has_repe_prefix() || ins.has_repne_prefix();
         let repne = ins.has_repne_prefix();
-        let compares = matches!(m, M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq | M::Scasb | M::Scasw | M::Scasd | M::Scasq);
+        let compares = matches!(
+            m,
+            M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq | M::Scasb | M::Scasw | M::Scasd | M::Scasq
+        );
         let set_addr = |v: &mut u64, nv: u64| {
             *v = if addr32 { nv & amask } else { nv };
         };
@@ -1301,7 +1389,7 @@ impl Cpu {
             }
             // RCX reaching zero also ends a chunk: the instruction then completes when it
             // is executed again and finds RCX = 0.
-            if self.st.gpr[1] % REP_CHUNK == 0 {
+            if self.st.gpr[1].is_multiple_of(REP_CHUNK) {
                 // Retire this chunk; the instruction continues at the same RIP.
                 self.next_rip = self.st.rip;
                 return Ok(());

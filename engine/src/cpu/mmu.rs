@@ -1,6 +1,6 @@
 //! Linear-address translation (4-level paging), the TLB, and linear memory accesses.
 
-use super::{Cpu, CpuError, Exception, Exit, Fault, R, flags, vector};
+use super::{Cpu, CpuError, Exception, Exit, Fault, R, exit, flags, vector};
 use crate::memory::GuestMemory;
 
 /// The kind of a memory access.
@@ -56,20 +56,29 @@ struct TlbEntry {
 #[derive(Clone)]
 pub(crate) struct Tlb {
     entries: Box<[TlbEntry; TLB_SIZE]>,
+    /// The linear page instructions are being fetched from (u64::MAX: none) and its
+    /// guest-physical page: fetches within it skip the lookup and permission check.
+    /// Every flush forgets it.
+    pub fetch_vpn: u64,
+    pub fetch_page: u64,
 }
 
 impl Tlb {
     pub fn new() -> Tlb {
         Tlb {
             entries: Box::new([TlbEntry::default(); TLB_SIZE]),
+            fetch_vpn: u64::MAX,
+            fetch_page: 0,
         }
     }
 
     pub fn flush_all(&mut self) {
+        self.fetch_vpn = u64::MAX;
         self.entries.fill(TlbEntry::default());
     }
 
     pub fn flush_non_global(&mut self) {
+        self.fetch_vpn = u64::MAX;
         for e in self.entries.iter_mut() {
             if e.bits & T_G == 0 {
                 *e = TlbEntry::default();
@@ -78,6 +87,7 @@ impl Tlb {
     }
 
     pub fn flush_page(&mut self, linear: u64) {
+        self.fetch_vpn = u64::MAX;
         let vpn = linear >> 12;
         let e = &mut self.entries[vpn as usize % TLB_SIZE];
         if e.tag == vpn + 1 {
@@ -105,7 +115,8 @@ impl Cpu {
         let st = &self.st;
         match acc {
             Access::Fetch => {
-                (bits & T_NX != 0 && st.efer & (1 << 11) != 0) || (bits & T_U != 0 && st.cr4 & (1 << 20) != 0)
+                (bits & T_NX != 0 && st.efer & (1 << 11) != 0)
+                    || (bits & T_U != 0 && st.cr4 & (1 << 20) != 0)
             }
             Access::Read | Access::Write => {
                 let smap = bits & T_U != 0 && st.cr4 & (1 << 21) != 0 && st.rflags & flags::AC == 0;
@@ -115,7 +126,13 @@ impl Cpu {
     }
 
     /// Walks the page tables for a supervisor access. Pure: no A/D updates.
-    fn walk(&self, mem: &GuestMemory, la: u64, acc: Access, check: bool) -> Result<Walk, PageFault> {
+    fn walk(
+        &self,
+        mem: &GuestMemory,
+        la: u64,
+        acc: Access,
+        check: bool,
+    ) -> Result<Walk, PageFault> {
         let st = &self.st;
         let nxe = st.efer & (1 << 11) != 0;
         let addr_mask = ((1u64 << self.max_phys_bits) - 1) & !0xfff;
@@ -140,9 +157,10 @@ impl Cpu {
         for level in (1..=4u32).rev() {
             let shift = 12 + 9 * (level - 1);
             let ea = table + ((la >> shift) & 0x1ff) * 8;
-            let e = mem
-                .read_in_page(ea, 8)
-                .ok_or(PageFault::TableNotRam { linear: la, gpa: ea })?;
+            let e = mem.read_in_page(ea, 8).ok_or(PageFault::TableNotRam {
+                linear: la,
+                gpa: ea,
+            })?;
             w.entries[w.n] = (ea, e);
             w.n += 1;
             if e & PTE_P == 0 {
@@ -207,7 +225,12 @@ impl Cpu {
     }
 
     /// Translates a linear address without side effects (no A/D updates, no TLB fill).
-    pub fn translate(&self, mem: &GuestMemory, linear: u64, access: Access) -> Result<u64, PageFault> {
+    pub fn translate(
+        &self,
+        mem: &GuestMemory,
+        linear: u64,
+        access: Access,
+    ) -> Result<u64, PageFault> {
         if !self.paging_enabled() {
             return Ok(linear);
         }
@@ -220,7 +243,12 @@ impl Cpu {
 
     /// Reads guest memory through the page tables without side effects (for the UI and
     /// gdb). Fails at the first page that is not mapped or not RAM.
-    pub fn read_virtual(&self, mem: &GuestMemory, addr: u64, buf: &mut [u8]) -> Result<(), PageFault> {
+    pub fn read_virtual(
+        &self,
+        mem: &GuestMemory,
+        addr: u64,
+        buf: &mut [u8],
+    ) -> Result<(), PageFault> {
         let mut done = 0;
         while done < buf.len() {
             let a = addr.wrapping_add(done as u64);
@@ -235,7 +263,12 @@ impl Cpu {
 
     /// Writes guest memory through the page tables (for gdb). Like a debugger, it
     /// ignores write protection; it needs the pages mapped. No A/D updates.
-    pub fn write_virtual(&mut self, mem: &mut GuestMemory, addr: u64, data: &[u8]) -> Result<(), PageFault> {
+    pub fn write_virtual(
+        &mut self,
+        mem: &mut GuestMemory,
+        addr: u64,
+        data: &[u8],
+    ) -> Result<(), PageFault> {
         let mut done = 0;
         while done < data.len() {
             let a = addr.wrapping_add(done as u64);
@@ -251,13 +284,21 @@ impl Cpu {
     /// Translates for an access by the executing instruction: TLB, walk, A/D bits,
     /// exceptions.
     #[inline]
-    pub(crate) fn translate_access(&mut self, mem: &mut GuestMemory, la: u64, acc: Access) -> R<u64> {
+    pub(crate) fn translate_access(
+        &mut self,
+        mem: &mut GuestMemory,
+        la: u64,
+        acc: Access,
+    ) -> R<u64> {
         if !self.paging_enabled() {
             return Ok(la);
         }
         let vpn = la >> 12;
         let e = self.tlb.entries[vpn as usize % TLB_SIZE];
-        if e.tag == vpn + 1 && (acc != Access::Write || e.bits & T_D != 0) && !self.perm_fault(e.bits, acc) {
+        if e.tag == vpn + 1
+            && (acc != Access::Write || e.bits & T_D != 0)
+            && !self.perm_fault(e.bits, acc)
+        {
             return Ok(e.page_gpa | (la & 0xfff));
         }
         self.translate_slow(mem, la, acc)
@@ -280,7 +321,7 @@ impl Cpu {
             }
             Err(PageFault::NonCanonical { .. }) => return Err(super::gp0()),
             Err(PageFault::TableNotRam { linear, gpa }) => {
-                return Err(Fault::Exit(Exit::Error(CpuError::PageTableNotRam { linear, gpa })));
+                return Err(exit(Exit::Error(CpuError::PageTableNotRam { linear, gpa })));
             }
         };
         let mut bits = w.bits;
@@ -312,7 +353,9 @@ impl Cpu {
             let ea = table + ((la >> (12 + 9 * (level - 1))) & 0x1ff) * 8;
             mem.mark_page_table(ea);
             match mem.read_in_page(ea, 8) {
-                Some(e) if e & PTE_P != 0 && (level == 1 || e & PTE_PS == 0) => table = e & addr_mask,
+                Some(e) if e & PTE_P != 0 && (level == 1 || e & PTE_PS == 0) => {
+                    table = e & addr_mask
+                }
                 _ => return,
             }
         }
@@ -327,7 +370,10 @@ impl Cpu {
         }
         match self.mmio_input {
             Some((g, s, v)) if g == gpa && s as usize == size => Ok(v),
-            _ => Err(Fault::Exit(Exit::MmioRead { gpa, size: size as u8 })),
+            _ => Err(exit(Exit::MmioRead {
+                gpa,
+                size: size as u8,
+            })),
         }
     }
 
@@ -337,7 +383,7 @@ impl Cpu {
             return Ok(());
         }
         if self.mmio_write.is_some() {
-            return Err(Fault::Exit(Exit::Error(CpuError::UnsupportedMmio {
+            return Err(exit(Exit::Error(CpuError::UnsupportedMmio {
                 rip: self.st.rip,
                 gpa,
                 what: "two MMIO writes in one instruction",
@@ -350,7 +396,13 @@ impl Cpu {
     /// Reads `size` (1..=8) bytes at a linear address. `ss`: a stack access (#SS instead
     /// of #GP for a non-canonical address).
     #[inline]
-    pub(crate) fn read_lin(&mut self, mem: &mut GuestMemory, la: u64, size: usize, ss: bool) -> R<u64> {
+    pub(crate) fn read_lin(
+        &mut self,
+        mem: &mut GuestMemory,
+        la: u64,
+        size: usize,
+        ss: bool,
+    ) -> R<u64> {
         if ss && !canonical(la) {
             return Err(super::exc(vector::SS, Some(0)));
         }
@@ -366,7 +418,7 @@ impl Cpu {
         let g1 = self.translate_access(mem, la, Access::Read)?;
         let g2 = self.translate_access(mem, la2, Access::Read)?;
         if !mem.is_ram(g1) || !mem.is_ram(g2) {
-            return Err(Fault::Exit(Exit::Error(CpuError::UnsupportedMmio {
+            return Err(exit(Exit::Error(CpuError::UnsupportedMmio {
                 rip: self.st.rip,
                 gpa: g1,
                 what: "read crossing a page into MMIO",
@@ -377,10 +429,16 @@ impl Cpu {
         Ok(lo | (hi << (n1 * 8)))
     }
 
-    /// Writes the low `size` bytes of `v` at a linear address. Both pages of a crossing
-    /// write are checked before either is written.
+    /// Writes the low `size` bytes of `v` at a linear address.
     #[inline]
-    pub(crate) fn write_lin(&mut self, mem: &mut GuestMemory, la: u64, size: usize, v: u64, ss: bool) -> R<()> {
+    pub(crate) fn write_lin(
+        &mut self,
+        mem: &mut GuestMemory,
+        la: u64,
+        size: usize,
+        v: u64,
+        ss: bool,
+    ) -> R<()> {
         if ss && !canonical(la) {
             return Err(super::exc(vector::SS, Some(0)));
         }
@@ -393,16 +451,25 @@ impl Cpu {
         if ss && !canonical(la2) {
             return Err(super::exc(vector::SS, Some(0)));
         }
+        // The recording host's emulator splits a page-crossing write in two and
+        // commits the first part before translating the second (which may fault).
         let g1 = self.translate_access(mem, la, Access::Write)?;
-        let g2 = self.translate_access(mem, la2, Access::Write)?;
-        if !mem.is_ram(g1) || !mem.is_ram(g2) {
-            return Err(Fault::Exit(Exit::Error(CpuError::UnsupportedMmio {
+        if !mem.is_ram(g1) {
+            return Err(exit(Exit::Error(CpuError::UnsupportedMmio {
                 rip: self.st.rip,
                 gpa: g1,
-                what: "write crossing a page into MMIO",
+                what: "write crossing a page from MMIO",
             })));
         }
         self.phys_write(mem, g1, n1, v)?;
+        let g2 = self.translate_access(mem, la2, Access::Write)?;
+        if !mem.is_ram(g2) {
+            return Err(exit(Exit::Error(CpuError::UnsupportedMmio {
+                rip: self.st.rip,
+                gpa: g2,
+                what: "write crossing a page into MMIO",
+            })));
+        }
         self.phys_write(mem, g2, size - n1, v >> (n1 * 8))
     }
 

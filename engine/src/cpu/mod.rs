@@ -46,6 +46,42 @@
 //! of the current tables. This is what the recording host does (its instruction
 //! emulator walks the guest tables for every access), so a kernel that changes a PTE
 //! without `invlpg` sees the same thing in replay as it saw when recorded.
+//!
+//! # Exceptions
+//!
+//! #DE, #UD, #GP, #SS, #NP, #TS and #PF raised by kernel code are delivered through the
+//! IDT (64-bit interrupt and trap gates, IST, TSS.RSP0 for entries from CPL3) with their
+//! error codes and CR2; the pushed RFLAGS of a fault has RF set. A fault while
+//! delivering becomes #DF; a fault while delivering #DF is [`CpuError::TripleFault`].
+//!
+//! # Deviations copied from the recording host
+//!
+//! The recordings come from KVM's instruction emulator, which differs from hardware in
+//! a few places; replay follows the emulator (each is checked by engine/tests/cpu_vs_kvm.rs):
+//! a page-crossing write commits its first page before the second may fault; any fault
+//! during exception delivery becomes #DF without writing CR2; delivery and `iret` do not
+//! set descriptor accessed bits (`mov sreg`, far `jmp` and `lret` do); `lzcnt`/`tzcnt`
+//! are bit scans ([`Quirks`]); CPUID must be the table the guest observed, which
+//! differs from the one KVM was given (leaf 1 EBX[31:24] even varies with the host CPU).
+//!
+//! # Instructions
+//!
+//! Integer ALU with exact flags (add, adc, sub, sbb, cmp, and, or, xor, test, inc, dec,
+//! neg, not), shifts and rotates (all counts; Intel's results for undefined cases where
+//! measured), shld/shrd, mul/imul (1, 2, 3 operands), div/idiv with #DE, bt/bts/btr/btc
+//! (register, immediate, memory with large offsets), bsf/bsr/lzcnt/tzcnt, bswap, setcc,
+//! cmovcc, jcc, mov/movzx/movsx/movsxd/movnti, lea, xchg, cmpxchg, cmpxchg8b, xadd
+//! (lock accepted), cbw/cwde/cdqe/cwd/cdq/cqo, lahf/sahf, clc/stc/cmc/cld/std, push/pop
+//! (register, memory, immediate, segment), pushf/popf, call/ret (near, indirect, `ret n`),
+//! jmp (near, indirect, far through memory), lret, enter/leave, loop/loope/loopne,
+//! jrcxz/jecxz, xlat, string instructions (movs, stos, lods, cmps, scas; rep/repe/repne;
+//! 32- and 64-bit addressing), nop/pause/fences/prefetch/clflush/clwb/wbinvd/invd/endbr64,
+//! cli/sti (with the interrupt shadow), lgdt/lidt/sgdt/sidt, ltr/str/lldt/sldt,
+//! smsw/lmsw/clts, mov to and from CR0/2/3/4/8 and DR0-7, invlpg, invpcid, rdmsr/wrmsr,
+//! swapgs, syscall, sysret, iret (to CPL0 and CPL3), cpuid, in/out (immediate and DX
+//! ports), rdtsc, rdrand, rdseed, hlt, ud0/ud1/ud2, mov to segment registers (DS, ES,
+//! FS, GS, SS). `int n`, `int3`, `into`, `int1`, x87, SSE/AVX, xsave/fxsave, ins/outs
+//! and anything else give [`Exit::Error`].
 
 mod exec;
 pub mod flags;
@@ -61,6 +97,7 @@ use crate::memory::GuestMemory;
 use crate::state::{CpuState, CpuidEntry};
 
 pub use mmu::{Access, PageFault};
+pub use system::{KERNEL_CODE64_ATTR, KERNEL_DATA_ATTR, USER_CODE64_ATTR, USER_DATA_ATTR};
 
 /// Why [`Cpu::run`] returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,13 +134,35 @@ pub enum CpuError {
     #[error("page-table walk for {linear:#x} read non-RAM guest-physical address {gpa:#x}")]
     PageTableNotRam { linear: u64, gpa: u64 },
     #[error("instruction at {rip:#x} accessed MMIO at {gpa:#x} in an unsupported way ({what})")]
-    UnsupportedMmio { rip: u64, gpa: u64, what: &'static str },
+    UnsupportedMmio {
+        rip: u64,
+        gpa: u64,
+        what: &'static str,
+    },
     #[error("no instruction is waiting for input")]
     NoPendingInput,
     #[error("unsupported operation at {rip:#x}: {what}")]
     Unsupported { rip: u64, what: String },
     #[error("user-entry event cannot be performed: {0}")]
     BadEntry(String),
+}
+
+/// Behaviours of the recording host's instruction emulator that differ from a hardware
+/// CPU with the same CPUID. Replay must reproduce the host that made the recording.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quirks {
+    /// `lzcnt`/`tzcnt` execute as `bsr`/`bsf` even when CPUID advertises ABM/BMI1
+    /// (KVM's emulator ignores the F3 prefix there; measured in cpu_vs_kvm.rs).
+    pub bit_scan_ignores_rep: bool,
+}
+
+impl Quirks {
+    /// The quirks of the host a recording with this counter source was made on.
+    pub fn for_counter(counter: crate::state::CounterSourceKind) -> Quirks {
+        Quirks {
+            bit_scan_ignores_rep: counter == crate::state::CounterSourceKind::KvmInsnEmulation,
+        }
+    }
 }
 
 /// An instruction waiting for a value from the driver.
@@ -133,12 +192,25 @@ pub(crate) struct Exception {
     pub cr2: u64,
 }
 
-/// How an instruction stopped short.
+/// How an instruction stopped short. Kept small: it is returned by every access.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Fault {
     Exc(Exception),
     /// The instruction waits for input (it has not retired) or cannot run.
-    Exit(Exit),
+    Exit(Box<Exit>),
+}
+
+pub(crate) fn exit(e: Exit) -> Fault {
+    Fault::Exit(Box::new(e))
+}
+
+/// What a retired instruction asks of the run loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retired {
+    Continue,
+    PortOut { port: u16, size: u8, value: u32 },
+    Hlt,
+    ReturnToUser,
 }
 
 impl From<Exception> for Fault {
@@ -184,6 +256,7 @@ struct DecodedEntry {
 }
 
 const DECODE_CACHE_BITS: u32 = 14;
+const FETCHED_UNCACHED: usize = usize::MAX;
 const BP_FILTER_WORDS: usize = 64;
 
 /// The replay CPU (see the module documentation).
@@ -206,6 +279,8 @@ pub struct Cpu {
     bp_filter: [u64; BP_FILTER_WORDS],
     skip_breakpoint_at: Option<u64>,
     decode_cache: Vec<DecodedEntry>,
+    /// The last instruction decoded across a page boundary (not cached).
+    uncached: Instruction,
     tlb: mmu::Tlb,
     seen_memory: u64,
     seen_code_generation: u64,
@@ -214,6 +289,7 @@ pub struct Cpu {
     has_1g_pages: bool,
     has_lzcnt: bool,
     has_tzcnt: bool,
+    quirks: Quirks,
 }
 
 impl Clone for Cpu {
@@ -233,6 +309,7 @@ impl Clone for Cpu {
             bp_filter: self.bp_filter,
             skip_breakpoint_at: self.skip_breakpoint_at,
             decode_cache: Vec::new(),
+            uncached: Instruction::default(),
             tlb: mmu::Tlb::new(),
             seen_memory: 0,
             seen_code_generation: 0,
@@ -241,6 +318,7 @@ impl Clone for Cpu {
             has_1g_pages: self.has_1g_pages,
             has_lzcnt: self.has_lzcnt,
             has_tzcnt: self.has_tzcnt,
+            quirks: self.quirks,
         }
     }
 }
@@ -257,7 +335,12 @@ impl std::fmt::Debug for Cpu {
 
 impl Cpu {
     pub fn new(state: CpuState, cpuid: Vec<CpuidEntry>) -> Cpu {
-        let find = |f: u32| cpuid.iter().find(|e| e.function == f && e.index == 0).copied();
+        let find = |f: u32| {
+            cpuid
+                .iter()
+                .find(|e| e.function == f && e.index == 0)
+                .copied()
+        };
         let max_phys_bits = find(0x8000_0008)
             .map(|e| e.eax & 0xff)
             .filter(|&b| (32..=52).contains(&b))
@@ -281,6 +364,7 @@ impl Cpu {
             bp_filter: [0; BP_FILTER_WORDS],
             skip_breakpoint_at: None,
             decode_cache: Vec::new(),
+            uncached: Instruction::default(),
             tlb: mmu::Tlb::new(),
             seen_memory: 0,
             seen_code_generation: 0,
@@ -289,7 +373,17 @@ impl Cpu {
             has_1g_pages,
             has_lzcnt,
             has_tzcnt,
+            quirks: Quirks::default(),
         }
+    }
+
+    /// Reproduce the recording host's deviations (see [`Quirks::for_counter`]).
+    pub fn set_quirks(&mut self, quirks: Quirks) {
+        self.quirks = quirks;
+    }
+
+    pub fn quirks(&self) -> Quirks {
+        self.quirks
     }
 
     pub fn state(&self) -> &CpuState {
@@ -393,7 +487,10 @@ impl Cpu {
                 self.retire_pending(next_rip);
             }
             Pending::Random {
-                reg, size, next_rip, ..
+                reg,
+                size,
+                next_rip,
+                ..
             } => {
                 let v = value & flags::mask(size as usize);
                 let r = &mut self.st.gpr[reg];
@@ -424,7 +521,6 @@ impl Cpu {
     // ---- the run loop ----
 
     /// Makes the caches valid for `mem` (a different memory object drops them all).
-    #[inline]
     fn sync_caches(&mut self, mem: &GuestMemory) {
         if self.seen_memory != mem.instance_id() {
             self.seen_memory = mem.instance_id();
@@ -433,14 +529,7 @@ impl Cpu {
             self.seen_code_generation = mem.code_generation();
             self.seen_pt_generation = mem.pt_generation();
         }
-        if self.seen_code_generation != mem.code_generation() {
-            self.seen_code_generation = mem.code_generation();
-            self.decode_cache.clear();
-        }
-        if self.seen_pt_generation != mem.pt_generation() {
-            self.seen_pt_generation = mem.pt_generation();
-            self.tlb.flush_all();
-        }
+        self.sync_generations(mem);
         if self.decode_cache.is_empty() {
             self.decode_cache = vec![
                 DecodedEntry {
@@ -452,13 +541,45 @@ impl Cpu {
         }
     }
 
+    /// Drops cached decodes after code pages were written, and translations after page
+    /// tables were written.
+    #[inline]
+    fn sync_generations(&mut self, mem: &GuestMemory) {
+        if self.seen_code_generation != mem.code_generation() {
+            self.seen_code_generation = mem.code_generation();
+            for e in self.decode_cache.iter_mut() {
+                e.gpa = u64::MAX;
+            }
+        }
+        if self.seen_pt_generation != mem.pt_generation() {
+            self.seen_pt_generation = mem.pt_generation();
+            self.tlb.flush_all();
+        }
+    }
+
+    /// An error if the CPU is not in 64-bit ring 0 (the only mode replayed).
+    fn mode_error(&self) -> Option<Exit> {
+        let cs = &self.st.seg[crate::state::seg::CS];
+        if self.st.cpl() != 0 || !cs.long_mode() || self.st.efer & (1 << 10) == 0 {
+            return Some(Exit::Error(CpuError::NotRing0 {
+                rip: self.st.rip,
+                cpl: self.st.cpl(),
+                cs_attr: cs.attr,
+            }));
+        }
+        None
+    }
+
     /// Executes until `icount == limit` or an exit (see the module documentation).
     pub fn run(&mut self, mem: &mut GuestMemory, limit: u64) -> Exit {
+        self.sync_caches(mem);
+        if let Some(e) = self.mode_error() {
+            return e;
+        }
         if let Some(p) = self.pending {
             match p {
                 Pending::Mmio { .. } if self.mmio_input.is_some() => {
                     self.pending = None;
-                    self.sync_caches(mem);
                     if let Some(e) = self.step(mem) {
                         return e;
                     }
@@ -476,13 +597,18 @@ impl Cpu {
             if self.st.halted {
                 return Exit::Hlt;
             }
-            self.sync_caches(mem);
+            if self.seen_code_generation != mem.code_generation()
+                || self.seen_pt_generation != mem.pt_generation()
+            {
+                self.sync_generations(mem);
+            }
             let rip = self.st.rip;
-            if !self.breakpoints.is_empty() && self.breakpoint_hit(rip) {
-                if self.skip_breakpoint_at != Some(rip) {
-                    self.skip_breakpoint_at = Some(rip);
-                    return Exit::Breakpoint(rip);
-                }
+            if !self.breakpoints.is_empty()
+                && self.breakpoint_hit(rip)
+                && self.skip_breakpoint_at != Some(rip)
+            {
+                self.skip_breakpoint_at = Some(rip);
+                return Exit::Breakpoint(rip);
             }
             self.skip_breakpoint_at = None;
             if let Some(e) = self.step(mem) {
@@ -503,16 +629,11 @@ impl Cpu {
 
     /// Executes one instruction (or delivers the exception it raises). Returns an exit
     /// if the run loop must stop.
+    #[inline]
     fn step(&mut self, mem: &mut GuestMemory) -> Option<Exit> {
-        if self.st.cpl() != 0 || !self.st.seg[crate::state::seg::CS].long_mode() {
-            return Some(Exit::Error(CpuError::NotRing0 {
-                rip: self.st.rip,
-                cpl: self.st.cpl(),
-                cs_attr: self.st.seg[crate::state::seg::CS].attr,
-            }));
-        }
         let ins = match self.fetch(mem) {
-            Ok(i) => i,
+            Ok(FETCHED_UNCACHED) => self.uncached,
+            Ok(idx) => self.decode_cache[idx].ins,
             Err(f) => return self.handle_fault(mem, f),
         };
         let rip = self.st.rip;
@@ -521,7 +642,7 @@ impl Cpu {
         let shadow = self.st.interrupt_shadow;
         self.st.interrupt_shadow = false;
         match self.exec(mem, &ins) {
-            Ok(exit) => {
+            Ok(retired) => {
                 if self.st.rflags & flags::RF != 0 && !std::mem::take(&mut self.keep_rf) {
                     self.st.rflags &= !flags::RF;
                 }
@@ -532,7 +653,14 @@ impl Cpu {
                 if let Some((gpa, size, value)) = self.mmio_write.take() {
                     return Some(Exit::MmioWrite { gpa, size, value });
                 }
-                exit
+                match retired {
+                    Retired::Continue => None,
+                    Retired::PortOut { port, size, value } => {
+                        Some(Exit::PortOut { port, size, value })
+                    }
+                    Retired::Hlt => Some(Exit::Hlt),
+                    Retired::ReturnToUser => Some(Exit::ReturnToUser),
+                }
             }
             Err(f) => {
                 self.st.interrupt_shadow = shadow;
@@ -554,27 +682,38 @@ impl Cpu {
                     Err(err) => Some(Exit::Error(err)),
                 }
             }
-            Fault::Exit(Exit::MmioRead { gpa, size }) => {
-                self.pending = Some(Pending::Mmio { gpa, size });
-                Some(Exit::MmioRead { gpa, size })
+            Fault::Exit(e) => {
+                if let Exit::MmioRead { gpa, size } = *e {
+                    self.pending = Some(Pending::Mmio { gpa, size });
+                }
+                Some(*e)
             }
-            Fault::Exit(e) => Some(e),
         }
     }
 
-    /// The instruction at RIP, through the decoded-instruction cache.
-    fn fetch(&mut self, mem: &mut GuestMemory) -> R<Instruction> {
+    /// Decodes the instruction at RIP into the decoded-instruction cache and returns
+    /// its index there, or [`FETCHED_UNCACHED`] for an instruction that crosses a page
+    /// (left in `self.uncached`). Returning an index rather than the instruction keeps
+    /// the 40-byte instruction out of the `Result`.
+    #[inline]
+    fn fetch(&mut self, mem: &mut GuestMemory) -> R<usize> {
         let rip = self.st.rip;
-        let gpa = self.translate_access(mem, rip, Access::Fetch)?;
+        let gpa = if rip >> 12 == self.tlb.fetch_vpn {
+            self.tlb.fetch_page | (rip & 0xfff)
+        } else {
+            let g = self.translate_access(mem, rip, Access::Fetch)?;
+            self.tlb.fetch_vpn = rip >> 12;
+            self.tlb.fetch_page = g & !0xfff;
+            g
+        };
         let idx = ((gpa ^ (gpa >> DECODE_CACHE_BITS)) as usize) & ((1 << DECODE_CACHE_BITS) - 1);
-        let e = &self.decode_cache[idx];
-        if e.gpa == gpa {
-            return Ok(e.ins);
+        if self.decode_cache[idx].gpa == gpa {
+            return Ok(idx);
         }
         let mut buf = [0u8; 15];
         let in_page = (4096 - (rip & 0xfff) as usize).min(15);
         if mem.read(gpa, &mut buf[..in_page]).is_err() {
-            return Err(Fault::Exit(Exit::Error(CpuError::FetchNotRam { rip, gpa })));
+            return Err(exit(Exit::Error(CpuError::FetchNotRam { rip, gpa })));
         }
         let mut ins = Instruction::default();
         let mut dec = Decoder::with_ip(64, &buf[..in_page], 0, DecoderOptions::NONE);
@@ -584,25 +723,25 @@ impl Cpu {
             mem.mark_code(gpa);
             // The mark may itself have bumped nothing; keep the cache entry.
             self.decode_cache[idx] = DecodedEntry { gpa, ins };
-            return Ok(ins);
+            return Ok(idx);
         }
         // The instruction crosses into the next page: translate it (with its own fetch
         // checks) and decode from both. Such instructions are not cached.
         let next = (rip | 0xfff).wrapping_add(1);
         let gpa2 = self.translate_access(mem, next, Access::Fetch)?;
         if mem.read(gpa2, &mut buf[in_page..]).is_err() {
-            return Err(Fault::Exit(Exit::Error(CpuError::FetchNotRam { rip, gpa: gpa2 })));
+            return Err(exit(Exit::Error(CpuError::FetchNotRam { rip, gpa: gpa2 })));
         }
         let mut dec = Decoder::with_ip(64, &buf, 0, DecoderOptions::NONE);
-        dec.decode_out(&mut ins);
-        Ok(ins)
+        dec.decode_out(&mut self.uncached);
+        Ok(FETCHED_UNCACHED)
     }
 
     /// An error for an instruction the CPU does not implement.
     pub(crate) fn unimplemented(&self, mem: &GuestMemory, ins: &Instruction) -> Fault {
         let mut bytes = vec![0u8; ins.len()];
         let _ = self.read_virtual(mem, self.st.rip, &mut bytes);
-        Fault::Exit(Exit::Error(CpuError::Unimplemented {
+        exit(Exit::Error(CpuError::Unimplemented {
             rip: self.st.rip,
             bytes,
             mnemonic: if ins.code() == Code::INVALID {
@@ -614,7 +753,7 @@ impl Cpu {
     }
 
     pub(crate) fn unsupported(&self, what: impl Into<String>) -> Fault {
-        Fault::Exit(Exit::Error(CpuError::Unsupported {
+        exit(Exit::Error(CpuError::Unsupported {
             rip: self.st.rip,
             what: what.into(),
         }))

@@ -1,7 +1,7 @@
 //! Exceptions and interrupts (IDT delivery, double and triple faults), entries from and
 //! returns to user mode, descriptor tables and segments, MSRs and CPUID.
 
-use super::{Cpu, CpuError, Exception, Exit, Fault, R, exc, flags, gp0, vector};
+use super::{Cpu, CpuError, Exception, Exit, Fault, R, Retired, exc, flags, gp0, vector};
 use crate::event::{EntryKind, UserEntry};
 use crate::memory::GuestMemory;
 use crate::state::{Segment, msr, seg};
@@ -33,23 +33,26 @@ pub(crate) fn segment_from_descriptor(selector: u16, d: u64) -> Segment {
     }
 }
 
-fn is_contributory(v: u8) -> bool {
-    matches!(v, 0 | 10 | 11 | 12 | 13)
-}
-
 fn has_error_code(v: u8) -> bool {
     matches!(v, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21 | 29 | 30)
 }
 
 impl Cpu {
-    /// Delivers an exception raised by an instruction (or by an earlier delivery),
-    /// applying the double-fault rules. A fault while delivering #DF is a triple fault.
-    pub(crate) fn deliver_exception(&mut self, mem: &mut GuestMemory, first: Exception) -> Result<(), CpuError> {
+    /// Delivers an exception raised by an instruction. A fault while delivering it
+    /// becomes a double fault (#DF, error code 0), without the architectural
+    /// benign/contributory distinction and without writing CR2 for a page fault met
+    /// during delivery: this is what the recording host does (measured in
+    /// cpu_vs_kvm.rs, `exceptions`). A fault while delivering #DF is a triple fault.
+    pub(crate) fn deliver_exception(
+        &mut self,
+        mem: &mut GuestMemory,
+        first: Exception,
+    ) -> Result<(), CpuError> {
+        if first.vector == vector::PF {
+            self.st.cr2 = first.cr2;
+        }
         let mut cur = first;
         loop {
-            if cur.vector == vector::PF {
-                self.st.cr2 = cur.cr2;
-            }
             let code = if has_error_code(cur.vector) {
                 Some(cur.error_code.unwrap_or(0))
             } else {
@@ -64,23 +67,19 @@ impl Cpu {
                             vector: next.vector,
                         });
                     }
-                    let df = (is_contributory(cur.vector) && is_contributory(next.vector))
-                        || (cur.vector == vector::PF && (next.vector == vector::PF || is_contributory(next.vector)));
-                    cur = if df {
-                        Exception {
-                            vector: vector::DF,
-                            error_code: Some(0),
-                            cr2: 0,
-                        }
-                    } else {
-                        next
+                    cur = Exception {
+                        vector: vector::DF,
+                        error_code: Some(0),
+                        cr2: 0,
                     };
                 }
-                Err(Fault::Exit(Exit::Error(e))) => return Err(e),
-                Err(Fault::Exit(_)) => {
-                    return Err(CpuError::Unsupported {
-                        rip: self.st.rip,
-                        what: format!("MMIO access while delivering vector {}", cur.vector),
+                Err(Fault::Exit(x)) => {
+                    return Err(match *x {
+                        Exit::Error(e) => e,
+                        _ => CpuError::Unsupported {
+                            rip: self.st.rip,
+                            what: format!("MMIO access while delivering vector {}", cur.vector),
+                        },
                     });
                 }
             }
@@ -94,11 +93,21 @@ impl Cpu {
         self.skip_breakpoint_at = None;
         let r = match self.deliver(mem, vector, None, true, false) {
             Ok(()) => Ok(()),
-            Err(Fault::Exc(e)) => self.deliver_exception(mem, e),
-            Err(Fault::Exit(Exit::Error(e))) => Err(e),
-            Err(Fault::Exit(_)) => Err(CpuError::Unsupported {
-                rip: self.st.rip,
-                what: "MMIO access while delivering an interrupt".into(),
+            // A fault while delivering an interrupt: a double fault, as above.
+            Err(Fault::Exc(_)) => self.deliver_exception(
+                mem,
+                Exception {
+                    vector: vector::DF,
+                    error_code: Some(0),
+                    cr2: 0,
+                },
+            ),
+            Err(Fault::Exit(x)) => Err(match *x {
+                Exit::Error(e) => e,
+                _ => CpuError::Unsupported {
+                    rip: self.st.rip,
+                    what: "MMIO access while delivering an interrupt".into(),
+                },
             }),
         };
         self.st.halted = false;
@@ -109,7 +118,14 @@ impl Cpu {
     /// event is a fault-class exception, whose pushed RFLAGS image has RF set.
     /// The code segment's descriptor is not marked accessed (the recording host does not
     /// mark it).
-    fn deliver(&mut self, mem: &mut GuestMemory, vec: u8, error_code: Option<u32>, ext: bool, fault: bool) -> R<()> {
+    fn deliver(
+        &mut self,
+        mem: &mut GuestMemory,
+        vec: u8,
+        error_code: Option<u32>,
+        ext: bool,
+        fault: bool,
+    ) -> R<()> {
         let ext_bit = ext as u32;
         let idt_err = Some(vec as u32 * 8 + 2 + ext_bit);
         let off = vec as u64 * 16;
@@ -127,16 +143,22 @@ impl Cpu {
             return Err(exc(vector::NP, idt_err));
         }
         let target = (lo & 0xffff) | ((lo >> 32) & 0xffff_0000) | ((hi & 0xffff_ffff) << 32);
-        let ist = ((lo >> 32) & 7) as u64;
+        let ist = (lo >> 32) & 7;
         let sel = ((lo >> 16) & 0xffff) as u16;
         let sel_err = Some((sel as u32 & !3) + ext_bit);
         if sel & !3 == 0 {
             return Err(exc(vector::GP, Some(ext_bit)));
         }
-        let d = self.read_descriptor(mem, sel).map_err(|f| match f {
-            Fault::Exc(e) if e.vector == vector::GP => exc(vector::GP, sel_err),
-            f => f,
-        })?;
+        // The recording host pushes the frame before it reads the code segment's
+        // descriptor through the page tables (that order shows in the accessed bits
+        // when the push faults), so look at the descriptor without side effects first.
+        let d = match self.peek_descriptor(mem, sel) {
+            Some(d) => d,
+            None => self.read_descriptor(mem, sel).map_err(|f| match f {
+                Fault::Exc(e) if e.vector == vector::GP => exc(vector::GP, sel_err),
+                f => f,
+            })?,
+        };
         let cs = segment_from_descriptor(sel, d);
         // A present 64-bit code segment, not more privileged-than-allowed.
         if cs.attr & 0x18 != 0x18 || !cs.long_mode() || cs.attr & (1 << 14) != 0 {
@@ -163,7 +185,11 @@ impl Cpu {
         let frame = [
             old_ss,
             self.st.gpr[4],
-            if fault { self.st.rflags | flags::RF } else { self.st.rflags },
+            if fault {
+                self.st.rflags | flags::RF
+            } else {
+                self.st.rflags
+            },
             old_cs,
             self.st.rip,
             error_code.unwrap_or(0) as u64,
@@ -178,6 +204,7 @@ impl Cpu {
         for (i, v) in frame[..n].iter().enumerate() {
             self.write_lin(mem, rsp.wrapping_sub(8 * (i as u64 + 1)), 8, *v, true)?;
         }
+        self.read_descriptor(mem, sel)?;
         let mut cs = cs;
         cs.selector = (sel & !3) | new_cpl as u16;
         self.st.seg[seg::CS] = cs;
@@ -208,6 +235,24 @@ impl Cpu {
         self.read_lin(mem, tr.base.wrapping_add(off), 8, false)
     }
 
+    /// The descriptor `sel` selects, read without side effects (`None` if that needs a
+    /// fault or an accessed-bit update).
+    fn peek_descriptor(&self, mem: &GuestMemory, sel: u16) -> Option<u64> {
+        let (base, limit) = if sel & 4 != 0 {
+            (self.st.ldtr.base, self.st.ldtr.limit as u64)
+        } else {
+            (self.st.gdtr.base, self.st.gdtr.limit as u64)
+        };
+        let off = (sel & !7) as u64;
+        if off + 7 > limit {
+            return None;
+        }
+        let mut b = [0u8; 8];
+        self.read_virtual(mem, base.wrapping_add(off), &mut b)
+            .ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+
     /// Reads the 8-byte descriptor `sel` selects (GDT or LDT). #GP(sel) beyond the limit.
     pub(crate) fn read_descriptor(&mut self, mem: &mut GuestMemory, sel: u16) -> R<u64> {
         let (base, limit) = if sel & 4 != 0 {
@@ -235,11 +280,23 @@ impl Cpu {
         } else {
             self.st.gdtr.base
         };
-        self.write_lin(mem, base.wrapping_add((sel & !7) as u64), 8, d | (1 << 40), false)
+        self.write_lin(
+            mem,
+            base.wrapping_add((sel & !7) as u64),
+            8,
+            d | (1 << 40),
+            false,
+        )
     }
 
     /// `mov sreg` / `pop sreg` for DS, ES, FS, GS and SS in 64-bit mode at CPL0.
-    pub(crate) fn load_data_segment(&mut self, mem: &mut GuestMemory, idx: usize, sel: u16, mark_accessed: bool) -> R<()> {
+    pub(crate) fn load_data_segment(
+        &mut self,
+        mem: &mut GuestMemory,
+        idx: usize,
+        sel: u16,
+        mark_accessed: bool,
+    ) -> R<()> {
         let err = Some(sel as u32 & !3);
         if sel & !3 == 0 {
             if idx == seg::SS && sel & 3 != 0 {
@@ -288,7 +345,12 @@ impl Cpu {
 
     /// Loads CS for a far transfer at CPL0 (far `jmp`, `lret`). Only 64-bit code
     /// segments keep the CPU executing; anything else is reported at the next step.
-    pub(crate) fn load_code_segment(&mut self, mem: &mut GuestMemory, sel: u16, mark_accessed: bool) -> R<Segment> {
+    pub(crate) fn load_code_segment(
+        &mut self,
+        mem: &mut GuestMemory,
+        sel: u16,
+        mark_accessed: bool,
+    ) -> R<Segment> {
         let err = Some(sel as u32 & !3);
         if sel & !3 == 0 {
             return Err(gp0());
@@ -311,7 +373,7 @@ impl Cpu {
     }
 
     /// `iretq` (and its 16/32-bit operand-size forms).
-    pub(crate) fn iret(&mut self, mem: &mut GuestMemory, size: usize) -> R<Option<Exit>> {
+    pub(crate) fn iret(&mut self, mem: &mut GuestMemory, size: usize) -> R<Retired> {
         let rsp = self.st.gpr[4];
         let mut v = [0u64; 5];
         for (i, x) in v.iter_mut().enumerate() {
@@ -350,7 +412,7 @@ impl Cpu {
             self.next_rip = rip;
             // An interrupt shadow set by loading SS does not apply to iret.
             self.st.interrupt_shadow = false;
-            return Ok(None);
+            return Ok(Retired::Continue);
         }
         if rpl != 3 {
             return Err(self.unsupported(format!("iret to CPL{rpl}")));
@@ -369,11 +431,11 @@ impl Cpu {
         self.st.rflags = new_flags;
         self.st.gpr[4] = new_rsp;
         self.next_rip = rip;
-        Ok(Some(Exit::ReturnToUser))
+        Ok(Retired::ReturnToUser)
     }
 
     /// `sysret`: to 64-bit user mode with REX.W, to compatibility mode without.
-    pub(crate) fn sysret(&mut self, wide: bool) -> R<Option<Exit>> {
+    pub(crate) fn sysret(&mut self, wide: bool) -> R<Retired> {
         if self.st.efer & 1 == 0 {
             return Err(super::ud());
         }
@@ -402,7 +464,7 @@ impl Cpu {
         };
         self.st.rflags = (self.st.gpr[11] & 0x3c_7fd7) | flags::FIXED1;
         self.next_rip = rip;
-        Ok(Some(Exit::ReturnToUser))
+        Ok(Retired::ReturnToUser)
     }
 
     /// The architectural effect of `syscall` from `rip_after` with `rflags`.
@@ -438,7 +500,11 @@ impl Cpu {
     }
 
     /// Performs a recorded entry from user mode (see the module documentation).
-    pub fn enter_from_user(&mut self, mem: &mut GuestMemory, entry: &UserEntry) -> Result<(), CpuError> {
+    pub fn enter_from_user(
+        &mut self,
+        mem: &mut GuestMemory,
+        entry: &UserEntry,
+    ) -> Result<(), CpuError> {
         self.sync_caches(mem);
         self.skip_breakpoint_at = None;
         self.pending = None;
@@ -486,15 +552,23 @@ impl Cpu {
         }
     }
 
-    fn entry_delivery(&mut self, mem: &mut GuestMemory, v: u8, code: Option<u32>, ext: bool) -> Result<(), CpuError> {
+    fn entry_delivery(
+        &mut self,
+        mem: &mut GuestMemory,
+        v: u8,
+        code: Option<u32>,
+        ext: bool,
+    ) -> Result<(), CpuError> {
         match self.deliver(mem, v, code, ext, !ext) {
             Ok(()) => Ok(()),
             Err(Fault::Exc(e)) => Err(CpuError::BadEntry(format!(
                 "delivering vector {v} from user mode raised exception {} (error code {:?})",
                 e.vector, e.error_code
             ))),
-            Err(Fault::Exit(Exit::Error(e))) => Err(e),
-            Err(Fault::Exit(x)) => Err(CpuError::BadEntry(format!("delivery of vector {v} needs {x:?}"))),
+            Err(Fault::Exit(x)) => Err(match *x {
+                Exit::Error(e) => e,
+                x => CpuError::BadEntry(format!("delivery of vector {v} needs {x:?}")),
+            }),
         }
     }
 
@@ -528,6 +602,8 @@ impl Cpu {
             msr::IA32_EFER => self.st.efer,
             msr::IA32_FS_BASE => self.st.seg[seg::FS].base,
             msr::IA32_GS_BASE => self.st.seg[seg::GS].base,
+            // The power-on default when the snapshot did not include PAT.
+            msr::IA32_PAT => self.st.msr(msr::IA32_PAT).unwrap_or(0x0007_0406_0007_0406),
             i if Self::named_msr(i) => self.msr_value(i),
             i => match self.st.msr(i) {
                 Some(v) => v,
@@ -593,36 +669,39 @@ impl Cpu {
 
     // ---- CPUID ----
 
-    /// CPUID from the recorded table, with KVM's lookup rules: an entry with the
-    /// significant-index flag matches (leaf, subleaf), others match the leaf; a leaf
-    /// above the maximum of its range (0, 0x4000_0000, 0x8000_0000, 0xc000_0000)
-    /// returns the highest basic leaf (as Intel CPUs and KVM with an Intel vendor do);
-    /// any other missing leaf returns zeros. OSXSAVE and OSPKE reflect CR4.
+    /// CPUID from the recorded table: an entry with the significant-index flag matches
+    /// (leaf, subleaf), others match the leaf; a leaf missing from the table returns
+    /// zeros (what the recording host answers for leaves beyond its maximum, measured in
+    /// engine/tests/cpu_vs_kvm.rs). OSXSAVE and OSPKE reflect CR4.
+    ///
+    /// The table must hold what the guest observed: on the recording hosts the CPUID a
+    /// guest sees differs from the KVM_GET_SUPPORTED_CPUID table it was given.
     pub fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         let find = |f: u32, i: u32| {
             self.cpuid
                 .iter()
                 .find(|e| e.function == f && (e.flags & 1 == 0 || e.index == i))
         };
-        let class = match leaf {
-            0x4000_0000..=0x4fff_ffff => leaf & 0xffff_ff00,
-            0xc000_0000.. => 0xc000_0000,
-            _ => leaf & 0x8000_0000,
-        };
-        let in_range = find(class, 0).is_some_and(|e| leaf <= e.eax);
-        let (l, s) = match find(0, 0) {
-            Some(basic) if !in_range => (basic.eax, subleaf),
-            _ => (leaf, subleaf),
-        };
+        let (l, s) = (leaf, subleaf);
         let mut out = match find(l, s) {
             Some(e) => [e.eax, e.ebx, e.ecx, e.edx],
             None => [0; 4],
         };
         if l == 1 {
-            out[2] = (out[2] & !(1 << 27)) | if self.st.cr4 & (1 << 18) != 0 { 1 << 27 } else { 0 };
+            out[2] = (out[2] & !(1 << 27))
+                | if self.st.cr4 & (1 << 18) != 0 {
+                    1 << 27
+                } else {
+                    0
+                };
         }
         if l == 7 && s == 0 {
-            out[2] = (out[2] & !(1 << 4)) | if self.st.cr4 & (1 << 22) != 0 { 1 << 4 } else { 0 };
+            out[2] = (out[2] & !(1 << 4))
+                | if self.st.cr4 & (1 << 22) != 0 {
+                    1 << 4
+                } else {
+                    0
+                };
         }
         out
     }

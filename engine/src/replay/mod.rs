@@ -20,7 +20,7 @@ use crate::cpu::{Cpu, Exit};
 use crate::event::{Event, Icount, InjectionPoint, RandomInstruction};
 use crate::machine::{HOOK_USER_READ, PORT_COM1, PORT_POWEROFF, UART_LCR, UART_LCR_DLAB};
 use crate::memory::GuestMemory;
-use crate::state::gpr;
+use crate::state::{CounterSourceKind, gpr};
 use crate::trace::{Header, RecordingReader, TraceError};
 use std::path::Path;
 use std::sync::Arc;
@@ -93,6 +93,20 @@ pub struct Replay {
     uart_lcr: u8,
     /// Final icount of a complete recording.
     final_icount: Option<Icount>,
+    /// The recording's icounts are exact (it was made with an instruction counter).
+    /// Without one, events are placed by the exits and signatures they carry.
+    exact: bool,
+    /// Replay has just handled an exit and not run since: events the recorder
+    /// captured at that exit are due (positional mode).
+    at_exit: bool,
+    /// ...and that exit was an `out` (where the recorder takes digests, applies DMA and
+    /// VMM writes and flushes console output).
+    at_out: bool,
+    /// Deterministic exits (port and MMIO accesses, `hlt`) so far: the position of
+    /// events in a recording made without a counter (see [`crate::icount`]).
+    exit_ordinal: u64,
+    /// Address of a pending signature-placed interrupt (positional mode).
+    signature_rip: Option<u64>,
     finished: Option<End>,
     initial: Initial,
 }
@@ -112,10 +126,9 @@ impl Replay {
         let mem = GuestMemory::from_snapshot(&header.machine, &snapshot)?;
         let cpu = Cpu::new(snapshot.cpu.clone(), header.cpuid.clone());
         let events = reader.events_from(0).collect::<Result<Vec<_>, _>>()?;
-        let final_icount = reader
-            .recovery()
-            .complete
-            .then(|| reader.stats().kernel_instructions);
+        let exact = header.machine.counter != CounterSourceKind::None;
+        let final_icount =
+            (reader.recovery().complete && exact).then(|| reader.stats().kernel_instructions);
         Ok(Self::new(header, cpu, mem, events, final_icount))
     }
 
@@ -132,6 +145,10 @@ impl Replay {
             .find(|s| s.name == HOOK_USER_READ)
             .map(|s| s.addr);
         cpu.set_breakpoints(hook_user_read);
+        // Behave like the recording host's instruction emulator where it differs from
+        // the architecture.
+        cpu.set_quirks(crate::cpu::Quirks::for_counter(header.machine.counter));
+        let exact = header.machine.counter != CounterSourceKind::None;
         let initial = Initial {
             cpu: cpu.clone(),
             mem: mem.clone(),
@@ -149,6 +166,11 @@ impl Replay {
             console_checked: 0,
             uart_lcr: 0,
             final_icount,
+            exact,
+            at_exit: false,
+            at_out: false,
+            exit_ordinal: 0,
+            signature_rip: None,
             finished: None,
             initial,
         };
@@ -259,12 +281,23 @@ impl Replay {
                 return Stop::Reached(Target::Icount(cap));
             }
             let mut limit = goal.min(cap);
-            if let Some(Event::KernelInterrupt(k)) = self.events.get(self.next_interrupt) {
+            if let Some(Event::KernelInterrupt(k)) = self.events.get(self.next_interrupt)
+                && self.exact
+            {
                 limit = limit.min(k.icount);
             } else if let Some(f) = self.final_icount {
                 limit = limit.min(f);
             }
+            self.at_exit = false;
             let exit = self.cpu.run(&mut self.mem, limit);
+            self.at_exit = !matches!(
+                exit,
+                Exit::Limit | Exit::Breakpoint(_) | Exit::ReturnToUser | Exit::Error(_)
+            );
+            self.at_out = matches!(exit, Exit::PortOut { .. });
+            if is_deterministic_exit(&exit) {
+                self.exit_ordinal += 1;
+            }
             let result = match exit {
                 Exit::Limit => self.on_limit(),
                 Exit::PortIn { .. }
@@ -294,13 +327,36 @@ impl Replay {
         }
     }
 
+    /// Whether an event the recorder captured at `icount` (or, without exact icounts,
+    /// at the exit just handled) applies now.
+    fn due(&self, icount: Icount) -> bool {
+        if self.exact {
+            icount == self.cpu.icount()
+        } else {
+            self.at_exit && icount == self.exit_ordinal
+        }
+    }
+
+    /// Like [`Replay::due`] for what the recorder captures only at an `out` exit.
+    fn due_at_out(&self, icount: Icount) -> bool {
+        self.due(icount) && (self.exact || self.at_out)
+    }
+
+    /// The current position in the units of the recording's event positions.
+    fn position(&self) -> Icount {
+        if self.exact {
+            self.cpu.icount()
+        } else {
+            self.exit_ordinal
+        }
+    }
+
     /// Applies the events due at the current position: kernel-mode interrupts and
     /// digests whose icount has been reached.
     fn apply_due(&mut self) -> Result<(), Box<Divergence>> {
         loop {
-            let icount = self.cpu.icount();
             match self.front() {
-                Some(Event::Digest(d)) if d.icount == icount => {
+                Some(Event::Digest(d)) if self.due_at_out(d.icount) => {
                     let d = *d;
                     let rip = self.cpu.state().rip;
                     let regs = self.cpu.state().regs_digest();
@@ -312,7 +368,15 @@ impl Replay {
                     }
                     self.consume();
                 }
-                Some(Event::KernelInterrupt(k)) if k.icount == icount => {
+                Some(Event::KernelInterrupt(k))
+                    if match k.point {
+                        InjectionPoint::Signature { .. } if !self.exact => {
+                            // After the exit it was recorded at, at its rip.
+                            self.exit_ordinal >= k.icount && self.cpu.state().rip == k.rip
+                        }
+                        _ => self.due(k.icount),
+                    } =>
+                {
                     let k = *k;
                     let rip = self.cpu.state().rip;
                     let check_rip = !matches!(k.point, InjectionPoint::AfterExit);
@@ -324,12 +388,22 @@ impl Replay {
                     }
                     if let InjectionPoint::Signature { regs_digest } = k.point {
                         let actual = self.cpu.state().regs_digest();
+                        if !self.exact && actual != regs_digest {
+                            // Another instance of this rip: keep running.
+                            return Ok(());
+                        }
                         if actual != regs_digest {
                             return Err(self.diverge(
                                 format!("interrupt signature {regs_digest:#018x}"),
                                 format!("registers {actual:#018x}"),
                             ));
                         }
+                    }
+                    if let Some(rip) = self.signature_rip.take()
+                        && Some(rip) != self.hook_user_read
+                        && !self.user_breakpoints.contains(&rip)
+                    {
+                        self.cpu.remove_breakpoint(rip);
                     }
                     if let Err(e) = self.cpu.inject_interrupt(&mut self.mem, k.vector) {
                         return Err(self.diverge(
@@ -339,6 +413,17 @@ impl Replay {
                     }
                     self.consume();
                 }
+                Some(Event::KernelInterrupt(k))
+                    if !self.exact && matches!(k.point, InjectionPoint::Signature { .. }) =>
+                {
+                    // Stop at the recorded rip; the signature decides which instance.
+                    let rip = k.rip;
+                    if self.signature_rip != Some(rip) {
+                        self.signature_rip = Some(rip);
+                        self.cpu.add_breakpoint(rip);
+                    }
+                    return Ok(());
+                }
                 _ => return Ok(()),
             }
         }
@@ -346,6 +431,9 @@ impl Replay {
 
     fn on_limit(&mut self) -> Result<(), Box<Divergence>> {
         let icount = self.cpu.icount();
+        if !self.exact {
+            return Ok(());
+        }
         if self.final_icount == Some(icount) && self.next_interrupt >= self.events.len() {
             self.finished = Some(End::EndOfRecording);
             return self.check_all_consumed();
@@ -381,10 +469,15 @@ impl Replay {
             (Exit::PortIn { port, size }, Event::PortIn(p))
                 if p.port == *port && p.size == *size =>
             {
-                if p.icount != self.cpu.icount() + 1 {
+                let here = if self.exact {
+                    self.cpu.icount() + 1
+                } else {
+                    self.exit_ordinal
+                };
+                if p.icount != here {
                     return Err(self.diverge(
-                        format!("port {port:#x} input at icount {}", p.icount),
-                        format!("at icount {}", self.cpu.icount() + 1),
+                        format!("port {port:#x} input at position {}", p.icount),
+                        format!("at position {here}"),
                     ));
                 }
                 (p.value as u64, false)
@@ -420,10 +513,10 @@ impl Replay {
     /// An agent event's icount is the exit where the recorder collected it: it cannot
     /// have happened later than that.
     fn check_bound(&self, bound: Icount) -> Result<(), Box<Divergence>> {
-        if self.cpu.icount() > bound {
+        if self.position() > bound {
             return Err(self.diverge(
-                format!("this event no later than icount {bound}"),
-                format!("it is needed at icount {}", self.cpu.icount()),
+                format!("this event no later than position {bound}"),
+                format!("it is needed at position {}", self.position()),
             ));
         }
         Ok(())
@@ -451,7 +544,7 @@ impl Replay {
         let icount = self.cpu.icount();
         loop {
             match self.front().cloned() {
-                Some(Event::MemoryWrite(w)) if w.icount == icount => {
+                Some(Event::MemoryWrite(w)) if self.due_at_out(w.icount) => {
                     if let Err(e) = self.mem.write(w.gpa, &w.data) {
                         return Err(self.diverge(
                             format!("{} bytes written at {:#x}", w.data.len(), w.gpa),
@@ -460,7 +553,7 @@ impl Replay {
                     }
                     self.consume();
                 }
-                Some(Event::Console(c)) if c.icount == icount => {
+                Some(Event::Console(c)) if self.due_at_out(c.icount) => {
                     let replayed = &self.console[self.console_checked..];
                     if replayed != c.bytes.as_slice() {
                         return Err(self.diverge(
@@ -471,12 +564,12 @@ impl Replay {
                     self.console_checked = self.console.len();
                     self.consume();
                 }
-                Some(Event::Digest(d)) if d.icount == icount => {
+                Some(Event::Digest(d)) if self.due_at_out(d.icount) => {
                     // Compared by apply_due, which runs next.
                     let _ = d;
                     return Ok(());
                 }
-                Some(e) if e.icount() < icount => {
+                Some(e) if e.icount() < self.position() => {
                     return Err(self.diverge(
                         describe(&e),
                         format!("nothing consumed it by icount {icount}"),
@@ -490,7 +583,7 @@ impl Replay {
     fn on_hlt(&mut self) -> Result<(), Box<Divergence>> {
         self.after_exit()?;
         match self.front() {
-            Some(Event::KernelInterrupt(k)) if k.icount == self.cpu.icount() => Ok(()),
+            Some(Event::KernelInterrupt(k)) if self.due(k.icount) => Ok(()),
             None => {
                 self.finished = Some(End::EndOfRecording);
                 Ok(())
@@ -523,7 +616,8 @@ impl Replay {
     /// Returns true for a caller breakpoint; agent hooks are handled here.
     fn on_breakpoint(&mut self, addr: u64) -> Result<bool, Box<Divergence>> {
         if Some(addr) != self.hook_user_read {
-            return Ok(true);
+            // A signature-placed interrupt's rip is checked by apply_due next.
+            return Ok(Some(addr) != self.signature_rip || self.user_breakpoints.contains(&addr));
         }
         let (dst, len) = {
             let st = self.cpu.state();
@@ -633,4 +727,17 @@ fn describe_exit(exit: &Exit) -> String {
         Exit::MmioRead { gpa, .. } => format!("MMIO read at {gpa:#x}"),
         other => format!("{other:?}"),
     }
+}
+
+/// Exits that happen at the same instruction under KVM and in replay, whatever the
+/// timing: what a recording without a counter counts as positions.
+fn is_deterministic_exit(exit: &Exit) -> bool {
+    matches!(
+        exit,
+        Exit::PortIn { .. }
+            | Exit::PortOut { .. }
+            | Exit::MmioRead { .. }
+            | Exit::MmioWrite { .. }
+            | Exit::Hlt
+    )
 }

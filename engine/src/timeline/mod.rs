@@ -200,16 +200,14 @@ impl Timeline {
         }
     }
 
-    /// Goes to icount `k` (forward or backward). Going to 0 reports [`Moved::Start`];
-    /// a `k` past the end stops at the end and reports [`Moved::End`].
+    /// Goes to icount `k` (forward or backward). A `k` past the end stops at the end and
+    /// reports [`Moved::End`]; reaching `k`, 0 included, is [`Moved::Arrived`] (only a
+    /// move that cannot go back at all reports [`Moved::Start`]).
     pub fn goto_icount(&mut self, k: Icount) -> Moved {
         if k < self.icount() {
             self.restore_before(|c| c.icount <= k);
         }
-        match self.forward(Target::Icount(k), false, None) {
-            Moved::Arrived if k == 0 => Moved::Start,
-            m => m,
-        }
+        self.forward(Target::Icount(k), false, None)
     }
 
     /// Goes to the position right after event `n` was applied.

@@ -209,6 +209,17 @@ impl<R: Read + Seek> RecordingReader<R> {
         &self.index
     }
 
+    /// The guest console output the recording holds (its console events, in order).
+    pub fn console(&mut self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for e in self.events_from(0) {
+            if let Event::Console(c) = e? {
+                out.extend_from_slice(&c.bytes);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn event_count(&self) -> u64 {
         self.index.last().map_or(0, |c| c.end_event())
     }
@@ -246,6 +257,24 @@ impl<R: Read + Seek> RecordingReader<R> {
             pages.push(page?);
         }
         Ok(Snapshot { cpu, pages })
+    }
+
+    /// The number of the first event whose `icount` is at least `icount` (the event
+    /// count if there is none). Events are stored in execution order, so their icounts
+    /// do not decrease; the search uses the index and decodes at most one chunk.
+    pub fn first_event_at(&mut self, icount: u64) -> Result<u64> {
+        let i = self.index.partition_point(|c| c.last_icount < icount);
+        let Some(chunk) = self.index.get(i).copied() else {
+            return Ok(self.event_count());
+        };
+        if chunk.first_icount >= icount {
+            return Ok(chunk.first_event);
+        }
+        // Load through the cache, then search inside the chunk.
+        self.event(chunk.first_event)?;
+        let (_, events) = self.cache.as_ref().expect("cache just filled");
+        let k = events.partition_point(|e| e.icount() < icount);
+        Ok(chunk.first_event + k as u64)
     }
 
     /// Event number `n`.

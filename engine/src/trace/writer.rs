@@ -282,6 +282,17 @@ impl<W: Write> RecordingWriter<W> {
         Ok(())
     }
 
+    /// Writes the buffered events as a chunk now, even if it is not full, and flushes
+    /// it to the OS. A recorder calls this periodically so that a crash or a kill loses
+    /// at most the events since the last call.
+    pub fn flush_events(&mut self) -> Result<()> {
+        if self.phase == Phase::InSnapshot {
+            self.end_snapshot()?;
+        }
+        self.expect(Phase::Events, "flush_events")?;
+        self.guarded(|w| w.flush_chunk())
+    }
+
     /// Events pushed so far.
     pub fn event_count(&self) -> u64 {
         self.next_event

@@ -4,15 +4,16 @@
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use krr_engine::state::{CpuState, CpuidEntry, Segment, msr};
 use kvm_bindings::{
     KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry, kvm_segment, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use krr_engine::state::{CpuState, CpuidEntry, Segment, msr};
 
-use super::{EXC_PORT, END_PORT, Image, RAM_SIZE, port_in_value};
+use super::{END_PORT, EXC_PORT, Image, RAM_SIZE, port_in_value};
 
 const KVM_GET_STATS_FD: libc::c_ulong = 0xaece;
+const KVM_INTERRUPT: libc::c_ulong = 0x4004_ae86;
 
 extern "C" fn kick(_: libc::c_int) {}
 
@@ -55,6 +56,8 @@ pub struct KvmMachine {
     stats_fd: i32,
     insn_off: i64,
     pub cpuid: Vec<CpuidEntry>,
+    /// When the guest writes this port, inject this interrupt vector (KVM_INTERRUPT).
+    pub inject_on_port: Option<(u16, u8)>,
 }
 
 impl Drop for KvmMachine {
@@ -123,14 +126,22 @@ fn stat_offset(fd: i32, want: &str) -> Option<i64> {
     if n != 24 {
         return None;
     }
-    let (name_size, num_desc, desc_offset, data_offset) = (h[1] as usize, h[2] as usize, h[4] as i64, h[5] as i64);
+    let (name_size, num_desc, desc_offset, data_offset) =
+        (h[1] as usize, h[2] as usize, h[4] as i64, h[5] as i64);
     if name_size > 4096 || num_desc > 65536 {
         return None;
     }
     let dsz = 16 + name_size;
     let mut descs = vec![0u8; dsz * num_desc];
     // SAFETY: reading into a buffer of exactly descs.len() bytes.
-    let n = unsafe { libc::pread(fd, descs.as_mut_ptr() as *mut libc::c_void, descs.len(), desc_offset) };
+    let n = unsafe {
+        libc::pread(
+            fd,
+            descs.as_mut_ptr() as *mut libc::c_void,
+            descs.len(),
+            desc_offset,
+        )
+    };
     if n != descs.len() as isize {
         return None;
     }
@@ -182,13 +193,18 @@ impl KvmMachine {
         };
         // SAFETY: the region is a valid mapping that outlives the VM (unmapped in Drop
         // of KvmMachine, which owns the VM).
-        unsafe { vm.set_user_memory_region(region).expect("set_user_memory_region") };
+        unsafe {
+            vm.set_user_memory_region(region)
+                .expect("set_user_memory_region")
+        };
         let vcpu = vm.create_vcpu(0).expect("create_vcpu");
         // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new fd or -1.
         let stats_fd = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_GET_STATS_FD) };
         assert!(stats_fd >= 0, "KVM_GET_STATS_FD");
         let insn_off = stat_offset(stats_fd, "insn_emulation").expect("insn_emulation statistic");
-        let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).expect("supported cpuid");
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .expect("supported cpuid");
         vcpu.set_cpuid2(&supported).expect("set_cpuid2");
         let cpuid = supported
             .as_slice()
@@ -211,6 +227,7 @@ impl KvmMachine {
             stats_fd,
             insn_off,
             cpuid,
+            inject_on_port: None,
         };
         m.set_state(&img.state);
         m
@@ -277,8 +294,8 @@ impl KvmMachine {
         let s = self.vcpu.get_sregs().expect("get_sregs");
         let mut st = CpuState {
             gpr: [
-                r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14,
-                r.r15,
+                r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
+                r.r12, r.r13, r.r14, r.r15,
             ],
             rip: r.rip,
             rflags: r.rflags,
@@ -347,10 +364,14 @@ impl KvmMachine {
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
         let watchdog = std::thread::spawn(move || {
-            if stopped.recv_timeout(Duration::from_secs(5)) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            if stopped.recv_timeout(Duration::from_secs(5))
+                != Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            {
                 return;
             }
-            while stopped.recv_timeout(Duration::from_millis(50)) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            while stopped.recv_timeout(Duration::from_millis(50))
+                == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            {
                 // SAFETY: `me` is the test thread, alive until it sends `stop`, and the
                 // signal's handler does nothing.
                 unsafe { libc::pthread_kill(me, libc::SIGUSR1) };
@@ -370,12 +391,28 @@ impl KvmMachine {
                         };
                         break;
                     }
+                    if let Some((p, vector)) = self.inject_on_port
+                        && p == port
+                    {
+                        let irq = kvm_bindings::kvm_interrupt { irq: vector as u32 };
+                        // SAFETY: KVM_INTERRUPT reads one kvm_interrupt from the pointer.
+                        let r = unsafe {
+                            libc::ioctl(self.vcpu.as_raw_fd(), KVM_INTERRUPT, &irq as *const _)
+                        };
+                        assert_eq!(r, 0, "KVM_INTERRUPT");
+                    }
                 }
                 Ok(VcpuExit::IoIn(port, data)) => {
                     let v = port_in_value(port).to_le_bytes();
                     let n = data.len();
                     data.copy_from_slice(&v[..n]);
                 }
+                Ok(VcpuExit::MmioRead(gpa, data)) => {
+                    let v = super::mmio_value(gpa).to_le_bytes();
+                    let n = data.len();
+                    data.copy_from_slice(&v[..n]);
+                }
+                Ok(VcpuExit::MmioWrite(..)) => {}
                 Ok(VcpuExit::Hlt) => {
                     exit = KvmExit::Hlt;
                     break;
@@ -401,4 +438,77 @@ impl KvmMachine {
             stats: Vec::new(),
         }
     }
+}
+
+/// Leaves whose sub-leaf (ECX) selects the output.
+const INDEXED_LEAVES: [u32; 11] = [4, 7, 0xb, 0xd, 0xf, 0x10, 0x12, 0x14, 0x17, 0x18, 0x1f];
+
+/// The CPUID a guest actually observes under this KVM (which differs from the
+/// KVM_GET_SUPPORTED_CPUID table it is given), collected by running `cpuid` in a guest
+/// for every leaf up to 0x20 and the hypervisor and extended ranges. This is the table a
+/// recording must store for replay.
+pub fn observed_cpuid() -> Vec<CpuidEntry> {
+    static TABLE: std::sync::OnceLock<Vec<CpuidEntry>> = std::sync::OnceLock::new();
+    TABLE
+        .get_or_init(|| {
+            use iced_x86::code_asm::*;
+            let mut queries = Vec::new();
+            for leaf in (0..=0x20u32)
+                .chain(0x4000_0000..=0x4000_0010)
+                .chain(0x8000_0000..=0x8000_0020)
+            {
+                let subs = if INDEXED_LEAVES.contains(&leaf) {
+                    0..4
+                } else {
+                    0..1
+                };
+                for sub in subs {
+                    queries.push((leaf, sub));
+                }
+            }
+            let out = super::DATA;
+            let mut img = super::image();
+            let mut a = super::asm();
+            for (i, (leaf, sub)) in queries.iter().enumerate() {
+                a.mov(eax, *leaf).unwrap();
+                a.mov(ecx, *sub).unwrap();
+                a.cpuid().unwrap();
+                let at = out + 16 * i as u64;
+                a.mov(dword_ptr(at), eax).unwrap();
+                a.mov(dword_ptr(at + 4), ebx).unwrap();
+                a.mov(dword_ptr(at + 8), ecx).unwrap();
+                a.mov(dword_ptr(at + 12), edx).unwrap();
+            }
+            a.out(super::END_PORT as u32, al).unwrap();
+            let code = a.assemble(0x40_0000).unwrap();
+            img.write(0x40_0000, &code);
+            img.state.rip = 0x40_0000;
+            let mut m = KvmMachine::new(&img);
+            let r = m.run(10);
+            assert!(
+                matches!(r.exit, KvmExit::Out { .. }),
+                "cpuid probe: {:?}",
+                r.exit
+            );
+            let word =
+                |a: u64| u32::from_le_bytes(r.ram[a as usize..a as usize + 4].try_into().unwrap());
+            queries
+                .iter()
+                .enumerate()
+                .map(|(i, &(leaf, sub))| {
+                    let at = out + 16 * i as u64;
+                    CpuidEntry {
+                        function: leaf,
+                        index: sub,
+                        flags: INDEXED_LEAVES.contains(&leaf) as u32,
+                        eax: word(at),
+                        ebx: word(at + 4),
+                        ecx: word(at + 8),
+                        edx: word(at + 12),
+                    }
+                })
+                .filter(|e| e.eax | e.ebx | e.ecx | e.edx != 0)
+                .collect()
+        })
+        .clone()
 }

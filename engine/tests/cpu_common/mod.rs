@@ -6,11 +6,11 @@
 pub mod kvm;
 
 use iced_x86::code_asm::CodeAssembler;
-use krr_engine::cpu::{Cpu, Exit};
+use krr_engine::cpu::{Cpu, Exit, Quirks};
 use krr_engine::memory::GuestMemory;
 use krr_engine::state::{
-    CounterSourceKind, CpuState, CpuidEntry, DescriptorTable, MachineConfig, MemoryRegion, RegionKind, Segment,
-    Snapshot, SnapshotPage, msr,
+    CounterSourceKind, CpuState, CpuidEntry, DescriptorTable, MachineConfig, MemoryRegion,
+    RegionKind, Segment, Snapshot, SnapshotPage, msr,
 };
 
 pub const RAM_SIZE: u64 = 16 << 20;
@@ -149,7 +149,8 @@ pub fn image() -> Image {
         img.write_u64(GDT + 8 * i as u64, *d);
     }
     let tss_limit: u64 = 0x67;
-    let tss_lo = tss_limit | ((TSS & 0xff_ffff) << 16) | (0x89u64 << 40) | (((TSS >> 24) & 0xff) << 56);
+    let tss_lo =
+        tss_limit | ((TSS & 0xff_ffff) << 16) | (0x89u64 << 40) | (((TSS >> 24) & 0xff) << 56);
     img.write_u64(GDT + 0x18, tss_lo);
     img.write_u64(GDT + 0x20, TSS >> 32);
     img.write_u64(GDT + 0x28, 0x00cf_f200_0000_ffff);
@@ -217,9 +218,13 @@ pub fn image() -> Image {
     st.cr3 = PML4;
     st.cr4 = 0x20 | 0x200 | 0x400;
     st.efer = 0xd01;
-    st.set_msr(msr::IA32_STAR, ((USER_BASE_SEL as u64) << 48) | ((KERNEL_CS as u64) << 32));
+    st.set_msr(
+        msr::IA32_STAR,
+        ((USER_BASE_SEL as u64) << 48) | ((KERNEL_CS as u64) << 32),
+    );
     st.set_msr(msr::IA32_LSTAR, HANDLERS);
     st.set_msr(msr::IA32_FMASK, 0x4700);
+    st.set_msr(msr::IA32_PAT, 0x0007_0406_0007_0406);
     st.set_msr(msr::IA32_KERNEL_GS_BASE, 0);
     img
 }
@@ -258,6 +263,8 @@ pub struct Outcome {
 pub fn run_replay(img: &Image, cpuid: &[CpuidEntry], limit: u64) -> Outcome {
     let mut mem = img.memory();
     let mut cpu = Cpu::new(img.state.clone(), cpuid.to_vec());
+    // The tests model the recording host (KVM's instruction emulator).
+    cpu.set_quirks(Quirks::for_counter(CounterSourceKind::KvmInsnEmulation));
     let exit = run_cpu(&mut cpu, &mut mem, limit);
     Outcome { cpu, mem, exit }
 }
@@ -266,11 +273,18 @@ pub fn port_in_value(port: u16) -> u64 {
     0x1234_5678u64.wrapping_mul(port as u64 + 1) & 0xffff_ffff
 }
 
+/// The value a load from MMIO address `gpa` returns in the tests (KVM and replay).
+pub fn mmio_value(gpa: u64) -> u64 {
+    gpa.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
 pub fn run_cpu(cpu: &mut Cpu, mem: &mut GuestMemory, limit: u64) -> Exit {
     loop {
         let e = cpu.run(mem, limit);
         match e {
             Exit::PortIn { port, .. } => cpu.complete_input(port_in_value(port), false).unwrap(),
+            Exit::MmioRead { gpa, .. } => cpu.complete_input(mmio_value(gpa), false).unwrap(),
+            Exit::MmioWrite { .. } => {}
             Exit::PortOut { port, .. } if port != END_PORT && port != EXC_PORT => {}
             _ => return e,
         }

@@ -34,11 +34,8 @@ impl Chip {
         } else {
             // OCW2: end of interrupt.
             match value & 0xe0 {
-                0x20 => {
-                    if self.isr != 0 {
-                        self.isr &= self.isr - 1; // clear the highest-priority (lowest) bit
-                    }
-                }
+                // Clear the highest-priority (lowest) in-service bit.
+                0x20 if self.isr != 0 => self.isr &= self.isr - 1,
                 0x60 => self.isr &= !(1 << (value & 7)),
                 _ => {}
             }

@@ -1,0 +1,407 @@
+//! The replay driver's interface to the CPU: run limits, exits and input completion,
+//! breakpoints, interrupts, user-mode entries and returns, clones (no KVM needed).
+
+mod cpu_common;
+
+use cpu_common::*;
+use iced_x86::code_asm::*;
+use krr_engine::cpu::{Cpu, CpuError, Exit};
+use krr_engine::event::{EntryKind, UserEntry, UserRegs};
+use krr_engine::memory::GuestMemory;
+use krr_engine::state::msr;
+
+fn setup(f: impl FnOnce(&mut CodeAssembler)) -> (Cpu, GuestMemory, Image) {
+    let mut img = image();
+    let mut a = asm();
+    f(&mut a);
+    img.load_code(&mut a);
+    let mem = img.memory();
+    let cpu = Cpu::new(img.state.clone(), default_cpuid());
+    (cpu, mem, img)
+}
+
+#[test]
+fn limit_counts_exactly() {
+    let (mut cpu, mut mem, _) = setup(|a| {
+        let mut l = a.create_label();
+        a.mov(ecx, 1000u32).unwrap();
+        a.set_label(&mut l).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(l).unwrap();
+        a.out(END_PORT as u32, al).unwrap();
+    });
+    assert_eq!(cpu.run(&mut mem, 501), Exit::Limit);
+    assert_eq!(cpu.icount(), 501);
+    assert_eq!(cpu.state().gpr[1], 750);
+    assert_eq!(cpu.run(&mut mem, 501), Exit::Limit, "already at the limit");
+    assert_eq!(
+        cpu.run(&mut mem, u64::MAX),
+        Exit::PortOut {
+            port: END_PORT,
+            size: 1,
+            value: 0
+        }
+    );
+    assert_eq!(cpu.icount(), 1 + 2000 + 1);
+}
+
+#[test]
+fn input_exits_complete() {
+    let (mut cpu, mut mem, _) = setup(|a| {
+        a.mov(rax, u64::MAX).unwrap();
+        a.in_(al, 0x60u32).unwrap();
+        a.mov(rbx, rax).unwrap();
+        a.rdtsc().unwrap();
+        a.rdrand(r9).unwrap();
+        a.mov(rcx, qword_ptr(0x2000_0000u64)).unwrap();
+        a.mov(dword_ptr(0x2000_0010u64), ecx).unwrap();
+        a.hlt().unwrap();
+    });
+    assert_eq!(
+        cpu.run(&mut mem, 100),
+        Exit::PortIn {
+            port: 0x60,
+            size: 1
+        }
+    );
+    assert_eq!(cpu.icount(), 1, "the in is pending");
+    assert_eq!(
+        cpu.run(&mut mem, 100),
+        Exit::PortIn {
+            port: 0x60,
+            size: 1
+        },
+        "still pending"
+    );
+    cpu.complete_input(0xab, false).unwrap();
+    assert_eq!(cpu.icount(), 2);
+    assert_eq!(cpu.complete_input(0, false), Err(CpuError::NoPendingInput));
+    assert_eq!(cpu.run(&mut mem, 100), Exit::Rdtsc);
+    assert_eq!(cpu.state().gpr[3], 0xffff_ffff_ffff_ffab);
+    cpu.complete_input(0x1_2345_6789, false).unwrap();
+    assert_eq!((cpu.state().gpr[0], cpu.state().gpr[2]), (0x2345_6789, 1));
+    assert_eq!(cpu.run(&mut mem, 100), Exit::Rdrand);
+    cpu.complete_input(0x55, true).unwrap();
+    assert_eq!(cpu.state().gpr[9], 0x55);
+    assert_eq!(cpu.state().rflags & 1, 1);
+    // A load from outside RAM: pending, then executed with the value on the next run.
+    assert_eq!(
+        cpu.run(&mut mem, 100),
+        Exit::MmioRead {
+            gpa: 0x2000_0000,
+            size: 8
+        }
+    );
+    let before = cpu.icount();
+    cpu.complete_input(0xfeed, false).unwrap();
+    assert_eq!(
+        cpu.run(&mut mem, 100),
+        Exit::MmioWrite {
+            gpa: 0x2000_0010,
+            size: 4,
+            value: 0xfeed
+        }
+    );
+    assert_eq!(cpu.state().gpr[1], 0xfeed);
+    assert_eq!(cpu.icount(), before + 2);
+    assert_eq!(cpu.run(&mut mem, 100), Exit::Hlt);
+    assert!(cpu.state().halted);
+    let n = cpu.icount();
+    assert_eq!(
+        cpu.run(&mut mem, 100),
+        Exit::Hlt,
+        "halted until an interrupt"
+    );
+    assert_eq!(cpu.icount(), n);
+    cpu.inject_interrupt(&mut mem, 0x20).unwrap();
+    assert!(!cpu.state().halted);
+    assert_eq!(cpu.icount(), n, "delivery does not count");
+    assert_eq!(
+        cpu.run(&mut mem, 100),
+        Exit::PortOut {
+            port: EXC_PORT,
+            size: 4,
+            value: 0x20
+        }
+    );
+}
+
+#[test]
+fn breakpoints_stop_before_and_resume_past() {
+    let (mut cpu, mut mem, _) = setup(|a| {
+        let mut l = a.create_label();
+        a.mov(ecx, 3u32).unwrap();
+        a.set_label(&mut l).unwrap();
+        a.inc(rax).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(l).unwrap();
+        a.out(END_PORT as u32, al).unwrap();
+    });
+    let bp_addr = CODE + 5;
+    cpu.add_breakpoint(bp_addr);
+    cpu.add_breakpoint(0xdead_0000);
+    let mut hits = 0;
+    loop {
+        match cpu.run(&mut mem, 1000) {
+            Exit::Breakpoint(a) => {
+                assert_eq!(a, bp_addr);
+                assert_eq!(cpu.state().rip, bp_addr);
+                assert_eq!(cpu.state().gpr[0], hits, "stopped before the instruction");
+                hits += 1;
+            }
+            Exit::PortOut { port: END_PORT, .. } => break,
+            e => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(hits, 3);
+    cpu.remove_breakpoint(bp_addr);
+    assert_eq!(cpu.breakpoints().len(), 1);
+}
+
+#[test]
+fn return_to_user_and_entries() {
+    let (mut cpu, mut mem, img) = setup(|a| {
+        a.mov(rcx, 0x40_1000u64).unwrap();
+        a.mov(r11, 0x246u64).unwrap();
+        a.sysretq().unwrap();
+    });
+    assert_eq!(cpu.run(&mut mem, 100), Exit::ReturnToUser);
+    let st = cpu.state();
+    assert_eq!(st.rip, 0x40_1000);
+    assert_eq!(st.cpl(), 3);
+    assert_eq!(st.seg[1].selector, (USER_BASE_SEL + 16) | 3);
+    assert_eq!(st.seg[2].selector, (USER_BASE_SEL + 8) | 3);
+    assert_eq!(st.rflags, 0x246);
+    assert_eq!(cpu.icount(), 3);
+    // Executing user code is a bug of the driver: reported, never executed.
+    assert!(matches!(
+        cpu.run(&mut mem, 100),
+        Exit::Error(CpuError::NotRing0 { cpl: 3, .. })
+    ));
+
+    let mut regs = UserRegs {
+        gpr: [7; 16],
+        rip: 0x40_2000,
+        rflags: 0x202,
+        cs: (USER_BASE_SEL + 16) | 3,
+        ss: (USER_BASE_SEL + 8) | 3,
+        fs_base: 0x7000,
+        gs_base: 0x8000,
+    };
+    regs.gpr[4] = 0x7fff_0000;
+    let syscall = UserEntry {
+        icount: 3,
+        kind: EntryKind::Syscall,
+        regs,
+    };
+    cpu.enter_from_user(&mut mem, &syscall).unwrap();
+    let st = cpu.state();
+    assert_eq!(st.rip, img.state.msr(msr::IA32_LSTAR).unwrap());
+    assert_eq!((st.gpr[1], st.gpr[11]), (0x40_2000, 0x202));
+    assert_eq!(st.rflags & 0x200, 0, "FMASK clears IF");
+    assert_eq!(st.cpl(), 0);
+    assert_eq!(st.seg[1].selector, KERNEL_CS);
+    assert_eq!(st.gpr[4], 0x7fff_0000, "syscall keeps the user stack");
+    assert_eq!(st.seg[5].base, 0x8000);
+    assert_eq!(cpu.icount(), 3, "entries do not count");
+
+    // A user page fault: delivered on TSS.RSP0 with the full frame and CR2.
+    let pf = UserEntry {
+        icount: 3,
+        kind: EntryKind::Exception {
+            vector: 14,
+            error_code: Some(6),
+            cr2: 0x1234,
+        },
+        regs,
+    };
+    cpu.enter_from_user(&mut mem, &pf).unwrap();
+    let st = cpu.state().clone();
+    assert_eq!(st.rip, STUBS + 14 * 16);
+    assert_eq!(st.cr2, 0x1234);
+    assert_eq!(st.gpr[4], RSP0_TOP - 48);
+    let mut frame = [0u8; 48];
+    cpu.read_virtual(&mem, st.gpr[4], &mut frame).unwrap();
+    let w = |i: usize| u64::from_le_bytes(frame[8 * i..8 * i + 8].try_into().unwrap());
+    assert_eq!(
+        [w(0), w(1), w(2), w(3), w(4), w(5)],
+        // A fault frame carries RF, as hardware pushes it for faults.
+        [
+            6,
+            0x40_2000,
+            regs.cs as u64,
+            0x10202,
+            0x7fff_0000,
+            regs.ss as u64
+        ]
+    );
+    assert_eq!(
+        cpu.run(&mut mem, 100),
+        Exit::PortOut {
+            port: EXC_PORT,
+            size: 4,
+            value: 14
+        }
+    );
+
+    // An interrupt from user mode, returned from with iretq to CPL3.
+    let (mut cpu, mut mem, mut img) = setup(|_| {});
+    let mut h = asm();
+    h.iretq().unwrap();
+    img.load_at(HANDLERS + 0x100, &mut h);
+    img.set_gate(0x30, HANDLERS + 0x100, false, 0);
+    let mut mem2 = img.memory();
+    std::mem::swap(&mut mem, &mut mem2);
+    let irq = UserEntry {
+        icount: 0,
+        kind: EntryKind::Interrupt { vector: 0x30 },
+        regs,
+    };
+    cpu.enter_from_user(&mut mem, &irq).unwrap();
+    assert_eq!(cpu.state().gpr[4], RSP0_TOP - 40, "no error code");
+    assert_eq!(cpu.run(&mut mem, 100), Exit::ReturnToUser);
+    assert_eq!(cpu.state().rip, 0x40_2000);
+    assert_eq!(cpu.state().gpr[4], 0x7fff_0000);
+    assert_eq!(cpu.state().cpl(), 3);
+}
+
+#[test]
+fn unreplayable_instructions_are_errors() {
+    let (mut cpu, mut mem, _) = setup(|a| {
+        a.int(0x80).unwrap();
+    });
+    assert!(matches!(
+        cpu.run(&mut mem, 100),
+        Exit::Error(CpuError::Unsupported { .. })
+    ));
+    assert_eq!(cpu.state().rip, CODE, "nothing executed");
+    let (mut cpu, mut mem, _) = setup(|a| {
+        a.fld1().unwrap();
+    });
+    match cpu.run(&mut mem, 100) {
+        Exit::Error(CpuError::Unimplemented {
+            rip,
+            bytes,
+            mnemonic,
+        }) => {
+            assert_eq!((rip, bytes), (CODE, vec![0xd9, 0xe8]));
+            assert!(mnemonic.contains("Fld1"), "{mnemonic}");
+        }
+        e => panic!("{e:?}"),
+    }
+    // An IDT that cannot be used: triple fault.
+    let (mut cpu, mut mem, _) = setup(|a| {
+        a.ud2().unwrap();
+    });
+    cpu.state_mut().idtr.limit = 0;
+    assert!(matches!(
+        cpu.run(&mut mem, 100),
+        Exit::Error(CpuError::TripleFault { .. })
+    ));
+}
+
+/// Checkpoints: a clone of CPU and memory continues identically, and clones share the
+/// pages not written since.
+#[test]
+fn clones_replay_identically_and_share_pages() {
+    let (mut cpu, mut mem, _) = setup(|a| {
+        let mut l = a.create_label();
+        a.mov(ecx, 5000u32).unwrap();
+        a.mov(rdi, DATA).unwrap();
+        a.set_label(&mut l).unwrap();
+        a.imul_3(eax, ecx, 0x9e37_79b9u32 as i32).unwrap();
+        a.xor(dword_ptr(rdi + rcx * 4), eax).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(l).unwrap();
+        a.out(END_PORT as u32, al).unwrap();
+    });
+    assert_eq!(cpu.run(&mut mem, 7000), Exit::Limit);
+    let (cpu2, mem2) = (cpu.clone(), mem.clone());
+    let s = mem.stats();
+    assert_eq!(
+        s.shared_pages, s.allocated_pages,
+        "a fresh clone shares every page"
+    );
+    let e1 = cpu.run(&mut mem, u64::MAX);
+    assert!(
+        mem.stats().shared_pages < s.allocated_pages,
+        "written pages were copied"
+    );
+    let (mut cpu2, mut mem2) = (cpu2, mem2);
+    let e2 = cpu2.run(&mut mem2, u64::MAX);
+    assert_eq!(e1, e2);
+    assert_eq!(cpu.state(), cpu2.state());
+    assert_eq!(cpu.icount(), cpu2.icount());
+    assert_eq!(mem.hash(), mem2.hash());
+    assert_eq!(mem.diff_pages(&mem2), Some(vec![]));
+}
+
+#[test]
+fn dma_writes_to_code_are_seen() {
+    let (mut cpu, mut mem, _) = setup(|a| {
+        let mut l = a.create_label();
+        a.set_label(&mut l).unwrap();
+        a.mov(eax, 1u32).unwrap();
+        a.out(0x10u32, al).unwrap();
+        a.jmp(l).unwrap();
+    });
+    assert_eq!(
+        cpu.run(&mut mem, 100),
+        Exit::PortOut {
+            port: 0x10,
+            size: 1,
+            value: 1
+        }
+    );
+    // The driver patches the immediate (as a DMA write would).
+    mem.write(CODE + 1, &[9]).unwrap();
+    assert_eq!(
+        cpu.run(&mut mem, 100),
+        Exit::PortOut {
+            port: 0x10,
+            size: 1,
+            value: 9
+        }
+    );
+}
+
+/// Throughput in CPU time (robust against other load on the machine):
+/// `cargo test --release -p krr-engine --test cpu_api -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput() {
+    let (cpu0, mem0, _) = setup(|a| {
+        let mut top = a.create_label();
+        a.mov(rsi, DATA).unwrap();
+        a.mov(ecx, 0x7fff_ffffu32).unwrap();
+        a.xor(eax, eax).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.mov(edx, ecx).unwrap();
+        a.and(edx, 0x3ff).unwrap();
+        a.mov(ebx, dword_ptr(rsi + rdx * 4)).unwrap();
+        a.add(eax, ebx).unwrap();
+        a.rol(eax, 5).unwrap();
+        a.xor(dword_ptr(rsi + rdx * 4), eax).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(top).unwrap();
+    });
+    let thread_cpu = || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec owned by this frame.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    };
+    for _ in 0..3 {
+        let (mut cpu, mut mem) = (cpu0.clone(), mem0.clone());
+        let t = thread_cpu();
+        assert_eq!(cpu.run(&mut mem, 20_000_000), Exit::Limit);
+        let dt = thread_cpu() - t;
+        println!(
+            "{:.1} M instructions/s (CPU time)",
+            cpu.icount() as f64 / dt / 1e6
+        );
+    }
+}

@@ -1,0 +1,119 @@
+//! `monitor` commands, in the spirit of rr's: where am I in the recording, go to an
+//! event, and what happens around here.
+
+use super::target::ReplayTarget;
+use krr_engine::timeline::Moved;
+
+const HELP: &str = "\
+krr-tui monitor commands:
+  when               the current event number, icount and rip
+  goto EVENT         go to the position right after EVENT was applied
+  goto-icount K      go to icount K
+  events [N]         the N events (default 5) before and after the current position
+  help               this text
+After `goto` or `goto-icount`, run `maint flush register-cache` so that gdb reads the
+new position's registers.";
+
+/// Runs one monitor command and returns its output.
+pub fn run(t: &mut ReplayTarget, line: &str) -> String {
+    let mut words = line.split_whitespace();
+    let cmd = words.next().unwrap_or("help");
+    let arg = words.next();
+    match (cmd, arg) {
+        ("when", _) => when(t),
+        ("goto", Some(n)) => match parse_number(n) {
+            Some(n) => {
+                let total = t.tl.replay().events().len() as u64;
+                if n >= total {
+                    return format!("event {n} does not exist: the recording has {total} events");
+                }
+                let moved = t.tl.goto_event(n);
+                moved_text(t, moved)
+            }
+            None => format!("not an event number: {n}"),
+        },
+        ("goto-icount", Some(k)) => match parse_number(k) {
+            Some(k) => {
+                let moved = t.tl.goto_icount(k);
+                moved_text(t, moved)
+            }
+            None => format!("not an instruction count: {k}"),
+        },
+        ("events", n) => {
+            let n = n.and_then(parse_number).unwrap_or(5).min(1000);
+            events(t, n)
+        }
+        ("help", _) => HELP.to_string(),
+        _ => format!("unknown monitor command: {}\n{HELP}", line.trim()),
+    }
+}
+
+fn parse_number(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+fn moved_text(t: &mut ReplayTarget, moved: Moved) -> String {
+    t.moved_elsewhere();
+    let prefix = match moved {
+        Moved::Arrived => String::new(),
+        Moved::End(_) => "reached the end of the recording\n".to_string(),
+        Moved::Start => "reached the start of the recording\n".to_string(),
+        Moved::Diverged(d) => {
+            let text = d.to_string();
+            t.divergence = Some(text.clone());
+            format!("replay diverged:\n{text}\n")
+        }
+        other => format!("{other:?}\n"),
+    };
+    format!("{prefix}{}", when(t))
+}
+
+/// `Current event: N, icount: K, rip: ...` where N is the last event applied.
+fn when(t: &ReplayTarget) -> String {
+    let replay = t.tl.replay();
+    let consumed = replay.events_consumed();
+    let total = replay.events().len();
+    let rip = replay.cpu.state().rip;
+    let event = match consumed.checked_sub(1) {
+        Some(n) => n.to_string(),
+        None => "none".to_string(),
+    };
+    let sym = t
+        .symbolize(rip)
+        .map(|s| format!(" <{s}>"))
+        .unwrap_or_default();
+    let mut out = format!(
+        "Current event: {event} (of {total}), icount: {}, rip: {rip:#x}{sym}",
+        t.icount()
+    );
+    if let Some(d) = &t.divergence {
+        out.push_str(&format!("\nlast divergence:\n{d}"));
+    }
+    out
+}
+
+fn events(t: &ReplayTarget, n: u64) -> String {
+    let replay = t.tl.replay();
+    let all = replay.events();
+    let next = replay.events_consumed() as usize;
+    let from = next.saturating_sub(n as usize);
+    let to = (next + n as usize).min(all.len());
+    let mut out = String::new();
+    for (i, e) in all.iter().enumerate().take(to).skip(from) {
+        if i == next {
+            out.push_str(&format!("   --> icount {} (here)\n", t.icount()));
+        }
+        out.push_str(&format!(
+            "  #{i:<8} icount {:<12} {}\n",
+            e.icount(),
+            e.kind().name()
+        ));
+    }
+    if next >= to {
+        out.push_str(&format!("   --> icount {} (here)\n", t.icount()));
+    }
+    out
+}

@@ -1,0 +1,568 @@
+//! The gdb remote stub end to end: Debian's gdb in batch mode against the checked-in
+//! demo recording, and a raw TCP client sending malformed, truncated and oversized
+//! packets.
+
+use krr_engine::trace::RecordingReader;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/demo.krr")
+}
+
+fn gdb_available() -> bool {
+    match Command::new("gdb").arg("--version").output() {
+        Ok(o) if o.status.success() => true,
+        _ => {
+            println!("skipped: gdb is not installed");
+            false
+        }
+    }
+}
+
+/// A `krr-tui replay --gdb` server on a free port, killed if the test fails.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start() -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_krr-tui"))
+            .arg("replay")
+            .arg(fixture())
+            .args(["--gdb", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("krr-tui starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the server announces its address")
+                .expect("stdout is text");
+            if let Some(rest) = line.strip_prefix("gdb: listening on ") {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, addr }
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes the kernel ELF embedded in the recording, for gdb's `file`.
+fn kernel_elf(dir: &Path) -> PathBuf {
+    let reader = RecordingReader::open(fixture()).expect("the fixture opens");
+    let image = reader
+        .header()
+        .kernel_image
+        .clone()
+        .expect("the demo recording embeds its kernel");
+    let path = dir.join("kernel.elf");
+    std::fs::write(&path, image).unwrap();
+    path
+}
+
+/// Runs gdb in batch mode on `script`, with a time limit. Without `elf`, gdb takes the
+/// executable the server offers.
+fn run_gdb(elf: Option<&Path>, script: &str, dir: &Path) -> String {
+    let script_path = dir.join("script.gdb");
+    std::fs::write(&script_path, script).unwrap();
+    let mut cmd = Command::new("gdb");
+    cmd.args([
+        "-batch",
+        "-nx",
+        "-ex",
+        "set pagination off",
+        "-ex",
+        "set confirm off",
+    ]);
+    if let Some(elf) = elf {
+        cmd.arg("-ex").arg(format!("file {}", elf.display()));
+    }
+    let mut child = cmd
+        .arg("-x")
+        .arg(&script_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gdb starts");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        let mut e = String::new();
+        let _ = err.read_to_string(&mut e);
+        s + &e
+    });
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(300) {
+            let _ = child.kill();
+            panic!("gdb did not finish in 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    reader.join().unwrap()
+}
+
+/// The value printed after `tag=` by a `printf "tag=%lx\n"` line of the script.
+fn tagged(out: &str, tag: &str) -> Vec<u64> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix(&format!("{tag}=")))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .collect()
+}
+
+/// `(event, icount)` from each `monitor when` output line.
+fn whens(out: &str) -> Vec<(String, u64)> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("Current event: "))
+        .map(|l| {
+            let event = l.split_whitespace().next().unwrap().to_string();
+            let icount = l
+                .split("icount: ")
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            (event, icount)
+        })
+        .collect()
+}
+
+#[test]
+fn gdb_breaks_prints_steps_back_and_reverse_continues() {
+    if !gdb_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let elf = kernel_elf(dir.path());
+    let mut server = Server::start();
+    let script = format!(
+        r#"
+target remote {addr}
+monitor when
+break syscall_dispatch
+continue
+printf "bp=%lx\n", (unsigned long)&syscall_dispatch
+printf "pc=%lx\n", $pc
+info registers
+print tf->vector
+print tf->error
+print/x tf->rip
+bt
+monitor when
+continue
+printf "pc=%lx\n", $pc
+monitor when
+reverse-stepi
+printf "pc=%lx\n", $pc
+monitor when
+reverse-continue
+printf "pc=%lx\n", $pc
+monitor when
+stepi
+monitor when
+set $rax = 0x1234abcd
+printf "rax=%lx\n", $rax
+stepi
+reverse-stepi
+printf "rax=%lx\n", $rax
+python
+try:
+    gdb.execute("x/2gx 0x7fff00000000")
+except gdb.MemoryError as e:
+    print("memory error:", e)
+end
+monitor events 2
+detach
+"#,
+        addr = server.addr
+    );
+    let out = run_gdb(Some(&elf), &script, dir.path());
+    println!("{out}");
+
+    let bp = tagged(&out, "bp");
+    let pcs = tagged(&out, "pc");
+    assert_eq!(bp.len(), 1, "the breakpoint address is printed");
+    assert_eq!(pcs.len(), 4, "four pc lines");
+    assert_eq!(pcs[0], bp[0], "continue stops at the breakpoint");
+    assert_eq!(pcs[1], bp[0], "the second continue stops at it again");
+    assert_ne!(pcs[2], bp[0], "reverse-stepi leaves the function entry");
+    assert_eq!(pcs[3], bp[0], "reverse-continue returns to the breakpoint");
+    assert!(out.contains("Breakpoint 1, syscall_dispatch (tf="), "{out}");
+
+    // info registers: the general set and the system registers of our description.
+    for reg in [
+        "rax",
+        "rsp",
+        "rip",
+        "eflags",
+        "cs",
+        "fs_base",
+        "gs_base",
+        "k_gs_base",
+        "cr0",
+        "cr3",
+        "cr4",
+        "efer",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("{reg} "))),
+            "info registers shows {reg}"
+        );
+    }
+    let rip_line = out.lines().find(|l| l.starts_with("rip ")).unwrap();
+    assert!(rip_line.contains(&format!("{:#x}", bp[0])), "{rip_line}");
+    // EFER of a long-mode kernel: LME and LMA set.
+    let efer_line = out.lines().find(|l| l.starts_with("efer ")).unwrap();
+    let efer = u64::from_str_radix(
+        efer_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
+    assert_eq!(efer & 0x500, 0x500, "{efer_line}");
+
+    // The argument, read through DWARF and guest memory: the demo's system calls
+    // arrive as a page fault (vector 14) with error code 0x15 (DESIGN.md section 4).
+    assert!(out.contains("$1 = 14"), "tf->vector: {out}");
+    assert!(out.contains("$2 = 21"), "tf->error: {out}");
+    assert!(out.contains("#0  syscall_dispatch"), "bt: {out}");
+    assert!(out.contains("#1  "), "bt has a caller: {out}");
+
+    // Positions from `monitor when`: start, first hit, second hit, one back, first hit
+    // again, one forward.
+    let w = whens(&out);
+    assert_eq!(w.len(), 6, "{w:?}");
+    assert_eq!(
+        w[0],
+        ("none".to_string(), 0),
+        "the replay starts at icount 0"
+    );
+    let first = w[1].1;
+    assert!(first > 0);
+    assert!(w[2].1 > first, "the second hit is later");
+    assert_eq!(
+        w[3].1,
+        w[2].1 - 1,
+        "reverse-stepi goes back one instruction"
+    );
+    assert_eq!(w[4], w[1], "reverse-continue returns to the first hit");
+    assert_eq!(w[5].1, first + 1, "stepi goes forward one instruction");
+
+    // A register write shows until the next move; the replay keeps its recorded value.
+    let rax = tagged(&out, "rax");
+    assert_eq!(rax.len(), 2, "{out}");
+    assert_eq!(rax[0], 0x1234abcd);
+    assert_ne!(
+        rax[1], 0x1234abcd,
+        "the write is dropped when the position moves"
+    );
+    assert!(
+        out.contains("memory error: Cannot access memory at address 0x7fff00000000"),
+        "an unmapped read is an error: {out}"
+    );
+    assert!(out.contains("(here)"), "monitor events marks the position");
+    assert!(out.contains("detached"), "{out}");
+    let status = server
+        .wait(Duration::from_secs(10))
+        .expect("the server exits after detach");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn gdb_watchpoints_and_replay_log_ends() {
+    if !gdb_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let elf = kernel_elf(dir.path());
+    let mut server = Server::start();
+    let script = format!(
+        r#"
+target remote {addr}
+reverse-stepi
+monitor when
+watch ticks
+continue
+printf "ticks=%lx\n", ticks
+monitor when
+continue
+printf "ticks=%lx\n", ticks
+monitor when
+reverse-continue
+printf "ticks=%lx\n", ticks
+monitor when
+delete
+hbreak syscall_dispatch
+continue
+stepi
+stepi
+delete
+reverse-finish
+monitor when
+monitor goto 100
+maint flush register-cache
+monitor when
+continue
+monitor when
+detach
+"#,
+        addr = server.addr
+    );
+    let out = run_gdb(Some(&elf), &script, dir.path());
+    println!("{out}");
+    assert!(
+        out.contains("No more reverse-execution history."),
+        "the start is the replay log's beginning: {out}"
+    );
+    let ticks = tagged(&out, "ticks");
+    assert_eq!(ticks.len(), 3, "{out}");
+    assert_eq!(ticks[1], ticks[0] + 1, "the timer adds one tick per write");
+    assert_eq!(
+        ticks[2], ticks[0],
+        "reverse-continue stops before the second write"
+    );
+    assert!(out.contains("Hardware watchpoint 1: ticks"), "{out}");
+    let w = whens(&out);
+    assert_eq!(w.len(), 8, "{w:?}");
+    assert_eq!(w[0].1, 0);
+    assert!(w[2].1 > w[1].1);
+    assert!(w[3].1 < w[2].1 && w[3].1 >= w[1].1, "{w:?}");
+    assert!(
+        out.contains("Breakpoint 2, syscall_dispatch (tf="),
+        "a hardware breakpoint stops like a software one: {out}"
+    );
+    // reverse-finish lands in the caller, before the call.
+    let after_finish = out
+        .lines()
+        .filter(|l| l.starts_with("Current event: "))
+        .nth(4)
+        .unwrap();
+    assert!(after_finish.contains("<trap+"), "{after_finish}");
+    assert!(out.contains("in trap (tf="), "{out}");
+    assert_eq!(w[5].0, "100", "monitor goto goes to event 100");
+    assert_eq!(w[6].0, "100", "and gdb sees it after flushing its cache");
+    // Continue with no breakpoints runs to the end of the recording.
+    assert!(w[7].1 > w[6].1);
+    assert!(
+        out.contains("No more reverse-execution history."),
+        "the end is reported as the replay log's end"
+    );
+    let status = server
+        .wait(Duration::from_secs(10))
+        .expect("the server exits after detach");
+    assert!(status.success(), "{status:?}");
+}
+
+/// examples/gdb/demo.gdb as the walk-through runs it, with gdb loading the kernel the
+/// server offers.
+#[test]
+fn gdb_example_script_runs_as_documented() {
+    if !gdb_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start();
+    let script = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gdb/demo.gdb"),
+    )
+    .unwrap()
+    .replace("127.0.0.1:1234", &server.addr);
+    let out = run_gdb(None, &script, dir.path());
+    println!("{out}");
+    assert!(
+        out.contains("Reading symbols from"),
+        "gdb loads the offered kernel"
+    );
+    assert!(out.contains("uart_write (n=26, s=0x"), "{out}");
+    assert!(out.contains("\"krr-demo: tsc "), "{out}");
+    assert!(out.contains("#1  kprintf ("), "{out}");
+    // Back to the call before: the same buffer with what it held then.
+    assert!(
+        out.contains("$4 = 0xffffffff8010eea0 \"krr-demo: disk "),
+        "{out}"
+    );
+    assert!(out.contains("Hardware watchpoint 2: ticks"), "{out}");
+    assert!(out.contains("Current event: 500 (of "), "{out}");
+    assert!(out.contains("detached"), "{out}");
+    let status = server
+        .wait(Duration::from_secs(10))
+        .expect("the server exits after detach");
+    assert!(status.success(), "{status:?}");
+}
+
+fn packet(body: &[u8]) -> Vec<u8> {
+    let sum = body.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+    let mut p = vec![b'$'];
+    p.extend_from_slice(body);
+    p.extend_from_slice(format!("#{sum:02x}").as_bytes());
+    p
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("the server accepts");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Reads until a complete reply packet (`$...#xx`) or a close; returns the bytes read
+/// and whether the connection was closed.
+fn read_reply(s: &mut TcpStream) -> (Vec<u8>, bool) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(hash) = got.iter().position(|&b| b == b'#')
+            && got.len() >= hash + 3
+            && got.contains(&b'$')
+        {
+            return (got, false);
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (got, true),
+            Err(e) => panic!("no reply: {e} after {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+}
+
+fn body(reply: &[u8]) -> String {
+    let text = String::from_utf8_lossy(reply);
+    let start = text.find('$').map(|i| i + 1).unwrap_or(0);
+    let end = text[start..]
+        .find('#')
+        .map(|i| start + i)
+        .unwrap_or(text.len());
+    text[start..end].to_string()
+}
+
+fn ask(s: &mut TcpStream, packet_body: &[u8]) -> String {
+    s.write_all(&packet(packet_body)).unwrap();
+    let (reply, closed) = read_reply(s);
+    assert!(
+        !closed,
+        "the server closed the connection on {packet_body:?}"
+    );
+    body(&reply)
+}
+
+#[test]
+fn gdb_stub_survives_malformed_truncated_and_oversized_packets() {
+    let mut server = Server::start();
+    let addr = server.addr.clone();
+
+    // A well-behaved exchange first: the stop reason at the start.
+    let mut s = connect(&addr);
+    let stop = ask(&mut s, b"?");
+    assert!(stop.starts_with('T') || stop.starts_with('S'), "{stop}");
+
+    // A bad checksum is NACKed, then the same connection still works.
+    s.write_all(b"$?#00").unwrap();
+    let mut nack = [0u8; 1];
+    s.read_exact(&mut nack).unwrap();
+    assert_eq!(&nack, b"-");
+    assert!(ask(&mut s, b"?").starts_with(['T', 'S']));
+
+    // Garbage between packets is ignored.
+    s.write_all(b"hello, this is not a packet \x7f\xff")
+        .unwrap();
+    assert!(ask(&mut s, b"?").starts_with(['T', 'S']));
+
+    // A read of an unmapped address, and of a huge length, are error replies.
+    let unmapped = ask(&mut s, b"m7fff00000000,8");
+    assert!(unmapped.starts_with('E'), "{unmapped}");
+    let huge = ask(&mut s, b"m0,ffffffffffffffff");
+    assert!(huge.starts_with('E'), "{huge}");
+    let wrap = ask(&mut s, b"mffffffffffffffff,10");
+    assert!(wrap.starts_with('E'), "{wrap}");
+    let garbled = ask(&mut s, b"mzz,qq");
+    assert!(garbled.starts_with('E'), "{garbled}");
+    // A mapped read still works on the same connection.
+    let regs = ask(&mut s, b"g");
+    // Hex, run-length encoded (`x*n`).
+    assert!(!regs.starts_with('E') && regs.len() > 20, "{regs}");
+    drop(s);
+
+    // Commands gdbstub cannot parse: an error reply or a closed connection.
+    let mut s = connect(&addr);
+    s.write_all(&packet(b"Z0,zz,1")).unwrap();
+    let (reply, closed) = read_reply(&mut s);
+    assert!(closed || body(&reply).starts_with('E') || body(&reply).is_empty());
+    drop(s);
+
+    // A truncated packet, then the connection drops.
+    let mut s = connect(&addr);
+    s.write_all(b"$m0,8").unwrap();
+    drop(s);
+
+    // A 1 MiB packet: the server closes the connection.
+    let mut s = connect(&addr);
+    let mut big = vec![b'$'];
+    big.extend(std::iter::repeat_n(b'a', 1 << 20));
+    big.extend(b"#00");
+    let _ = s.write_all(&big);
+    let (_, closed) = read_reply(&mut s);
+    assert!(closed, "an oversized packet closes the connection");
+    drop(s);
+
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(server.alive(), "the server survives every bad connection");
+
+    // Interrupt: continue, then Ctrl-C right away.
+    let mut s = connect(&addr);
+    assert!(ask(&mut s, b"?").starts_with(['T', 'S']));
+    s.write_all(&packet(b"c")).unwrap();
+    s.write_all(&[0x03]).unwrap();
+    let (reply, closed) = read_reply(&mut s);
+    assert!(!closed);
+    let stop = body(&reply);
+    assert!(
+        stop.starts_with("T02") || stop.starts_with("S02"),
+        "Ctrl-C stops the continue with SIGINT: {stop}"
+    );
+    // Still serving, and a detach ends the server cleanly.
+    assert!(!ask(&mut s, b"g").starts_with('E'));
+    assert_eq!(ask(&mut s, b"D"), "OK");
+    let status = server
+        .wait(Duration::from_secs(10))
+        .expect("the server exits after detach");
+    assert!(status.success(), "{status:?}");
+}
