@@ -5,7 +5,6 @@ mod info_cmd;
 mod record_cmd;
 mod replay_cmd;
 
-use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -33,7 +32,7 @@ enum Command {
     /// Print a recording's summary and event statistics.
     Info(info_cmd::InfoArgs),
     /// Record the built-in demo guest, then open its replay.
-    Demo,
+    Demo(replay_cmd::DemoArgs),
 }
 
 fn main() {
@@ -49,17 +48,10 @@ fn main() {
         Command::Record(args) => record_cmd::run(args),
         Command::Info(args) => info_cmd::run(args),
         Command::Replay(args) => replay_cmd::run(args),
-        Command::Demo => not_available("demo", "the replay terminal UI"),
+        Command::Demo(args) => replay_cmd::run_demo(args),
     };
     if let Err(e) = result {
         eprintln!("krr-tui: {e:#}");
         std::process::exit(1);
     }
-}
-
-fn not_available(command: &str, what: &str) -> Result<()> {
-    anyhow::bail!(
-        "`krr-tui {command}` is not available yet: {what} is still being built. \
-         `krr-tui record`, `krr-tui info` and `krr-tui replay --headless` work today."
-    )
 }

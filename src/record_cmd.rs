@@ -4,28 +4,29 @@ use anyhow::{Context, Result, bail};
 use krr_engine::event::Event;
 use krr_engine::trace::{FinishInfo, Header, RecordingWriter};
 use krr_recorder::{CounterChoice, EndReason, EventSink, RecordConfig, Recorder, RecorderError};
+use krr_ui::record::RecordMsg;
 use std::fs::File;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct RecordArgs {
     /// Guest kernel: a 64-bit ELF or a Linux bzImage (default: the built-in demo guest).
     #[arg(long, value_name = "PATH")]
-    kernel: Option<PathBuf>,
+    pub kernel: Option<PathBuf>,
     /// Disk image, exposed to the guest as the fw_cfg file opt/krr/disk (default for the
     /// demo guest: its built-in disk).
     #[arg(long, value_name = "IMAGE")]
-    disk: Option<PathBuf>,
+    pub disk: Option<PathBuf>,
     /// Guest RAM, e.g. 64M or 1G.
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
-    memory: u64,
+    pub memory: u64,
     /// Kernel command line (bzImage guests).
     #[arg(long, default_value = "")]
-    cmdline: String,
+    pub cmdline: String,
     /// Output file.
     #[arg(
         short = 'o',
@@ -33,16 +34,16 @@ pub struct RecordArgs {
         value_name = "FILE",
         default_value = "recording.krr"
     )]
-    output: PathBuf,
+    pub output: PathBuf,
     /// Record without the terminal UI: the guest console goes to standard output.
     #[arg(long)]
-    headless: bool,
+    pub headless: bool,
     /// Do not use an instruction counter even where the host has one.
     #[arg(long)]
-    no_counter: bool,
+    pub no_counter: bool,
     /// Do not echo the guest console (headless mode).
     #[arg(long)]
-    quiet: bool,
+    pub quiet: bool,
 }
 
 /// Parses sizes like `64M`, `1G`, `65536`.
@@ -67,25 +68,35 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// Writes events to the recording file and echoes the console.
-struct TraceSink {
+impl RecordArgs {
+    /// Recording the built-in demo guest to `output`, with every default.
+    pub fn demo(output: PathBuf) -> RecordArgs {
+        RecordArgs {
+            kernel: None,
+            disk: None,
+            memory: 64 << 20,
+            cmdline: String::new(),
+            output,
+            headless: true,
+            no_counter: false,
+            quiet: true,
+        }
+    }
+}
+
+/// Writes events to the recording file and shows each to an observer.
+struct TraceSink<'a> {
     writer: RecordingWriter<File>,
-    echo: bool,
+    observe: &'a mut dyn FnMut(&Event),
     last_flush: Instant,
 }
 
 /// Longest time events stay buffered: what a crash or kill -9 can lose at most.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 
-impl EventSink for TraceSink {
+impl EventSink for TraceSink<'_> {
     fn event(&mut self, event: Event) -> Result<(), RecorderError> {
-        if self.echo
-            && let Event::Console(c) = &event
-        {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(&c.bytes);
-            let _ = out.flush();
-        }
+        (self.observe)(&event);
         self.writer
             .push(event)
             .map_err(|e| RecorderError::Sink(e.to_string()))?;
@@ -99,12 +110,25 @@ impl EventSink for TraceSink {
     }
 }
 
-pub fn run(args: RecordArgs) -> Result<()> {
+/// How a recording ended.
+pub struct Recorded {
+    /// Why it ended, in words.
+    pub end_reason: String,
+    /// The event statistics, as `krr-tui info` prints them.
+    pub stats: String,
+    /// The guest or the recorder failed (everything before the failure is recorded).
+    pub error: Option<anyhow::Error>,
+}
+
+/// Records a guest as `args` says into `args.output` until it powers off, fails, or
+/// `stop` is set; every event also goes to `observe`.
+pub fn record(
+    args: &RecordArgs,
+    stop: &AtomicBool,
+    observe: &mut dyn FnMut(&Event),
+) -> Result<Recorded> {
     if let Err(why) = krr_recorder::kvm_available() {
         bail!("recording needs KVM: {why}");
-    }
-    if !args.headless {
-        eprintln!("krr-tui: the recording terminal UI is not available yet; recording headless");
     }
     let (image, name) = match &args.kernel {
         Some(p) => (
@@ -128,11 +152,6 @@ pub fn run(args: RecordArgs) -> Result<()> {
         config.counter = CounterChoice::None;
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
-    }
-
     let mut recorder = Recorder::new(config)?;
     let start = recorder.start()?;
     let file = File::create(&args.output)
@@ -148,16 +167,14 @@ pub fn run(args: RecordArgs) -> Result<()> {
 
     let mut sink = TraceSink {
         writer,
-        echo: !args.quiet,
+        observe,
         last_flush: Instant::now(),
     };
-    let outcome = recorder.run(&mut sink, &stop);
+    let outcome = recorder.run(&mut sink, stop);
     let (end_reason, kernel_instructions, duration_s) = match &outcome {
         Ok(o) => (
             match &o.end {
-                EndReason::Stopped if stop.load(Ordering::SeqCst) => {
-                    "interrupted (signal)".to_string()
-                }
+                EndReason::Stopped if stop.load(Ordering::SeqCst) => "interrupted".to_string(),
                 e => e.to_string(),
             },
             o.kernel_instructions,
@@ -170,19 +187,88 @@ pub fn run(args: RecordArgs) -> Result<()> {
         duration_s,
         end_reason: end_reason.clone(),
     })?;
+    let error = match outcome {
+        Ok(o) => match o.end {
+            EndReason::GuestError(e) => Some(anyhow::anyhow!(
+                "the guest failed: {e} (everything before it is recorded)"
+            )),
+            _ => None,
+        },
+        Err(e) => Some(e.into()),
+    };
+    Ok(Recorded {
+        end_reason,
+        stats: stats.to_string(),
+        error,
+    })
+}
+
+pub fn run(args: RecordArgs) -> Result<()> {
+    if let Err(why) = krr_recorder::kvm_available() {
+        bail!("recording needs KVM: {why}");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    // Without a terminal there is nothing to draw on: record headless.
+    let recorded = if args.headless || !std::io::stdout().is_terminal() {
+        let echo = !args.quiet;
+        record(&args, &stop, &mut |event| {
+            if echo && let Event::Console(c) = event {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&c.bytes);
+                let _ = out.flush();
+            }
+        })?
+    } else {
+        record_with_ui(&args, stop)?
+    };
     eprintln!(
-        "\nkrr-tui: recording ended: {end_reason}; wrote {}",
+        "\nkrr-tui: recording ended: {}; wrote {}",
+        recorded.end_reason,
         args.output.display()
     );
-    eprintln!("{stats}");
-    match outcome {
-        Ok(o) => match o.end {
-            EndReason::GuestError(e) => {
-                bail!("the guest failed: {e} (everything before it is recorded)")
-            }
-            _ => Ok(()),
-        },
-        Err(e) => Err(e.into()),
+    eprintln!("{}", recorded.stats);
+    match recorded.error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Records on a thread while the terminal shows the live console and event counters; a
+/// key ends the recording.
+pub fn record_with_ui(args: &RecordArgs, stop: Arc<AtomicBool>) -> Result<Recorded> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread_args = args.clone();
+    let thread_stop = stop.clone();
+    let done_tx = tx.clone();
+    let recorder = std::thread::spawn(move || {
+        let result = record(&thread_args, &thread_stop, &mut |event| {
+            let _ = tx.send(RecordMsg::Event(event.kind(), console_bytes(event)));
+        });
+        let summary = match &result {
+            Ok(r) => format!("recording ended: {}", r.end_reason),
+            Err(e) => format!("recording failed: {e:#}"),
+        };
+        let _ = done_tx.send(RecordMsg::Done(summary));
+        result
+    });
+    let title = format!("recording {}", args.output.display());
+    let ui = krr_ui::record::run_in_terminal(&title, rx, &stop);
+    // The UI is gone (a key or an error): make sure the recording stops too.
+    stop.store(true, Ordering::SeqCst);
+    let result = recorder
+        .join()
+        .map_err(|_| anyhow::anyhow!("the recorder thread panicked"))?;
+    ui.context("the recording view needs a terminal (or use --headless)")?;
+    result
+}
+
+fn console_bytes(event: &Event) -> Option<Vec<u8>> {
+    match event {
+        Event::Console(c) => Some(c.bytes.clone()),
+        _ => None,
     }
 }
 

@@ -1,9 +1,15 @@
 //! `krr-tui replay`: replay a recording's kernel in the replay CPU.
 
+use crate::record_cmd::RecordArgs;
 use anyhow::{Context, Result, bail};
 use krr_engine::replay::{End, Replay, Stop, Target};
+use krr_engine::symbols::Symbols;
+use krr_engine::timeline::Timeline;
+use krr_ui::{App, Keymap};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -27,6 +33,94 @@ pub struct ReplayArgs {
     /// Do not print the guest console.
     #[arg(long)]
     pub quiet: bool,
+    /// Memory budget for the checkpoints of the terminal UI, e.g. 512M or 2G.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = crate::record_cmd::parse_size)]
+    pub checkpoint_memory: u64,
+    /// The guest kernel ELF with symbols and DWARF lines (default: the image embedded in
+    /// the recording, else its symbol list).
+    #[arg(long, visible_alias = "vmlinux", value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// A directory searched (by file name) for source files before the paths recorded in
+    /// the DWARF information.
+    #[arg(long, value_name = "DIR")]
+    pub source_dir: Vec<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Keep the recording in this file (default: a temporary file, removed afterwards).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Memory budget for the checkpoints, e.g. 512M or 2G.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = crate::record_cmd::parse_size)]
+    pub checkpoint_memory: u64,
+    /// Record without the terminal UI (the replay still opens in it).
+    #[arg(long)]
+    pub headless: bool,
+}
+
+/// `krr-tui demo`: records the built-in demo guest (showing it live), then opens the
+/// recording in the replay UI.
+pub fn run_demo(args: DemoArgs) -> Result<()> {
+    let (output, temporary) = match &args.output {
+        Some(p) => (p.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("krr-demo-{}.krr", std::process::id())),
+            true,
+        ),
+    };
+    let record = RecordArgs::demo(output.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let recorded = if args.headless {
+        eprintln!("krr-tui: recording the demo guest to {}", output.display());
+        crate::record_cmd::record(&record, &stop, &mut |_| {})?
+    } else {
+        crate::record_cmd::record_with_ui(&record, stop)?
+    };
+    if let Some(e) = recorded.error {
+        return Err(e);
+    }
+    let replay = ReplayArgs {
+        file: output.clone(),
+        headless: false,
+        verify: false,
+        goto: None,
+        gdb: None,
+        quiet: false,
+        checkpoint_memory: args.checkpoint_memory,
+        kernel: None,
+        source_dir: Vec::new(),
+    };
+    let result = tui(&replay);
+    if temporary {
+        let _ = std::fs::remove_file(&output);
+    }
+    result
+}
+
+/// Opens the recording in the terminal UI.
+pub fn tui(args: &ReplayArgs) -> Result<()> {
+    let replay = Replay::open(&args.file).with_context(|| format!("{}", args.file.display()))?;
+    let symbols = match &args.kernel {
+        Some(p) => Symbols::from_path(p).with_context(|| format!("{}", p.display()))?,
+        None => Symbols::from_header(replay.header()),
+    };
+    let keymap = Keymap::load()?;
+    let mut timeline = Timeline::new(replay, args.checkpoint_memory);
+    let mut message = String::new();
+    if let Some(n) = args.goto {
+        if n >= timeline.replay().events().len() as u64 {
+            bail!("event {n} does not exist");
+        }
+        timeline.goto_event(n);
+        message = format!("goto event {n}");
+    }
+    let mut app = App::new(timeline, symbols, keymap);
+    app.source_dirs = args.source_dir.clone();
+    if !message.is_empty() {
+        app.message = message;
+    }
+    krr_ui::run_in_terminal(app).context("the terminal UI needs a terminal (or use --headless)")
 }
 
 pub fn run(args: ReplayArgs) -> Result<()> {
@@ -34,10 +128,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         return crate::gdb::serve(&args.file, addr);
     }
     if !args.headless {
-        bail!(
-            "the replay terminal UI is not available yet: use `krr-tui replay {} --headless`",
-            args.file.display()
-        );
+        return tui(&args);
     }
     let mut replay =
         Replay::open(&args.file).with_context(|| format!("{}", args.file.display()))?;

@@ -6,6 +6,7 @@
 //! * [`machine`]: the port map and agent ring location replay needs.
 //! * [`icount`]: what one instruction counts for, shared by recorder and replay CPU.
 //! * [`replay`]: the replay driver (events applied to the replay CPU, divergence checks).
+//! * [`symbols`]: guest ELF symbols and DWARF lines (rip to function+offset, file:line).
 //! * [`timeline`]: checkpoints and moves in both directions.
 //! * [`cpu`]: the software x86-64 CPU that replays ring-0 code.
 //! * [`memory`]: guest-physical memory with copy-on-write pages.
@@ -17,5 +18,6 @@ pub mod machine;
 pub mod memory;
 pub mod replay;
 pub mod state;
+pub mod symbols;
 pub mod timeline;
 pub mod trace;

@@ -2,7 +2,8 @@
 //! the state a straight replay reaches.
 
 use krr_engine::replay::{Replay, Stop, Target};
-use krr_engine::timeline::{Moved, Timeline};
+use krr_engine::state::gpr;
+use krr_engine::timeline::{Moved, Timeline, current_instruction};
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -94,8 +95,15 @@ fn reverse_stepi_at_the_start_reports_the_start() {
     assert_eq!(t.reverse_stepi(), Moved::Start);
     assert_eq!(t.stepi(), Moved::Arrived);
     assert_eq!(t.icount(), 1);
+    // Arriving at the start is arriving; only a move that cannot go back is the start.
     assert_eq!(t.reverse_stepi(), Moved::Arrived);
     assert_eq!(t.icount(), 0);
+    assert_eq!(t.reverse_stepi(), Moved::Start);
+    assert_eq!(t.goto_icount(5), Moved::Arrived);
+    assert_eq!(t.goto_icount(0), Moved::Arrived);
+    assert_eq!(t.icount(), 0);
+    // Past the end: the end.
+    assert!(matches!(t.goto_icount(u64::MAX), Moved::End(_)));
 }
 
 #[test]
@@ -139,4 +147,169 @@ fn reverse_continue_finds_the_last_breakpoint_hit() {
         Moved::Breakpoint(hook)
     );
     assert_eq!(t.icount(), first);
+}
+
+/// The moves that look at every instruction, from random places: wherever they stop,
+/// the state equals a straight replay's.
+#[derive(Debug, Clone)]
+enum SlowMove {
+    Next,
+    ReverseNext,
+    Finish,
+    ReverseFinish,
+    WatchStackAndContinue,
+    WatchStackAndReverseContinue,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10, ..ProptestConfig::default() })]
+    #[test]
+    fn instruction_level_moves_match_a_straight_replay(
+        start in 0..total_icount(),
+        moves in prop::collection::vec(prop_oneof![
+            Just(SlowMove::Next),
+            Just(SlowMove::ReverseNext),
+            Just(SlowMove::Finish),
+            Just(SlowMove::ReverseFinish),
+            Just(SlowMove::WatchStackAndContinue),
+            Just(SlowMove::WatchStackAndReverseContinue),
+        ], 1..4),
+    ) {
+        let mut t = Timeline::new(opened(), 1 << 30);
+        t.set_interval(50_000);
+        t.goto_icount(start);
+        for m in &moves {
+            let sp = t.replay().cpu.state().gpr[gpr::RSP];
+            let r = match m {
+                SlowMove::Next => t.next(None),
+                SlowMove::ReverseNext => t.reverse_next(None, &mut |_| {}),
+                SlowMove::Finish => t.finish(None),
+                SlowMove::ReverseFinish => t.reverse_finish(None, &mut |_| {}),
+                SlowMove::WatchStackAndContinue => {
+                    t.add_watchpoint(sp - 16, 8);
+                    t.continue_forward(None)
+                }
+                SlowMove::WatchStackAndReverseContinue => {
+                    t.add_watchpoint(sp + 8, 8);
+                    t.reverse_continue(None, &mut |_| {})
+                }
+            };
+            prop_assert!(
+                matches!(r, Moved::Arrived | Moved::Start | Moved::End(_) | Moved::Watchpoint(_)),
+                "{m:?} -> {r:?}"
+            );
+            for w in t.watchpoints().clone() {
+                t.remove_watchpoint(w.addr);
+            }
+        }
+        let k = t.icount();
+        let straight = straight_to(k);
+        prop_assert_eq!(t.replay().cpu.state(), straight.cpu.state());
+        prop_assert_eq!(t.replay().mem.hash(), straight.mem.hash());
+    }
+}
+
+fn rsp(t: &Timeline) -> u64 {
+    t.replay().cpu.state().gpr[gpr::RSP]
+}
+
+/// The first position at or after `from` where the instruction at RIP is a call.
+fn first_call_from(t: &mut Timeline, from: u64) -> u64 {
+    t.goto_icount(from);
+    loop {
+        let ins = current_instruction(t.replay()).expect("decodable");
+        if ins.is_call_near() || ins.is_call_near_indirect() {
+            return t.icount();
+        }
+        assert_eq!(t.stepi(), Moved::Arrived);
+    }
+}
+
+#[test]
+fn next_steps_over_a_call_and_reverse_next_comes_back_to_it() {
+    let mut t = Timeline::new(opened(), 1 << 30);
+    t.set_interval(50_000);
+    let call = first_call_from(&mut t, 200_000);
+    let ins = current_instruction(t.replay()).unwrap();
+    let sp = rsp(&t);
+    assert_eq!(t.next(None), Moved::Arrived);
+    assert_eq!(t.replay().cpu.state().rip, ins.next_ip());
+    assert_eq!(rsp(&t), sp);
+    assert!(t.icount() > call + 1, "the callee ran");
+    assert_eq!(t.reverse_next(None, &mut |_| {}), Moved::Arrived);
+    assert_eq!(t.icount(), call);
+    // Not on a call: next is stepi, and reverse-next is reverse-stepi.
+    let mut t2 = Timeline::new(opened(), 1 << 30);
+    let k = first_call_from(&mut t2, 200_000) + 1;
+    t2.goto_icount(k);
+    let ins = current_instruction(t2.replay()).unwrap();
+    if !ins.is_call_near() && !ins.is_call_near_indirect() {
+        assert_eq!(t2.next(None), Moved::Arrived);
+        assert_eq!(t2.icount(), k + 1);
+    }
+}
+
+#[test]
+fn finish_returns_to_the_caller_and_reverse_finish_goes_back_to_the_call() {
+    let mut t = Timeline::new(opened(), 1 << 30);
+    t.set_interval(50_000);
+    let call = first_call_from(&mut t, 300_000);
+    let ret = current_instruction(t.replay()).unwrap().next_ip();
+    let sp = rsp(&t);
+    assert_eq!(t.stepi(), Moved::Arrived);
+    // A few instructions into the callee.
+    for _ in 0..3 {
+        if current_instruction(t.replay()).unwrap().is_call_near() {
+            break;
+        }
+        t.stepi();
+    }
+    let inside = t.icount();
+    assert_eq!(t.reverse_finish(None, &mut |_| {}), Moved::Arrived);
+    assert_eq!(t.icount(), call);
+    t.goto_icount(inside);
+    assert_eq!(t.finish(None), Moved::Arrived);
+    assert_eq!(t.replay().cpu.state().rip, ret);
+    assert_eq!(rsp(&t), sp);
+}
+
+#[test]
+fn a_watchpoint_stops_continue_after_the_write_and_reverse_continue_before_it() {
+    let mut t = Timeline::new(opened(), 1 << 30);
+    t.set_interval(50_000);
+    // The slot a call pushes its return address into.
+    let call = first_call_from(&mut t, 250_000);
+    t.goto_icount(call.saturating_sub(20));
+    let slot = rsp(&t) - 8;
+    let w = t.add_watchpoint(slot, 8);
+    let read = |t: &Timeline| {
+        let mut b = [0u8; 8];
+        t.replay()
+            .cpu
+            .read_virtual(&t.replay().mem, slot, &mut b)
+            .ok();
+        b
+    };
+    let before = read(&t);
+    let from = t.icount();
+    assert_eq!(t.continue_forward(None), Moved::Watchpoint(w));
+    let hit = t.icount();
+    assert!(hit > from);
+    assert_ne!(read(&t), before);
+    // The instruction before changed it, and nothing earlier did.
+    let s = straight_to(hit - 1);
+    let mut b = [0u8; 8];
+    s.cpu.read_virtual(&s.mem, slot, &mut b).unwrap();
+    assert_eq!(b, before);
+    // Backward from further on: stops right before the last write.
+    t.goto_icount(hit + 1);
+    let after = read(&t);
+    let m = t.reverse_continue(None, &mut |_| {});
+    assert_eq!(m, Moved::Watchpoint(w));
+    let k = t.icount();
+    assert!(k < hit + 1);
+    let before_write = read(&t);
+    t.stepi();
+    assert_ne!(read(&t), before_write);
+    assert_eq!(read(&t), after);
 }

@@ -146,6 +146,12 @@ impl ReplayTarget {
                 tid: None,
                 pos: ReplayLogPosition::End,
             },
+            // The stub keeps its own watchpoints (watch.rs); the timeline's are not set.
+            Moved::Watchpoint(w) => StopReason::Watch {
+                tid: (),
+                kind: WatchKind::Write,
+                addr: w.addr,
+            },
             Moved::Interrupted => StopReason::Signal(Signal::SIGINT),
             Moved::Diverged(d) => {
                 let text = d.to_string();

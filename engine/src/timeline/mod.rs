@@ -8,10 +8,21 @@
 //! replay moves forward; when their cost exceeds the budget, the interval doubles and
 //! every other checkpoint (never the first) is dropped, so density thins as the
 //! recording grows while the start always stays reachable.
+//!
+//! Moves that need to look at every instruction (next, finish, their reverses, and
+//! anything with a watchpoint set) step one instruction at a time: forward they run one
+//! `run(Target::Icount(k + 1))` per instruction; backward they rescan one checkpoint
+//! interval at a time from its checkpoint, stepping likewise, and keep the last match.
+//! A watched range is compared after every instruction through the guest page tables, so
+//! such moves cost roughly a page-table walk and a small read per instruction on top of
+//! the instruction itself (several times slower than a plain continue); reverse moves
+//! cost up to one interval per interval scanned. Continue and reverse-continue without
+//! watchpoints use the replay CPU's breakpoints and run at full speed.
 
 use crate::event::Icount;
 use crate::replay::{Divergence, End, Replay, Stop, Target};
-use crate::state::PAGE_SIZE;
+use crate::state::{PAGE_SIZE, gpr};
+use iced_x86::{Decoder, DecoderOptions, FlowControl};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -27,6 +38,9 @@ pub enum Moved {
     Arrived,
     /// A breakpoint at this address.
     Breakpoint(u64),
+    /// A watched range changed: forward, the position right after the writing
+    /// instruction; backward, the position right before it.
+    Watchpoint(Watchpoint),
     /// The start of the recording (a backward move cannot go further).
     Start,
     /// The end of the recording (a forward move cannot go further).
@@ -54,6 +68,16 @@ pub struct CheckpointInfo {
     pub bytes: u64,
 }
 
+/// A memory-write watchpoint: a range of linear (guest-virtual) addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Watchpoint {
+    pub addr: u64,
+    pub len: u64,
+}
+
+/// Longest watched range: watch ranges are read after every instruction.
+pub const MAX_WATCH_LEN: u64 = 4096;
+
 /// A replay one can move in freely.
 pub struct Timeline {
     now: Replay,
@@ -61,6 +85,7 @@ pub struct Timeline {
     interval: Icount,
     budget: u64,
     breakpoints: BTreeSet<u64>,
+    watchpoints: BTreeSet<Watchpoint>,
     /// Icount of the end of the recording, once known.
     end: Option<Icount>,
 }
@@ -79,6 +104,7 @@ impl Timeline {
             interval: INITIAL_INTERVAL,
             budget,
             breakpoints: BTreeSet::new(),
+            watchpoints: BTreeSet::new(),
             end: None,
         }
     }
@@ -130,6 +156,36 @@ impl Timeline {
         self.breakpoints.remove(&addr)
     }
 
+    pub fn watchpoints(&self) -> &BTreeSet<Watchpoint> {
+        &self.watchpoints
+    }
+
+    /// Watches `len` bytes at linear address `addr` (clamped to [`MAX_WATCH_LEN`]).
+    pub fn add_watchpoint(&mut self, addr: u64, len: u64) -> Watchpoint {
+        let w = Watchpoint {
+            addr,
+            len: len.clamp(1, MAX_WATCH_LEN),
+        };
+        self.watchpoints.insert(w);
+        w
+    }
+
+    pub fn remove_watchpoint(&mut self, addr: u64) -> bool {
+        let before = self.watchpoints.len();
+        self.watchpoints.retain(|w| w.addr != addr);
+        self.watchpoints.len() != before
+    }
+
+    /// Sets the checkpoint memory budget (thins at once if it is exceeded).
+    pub fn set_budget(&mut self, budget: u64) {
+        self.budget = budget;
+        self.thin();
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
     /// Moves forward by one instruction.
     pub fn stepi(&mut self) -> Moved {
         let k = self.icount() + 1;
@@ -144,7 +200,9 @@ impl Timeline {
         }
     }
 
-    /// Goes to icount `k` (forward or backward).
+    /// Goes to icount `k` (forward or backward). A `k` past the end stops at the end and
+    /// reports [`Moved::End`]; reaching `k`, 0 included, is [`Moved::Arrived`] (only a
+    /// move that cannot go back at all reports [`Moved::Start`]).
     pub fn goto_icount(&mut self, k: Icount) -> Moved {
         if k < self.icount() {
             self.restore_before(|c| c.icount <= k);
@@ -165,7 +223,108 @@ impl Timeline {
 
     /// Runs forward to the next breakpoint or the end.
     pub fn continue_forward(&mut self, cancel: Option<&AtomicBool>) -> Moved {
-        self.forward(Target::End, true, cancel)
+        if self.watchpoints.is_empty() {
+            return self.forward(Target::End, true, cancel);
+        }
+        self.step_forward_until(cancel, |_, _| false)
+    }
+
+    /// Steps over a call: like stepi, but a `call` runs until it returns (or a
+    /// breakpoint, watchpoint or the end stops it first).
+    pub fn next(&mut self, cancel: Option<&AtomicBool>) -> Moved {
+        let Some(ins) = current_instruction(&self.now) else {
+            return self.stepi();
+        };
+        if !is_call(&ins) {
+            return self.stepi();
+        }
+        let ret = ins.next_ip();
+        let sp = rsp(&self.now);
+        if !self.watchpoints.is_empty() {
+            let first = self.stepi();
+            if first != Moved::Arrived {
+                return first;
+            }
+            return self
+                .step_forward_until(cancel, |r, _| r.cpu.state().rip == ret && rsp(r) >= sp);
+        }
+        // No watchpoints: run at full speed to a temporary breakpoint at the return
+        // address, skipping hits from deeper (recursive) frames.
+        let temporary = self.breakpoints.insert(ret);
+        let moved = loop {
+            match self.forward(Target::End, true, cancel) {
+                Moved::Breakpoint(a) if a == ret && rsp(&self.now) < sp => continue,
+                Moved::Breakpoint(a) if a == ret => break Moved::Arrived,
+                other => break other,
+            }
+        };
+        if temporary {
+            self.breakpoints.remove(&ret);
+        }
+        moved
+    }
+
+    /// Runs until the current function returns: stops right after the `ret` that pops
+    /// the current frame.
+    pub fn finish(&mut self, cancel: Option<&AtomicBool>) -> Moved {
+        let sp = rsp(&self.now);
+        // Stop before a return executed at or above the current stack pointer (a
+        // deeper callee's returns run below it), then execute it.
+        let at_return =
+            |r: &Replay| current_instruction(r).is_some_and(|i| is_return(&i)) && rsp(r) >= sp;
+        let mut returning = at_return(&self.now);
+        self.step_forward_until(cancel, |r, _| {
+            std::mem::replace(&mut returning, at_return(r))
+        })
+    }
+
+    /// Back over a call: like reverse-stepi, but when the previous instruction returned
+    /// from a call, goes back to that call instruction.
+    pub fn reverse_next(
+        &mut self,
+        cancel: Option<&AtomicBool>,
+        progress: &mut dyn FnMut(f64),
+    ) -> Moved {
+        let here_rip = self.now.cpu.state().rip;
+        let here_sp = rsp(&self.now);
+        let m = self.reverse_stepi();
+        if m != Moved::Arrived {
+            return m;
+        }
+        let came_back = current_instruction(&self.now).is_some_and(|i| is_return(&i));
+        if !came_back {
+            return m;
+        }
+        let upper = self.icount();
+        self.step_backward_until(upper, cancel, progress, &mut |r: &Replay| {
+            rsp(r) == here_sp
+                && current_instruction(r).is_some_and(|i| is_call(&i) && i.next_ip() == here_rip)
+        })
+    }
+
+    /// Back to the call that entered the current function: the last `call` before here
+    /// whose return address is still on the stack at or above the stack pointer.
+    pub fn reverse_finish(
+        &mut self,
+        cancel: Option<&AtomicBool>,
+        progress: &mut dyn FnMut(f64),
+    ) -> Moved {
+        let here = self.now.clone();
+        let here_sp = rsp(&here);
+        let upper = self.icount();
+        self.step_backward_until(upper, cancel, progress, &mut |r: &Replay| {
+            let Some(ins) = current_instruction(r) else {
+                return false;
+            };
+            if !is_call(&ins) {
+                return false;
+            }
+            let slot = rsp(r).wrapping_sub(8);
+            let mut buf = [0u8; 8];
+            slot >= here_sp
+                && here.cpu.read_virtual(&here.mem, slot, &mut buf).is_ok()
+                && u64::from_le_bytes(buf) == ins.next_ip()
+        })
     }
 
     /// Runs backward to the last breakpoint hit before the current position, scanning
@@ -177,6 +336,9 @@ impl Timeline {
         progress: &mut dyn FnMut(f64),
     ) -> Moved {
         let here = self.icount();
+        if !self.watchpoints.is_empty() && here > 0 {
+            return self.step_backward_until(here, cancel, progress, &mut |_| false);
+        }
         if here == 0 || self.breakpoints.is_empty() {
             self.restore_before(|c| c.icount == 0);
             return Moved::Start;
@@ -234,6 +396,144 @@ impl Timeline {
     /// hook for breakpoint bookkeeping.
     fn stop_at_breakpoint_before(&mut self, _k: Icount, _addr: u64) -> Option<()> {
         Some(())
+    }
+
+    /// Steps forward one instruction at a time until `stop` holds (the UI's source-line
+    /// step uses it); breakpoints, watchpoints and the end stop it too.
+    pub fn step_until(
+        &mut self,
+        cancel: Option<&AtomicBool>,
+        mut stop: impl FnMut(&Replay) -> bool,
+    ) -> Moved {
+        self.step_forward_until(cancel, |r, _| stop(r))
+    }
+
+    /// Goes to the last position before the current one where `pred` holds (or a
+    /// breakpoint or watchpoint stops it first, scanning backward).
+    pub fn reverse_step_until(
+        &mut self,
+        cancel: Option<&AtomicBool>,
+        progress: &mut dyn FnMut(f64),
+        pred: &mut dyn FnMut(&Replay) -> bool,
+    ) -> Moved {
+        let upper = self.icount();
+        if upper == 0 {
+            return Moved::Start;
+        }
+        self.step_backward_until(upper, cancel, progress, pred)
+    }
+
+    /// Steps forward one instruction at a time until `stop(replay, icount)` holds at a
+    /// position, a breakpoint or watchpoint is hit, or the end. The position where the
+    /// move began is not tested.
+    fn step_forward_until(
+        &mut self,
+        cancel: Option<&AtomicBool>,
+        mut stop: impl FnMut(&Replay, Icount) -> bool,
+    ) -> Moved {
+        let watches: Vec<Watchpoint> = self.watchpoints.iter().copied().collect();
+        let mut before = read_watches(&self.now, &watches);
+        let mut steps = 0u64;
+        loop {
+            steps += 1;
+            if steps.is_multiple_of(4096) && cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+                return Moved::Interrupted;
+            }
+            let m = self.stepi();
+            if m != Moved::Arrived {
+                return m;
+            }
+            let after = read_watches(&self.now, &watches);
+            if let Some(i) = changed(&before, &after) {
+                return Moved::Watchpoint(watches[i]);
+            }
+            before = after;
+            let r = &self.now;
+            if self.breakpoints.contains(&r.cpu.state().rip) {
+                return Moved::Breakpoint(r.cpu.state().rip);
+            }
+            if stop(r, r.icount()) {
+                return Moved::Arrived;
+            }
+        }
+    }
+
+    /// Finds the last position before `upper` where `pred` holds, a breakpoint is at
+    /// RIP, or the next instruction changes a watched range; goes there. Scans one
+    /// checkpoint interval at a time, newest first, one instruction at a time.
+    fn step_backward_until(
+        &mut self,
+        upper: Icount,
+        cancel: Option<&AtomicBool>,
+        progress: &mut dyn FnMut(f64),
+        pred: &mut dyn FnMut(&Replay) -> bool,
+    ) -> Moved {
+        let watches: Vec<Watchpoint> = self.watchpoints.iter().copied().collect();
+        let here = upper.max(1);
+        let mut hi = upper;
+        loop {
+            if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+                return Moved::Interrupted;
+            }
+            progress(1.0 - hi as f64 / here as f64);
+            let idx = self
+                .checkpoints
+                .iter()
+                .rposition(|c| c.icount < hi)
+                .unwrap_or(0);
+            let base_icount = self.checkpoints[idx].icount;
+            let mut scan = self.checkpoints[idx].replay.clone();
+            scan.set_user_breakpoints(Vec::new());
+            let mut found: Option<(Icount, Moved)> = None;
+            let mut values = read_watches(&scan, &watches);
+            let mut steps = 0u64;
+            while scan.icount() < hi {
+                steps += 1;
+                if steps.is_multiple_of(4096) && cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+                    return Moved::Interrupted;
+                }
+                let k = scan.icount();
+                let rip = scan.cpu.state().rip;
+                let mut hit = if self.breakpoints.contains(&rip) {
+                    Some(Moved::Breakpoint(rip))
+                } else if pred(&scan) {
+                    Some(Moved::Arrived)
+                } else {
+                    None
+                };
+                match scan.run(Target::Icount(k + 1)) {
+                    Stop::Reached(_) => {}
+                    Stop::Diverged(d) => return Moved::Diverged(d),
+                    // The end, or an agent hook: nothing further to scan here.
+                    _ => {}
+                }
+                if scan.icount() == k {
+                    break;
+                }
+                if !watches.is_empty() {
+                    let after = read_watches(&scan, &watches);
+                    if let Some(i) = changed(&values, &after) {
+                        hit = Some(Moved::Watchpoint(watches[i]));
+                    }
+                    values = after;
+                }
+                if let Some(h) = hit {
+                    found = Some((k, h));
+                }
+            }
+            if let Some((k, how)) = found {
+                let m = self.goto_icount(k);
+                return match m {
+                    Moved::Arrived | Moved::Start => how,
+                    other => other,
+                };
+            }
+            if base_icount == 0 {
+                self.now = self.checkpoints[0].replay.clone();
+                return Moved::Start;
+            }
+            hi = base_icount;
+        }
     }
 
     /// Makes the latest checkpoint that satisfies `ok` current.
@@ -336,4 +636,58 @@ impl Timeline {
             self.checkpoints = keep;
         }
     }
+}
+
+fn rsp(r: &Replay) -> u64 {
+    r.cpu.state().gpr[gpr::RSP]
+}
+
+/// The instruction at RIP, if its bytes are readable.
+pub fn current_instruction(r: &Replay) -> Option<iced_x86::Instruction> {
+    let rip = r.cpu.state().rip;
+    let mut bytes = [0u8; 15];
+    let mut n = 0;
+    if r.cpu.read_virtual(&r.mem, rip, &mut bytes).is_ok() {
+        n = 15;
+    } else {
+        // The instruction may end before an unmapped page.
+        while n < 15
+            && r.cpu
+                .read_virtual(&r.mem, rip + n as u64, &mut bytes[n..n + 1])
+                .is_ok()
+        {
+            n += 1;
+        }
+    }
+    let ins = Decoder::with_ip(64, &bytes[..n], rip, DecoderOptions::NONE).decode();
+    (!ins.is_invalid()).then_some(ins)
+}
+
+fn is_call(ins: &iced_x86::Instruction) -> bool {
+    matches!(
+        ins.flow_control(),
+        FlowControl::Call | FlowControl::IndirectCall
+    )
+}
+
+fn is_return(ins: &iced_x86::Instruction) -> bool {
+    ins.flow_control() == FlowControl::Return
+}
+
+/// The watched bytes (None where unmapped).
+fn read_watches(r: &Replay, watches: &[Watchpoint]) -> Vec<Option<Vec<u8>>> {
+    watches
+        .iter()
+        .map(|w| {
+            let mut buf = vec![0u8; w.len as usize];
+            r.cpu
+                .read_virtual(&r.mem, w.addr, &mut buf)
+                .ok()
+                .map(|_| buf)
+        })
+        .collect()
+}
+
+fn changed(before: &[Option<Vec<u8>>], after: &[Option<Vec<u8>>]) -> Option<usize> {
+    before.iter().zip(after).position(|(a, b)| a != b)
 }

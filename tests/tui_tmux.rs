@@ -1,0 +1,234 @@
+//! End to end: the replay TUI in a real terminal (tmux), driven by keys, checked on the
+//! captured screen.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("tmux runs")
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "tui"]).stdout).into_owned()
+    }
+
+    fn send(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "tui"];
+        args.extend_from_slice(keys);
+        assert!(self.cmd(&args).status.success());
+    }
+
+    fn type_text(&self, text: &str) {
+        assert!(
+            self.cmd(&["send-keys", "-t", "tui", "-l", text])
+                .status
+                .success()
+        );
+    }
+
+    /// Waits until the screen shows `what`; fails with the screen otherwise.
+    fn wait_for(&self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.screen();
+            if s.contains(what) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!("the screen never showed {what:?}; it shows:\n{s}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The status bar (the line above the key hints).
+    fn status(&self) -> String {
+        let s = self.screen();
+        let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines
+            .iter()
+            .rev()
+            .find(|l| l.contains("icount"))
+            .map(|l| l.to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+#[test]
+fn step_reverse_step_goto_and_reverse_continue_to_a_breakpoint() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        println!("skipped: tmux is not installed");
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_krr-tui");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/demo.krr");
+    let t = Tmux {
+        socket: format!("krr-tui-test-{}", std::process::id()),
+    };
+    let cmd = format!("{bin} replay {}", fixture.display());
+    let out = t.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "tui",
+        "-x",
+        "160",
+        "-y",
+        "48",
+        "-e",
+        "KRR_TUI_KEYS=/nonexistent",
+        &cmd,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = t.wait_for("press ? for help");
+    assert!(first.contains("#-  icount 0  0.0%"), "{first}");
+    assert!(first.contains("1 registers") && first.contains("4 events"));
+
+    // Step one instruction forward, then back: the start is reported, not an error.
+    t.send(&["i"]);
+    t.wait_for("icount 1  ");
+    assert!(t.status().contains("│ stepi"), "{}", t.status());
+    t.send(&["I"]);
+    let s = t.wait_for("start of the recording");
+    assert!(t.status().contains("icount 0  "), "{s}");
+
+    // Goto an event.
+    t.send(&["g"]);
+    t.wait_for("goto (event N | icount K)");
+    t.type_text("1200");
+    t.send(&["Enter"]);
+    let s = t.wait_for("#1200  icount");
+    assert!(
+        s.contains("→#1200"),
+        "the events pane marks the current event:\n{s}"
+    );
+
+    // A source-line step forward, then back.
+    let icount_of = |status: &str| -> u64 {
+        status
+            .split("icount ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("icount in the status bar")
+    };
+    let at_event = icount_of(&t.status());
+    t.send(&["s"]);
+    t.wait_for("│ step");
+    let stepped = icount_of(&t.status());
+    assert!(stepped > at_event, "{}", t.status());
+    t.send(&["S"]);
+    t.wait_for("│ reverse-step");
+    assert!(icount_of(&t.status()) < stepped, "{}", t.status());
+
+    // A breakpoint on a symbol, then reverse-continue to its last hit before here.
+    t.send(&[":"]);
+    t.type_text("break krr_agent_rdtsc");
+    t.send(&["Enter"]);
+    t.wait_for("│ breakpoint at krr_agent_rdtsc");
+    t.send(&["C"]);
+    let s = t.wait_for("reverse-continue: breakpoint at krr_agent_rdtsc");
+    let status = t.status();
+    assert!(status.contains("krr_agent_rdtsc"), "{status}");
+    assert!(
+        s.contains("krr_agent_rdtsc:"),
+        "the disassembly shows the function:\n{s}"
+    );
+    assert!(
+        s.lines().any(|l| l.contains("●→ ")),
+        "breakpoint mark on the current line:\n{s}"
+    );
+    let icount: u64 = status
+        .split("icount ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("icount in the status bar");
+    assert!(icount > 0 && icount < 867_330, "{status}");
+
+    t.send(&["q"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.cmd(&["has-session", "-t", "tui"]).status.success() {
+        assert!(Instant::now() < deadline, "q did not quit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn record_shows_the_live_console_and_q_ends_the_recording() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        println!("skipped: tmux is not installed");
+        return;
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        println!("skipped: /dev/kvm not available");
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_krr-tui");
+    let out = std::env::temp_dir().join(format!("krr-tmux-record-{}.krr", std::process::id()));
+    let t = Tmux {
+        socket: format!("krr-tui-rec-{}", std::process::id()),
+    };
+    let cmd = format!("{bin} record -o {}", out.display());
+    let o = t.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "tui",
+        "-x",
+        "140",
+        "-y",
+        "40",
+        &cmd,
+    ]);
+    assert!(o.status.success());
+    t.wait_for("q or Esc ends the recording");
+    // The console fills in while the guest runs, and the counters count.
+    let s = t.wait_for("krr-demo");
+    assert!(s.contains("syscall") && s.contains("total"), "{s}");
+    t.send(&["q"]);
+    let s = t.wait_for("press any key");
+    assert!(
+        s.contains("recording ended"),
+        "the recording ends (interrupted, or the guest already powered off):\n{s}"
+    );
+    t.send(&["x"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while t.cmd(&["has-session", "-t", "tui"]).status.success() {
+        assert!(Instant::now() < deadline, "the recorder did not exit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let info = Command::new(bin).arg("info").arg(&out).output().unwrap();
+    let _ = std::fs::remove_file(&out);
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+}

@@ -1,0 +1,1007 @@
+//! The application state and what keys and commands do to it, apart from drawing.
+
+use crate::keymap::{Action, Keymap};
+use iced_x86::{Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter};
+use krr_engine::event::{EntryKind, Event};
+use krr_engine::replay::{End, Replay};
+use krr_engine::state::{CpuState, gpr};
+use krr_engine::symbols::Symbols;
+use krr_engine::timeline::{Moved, Timeline};
+use ratatui::crossterm::event::{KeyCode, KeyEvent};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+
+/// The panes, in focus order; `TogglePane(n)` hides or shows `PANES[n - 1]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pane {
+    Registers,
+    Disassembly,
+    Source,
+    Events,
+    Checkpoints,
+    Console,
+    Memory,
+    Backtrace,
+}
+
+pub const PANES: [Pane; 8] = [
+    Pane::Registers,
+    Pane::Disassembly,
+    Pane::Source,
+    Pane::Events,
+    Pane::Checkpoints,
+    Pane::Console,
+    Pane::Memory,
+    Pane::Backtrace,
+];
+
+impl Pane {
+    pub fn title(self) -> &'static str {
+        match self {
+            Pane::Registers => "registers",
+            Pane::Disassembly => "disassembly",
+            Pane::Source => "source",
+            Pane::Events => "events",
+            Pane::Checkpoints => "checkpoints",
+            Pane::Console => "console",
+            Pane::Memory => "memory",
+            Pane::Backtrace => "backtrace",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        PANES.iter().position(|p| *p == self).unwrap_or(0)
+    }
+}
+
+/// What the keyboard is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    /// Typing into a prompt (`:` command, `g` goto, `w` watch).
+    Prompt {
+        kind: PromptKind,
+        input: String,
+    },
+    Help,
+    /// Command output (`info ...`), dismissed by any key.
+    Output(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptKind {
+    Command,
+    Goto,
+    Watch,
+}
+
+impl PromptKind {
+    pub fn prefix(self) -> &'static str {
+        match self {
+            PromptKind::Command => ":",
+            PromptKind::Goto => "goto (event N | icount K): ",
+            PromptKind::Watch => "watch (ADDR [LEN]): ",
+        }
+    }
+}
+
+/// Where the memory pane looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemAt {
+    Addr(u64),
+    Register(usize),
+}
+
+/// How a long move is controlled: a flag the caller sets to interrupt it, and where its
+/// progress goes (reverse moves report the fraction scanned).
+pub struct MoveCtl<'a> {
+    pub cancel: Option<&'a AtomicBool>,
+    pub progress: &'a mut dyn FnMut(f64),
+}
+
+impl MoveCtl<'_> {
+    /// No interruption, progress ignored (tests).
+    pub fn none(f: &mut dyn FnMut(f64)) -> MoveCtl<'_> {
+        MoveCtl {
+            cancel: None,
+            progress: f,
+        }
+    }
+}
+
+/// One line of the disassembly pane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisasmLine {
+    pub addr: u64,
+    /// The function starting here, if one does.
+    pub label: Option<String>,
+    pub text: String,
+}
+
+/// The source pane's contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceView {
+    /// The image has no line information.
+    NoLines,
+    /// No line for this address.
+    NoLine,
+    /// The file is not on this machine.
+    Missing { file: PathBuf, line: u32 },
+    Text {
+        file: PathBuf,
+        line: u32,
+        lines: Rc<Vec<String>>,
+    },
+}
+
+/// The state of the application.
+pub struct App {
+    pub timeline: Timeline,
+    pub symbols: Symbols,
+    pub keymap: Keymap,
+    pub mode: Mode,
+    pub focus: Pane,
+    pub hidden: [bool; PANES.len()],
+    /// Relative sizes of the panes.
+    pub weights: [u16; PANES.len()],
+    /// Registers before the last move (changed ones are highlighted).
+    pub prev_regs: CpuState,
+    /// Disassembly cursor (None: at RIP).
+    pub cursor: Option<u64>,
+    /// Events list offset from the current event (moved by the cursor keys).
+    pub event_scroll: i64,
+    pub mem_at: MemAt,
+    /// The status bar message about the last action.
+    pub message: String,
+    pub quit: bool,
+    /// Directories searched first (by file name) for source files.
+    pub source_dirs: Vec<PathBuf>,
+    sources: RefCell<HashMap<PathBuf, Option<Rc<Vec<String>>>>>,
+    density: RefCell<Option<(usize, Vec<u32>)>>,
+}
+
+impl App {
+    pub fn new(timeline: Timeline, symbols: Symbols, keymap: Keymap) -> App {
+        let prev_regs = timeline.replay().cpu.state().clone();
+        App {
+            timeline,
+            symbols,
+            keymap,
+            mode: Mode::Normal,
+            focus: Pane::Disassembly,
+            hidden: [false; PANES.len()],
+            weights: [3; PANES.len()],
+            prev_regs,
+            cursor: None,
+            event_scroll: 0,
+            mem_at: MemAt::Register(gpr::RSP),
+            message: "press ? for help".into(),
+            quit: false,
+            source_dirs: Vec::new(),
+            sources: RefCell::new(HashMap::new()),
+            density: RefCell::new(None),
+        }
+    }
+
+    pub fn replay(&self) -> &Replay {
+        self.timeline.replay()
+    }
+
+    pub fn regs(&self) -> &CpuState {
+        self.replay().cpu.state()
+    }
+
+    pub fn rip(&self) -> u64 {
+        self.regs().rip
+    }
+
+    /// Instructions in the whole recording, as far as known.
+    pub fn total_icount(&self) -> u64 {
+        let last_event = self
+            .replay()
+            .events()
+            .last()
+            .map(|e| e.icount())
+            .unwrap_or(0);
+        last_event
+            .max(self.timeline.end_icount().unwrap_or(0))
+            .max(self.timeline.icount())
+            .max(1)
+    }
+
+    /// The last event applied, if any.
+    pub fn event_number(&self) -> Option<u64> {
+        self.replay().events_consumed().checked_sub(1)
+    }
+
+    pub fn percent(&self) -> f64 {
+        100.0 * self.timeline.icount() as f64 / self.total_icount() as f64
+    }
+
+    /// `#event  icount  pct  function` for the status bar.
+    pub fn position(&self) -> String {
+        let ev = match self.event_number() {
+            Some(n) => format!("#{n}"),
+            None => "#-".into(),
+        };
+        format!(
+            "{ev}  icount {}  {:.1}%  {}",
+            self.timeline.icount(),
+            self.percent(),
+            self.symbols.describe(self.rip())
+        )
+    }
+
+    /// The event under the events pane's cursor (the last applied one, moved by the
+    /// cursor keys).
+    pub fn selected_event(&self) -> Option<u64> {
+        let n = self.replay().events_consumed() as i64 - 1 + self.event_scroll;
+        (0..self.replay().events().len() as i64)
+            .contains(&n)
+            .then_some(n as u64)
+    }
+
+    pub fn is_visible(&self, p: Pane) -> bool {
+        !self.hidden[p.index()]
+    }
+
+    // ----- keys -----
+
+    /// Handles one key press.
+    pub fn press(&mut self, key: KeyEvent, ctl: &mut MoveCtl<'_>) {
+        match &mut self.mode {
+            Mode::Help | Mode::Output(_) => {
+                self.mode = Mode::Normal;
+            }
+            Mode::Prompt { kind, input } => match key.code {
+                KeyCode::Esc => self.mode = Mode::Normal,
+                KeyCode::Enter => {
+                    let kind = *kind;
+                    let line = std::mem::take(input);
+                    self.mode = Mode::Normal;
+                    match kind {
+                        PromptKind::Command => self.command(&line, ctl),
+                        PromptKind::Goto => self.command(&format!("goto {line}"), ctl),
+                        PromptKind::Watch => self.command(&format!("watch {line}"), ctl),
+                    }
+                }
+                KeyCode::Backspace if input.pop().is_none() => self.mode = Mode::Normal,
+                KeyCode::Char(c) => input.push(c),
+                _ => {}
+            },
+            Mode::Normal => {
+                if let Some(a) = self.keymap.action(&key) {
+                    self.act(a, ctl);
+                } else if key.code == KeyCode::Enter && self.focus == Pane::Events {
+                    // Goto the event under the events cursor.
+                    if let Some(n) = self.selected_event() {
+                        self.moved(&format!("goto event {n}"), |t, _| t.goto_event(n), ctl);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Does what an action says.
+    pub fn act(&mut self, action: Action, ctl: &mut MoveCtl<'_>) {
+        match action {
+            Action::Step => self.line_move(false, true, ctl),
+            Action::ReverseStep => self.line_move(false, false, ctl),
+            Action::Next => self.line_move(true, true, ctl),
+            Action::ReverseNext => self.line_move(true, false, ctl),
+            Action::Nexti => self.moved("nexti", |t, c| t.next(c.cancel), ctl),
+            Action::ReverseNexti => self.moved(
+                "reverse-nexti",
+                |t, c| t.reverse_next(c.cancel, c.progress),
+                ctl,
+            ),
+            Action::Stepi => self.moved("stepi", |t, _| t.stepi(), ctl),
+            Action::ReverseStepi => self.moved("reverse-stepi", |t, _| t.reverse_stepi(), ctl),
+            Action::Continue => self.moved("continue", |t, c| t.continue_forward(c.cancel), ctl),
+            Action::ReverseContinue => self.moved(
+                "reverse-continue",
+                |t, c| t.reverse_continue(c.cancel, c.progress),
+                ctl,
+            ),
+            Action::Finish => self.moved("finish", |t, c| t.finish(c.cancel), ctl),
+            Action::ReverseFinish => self.moved(
+                "reverse-finish",
+                |t, c| t.reverse_finish(c.cancel, c.progress),
+                ctl,
+            ),
+            Action::Goto => self.prompt(PromptKind::Goto),
+            Action::Watch => self.prompt(PromptKind::Watch),
+            Action::Command => self.prompt(PromptKind::Command),
+            Action::Breakpoint => {
+                let at = self.cursor.unwrap_or(self.rip());
+                self.toggle_breakpoint(at);
+            }
+            Action::Help => self.mode = Mode::Help,
+            Action::Quit => self.quit = true,
+            Action::FocusNext => self.cycle_focus(1),
+            Action::FocusPrev => self.cycle_focus(PANES.len() - 1),
+            Action::Grow => {
+                let w = &mut self.weights[self.focus.index()];
+                *w = (*w + 1).min(12);
+            }
+            Action::Shrink => {
+                let w = &mut self.weights[self.focus.index()];
+                *w = w.saturating_sub(1).max(1);
+            }
+            Action::CursorUp => self.move_cursor(-1),
+            Action::CursorDown => self.move_cursor(1),
+            Action::TogglePane(n) => {
+                if let Some(h) = self.hidden.get_mut(n as usize - 1) {
+                    *h = !*h;
+                    if !self.is_visible(self.focus) {
+                        self.cycle_focus(1);
+                    }
+                }
+            }
+        }
+    }
+
+    fn prompt(&mut self, kind: PromptKind) {
+        self.mode = Mode::Prompt {
+            kind,
+            input: String::new(),
+        };
+    }
+
+    fn cycle_focus(&mut self, by: usize) {
+        let mut i = self.focus.index();
+        for _ in 0..PANES.len() {
+            i = (i + by) % PANES.len();
+            if !self.hidden[i] {
+                self.focus = PANES[i];
+                return;
+            }
+        }
+    }
+
+    fn move_cursor(&mut self, by: i64) {
+        match self.focus {
+            Pane::Disassembly => {
+                let lines = self.disassembly(64);
+                if lines.is_empty() {
+                    return;
+                }
+                let at = self.cursor.unwrap_or(self.rip());
+                let i = lines.iter().position(|l| l.addr == at).unwrap_or(0) as i64;
+                let j = (i + by).clamp(0, lines.len() as i64 - 1);
+                if let Some(l) = lines.get(j as usize) {
+                    self.cursor = Some(l.addr);
+                }
+            }
+            Pane::Events => self.event_scroll += by,
+            Pane::Memory => {
+                let base = self.memory_address().unwrap_or(0);
+                self.mem_at = MemAt::Addr(base.wrapping_add_signed(by * 16));
+            }
+            _ => {}
+        }
+    }
+
+    fn toggle_breakpoint(&mut self, at: u64) {
+        if self.timeline.remove_breakpoint(at) {
+            self.message = format!("breakpoint at {} deleted", self.symbols.describe(at));
+        } else {
+            self.timeline.add_breakpoint(at);
+            self.message = format!("breakpoint at {}", self.symbols.describe(at));
+        }
+    }
+
+    /// Runs a timeline move and reports where it ended.
+    fn moved(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(&mut Timeline, &mut MoveCtl<'_>) -> Moved,
+        ctl: &mut MoveCtl<'_>,
+    ) {
+        self.prev_regs = self.regs().clone();
+        let m = f(&mut self.timeline, ctl);
+        self.after_move(what, m);
+    }
+
+    fn after_move(&mut self, what: &str, m: Moved) {
+        self.cursor = None;
+        self.event_scroll = 0;
+        self.message = match m {
+            // Arriving at icount 0 is arriving at the start: say so.
+            Moved::Arrived if self.timeline.icount() == 0 => {
+                format!("{what}: at the start of the recording")
+            }
+            Moved::Arrived => what.to_string(),
+            Moved::Breakpoint(a) => format!("{what}: breakpoint at {}", self.symbols.describe(a)),
+            Moved::Watchpoint(w) => format!(
+                "{what}: watchpoint {:#x} ({} bytes) {}",
+                w.addr,
+                w.len,
+                if what.starts_with("reverse") {
+                    "is written by the next instruction"
+                } else {
+                    "was written"
+                }
+            ),
+            Moved::Start => format!("{what}: at the start of the recording"),
+            Moved::End(End::PowerOff) => {
+                format!("{what}: at the end of the recording (guest powered off)")
+            }
+            Moved::End(End::EndOfRecording) => format!("{what}: at the end of the recording"),
+            Moved::Interrupted => format!("{what}: interrupted"),
+            Moved::Diverged(d) => format!(
+                "{what}: replay diverged at event #{} icount {}: expected {}, got {}",
+                d.event, d.icount, d.expected, d.actual
+            ),
+        };
+    }
+
+    /// The source line at `addr` (or its function when there is no line), which a
+    /// source step leaves.
+    fn line_key(symbols: &Symbols, addr: u64) -> Option<(PathBuf, u32)> {
+        symbols.line(addr).map(|l| (l.file, l.line))
+    }
+
+    /// Source-line moves: `step` (into calls) and `next` (over calls), forward or back.
+    /// Backward they land on the first instruction of the previous line, as gdb does.
+    /// Without line information they move by one instruction.
+    fn line_move(&mut self, over_calls: bool, forward: bool, ctl: &mut MoveCtl<'_>) {
+        let what = match (over_calls, forward) {
+            (false, true) => "step",
+            (false, false) => "reverse-step",
+            (true, true) => "next",
+            (true, false) => "reverse-next",
+        };
+        if !self.symbols.has_lines() {
+            self.prev_regs = self.regs().clone();
+            let t = &mut self.timeline;
+            let m = match (over_calls, forward) {
+                (false, true) => t.stepi(),
+                (false, false) => t.reverse_stepi(),
+                (true, true) => t.next(ctl.cancel),
+                (true, false) => t.reverse_next(ctl.cancel, ctl.progress),
+            };
+            self.after_move(what, m);
+            self.message
+                .push_str(" (no line information: by instruction)");
+            return;
+        }
+        let symbols = &self.symbols;
+        let line_of = |r: &Replay| Self::line_key(symbols, r.cpu.state().rip);
+        let sp = |r: &Replay| r.cpu.state().gpr[gpr::RSP];
+        let start = line_of(self.timeline.replay());
+        let sp0 = sp(self.timeline.replay());
+        self.prev_regs = self.timeline.replay().cpu.state().clone();
+        let t = &mut self.timeline;
+        let cancelled = || {
+            ctl.cancel
+                .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+        };
+        let m = if forward && over_calls {
+            loop {
+                let m = t.next(ctl.cancel);
+                if !matches!(m, Moved::Arrived) {
+                    break m;
+                }
+                if cancelled() {
+                    break Moved::Interrupted;
+                }
+                let r = t.replay();
+                if line_of(r) != start && sp(r) >= sp0 {
+                    break m;
+                }
+            }
+        } else if forward {
+            t.step_until(ctl.cancel, |r| line_of(r) != start)
+        } else {
+            let m = t.reverse_step_until(ctl.cancel, ctl.progress, &mut |r| {
+                line_of(r) != start && (!over_calls || sp(r) >= sp0)
+            });
+            if !matches!(m, Moved::Arrived) {
+                m
+            } else {
+                // Now on the last instruction of the previous line: back to its first.
+                let k = t.icount();
+                let line = line_of(t.replay());
+                let spk = sp(t.replay());
+                let before = t.reverse_step_until(ctl.cancel, ctl.progress, &mut |r| {
+                    line_of(r) != line && (!over_calls || sp(r) >= spk)
+                });
+                match before {
+                    Moved::Arrived if over_calls => t.next(ctl.cancel),
+                    Moved::Arrived => t.stepi(),
+                    Moved::Start => t.goto_icount(0),
+                    _ => {
+                        t.goto_icount(k);
+                        Moved::Arrived
+                    }
+                }
+            }
+        };
+        self.after_move(what, m);
+    }
+
+    // ----- commands -----
+
+    /// Runs a command line (without the leading `:`).
+    pub fn command(&mut self, line: &str, ctl: &mut MoveCtl<'_>) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some((&cmd, args)) = words.split_first() else {
+            return;
+        };
+        let simple = match cmd {
+            "si" | "stepi" => Some(Action::Stepi),
+            "rsi" | "reverse-stepi" => Some(Action::ReverseStepi),
+            "s" | "step" => Some(Action::Step),
+            "rs" | "reverse-step" => Some(Action::ReverseStep),
+            "n" | "next" => Some(Action::Next),
+            "ni" | "nexti" => Some(Action::Nexti),
+            "rni" | "reverse-nexti" => Some(Action::ReverseNexti),
+            "rn" | "reverse-next" => Some(Action::ReverseNext),
+            "c" | "continue" => Some(Action::Continue),
+            "rc" | "reverse-continue" => Some(Action::ReverseContinue),
+            "fin" | "finish" => Some(Action::Finish),
+            "rfin" | "reverse-finish" => Some(Action::ReverseFinish),
+            "help" | "h" => Some(Action::Help),
+            "q" | "quit" => Some(Action::Quit),
+            _ => None,
+        };
+        if let Some(a) = simple {
+            self.act(a, ctl);
+            return;
+        }
+        let result = match cmd {
+            "b" | "break" => self.cmd_break(args),
+            "d" | "delete" => self.cmd_delete(args),
+            "watch" => self.cmd_watch(args),
+            "unwatch" => self.cmd_unwatch(args),
+            "g" | "goto" => self.cmd_goto(args, ctl),
+            "x" => self.cmd_x(args),
+            "info" | "i" => self.cmd_info(args),
+            other => Err(format!("unknown command {other:?} (? lists the commands)")),
+        };
+        if let Err(e) = result {
+            self.message = e;
+        }
+    }
+
+    fn cmd_break(&mut self, args: &[&str]) -> Result<(), String> {
+        let at = match args.first() {
+            Some(a) => self.parse_address(a)?,
+            None => self.cursor.unwrap_or(self.rip()),
+        };
+        self.timeline.add_breakpoint(at);
+        self.message = format!("breakpoint at {}", self.symbols.describe(at));
+        Ok(())
+    }
+
+    fn cmd_delete(&mut self, args: &[&str]) -> Result<(), String> {
+        match args.first() {
+            None => {
+                let all: Vec<u64> = self.timeline.breakpoints().iter().copied().collect();
+                for a in &all {
+                    self.timeline.remove_breakpoint(*a);
+                }
+                self.message = format!("{} breakpoints deleted", all.len());
+            }
+            Some(a) => {
+                let at = self.parse_address(a)?;
+                if !self.timeline.remove_breakpoint(at) {
+                    return Err(format!("no breakpoint at {}", self.symbols.describe(at)));
+                }
+                self.message = format!("breakpoint at {} deleted", self.symbols.describe(at));
+            }
+        }
+        Ok(())
+    }
+
+    fn cmd_watch(&mut self, args: &[&str]) -> Result<(), String> {
+        let addr = self.parse_address(args.first().ok_or("watch ADDR [LEN]")?)?;
+        let len = match args.get(1) {
+            Some(l) => parse_number(l).ok_or_else(|| format!("{l:?} is not a length"))?,
+            None => 8,
+        };
+        let w = self.timeline.add_watchpoint(addr, len);
+        self.message = format!(
+            "watchpoint {:#x} ({} bytes): continue and reverse-continue now step instruction by instruction",
+            w.addr, w.len
+        );
+        Ok(())
+    }
+
+    fn cmd_unwatch(&mut self, args: &[&str]) -> Result<(), String> {
+        let addr = self.parse_address(args.first().ok_or("unwatch ADDR")?)?;
+        if !self.timeline.remove_watchpoint(addr) {
+            return Err(format!("no watchpoint at {addr:#x}"));
+        }
+        self.message = format!("watchpoint {addr:#x} deleted");
+        Ok(())
+    }
+
+    fn cmd_goto(&mut self, args: &[&str], ctl: &mut MoveCtl<'_>) -> Result<(), String> {
+        let usage = "goto event N | goto icount K";
+        let (what, value) = match args {
+            [n] => ("event", *n),
+            ["event" | "e", n] => ("event", *n),
+            ["icount" | "i", k] => ("icount", *k),
+            _ => return Err(usage.into()),
+        };
+        let v =
+            parse_number(value).ok_or_else(|| format!("{value:?} is not a number ({usage})"))?;
+        let total = self.replay().events().len() as u64;
+        if what == "event" {
+            if v >= total {
+                return Err(format!(
+                    "event {v} does not exist: the recording has {total} events"
+                ));
+            }
+            self.moved(&format!("goto event {v}"), |t, _| t.goto_event(v), ctl);
+        } else {
+            self.moved(&format!("goto icount {v}"), |t, _| t.goto_icount(v), ctl);
+        }
+        Ok(())
+    }
+
+    fn cmd_x(&mut self, args: &[&str]) -> Result<(), String> {
+        let target = args.first().ok_or("x ADDR|$REG")?;
+        self.mem_at = match register_index(target) {
+            Some(r) => MemAt::Register(r),
+            None => MemAt::Addr(self.parse_address(target)?),
+        };
+        if self.hidden[Pane::Memory.index()] {
+            self.hidden[Pane::Memory.index()] = false;
+        }
+        let mut out = Vec::new();
+        let rows = args
+            .get(1)
+            .and_then(|n| parse_number(n))
+            .unwrap_or(4)
+            .min(64);
+        let base = self.memory_address().unwrap_or(0);
+        for r in 0..rows {
+            out.push(self.hex_row(base.wrapping_add(r * 16)));
+        }
+        self.message = format!("memory at {base:#x}");
+        self.mode = Mode::Output(out);
+        Ok(())
+    }
+
+    fn cmd_info(&mut self, args: &[&str]) -> Result<(), String> {
+        let out = match args.first().copied() {
+            Some("b" | "break" | "breakpoints" | "watchpoints") => {
+                let mut v: Vec<String> = self
+                    .timeline
+                    .breakpoints()
+                    .iter()
+                    .map(|a| format!("breakpoint  {a:#018x}  {}", self.symbols.describe(*a)))
+                    .collect();
+                v.extend(
+                    self.timeline
+                        .watchpoints()
+                        .iter()
+                        .map(|w| format!("watchpoint  {:#018x}  {} bytes", w.addr, w.len)),
+                );
+                if v.is_empty() {
+                    v.push("no breakpoints or watchpoints".into());
+                }
+                v
+            }
+            Some("checkpoints" | "c") => {
+                let mut v: Vec<String> = self
+                    .timeline
+                    .checkpoints()
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "icount {:>12}  events {:>8}  {:>8} KiB",
+                            c.icount,
+                            c.events_consumed,
+                            c.bytes / 1024
+                        )
+                    })
+                    .collect();
+                v.push(format!(
+                    "{} KiB of {} MiB budget",
+                    self.timeline.checkpoint_bytes() / 1024,
+                    self.timeline.budget() >> 20
+                ));
+                v
+            }
+            Some("registers" | "r" | "reg") => crate::draw::register_lines(self)
+                .into_iter()
+                .map(|(l, _)| l)
+                .collect(),
+            _ => return Err("info breakpoints | checkpoints | registers".into()),
+        };
+        self.mode = Mode::Output(out);
+        Ok(())
+    }
+
+    /// `0x...`, decimal, `$reg`, `symbol` or `symbol+off`.
+    pub fn parse_address(&self, s: &str) -> Result<u64, String> {
+        if let Some(r) = register_index(s) {
+            return Ok(register_value(self.regs(), r));
+        }
+        if let Some(v) = parse_number(s) {
+            return Ok(v);
+        }
+        let (name, off) = match s.split_once('+') {
+            Some((n, o)) => (
+                n,
+                parse_number(o).ok_or_else(|| format!("bad offset in {s:?}"))?,
+            ),
+            None => (s, 0),
+        };
+        self.symbols
+            .address_of(name)
+            .map(|a| a.wrapping_add(off))
+            .ok_or_else(|| format!("no symbol {name:?}"))
+    }
+
+    // ----- views -----
+
+    pub fn memory_address(&self) -> Option<u64> {
+        match self.mem_at {
+            MemAt::Addr(a) => Some(a),
+            MemAt::Register(r) => Some(register_value(self.regs(), r)),
+        }
+    }
+
+    /// `address  16 hex bytes  ascii`, with `??` where unmapped.
+    pub fn hex_row(&self, addr: u64) -> String {
+        let r = self.replay();
+        let mut hex = String::new();
+        let mut ascii = String::new();
+        for i in 0..16u64 {
+            let mut b = [0u8; 1];
+            if r.cpu
+                .read_virtual(&r.mem, addr.wrapping_add(i), &mut b)
+                .is_ok()
+            {
+                hex.push_str(&format!("{:02x} ", b[0]));
+                ascii.push(if b[0].is_ascii_graphic() {
+                    b[0] as char
+                } else {
+                    '.'
+                });
+            } else {
+                hex.push_str("?? ");
+                ascii.push(' ');
+            }
+            if i == 7 {
+                hex.push(' ');
+            }
+        }
+        format!("{addr:016x}  {hex} {ascii}")
+    }
+
+    /// Instructions around RIP (decoded from the start of its function when it is
+    /// near, so the lines before RIP are real instruction boundaries).
+    pub fn disassembly(&self, rows: usize) -> Vec<DisasmLine> {
+        let rip = self.rip();
+        let start = match self.symbols.lookup(rip) {
+            Some(l) if l.offset <= 4096 => l.function.addr,
+            _ => rip,
+        };
+        let r = self.replay();
+        let want_after = rows * 15 + 15;
+        let len = (rip - start) as usize + want_after;
+        let mut bytes = vec![0u8; len];
+        let mut n = 0;
+        while n < len {
+            let chunk = (4096 - ((start + n as u64) & 0xfff) as usize).min(len - n);
+            if r.cpu
+                .read_virtual(&r.mem, start + n as u64, &mut bytes[n..n + chunk])
+                .is_err()
+            {
+                break;
+            }
+            n += chunk;
+        }
+        let mut decoder = Decoder::with_ip(64, &bytes[..n], start, DecoderOptions::NONE);
+        let mut fmt = IntelFormatter::new();
+        let mut all = Vec::new();
+        let mut ins = Instruction::default();
+        while decoder.can_decode() {
+            decoder.decode_out(&mut ins);
+            let mut text = String::new();
+            fmt.format(&ins, &mut text);
+            if ins.is_invalid() {
+                text = "(bad)".into();
+            }
+            let target = ins.near_branch_target();
+            if target != 0
+                && let Some(l) = self.symbols.lookup(target)
+            {
+                text.push_str(&format!("  <{l}>"));
+            }
+            let label = self
+                .symbols
+                .lookup(ins.ip())
+                .filter(|l| l.offset == 0)
+                .map(|l| l.function.name.clone());
+            all.push(DisasmLine {
+                addr: ins.ip(),
+                label,
+                text,
+            });
+            if all.len() > rows && all.iter().rev().nth(rows / 2).is_some_and(|l| l.addr > rip) {
+                break;
+            }
+        }
+        let at = all.iter().position(|l| l.addr >= rip).unwrap_or(0);
+        let first = at.saturating_sub(rows / 3);
+        all.into_iter().skip(first).take(rows).collect()
+    }
+
+    pub fn source(&self) -> SourceView {
+        if !self.symbols.has_lines() {
+            return SourceView::NoLines;
+        }
+        let Some(line) = self.symbols.line(self.rip()) else {
+            return SourceView::NoLine;
+        };
+        let text = self.source_text(&line.file);
+        match text {
+            Some(lines) => SourceView::Text {
+                file: line.file,
+                line: line.line,
+                lines,
+            },
+            None => SourceView::Missing {
+                file: line.file,
+                line: line.line,
+            },
+        }
+    }
+
+    fn source_text(&self, file: &Path) -> Option<Rc<Vec<String>>> {
+        if let Some(t) = self.sources.borrow().get(file) {
+            return t.clone();
+        }
+        let candidates = self
+            .source_dirs
+            .iter()
+            .filter_map(|d| file.file_name().map(|n| d.join(n)))
+            .chain(std::iter::once(file.to_path_buf()));
+        let text = candidates
+            .into_iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .map(|t| Rc::new(t.lines().map(|l| l.replace('\t', "    ")).collect()));
+        self.sources
+            .borrow_mut()
+            .insert(file.to_path_buf(), text.clone());
+        text
+    }
+
+    /// Event counts per column over the whole recording.
+    pub fn density(&self, columns: usize) -> Vec<u32> {
+        if let Some((c, d)) = &*self.density.borrow()
+            && *c == columns
+        {
+            return d.clone();
+        }
+        let total = self.total_icount();
+        let mut d = vec![0u32; columns.max(1)];
+        for e in self.replay().events() {
+            let i = (e.icount() as u128 * columns as u128 / (total as u128 + 1)) as usize;
+            let i = i.min(d.len() - 1);
+            d[i] = d[i].saturating_add(1);
+        }
+        *self.density.borrow_mut() = Some((columns, d.clone()));
+        d
+    }
+
+    /// Frames: RIP, then return addresses. Returns the frames and how they were found.
+    pub fn backtrace(&self, max: usize) -> (Vec<u64>, &'static str) {
+        let r = self.replay();
+        let mut frames = vec![self.rip()];
+        let mut sp = self.regs().gpr[gpr::RSP];
+        // The demo kernel is built with -O2 (no frame pointers), so scan the stack for
+        // values that point just after a call instruction in a known function.
+        for _ in 0..512 {
+            if frames.len() >= max {
+                break;
+            }
+            let mut b = [0u8; 8];
+            if r.cpu.read_virtual(&r.mem, sp, &mut b).is_err() {
+                break;
+            }
+            let v = u64::from_le_bytes(b);
+            if self.symbols.lookup(v).is_some_and(|l| l.offset > 0) && self.follows_call(v) {
+                frames.push(v);
+            }
+            sp = sp.wrapping_add(8);
+        }
+        (frames, "heuristic: return addresses on the stack")
+    }
+
+    fn follows_call(&self, ret: u64) -> bool {
+        let r = self.replay();
+        [5u64, 2, 3, 6, 7].iter().any(|&back| {
+            let mut b = [0u8; 7];
+            let at = ret.wrapping_sub(back);
+            if r.cpu
+                .read_virtual(&r.mem, at, &mut b[..back as usize])
+                .is_err()
+            {
+                return false;
+            }
+            let ins = Decoder::with_ip(64, &b[..back as usize], at, DecoderOptions::NONE).decode();
+            !ins.is_invalid()
+                && ins.len() as u64 == back
+                && (ins.is_call_near() || ins.is_call_near_indirect())
+        })
+    }
+}
+
+fn parse_number(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(&h.replace('_', ""), 16).ok(),
+        None => s.replace('_', "").parse().ok(),
+    }
+}
+
+/// `$rax`..`$r15`, `$rip` (index 16).
+fn register_index(s: &str) -> Option<usize> {
+    let name = s.strip_prefix('$')?;
+    if name == "rip" {
+        return Some(16);
+    }
+    gpr::NAMES.iter().position(|n| *n == name)
+}
+
+fn register_value(regs: &CpuState, r: usize) -> u64 {
+    if r == 16 { regs.rip } else { regs.gpr[r] }
+}
+
+/// Short details of an event for the events pane.
+pub fn event_details(e: &Event) -> String {
+    match e {
+        Event::UserEntry(u) => match u.kind {
+            EntryKind::Syscall => format!(
+                "syscall nr {} from user rip {:#x}",
+                u.regs.gpr[gpr::RAX],
+                u.regs.rip
+            ),
+            EntryKind::Interrupt { vector } => {
+                format!("vector {vector:#x} from user rip {:#x}", u.regs.rip)
+            }
+            EntryKind::Exception {
+                vector,
+                error_code,
+                cr2,
+            } => {
+                let err = error_code
+                    .map(|e| format!(" error {e:#x}"))
+                    .unwrap_or_default();
+                let cr2 = if vector == 14 {
+                    format!(" cr2 {cr2:#x}")
+                } else {
+                    String::new()
+                };
+                let what = if u.is_syscall_fault() {
+                    " (syscall)"
+                } else {
+                    ""
+                };
+                format!(
+                    "exception {vector}{err}{cr2}{what} from user rip {:#x}",
+                    u.regs.rip
+                )
+            }
+        },
+        Event::KernelInterrupt(k) => format!("vector {:#x} at {:#x}", k.vector, k.rip),
+        Event::PortIn(p) => format!("port {:#x} size {} = {:#x}", p.port, p.size, p.value),
+        Event::MmioRead(m) => format!("gpa {:#x} size {} = {:#x}", m.gpa, m.size, m.value),
+        Event::MemoryWrite(w) => format!("{} bytes at gpa {:#x}", w.data.len(), w.gpa),
+        Event::UserRead(u) => format!("{} bytes {:#x} -> {:#x}", u.data.len(), u.src, u.dst),
+        Event::PteRead(p) => format!("pte at {:#x} = {:#x}", p.addr, p.value),
+        Event::Random(r) => format!("{:#x}", r.value),
+        Event::Console(c) => format!("{:?}", String::from_utf8_lossy(&c.bytes)),
+        Event::Digest(d) => format!("digest regs {:#x}", d.regs),
+    }
+}

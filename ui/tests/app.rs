@@ -1,0 +1,251 @@
+//! Keys to moves to status, on the checked-in demo recording.
+
+mod common;
+
+use common::{app, key, keys};
+use krr_ui::Pane;
+use krr_ui::app::Mode;
+use ratatui::crossterm::event::KeyCode;
+
+#[test]
+fn stepi_and_reverse_stepi_move_one_instruction_and_the_start_is_reported() {
+    let mut a = app();
+    keys(&mut a, "i");
+    assert_eq!(a.timeline.icount(), 1);
+    assert_eq!(a.message, "stepi");
+    assert_ne!(
+        a.prev_regs.rip,
+        a.rip(),
+        "the registers before the move are kept"
+    );
+    keys(&mut a, "I");
+    assert_eq!(a.timeline.icount(), 0);
+    assert!(
+        a.message.contains("start of the recording"),
+        "{}",
+        a.message
+    );
+    keys(&mut a, "I");
+    assert_eq!(a.timeline.icount(), 0);
+    assert!(
+        a.message.contains("start of the recording"),
+        "{}",
+        a.message
+    );
+    assert!(
+        a.position().starts_with("#-  icount 0  0.0%"),
+        "{}",
+        a.position()
+    );
+}
+
+#[test]
+fn goto_prompt_goes_to_an_event_and_rejects_a_missing_one() {
+    let mut a = app();
+    keys(&mut a, "g");
+    assert!(matches!(a.mode, Mode::Prompt { .. }));
+    keys(&mut a, "12");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.mode, Mode::Normal);
+    assert_eq!(a.replay().events_consumed(), 13);
+    assert_eq!(a.event_number(), Some(12));
+    assert!(a.position().starts_with("#12  icount "), "{}", a.position());
+    let here = a.timeline.icount();
+    keys(&mut a, "g99999999");
+    key(&mut a, KeyCode::Enter);
+    assert!(a.message.contains("does not exist"), "{}", a.message);
+    assert_eq!(a.timeline.icount(), here);
+    // Past the end by icount: the end is reported, not an error.
+    keys(&mut a, ":goto icount 999999999999");
+    key(&mut a, KeyCode::Enter);
+    assert!(a.message.contains("end of the recording"), "{}", a.message);
+    assert!((a.percent() - 100.0).abs() < 1e-9);
+}
+
+#[test]
+fn break_on_a_symbol_continue_to_it_and_reverse_continue_back_to_it() {
+    let mut a = app();
+    let hook = a.symbols.address_of("krr_agent_rdtsc").expect("symbol");
+    keys(&mut a, ":break krr_agent_rdtsc");
+    key(&mut a, KeyCode::Enter);
+    assert!(a.timeline.breakpoints().contains(&hook));
+    keys(&mut a, "c");
+    assert_eq!(a.rip(), hook);
+    assert!(
+        a.message.contains("breakpoint at krr_agent_rdtsc"),
+        "{}",
+        a.message
+    );
+    let first = a.timeline.icount();
+    keys(&mut a, "c");
+    let second = a.timeline.icount();
+    assert!(second > first);
+    keys(&mut a, "iiii");
+    keys(&mut a, "C");
+    assert_eq!(a.timeline.icount(), second);
+    keys(&mut a, "C");
+    assert_eq!(a.timeline.icount(), first);
+    assert!(
+        a.message.starts_with("reverse-continue: breakpoint"),
+        "{}",
+        a.message
+    );
+    // `b` toggles the breakpoint at the cursor (RIP): off, then continue runs past.
+    keys(&mut a, "b");
+    assert!(a.timeline.breakpoints().is_empty());
+    keys(&mut a, ":info breakpoints");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(
+        a.mode,
+        Mode::Output(vec!["no breakpoints or watchpoints".into()])
+    );
+    keys(&mut a, "x");
+    assert_eq!(a.mode, Mode::Normal, "any key closes the output");
+}
+
+#[test]
+fn next_finish_and_step_move_and_report() {
+    let mut a = app();
+    keys(&mut a, ":goto event 300");
+    key(&mut a, KeyCode::Enter);
+    let before = a.timeline.icount();
+    keys(&mut a, "s");
+    assert!(a.timeline.icount() > before);
+    let line = a.symbols.line(a.rip());
+    keys(&mut a, "S");
+    assert!(a.timeline.icount() < before + 1000);
+    assert_ne!(a.symbols.line(a.rip()), line, "reverse-step left the line");
+    // Back to the first instruction of the previous line: one more instruction back is
+    // on another line (or in a deeper frame).
+    let first = a.timeline.icount();
+    let line_s = a.symbols.line(a.rip());
+    let sp_s = a.regs().gpr[4];
+    keys(&mut a, "I");
+    assert!(
+        a.symbols.line(a.rip()) != line_s || a.regs().gpr[4] < sp_s,
+        "reverse-step stopped inside its line"
+    );
+    keys(&mut a, "i");
+    assert_eq!(a.timeline.icount(), first);
+    // next: another line, not in a deeper frame.
+    let line = a.symbols.line(a.rip());
+    let sp = a.regs().gpr[4];
+    keys(&mut a, "n");
+    assert_eq!(a.message, "next");
+    assert_ne!(a.symbols.line(a.rip()), line);
+    assert!(a.regs().gpr[4] >= sp);
+    let after_next = a.timeline.icount();
+    keys(&mut a, "N");
+    assert!(a.message.starts_with("reverse-next"), "{}", a.message);
+    assert!(a.timeline.icount() < after_next);
+    keys(&mut a, "o");
+    assert_eq!(a.message, "nexti");
+    keys(&mut a, "f");
+    assert!(a.message.starts_with("finish"), "{}", a.message);
+    keys(&mut a, "F");
+    assert!(a.message.starts_with("reverse-finish"), "{}", a.message);
+}
+
+#[test]
+fn a_watchpoint_from_the_prompt_stops_continue() {
+    let mut a = app();
+    keys(&mut a, ":goto event 400");
+    key(&mut a, KeyCode::Enter);
+    let slot = a.regs().gpr[4] - 8;
+    keys(&mut a, &format!("w{slot:#x} 8"));
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.timeline.watchpoints().len(), 1);
+    keys(&mut a, "c");
+    assert!(a.message.contains("watchpoint"), "{}", a.message);
+}
+
+#[test]
+fn panes_hide_focus_skips_hidden_ones_resize_help_and_quit() {
+    let mut a = app();
+    assert_eq!(a.focus, Pane::Disassembly);
+    keys(&mut a, "3");
+    assert!(!a.is_visible(Pane::Source));
+    key(&mut a, KeyCode::Tab);
+    assert_eq!(a.focus, Pane::Events, "the hidden source pane is skipped");
+    let w = a.weights[Pane::Events.index()];
+    keys(&mut a, "++");
+    assert_eq!(a.weights[Pane::Events.index()], w + 2);
+    keys(&mut a, "-");
+    assert_eq!(a.weights[Pane::Events.index()], w + 1);
+    keys(&mut a, "3");
+    assert!(a.is_visible(Pane::Source));
+    keys(&mut a, "?");
+    assert_eq!(a.mode, Mode::Help);
+    key(&mut a, KeyCode::Esc);
+    assert_eq!(a.mode, Mode::Normal);
+    keys(&mut a, ":nonsense");
+    key(&mut a, KeyCode::Enter);
+    assert!(a.message.contains("unknown command"));
+    assert!(!a.quit);
+    keys(&mut a, "q");
+    assert!(a.quit);
+}
+
+#[test]
+fn the_events_cursor_and_enter_goto_an_event() {
+    let mut a = app();
+    keys(&mut a, ":goto event 100");
+    key(&mut a, KeyCode::Enter);
+    while a.focus != Pane::Events {
+        key(&mut a, KeyCode::Tab);
+    }
+    keys(&mut a, "jjj");
+    assert_eq!(a.selected_event(), Some(103));
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.event_number(), Some(103));
+    assert_eq!(a.message, "goto event 103");
+    keys(&mut a, "kk");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.event_number(), Some(101));
+}
+
+#[test]
+fn a_cancelled_reverse_continue_reports_the_interruption_and_progress_is_reported() {
+    use krr_ui::MoveCtl;
+    use ratatui::crossterm::event::{KeyEvent, KeyModifiers};
+    use std::sync::atomic::AtomicBool;
+    let mut a = app();
+    keys(&mut a, ":break krr_agent_rdtsc");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, ":goto event 2000");
+    key(&mut a, KeyCode::Enter);
+    let here = a.timeline.icount();
+    let cancel = AtomicBool::new(true);
+    let mut seen = Vec::new();
+    let mut progress = |p: f64| seen.push(p);
+    let mut ctl = MoveCtl {
+        cancel: Some(&cancel),
+        progress: &mut progress,
+    };
+    a.press(
+        KeyEvent::new(KeyCode::Char('C'), KeyModifiers::NONE),
+        &mut ctl,
+    );
+    assert_eq!(a.message, "reverse-continue: interrupted");
+    let cancel = AtomicBool::new(false);
+    let mut seen = Vec::new();
+    let mut progress = |p: f64| seen.push(p);
+    let mut ctl = MoveCtl {
+        cancel: Some(&cancel),
+        progress: &mut progress,
+    };
+    a.timeline.goto_icount(here);
+    a.press(
+        KeyEvent::new(KeyCode::Char('C'), KeyModifiers::NONE),
+        &mut ctl,
+    );
+    assert!(
+        a.message.starts_with("reverse-continue: breakpoint"),
+        "{}",
+        a.message
+    );
+    assert!(
+        !seen.is_empty() && seen.iter().all(|p| (0.0..=1.0).contains(p)),
+        "{seen:?}"
+    );
+}
