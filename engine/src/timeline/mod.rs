@@ -206,6 +206,8 @@ impl Timeline {
     pub fn goto_icount(&mut self, k: Icount) -> Moved {
         if k < self.icount() {
             self.restore_before(|c| c.icount <= k);
+        } else {
+            self.skip_ahead(|c| c.icount <= k);
         }
         self.forward(Target::Icount(k), false, None)
     }
@@ -217,8 +219,20 @@ impl Timeline {
         }
         if self.now.events_consumed() > n {
             self.restore_before(|c| c.events_consumed <= n);
+        } else {
+            self.skip_ahead(|c| c.events_consumed <= n);
         }
         self.forward(Target::Event(n), false, None)
+    }
+
+    /// For a forward move: starts from the latest checkpoint that `ok` accepts if it
+    /// lies ahead of the current position, instead of replaying the stretch between.
+    fn skip_ahead(&mut self, ok: impl Fn(&Checkpoint) -> bool) {
+        if let Some(c) = self.checkpoints.iter().rev().find(|c| ok(c))
+            && (c.icount, c.events_consumed) > (self.icount(), self.now.events_consumed())
+        {
+            self.now = c.replay.clone();
+        }
     }
 
     /// Runs forward to the next breakpoint or the end.
