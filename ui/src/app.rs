@@ -898,10 +898,31 @@ impl App {
     /// Frames: RIP, then return addresses. Returns the frames and how they were found.
     pub fn backtrace(&self, max: usize) -> (Vec<u64>, &'static str) {
         let r = self.replay();
+        if let Some(unwinder) = self.symbols.unwinder() {
+            let regs = self.regs();
+            let read = |addr: u64| {
+                let mut b = [0u8; 8];
+                r.cpu
+                    .read_virtual(&r.mem, addr, &mut b)
+                    .ok()
+                    .map(|()| u64::from_le_bytes(b))
+            };
+            let frame = krr_engine::symbols::Frame {
+                rip: regs.rip,
+                rsp: regs.gpr[gpr::RSP],
+                rbp: regs.gpr[gpr::RBP],
+            };
+            let mut frames = unwinder.backtrace(frame, &read);
+            // Assembly (entry stubs) has no call-frame information: fall back below.
+            if frames.len() > 1 {
+                frames.truncate(max);
+                return (frames, "DWARF call-frame information");
+            }
+        }
         let mut frames = vec![self.rip()];
         let mut sp = self.regs().gpr[gpr::RSP];
-        // The demo kernel is built with -O2 (no frame pointers), so scan the stack for
-        // values that point just after a call instruction in a known function.
+        // Without call-frame information (and a kernel built without frame pointers),
+        // scan the stack for values that point just after a call in a known function.
         for _ in 0..512 {
             if frames.len() >= max {
                 break;

@@ -249,3 +249,17 @@ fn a_cancelled_reverse_continue_reports_the_interruption_and_progress_is_reporte
         "{seen:?}"
     );
 }
+
+#[test]
+fn backtrace_unwinds_through_call_frame_information() {
+    let mut a = app();
+    keys(&mut a, ":break copy_from_user");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, "c");
+    assert!(a.message.contains("copy_from_user"), "{}", a.message);
+    let (frames, how) = a.backtrace(16);
+    assert_eq!(how, "DWARF call-frame information");
+    assert!(frames.len() >= 3, "{frames:x?}");
+    let caller = a.symbols.describe(frames[1]);
+    assert!(caller.starts_with("syscall_dispatch"), "{caller}");
+}

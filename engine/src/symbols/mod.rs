@@ -14,6 +14,10 @@ use std::sync::Arc;
 
 type Reader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
 
+mod unwind;
+
+pub use unwind::{Frame, MAX_FRAMES, Unwinder};
+
 /// Errors reading a guest image.
 #[derive(Debug, thiserror::Error)]
 pub enum SymbolsError {
@@ -67,6 +71,7 @@ pub struct Symbols {
     /// Sorted by address, sizes filled in.
     functions: Vec<Function>,
     lines: Option<addr2line::Context<Reader>>,
+    unwinder: Option<Unwinder>,
 }
 
 impl std::fmt::Debug for Symbols {
@@ -84,6 +89,7 @@ impl Symbols {
         Symbols {
             functions: Vec::new(),
             lines: None,
+            unwinder: None,
         }
     }
 
@@ -113,7 +119,12 @@ impl Symbols {
         } else {
             None
         };
-        Ok(Symbols { functions, lines })
+        let unwinder = Unwinder::from_object(&file);
+        Ok(Symbols {
+            functions,
+            lines,
+            unwinder,
+        })
     }
 
     /// From a file on disk.
@@ -140,6 +151,7 @@ impl Symbols {
         Symbols {
             functions,
             lines: None,
+            unwinder: None,
         }
     }
 
@@ -158,6 +170,11 @@ impl Symbols {
     }
 
     /// Whether `file:line` lookups are possible.
+    /// The image's call-frame tables (DWARF CFI), if it has any.
+    pub fn unwinder(&self) -> Option<&Unwinder> {
+        self.unwinder.as_ref()
+    }
+
     pub fn has_lines(&self) -> bool {
         self.lines.is_some()
     }
