@@ -318,3 +318,37 @@ fn a_watchpoint_stops_continue_after_the_write_and_reverse_continue_before_it() 
     assert_ne!(read(&t), before_write);
     assert_eq!(read(&t), after);
 }
+
+#[test]
+fn checkpoints_stay_within_a_small_budget_and_thin_with_age() {
+    let budget = 3 << 20;
+    let mut t = Timeline::new(opened(), budget);
+    t.set_interval(10_000);
+    let total = total_icount();
+    assert!(matches!(
+        t.goto_icount(total),
+        Moved::Arrived | Moved::End(_)
+    ));
+    let cps = t.checkpoints();
+    assert!(
+        t.checkpoint_bytes() <= budget,
+        "{} > {budget}: {:?}",
+        t.checkpoint_bytes(),
+        cps.iter().map(|c| (c.icount, c.bytes)).collect::<Vec<_>>()
+    );
+    assert!(cps.len() >= 6, "{} checkpoints", cps.len());
+    assert_eq!(cps[0].icount, 0, "the start stays");
+    // Older stretches are sparser than recent ones.
+    let gap = |i: usize| cps[i + 1].icount - cps[i].icount;
+    let oldest = gap(1);
+    let newest = gap(cps.len() - 2);
+    assert!(oldest > newest, "oldest gap {oldest}, newest gap {newest}");
+    // Moves after thinning still land on the straight replay's state.
+    for k in [total / 7, total / 2, total - 3] {
+        assert_eq!(t.goto_icount(k), Moved::Arrived);
+        assert_eq!(t.reverse_stepi(), Moved::Arrived);
+        let straight = straight_to(k - 1);
+        assert_eq!(t.replay().cpu.state(), straight.cpu.state());
+        assert_eq!(t.replay().mem.hash(), straight.mem.hash());
+    }
+}

@@ -5,9 +5,10 @@
 //! A checkpoint is a clone of the [`Replay`]: CPU state plus memory whose 4 KiB pages are
 //! shared with the live replay and the other checkpoints, so it costs only the pages
 //! written since the previous one. Checkpoints are taken every `interval` instructions as
-//! replay moves forward; when their cost exceeds the budget, the interval doubles and
-//! every other checkpoint (never the first) is dropped, so density thins as the
-//! recording grows while the start always stays reachable.
+//! replay moves forward; when their cost exceeds the budget, every other checkpoint in the
+//! older half is dropped (never the first), again until the budget holds, so checkpoints
+//! thin as they age while the recent stretch stays dense and the start stays reachable;
+//! when only a few remain, the interval doubles instead.
 //!
 //! Moves that need to look at every instruction (next, finish, their reverses, and
 //! anything with a watchpoint set) step one instruction at a time: forward they run one
@@ -96,7 +97,9 @@ impl Timeline {
             icount: replay.icount(),
             events_consumed: replay.events_consumed(),
             replay: replay.clone(),
-            cost_pages: replay.mem.stats().allocated_pages,
+            // Shares every page with the replay's own initial state, which it keeps
+            // anyway (to restart and to report divergences).
+            cost_pages: 0,
         };
         Timeline {
             now: replay,
@@ -633,19 +636,34 @@ impl Timeline {
     /// other checkpoint after the first, so older stretches keep a coarser density.
     fn thin(&mut self) {
         while self.checkpoint_bytes() > self.budget && self.checkpoints.len() > 2 {
-            self.interval *= 2;
-            let mut keep = Vec::with_capacity(self.checkpoints.len() / 2 + 1);
+            // Older checkpoints go first: every other one in the older half is dropped,
+            // so density falls off with age while the newest half and the start stay.
+            // With too few to choose from, the interval doubles and every other one goes.
+            let n = self.checkpoints.len();
+            let older = if n >= 6 { n / 2 } else { n };
+            if older == n {
+                self.interval *= 2;
+            }
+            let mut keep = Vec::with_capacity(n);
             for (i, c) in std::mem::take(&mut self.checkpoints)
                 .into_iter()
                 .enumerate()
             {
-                if i == 0 || i % 2 == 0 {
+                if i == 0 || i >= older || i % 2 == 0 {
                     keep.push(c);
-                } else if let Some(last) = keep.last_mut() {
-                    // The dropped checkpoint's unique pages now belong to the next one
-                    // at worst; account them to the kept predecessor conservatively.
-                    last.cost_pages += c.cost_pages;
                 }
+            }
+            // A kept checkpoint now owns the pages written since its new predecessor.
+            for i in 1..keep.len() {
+                let (before, after) = keep.split_at_mut(i);
+                let prev = &before[i - 1].replay.mem;
+                let c = &mut after[0];
+                c.cost_pages = c
+                    .replay
+                    .mem
+                    .diff_pages(prev)
+                    .map(|d| d.len() as u64)
+                    .unwrap_or(c.cost_pages);
             }
             self.checkpoints = keep;
         }
