@@ -116,6 +116,9 @@ pub fn tui(args: &ReplayArgs) -> Result<()> {
         message = format!("goto event {n}");
     }
     let mut app = App::new(timeline, symbols, keymap);
+    app.exporter = Some(Box::new(|replay| {
+        crate::gdb::export(replay).map_err(|e| format!("{e:#}"))
+    }));
     app.source_dirs = args.source_dir.clone();
     if !message.is_empty() {
         app.message = message;

@@ -209,13 +209,23 @@ fn signals_end_the_recording_with_a_complete_file() {
     }
     let dir = tempfile::tempdir().unwrap();
     let kernel = write_guest(dir.path(), "no-poweroff");
-    for signal in [libc::SIGTERM, libc::SIGINT] {
-        let file = dir.path().join(format!("sig{signal}.krr"));
-        let mut child = krr()
-            .args(["record", "--headless", "--quiet", "--kernel"])
+    // The last case records without a counter: interrupts in the kernel's spin loop are
+    // then placed by signature (rip and registers).
+    for (signal, no_counter) in [
+        (libc::SIGTERM, false),
+        (libc::SIGINT, false),
+        (libc::SIGTERM, true),
+    ] {
+        let file = dir.path().join(format!("sig{signal}-{no_counter}.krr"));
+        let mut cmd = krr();
+        cmd.args(["record", "--headless", "--quiet", "--kernel"])
             .arg(&kernel)
             .arg("-o")
-            .arg(&file)
+            .arg(&file);
+        if no_counter {
+            cmd.arg("--no-counter");
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

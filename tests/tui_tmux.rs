@@ -232,3 +232,75 @@ fn record_shows_the_live_console_and_q_ends_the_recording() {
         String::from_utf8_lossy(&info.stderr)
     );
 }
+
+#[test]
+fn export_key_serves_gdb_and_the_ui_follows_its_moves() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        println!("skipped: tmux is not installed");
+        return;
+    }
+    if Command::new("gdb").arg("--version").output().is_err() {
+        println!("skipped: gdb is not installed");
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_krr-tui");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/demo.krr");
+    let t = Tmux {
+        socket: format!("krr-tui-export-{}", std::process::id()),
+    };
+    let cmd = format!("{bin} replay {}", fixture.display());
+    let out = t.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "tui",
+        "-x",
+        "200",
+        "-y",
+        "48",
+        "-e",
+        "KRR_TUI_KEYS=/nonexistent",
+        &cmd,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.wait_for("press ? for help");
+    // Move somewhere first: gdb starts where the UI stands.
+    t.type_text("g");
+    t.type_text("icount 5000");
+    t.send(&["Enter"]);
+    t.wait_for("icount 5000  ");
+    t.send(&["E"]);
+    let screen = t.wait_for("target remote 127.0.0.1:");
+    let addr = screen
+        .split("target remote ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("address on screen")
+        .to_string();
+    let gdb = Command::new("gdb")
+        .args(["-q", "-batch", "-nx"])
+        .args(["-ex", "set confirm off"])
+        .args(["-ex", &format!("target remote {addr}")])
+        .args(["-ex", "monitor when"])
+        .args(["-ex", "stepi"])
+        .args(["-ex", "stepi"])
+        .args(["-ex", "stepi"])
+        .args(["-ex", "monitor when"])
+        .args(["-ex", "detach"])
+        .output()
+        .expect("gdb runs");
+    let text =
+        String::from_utf8_lossy(&gdb.stdout).into_owned() + &String::from_utf8_lossy(&gdb.stderr);
+    assert!(
+        text.contains("icount: 5000,"),
+        "gdb starts where the UI was:\n{text}"
+    );
+    assert!(text.contains("icount: 5003,"), "gdb stepped:\n{text}");
+    // The UI followed gdb's three steps.
+    let screen = t.wait_for("icount 5003  ");
+    assert!(screen.contains("gdb moved to icount 5003"), "{screen}");
+}

@@ -35,31 +35,81 @@ const MAX_READ: u64 = (MAX_PACKET / 2 - 16) as u64;
 /// How often a blocked read wakes up.
 const POLL: Duration = Duration::from_millis(20);
 
+/// Where a replay stands: its icount and the events applied (what a following UI
+/// moves to).
+pub type Position = (u64, u64);
+
 /// Serves the recording at `path` to gdb on `addr` until gdb detaches or kills it.
 /// A connection that breaks or speaks garbage is closed and the next one accepted.
 pub fn serve(path: &Path, addr: &str) -> Result<()> {
     let replay = Replay::open(path).with_context(|| format!("{}", path.display()))?;
-    let kernel = write_kernel_image(&replay)?;
-    let mut target = ReplayTarget::new(Timeline::new(replay, DEFAULT_CHECKPOINT_BUDGET));
     let listener = TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
+    serve_on(
+        Timeline::new(replay, DEFAULT_CHECKPOINT_BUDGET),
+        listener,
+        None,
+    )
+}
+
+/// Exports `replay` at its current position to gdb: a server on a free port of
+/// 127.0.0.1 runs on its own thread with its own timeline (sharing the replay's pages),
+/// quietly. Returns the address and the positions gdb moves to, for the UI to follow.
+pub fn export(replay: &Replay) -> Result<(String, std::sync::mpsc::Receiver<Position>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("listening for gdb")?;
+    let addr = listener.local_addr()?.to_string();
+    // Full history: from the recording's start, then to where the UI stands.
+    let mut tl = Timeline::new(replay.restart(), DEFAULT_CHECKPOINT_BUDGET);
+    tl.goto_icount(replay.icount());
+    if tl.replay().events_consumed() < replay.events_consumed() {
+        tl.goto_event(replay.events_consumed() - 1);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("gdb-export".into())
+        .spawn(move || {
+            // Errors end the session; the UI sees the channel close.
+            let _ = serve_on(tl, listener, Some(tx));
+        })?;
+    Ok((addr, rx))
+}
+
+/// Serves `tl` on `listener`. With `follow`, nothing is printed (a terminal UI owns the
+/// screen) and every position gdb moves to is sent there.
+pub fn serve_on(
+    tl: Timeline,
+    listener: TcpListener,
+    follow: Option<std::sync::mpsc::Sender<Position>>,
+) -> Result<()> {
+    let quiet = follow.is_some();
+    let kernel = write_kernel_image(tl.replay())?;
+    let mut target = ReplayTarget::new(tl);
     let local = listener.local_addr()?;
     if let Some(k) = &kernel {
         target.set_exec_file(k.path());
-        println!("gdb: kernel ELF with symbols: {}", k.path().display());
+        if !quiet {
+            println!("gdb: kernel ELF with symbols: {}", k.path().display());
+        }
     }
-    println!("gdb: listening on {local} (in gdb: target remote {local})");
-    std::io::stdout().flush()?;
+    if !quiet {
+        println!("gdb: listening on {local} (in gdb: target remote {local})");
+        std::io::stdout().flush()?;
+    }
     loop {
         let (stream, peer) = listener.accept().context("accepting a gdb connection")?;
-        eprintln!("krr-tui: gdb connected from {peer}");
-        match session(stream, &mut target) {
+        if !quiet {
+            eprintln!("krr-tui: gdb connected from {peer}");
+        }
+        match session(stream, &mut target, follow.as_ref()) {
             Ok(reason) => {
-                eprintln!("krr-tui: gdb {}", describe(reason));
+                if !quiet {
+                    eprintln!("krr-tui: gdb {}", describe(reason));
+                }
                 return Ok(());
             }
-            Err(e) => {
+            Err(e) if !quiet => {
                 eprintln!("krr-tui: gdb connection from {peer} closed: {e:#}; waiting for another")
             }
+            Err(_) => {}
         }
     }
 }
@@ -182,7 +232,13 @@ impl Input {
     }
 }
 
-fn session(stream: TcpStream, target: &mut ReplayTarget) -> Result<DisconnectReason> {
+fn session(
+    stream: TcpStream,
+    target: &mut ReplayTarget,
+    follow: Option<&std::sync::mpsc::Sender<Position>>,
+) -> Result<DisconnectReason> {
+    let position = |t: &ReplayTarget| (t.tl.icount(), t.tl.replay().events_consumed());
+    let mut reported = position(target);
     stream.set_read_timeout(Some(POLL))?;
     let mut input = Input {
         stream: stream.try_clone()?,
@@ -243,6 +299,14 @@ fn session(stream: TcpStream, target: &mut ReplayTarget) -> Result<DisconnectRea
             GdbStubStateMachine::Disconnected(gdb) => return Ok(gdb.get_reason()),
         }
         .map_err(|e| anyhow!("gdbstub: {e}"))?;
+        if let Some(tx) = follow {
+            let now = position(target);
+            if now != reported {
+                reported = now;
+                // A UI that went away no longer follows; the session goes on.
+                let _ = tx.send(now);
+            }
+        }
     }
 }
 

@@ -13,6 +13,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::Receiver;
+
+/// See [`App::exporter`].
+pub type Exporter = Box<dyn FnMut(&Replay) -> Result<(String, Receiver<(u64, u64)>), String>>;
 
 /// The panes, in focus order; `TogglePane(n)` hides or shows `PANES[n - 1]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +145,11 @@ pub enum SourceView {
 pub struct App {
     pub timeline: Timeline,
     pub symbols: Symbols,
+    /// Starts a gdb server on a copy of the replay at its current position; returns the
+    /// address gdb connects to and the positions (icount, events applied) gdb moves to.
+    pub exporter: Option<Exporter>,
+    /// Positions from an exported gdb session, which the UI follows.
+    pub following: Option<Receiver<(u64, u64)>>,
     pub keymap: Keymap,
     pub mode: Mode,
     pub focus: Pane,
@@ -169,6 +178,8 @@ impl App {
         App {
             timeline,
             symbols,
+            exporter: None,
+            following: None,
             keymap,
             mode: Mode::Normal,
             focus: Pane::Disassembly,
@@ -319,6 +330,7 @@ impl App {
                 let at = self.cursor.unwrap_or(self.rip());
                 self.toggle_breakpoint(at);
             }
+            Action::ExportGdb => self.export_gdb(),
             Action::Help => self.mode = Mode::Help,
             Action::Quit => self.quit = true,
             Action::FocusNext => self.cycle_focus(1),
@@ -893,6 +905,61 @@ impl App {
         }
         *self.density.borrow_mut() = Some((columns, d.clone()));
         d
+    }
+
+    /// Serves the replay at the current position to gdb; the UI then follows gdb.
+    fn export_gdb(&mut self) {
+        if self.following.is_some() {
+            self.message = "gdb: already exported (the UI follows it)".into();
+            return;
+        }
+        let Some(export) = self.exporter.as_mut() else {
+            self.message = "gdb export is not available here".into();
+            return;
+        };
+        match export(self.timeline.replay()) {
+            Ok((addr, positions)) => {
+                self.following = Some(positions);
+                self.message = format!("gdb: target remote {addr}  (the UI follows gdb's moves)");
+            }
+            Err(e) => self.message = format!("gdb export failed: {e}"),
+        }
+    }
+
+    /// Moves to the latest position gdb reported, if any. True if the view changed.
+    pub fn follow(&mut self) -> bool {
+        let Some(rx) = &self.following else {
+            return false;
+        };
+        let mut latest = None;
+        let mut ended = false;
+        loop {
+            match rx.try_recv() {
+                Ok(p) => latest = Some(p),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if let Some((icount, consumed)) = latest {
+            self.prev_regs = self.regs().clone();
+            self.timeline.goto_icount(icount);
+            if self.timeline.replay().events_consumed() < consumed {
+                self.timeline.goto_event(consumed - 1);
+            }
+            self.message = format!("gdb moved to icount {icount}");
+        }
+        if ended {
+            self.following = None;
+            self.message = if latest.is_some() {
+                format!("{}; gdb session ended", self.message)
+            } else {
+                "gdb session ended".into()
+            };
+        }
+        latest.is_some() || ended
     }
 
     /// Frames: RIP, then return addresses. Returns the frames and how they were found.

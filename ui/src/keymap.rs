@@ -37,6 +37,7 @@ pub enum Action {
     Breakpoint,
     Watch,
     Command,
+    ExportGdb,
     Help,
     Quit,
     FocusNext,
@@ -68,6 +69,7 @@ impl Action {
             Action::Breakpoint,
             Action::Watch,
             Action::Command,
+            Action::ExportGdb,
             Action::Help,
             Action::Quit,
             Action::FocusNext,
@@ -100,6 +102,7 @@ impl Action {
             Action::Breakpoint => "breakpoint".into(),
             Action::Watch => "watch".into(),
             Action::Command => "command".into(),
+            Action::ExportGdb => "export-gdb".into(),
             Action::Help => "help".into(),
             Action::Quit => "quit".into(),
             Action::FocusNext => "focus-next".into(),
@@ -130,6 +133,10 @@ impl Action {
             Action::Breakpoint => "toggle a breakpoint at the disassembly cursor".into(),
             Action::Watch => "watch memory: ADDR [LEN]".into(),
             Action::Command => "command line".into(),
+            Action::ExportGdb => {
+                "serve this replay to gdb (127.0.0.1, a free port); the UI follows gdb's moves"
+                    .into()
+            }
             Action::Help => "this help".into(),
             Action::Quit => "quit".into(),
             Action::FocusNext => "focus the next pane".into(),
@@ -275,6 +282,7 @@ impl Default for Keymap {
             ("b", Action::Breakpoint),
             ("w", Action::Watch),
             (":", Action::Command),
+            ("E", Action::ExportGdb),
             ("?", Action::Help),
             ("q", Action::Quit),
             ("ctrl-c", Action::Quit),

@@ -31,6 +31,13 @@ pub fn run_in_terminal(app: App) -> std::io::Result<()> {
 pub fn run<B: Backend>(terminal: &mut Terminal<B>, mut app: App) -> Result<(), B::Error> {
     terminal.draw(|f| draw::draw(f, &app))?;
     while !app.quit {
+        // While gdb drives an exported copy of the replay, follow it between keys.
+        if app.following.is_some() && !event::poll(Duration::from_millis(100)).unwrap_or(false) {
+            if app.follow() {
+                terminal.draw(|f| draw::draw(f, &app))?;
+            }
+            continue;
+        }
         let Ok(ev) = event::read() else { break };
         let Event::Key(key) = ev else {
             terminal.draw(|f| draw::draw(f, &app))?;

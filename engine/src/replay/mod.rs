@@ -126,9 +126,12 @@ impl Replay {
         let mem = GuestMemory::from_snapshot(&header.machine, &snapshot)?;
         let cpu = Cpu::new(snapshot.cpu.clone(), header.cpuid.clone());
         let events = reader.events_from(0).collect::<Result<Vec<_>, _>>()?;
-        let exact = header.machine.counter != CounterSourceKind::None;
-        let final_icount =
-            (reader.recovery().complete && exact).then(|| reader.stats().kernel_instructions);
+        // Where a complete recording ends: its final icount, or without a counter the
+        // ordinal of its last deterministic exit (see crate::icount).
+        let final_icount = reader
+            .recovery()
+            .complete
+            .then(|| reader.stats().kernel_instructions);
         Ok(Self::new(header, cpu, mem, events, final_icount))
     }
 
@@ -285,7 +288,9 @@ impl Replay {
                 && self.exact
             {
                 limit = limit.min(k.icount);
-            } else if let Some(f) = self.final_icount {
+            } else if let Some(f) = self.final_icount
+                && self.exact
+            {
                 limit = limit.min(f);
             }
             self.at_exit = false;
@@ -320,6 +325,15 @@ impl Replay {
             };
             if let Err(d) = result {
                 return Stop::Diverged(d);
+            }
+            if !self.exact
+                && self.finished.is_none()
+                && self.final_icount == Some(self.exit_ordinal)
+                && self.next == self.events.len()
+            {
+                // The recording's last exit, every event applied: without a counter the
+                // instructions the guest ran after it cannot be placed, so it ends here.
+                self.finished = Some(End::EndOfRecording);
             }
             if let Some(end) = self.finished {
                 return Stop::Finished(end);
