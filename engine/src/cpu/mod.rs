@@ -254,6 +254,7 @@ struct DecodedEntry {
     /// (`EMPTY`: empty). Bumping the epoch empties the cache without touching it.
     tag: u64,
     ins: Instruction,
+    fast: exec::Fast,
 }
 
 const DECODE_CACHE_BITS: u32 = 14;
@@ -575,6 +576,7 @@ impl Cpu {
                 DecodedEntry {
                     tag: EMPTY,
                     ins: Instruction::default(),
+                    fast: exec::Fast::Generic,
                 };
                 1 << DECODE_CACHE_BITS
             ];
@@ -689,9 +691,12 @@ impl Cpu {
     /// if the run loop must stop.
     #[inline]
     fn step(&mut self, mem: &mut GuestMemory) -> Option<Exit> {
-        let ins = match self.fetch(mem) {
-            Ok(FETCHED_UNCACHED) => self.uncached,
-            Ok(idx) => self.decode_cache[idx].ins,
+        let (ins, fast) = match self.fetch(mem) {
+            Ok(FETCHED_UNCACHED) => (self.uncached, exec::Fast::Generic),
+            Ok(idx) => {
+                let e = &self.decode_cache[idx];
+                (e.ins, e.fast)
+            }
             Err(f) => return self.handle_fault(mem, f),
         };
         let rip = self.st.rip;
@@ -699,7 +704,7 @@ impl Cpu {
         self.cur_len = ins.len();
         let shadow = self.st.interrupt_shadow;
         self.st.interrupt_shadow = false;
-        match self.exec(mem, &ins) {
+        match self.exec_fast(mem, &ins, fast) {
             Ok(retired) => {
                 if self.st.rflags & flags::RF != 0 && !std::mem::take(&mut self.keep_rf) {
                     self.st.rflags &= !flags::RF;
@@ -782,6 +787,7 @@ impl Cpu {
             self.decode_cache[idx] = DecodedEntry {
                 tag: gpa | self.decode_epoch,
                 ins,
+                fast: exec::classify(&ins),
             };
             return Ok(idx);
         }
