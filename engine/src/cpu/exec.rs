@@ -1452,6 +1452,30 @@ pub(crate) enum Fast {
         d: u8,
         size: u8,
     },
+    /// op reg, [mem]
+    AluRM {
+        op: AluOp,
+        d: u8,
+        size: u8,
+    },
+    /// op [mem], reg (`s`) or op [mem], imm (`s` = `NO_REG`); `size` 1, 2, 4 or 8
+    AluM {
+        op: AluOp,
+        s: u8,
+        size: u8,
+    },
+    /// inc/dec reg
+    IncDec {
+        d: u8,
+        size: u8,
+        inc: bool,
+    },
+    /// shift or rotate reg by an immediate count
+    ShiftRI {
+        op: ShiftOp,
+        d: u8,
+        size: u8,
+    },
     /// lea reg, [mem]
     Lea {
         d: u8,
@@ -1467,6 +1491,20 @@ pub(crate) enum Fast {
     Pop {
         d: u8,
     },
+}
+
+/// [`Fast::AluM`] with an immediate source.
+const NO_REG: u8 = u8::MAX;
+
+#[inline]
+fn alu_result(op: AluOp, a: u64, b: u64, size: usize) -> (u64, u64) {
+    match op {
+        AluOp::Add => flags::add(a, b, false, size),
+        AluOp::Sub | AluOp::Cmp => flags::sub(a, b, false, size),
+        AluOp::And | AluOp::Test => (a & b, flags::logic(a & b, size)),
+        AluOp::Or => (a | b, flags::logic(a | b, size)),
+        AluOp::Xor => (a ^ b, flags::logic(a ^ b, size)),
+    }
 }
 
 /// The index and size of a 32- or 64-bit GPR operand.
@@ -1539,9 +1577,46 @@ pub(crate) fn classify(ins: &Instruction) -> Fast {
                 M::Cmp => AluOp::Cmp,
                 _ => AluOp::Test,
             };
+            let msize = ins.memory_size().size();
             match (reg(0), reg(1)) {
                 (Some((d, a)), Some((s, b))) if a == b => Fast::AluRR { op, d, s, size: a },
                 (Some((d, size)), None) if imm(1) => Fast::AluRI { op, d, size },
+                (Some((d, size)), None) if memop(1) && msize == size as usize => {
+                    Fast::AluRM { op, d, size }
+                }
+                (None, Some((s, size))) if memop(0) && msize == size as usize => {
+                    Fast::AluM { op, s, size }
+                }
+                (None, None) if memop(0) && imm(1) && matches!(msize, 1 | 2 | 4 | 8) => {
+                    Fast::AluM {
+                        op,
+                        s: NO_REG,
+                        size: msize as u8,
+                    }
+                }
+                _ => Fast::Generic,
+            }
+        }
+        M::Inc | M::Dec if ins.op_count() == 1 => match reg(0) {
+            Some((d, size)) => Fast::IncDec {
+                d,
+                size,
+                inc: m == M::Inc,
+            },
+            None => Fast::Generic,
+        },
+        M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror if ins.op_count() == 2 => {
+            let op = match m {
+                M::Shl | M::Sal => ShiftOp::Shl,
+                M::Shr => ShiftOp::Shr,
+                M::Sar => ShiftOp::Sar,
+                M::Rol => ShiftOp::Rol,
+                _ => ShiftOp::Ror,
+            };
+            match reg(0) {
+                Some((d, size)) if ins.op_kind(1) == OpKind::Immediate8 => {
+                    Fast::ShiftRI { op, d, size }
+                }
                 _ => Fast::Generic,
             }
         }
@@ -1595,13 +1670,7 @@ impl Cpu {
 
     #[inline]
     fn alu(&mut self, op: AluOp, a: u64, b: u64, size: usize) -> (u64, bool) {
-        let (r, f) = match op {
-            AluOp::Add => flags::add(a, b, false, size),
-            AluOp::Sub | AluOp::Cmp => flags::sub(a, b, false, size),
-            AluOp::And | AluOp::Test => (a & b, flags::logic(a & b, size)),
-            AluOp::Or => (a | b, flags::logic(a | b, size)),
-            AluOp::Xor => (a ^ b, flags::logic(a ^ b, size)),
-        };
+        let (r, f) = alu_result(op, a, b, size);
         self.set_status(f);
         (r, !matches!(op, AluOp::Cmp | AluOp::Test))
     }
@@ -1650,6 +1719,48 @@ impl Cpu {
                 if write {
                     self.set_gpr(d, size, r);
                 }
+            }
+            Fast::AluRM { op, d, size } => {
+                let a = self.get_gpr(d, size);
+                let la = self.mem_la(ins);
+                let b = self.read_lin(mem, la, size as usize, Self::mem_ss(ins))?;
+                let (r, write) = self.alu(op, a, b, size as usize);
+                if write {
+                    self.set_gpr(d, size, r);
+                }
+            }
+            Fast::AluM { op, s, size } => {
+                let la = self.mem_la(ins);
+                let ss = Self::mem_ss(ins);
+                let a = self.read_lin(mem, la, size as usize, ss)?;
+                let b = if s == NO_REG {
+                    ins.immediate(1) & mask(size as usize)
+                } else {
+                    self.get_gpr(s, size)
+                };
+                let (r, f) = alu_result(op, a, b, size as usize);
+                if !matches!(op, AluOp::Cmp | AluOp::Test) {
+                    self.write_lin(mem, la, size as usize, r, ss)?;
+                }
+                self.set_status(f);
+            }
+            Fast::IncDec { d, size, inc } => {
+                let a = self.get_gpr(d, size);
+                let (r, f) = if inc {
+                    flags::add(a, 1, false, size as usize)
+                } else {
+                    flags::sub(a, 1, false, size as usize)
+                };
+                self.set_gpr(d, size, r);
+                self.set_status((f & !CF) | (self.st.rflags & CF));
+            }
+            Fast::ShiftRI { op, d, size } => {
+                let count = (ins.immediate(1) & 0xff) as u32 & if size == 8 { 63 } else { 31 };
+                let a = self.get_gpr(d, size);
+                let (r, f) = flags::shift(op, a, count, size as usize, self.st.rflags);
+                // A register destination is written even for a zero count.
+                self.set_gpr(d, size, r);
+                self.st.rflags = f;
             }
             Fast::Lea { d, size } => {
                 let a = self.ea(ins);
