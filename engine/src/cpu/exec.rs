@@ -1676,7 +1676,7 @@ impl Cpu {
     }
 
     /// Executes an instruction of a fast form (the same effects as [`Cpu::exec`]).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn exec_fast(
         &mut self,
         mem: &mut GuestMemory,

@@ -650,12 +650,18 @@ impl Cpu {
                 }
             }
         }
+        // Only `hlt` halts, and it ends the run; the breakpoint set cannot change during it.
+        if self.st.halted {
+            return if self.icount >= limit {
+                Exit::Limit
+            } else {
+                Exit::Hlt
+            };
+        }
+        let any_breakpoints = !self.breakpoints.is_empty();
         loop {
             if self.icount >= limit {
                 return Exit::Limit;
-            }
-            if self.st.halted {
-                return Exit::Hlt;
             }
             if self.seen_code_generation != mem.code_generation()
                 || self.seen_pt_generation != mem.pt_generation()
@@ -663,10 +669,7 @@ impl Cpu {
                 self.sync_generations(mem);
             }
             let rip = self.st.rip;
-            if !self.breakpoints.is_empty()
-                && self.breakpoint_hit(rip)
-                && self.skip_breakpoint_at != Some(rip)
-            {
+            if any_breakpoints && self.breakpoint_hit(rip) && self.skip_breakpoint_at != Some(rip) {
                 self.skip_breakpoint_at = Some(rip);
                 return Exit::Breakpoint(rip);
             }
@@ -689,9 +692,13 @@ impl Cpu {
 
     /// Executes one instruction (or delivers the exception it raises). Returns an exit
     /// if the run loop must stop.
-    #[inline]
+    #[inline(always)]
     fn step(&mut self, mem: &mut GuestMemory) -> Option<Exit> {
-        let (ins, fast) = match self.fetch(mem) {
+        let fetched = match self.fetch_hit() {
+            Some(idx) => Ok(idx),
+            None => self.fetch(mem),
+        };
+        let (ins, fast) = match fetched {
             Ok(FETCHED_UNCACHED) => (self.uncached, exec::Fast::Generic),
             Ok(idx) => {
                 let e = &self.decode_cache[idx];
@@ -754,11 +761,25 @@ impl Cpu {
         }
     }
 
+    /// The decode-cache index of the instruction at RIP when it is cached and RIP is in
+    /// the page instructions were last fetched from (the common case; [`Self::fetch`]
+    /// handles the rest).
+    #[inline(always)]
+    fn fetch_hit(&self) -> Option<usize> {
+        let rip = self.st.rip;
+        if rip >> 12 != self.tlb.fetch_vpn {
+            return None;
+        }
+        let gpa = self.tlb.fetch_page | (rip & 0xfff);
+        let idx = Self::decode_index(gpa);
+        (self.decode_cache.get(idx)?.tag == gpa | self.decode_epoch).then_some(idx)
+    }
+
     /// Decodes the instruction at RIP into the decoded-instruction cache and returns
     /// its index there, or [`FETCHED_UNCACHED`] for an instruction that crosses a page
     /// (left in `self.uncached`). Returning an index rather than the instruction keeps
     /// the 40-byte instruction out of the `Result`.
-    #[inline]
+    #[inline(never)]
     fn fetch(&mut self, mem: &mut GuestMemory) -> R<usize> {
         let rip = self.st.rip;
         let gpa = if rip >> 12 == self.tlb.fetch_vpn {
