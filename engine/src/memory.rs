@@ -5,10 +5,13 @@
 //! reference-count increment per page and a clone taken as a time-travel checkpoint owns
 //! only the pages written after it was taken.
 //!
-//! Code-page tracking: the replay CPU marks the pages it decodes instructions from
-//! ([`GuestMemory::mark_code`]). A write to a marked page, by the CPU or by the driver
-//! applying a DMA write, increments [`GuestMemory::code_generation`], which tells the CPU
-//! to drop its decoded-instruction cache. Every memory object also has a unique
+//! Code tracking: the replay CPU marks the 64-byte lines it decodes instructions from
+//! ([`GuestMemory::mark_code`]). A write to a marked line, by the CPU or by the driver
+//! applying a DMA write, unmarks the lines it touched and appends them to a short log
+//! ([`GuestMemory::code_writes_since`]), numbered by [`GuestMemory::code_generation`],
+//! so the CPU drops only the decoded instructions of those lines. Kernels keep data next
+//! to code (even on the same page); tracking lines rather than pages or the whole memory
+//! keeps such writes from discarding unrelated decodes. Every memory object also has a unique
 //! [`GuestMemory::instance_id`] (a clone gets a new one), so a CPU that is handed a
 //! different memory (a restored checkpoint) notices it.
 
@@ -23,6 +26,11 @@ use crate::state::{Fnv1a, MachineConfig, PAGE_SIZE, RegionKind, Snapshot};
 pub type Page = [u8; PAGE_SIZE];
 
 const PAGE_SHIFT: u32 = 12;
+/// Code-tracking granularity: 64-byte lines, so one `u64` mask per page.
+const LINE_SHIFT: u32 = 6;
+/// Code writes remembered for [`GuestMemory::code_writes_since`]; a reader further
+/// behind must drop all its decodes.
+const CODE_LOG_LEN: usize = 64;
 const PAGE_MASK: u64 = PAGE_SIZE as u64 - 1;
 
 /// Largest region accepted (a recording claims its sizes; refuse absurd ones).
@@ -52,7 +60,7 @@ struct Region {
     size: u64,
     kind: RegionKind,
     pages: Vec<Option<Arc<Page>>>,
-    /// One bit per page: instructions were decoded from it.
+    /// Per page, one bit per 64-byte line: instructions were decoded from it.
     code: Vec<u64>,
     /// One bit per page: it was read as a page table by a page walk.
     pt: Vec<u64>,
@@ -75,7 +83,10 @@ impl Clone for Region {
 #[derive(Debug)]
 pub struct GuestMemory {
     regions: Vec<Region>,
+    /// Number of code writes ever logged; entry `n` is at `code_log[n % CODE_LOG_LEN]`.
     code_generation: u64,
+    /// (page gpa, mask of written code lines) of the last code writes.
+    code_log: [(u64, u64); CODE_LOG_LEN],
     pt_generation: u64,
     instance_id: u64,
 }
@@ -85,6 +96,7 @@ impl Clone for GuestMemory {
         GuestMemory {
             regions: self.regions.clone(),
             code_generation: self.code_generation,
+            code_log: self.code_log,
             pt_generation: self.pt_generation,
             instance_id: new_instance_id(),
         }
@@ -147,7 +159,7 @@ impl GuestMemory {
                 size: r.size,
                 kind: r.kind,
                 pages: vec![None; n],
-                code: vec![0; n.div_ceil(64)],
+                code: vec![0; n],
                 pt: vec![0; n.div_ceil(64)],
             });
         }
@@ -163,6 +175,7 @@ impl GuestMemory {
         Ok(GuestMemory {
             regions,
             code_generation: 0,
+            code_log: [(0, 0); CODE_LOG_LEN],
             pt_generation: 0,
             instance_id: new_instance_id(),
         })
@@ -227,7 +240,7 @@ impl GuestMemory {
             let a = gpa.wrapping_add(done as u64);
             let off = (a & PAGE_MASK) as usize;
             let n = (PAGE_SIZE - off).min(data.len() - done);
-            let page = self.page_mut(a).ok_or(MemoryError::NotRam {
+            let page = self.page_mut(a, n).ok_or(MemoryError::NotRam {
                 gpa: a,
                 len: data.len() - done,
             })?;
@@ -267,7 +280,7 @@ impl GuestMemory {
     pub fn write_in_page(&mut self, gpa: u64, size: usize, value: u64) -> bool {
         debug_assert!((gpa & PAGE_MASK) as usize + size <= PAGE_SIZE);
         let off = (gpa & PAGE_MASK) as usize;
-        match self.page_mut(gpa) {
+        match self.page_mut(gpa, size) {
             Some(p) => {
                 match size {
                     1 => p[off] = value as u8,
@@ -292,13 +305,21 @@ impl GuestMemory {
         self.write(gpa, &v.to_le_bytes())
     }
 
-    /// The page holding `gpa`, made private to this memory (copy on write).
+    /// The page holding `gpa`, made private to this memory (copy on write), for a write
+    /// of `len` bytes at `gpa` (within the page).
     #[inline]
-    fn page_mut(&mut self, gpa: u64) -> Option<&mut Page> {
+    fn page_mut(&mut self, gpa: u64, len: usize) -> Option<&mut Page> {
         let (r, i) = self.locate(gpa)?;
         let region = &mut self.regions[r];
-        if region.code[i / 64] & (1 << (i % 64)) != 0 {
-            self.code_generation += 1;
+        let code = region.code[i];
+        if code != 0 {
+            let hit = code & line_mask(gpa, len);
+            if hit != 0 {
+                region.code[i] = code & !hit;
+                let slot = (self.code_generation % CODE_LOG_LEN as u64) as usize;
+                self.code_log[slot] = (gpa & !PAGE_MASK, hit);
+                self.code_generation += 1;
+            }
         }
         if region.pt[i / 64] & (1 << (i % 64)) != 0 {
             self.pt_generation += 1;
@@ -315,11 +336,32 @@ impl GuestMemory {
         Some(self.regions[r].pages[i].as_deref())
     }
 
-    /// Marks the page holding `gpa` as containing decoded instructions.
-    pub fn mark_code(&mut self, gpa: u64) {
+    /// Marks the `len` bytes at `gpa` (clipped to the page) as holding a decoded
+    /// instruction: a later write to them is logged (see [`Self::code_writes_since`]).
+    #[inline]
+    pub fn mark_code(&mut self, gpa: u64, len: usize) {
         if let Some((r, i)) = self.locate(gpa) {
-            self.regions[r].code[i / 64] |= 1 << (i % 64);
+            let len = len.clamp(1, PAGE_SIZE - (gpa & PAGE_MASK) as usize);
+            self.regions[r].code[i] |= line_mask(gpa, len);
         }
+    }
+
+    /// The code writes logged after generation `generation` (see
+    /// [`Self::code_generation`]) as (page gpa, mask of 64-byte lines written), or `None`
+    /// if the log no longer reaches back that far (drop every decode then).
+    pub fn code_writes_since(
+        &self,
+        generation: u64,
+    ) -> Option<impl Iterator<Item = (u64, u64)> + '_> {
+        if generation > self.code_generation
+            || self.code_generation - generation > CODE_LOG_LEN as u64
+        {
+            return None;
+        }
+        Some(
+            (generation..self.code_generation)
+                .map(|g| self.code_log[(g % CODE_LOG_LEN as u64) as usize]),
+        )
     }
 
     /// Marks the page holding `gpa` as a page table (writes to it bump
@@ -347,7 +389,7 @@ impl GuestMemory {
         ok
     }
 
-    /// Incremented whenever a page marked with [`Self::mark_code`] is written.
+    /// Incremented whenever bytes marked with [`Self::mark_code`] are written.
     #[inline]
     pub fn code_generation(&self) -> u64 {
         self.code_generation
@@ -424,6 +466,16 @@ impl GuestMemory {
     }
 }
 
+/// Mask of the 64-byte lines of a page that `len` (>= 1) bytes at `gpa` touch (within
+/// the page).
+#[inline]
+fn line_mask(gpa: u64, len: usize) -> u64 {
+    let first = ((gpa & PAGE_MASK) >> LINE_SHIFT) as u32;
+    let last = (((gpa & PAGE_MASK) + len.max(1) as u64 - 1).min(PAGE_MASK) >> LINE_SHIFT) as u32;
+    // Bits first..=last.
+    (u64::MAX >> (63 - last)) & (u64::MAX << first)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,9 +535,30 @@ mod tests {
         let mut m = GuestMemory::new(&config()).unwrap();
         m.write(0x3000, &[1]).unwrap();
         assert_eq!(m.code_generation(), 0);
-        m.mark_code(0x3000);
-        m.write(0x3fff, &[1]).unwrap();
+        m.mark_code(0x3000, 3);
+        m.mark_code(0x3fe0, 15);
+        // Another line of the same page: not code.
+        m.write(0x3800, &[1]).unwrap();
+        assert_eq!(m.code_generation(), 0);
+        m.write(0x3ffe, &[1, 2, 3, 4]).unwrap();
         assert_eq!(m.code_generation(), 1);
+        let w: Vec<_> = m.code_writes_since(0).unwrap().collect();
+        assert_eq!(w, vec![(0x3000, 1 << 63)]);
+        // The written line is no longer marked; the first one still is.
+        m.write(0x3ff0, &[1]).unwrap();
+        assert_eq!(m.code_generation(), 1);
+        m.write_u64(0x3000, 5).unwrap();
+        assert_eq!(m.code_generation(), 2);
+        assert_eq!(
+            m.code_writes_since(1).unwrap().collect::<Vec<_>>(),
+            vec![(0x3000, 1)]
+        );
+        for k in 0..CODE_LOG_LEN as u64 + 1 {
+            m.mark_code(0x4000, 1);
+            m.write(0x4000, &[k as u8]).unwrap();
+        }
+        assert!(m.code_writes_since(0).is_none(), "log overran");
+        assert_eq!(m.code_writes_since(m.code_generation()).unwrap().count(), 0);
     }
 
     #[test]

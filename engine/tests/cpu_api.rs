@@ -405,3 +405,45 @@ fn throughput() {
         );
     }
 }
+
+/// Throughput of a loop that stores to the page its own code is on (another 64-byte
+/// line) and stops at a breakpoint on every iteration, as the replay driver does for
+/// signature-placed interrupts: measures code-write invalidation and `run` entry/exit.
+#[test]
+#[ignore = "benchmark; run with --ignored --nocapture"]
+fn breakpoint_and_code_page_write_throughput() {
+    let (cpu0, mem0, _) = setup(|a| {
+        let mut top = a.create_label();
+        a.mov(rsi, CODE + 0xf00).unwrap();
+        a.mov(ecx, 0x7fff_ffffu32).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.mov(dword_ptr(rsi), ecx).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(top).unwrap();
+    });
+    for _ in 0..3 {
+        let (mut cpu, mut mem) = (cpu0.clone(), mem0.clone());
+        assert_eq!(cpu.run(&mut mem, 2), Exit::Limit);
+        cpu.add_breakpoint(cpu.state().rip);
+        let start = std::time::Instant::now();
+        let mut stops = 0u64;
+        loop {
+            match cpu.run(&mut mem, 300_000) {
+                Exit::Breakpoint(_) => stops += 1,
+                Exit::Limit => break,
+                e => panic!("unexpected exit {e:?}"),
+            }
+        }
+        let dt = start.elapsed().as_secs_f64();
+        assert_eq!(stops, (300_000 - 2) / 3 + 1);
+        assert_eq!(
+            mem.read_u64(CODE + 0xf00).unwrap() as u32,
+            0x7fff_ffff - 99_999
+        );
+        println!(
+            "{:.2} M instructions/s, {:.2} M breakpoint stops/s",
+            (cpu.icount() - 2) as f64 / dt / 1e6,
+            stops as f64 / dt / 1e6
+        );
+    }
+}

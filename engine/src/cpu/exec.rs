@@ -1397,3 +1397,403 @@ impl Cpu {
         }
     }
 }
+
+/// ALU operations with a fast path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AluOp {
+    Add,
+    Or,
+    And,
+    Sub,
+    Xor,
+    Cmp,
+    Test,
+}
+
+/// A pre-classified common instruction form, stored with the decoded instruction so
+/// the hottest instructions skip the general dispatch. Every fast form does exactly what
+/// [`Cpu::exec`] does for it; anything else is `Generic`. Register operands are 32- or
+/// 64-bit GPRs given by index (`size` 4 or 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fast {
+    Generic,
+    Nop,
+    /// mov reg, reg
+    MovRR {
+        d: u8,
+        s: u8,
+        size: u8,
+    },
+    /// mov reg, imm (the immediate is in the instruction)
+    MovRI {
+        d: u8,
+        size: u8,
+    },
+    /// mov reg, [mem]
+    MovRM {
+        d: u8,
+        size: u8,
+    },
+    /// mov [mem], reg
+    MovMR {
+        s: u8,
+        size: u8,
+    },
+    /// op reg, reg
+    AluRR {
+        op: AluOp,
+        d: u8,
+        s: u8,
+        size: u8,
+    },
+    /// op reg, imm
+    AluRI {
+        op: AluOp,
+        d: u8,
+        size: u8,
+    },
+    /// op reg, [mem]
+    AluRM {
+        op: AluOp,
+        d: u8,
+        size: u8,
+    },
+    /// op [mem], reg (`s`) or op [mem], imm (`s` = `NO_REG`); `size` 1, 2, 4 or 8
+    AluM {
+        op: AluOp,
+        s: u8,
+        size: u8,
+    },
+    /// inc/dec reg
+    IncDec {
+        d: u8,
+        size: u8,
+        inc: bool,
+    },
+    /// shift or rotate reg by an immediate count
+    ShiftRI {
+        op: ShiftOp,
+        d: u8,
+        size: u8,
+    },
+    /// lea reg, [mem]
+    Lea {
+        d: u8,
+        size: u8,
+    },
+    Jcc(ConditionCode),
+    JmpRel,
+    CallRel,
+    Ret,
+    Push {
+        s: u8,
+    },
+    Pop {
+        d: u8,
+    },
+}
+
+/// [`Fast::AluM`] with an immediate source.
+const NO_REG: u8 = u8::MAX;
+
+#[inline]
+fn alu_result(op: AluOp, a: u64, b: u64, size: usize) -> (u64, u64) {
+    match op {
+        AluOp::Add => flags::add(a, b, false, size),
+        AluOp::Sub | AluOp::Cmp => flags::sub(a, b, false, size),
+        AluOp::And | AluOp::Test => (a & b, flags::logic(a & b, size)),
+        AluOp::Or => (a | b, flags::logic(a | b, size)),
+        AluOp::Xor => (a ^ b, flags::logic(a ^ b, size)),
+    }
+}
+
+/// The index and size of a 32- or 64-bit GPR operand.
+fn gpr32_64(r: Register) -> Option<(u8, u8)> {
+    match r as u32 {
+        v @ EAX..RAX => Some(((v - EAX) as u8, 4)),
+        v @ RAX..=R15 => Some(((v - RAX) as u8, 8)),
+        _ => None,
+    }
+}
+
+/// Classifies a decoded instruction (see [`Fast`]).
+pub(crate) fn classify(ins: &Instruction) -> Fast {
+    use Mnemonic as M;
+    if ins.has_lock_prefix()
+        || ins.has_rep_prefix()
+        || ins.has_repne_prefix()
+        || ins.code() == Code::INVALID
+    {
+        return Fast::Generic;
+    }
+    let reg = |n: u32| {
+        if ins.op_kind(n) == OpKind::Register {
+            gpr32_64(ins.op_register(n))
+        } else {
+            None
+        }
+    };
+    let imm = |n: u32| {
+        matches!(
+            ins.op_kind(n),
+            OpKind::Immediate8
+                | OpKind::Immediate16
+                | OpKind::Immediate32
+                | OpKind::Immediate64
+                | OpKind::Immediate8to32
+                | OpKind::Immediate8to64
+                | OpKind::Immediate32to64
+        )
+    };
+    let memop = |n: u32| ins.op_kind(n) == OpKind::Memory;
+    let m = ins.mnemonic();
+    match m {
+        M::Nop | M::Pause | M::Endbr64 => Fast::Nop,
+        M::Mov if ins.op_count() == 2 => {
+            match (reg(0), reg(1)) {
+                (Some((d, a)), Some((s, b))) if a == b => return Fast::MovRR { d, s, size: a },
+                (Some((d, size)), None) if imm(1) => return Fast::MovRI { d, size },
+                (Some((d, size)), None)
+                    if memop(1) && ins.memory_size().size() == size as usize =>
+                {
+                    return Fast::MovRM { d, size };
+                }
+                (None, Some((s, size)))
+                    if memop(0) && ins.memory_size().size() == size as usize =>
+                {
+                    return Fast::MovMR { s, size };
+                }
+                _ => {}
+            }
+            Fast::Generic
+        }
+        M::Add | M::Or | M::And | M::Sub | M::Xor | M::Cmp | M::Test if ins.op_count() == 2 => {
+            let op = match m {
+                M::Add => AluOp::Add,
+                M::Or => AluOp::Or,
+                M::And => AluOp::And,
+                M::Sub => AluOp::Sub,
+                M::Xor => AluOp::Xor,
+                M::Cmp => AluOp::Cmp,
+                _ => AluOp::Test,
+            };
+            let msize = ins.memory_size().size();
+            match (reg(0), reg(1)) {
+                (Some((d, a)), Some((s, b))) if a == b => Fast::AluRR { op, d, s, size: a },
+                (Some((d, size)), None) if imm(1) => Fast::AluRI { op, d, size },
+                (Some((d, size)), None) if memop(1) && msize == size as usize => {
+                    Fast::AluRM { op, d, size }
+                }
+                (None, Some((s, size))) if memop(0) && msize == size as usize => {
+                    Fast::AluM { op, s, size }
+                }
+                (None, None) if memop(0) && imm(1) && matches!(msize, 1 | 2 | 4 | 8) => {
+                    Fast::AluM {
+                        op,
+                        s: NO_REG,
+                        size: msize as u8,
+                    }
+                }
+                _ => Fast::Generic,
+            }
+        }
+        M::Inc | M::Dec if ins.op_count() == 1 => match reg(0) {
+            Some((d, size)) => Fast::IncDec {
+                d,
+                size,
+                inc: m == M::Inc,
+            },
+            None => Fast::Generic,
+        },
+        M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror if ins.op_count() == 2 => {
+            let op = match m {
+                M::Shl | M::Sal => ShiftOp::Shl,
+                M::Shr => ShiftOp::Shr,
+                M::Sar => ShiftOp::Sar,
+                M::Rol => ShiftOp::Rol,
+                _ => ShiftOp::Ror,
+            };
+            match reg(0) {
+                Some((d, size)) if ins.op_kind(1) == OpKind::Immediate8 => {
+                    Fast::ShiftRI { op, d, size }
+                }
+                _ => Fast::Generic,
+            }
+        }
+        M::Lea => match reg(0) {
+            Some((d, size)) => Fast::Lea { d, size },
+            None => Fast::Generic,
+        },
+        M::Jo
+        | M::Jno
+        | M::Jb
+        | M::Jae
+        | M::Je
+        | M::Jne
+        | M::Jbe
+        | M::Ja
+        | M::Js
+        | M::Jns
+        | M::Jp
+        | M::Jnp
+        | M::Jl
+        | M::Jge
+        | M::Jle
+        | M::Jg => Fast::Jcc(ins.condition_code()),
+        M::Jmp if matches!(ins.code(), Code::Jmp_rel8_64 | Code::Jmp_rel32_64) => Fast::JmpRel,
+        M::Call if ins.code() == Code::Call_rel32_64 => Fast::CallRel,
+        M::Ret if ins.code() == Code::Retnq => Fast::Ret,
+        M::Push if ins.code() == Code::Push_r64 => match reg(0) {
+            Some((s, 8)) => Fast::Push { s },
+            _ => Fast::Generic,
+        },
+        M::Pop if ins.code() == Code::Pop_r64 => match reg(0) {
+            Some((d, 8)) => Fast::Pop { d },
+            _ => Fast::Generic,
+        },
+        _ => Fast::Generic,
+    }
+}
+
+impl Cpu {
+    #[inline]
+    fn set_gpr(&mut self, i: u8, size: u8, v: u64) {
+        // Only 32- and 64-bit registers: a 32-bit write zero-extends.
+        self.st.gpr[i as usize & 15] = if size == 4 { v & 0xffff_ffff } else { v };
+    }
+
+    #[inline]
+    fn get_gpr(&self, i: u8, size: u8) -> u64 {
+        let v = self.st.gpr[i as usize & 15];
+        if size == 4 { v & 0xffff_ffff } else { v }
+    }
+
+    #[inline]
+    fn alu(&mut self, op: AluOp, a: u64, b: u64, size: usize) -> (u64, bool) {
+        let (r, f) = alu_result(op, a, b, size);
+        self.set_status(f);
+        (r, !matches!(op, AluOp::Cmp | AluOp::Test))
+    }
+
+    /// Executes an instruction of a fast form (the same effects as [`Cpu::exec`]).
+    #[inline(always)]
+    pub(crate) fn exec_fast(
+        &mut self,
+        mem: &mut GuestMemory,
+        ins: &Instruction,
+        fast: Fast,
+    ) -> R<Retired> {
+        match fast {
+            Fast::Generic => return self.exec(mem, ins),
+            Fast::Nop => {}
+            Fast::MovRR { d, s, size } => {
+                let v = self.get_gpr(s, size);
+                self.set_gpr(d, size, v);
+            }
+            Fast::MovRI { d, size } => {
+                let v = ins.immediate(1) & mask(size as usize);
+                self.set_gpr(d, size, v);
+            }
+            Fast::MovRM { d, size } => {
+                let la = self.mem_la(ins);
+                let v = self.read_lin(mem, la, size as usize, Self::mem_ss(ins))?;
+                self.set_gpr(d, size, v);
+            }
+            Fast::MovMR { s, size } => {
+                let la = self.mem_la(ins);
+                let v = self.get_gpr(s, size);
+                self.write_lin(mem, la, size as usize, v, Self::mem_ss(ins))?;
+            }
+            Fast::AluRR { op, d, s, size } => {
+                let a = self.get_gpr(d, size);
+                let b = self.get_gpr(s, size);
+                let (r, write) = self.alu(op, a, b, size as usize);
+                if write {
+                    self.set_gpr(d, size, r);
+                }
+            }
+            Fast::AluRI { op, d, size } => {
+                let a = self.get_gpr(d, size);
+                let b = ins.immediate(1) & mask(size as usize);
+                let (r, write) = self.alu(op, a, b, size as usize);
+                if write {
+                    self.set_gpr(d, size, r);
+                }
+            }
+            Fast::AluRM { op, d, size } => {
+                let a = self.get_gpr(d, size);
+                let la = self.mem_la(ins);
+                let b = self.read_lin(mem, la, size as usize, Self::mem_ss(ins))?;
+                let (r, write) = self.alu(op, a, b, size as usize);
+                if write {
+                    self.set_gpr(d, size, r);
+                }
+            }
+            Fast::AluM { op, s, size } => {
+                let la = self.mem_la(ins);
+                let ss = Self::mem_ss(ins);
+                let a = self.read_lin(mem, la, size as usize, ss)?;
+                let b = if s == NO_REG {
+                    ins.immediate(1) & mask(size as usize)
+                } else {
+                    self.get_gpr(s, size)
+                };
+                let (r, f) = alu_result(op, a, b, size as usize);
+                if !matches!(op, AluOp::Cmp | AluOp::Test) {
+                    self.write_lin(mem, la, size as usize, r, ss)?;
+                }
+                self.set_status(f);
+            }
+            Fast::IncDec { d, size, inc } => {
+                let a = self.get_gpr(d, size);
+                let (r, f) = if inc {
+                    flags::add(a, 1, false, size as usize)
+                } else {
+                    flags::sub(a, 1, false, size as usize)
+                };
+                self.set_gpr(d, size, r);
+                self.set_status((f & !CF) | (self.st.rflags & CF));
+            }
+            Fast::ShiftRI { op, d, size } => {
+                let count = (ins.immediate(1) & 0xff) as u32 & if size == 8 { 63 } else { 31 };
+                let a = self.get_gpr(d, size);
+                let (r, f) = flags::shift(op, a, count, size as usize, self.st.rflags);
+                // A register destination is written even for a zero count.
+                self.set_gpr(d, size, r);
+                self.st.rflags = f;
+            }
+            Fast::Lea { d, size } => {
+                let a = self.ea(ins);
+                self.set_gpr(d, size, a & mask(size as usize));
+            }
+            Fast::Jcc(cc) => {
+                if self.cond(cc) {
+                    self.next_rip = self.st.rip.wrapping_add(ins.near_branch64());
+                }
+            }
+            Fast::JmpRel => {
+                self.next_rip = self.st.rip.wrapping_add(ins.near_branch64());
+            }
+            Fast::CallRel => {
+                let t = self.st.rip.wrapping_add(ins.near_branch64());
+                self.push(mem, self.next_rip, 8)?;
+                self.next_rip = t;
+            }
+            Fast::Ret => {
+                let t = self.peek(mem, 0, 8)?;
+                self.jump(t)?;
+                self.st.gpr[4] = self.st.gpr[4].wrapping_add(8);
+            }
+            Fast::Push { s } => {
+                let v = self.st.gpr[s as usize & 15];
+                self.push(mem, v, 8)?;
+            }
+            Fast::Pop { d } => {
+                let v = self.peek(mem, 0, 8)?;
+                self.st.gpr[4] = self.st.gpr[4].wrapping_add(8);
+                self.st.gpr[d as usize & 15] = v;
+            }
+        }
+        Ok(Retired::Continue)
+    }
+}

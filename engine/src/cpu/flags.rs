@@ -53,7 +53,11 @@ pub fn sext(v: u64, size: usize) -> u64 {
 
 #[inline]
 pub fn parity_even(v: u64) -> bool {
-    (v as u8).count_ones().is_multiple_of(2)
+    // Fold the low byte to a nibble, then look its parity up in a 16-bit table (bit n
+    // of 0x6996 is the odd parity of n): no popcnt instruction is assumed.
+    let b = v as u8;
+    let n = (b ^ (b >> 4)) & 0xf;
+    (0x6996u16 >> n) & 1 == 0
 }
 
 /// SF, ZF and PF of a result.
@@ -300,6 +304,17 @@ pub fn double_shift(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parity_matches_popcount() {
+        for v in 0..=255u64 {
+            assert_eq!(
+                super::parity_even(v | 0xff00),
+                v.count_ones() % 2 == 0,
+                "{v:#x}"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

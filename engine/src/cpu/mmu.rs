@@ -393,9 +393,26 @@ impl Cpu {
         Ok(())
     }
 
+    /// The guest-physical address of `la` if the TLB holds a translation that lets a
+    /// supervisor access of this kind through with no further checks: a supervisor page
+    /// (so SMAP cannot apply), and for a write one that is writable and already dirty.
+    /// Anything else takes the full path ([`Self::translate_access`]), which gives the
+    /// same answer for these entries.
+    #[inline(always)]
+    fn tlb_fast(&self, la: u64, write: bool) -> Option<u64> {
+        let vpn = la >> 12;
+        let e = &self.tlb.entries[vpn as usize % TLB_SIZE];
+        let need = if write { T_W | T_D } else { 0 };
+        if e.tag == vpn + 1 && e.bits & (T_U | need) == need && self.paging_enabled() {
+            Some(e.page_gpa | (la & 0xfff))
+        } else {
+            None
+        }
+    }
+
     /// Reads `size` (1..=8) bytes at a linear address. `ss`: a stack access (#SS instead
     /// of #GP for a non-canonical address).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn read_lin(
         &mut self,
         mem: &mut GuestMemory,
@@ -403,6 +420,18 @@ impl Cpu {
         size: usize,
         ss: bool,
     ) -> R<u64> {
+        if (la & 0xfff) as usize + size <= 4096
+            && (!ss || canonical(la))
+            && let Some(gpa) = self.tlb_fast(la, false)
+            && let Some(v) = mem.read_in_page(gpa, size)
+        {
+            return Ok(v);
+        }
+        self.read_lin_slow(mem, la, size, ss)
+    }
+
+    #[inline(never)]
+    fn read_lin_slow(&mut self, mem: &mut GuestMemory, la: u64, size: usize, ss: bool) -> R<u64> {
         if ss && !canonical(la) {
             return Err(super::exc(vector::SS, Some(0)));
         }
@@ -430,8 +459,27 @@ impl Cpu {
     }
 
     /// Writes the low `size` bytes of `v` at a linear address.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn write_lin(
+        &mut self,
+        mem: &mut GuestMemory,
+        la: u64,
+        size: usize,
+        v: u64,
+        ss: bool,
+    ) -> R<()> {
+        if (la & 0xfff) as usize + size <= 4096
+            && (!ss || canonical(la))
+            && let Some(gpa) = self.tlb_fast(la, true)
+            && mem.write_in_page(gpa, size, v)
+        {
+            return Ok(());
+        }
+        self.write_lin_slow(mem, la, size, v, ss)
+    }
+
+    #[inline(never)]
+    fn write_lin_slow(
         &mut self,
         mem: &mut GuestMemory,
         la: u64,

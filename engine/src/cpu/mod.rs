@@ -250,12 +250,19 @@ pub(crate) fn ud() -> Fault {
 
 #[derive(Clone, Copy)]
 struct DecodedEntry {
-    /// Guest-physical address of the first byte (u64::MAX: empty).
-    gpa: u64,
+    /// Guest-physical address of the first byte with the cache epoch in bits 52..64
+    /// (`EMPTY`: empty). Bumping the epoch empties the cache without touching it.
+    tag: u64,
     ins: Instruction,
+    fast: exec::Fast,
 }
 
 const DECODE_CACHE_BITS: u32 = 14;
+const EMPTY: u64 = u64::MAX;
+/// Instructions at guest-physical addresses from here on are not cached (their address
+/// would overlap the epoch bits of the tag).
+const TAG_GPA_LIMIT: u64 = 1 << 52;
+const MAX_EPOCH: u64 = 0xffe;
 const FETCHED_UNCACHED: usize = usize::MAX;
 const BP_FILTER_WORDS: usize = 64;
 
@@ -279,6 +286,8 @@ pub struct Cpu {
     bp_filter: [u64; BP_FILTER_WORDS],
     skip_breakpoint_at: Option<u64>,
     decode_cache: Vec<DecodedEntry>,
+    /// Current epoch of the decode cache, pre-shifted to bits 52..64.
+    decode_epoch: u64,
     /// The last instruction decoded across a page boundary (not cached).
     uncached: Instruction,
     tlb: mmu::Tlb,
@@ -309,6 +318,7 @@ impl Clone for Cpu {
             bp_filter: self.bp_filter,
             skip_breakpoint_at: self.skip_breakpoint_at,
             decode_cache: Vec::new(),
+            decode_epoch: 0,
             uncached: Instruction::default(),
             tlb: mmu::Tlb::new(),
             seen_memory: 0,
@@ -364,6 +374,7 @@ impl Cpu {
             bp_filter: [0; BP_FILTER_WORDS],
             skip_breakpoint_at: None,
             decode_cache: Vec::new(),
+            decode_epoch: 0,
             uncached: Instruction::default(),
             tlb: mmu::Tlb::new(),
             seen_memory: 0,
@@ -410,7 +421,43 @@ impl Cpu {
     /// Drops the TLB and the decoded-instruction cache.
     pub fn flush_caches(&mut self) {
         self.tlb.flush_all();
-        self.decode_cache.clear();
+        self.flush_decode_cache();
+    }
+
+    /// Empties the decode cache in O(1) (a new epoch) except once every few thousand
+    /// flushes, when the epoch wraps.
+    fn flush_decode_cache(&mut self) {
+        let next = (self.decode_epoch >> 52) + 1;
+        if next > MAX_EPOCH {
+            self.decode_epoch = 0;
+            for e in self.decode_cache.iter_mut() {
+                e.tag = EMPTY;
+            }
+        } else {
+            self.decode_epoch = next << 52;
+        }
+    }
+
+    #[inline]
+    fn decode_index(gpa: u64) -> usize {
+        ((gpa ^ (gpa >> DECODE_CACHE_BITS)) as usize) & ((1 << DECODE_CACHE_BITS) - 1)
+    }
+
+    /// Drops the decoded instructions that overlap the 64-byte lines `mask` of the page
+    /// at `page`. An instruction overlapping a line starts in it or at most 14 bytes
+    /// before it (instructions crossing into a page are never cached).
+    fn invalidate_code_lines(&mut self, page: u64, mut mask: u64) {
+        while mask != 0 {
+            let line = page + 64 * mask.trailing_zeros() as u64;
+            mask &= mask - 1;
+            let first = if line == page { line } else { line - 14 };
+            for a in first..line + 64 {
+                let e = &mut self.decode_cache[Self::decode_index(a)];
+                if e.tag == a | self.decode_epoch {
+                    e.tag = EMPTY;
+                }
+            }
+        }
     }
 
     /// Whether an external interrupt may be taken now (IF set, no interrupt shadow).
@@ -521,39 +568,52 @@ impl Cpu {
     // ---- the run loop ----
 
     /// Makes the caches valid for `mem` (a different memory object drops them all).
+    #[inline]
     fn sync_caches(&mut self, mem: &GuestMemory) {
-        if self.seen_memory != mem.instance_id() {
-            self.seen_memory = mem.instance_id();
-            self.tlb.flush_all();
-            self.decode_cache.clear();
-            self.seen_code_generation = mem.code_generation();
-            self.seen_pt_generation = mem.pt_generation();
-        }
-        self.sync_generations(mem);
         if self.decode_cache.is_empty() {
+            // Allocated once per CPU object; later flushes only change the epoch.
             self.decode_cache = vec![
                 DecodedEntry {
-                    gpa: u64::MAX,
+                    tag: EMPTY,
                     ins: Instruction::default(),
+                    fast: exec::Fast::Generic,
                 };
                 1 << DECODE_CACHE_BITS
             ];
         }
+        if self.seen_memory != mem.instance_id() {
+            self.seen_memory = mem.instance_id();
+            self.tlb.flush_all();
+            self.flush_decode_cache();
+            self.seen_code_generation = mem.code_generation();
+            self.seen_pt_generation = mem.pt_generation();
+        }
+        self.sync_generations(mem);
     }
 
-    /// Drops cached decodes after code pages were written, and translations after page
-    /// tables were written.
+    /// Drops cached decodes of code lines that were written, and translations after
+    /// page tables were written.
     #[inline]
     fn sync_generations(&mut self, mem: &GuestMemory) {
         if self.seen_code_generation != mem.code_generation() {
-            self.seen_code_generation = mem.code_generation();
-            for e in self.decode_cache.iter_mut() {
-                e.gpa = u64::MAX;
-            }
+            self.sync_code(mem);
         }
         if self.seen_pt_generation != mem.pt_generation() {
             self.seen_pt_generation = mem.pt_generation();
             self.tlb.flush_all();
+        }
+    }
+
+    #[cold]
+    fn sync_code(&mut self, mem: &GuestMemory) {
+        let seen = std::mem::replace(&mut self.seen_code_generation, mem.code_generation());
+        match mem.code_writes_since(seen) {
+            Some(writes) => {
+                for (page, mask) in writes {
+                    self.invalidate_code_lines(page, mask);
+                }
+            }
+            None => self.flush_decode_cache(),
         }
     }
 
@@ -590,12 +650,18 @@ impl Cpu {
                 }
             }
         }
+        // Only `hlt` halts, and it ends the run; the breakpoint set cannot change during it.
+        if self.st.halted {
+            return if self.icount >= limit {
+                Exit::Limit
+            } else {
+                Exit::Hlt
+            };
+        }
+        let any_breakpoints = !self.breakpoints.is_empty();
         loop {
             if self.icount >= limit {
                 return Exit::Limit;
-            }
-            if self.st.halted {
-                return Exit::Hlt;
             }
             if self.seen_code_generation != mem.code_generation()
                 || self.seen_pt_generation != mem.pt_generation()
@@ -603,10 +669,7 @@ impl Cpu {
                 self.sync_generations(mem);
             }
             let rip = self.st.rip;
-            if !self.breakpoints.is_empty()
-                && self.breakpoint_hit(rip)
-                && self.skip_breakpoint_at != Some(rip)
-            {
+            if any_breakpoints && self.breakpoint_hit(rip) && self.skip_breakpoint_at != Some(rip) {
                 self.skip_breakpoint_at = Some(rip);
                 return Exit::Breakpoint(rip);
             }
@@ -629,11 +692,18 @@ impl Cpu {
 
     /// Executes one instruction (or delivers the exception it raises). Returns an exit
     /// if the run loop must stop.
-    #[inline]
+    #[inline(always)]
     fn step(&mut self, mem: &mut GuestMemory) -> Option<Exit> {
-        let ins = match self.fetch(mem) {
-            Ok(FETCHED_UNCACHED) => self.uncached,
-            Ok(idx) => self.decode_cache[idx].ins,
+        let fetched = match self.fetch_hit() {
+            Some(idx) => Ok(idx),
+            None => self.fetch(mem),
+        };
+        let (ins, fast) = match fetched {
+            Ok(FETCHED_UNCACHED) => (self.uncached, exec::Fast::Generic),
+            Ok(idx) => {
+                let e = &self.decode_cache[idx];
+                (e.ins, e.fast)
+            }
             Err(f) => return self.handle_fault(mem, f),
         };
         let rip = self.st.rip;
@@ -641,7 +711,7 @@ impl Cpu {
         self.cur_len = ins.len();
         let shadow = self.st.interrupt_shadow;
         self.st.interrupt_shadow = false;
-        match self.exec(mem, &ins) {
+        match self.exec_fast(mem, &ins, fast) {
             Ok(retired) => {
                 if self.st.rflags & flags::RF != 0 && !std::mem::take(&mut self.keep_rf) {
                     self.st.rflags &= !flags::RF;
@@ -691,11 +761,25 @@ impl Cpu {
         }
     }
 
+    /// The decode-cache index of the instruction at RIP when it is cached and RIP is in
+    /// the page instructions were last fetched from (the common case; [`Self::fetch`]
+    /// handles the rest).
+    #[inline(always)]
+    fn fetch_hit(&self) -> Option<usize> {
+        let rip = self.st.rip;
+        if rip >> 12 != self.tlb.fetch_vpn {
+            return None;
+        }
+        let gpa = self.tlb.fetch_page | (rip & 0xfff);
+        let idx = Self::decode_index(gpa);
+        (self.decode_cache.get(idx)?.tag == gpa | self.decode_epoch).then_some(idx)
+    }
+
     /// Decodes the instruction at RIP into the decoded-instruction cache and returns
     /// its index there, or [`FETCHED_UNCACHED`] for an instruction that crosses a page
     /// (left in `self.uncached`). Returning an index rather than the instruction keeps
     /// the 40-byte instruction out of the `Result`.
-    #[inline]
+    #[inline(never)]
     fn fetch(&mut self, mem: &mut GuestMemory) -> R<usize> {
         let rip = self.st.rip;
         let gpa = if rip >> 12 == self.tlb.fetch_vpn {
@@ -706,8 +790,8 @@ impl Cpu {
             self.tlb.fetch_page = g & !0xfff;
             g
         };
-        let idx = ((gpa ^ (gpa >> DECODE_CACHE_BITS)) as usize) & ((1 << DECODE_CACHE_BITS) - 1);
-        if self.decode_cache[idx].gpa == gpa {
+        let idx = Self::decode_index(gpa);
+        if self.decode_cache[idx].tag == gpa | self.decode_epoch {
             return Ok(idx);
         }
         let mut buf = [0u8; 15];
@@ -719,11 +803,18 @@ impl Cpu {
         let mut dec = Decoder::with_ip(64, &buf[..in_page], 0, DecoderOptions::NONE);
         dec.decode_out(&mut ins);
         let complete = dec.last_error() != iced_x86::DecoderError::NoMoreBytes;
-        if complete {
-            mem.mark_code(gpa);
-            // The mark may itself have bumped nothing; keep the cache entry.
-            self.decode_cache[idx] = DecodedEntry { gpa, ins };
+        if complete && gpa < TAG_GPA_LIMIT {
+            mem.mark_code(gpa, ins.len());
+            self.decode_cache[idx] = DecodedEntry {
+                tag: gpa | self.decode_epoch,
+                ins,
+                fast: exec::classify(&ins),
+            };
             return Ok(idx);
+        }
+        if complete {
+            self.uncached = ins;
+            return Ok(FETCHED_UNCACHED);
         }
         // The instruction crosses into the next page: translate it (with its own fetch
         // checks) and decode from both. Such instructions are not cached.
