@@ -71,25 +71,27 @@ impl Drop for Tmux {
     }
 }
 
-#[test]
-fn step_reverse_step_goto_and_reverse_continue_to_a_breakpoint() {
+/// Opens the checked-in demo recording in the TUI inside a detached tmux session of
+/// `width` columns, or None (printing why) where tmux is missing.
+fn open_fixture(name: &str, width: u16) -> Option<Tmux> {
     if Command::new("tmux").arg("-V").output().is_err() {
         println!("skipped: tmux is not installed");
-        return;
+        return None;
     }
     let bin = env!("CARGO_BIN_EXE_krr-tui");
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/demo.krr");
     let t = Tmux {
-        socket: format!("krr-tui-test-{}", std::process::id()),
+        socket: format!("krr-tui-{name}-{}", std::process::id()),
     };
     let cmd = format!("{bin} replay {}", fixture.display());
+    let width = width.to_string();
     let out = t.cmd(&[
         "new-session",
         "-d",
         "-s",
         "tui",
         "-x",
-        "160",
+        &width,
         "-y",
         "48",
         "-e",
@@ -101,6 +103,14 @@ fn step_reverse_step_goto_and_reverse_continue_to_a_breakpoint() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    Some(t)
+}
+
+#[test]
+fn step_reverse_step_goto_and_reverse_continue_to_a_breakpoint() {
+    let Some(t) = open_fixture("test", 160) else {
+        return;
+    };
     let first = t.wait_for("press ? for help");
     assert!(first.contains("#-  icount 0  0.0%"), "{first}");
     assert!(first.contains("1 registers") && first.contains("4 events"));
@@ -235,38 +245,13 @@ fn record_shows_the_live_console_and_q_ends_the_recording() {
 
 #[test]
 fn export_key_serves_gdb_and_the_ui_follows_its_moves() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        println!("skipped: tmux is not installed");
-        return;
-    }
     if Command::new("gdb").arg("--version").output().is_err() {
         println!("skipped: gdb is not installed");
         return;
     }
-    let bin = env!("CARGO_BIN_EXE_krr-tui");
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/demo.krr");
-    let t = Tmux {
-        socket: format!("krr-tui-export-{}", std::process::id()),
+    let Some(t) = open_fixture("export", 200) else {
+        return;
     };
-    let cmd = format!("{bin} replay {}", fixture.display());
-    let out = t.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "tui",
-        "-x",
-        "200",
-        "-y",
-        "48",
-        "-e",
-        "KRR_TUI_KEYS=/nonexistent",
-        &cmd,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     t.wait_for("press ? for help");
     // Move somewhere first: gdb starts where the UI stands.
     t.type_text("g");

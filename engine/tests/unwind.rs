@@ -22,13 +22,7 @@ fn call_frame_information_unwinds_to_the_callers() {
             other => panic!("breakpoint not reached: {other:?}"),
         }
         let st = r.cpu.state().clone();
-        let read = |addr: u64| {
-            let mut b = [0u8; 8];
-            r.cpu
-                .read_virtual(&r.mem, addr, &mut b)
-                .ok()
-                .map(|()| u64::from_le_bytes(b))
-        };
+        let read = |addr: u64| r.read_u64(addr);
         let frames = unwinder.backtrace(
             Frame {
                 rip: st.rip,

@@ -967,13 +967,7 @@ impl App {
         let r = self.replay();
         if let Some(unwinder) = self.symbols.unwinder() {
             let regs = self.regs();
-            let read = |addr: u64| {
-                let mut b = [0u8; 8];
-                r.cpu
-                    .read_virtual(&r.mem, addr, &mut b)
-                    .ok()
-                    .map(|()| u64::from_le_bytes(b))
-            };
+            let read = |addr: u64| r.read_u64(addr);
             let frame = krr_engine::symbols::Frame {
                 rip: regs.rip,
                 rsp: regs.gpr[gpr::RSP],
@@ -994,11 +988,9 @@ impl App {
             if frames.len() >= max {
                 break;
             }
-            let mut b = [0u8; 8];
-            if r.cpu.read_virtual(&r.mem, sp, &mut b).is_err() {
+            let Some(v) = r.read_u64(sp) else {
                 break;
-            }
-            let v = u64::from_le_bytes(b);
+            };
             if self.symbols.lookup(v).is_some_and(|l| l.offset > 0) && self.follows_call(v) {
                 frames.push(v);
             }

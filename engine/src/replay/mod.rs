@@ -213,6 +213,16 @@ impl Replay {
         self.cpu.icount()
     }
 
+    /// A u64 at a guest virtual address, through the guest's page tables (no side
+    /// effects); None where it is not mapped.
+    pub fn read_u64(&self, addr: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.cpu
+            .read_virtual(&self.mem, addr, &mut b)
+            .ok()
+            .map(|()| u64::from_le_bytes(b))
+    }
+
     /// The guest console output replayed so far.
     pub fn console(&self) -> &[u8] {
         &self.console
