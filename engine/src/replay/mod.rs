@@ -320,7 +320,7 @@ impl Replay {
                 | Exit::Rdtsc
                 | Exit::Rdrand
                 | Exit::Rdseed => self.on_input(&exit),
-                Exit::PortOut { port, size, value } => self.on_port_out(port, size, value),
+                Exit::PortOut { port, value, .. } => self.on_port_out(port, value),
                 Exit::MmioWrite { .. } => self.after_exit(),
                 Exit::Hlt => self.on_hlt(),
                 Exit::ReturnToUser => self.on_return_to_user(),
@@ -546,14 +546,13 @@ impl Replay {
         Ok(())
     }
 
-    fn on_port_out(&mut self, port: u16, size: u8, value: u32) -> Result<(), Box<Divergence>> {
+    fn on_port_out(&mut self, port: u16, value: u32) -> Result<(), Box<Divergence>> {
         let byte = value as u8;
         if port == PORT_COM1 + UART_LCR {
             self.uart_lcr = byte;
         } else if port == PORT_COM1 && self.uart_lcr & UART_LCR_DLAB == 0 {
             self.console.push(byte);
         }
-        let _ = size;
         self.after_exit()?;
         if port == PORT_POWEROFF {
             self.finished = Some(End::PowerOff);
@@ -588,11 +587,8 @@ impl Replay {
                     self.console_checked = self.console.len();
                     self.consume();
                 }
-                Some(Event::Digest(d)) if self.due_at_out(d.icount) => {
-                    // Compared by apply_due, which runs next.
-                    let _ = d;
-                    return Ok(());
-                }
+                // Compared by apply_due, which runs next.
+                Some(Event::Digest(d)) if self.due_at_out(d.icount) => return Ok(()),
                 Some(e) if e.icount() < self.position() => {
                     return Err(self.diverge(
                         describe(&e),
