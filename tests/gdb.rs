@@ -554,9 +554,12 @@ fn gdb_stub_survives_malformed_truncated_and_oversized_packets() {
     let (reply, closed) = read_reply(&mut s);
     assert!(!closed);
     let stop = body(&reply);
+    // The whole demo recording replays in a few tens of milliseconds, so the continue
+    // may reach the end of the replay log before the Ctrl-C is seen; either way the
+    // session goes on.
     assert!(
-        stop.starts_with("T02") || stop.starts_with("S02"),
-        "Ctrl-C stops the continue with SIGINT: {stop}"
+        stop.starts_with("T02") || stop.starts_with("S02") || stop.contains("replaylog:end"),
+        "Ctrl-C stops the continue with SIGINT (or it ended first): {stop}"
     );
     // Still serving, and a detach ends the server cleanly.
     assert!(!ask(&mut s, b"g").starts_with('E'));
