@@ -31,9 +31,13 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_on(&fixture())
+    }
+
+    fn start_on(recording: &Path) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_krr-tui"))
             .arg("replay")
-            .arg(fixture())
+            .arg(recording)
             .args(["--gdb", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -563,6 +567,35 @@ fn gdb_stub_survives_malformed_truncated_and_oversized_packets() {
     );
     // Still serving, and a detach ends the server cleanly.
     assert!(!ask(&mut s, b"g").starts_with('E'));
+    assert_eq!(ask(&mut s, b"D"), "OK");
+    let status = server
+        .wait(Duration::from_secs(10))
+        .expect("the server exits after detach");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn ctrl_c_interrupts_a_long_continue() {
+    // The bench-loop recording: 52 M kernel instructions without a breakpoint in sight,
+    // so a continue runs for a second or more and the Ctrl-C must stop it.
+    let recording = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bench-loop.krr");
+    let mut server = Server::start_on(&recording);
+    let addr = server.addr.clone();
+    let mut s = connect(&addr);
+    assert!(ask(&mut s, b"?").starts_with(['T', 'S']));
+    s.write_all(&packet(b"c")).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(&[0x03]).unwrap();
+    let (reply, closed) = read_reply(&mut s);
+    assert!(!closed);
+    let stop = body(&reply);
+    assert!(
+        stop.starts_with("T02") || stop.starts_with("S02"),
+        "Ctrl-C stops the continue with SIGINT: {stop}"
+    );
+    // Stopped somewhere inside the recording, not at its end.
+    let when = ask(&mut s, b"qRcmd,7768656e"); // "monitor when"
+    assert!(!when.starts_with('E'), "{when}");
     assert_eq!(ask(&mut s, b"D"), "OK");
     let status = server
         .wait(Duration::from_secs(10))
