@@ -537,22 +537,7 @@ impl Cpu {
                 self.st.gpr[4] = self.st.gpr[4].wrapping_add(2 * osz as u64 + extra);
                 self.next_rip = off;
             }
-            M::Jo
-            | M::Jno
-            | M::Jb
-            | M::Jae
-            | M::Je
-            | M::Jne
-            | M::Jbe
-            | M::Ja
-            | M::Js
-            | M::Jns
-            | M::Jp
-            | M::Jnp
-            | M::Jl
-            | M::Jge
-            | M::Jle
-            | M::Jg => {
+            _ if ins.is_jcc_short_or_near() => {
                 if self.cond(ins.condition_code()) {
                     self.next_rip = self.st.rip.wrapping_add(ins.near_branch64());
                 }
@@ -1624,22 +1609,7 @@ pub(crate) fn classify(ins: &Instruction) -> Fast {
             Some((d, size)) => Fast::Lea { d, size },
             None => Fast::Generic,
         },
-        M::Jo
-        | M::Jno
-        | M::Jb
-        | M::Jae
-        | M::Je
-        | M::Jne
-        | M::Jbe
-        | M::Ja
-        | M::Js
-        | M::Jns
-        | M::Jp
-        | M::Jnp
-        | M::Jl
-        | M::Jge
-        | M::Jle
-        | M::Jg => Fast::Jcc(ins.condition_code()),
+        _ if ins.is_jcc_short_or_near() => Fast::Jcc(ins.condition_code()),
         M::Jmp if matches!(ins.code(), Code::Jmp_rel8_64 | Code::Jmp_rel32_64) => Fast::JmpRel,
         M::Call if ins.code() == Code::Call_rel32_64 => Fast::CallRel,
         M::Ret if ins.code() == Code::Retnq => Fast::Ret,
