@@ -119,8 +119,17 @@ void kmain(void)
 	pic_init();
 	pit_init(TIMER_HZ);
 	sti();
-	for (volatile u64 spins = 0;; spins++)
-		;
+	/*
+	 * Bursts of spinning, each followed by a wait for the next timer interrupt. Where
+	 * KVM emulates ring-0 code a burst outlasts several ticks, so interrupts land at
+	 * arbitrary instructions; where ring 0 runs natively the hlt bounds the instruction
+	 * count, and with it the replay time, by the tick rate.
+	 */
+	for (;;) {
+		for (volatile u64 spins = 0; spins < 20000; spins++)
+			;
+		hlt();
+	}
 #elif HOSTILE_KIND == TRIPLE_FAULT
 	kprintf("hostile triple-fault: empty IDT, then ud2\n");
 	idt_load_empty();

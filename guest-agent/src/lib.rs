@@ -97,7 +97,8 @@ pub mod console {
 ///   capacity and header_size near 2^32, a wiped magic), each followed by a doorbell.
 /// * `doorbell-nonsense`: 1000 doorbells with pseudo-random codes, then 8- and 16-bit
 ///   writes and reads at the doorbell port and its neighbours; then powers off.
-/// * `no-poweroff`: prints, then spins forever in kernel mode with interrupts enabled.
+/// * `no-poweroff`: prints, then runs forever in kernel mode with interrupts enabled: bursts
+///   of spinning, each followed by `hlt` until the next timer interrupt.
 /// * `triple-fault`: prints, loads an empty IDT and executes `ud2`.
 pub const HOSTILE_GUESTS: &[(&str, &[u8])] = &[
     (
