@@ -263,8 +263,14 @@ pub struct Outcome {
 pub fn run_replay(img: &Image, cpuid: &[CpuidEntry], limit: u64) -> Outcome {
     let mut mem = img.memory();
     let mut cpu = Cpu::new(img.state.clone(), cpuid.to_vec());
-    // The tests model the recording host (KVM's instruction emulator).
-    cpu.set_quirks(Quirks::for_counter(CounterSourceKind::KvmInsnEmulation));
+    // The tests model the host they run on: KVM's instruction emulator where it runs
+    // ring-0 code (PVM), the hardware CPU elsewhere.
+    let host = if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        CounterSourceKind::KvmInsnEmulation
+    } else {
+        CounterSourceKind::None
+    };
+    cpu.set_quirks(Quirks::for_counter(host));
     let exit = run_cpu(&mut cpu, &mut mem, limit);
     Outcome { cpu, mem, exit }
 }
