@@ -1151,6 +1151,119 @@ fn random_moves_and_exchanges() {
     }
 }
 
+/// The memory operand forms the fast paths evaluate themselves: base, index, scale and
+/// displacement; an absolute displacement; RIP-relative (read only: the code page);
+/// and the same forms with 32-bit address registers, which take the general path.
+fn addressing_operand(rng: &mut Rng) -> MemoryOperand {
+    // RBX and R9 hold small indexes (see the block set-up), R12 the scratch address.
+    let index = rng.pick(&[Register::RBX, Register::R9]);
+    let scale = rng.pick(&[1u32, 2, 4, 8]);
+    let disp = rng.below(64) as i64 - 32;
+    match rng.below(4) {
+        0 => MemoryOperand::with_base_index_scale_displ_size(Register::R12, index, scale, disp, 1),
+        1 => MemoryOperand::with_base_displ(Register::R12, disp),
+        2 => MemoryOperand::with_displ((SCRATCH as i64 + 64 + disp) as u64, 4),
+        _ => MemoryOperand::with_base_index_scale_displ_size(
+            Register::R12D,
+            sized(index, 4),
+            scale,
+            disp,
+            1,
+        ),
+    }
+}
+
+#[test]
+fn random_addressing_forms() {
+    if !available() {
+        return;
+    }
+    use Code::*;
+    for seed in 1..=3u64 {
+        let mut rng = Rng(0x5151_a0a0_0f0f_7777 ^ (seed << 32));
+        let mut p = Program::new();
+        for _ in 0..250 {
+            let szi = rng.below(4) as usize;
+            let size = SIZES[szi];
+            let m = addressing_operand(&mut rng);
+            let r = sized(rng.pick(&REGS64), size);
+            let kind = rng.below(8);
+            let ins = match kind {
+                0 => {
+                    let code = [Mov_rm8_r8, Mov_rm16_r16, Mov_rm32_r32, Mov_rm64_r64][szi];
+                    Instruction::with2(code, m, r).unwrap()
+                }
+                1 => {
+                    let code = [Mov_r8_rm8, Mov_r16_rm16, Mov_r32_rm32, Mov_r64_rm64][szi];
+                    Instruction::with2(code, r, m).unwrap()
+                }
+                2 => {
+                    let code = [Mov_rm8_imm8, Mov_rm16_imm16, Mov_rm32_imm32, Mov_rm64_imm32][szi];
+                    Instruction::with2(code, m, imm_for(&mut rng, size)).unwrap()
+                }
+                3 => {
+                    // RIP-relative reads of the code around the instruction.
+                    let code = [Mov_r8_rm8, Mov_r16_rm16, Mov_r32_rm32, Mov_r64_rm64][szi];
+                    let rel = MemoryOperand::with_base_displ(Register::RIP, rng.below(64) as i64);
+                    Instruction::with2(code, r, rel).unwrap()
+                }
+                4 => {
+                    let codes = alu_codes(rng.pick(&[0, 1, 4, 5, 6, 7, 8]));
+                    match rng.below(3) {
+                        0 => Instruction::with2(codes[0][szi], m, r).unwrap(),
+                        1 if codes[1][szi] != codes[0][szi] => {
+                            Instruction::with2(codes[1][szi], r, m).unwrap()
+                        }
+                        _ => Instruction::with2(codes[2][szi], m, imm_for(&mut rng, size)).unwrap(),
+                    }
+                }
+                5 => {
+                    let (code, dsz) = rng.pick(&[
+                        (Movzx_r32_rm8, 4),
+                        (Movzx_r64_rm16, 8),
+                        (Movsx_r64_rm8, 8),
+                        (Movsx_r32_rm16, 4),
+                        (Movsxd_r64_rm32, 8),
+                    ]);
+                    Instruction::with2(code, sized(rng.pick(&REGS64), dsz), m).unwrap()
+                }
+                6 => {
+                    let s = 1 + rng.below(3) as usize;
+                    let r = sized(rng.pick(&REGS64), SIZES[s]);
+                    if rng.below(2) == 0 {
+                        let code = [Imul_r16_rm16, Imul_r32_rm32, Imul_r64_rm64][s - 1];
+                        Instruction::with2(code, r, m).unwrap()
+                    } else {
+                        let code = [
+                            Imul_r16_rm16_imm16,
+                            Imul_r32_rm32_imm32,
+                            Imul_r64_rm64_imm32,
+                        ][s - 1];
+                        Instruction::with3(code, r, m, imm_for(&mut rng, SIZES[s])).unwrap()
+                    }
+                }
+                _ => {
+                    let code = rng.pick(&[Lea_r32_m, Lea_r64_m]);
+                    let d = if code == Lea_r32_m { 4 } else { 8 };
+                    Instruction::with2(code, sized(rng.pick(&REGS64), d), m).unwrap()
+                }
+            };
+            let set_up = |rng: &mut Rng, v: &mut [u64; 10]| {
+                v[1] = rng.below(16); // RBX
+                v[7] = rng.below(16); // R9
+            };
+            // AF is undefined after the logical operations, SF, ZF, AF and PF after imul.
+            let undefined = match kind {
+                4 => AF,
+                6 => SF | ZF | AF | PF,
+                _ => 0,
+            };
+            p.block(&mut rng, &[ins], undefined, &set_up);
+        }
+        p.check(&format!("addressing seed {seed}"));
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // Control flow, system instructions, exceptions and paging.
 

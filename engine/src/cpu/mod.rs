@@ -248,13 +248,15 @@ pub(crate) fn ud() -> Fault {
     exc(vector::UD, None)
 }
 
+/// The hot half of a decoded-instruction cache entry; the decoded `Instruction` itself,
+/// needed only by instructions without a fast form, is at the same index of
+/// `Cpu::decoded`.
 #[derive(Clone, Copy)]
 struct DecodedEntry {
     /// Guest-physical address of the first byte with the cache epoch in bits 52..64
     /// (`EMPTY`: empty). Bumping the epoch empties the cache without touching it.
     tag: u64,
-    ins: Instruction,
-    fast: exec::Fast,
+    op: exec::FastOp,
 }
 
 const DECODE_CACHE_BITS: u32 = 14;
@@ -276,8 +278,6 @@ pub struct Cpu {
     mmio_write: Option<(u64, u8, u64)>,
     /// RIP after the instruction being executed (instructions that jump change it).
     next_rip: u64,
-    /// Bytes of the current instruction, for error reports.
-    cur_len: usize,
     /// Set by `iret`, which loads RF; every other retiring instruction clears RF.
     keep_rf: bool,
     /// Debug registers DR0-DR7 (stored only; breakpoints are the driver's).
@@ -286,6 +286,7 @@ pub struct Cpu {
     bp_filter: [u64; BP_FILTER_WORDS],
     skip_breakpoint_at: Option<u64>,
     decode_cache: Vec<DecodedEntry>,
+    decoded: Vec<Instruction>,
     /// Current epoch of the decode cache, pre-shifted to bits 52..64.
     decode_epoch: u64,
     /// The last instruction decoded across a page boundary (not cached).
@@ -311,13 +312,13 @@ impl Clone for Cpu {
             mmio_input: self.mmio_input,
             mmio_write: self.mmio_write,
             next_rip: self.next_rip,
-            cur_len: self.cur_len,
             keep_rf: false,
             dr: self.dr,
             breakpoints: self.breakpoints.clone(),
             bp_filter: self.bp_filter,
             skip_breakpoint_at: self.skip_breakpoint_at,
             decode_cache: Vec::new(),
+            decoded: Vec::new(),
             decode_epoch: 0,
             uncached: Instruction::default(),
             tlb: mmu::Tlb::new(),
@@ -367,13 +368,13 @@ impl Cpu {
             mmio_input: None,
             mmio_write: None,
             next_rip: 0,
-            cur_len: 0,
             keep_rf: false,
             dr: [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400],
             breakpoints: HashSet::new(),
             bp_filter: [0; BP_FILTER_WORDS],
             skip_breakpoint_at: None,
             decode_cache: Vec::new(),
+            decoded: Vec::new(),
             decode_epoch: 0,
             uncached: Instruction::default(),
             tlb: mmu::Tlb::new(),
@@ -575,11 +576,11 @@ impl Cpu {
             self.decode_cache = vec![
                 DecodedEntry {
                     tag: EMPTY,
-                    ins: Instruction::default(),
-                    fast: exec::Fast::Generic,
+                    op: exec::FastOp::generic(0),
                 };
                 1 << DECODE_CACHE_BITS
             ];
+            self.decoded = vec![Instruction::default(); 1 << DECODE_CACHE_BITS];
         }
         if self.seen_memory != mem.instance_id() {
             self.seen_memory = mem.instance_id();
@@ -698,20 +699,27 @@ impl Cpu {
             Some(idx) => Ok(idx),
             None => self.fetch(mem),
         };
-        let (ins, fast) = match fetched {
-            Ok(FETCHED_UNCACHED) => (self.uncached, exec::Fast::Generic),
-            Ok(idx) => {
-                let e = &self.decode_cache[idx];
-                (e.ins, e.fast)
-            }
+        let idx = match fetched {
+            Ok(idx) => idx,
             Err(f) => return self.handle_fault(mem, f),
         };
-        let rip = self.st.rip;
-        self.next_rip = rip.wrapping_add(ins.len() as u64);
-        self.cur_len = ins.len();
+        let op = match self.decode_cache.get(idx) {
+            Some(e) => e.op,
+            None => exec::FastOp::generic(self.uncached.len()),
+        };
+        self.next_rip = self.st.rip.wrapping_add(op.len as u64);
         let shadow = self.st.interrupt_shadow;
         self.st.interrupt_shadow = false;
-        match self.exec_fast(mem, &ins, fast) {
+        let result = if op.form == exec::Fast::Generic {
+            let ins = match self.decoded.get(idx) {
+                Some(ins) => *ins,
+                None => self.uncached,
+            };
+            self.exec(mem, &ins)
+        } else {
+            self.exec_fast(mem, &op)
+        };
+        match result {
             Ok(retired) => {
                 if self.st.rflags & flags::RF != 0 && !std::mem::take(&mut self.keep_rf) {
                     self.st.rflags &= !flags::RF;
@@ -807,9 +815,9 @@ impl Cpu {
             mem.mark_code(gpa, ins.len());
             self.decode_cache[idx] = DecodedEntry {
                 tag: gpa | self.decode_epoch,
-                ins,
-                fast: exec::classify(&ins),
+                op: exec::classify(&ins),
             };
+            self.decoded[idx] = ins;
             return Ok(idx);
         }
         if complete {
