@@ -13,7 +13,7 @@ use crate::memory::GuestMemory;
 use crate::state::seg;
 
 mod fast;
-pub(crate) use fast::{Fast, FastOp, classify};
+pub(crate) use fast::{FastOp, classify};
 
 const AL: u32 = Register::AL as u32;
 const R15L: u32 = Register::R15L as u32;

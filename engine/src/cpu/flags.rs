@@ -134,6 +134,7 @@ pub enum ShiftOp {
 
 /// Shifts/rotates `a` by `count` (already masked to 5 or 6 bits). Returns the result and
 /// the new RFLAGS (only status bits change). A zero count changes nothing.
+#[inline]
 pub fn shift(op: ShiftOp, a: u64, count: u32, size: usize, rflags: u64) -> (u64, u64) {
     let bits = size as u32 * 8;
     let m = mask(size);

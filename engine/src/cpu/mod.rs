@@ -284,6 +284,9 @@ pub struct Cpu {
     dr: [u64; 8],
     breakpoints: HashSet<u64>,
     bp_filter: [u64; BP_FILTER_WORDS],
+    /// Whether a breakpoint lies in the virtual page `tlb.fetch_vpn` (kept with it, so
+    /// that instructions on other pages skip the breakpoint lookup).
+    fetch_page_has_breakpoint: bool,
     skip_breakpoint_at: Option<u64>,
     decode_cache: Vec<DecodedEntry>,
     decoded: Vec<Instruction>,
@@ -317,6 +320,7 @@ impl Clone for Cpu {
             breakpoints: self.breakpoints.clone(),
             bp_filter: self.bp_filter,
             skip_breakpoint_at: self.skip_breakpoint_at,
+            fetch_page_has_breakpoint: self.fetch_page_has_breakpoint,
             decode_cache: Vec::new(),
             decoded: Vec::new(),
             decode_epoch: 0,
@@ -373,6 +377,7 @@ impl Cpu {
             breakpoints: HashSet::new(),
             bp_filter: [0; BP_FILTER_WORDS],
             skip_breakpoint_at: None,
+            fetch_page_has_breakpoint: false,
             decode_cache: Vec::new(),
             decoded: Vec::new(),
             decode_epoch: 0,
@@ -479,6 +484,7 @@ impl Cpu {
     }
 
     fn rebuild_bp_filter(&mut self) {
+        self.tlb.fetch_vpn = u64::MAX;
         self.bp_filter = [0; BP_FILTER_WORDS];
         for &a in &self.breakpoints {
             let (w, b) = Self::bp_bit(a);
@@ -493,6 +499,7 @@ impl Cpu {
 
     pub fn add_breakpoint(&mut self, addr: u64) {
         self.breakpoints.insert(addr);
+        self.tlb.fetch_vpn = u64::MAX;
         let (w, b) = Self::bp_bit(addr);
         self.bp_filter[w] |= b;
     }
@@ -507,8 +514,11 @@ impl Cpu {
         &self.breakpoints
     }
 
-    #[inline]
+    #[inline(always)]
     fn breakpoint_hit(&self, rip: u64) -> bool {
+        if rip >> 12 == self.tlb.fetch_vpn && !self.fetch_page_has_breakpoint {
+            return false;
+        }
         let (w, b) = Self::bp_bit(rip);
         self.bp_filter[w] & b != 0 && self.breakpoints.contains(&rip)
     }
@@ -674,7 +684,9 @@ impl Cpu {
                 self.skip_breakpoint_at = Some(rip);
                 return Exit::Breakpoint(rip);
             }
-            self.skip_breakpoint_at = None;
+            if self.skip_breakpoint_at.is_some() {
+                self.skip_breakpoint_at = None;
+            }
             if let Some(e) = self.step(mem) {
                 return e;
             }
@@ -710,26 +722,30 @@ impl Cpu {
         self.next_rip = self.st.rip.wrapping_add(op.len as u64);
         let shadow = self.st.interrupt_shadow;
         self.st.interrupt_shadow = false;
-        let result = if op.form == exec::Fast::Generic {
-            let ins = match self.decoded.get(idx) {
-                Some(ins) => *ins,
-                None => self.uncached,
-            };
-            self.exec(mem, &ins)
-        } else {
-            self.exec_fast(mem, &op)
+        let result = match op.handler {
+            Some(handler) => handler(self, mem, &op).map(|()| Retired::Continue),
+            None => {
+                let ins = match self.decoded.get(idx) {
+                    Some(ins) => *ins,
+                    None => self.uncached,
+                };
+                self.exec(mem, &ins)
+            }
         };
         match result {
             Ok(retired) => {
-                if self.st.rflags & flags::RF != 0 && !std::mem::take(&mut self.keep_rf) {
+                if (self.st.rflags & flags::RF != 0 || self.keep_rf)
+                    && !std::mem::take(&mut self.keep_rf)
+                {
                     self.st.rflags &= !flags::RF;
                 }
-                self.keep_rf = false;
-                self.mmio_input = None;
                 self.st.rip = self.next_rip;
                 self.icount += 1;
-                if let Some((gpa, size, value)) = self.mmio_write.take() {
-                    return Some(Exit::MmioWrite { gpa, size, value });
+                if self.mmio_input.is_some() || self.mmio_write.is_some() {
+                    self.mmio_input = None;
+                    if let Some((gpa, size, value)) = self.mmio_write.take() {
+                        return Some(Exit::MmioWrite { gpa, size, value });
+                    }
                 }
                 match retired {
                     Retired::Continue => None,
@@ -796,6 +812,7 @@ impl Cpu {
             let g = self.translate_access(mem, rip, Access::Fetch)?;
             self.tlb.fetch_vpn = rip >> 12;
             self.tlb.fetch_page = g & !0xfff;
+            self.fetch_page_has_breakpoint = self.breakpoints.iter().any(|&a| a >> 12 == rip >> 12);
             g
         };
         let idx = Self::decode_index(gpa);

@@ -1,18 +1,21 @@
 //! Fast forms: the commonest instructions, pre-classified at decode time into a compact
 //! [`FastOp`] that carries everything the instruction needs (registers, immediate,
-//! memory operand), so that executing them neither copies nor consults the decoded
-//! `Instruction`. Every fast form does exactly what [`Cpu::exec`] does for it; anything
-//! else is [`Fast::Generic`] and goes through the general dispatch.
+//! memory operand) and a handler specialised for its operation and operand size, so
+//! that executing them is one indirect call into straight-line code that neither copies
+//! nor consults the decoded `Instruction`. Every handler does exactly what [`Cpu::exec`]
+//! does for its instructions; anything else has no handler and goes through the general
+//! dispatch.
 
 use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
 use super::super::flags::{self, CF, ShiftOp, mask, sext};
-use super::super::{Cpu, R, Retired};
+use super::super::{Cpu, R};
 use super::{AL, EAX, R15, R15L, RAX};
 use crate::memory::GuestMemory;
 
-/// ALU operations with a fast path.
+/// ALU operations with a fast path (the handlers' `OP` parameter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub(crate) enum AluOp {
     Add,
     Or,
@@ -23,109 +26,16 @@ pub(crate) enum AluOp {
     Test,
 }
 
-/// A pre-classified instruction form. Register operands are GPRs given by index with
-/// an operand size of 4 or 8 bytes unless a form says otherwise; forms with a memory
-/// operand find it in [`FastOp::mem`], immediates in [`FastOp::imm`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Fast {
-    Generic,
-    Nop,
-    /// mov reg, reg
-    MovRR {
-        d: u8,
-        s: u8,
-        size: u8,
-    },
-    /// mov reg, imm
-    MovRI {
-        d: u8,
-        size: u8,
-    },
-    /// mov reg, [mem]
-    MovRM {
-        d: u8,
-        size: u8,
-    },
-    /// mov [mem], reg
-    MovMR {
-        s: u8,
-        size: u8,
-    },
-    /// mov [mem], imm; `size` 1, 2, 4 or 8
-    MovMI {
-        size: u8,
-    },
-    /// movzx/movsx/movsxd reg, reg or [mem] (`s` = [`NO_REG`]); the source is 1, 2 or 4
-    /// bytes (a register source never a high-byte register)
-    Extend {
-        d: u8,
-        s: u8,
-        size: u8,
-        src_size: u8,
-        signed: bool,
-    },
-    /// op reg, reg
-    AluRR {
-        op: AluOp,
-        d: u8,
-        s: u8,
-        size: u8,
-    },
-    /// op reg, imm
-    AluRI {
-        op: AluOp,
-        d: u8,
-        size: u8,
-    },
-    /// op reg, [mem]
-    AluRM {
-        op: AluOp,
-        d: u8,
-        size: u8,
-    },
-    /// op [mem], reg (`s`) or op [mem], imm (`s` = [`NO_REG`]); `size` 1, 2, 4 or 8
-    AluM {
-        op: AluOp,
-        s: u8,
-        size: u8,
-    },
-    /// imul reg, reg or [mem] (`s` = [`NO_REG`]), with an immediate third operand if
-    /// `with_imm`
-    Imul {
-        d: u8,
-        s: u8,
-        size: u8,
-        with_imm: bool,
-    },
-    /// inc/dec reg
-    IncDec {
-        d: u8,
-        size: u8,
-        inc: bool,
-    },
-    /// shift or rotate reg by an immediate count (already masked, in `imm`)
-    ShiftRI {
-        op: ShiftOp,
-        d: u8,
-        size: u8,
-    },
-    /// lea reg, [mem]
-    Lea {
-        d: u8,
-        size: u8,
-    },
-    /// The relative branches: the target is RIP + `imm`.
-    Jcc(ConditionCode),
-    JmpRel,
-    CallRel,
-    Ret,
-    Push {
-        s: u8,
-    },
-    Pop {
-        d: u8,
-    },
-}
+const ADD: u8 = AluOp::Add as u8;
+const OR: u8 = AluOp::Or as u8;
+const AND: u8 = AluOp::And as u8;
+const SUB: u8 = AluOp::Sub as u8;
+const XOR: u8 = AluOp::Xor as u8;
+const CMP: u8 = AluOp::Cmp as u8;
+const TEST: u8 = AluOp::Test as u8;
+
+/// Executes one instruction of a fast form.
+pub(crate) type Handler = fn(&mut Cpu, &mut GuestMemory, &FastOp) -> R<()>;
 
 /// No register: an immediate or memory source.
 const NO_REG: u8 = u8::MAX;
@@ -192,12 +102,18 @@ impl MemOperand {
     }
 }
 
-/// A decoded instruction's fast form with its operands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A decoded instruction's fast form: its handler and operands.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct FastOp {
-    pub(crate) form: Fast,
+    /// `None`: the instruction takes the general path.
+    pub(crate) handler: Option<Handler>,
     /// Length of the instruction in bytes.
     pub(crate) len: u8,
+    /// Destination and source GPR indexes (or [`NO_REG`]), as the handler defines them.
+    d: u8,
+    s: u8,
+    /// Extra form bits for the less common handlers (see [`extend`] and [`imul`]).
+    aux: u8,
     mem: MemOperand,
     /// The immediate masked to the operand size, the shift count, or the branch
     /// displacement from RIP.
@@ -208,22 +124,14 @@ impl FastOp {
     /// The form of an instruction that takes the general path.
     pub(crate) fn generic(len: usize) -> FastOp {
         FastOp {
-            form: Fast::Generic,
+            handler: None,
             len: len as u8,
+            d: NO_REG,
+            s: NO_REG,
+            aux: 0,
             mem: MemOperand::NONE,
             imm: 0,
         }
-    }
-}
-
-#[inline]
-fn alu_result(op: AluOp, a: u64, b: u64, size: usize) -> (u64, u64) {
-    match op {
-        AluOp::Add => flags::add(a, b, false, size),
-        AluOp::Sub | AluOp::Cmp => flags::sub(a, b, false, size),
-        AluOp::And | AluOp::Test => (a & b, flags::logic(a & b, size)),
-        AluOp::Or => (a | b, flags::logic(a | b, size)),
-        AluOp::Xor => (a ^ b, flags::logic(a ^ b, size)),
     }
 }
 
@@ -251,7 +159,113 @@ fn gpr_extend_source(r: Register) -> Option<(u8, u8)> {
     }
 }
 
-/// Classifies a decoded instruction (see [`Fast`]).
+/// Picks `$f::<..., SIZE>` for a register operand size of 4 or 8.
+macro_rules! by_size48 {
+    ($size:expr, $f:ident $(, $c:expr)*) => {
+        if $size == 4 {
+            $f::<$($c,)* 4> as Handler
+        } else {
+            $f::<$($c,)* 8> as Handler
+        }
+    };
+}
+
+/// Picks `$f::<..., SIZE>` for a memory operand size of 1, 2, 4 or 8.
+macro_rules! by_size {
+    ($size:expr, $f:ident $(, $c:expr)*) => {
+        match $size {
+            1 => $f::<$($c,)* 1> as Handler,
+            2 => $f::<$($c,)* 2> as Handler,
+            4 => $f::<$($c,)* 4> as Handler,
+            _ => $f::<$($c,)* 8> as Handler,
+        }
+    };
+}
+
+/// Picks `$f::<OP, SIZE>` over the ALU operations.
+macro_rules! by_alu_op {
+    ($op:expr, $pick:ident, $size:expr, $f:ident) => {
+        match $op {
+            AluOp::Add => $pick!($size, $f, ADD),
+            AluOp::Or => $pick!($size, $f, OR),
+            AluOp::And => $pick!($size, $f, AND),
+            AluOp::Sub => $pick!($size, $f, SUB),
+            AluOp::Xor => $pick!($size, $f, XOR),
+            AluOp::Cmp => $pick!($size, $f, CMP),
+            AluOp::Test => $pick!($size, $f, TEST),
+        }
+    };
+}
+
+const SHL: u8 = 0;
+const SHR: u8 = 1;
+const SAR: u8 = 2;
+const ROL: u8 = 3;
+const ROR: u8 = 4;
+
+fn shift_op(op: u8) -> ShiftOp {
+    match op {
+        SHL => ShiftOp::Shl,
+        SHR => ShiftOp::Shr,
+        SAR => ShiftOp::Sar,
+        ROL => ShiftOp::Rol,
+        _ => ShiftOp::Ror,
+    }
+}
+
+/// The condition codes by number (iced's `ConditionCode as u8`).
+const CONDITIONS: [ConditionCode; 17] = [
+    ConditionCode::None,
+    ConditionCode::o,
+    ConditionCode::no,
+    ConditionCode::b,
+    ConditionCode::ae,
+    ConditionCode::e,
+    ConditionCode::ne,
+    ConditionCode::be,
+    ConditionCode::a,
+    ConditionCode::s,
+    ConditionCode::ns,
+    ConditionCode::p,
+    ConditionCode::np,
+    ConditionCode::l,
+    ConditionCode::ge,
+    ConditionCode::le,
+    ConditionCode::g,
+];
+
+fn jcc_handler(cc: ConditionCode) -> Handler {
+    macro_rules! ccs {
+        ($($n:literal)*) => {
+            match cc as u8 {
+                $($n => jcc::<$n> as Handler,)*
+                _ => jcc::<0> as Handler,
+            }
+        };
+    }
+    ccs!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+}
+
+/// The form of one instruction, before its memory operand is attached.
+struct Form {
+    handler: Handler,
+    d: u8,
+    s: u8,
+    aux: u8,
+    imm: u64,
+}
+
+fn form(handler: Handler, d: u8, s: u8, imm: u64) -> Option<Form> {
+    Some(Form {
+        handler,
+        d,
+        s,
+        aux: 0,
+        imm,
+    })
+}
+
+/// Classifies a decoded instruction (see [`FastOp`]).
 pub(crate) fn classify(ins: &Instruction) -> FastOp {
     let generic = FastOp::generic(ins.len());
     if ins.has_lock_prefix()
@@ -269,18 +283,21 @@ pub(crate) fn classify(ins: &Instruction) -> FastOp {
     } else {
         MemOperand::NONE
     };
-    let Some((form, imm)) = classify_form(ins) else {
+    let Some(f) = classify_form(ins) else {
         return generic;
     };
     FastOp {
-        form,
+        handler: Some(f.handler),
         len: ins.len() as u8,
+        d: f.d,
+        s: f.s,
+        aux: f.aux,
         mem,
-        imm,
+        imm: f.imm,
     }
 }
 
-fn classify_form(ins: &Instruction) -> Option<(Fast, u64)> {
+fn classify_form(ins: &Instruction) -> Option<Form> {
     use Mnemonic as M;
     let reg = |n: u32| {
         if ins.op_kind(n) == OpKind::Register {
@@ -303,24 +320,27 @@ fn classify_form(ins: &Instruction) -> Option<(Fast, u64)> {
     };
     let memop = |n: u32| ins.op_kind(n) == OpKind::Memory;
     let msize = ins.memory_size().size();
+    let mem_sized = matches!(msize, 1 | 2 | 4 | 8);
     let imm1 = |size: usize| ins.immediate(1) & mask(size);
     let m = ins.mnemonic();
     let two = ins.op_count() == 2;
-    let form = match m {
-        M::Nop | M::Pause | M::Endbr64 => (Fast::Nop, 0),
+    match m {
+        M::Nop | M::Pause | M::Endbr64 => form(nop, NO_REG, NO_REG, 0),
         M::Mov if two => match (reg(0), reg(1)) {
-            (Some((d, a)), Some((s, b))) if a == b => (Fast::MovRR { d, s, size: a }, 0),
-            (Some((d, size)), None) if imm(1) => (Fast::MovRI { d, size }, imm1(size as usize)),
+            (Some((d, a)), Some((s, b))) if a == b => form(by_size48!(a, mov_rr), d, s, 0),
+            (Some((d, size)), None) if imm(1) => {
+                form(by_size48!(size, mov_ri), d, NO_REG, imm1(size as usize))
+            }
             (Some((d, size)), None) if memop(1) && msize == size as usize => {
-                (Fast::MovRM { d, size }, 0)
+                form(by_size48!(size, mov_rm), d, NO_REG, 0)
             }
             (None, Some((s, size))) if memop(0) && msize == size as usize => {
-                (Fast::MovMR { s, size }, 0)
+                form(by_size48!(size, mov_mr), NO_REG, s, 0)
             }
-            (None, None) if memop(0) && imm(1) && matches!(msize, 1 | 2 | 4 | 8) => {
-                (Fast::MovMI { size: msize as u8 }, imm1(msize))
+            (None, None) if memop(0) && imm(1) && mem_sized => {
+                form(by_size!(msize, mov_mi), NO_REG, NO_REG, imm1(msize))
             }
-            _ => return None,
+            _ => None,
         },
         M::Movzx | M::Movsx | M::Movsxd if two => {
             let (d, size) = reg(0)?;
@@ -329,14 +349,14 @@ fn classify_form(ins: &Instruction) -> Option<(Fast, u64)> {
                 OpKind::Memory if matches!(msize, 1 | 2 | 4) => (NO_REG, msize as u8),
                 _ => return None,
             };
-            let form = Fast::Extend {
+            let signed = if m == M::Movzx { 0 } else { EXTEND_SIGNED };
+            Some(Form {
+                handler: by_size48!(size, extend),
                 d,
                 s,
-                size,
-                src_size,
-                signed: m != M::Movzx,
-            };
-            (form, 0)
+                aux: src_size | signed,
+                imm: 0,
+            })
         }
         M::Add | M::Or | M::And | M::Sub | M::Xor | M::Cmp | M::Test if two => {
             let op = match m {
@@ -349,25 +369,28 @@ fn classify_form(ins: &Instruction) -> Option<(Fast, u64)> {
                 _ => AluOp::Test,
             };
             match (reg(0), reg(1)) {
-                (Some((d, a)), Some((s, b))) if a == b => (Fast::AluRR { op, d, s, size: a }, 0),
-                (Some((d, size)), None) if imm(1) => {
-                    (Fast::AluRI { op, d, size }, imm1(size as usize))
+                (Some((d, a)), Some((s, b))) if a == b => {
+                    form(by_alu_op!(op, by_size48, a, alu_rr), d, s, 0)
                 }
+                (Some((d, size)), None) if imm(1) => form(
+                    by_alu_op!(op, by_size48, size, alu_ri),
+                    d,
+                    NO_REG,
+                    imm1(size as usize),
+                ),
                 (Some((d, size)), None) if memop(1) && msize == size as usize => {
-                    (Fast::AluRM { op, d, size }, 0)
+                    form(by_alu_op!(op, by_size48, size, alu_rm), d, NO_REG, 0)
                 }
                 (None, Some((s, size))) if memop(0) && msize == size as usize => {
-                    (Fast::AluM { op, s, size }, 0)
+                    form(by_alu_op!(op, by_size, size, alu_mr), NO_REG, s, 0)
                 }
-                (None, None) if memop(0) && imm(1) && matches!(msize, 1 | 2 | 4 | 8) => {
-                    let form = Fast::AluM {
-                        op,
-                        s: NO_REG,
-                        size: msize as u8,
-                    };
-                    (form, imm1(msize))
-                }
-                _ => return None,
+                (None, None) if memop(0) && imm(1) && mem_sized => form(
+                    by_alu_op!(op, by_size, msize, alu_mi),
+                    NO_REG,
+                    NO_REG,
+                    imm1(msize),
+                ),
+                _ => None,
             }
         }
         M::Imul if matches!(ins.op_count(), 2 | 3) => {
@@ -384,86 +407,106 @@ fn classify_form(ins: &Instruction) -> Option<(Fast, u64)> {
             if with_imm && !imm(2) {
                 return None;
             }
-            let value = if with_imm {
-                ins.immediate(2) & mask(size as usize)
-            } else {
-                0
-            };
-            let form = Fast::Imul {
+            Some(Form {
+                handler: by_size48!(size, imul),
                 d,
                 s,
-                size,
-                with_imm,
-            };
-            (form, value)
+                aux: with_imm as u8,
+                imm: if with_imm {
+                    ins.immediate(2) & mask(size as usize)
+                } else {
+                    0
+                },
+            })
         }
         M::Inc | M::Dec if ins.op_count() == 1 => {
             let (d, size) = reg(0)?;
-            let form = Fast::IncDec {
-                d,
-                size,
-                inc: m == M::Inc,
+            let h = if m == M::Inc {
+                by_size48!(size, inc_dec, true)
+            } else {
+                by_size48!(size, inc_dec, false)
             };
-            (form, 0)
+            form(h, d, NO_REG, 0)
         }
         M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror if two => {
-            let op = match m {
-                M::Shl | M::Sal => ShiftOp::Shl,
-                M::Shr => ShiftOp::Shr,
-                M::Sar => ShiftOp::Sar,
-                M::Rol => ShiftOp::Rol,
-                _ => ShiftOp::Ror,
-            };
             let (d, size) = reg(0)?;
             if ins.op_kind(1) != OpKind::Immediate8 {
                 return None;
             }
             let count = (ins.immediate(1) & 0xff) & if size == 8 { 63 } else { 31 };
-            (Fast::ShiftRI { op, d, size }, count)
+            let h = match m {
+                M::Shl | M::Sal => by_size48!(size, shift_ri, SHL),
+                M::Shr => by_size48!(size, shift_ri, SHR),
+                M::Sar => by_size48!(size, shift_ri, SAR),
+                M::Rol => by_size48!(size, shift_ri, ROL),
+                _ => by_size48!(size, shift_ri, ROR),
+            };
+            form(h, d, NO_REG, count)
         }
         M::Lea => {
             let (d, size) = reg(0)?;
-            (Fast::Lea { d, size }, 0)
+            form(by_size48!(size, lea), d, NO_REG, 0)
         }
-        _ if ins.is_jcc_short_or_near() => (Fast::Jcc(ins.condition_code()), ins.near_branch64()),
+        _ if ins.is_jcc_short_or_near() => form(
+            jcc_handler(ins.condition_code()),
+            NO_REG,
+            NO_REG,
+            ins.near_branch64(),
+        ),
         M::Jmp if matches!(ins.code(), Code::Jmp_rel8_64 | Code::Jmp_rel32_64) => {
-            (Fast::JmpRel, ins.near_branch64())
+            form(jmp_rel, NO_REG, NO_REG, ins.near_branch64())
         }
-        M::Call if ins.code() == Code::Call_rel32_64 => (Fast::CallRel, ins.near_branch64()),
-        M::Ret if ins.code() == Code::Retnq => (Fast::Ret, 0),
+        M::Call if ins.code() == Code::Call_rel32_64 => {
+            form(call_rel, NO_REG, NO_REG, ins.near_branch64())
+        }
+        M::Ret if ins.code() == Code::Retnq => form(ret, NO_REG, NO_REG, 0),
         M::Push if ins.code() == Code::Push_r64 => match reg(0)? {
-            (s, 8) => (Fast::Push { s }, 0),
-            _ => return None,
+            (s, 8) => form(push, NO_REG, s, 0),
+            _ => None,
         },
         M::Pop if ins.code() == Code::Pop_r64 => match reg(0)? {
-            (d, 8) => (Fast::Pop { d }, 0),
-            _ => return None,
+            (d, 8) => form(pop, d, NO_REG, 0),
+            _ => None,
         },
-        _ => return None,
-    };
-    Some(form)
+        _ => None,
+    }
+}
+
+/// [`FastOp::aux`] of [`extend`]: the source size in bytes, and this bit for a sign
+/// extension.
+const EXTEND_SIGNED: u8 = 0x80;
+
+// ---- the handlers ----
+
+#[inline(always)]
+fn set_gpr<const SIZE: usize>(cpu: &mut Cpu, i: u8, v: u64) {
+    // Only 32- and 64-bit registers: a 32-bit write zero-extends.
+    cpu.st.gpr[i as usize & 15] = v & mask(SIZE);
+}
+
+#[inline(always)]
+fn gpr<const SIZE: usize>(cpu: &Cpu, i: u8) -> u64 {
+    cpu.st.gpr[i as usize & 15] & mask(SIZE)
+}
+
+/// The result and status flags of an ALU operation.
+#[inline(always)]
+fn alu_result<const OP: u8, const SIZE: usize>(a: u64, b: u64) -> (u64, u64) {
+    match OP {
+        ADD => flags::add(a, b, false, SIZE),
+        SUB | CMP => flags::sub(a, b, false, SIZE),
+        AND | TEST => (a & b, flags::logic(a & b, SIZE)),
+        OR => (a | b, flags::logic(a | b, SIZE)),
+        _ => (a ^ b, flags::logic(a ^ b, SIZE)),
+    }
+}
+
+/// Whether the ALU operation writes its destination (`cmp` and `test` do not).
+const fn alu_writes(op: u8) -> bool {
+    op != CMP && op != TEST
 }
 
 impl Cpu {
-    #[inline(always)]
-    fn set_gpr(&mut self, i: u8, size: u8, v: u64) {
-        // Only 32- and 64-bit registers: a 32-bit write zero-extends.
-        self.st.gpr[i as usize & 15] = if size == 4 { v & 0xffff_ffff } else { v };
-    }
-
-    #[inline(always)]
-    fn get_gpr(&self, i: u8, size: u8) -> u64 {
-        let v = self.st.gpr[i as usize & 15];
-        if size == 4 { v & 0xffff_ffff } else { v }
-    }
-
-    #[inline(always)]
-    fn alu(&mut self, op: AluOp, a: u64, b: u64, size: usize) -> (u64, bool) {
-        let (r, f) = alu_result(op, a, b, size);
-        self.set_status(f);
-        (r, !matches!(op, AluOp::Cmp | AluOp::Test))
-    }
-
     /// The effective address of a fast form's memory operand (no segment base).
     #[inline(always)]
     fn fast_ea(&self, m: &MemOperand) -> u64 {
@@ -495,163 +538,220 @@ impl Cpu {
         let la = self.fast_la(m);
         self.read_lin(mem, la, size, m.ss)
     }
+}
 
-    /// Executes an instruction of a fast form other than [`Fast::Generic`] (the same
-    /// effects as [`Cpu::exec`]).
-    #[inline(always)]
-    pub(crate) fn exec_fast(&mut self, mem: &mut GuestMemory, op: &FastOp) -> R<Retired> {
-        match op.form {
-            Fast::Generic => unreachable!("generic instructions take Cpu::exec"),
-            Fast::Nop => {}
-            Fast::MovRR { d, s, size } => {
-                let v = self.get_gpr(s, size);
-                self.set_gpr(d, size, v);
-            }
-            Fast::MovRI { d, size } => self.set_gpr(d, size, op.imm),
-            Fast::MovRM { d, size } => {
-                let v = self.fast_read(mem, &op.mem, size as usize)?;
-                self.set_gpr(d, size, v);
-            }
-            Fast::MovMR { s, size } => {
-                let la = self.fast_la(&op.mem);
-                let v = self.get_gpr(s, size);
-                self.write_lin(mem, la, size as usize, v, op.mem.ss)?;
-            }
-            Fast::MovMI { size } => {
-                let la = self.fast_la(&op.mem);
-                self.write_lin(mem, la, size as usize, op.imm, op.mem.ss)?;
-            }
-            Fast::Extend {
-                d,
-                s,
-                size,
-                src_size,
-                signed,
-            } => {
-                let v = if s == NO_REG {
-                    self.fast_read(mem, &op.mem, src_size as usize)?
-                } else {
-                    self.st.gpr[s as usize & 15] & mask(src_size as usize)
-                };
-                let v = if signed {
-                    sext(v, src_size as usize)
-                } else {
-                    v
-                };
-                self.set_gpr(d, size, v);
-            }
-            Fast::AluRR {
-                op: alu,
-                d,
-                s,
-                size,
-            } => {
-                let a = self.get_gpr(d, size);
-                let b = self.get_gpr(s, size);
-                let (r, write) = self.alu(alu, a, b, size as usize);
-                if write {
-                    self.set_gpr(d, size, r);
-                }
-            }
-            Fast::AluRI { op: alu, d, size } => {
-                let a = self.get_gpr(d, size);
-                let (r, write) = self.alu(alu, a, op.imm, size as usize);
-                if write {
-                    self.set_gpr(d, size, r);
-                }
-            }
-            Fast::AluRM { op: alu, d, size } => {
-                let a = self.get_gpr(d, size);
-                let b = self.fast_read(mem, &op.mem, size as usize)?;
-                let (r, write) = self.alu(alu, a, b, size as usize);
-                if write {
-                    self.set_gpr(d, size, r);
-                }
-            }
-            Fast::AluM { op: alu, s, size } => {
-                let la = self.fast_la(&op.mem);
-                let a = self.read_lin(mem, la, size as usize, op.mem.ss)?;
-                let b = if s == NO_REG {
-                    op.imm
-                } else {
-                    self.get_gpr(s, size)
-                };
-                let (r, f) = alu_result(alu, a, b, size as usize);
-                if !matches!(alu, AluOp::Cmp | AluOp::Test) {
-                    self.write_lin(mem, la, size as usize, r, op.mem.ss)?;
-                }
-                self.set_status(f);
-            }
-            Fast::Imul {
-                d,
-                s,
-                size,
-                with_imm,
-            } => {
-                let sz = size as usize;
-                let a = if s == NO_REG {
-                    self.fast_read(mem, &op.mem, sz)?
-                } else {
-                    self.get_gpr(s, size)
-                };
-                let b = if with_imm {
-                    op.imm
-                } else {
-                    self.get_gpr(d, size)
-                };
-                let p = (sext(a, sz) as i64 as i128) * (sext(b, sz) as i64 as i128);
-                let r = (p as u64) & mask(sz);
-                let overflow = sext(r, sz) as i64 as i128 != p;
-                self.set_gpr(d, size, r);
-                self.set_mul_flags(r, sz, overflow);
-            }
-            Fast::IncDec { d, size, inc } => {
-                let a = self.get_gpr(d, size);
-                let (r, f) = if inc {
-                    flags::add(a, 1, false, size as usize)
-                } else {
-                    flags::sub(a, 1, false, size as usize)
-                };
-                self.set_gpr(d, size, r);
-                self.set_status((f & !CF) | (self.st.rflags & CF));
-            }
-            Fast::ShiftRI { op: shift, d, size } => {
-                let a = self.get_gpr(d, size);
-                let (r, f) = flags::shift(shift, a, op.imm as u32, size as usize, self.st.rflags);
-                // A register destination is written even for a zero count.
-                self.set_gpr(d, size, r);
-                self.st.rflags = f;
-            }
-            Fast::Lea { d, size } => {
-                let a = self.fast_ea(&op.mem);
-                self.set_gpr(d, size, a);
-            }
-            Fast::Jcc(cc) => {
-                if self.cond(cc) {
-                    self.next_rip = self.st.rip.wrapping_add(op.imm);
-                }
-            }
-            Fast::JmpRel => self.next_rip = self.st.rip.wrapping_add(op.imm),
-            Fast::CallRel => {
-                let t = self.st.rip.wrapping_add(op.imm);
-                self.push(mem, self.next_rip, 8)?;
-                self.next_rip = t;
-            }
-            Fast::Ret => {
-                let t = self.peek(mem, 0, 8)?;
-                self.jump(t)?;
-                self.st.gpr[4] = self.st.gpr[4].wrapping_add(8);
-            }
-            Fast::Push { s } => {
-                let v = self.st.gpr[s as usize & 15];
-                self.push(mem, v, 8)?;
-            }
-            Fast::Pop { d } => {
-                let v = self.peek(mem, 0, 8)?;
-                self.st.gpr[4] = self.st.gpr[4].wrapping_add(8);
-                self.st.gpr[d as usize & 15] = v;
-            }
-        }
-        Ok(Retired::Continue)
+fn nop(_: &mut Cpu, _: &mut GuestMemory, _: &FastOp) -> R<()> {
+    Ok(())
+}
+
+fn mov_rr<const SIZE: usize>(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> R<()> {
+    let v = gpr::<SIZE>(cpu, op.s);
+    set_gpr::<SIZE>(cpu, op.d, v);
+    Ok(())
+}
+
+fn mov_ri<const SIZE: usize>(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> R<()> {
+    set_gpr::<SIZE>(cpu, op.d, op.imm);
+    Ok(())
+}
+
+fn mov_rm<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> R<()> {
+    let v = cpu.fast_read(mem, &op.mem, SIZE)?;
+    set_gpr::<SIZE>(cpu, op.d, v);
+    Ok(())
+}
+
+fn mov_mr<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> R<()> {
+    let la = cpu.fast_la(&op.mem);
+    let v = gpr::<SIZE>(cpu, op.s);
+    cpu.write_lin(mem, la, SIZE, v, op.mem.ss)
+}
+
+fn mov_mi<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> R<()> {
+    let la = cpu.fast_la(&op.mem);
+    cpu.write_lin(mem, la, SIZE, op.imm, op.mem.ss)
+}
+
+/// movzx/movsx/movsxd: `aux` holds the source size and [`EXTEND_SIGNED`]; the source
+/// is register `s` or memory.
+fn extend<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> R<()> {
+    let src_size = (op.aux & !EXTEND_SIGNED) as usize;
+    let v = if op.s == NO_REG {
+        cpu.fast_read(mem, &op.mem, src_size)?
+    } else {
+        cpu.st.gpr[op.s as usize & 15] & mask(src_size)
+    };
+    let v = if op.aux & EXTEND_SIGNED != 0 {
+        sext(v, src_size)
+    } else {
+        v
+    };
+    set_gpr::<SIZE>(cpu, op.d, v);
+    Ok(())
+}
+
+fn alu_rr<const OP: u8, const SIZE: usize>(
+    cpu: &mut Cpu,
+    _: &mut GuestMemory,
+    op: &FastOp,
+) -> R<()> {
+    let (r, f) = alu_result::<OP, SIZE>(gpr::<SIZE>(cpu, op.d), gpr::<SIZE>(cpu, op.s));
+    cpu.set_status(f);
+    if alu_writes(OP) {
+        set_gpr::<SIZE>(cpu, op.d, r);
     }
+    Ok(())
+}
+
+fn alu_ri<const OP: u8, const SIZE: usize>(
+    cpu: &mut Cpu,
+    _: &mut GuestMemory,
+    op: &FastOp,
+) -> R<()> {
+    let (r, f) = alu_result::<OP, SIZE>(gpr::<SIZE>(cpu, op.d), op.imm);
+    cpu.set_status(f);
+    if alu_writes(OP) {
+        set_gpr::<SIZE>(cpu, op.d, r);
+    }
+    Ok(())
+}
+
+fn alu_rm<const OP: u8, const SIZE: usize>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    op: &FastOp,
+) -> R<()> {
+    let b = cpu.fast_read(mem, &op.mem, SIZE)?;
+    let (r, f) = alu_result::<OP, SIZE>(gpr::<SIZE>(cpu, op.d), b);
+    cpu.set_status(f);
+    if alu_writes(OP) {
+        set_gpr::<SIZE>(cpu, op.d, r);
+    }
+    Ok(())
+}
+
+/// op [mem], reg (any operand size: the register's low bytes).
+fn alu_mr<const OP: u8, const SIZE: usize>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    op: &FastOp,
+) -> R<()> {
+    let la = cpu.fast_la(&op.mem);
+    let a = cpu.read_lin(mem, la, SIZE, op.mem.ss)?;
+    let b = gpr::<SIZE>(cpu, op.s);
+    let (r, f) = alu_result::<OP, SIZE>(a, b);
+    if alu_writes(OP) {
+        cpu.write_lin(mem, la, SIZE, r, op.mem.ss)?;
+    }
+    cpu.set_status(f);
+    Ok(())
+}
+
+fn alu_mi<const OP: u8, const SIZE: usize>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    op: &FastOp,
+) -> R<()> {
+    let la = cpu.fast_la(&op.mem);
+    let a = cpu.read_lin(mem, la, SIZE, op.mem.ss)?;
+    let (r, f) = alu_result::<OP, SIZE>(a, op.imm);
+    if alu_writes(OP) {
+        cpu.write_lin(mem, la, SIZE, r, op.mem.ss)?;
+    }
+    cpu.set_status(f);
+    Ok(())
+}
+
+/// imul reg, reg or [mem] (`s` = [`NO_REG`]), times the immediate if `aux` is 1, else
+/// times the destination.
+fn imul<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> R<()> {
+    let a = if op.s == NO_REG {
+        cpu.fast_read(mem, &op.mem, SIZE)?
+    } else {
+        gpr::<SIZE>(cpu, op.s)
+    };
+    let b = if op.aux != 0 {
+        op.imm
+    } else {
+        gpr::<SIZE>(cpu, op.d)
+    };
+    let p = (sext(a, SIZE) as i64 as i128) * (sext(b, SIZE) as i64 as i128);
+    let r = (p as u64) & mask(SIZE);
+    let overflow = sext(r, SIZE) as i64 as i128 != p;
+    set_gpr::<SIZE>(cpu, op.d, r);
+    cpu.set_mul_flags(r, SIZE, overflow);
+    Ok(())
+}
+
+fn inc_dec<const INC: bool, const SIZE: usize>(
+    cpu: &mut Cpu,
+    _: &mut GuestMemory,
+    op: &FastOp,
+) -> R<()> {
+    let a = gpr::<SIZE>(cpu, op.d);
+    let (r, f) = if INC {
+        flags::add(a, 1, false, SIZE)
+    } else {
+        flags::sub(a, 1, false, SIZE)
+    };
+    set_gpr::<SIZE>(cpu, op.d, r);
+    cpu.set_status((f & !CF) | (cpu.st.rflags & CF));
+    Ok(())
+}
+
+fn shift_ri<const OP: u8, const SIZE: usize>(
+    cpu: &mut Cpu,
+    _: &mut GuestMemory,
+    op: &FastOp,
+) -> R<()> {
+    let a = gpr::<SIZE>(cpu, op.d);
+    let (r, f) = flags::shift(shift_op(OP), a, op.imm as u32, SIZE, cpu.st.rflags);
+    // A register destination is written even for a zero count.
+    set_gpr::<SIZE>(cpu, op.d, r);
+    cpu.st.rflags = f;
+    Ok(())
+}
+
+fn lea<const SIZE: usize>(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> R<()> {
+    let a = cpu.fast_ea(&op.mem);
+    set_gpr::<SIZE>(cpu, op.d, a);
+    Ok(())
+}
+
+fn jcc<const CC: u8>(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> R<()> {
+    if cpu.cond(CONDITIONS[CC as usize]) {
+        cpu.next_rip = cpu.st.rip.wrapping_add(op.imm);
+    }
+    Ok(())
+}
+
+fn jmp_rel(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> R<()> {
+    cpu.next_rip = cpu.st.rip.wrapping_add(op.imm);
+    Ok(())
+}
+
+fn call_rel(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> R<()> {
+    let t = cpu.st.rip.wrapping_add(op.imm);
+    cpu.push(mem, cpu.next_rip, 8)?;
+    cpu.next_rip = t;
+    Ok(())
+}
+
+fn ret(cpu: &mut Cpu, mem: &mut GuestMemory, _: &FastOp) -> R<()> {
+    let t = cpu.peek(mem, 0, 8)?;
+    cpu.jump(t)?;
+    cpu.st.gpr[4] = cpu.st.gpr[4].wrapping_add(8);
+    Ok(())
+}
+
+fn push(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> R<()> {
+    let v = cpu.st.gpr[op.s as usize & 15];
+    cpu.push(mem, v, 8)
+}
+
+fn pop(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> R<()> {
+    let v = cpu.peek(mem, 0, 8)?;
+    cpu.st.gpr[4] = cpu.st.gpr[4].wrapping_add(8);
+    cpu.st.gpr[op.d as usize & 15] = v;
+    Ok(())
 }
