@@ -284,9 +284,9 @@ pub struct Cpu {
     dr: [u64; 8],
     breakpoints: HashSet<u64>,
     bp_filter: [u64; BP_FILTER_WORDS],
-    /// Whether a breakpoint lies in the virtual page `tlb.fetch_vpn` (kept with it, so
-    /// that instructions on other pages skip the breakpoint lookup).
-    fetch_page_has_breakpoint: bool,
+    /// The 64-byte lines of the virtual page `tlb.fetch_vpn` that hold a breakpoint (bit
+    /// n: line n), kept with it so that other instructions skip the breakpoint lookup.
+    fetch_page_breakpoint_lines: u64,
     skip_breakpoint_at: Option<u64>,
     decode_cache: Vec<DecodedEntry>,
     decoded: Vec<Instruction>,
@@ -320,7 +320,7 @@ impl Clone for Cpu {
             breakpoints: self.breakpoints.clone(),
             bp_filter: self.bp_filter,
             skip_breakpoint_at: self.skip_breakpoint_at,
-            fetch_page_has_breakpoint: self.fetch_page_has_breakpoint,
+            fetch_page_breakpoint_lines: self.fetch_page_breakpoint_lines,
             decode_cache: Vec::new(),
             decoded: Vec::new(),
             decode_epoch: 0,
@@ -377,7 +377,7 @@ impl Cpu {
             breakpoints: HashSet::new(),
             bp_filter: [0; BP_FILTER_WORDS],
             skip_breakpoint_at: None,
-            fetch_page_has_breakpoint: false,
+            fetch_page_breakpoint_lines: 0,
             decode_cache: Vec::new(),
             decoded: Vec::new(),
             decode_epoch: 0,
@@ -516,7 +516,9 @@ impl Cpu {
 
     #[inline(always)]
     fn breakpoint_hit(&self, rip: u64) -> bool {
-        if rip >> 12 == self.tlb.fetch_vpn && !self.fetch_page_has_breakpoint {
+        if rip >> 12 == self.tlb.fetch_vpn
+            && self.fetch_page_breakpoint_lines & (1 << ((rip >> 6) & 63)) == 0
+        {
             return false;
         }
         let (w, b) = Self::bp_bit(rip);
@@ -812,7 +814,11 @@ impl Cpu {
             let g = self.translate_access(mem, rip, Access::Fetch)?;
             self.tlb.fetch_vpn = rip >> 12;
             self.tlb.fetch_page = g & !0xfff;
-            self.fetch_page_has_breakpoint = self.breakpoints.iter().any(|&a| a >> 12 == rip >> 12);
+            self.fetch_page_breakpoint_lines = self
+                .breakpoints
+                .iter()
+                .filter(|&&a| a >> 12 == rip >> 12)
+                .fold(0, |lines, &a| lines | 1 << ((a >> 6) & 63));
             g
         };
         let idx = Self::decode_index(gpa);
