@@ -365,6 +365,57 @@ fn dma_writes_to_code_are_seen() {
     );
 }
 
+/// Straight-line code runs as blocks; limits, breakpoints and writes to the code ahead
+/// must still take effect at the exact instruction.
+#[test]
+fn straight_line_code_stops_exactly() {
+    let line = |a: &mut CodeAssembler| {
+        for _ in 0..40 {
+            a.inc(rax).unwrap();
+        }
+        a.out(END_PORT as u32, al).unwrap();
+    };
+    // A limit in the middle of a run.
+    let (mut cpu, mut mem, _) = setup(line);
+    assert_eq!(cpu.run(&mut mem, 17), Exit::Limit);
+    assert_eq!((cpu.icount(), cpu.state().gpr[0]), (17, 17));
+    assert_eq!(cpu.run(&mut mem, 18), Exit::Limit);
+    assert_eq!((cpu.icount(), cpu.state().gpr[0]), (18, 18));
+    assert!(matches!(cpu.run(&mut mem, 1000), Exit::PortOut { .. }));
+    assert_eq!((cpu.icount(), cpu.state().gpr[0]), (41, 40));
+
+    // Breakpoints in the middle of a run, on the first and on a later 64-byte line
+    // (inc rax is 3 bytes), set after the run was first entered.
+    let (mut cpu, mut mem, _) = setup(line);
+    assert_eq!(cpu.run(&mut mem, 2), Exit::Limit);
+    for n in [5u64, 30] {
+        cpu.add_breakpoint(CODE + 3 * n);
+    }
+    assert_eq!(cpu.run(&mut mem, 1000), Exit::Breakpoint(CODE + 15));
+    assert_eq!((cpu.icount(), cpu.state().gpr[0]), (5, 5));
+    assert_eq!(cpu.run(&mut mem, 1000), Exit::Breakpoint(CODE + 90));
+    assert_eq!((cpu.icount(), cpu.state().gpr[0]), (30, 30));
+    cpu.add_breakpoint(CODE + 3 * 35);
+    assert_eq!(cpu.run(&mut mem, 1000), Exit::Breakpoint(CODE + 105));
+    assert_eq!(cpu.icount(), 35);
+    assert!(matches!(cpu.run(&mut mem, 1000), Exit::PortOut { .. }));
+    assert_eq!(cpu.state().gpr[0], 40);
+
+    // A store into the instruction right after it, in the same run.
+    let (mut cpu, mut mem, _) = setup(|a| {
+        let mut site = a.create_label();
+        a.lea(rbx, ptr(site)).unwrap();
+        a.mov(dword_ptr(rbx + 1), 7u32).unwrap();
+        a.set_label(&mut site).unwrap();
+        a.mov(ecx, 1u32).unwrap();
+        a.inc(ecx).unwrap();
+        a.out(END_PORT as u32, al).unwrap();
+    });
+    assert!(matches!(cpu.run(&mut mem, 1000), Exit::PortOut { .. }));
+    assert_eq!(cpu.state().gpr[1], 8, "the patched immediate is used");
+    assert_eq!(cpu.icount(), 5);
+}
+
 /// Throughput in CPU time (robust against other load on the machine):
 /// `cargo test --release -p krr-engine --test cpu_api -- --ignored --nocapture`.
 #[test]

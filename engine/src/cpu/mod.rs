@@ -83,6 +83,7 @@
 //! FS, GS, SS). `int n`, `int3`, `into`, `int1`, x87, SSE/AVX, xsave/fxsave, ins/outs
 //! and anything else give [`Exit::Error`].
 
+mod block;
 mod exec;
 pub mod flags;
 mod mmu;
@@ -290,6 +291,7 @@ pub struct Cpu {
     skip_breakpoint_at: Option<u64>,
     decode_cache: Vec<DecodedEntry>,
     decoded: Vec<Instruction>,
+    blocks: block::Blocks,
     /// Current epoch of the decode cache, pre-shifted to bits 52..64.
     decode_epoch: u64,
     /// The last instruction decoded across a page boundary (not cached).
@@ -323,6 +325,7 @@ impl Clone for Cpu {
             fetch_page_breakpoint_lines: self.fetch_page_breakpoint_lines,
             decode_cache: Vec::new(),
             decoded: Vec::new(),
+            blocks: block::Blocks::default(),
             decode_epoch: 0,
             uncached: Instruction::default(),
             tlb: mmu::Tlb::new(),
@@ -380,6 +383,7 @@ impl Cpu {
             fetch_page_breakpoint_lines: 0,
             decode_cache: Vec::new(),
             decoded: Vec::new(),
+            blocks: block::Blocks::default(),
             decode_epoch: 0,
             uncached: Instruction::default(),
             tlb: mmu::Tlb::new(),
@@ -433,6 +437,7 @@ impl Cpu {
     /// Empties the decode cache in O(1) (a new epoch) except once every few thousand
     /// flushes, when the epoch wraps.
     fn flush_decode_cache(&mut self) {
+        self.blocks.invalidate_all();
         let next = (self.decode_epoch >> 52) + 1;
         if next > MAX_EPOCH {
             self.decode_epoch = 0;
@@ -453,6 +458,9 @@ impl Cpu {
     /// at `page`. An instruction overlapping a line starts in it or at most 14 bytes
     /// before it (instructions crossing into a page are never cached).
     fn invalidate_code_lines(&mut self, page: u64, mut mask: u64) {
+        if mask != 0 {
+            self.blocks.invalidate_all();
+        }
         while mask != 0 {
             let line = page + 64 * mask.trailing_zeros() as u64;
             mask &= mask - 1;
@@ -593,6 +601,7 @@ impl Cpu {
                 1 << DECODE_CACHE_BITS
             ];
             self.decoded = vec![Instruction::default(); 1 << DECODE_CACHE_BITS];
+            self.blocks.ensure_allocated();
         }
         if self.seen_memory != mem.instance_id() {
             self.seen_memory = mem.instance_id();
@@ -688,6 +697,11 @@ impl Cpu {
             }
             if self.skip_breakpoint_at.is_some() {
                 self.skip_breakpoint_at = None;
+            }
+            match self.run_block(mem, limit, any_breakpoints) {
+                Some(Some(e)) => return e,
+                Some(None) => continue,
+                None => {}
             }
             if let Some(e) = self.step(mem) {
                 return e;
@@ -821,9 +835,33 @@ impl Cpu {
                 .fold(0, |lines, &a| lines | 1 << ((a >> 6) & 63));
             g
         };
+        if let Some(idx) = self.decode_in_page(mem, rip, gpa)? {
+            return Ok(idx);
+        }
+        // The instruction crosses into the next page: translate it (with its own fetch
+        // checks) and decode from both. Such instructions are not cached.
+        let mut buf = [0u8; 15];
+        let in_page = (4096 - (rip & 0xfff) as usize).min(15);
+        if mem.read(gpa, &mut buf[..in_page]).is_err() {
+            return Err(exit(Exit::Error(CpuError::FetchNotRam { rip, gpa })));
+        }
+        let next = (rip | 0xfff).wrapping_add(1);
+        let gpa2 = self.translate_access(mem, next, Access::Fetch)?;
+        if mem.read(gpa2, &mut buf[in_page..]).is_err() {
+            return Err(exit(Exit::Error(CpuError::FetchNotRam { rip, gpa: gpa2 })));
+        }
+        let mut dec = Decoder::with_ip(64, &buf, 0, DecoderOptions::NONE);
+        dec.decode_out(&mut self.uncached);
+        Ok(FETCHED_UNCACHED)
+    }
+
+    /// The decode-cache index of the instruction at `rip` (guest-physical `gpa`),
+    /// decoding it into the cache if needed; [`FETCHED_UNCACHED`] for one that is not
+    /// cached (left in `self.uncached`); `None` for one that crosses into the next page.
+    fn decode_in_page(&mut self, mem: &mut GuestMemory, rip: u64, gpa: u64) -> R<Option<usize>> {
         let idx = Self::decode_index(gpa);
         if self.decode_cache[idx].tag == gpa | self.decode_epoch {
-            return Ok(idx);
+            return Ok(Some(idx));
         }
         let mut buf = [0u8; 15];
         let in_page = (4096 - (rip & 0xfff) as usize).min(15);
@@ -833,30 +871,20 @@ impl Cpu {
         let mut ins = Instruction::default();
         let mut dec = Decoder::with_ip(64, &buf[..in_page], 0, DecoderOptions::NONE);
         dec.decode_out(&mut ins);
-        let complete = dec.last_error() != iced_x86::DecoderError::NoMoreBytes;
-        if complete && gpa < TAG_GPA_LIMIT {
-            mem.mark_code(gpa, ins.len());
-            self.decode_cache[idx] = DecodedEntry {
-                tag: gpa | self.decode_epoch,
-                op: exec::classify(&ins),
-            };
-            self.decoded[idx] = ins;
-            return Ok(idx);
+        if dec.last_error() == iced_x86::DecoderError::NoMoreBytes {
+            return Ok(None);
         }
-        if complete {
+        if gpa >= TAG_GPA_LIMIT {
             self.uncached = ins;
-            return Ok(FETCHED_UNCACHED);
+            return Ok(Some(FETCHED_UNCACHED));
         }
-        // The instruction crosses into the next page: translate it (with its own fetch
-        // checks) and decode from both. Such instructions are not cached.
-        let next = (rip | 0xfff).wrapping_add(1);
-        let gpa2 = self.translate_access(mem, next, Access::Fetch)?;
-        if mem.read(gpa2, &mut buf[in_page..]).is_err() {
-            return Err(exit(Exit::Error(CpuError::FetchNotRam { rip, gpa: gpa2 })));
-        }
-        let mut dec = Decoder::with_ip(64, &buf, 0, DecoderOptions::NONE);
-        dec.decode_out(&mut self.uncached);
-        Ok(FETCHED_UNCACHED)
+        mem.mark_code(gpa, ins.len());
+        self.decode_cache[idx] = DecodedEntry {
+            tag: gpa | self.decode_epoch,
+            op: exec::classify(&ins),
+        };
+        self.decoded[idx] = ins;
+        Ok(Some(idx))
     }
 
     /// An error for an instruction the CPU does not implement.

@@ -109,6 +109,8 @@ pub(crate) struct FastOp {
     pub(crate) handler: Option<Handler>,
     /// Length of the instruction in bytes.
     pub(crate) len: u8,
+    /// A branch, call or return: it ends a block (see [`crate::cpu::block`]).
+    pub(crate) branch: bool,
     /// Destination and source GPR indexes (or [`NO_REG`]), as the handler defines them.
     d: u8,
     s: u8,
@@ -126,6 +128,7 @@ impl FastOp {
         FastOp {
             handler: None,
             len: len as u8,
+            branch: false,
             d: NO_REG,
             s: NO_REG,
             aux: 0,
@@ -289,6 +292,7 @@ pub(crate) fn classify(ins: &Instruction) -> FastOp {
     FastOp {
         handler: Some(f.handler),
         len: ins.len() as u8,
+        branch: ins.flow_control() != iced_x86::FlowControl::Next,
         d: f.d,
         s: f.s,
         aux: f.aux,

@@ -1,0 +1,178 @@
+//! Blocks: straight-line runs of fast-form instructions within one page of code, cut at
+//! the first branch, call or return, at the first instruction without a fast form, and
+//! at the end of the page. A block's operations sit side by side, so running it walks
+//! an array instead of looking each instruction up by the RIP the previous one left:
+//! the next handler can start before the previous one has finished.
+//!
+//! A block runs only where executing its instructions one by one through
+//! [`Cpu::step`] would do nothing else: the whole block fits below the instruction
+//! limit, no breakpoint lies on a line it starts an instruction on, RF and the interrupt
+//! shadow are clear, no MMIO input is waiting. It stops early, after the instruction
+//! that caused it, on a fault, an MMIO write, or a write to code or page tables (which
+//! may change what the rest of the block is). Blocks are copies of decoded-cache
+//! entries and are dropped whenever any of those is.
+
+use super::exec::FastOp;
+use super::{Cpu, Exit, FETCHED_UNCACHED, flags};
+use crate::memory::GuestMemory;
+
+const TABLE_BITS: u32 = 12;
+/// Operations in one block at most.
+const MAX_BLOCK_OPS: usize = 32;
+/// The arena is emptied (all blocks dropped) when it would grow past this.
+const MAX_ARENA_OPS: usize = 1 << 18;
+const EMPTY: u64 = u64::MAX;
+/// Epochs live in tag bits 52..64, above any cached guest-physical address.
+const EPOCH_SHIFT: u32 = 52;
+const MAX_EPOCH: u64 = 0xffe;
+
+#[derive(Debug, Clone, Copy)]
+struct BlockEntry {
+    /// Guest-physical address of the first instruction with the epoch in bits 52..64.
+    tag: u64,
+    /// Where its operations start in the arena, and how many (0: the instruction there
+    /// has no fast form, so no block starts there).
+    start: u32,
+    len: u32,
+    /// The 64-byte lines of the page that hold the start of one of its instructions
+    /// (bit n: line n), for the breakpoint check.
+    lines: u64,
+}
+
+/// The block cache: a direct-mapped table of blocks over an arena of operations.
+#[derive(Debug, Default)]
+pub(super) struct Blocks {
+    table: Vec<BlockEntry>,
+    ops: Vec<FastOp>,
+    /// Current epoch, pre-shifted to bits 52..64.
+    epoch: u64,
+}
+
+impl Blocks {
+    fn index(gpa: u64) -> usize {
+        ((gpa ^ (gpa >> TABLE_BITS)) as usize) & ((1 << TABLE_BITS) - 1)
+    }
+
+    /// Allocates the table on first use (a cloned CPU starts without one).
+    pub(super) fn ensure_allocated(&mut self) {
+        if self.table.is_empty() {
+            self.table = vec![
+                BlockEntry {
+                    tag: EMPTY,
+                    start: 0,
+                    len: 0,
+                    lines: 0,
+                };
+                1 << TABLE_BITS
+            ];
+        }
+    }
+
+    /// Drops every block.
+    pub(super) fn invalidate_all(&mut self) {
+        self.ops.clear();
+        let next = (self.epoch >> EPOCH_SHIFT) + 1;
+        if next > MAX_EPOCH {
+            self.epoch = 0;
+            for e in self.table.iter_mut() {
+                e.tag = EMPTY;
+            }
+        } else {
+            self.epoch = next << EPOCH_SHIFT;
+        }
+    }
+}
+
+impl Cpu {
+    /// Runs the block at RIP if one may run now (see the module documentation).
+    /// `None`: no block ran (the caller steps instead); `Some(exit)`: it ran, and
+    /// `exit` is what ended the run, if anything did.
+    #[inline(always)]
+    pub(super) fn run_block(
+        &mut self,
+        mem: &mut GuestMemory,
+        limit: u64,
+        any_breakpoints: bool,
+    ) -> Option<Option<Exit>> {
+        let rip = self.st.rip;
+        if rip >> 12 != self.tlb.fetch_vpn
+            || self.st.interrupt_shadow
+            || self.st.rflags & flags::RF != 0
+            || self.mmio_input.is_some()
+        {
+            return None;
+        }
+        let gpa = self.tlb.fetch_page | (rip & 0xfff);
+        let mut e = *self.blocks.table.get(Blocks::index(gpa))?;
+        if e.tag != gpa | self.blocks.epoch {
+            e = self.build_block(mem, rip, gpa);
+        }
+        if e.len == 0
+            || e.len as u64 > limit - self.icount
+            || (any_breakpoints && self.fetch_page_breakpoint_lines & e.lines != 0)
+        {
+            return None;
+        }
+        let code_generation = mem.code_generation();
+        let pt_generation = mem.pt_generation();
+        let start = e.start as usize;
+        for i in start..start + e.len as usize {
+            let op = self.blocks.ops[i];
+            let Some(handler) = op.handler else {
+                unreachable!("blocks hold fast forms only")
+            };
+            self.next_rip = self.st.rip.wrapping_add(op.len as u64);
+            if let Err(f) = handler(self, mem, &op) {
+                self.mmio_write = None;
+                self.mmio_input = None;
+                return Some(self.handle_fault(mem, f));
+            }
+            self.st.rip = self.next_rip;
+            self.icount += 1;
+            if let Some((gpa, size, value)) = self.mmio_write.take() {
+                return Some(Some(Exit::MmioWrite { gpa, size, value }));
+            }
+            if mem.code_generation() != code_generation || mem.pt_generation() != pt_generation {
+                break;
+            }
+        }
+        Some(None)
+    }
+
+    /// Builds (and enters in the table) the block starting at `rip`, guest-physical
+    /// `gpa`, in the current fetch page.
+    #[inline(never)]
+    fn build_block(&mut self, mem: &mut GuestMemory, rip: u64, gpa: u64) -> BlockEntry {
+        if self.blocks.ops.len() + MAX_BLOCK_OPS > MAX_ARENA_OPS {
+            self.blocks.invalidate_all();
+        }
+        let start = self.blocks.ops.len();
+        let (mut r, mut g) = (rip, gpa);
+        let mut lines = 0u64;
+        while self.blocks.ops.len() - start < MAX_BLOCK_OPS && r >> 12 == rip >> 12 {
+            let idx = match self.decode_in_page(mem, r, g) {
+                Ok(Some(idx)) if idx != FETCHED_UNCACHED => idx,
+                _ => break,
+            };
+            let op = self.decode_cache[idx].op;
+            if op.handler.is_none() {
+                break;
+            }
+            self.blocks.ops.push(op);
+            lines |= 1 << ((r >> 6) & 63);
+            r = r.wrapping_add(op.len as u64);
+            g = g.wrapping_add(op.len as u64);
+            if op.branch {
+                break;
+            }
+        }
+        let e = BlockEntry {
+            tag: gpa | self.blocks.epoch,
+            start: start as u32,
+            len: (self.blocks.ops.len() - start) as u32,
+            lines,
+        };
+        self.blocks.table[Blocks::index(gpa)] = e;
+        e
+    }
+}
