@@ -115,28 +115,35 @@ impl Cpu {
         }
         let code_generation = mem.code_generation();
         let pt_generation = mem.pt_generation();
+        // The handlers take the CPU mutably and their operation by reference: lend them
+        // the arena for the run (fast forms never touch the block cache).
+        let ops = std::mem::take(&mut self.blocks.ops);
         let start = e.start as usize;
-        for i in start..start + e.len as usize {
-            let op = self.blocks.ops[i];
+        let mut exit = None;
+        for op in &ops[start..start + e.len as usize] {
             let Some(handler) = op.handler else {
                 unreachable!("blocks hold fast forms only")
             };
             self.next_rip = self.st.rip.wrapping_add(op.len as u64);
-            if let Err(f) = handler(self, mem, &op) {
+            if let Err(f) = handler(self, mem, op) {
                 self.mmio_write = None;
                 self.mmio_input = None;
-                return Some(self.handle_fault(mem, f));
+                exit = self.handle_fault(mem, f);
+                break;
             }
             self.st.rip = self.next_rip;
             self.icount += 1;
             if let Some((gpa, size, value)) = self.mmio_write.take() {
-                return Some(Some(Exit::MmioWrite { gpa, size, value }));
+                exit = Some(Exit::MmioWrite { gpa, size, value });
+                break;
             }
             if mem.code_generation() != code_generation || mem.pt_generation() != pt_generation {
                 break;
             }
         }
-        Some(None)
+        debug_assert!(self.blocks.ops.is_empty());
+        self.blocks.ops = ops;
+        Some(exit)
     }
 
     /// Builds (and enters in the table) the block starting at `rip`, guest-physical
