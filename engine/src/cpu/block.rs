@@ -84,66 +84,81 @@ impl Blocks {
 }
 
 impl Cpu {
-    /// Runs the block at RIP if one may run now (see the module documentation).
-    /// `None`: no block ran (the caller steps instead); `Some(exit)`: it ran, and
-    /// `exit` is what ended the run, if anything did.
+    /// Runs blocks from RIP on, one after another, while blocks may run (see the module
+    /// documentation) and the fetch page stays the same. `None`: no block ran (the
+    /// caller steps instead); `Some(exit)`: blocks ran, and `exit` is what ended the
+    /// run, if anything did.
     #[inline(always)]
-    pub(super) fn run_block(
+    pub(super) fn run_blocks(
         &mut self,
         mem: &mut GuestMemory,
         limit: u64,
         any_breakpoints: bool,
     ) -> Option<Option<Exit>> {
-        let rip = self.st.rip;
-        if rip >> 12 != self.tlb.fetch_vpn
-            || self.st.interrupt_shadow
-            || self.st.rflags & flags::RF != 0
-            || self.mmio_input.is_some()
+        if self.st.interrupt_shadow || self.st.rflags & flags::RF != 0 || self.mmio_input.is_some()
         {
             return None;
         }
-        let gpa = self.tlb.fetch_page | (rip & 0xfff);
-        let mut e = *self.blocks.table.get(Blocks::index(gpa))?;
-        if e.tag != gpa | self.blocks.epoch {
-            e = self.build_block(mem, rip, gpa);
-        }
-        if e.len == 0
-            || e.len as u64 > limit - self.icount
-            || (any_breakpoints && self.fetch_page_breakpoint_lines & e.lines != 0)
-        {
-            return None;
-        }
+        // Fast forms change none of the conditions above, nor the breakpoints.
         let code_generation = mem.code_generation();
         let pt_generation = mem.pt_generation();
         // The handlers take the CPU mutably and their operation by reference: lend them
         // the arena for the run (fast forms never touch the block cache).
-        let ops = std::mem::take(&mut self.blocks.ops);
-        let start = e.start as usize;
+        let mut ops = std::mem::take(&mut self.blocks.ops);
+        let mut ran = false;
         let mut exit = None;
-        for op in &ops[start..start + e.len as usize] {
-            let Some(handler) = op.handler else {
-                unreachable!("blocks hold fast forms only")
+        'blocks: loop {
+            let rip = self.st.rip;
+            if rip >> 12 != self.tlb.fetch_vpn {
+                break;
+            }
+            let gpa = self.tlb.fetch_page | (rip & 0xfff);
+            let Some(&found) = self.blocks.table.get(Blocks::index(gpa)) else {
+                break;
             };
-            self.next_rip = self.st.rip.wrapping_add(op.len as u64);
-            if let Err(f) = handler(self, mem, op) {
-                self.mmio_write = None;
-                self.mmio_input = None;
-                exit = self.handle_fault(mem, f);
+            let mut e = found;
+            if e.tag != gpa | self.blocks.epoch {
+                self.blocks.ops = ops;
+                e = self.build_block(mem, rip, gpa);
+                ops = std::mem::take(&mut self.blocks.ops);
+            }
+            if e.len == 0
+                || e.len as u64 > limit - self.icount
+                || (any_breakpoints && self.fetch_page_breakpoint_lines & e.lines != 0)
+            {
                 break;
             }
-            self.st.rip = self.next_rip;
-            self.icount += 1;
-            if let Some((gpa, size, value)) = self.mmio_write.take() {
-                exit = Some(Exit::MmioWrite { gpa, size, value });
-                break;
+            ran = true;
+            let start = e.start as usize;
+            for op in &ops[start..start + e.len as usize] {
+                let Some(handler) = op.handler else {
+                    unreachable!("blocks hold fast forms only")
+                };
+                self.next_rip = self.st.rip.wrapping_add(op.len as u64);
+                if let Err(f) = handler(self, mem, op) {
+                    self.mmio_write = None;
+                    self.mmio_input = None;
+                    exit = self.handle_fault(mem, f);
+                    break 'blocks;
+                }
+                self.st.rip = self.next_rip;
+                self.icount += 1;
+                if let Some((gpa, size, value)) = self.mmio_write.take() {
+                    exit = Some(Exit::MmioWrite { gpa, size, value });
+                    break 'blocks;
+                }
+                if mem.code_generation() != code_generation || mem.pt_generation() != pt_generation
+                {
+                    break 'blocks;
+                }
             }
-            if mem.code_generation() != code_generation || mem.pt_generation() != pt_generation {
+            if self.icount >= limit {
                 break;
             }
         }
         debug_assert!(self.blocks.ops.is_empty());
         self.blocks.ops = ops;
-        Some(exit)
+        ran.then_some(exit)
     }
 
     /// Builds (and enters in the table) the block starting at `rip`, guest-physical

@@ -698,7 +698,7 @@ impl Cpu {
             if self.skip_breakpoint_at.is_some() {
                 self.skip_breakpoint_at = None;
             }
-            match self.run_block(mem, limit, any_breakpoints) {
+            match self.run_blocks(mem, limit, any_breakpoints) {
                 Some(Some(e)) => return e,
                 Some(None) => continue,
                 None => {}
