@@ -45,9 +45,14 @@ const T_G: u8 = 16;
 
 const TLB_SIZE: usize = 512;
 
+/// TLB epochs live in tag bits 53..64, above any linear page number + 1 (up to 2^52).
+const TLB_EPOCH_ONE: u64 = 1 << 53;
+const TLB_EPOCH_MASK: u64 = !(TLB_EPOCH_ONE - 1);
+
 #[derive(Clone, Copy, Default)]
 struct TlbEntry {
-    /// Linear page number + 1 (0: empty).
+    /// Linear page number + 1 with the TLB's epoch in bits 53..64 (0: empty). Entries
+    /// of older epochs are stale: a flush only moves to a new epoch.
     tag: u64,
     page_gpa: u64,
     bits: u8,
@@ -61,6 +66,8 @@ pub(crate) struct Tlb {
     /// Every flush forgets it.
     pub fetch_vpn: u64,
     pub fetch_page: u64,
+    /// The current epoch, in bits 53..64.
+    epoch: u64,
 }
 
 impl Tlb {
@@ -69,19 +76,39 @@ impl Tlb {
             entries: Box::new([TlbEntry::default(); TLB_SIZE]),
             fetch_vpn: u64::MAX,
             fetch_page: 0,
+            epoch: TLB_EPOCH_ONE,
+        }
+    }
+
+    /// The tag of linear page `vpn` in the current epoch.
+    #[inline(always)]
+    fn tag(&self, vpn: u64) -> u64 {
+        (vpn + 1) | self.epoch
+    }
+
+    /// Moves to a new epoch; every entry becomes stale. The entries are cleared only
+    /// when the epoch counter wraps.
+    fn next_epoch(&mut self) {
+        self.epoch = self.epoch.wrapping_add(TLB_EPOCH_ONE);
+        if self.epoch == 0 {
+            self.entries.fill(TlbEntry::default());
+            self.epoch = TLB_EPOCH_ONE;
         }
     }
 
     pub fn flush_all(&mut self) {
         self.fetch_vpn = u64::MAX;
-        self.entries.fill(TlbEntry::default());
+        self.next_epoch();
     }
 
     pub fn flush_non_global(&mut self) {
         self.fetch_vpn = u64::MAX;
+        let old = self.epoch;
+        self.next_epoch();
+        let new = self.epoch;
         for e in self.entries.iter_mut() {
-            if e.bits & T_G == 0 {
-                *e = TlbEntry::default();
+            if e.tag & TLB_EPOCH_MASK == old && e.bits & T_G != 0 {
+                e.tag = (e.tag & !TLB_EPOCH_MASK) | new;
             }
         }
     }
@@ -89,8 +116,9 @@ impl Tlb {
     pub fn flush_page(&mut self, linear: u64) {
         self.fetch_vpn = u64::MAX;
         let vpn = linear >> 12;
+        let tag = self.tag(vpn);
         let e = &mut self.entries[vpn as usize % TLB_SIZE];
-        if e.tag == vpn + 1 {
+        if e.tag == tag {
             *e = TlbEntry::default();
         }
     }
@@ -295,7 +323,7 @@ impl Cpu {
         }
         let vpn = la >> 12;
         let e = self.tlb.entries[vpn as usize % TLB_SIZE];
-        if e.tag == vpn + 1
+        if e.tag == self.tlb.tag(vpn)
             && (acc != Access::Write || e.bits & T_D != 0)
             && !self.perm_fault(e.bits, acc)
         {
@@ -338,7 +366,7 @@ impl Cpu {
         }
         let vpn = la >> 12;
         self.tlb.entries[vpn as usize % TLB_SIZE] = TlbEntry {
-            tag: vpn + 1,
+            tag: self.tlb.tag(vpn),
             page_gpa: w.page_gpa,
             bits,
         };
@@ -403,7 +431,7 @@ impl Cpu {
         let vpn = la >> 12;
         let e = &self.tlb.entries[vpn as usize % TLB_SIZE];
         let need = if write { T_W | T_D } else { 0 };
-        if e.tag == vpn + 1 && e.bits & (T_U | need) == need && self.paging_enabled() {
+        if e.tag == self.tlb.tag(vpn) && e.bits & (T_U | need) == need && self.paging_enabled() {
             Some(e.page_gpa | (la & 0xfff))
         } else {
             None
