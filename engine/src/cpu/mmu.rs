@@ -573,3 +573,60 @@ impl Cpu {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn insert(t: &mut Tlb, vpn: u64, bits: u8) {
+        let tag = t.tag(vpn);
+        t.entries[vpn as usize % TLB_SIZE] = TlbEntry {
+            tag,
+            page_gpa: vpn << 12,
+            bits,
+        };
+    }
+
+    fn holds(t: &Tlb, vpn: u64) -> bool {
+        t.entries[vpn as usize % TLB_SIZE].tag == t.tag(vpn)
+    }
+
+    #[test]
+    fn no_entry_survives_any_number_of_flushes() {
+        // Kernel (upper-half) and user pages: their page numbers use all 52 bits.
+        let pages = [0xf_ffff_8000_0000u64, 0x7_ffff_ffff, 1];
+        for flushes in [1u32, 2, 2046, 2047, 2048, 2049, 4094, 4095, 4096, 6000] {
+            let mut t = Tlb::new();
+            for &p in &pages {
+                insert(&mut t, p, 0);
+                assert!(holds(&t, p));
+            }
+            for _ in 0..flushes {
+                t.flush_all();
+            }
+            for &p in &pages {
+                assert!(!holds(&t, p), "page {p:#x} survived {flushes} flushes");
+            }
+        }
+    }
+
+    #[test]
+    fn non_global_flush_keeps_global_entries_only() {
+        let mut t = Tlb::new();
+        insert(&mut t, 10, T_G);
+        for n in 1..=5000u32 {
+            insert(&mut t, 11, 0);
+            t.flush_non_global();
+            assert!(!holds(&t, 11), "flush {n}");
+            if t.epoch == TLB_EPOCH_ONE {
+                // The epoch wrapped: everything was dropped, global entries too.
+                assert!(!holds(&t, 10));
+                insert(&mut t, 10, T_G);
+            } else {
+                assert!(holds(&t, 10), "flush {n}");
+            }
+        }
+        t.flush_all();
+        assert!(!holds(&t, 10));
+    }
+}
