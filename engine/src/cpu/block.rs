@@ -143,13 +143,16 @@ impl Cpu {
                 }
                 self.st.rip = self.next_rip;
                 self.icount += 1;
-                if let Some((gpa, size, value)) = self.mmio_write.take() {
-                    exit = Some(Exit::MmioWrite { gpa, size, value });
-                    break 'blocks;
-                }
-                if mem.code_generation() != code_generation || mem.pt_generation() != pt_generation
-                {
-                    break 'blocks;
+                if op.writes_memory {
+                    if let Some((gpa, size, value)) = self.mmio_write.take() {
+                        exit = Some(Exit::MmioWrite { gpa, size, value });
+                        break 'blocks;
+                    }
+                    if mem.code_generation() != code_generation
+                        || mem.pt_generation() != pt_generation
+                    {
+                        break 'blocks;
+                    }
                 }
             }
             if self.icount >= limit {

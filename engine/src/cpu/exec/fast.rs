@@ -111,6 +111,8 @@ pub(crate) struct FastOp {
     pub(crate) len: u8,
     /// A branch, call or return: it ends a block (see [`crate::cpu::block`]).
     pub(crate) branch: bool,
+    /// It may write memory (which may be code or a page table).
+    pub(crate) writes_memory: bool,
     /// Destination and source GPR indexes (or [`NO_REG`]), as the handler defines them.
     d: u8,
     s: u8,
@@ -129,6 +131,7 @@ impl FastOp {
             handler: None,
             len: len as u8,
             branch: false,
+            writes_memory: true,
             d: NO_REG,
             s: NO_REG,
             aux: 0,
@@ -293,6 +296,10 @@ pub(crate) fn classify(ins: &Instruction) -> FastOp {
         handler: Some(f.handler),
         len: ins.len() as u8,
         branch: ins.flow_control() != iced_x86::FlowControl::Next,
+        writes_memory: matches!(ins.mnemonic(), Mnemonic::Push | Mnemonic::Call)
+            || (ins.op_count() > 0
+                && ins.op_kind(0) == OpKind::Memory
+                && !matches!(ins.mnemonic(), Mnemonic::Cmp | Mnemonic::Test)),
         d: f.d,
         s: f.s,
         aux: f.aux,
