@@ -130,31 +130,49 @@ impl Cpu {
             }
             ran = true;
             let start = e.start as usize;
-            for op in &ops[start..start + e.len as usize] {
+            let base = self.icount;
+            for (done, op) in ops[start..start + e.len as usize].iter().enumerate() {
                 let Some(handler) = op.handler else {
                     unreachable!("blocks hold fast forms only")
                 };
-                self.next_rip = self.st.rip.wrapping_add(op.len as u64);
-                if let Err(f) = handler(self, mem, op) {
+                // Only a block's last instruction may branch: the others just advance
+                // RIP (and the instruction count is written back once per block).
+                let result = if op.branch {
+                    self.next_rip = self.st.rip.wrapping_add(op.len as u64);
+                    let r = handler(self, mem, op);
+                    if r.is_ok() {
+                        self.st.rip = self.next_rip;
+                    }
+                    r
+                } else {
+                    let r = handler(self, mem, op);
+                    if r.is_ok() {
+                        self.st.rip = self.st.rip.wrapping_add(op.len as u64);
+                    }
+                    r
+                };
+                if let Err(f) = result {
+                    self.icount = base + done as u64;
                     self.mmio_write = None;
                     self.mmio_input = None;
-                    exit = self.handle_fault(mem, f);
+                    exit = self.handle_fault(mem, *f);
                     break 'blocks;
                 }
-                self.st.rip = self.next_rip;
-                self.icount += 1;
                 if op.writes_memory {
                     if let Some((gpa, size, value)) = self.mmio_write.take() {
+                        self.icount = base + done as u64 + 1;
                         exit = Some(Exit::MmioWrite { gpa, size, value });
                         break 'blocks;
                     }
                     if mem.code_generation() != code_generation
                         || mem.pt_generation() != pt_generation
                     {
+                        self.icount = base + done as u64 + 1;
                         break 'blocks;
                     }
                 }
             }
+            self.icount = base + e.len as u64;
             if self.icount >= limit {
                 break;
             }

@@ -739,7 +739,9 @@ impl Cpu {
         let shadow = self.st.interrupt_shadow;
         self.st.interrupt_shadow = false;
         let result = match op.handler {
-            Some(handler) => handler(self, mem, &op).map(|()| Retired::Continue),
+            Some(handler) => handler(self, mem, &op)
+                .map(|()| Retired::Continue)
+                .map_err(|f| *f),
             None => {
                 let ins = match self.decoded.get(idx) {
                     Some(ins) => *ins,

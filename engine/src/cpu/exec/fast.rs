@@ -9,7 +9,7 @@
 use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
 use super::super::flags::{self, CF, ShiftOp, mask, sext};
-use super::super::{Cpu, R};
+use super::super::{Cpu, Fault, R};
 use super::{AL, EAX, R15, R15L, RAX};
 use crate::memory::GuestMemory;
 
@@ -34,8 +34,12 @@ const XOR: u8 = AluOp::Xor as u8;
 const CMP: u8 = AluOp::Cmp as u8;
 const TEST: u8 = AluOp::Test as u8;
 
+/// What a handler returns: the fault is boxed so that the result fits in a register
+/// (faults are rare; every instruction returns).
+pub(crate) type HandlerResult = Result<(), Box<Fault>>;
+
 /// Executes one instruction of a fast form.
-pub(crate) type Handler = fn(&mut Cpu, &mut GuestMemory, &FastOp) -> R<()>;
+pub(crate) type Handler = fn(&mut Cpu, &mut GuestMemory, &FastOp) -> HandlerResult;
 
 /// No register: an immediate or memory source.
 const NO_REG: u8 = u8::MAX;
@@ -551,41 +555,41 @@ impl Cpu {
     }
 }
 
-fn nop(_: &mut Cpu, _: &mut GuestMemory, _: &FastOp) -> R<()> {
+fn nop(_: &mut Cpu, _: &mut GuestMemory, _: &FastOp) -> HandlerResult {
     Ok(())
 }
 
-fn mov_rr<const SIZE: usize>(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> R<()> {
+fn mov_rr<const SIZE: usize>(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     let v = gpr::<SIZE>(cpu, op.s);
     set_gpr::<SIZE>(cpu, op.d, v);
     Ok(())
 }
 
-fn mov_ri<const SIZE: usize>(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> R<()> {
+fn mov_ri<const SIZE: usize>(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     set_gpr::<SIZE>(cpu, op.d, op.imm);
     Ok(())
 }
 
-fn mov_rm<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> R<()> {
+fn mov_rm<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     let v = cpu.fast_read(mem, &op.mem, SIZE)?;
     set_gpr::<SIZE>(cpu, op.d, v);
     Ok(())
 }
 
-fn mov_mr<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> R<()> {
+fn mov_mr<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     let la = cpu.fast_la(&op.mem);
     let v = gpr::<SIZE>(cpu, op.s);
-    cpu.write_lin(mem, la, SIZE, v, op.mem.ss)
+    Ok(cpu.write_lin(mem, la, SIZE, v, op.mem.ss)?)
 }
 
-fn mov_mi<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> R<()> {
+fn mov_mi<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     let la = cpu.fast_la(&op.mem);
-    cpu.write_lin(mem, la, SIZE, op.imm, op.mem.ss)
+    Ok(cpu.write_lin(mem, la, SIZE, op.imm, op.mem.ss)?)
 }
 
 /// movzx/movsx/movsxd: `aux` holds the source size and [`EXTEND_SIGNED`]; the source
 /// is register `s` or memory.
-fn extend<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> R<()> {
+fn extend<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     let src_size = (op.aux & !EXTEND_SIGNED) as usize;
     let v = if op.s == NO_REG {
         cpu.fast_read(mem, &op.mem, src_size)?
@@ -605,7 +609,7 @@ fn alu_rr<const OP: u8, const SIZE: usize>(
     cpu: &mut Cpu,
     _: &mut GuestMemory,
     op: &FastOp,
-) -> R<()> {
+) -> HandlerResult {
     let (r, f) = alu_result::<OP, SIZE>(gpr::<SIZE>(cpu, op.d), gpr::<SIZE>(cpu, op.s));
     cpu.set_status(f);
     if alu_writes(OP) {
@@ -618,7 +622,7 @@ fn alu_ri<const OP: u8, const SIZE: usize>(
     cpu: &mut Cpu,
     _: &mut GuestMemory,
     op: &FastOp,
-) -> R<()> {
+) -> HandlerResult {
     let (r, f) = alu_result::<OP, SIZE>(gpr::<SIZE>(cpu, op.d), op.imm);
     cpu.set_status(f);
     if alu_writes(OP) {
@@ -631,7 +635,7 @@ fn alu_rm<const OP: u8, const SIZE: usize>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
     op: &FastOp,
-) -> R<()> {
+) -> HandlerResult {
     let b = cpu.fast_read(mem, &op.mem, SIZE)?;
     let (r, f) = alu_result::<OP, SIZE>(gpr::<SIZE>(cpu, op.d), b);
     cpu.set_status(f);
@@ -646,7 +650,7 @@ fn alu_mr<const OP: u8, const SIZE: usize>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
     op: &FastOp,
-) -> R<()> {
+) -> HandlerResult {
     let la = cpu.fast_la(&op.mem);
     let a = cpu.read_lin(mem, la, SIZE, op.mem.ss)?;
     let b = gpr::<SIZE>(cpu, op.s);
@@ -662,7 +666,7 @@ fn alu_mi<const OP: u8, const SIZE: usize>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
     op: &FastOp,
-) -> R<()> {
+) -> HandlerResult {
     let la = cpu.fast_la(&op.mem);
     let a = cpu.read_lin(mem, la, SIZE, op.mem.ss)?;
     let (r, f) = alu_result::<OP, SIZE>(a, op.imm);
@@ -675,7 +679,7 @@ fn alu_mi<const OP: u8, const SIZE: usize>(
 
 /// imul reg, reg or [mem] (`s` = [`NO_REG`]), times the immediate if `aux` is 1, else
 /// times the destination.
-fn imul<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> R<()> {
+fn imul<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     let a = if op.s == NO_REG {
         cpu.fast_read(mem, &op.mem, SIZE)?
     } else {
@@ -698,7 +702,7 @@ fn inc_dec<const INC: bool, const SIZE: usize>(
     cpu: &mut Cpu,
     _: &mut GuestMemory,
     op: &FastOp,
-) -> R<()> {
+) -> HandlerResult {
     let a = gpr::<SIZE>(cpu, op.d);
     let (r, f) = if INC {
         flags::add(a, 1, false, SIZE)
@@ -714,7 +718,7 @@ fn shift_ri<const OP: u8, const SIZE: usize>(
     cpu: &mut Cpu,
     _: &mut GuestMemory,
     op: &FastOp,
-) -> R<()> {
+) -> HandlerResult {
     let a = gpr::<SIZE>(cpu, op.d);
     let (r, f) = flags::shift(shift_op(OP), a, op.imm as u32, SIZE, cpu.st.rflags);
     // A register destination is written even for a zero count.
@@ -723,44 +727,44 @@ fn shift_ri<const OP: u8, const SIZE: usize>(
     Ok(())
 }
 
-fn lea<const SIZE: usize>(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> R<()> {
+fn lea<const SIZE: usize>(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     let a = cpu.fast_ea(&op.mem);
     set_gpr::<SIZE>(cpu, op.d, a);
     Ok(())
 }
 
-fn jcc<const CC: u8>(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> R<()> {
+fn jcc<const CC: u8>(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     if cpu.cond(CONDITIONS[CC as usize]) {
         cpu.next_rip = cpu.st.rip.wrapping_add(op.imm);
     }
     Ok(())
 }
 
-fn jmp_rel(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> R<()> {
+fn jmp_rel(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     cpu.next_rip = cpu.st.rip.wrapping_add(op.imm);
     Ok(())
 }
 
-fn call_rel(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> R<()> {
+fn call_rel(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     let t = cpu.st.rip.wrapping_add(op.imm);
     cpu.push(mem, cpu.next_rip, 8)?;
     cpu.next_rip = t;
     Ok(())
 }
 
-fn ret(cpu: &mut Cpu, mem: &mut GuestMemory, _: &FastOp) -> R<()> {
+fn ret(cpu: &mut Cpu, mem: &mut GuestMemory, _: &FastOp) -> HandlerResult {
     let t = cpu.peek(mem, 0, 8)?;
     cpu.jump(t)?;
     cpu.st.gpr[4] = cpu.st.gpr[4].wrapping_add(8);
     Ok(())
 }
 
-fn push(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> R<()> {
+fn push(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     let v = cpu.st.gpr[op.s as usize & 15];
-    cpu.push(mem, v, 8)
+    Ok(cpu.push(mem, v, 8)?)
 }
 
-fn pop(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> R<()> {
+fn pop(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     let v = cpu.peek(mem, 0, 8)?;
     cpu.st.gpr[4] = cpu.st.gpr[4].wrapping_add(8);
     cpu.st.gpr[op.d as usize & 15] = v;
