@@ -148,13 +148,15 @@ pub fn shift(op: ShiftOp, a: u64, count: u32, size: usize, rflags: u64) -> (u64,
     let r;
     match op {
         ShiftOp::Shl => {
-            let wide = (a as u128) << count.min(127);
-            r = (wide as u64) & m;
-            let cf = if count <= bits {
-                ((a as u128) >> (bits - count)) & 1
+            // Counts below the width (every count of 32- and 64-bit operands) stay in
+            // u64 arithmetic; 8- and 16-bit operands can be shifted by up to 31.
+            let (wide, cf) = if count < bits {
+                (a << count, (a >> (bits - count)) & 1)
             } else {
-                0
-            } as u64;
+                let cf = if count == bits { a & 1 } else { 0 };
+                (((a as u128) << count.min(127)) as u64, cf)
+            };
+            r = wide & m;
             // AF is architecturally undefined; the recording host (Intel, whose result
             // KVM's emulator passes through) sets it for every non-zero count.
             f |= szp(r, size) | AF | if cf != 0 { CF } else { 0 };
