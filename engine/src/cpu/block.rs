@@ -95,7 +95,13 @@ impl Cpu {
         limit: u64,
         any_breakpoints: bool,
     ) -> Option<Option<Exit>> {
-        if self.st.interrupt_shadow || self.st.rflags & flags::RF != 0 || self.mmio_input.is_some()
+        let rip = self.st.rip;
+        if self.st.interrupt_shadow
+            || self.st.rflags & flags::RF != 0
+            || self.mmio_input.is_some()
+            || rip >> 12 != self.tlb.fetch_vpn
+            // A breakpoint on RIP's line: no block could run (see below).
+            || (any_breakpoints && self.fetch_page_breakpoint_lines & (1 << ((rip >> 6) & 63)) != 0)
         {
             return None;
         }
@@ -118,6 +124,12 @@ impl Cpu {
             };
             let mut e = found;
             if e.tag != gpa | self.blocks.epoch {
+                // No block where one could not run anyway (a breakpoint on its line).
+                if any_breakpoints
+                    && self.fetch_page_breakpoint_lines & (1 << ((rip >> 6) & 63)) != 0
+                {
+                    break;
+                }
                 self.blocks.ops = ops;
                 e = self.build_block(mem, rip, gpa);
                 ops = std::mem::take(&mut self.blocks.ops);
