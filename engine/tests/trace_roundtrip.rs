@@ -496,6 +496,64 @@ fn stats_json_and_table() {
     assert!(table.contains("guest powered off"), "{table}");
 }
 
+/// Without an instruction counter the recorded positions are deterministic-exit
+/// ordinals: the statistics must not call them instructions, whether they come from the
+/// writer, from the trailer, or from a recording cut short.
+#[test]
+fn stats_of_a_recording_without_a_counter_count_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nc.krr");
+    let mut h = header();
+    h.machine.counter = CounterSourceKind::None;
+    let mut w = RecordingWriter::new(std::fs::File::create(&path).unwrap()).unwrap();
+    w.write_header(&h).unwrap();
+    w.write_snapshot(&Snapshot {
+        cpu: CpuState::default(),
+        pages: vec![],
+    })
+    .unwrap();
+    w.push(Event::Console(ConsoleOutput {
+        icount: 5,
+        bytes: b"x".to_vec(),
+    }))
+    .unwrap();
+    let written = w
+        .finish(FinishInfo {
+            kernel_instructions: 42,
+            duration_s: 1.0,
+            end_reason: "guest powered off".into(),
+        })
+        .unwrap();
+    let complete = RecordingReader::open(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = dir.path().join("cut.krr");
+    std::fs::write(&cut, &bytes[..bytes.len() - 40]).unwrap();
+    let incomplete = RecordingReader::open(&cut).unwrap();
+    assert!(!incomplete.recovery().complete);
+    for stats in [&written, complete.stats(), incomplete.stats()] {
+        assert!(!stats.counted);
+        let j = stats.to_json();
+        assert!(j["kernel_instructions"].is_null(), "{j}");
+        assert!(j["deterministic_exits"].as_u64().is_some(), "{j}");
+        let table = stats.to_string();
+        assert!(table.contains("deterministic exits: "), "{table}");
+        assert!(!table.contains("kernel instructions"), "{table}");
+    }
+    assert_eq!(complete.stats().to_json()["deterministic_exits"], 42);
+    // With a counter, the same numbers are instructions.
+    let w = write_recording(
+        &Snapshot {
+            cpu: CpuState::default(),
+            pages: vec![],
+        },
+        &[],
+        WriterConfig::default(),
+    );
+    let r = RecordingReader::open(&w.path).unwrap();
+    assert!(r.stats().counted);
+    assert!(r.stats().to_json().get("deterministic_exits").is_none());
+}
+
 #[test]
 fn oversized_header_is_refused_before_anything_is_written() {
     let mut w = RecordingWriter::new(Vec::new()).unwrap();

@@ -5,7 +5,7 @@ use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use crate::event::Event;
-use crate::state::{CpuState, PAGE_SIZE, Snapshot, SnapshotPage};
+use crate::state::{CounterSourceKind, CpuState, PAGE_SIZE, Snapshot, SnapshotPage};
 
 use super::error::{Result, TraceError};
 use super::section::{
@@ -394,6 +394,7 @@ impl<R: Read + Seek> RecordingReader<R> {
         }
         self.index = index;
         self.stats = stats_from_stored(&stored, true, self.file_size);
+        self.stats.counted = self.header.machine.counter != CounterSourceKind::None;
         self.recovery = Recovery {
             complete: true,
             valid_events: next_event,
@@ -505,6 +506,7 @@ impl<R: Read + Seek> RecordingReader<R> {
             }
         };
         stats.complete = false;
+        stats.counted = self.header.machine.counter != CounterSourceKind::None;
         self.stats = stats;
         self.recovery = Recovery {
             complete: false,

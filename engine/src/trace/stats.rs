@@ -15,8 +15,13 @@ pub struct Stats {
     pub per_kind: BTreeMap<EventKind, u64>,
     pub total_events: u64,
     /// Guest ring-0 instructions recorded, as the recorder reported at the end. For an
-    /// incomplete recording: the `icount` of the last recovered event.
+    /// incomplete recording: the `icount` of the last recovered event. Without an
+    /// instruction counter (see `counted`) it is the ordinal of the last deterministic
+    /// exit instead (see [`crate::icount`]).
     pub kernel_instructions: u64,
+    /// Whether the recording's positions are instruction counts: false for one made
+    /// without an instruction counter.
+    pub counted: bool,
     /// Wall-clock length of the recording in seconds (0 when unknown: incomplete).
     pub duration_s: f64,
     /// Why recording ended ("guest powered off", "interrupted (SIGINT)", "error: ...").
@@ -41,17 +46,23 @@ impl Stats {
         ratio(self.event_bytes, self.total_events)
     }
 
-    /// One JSON object: `total_events`, `kernel_instructions`, `duration_s`, `events`
-    /// (every kind's name to its count), `file_size`, `event_bytes`, `bytes_per_event`,
-    /// `end_reason`, `complete`.
+    /// One JSON object: `total_events`, `kernel_instructions` (null for a recording made
+    /// without an instruction counter, which has `deterministic_exits` instead),
+    /// `duration_s`, `events` (every kind's name to its count), `file_size`,
+    /// `event_bytes`, `bytes_per_event`, `end_reason`, `complete`.
     pub fn to_json(&self) -> serde_json::Value {
         let events: serde_json::Map<String, serde_json::Value> = EventKind::ALL
             .iter()
             .map(|k| (k.name().to_string(), self.count(*k).into()))
             .collect();
-        serde_json::json!({
+        let (instructions, exits) = if self.counted {
+            (Some(self.kernel_instructions), None)
+        } else {
+            (None, Some(self.kernel_instructions))
+        };
+        let mut v = serde_json::json!({
             "total_events": self.total_events,
-            "kernel_instructions": self.kernel_instructions,
+            "kernel_instructions": instructions,
             "duration_s": self.duration_s,
             "events": events,
             "file_size": self.file_size,
@@ -59,7 +70,11 @@ impl Stats {
             "bytes_per_event": self.bytes_per_event,
             "end_reason": self.end_reason,
             "complete": self.complete,
-        })
+        });
+        if let (Some(exits), Some(obj)) = (exits, v.as_object_mut()) {
+            obj.insert("deterministic_exits".into(), exits.into());
+        }
+        v
     }
 
     pub(crate) fn from_counts(counts: &KindCounts, total_events: u64) -> Self {
@@ -67,6 +82,7 @@ impl Stats {
             per_kind: counts.to_map(),
             total_events,
             kernel_instructions: 0,
+            counted: true,
             duration_s: 0.0,
             end_reason: String::new(),
             complete: false,
@@ -111,7 +127,15 @@ impl fmt::Display for Stats {
         }
         let total_pct = if total == 0 { 0.0 } else { 100.0 };
         writeln!(f, "{:<18} {:>14} {:>7.2}%", "total", total, total_pct)?;
-        writeln!(f, "kernel instructions: {}", self.kernel_instructions)?;
+        if self.counted {
+            writeln!(f, "kernel instructions: {}", self.kernel_instructions)?;
+        } else {
+            writeln!(
+                f,
+                "deterministic exits: {} (recorded without an instruction counter)",
+                self.kernel_instructions
+            )?;
+        }
         writeln!(f, "duration: {:.3} s", self.duration_s)?;
         write!(
             f,

@@ -92,6 +92,8 @@ pub struct RecordingWriter<W: Write> {
     index: Vec<ChunkInfo>,
     counts: KindCounts,
     event_bytes: u64,
+    /// Whether the header's positions are instruction counts (see [`Stats::counted`]).
+    counted: bool,
 }
 
 impl RecordingWriter<File> {
@@ -140,6 +142,7 @@ impl<W: Write> RecordingWriter<W> {
             index: Vec::new(),
             counts: KindCounts::default(),
             event_bytes: 0,
+            counted: true,
         })
     }
 
@@ -152,6 +155,7 @@ impl<W: Write> RecordingWriter<W> {
                 header.format_version
             )));
         }
+        self.counted = header.machine.counter != crate::state::CounterSourceKind::None;
         let payload = encode(header, "header")?;
         if payload.len() as u64 > MAX_SECTION_UNCOMPRESSED {
             // Checked before the preamble is written, so the caller can retry without
@@ -344,6 +348,7 @@ impl<W: Write> RecordingWriter<W> {
         stats.duration_s = stored.duration_s;
         stats.end_reason = stored.end_reason;
         stats.complete = true;
+        stats.counted = self.counted;
         stats.set_sizes(self.offset, stored.event_bytes);
         Ok(stats)
     }
