@@ -36,6 +36,16 @@
 //!
 //! Instruction counting follows [`crate::icount`].
 //!
+//! # How instructions are executed
+//!
+//! Decoded instructions are cached by guest-physical address (code is tracked per
+//! 64-byte line: a write to a line drops the instructions decoded from it). The
+//! commonest forms get a specialised handler at decode time (`exec/fast.rs`); everything
+//! else goes through the general dispatch (`exec.rs`). Straight-line runs of fast forms
+//! in one code page are cached as blocks (`block.rs`) and run without the per-instruction
+//! work of the step loop wherever stepping would do nothing more (see there); both
+//! paths give the same results, instruction for instruction.
+//!
 //! # Paging
 //!
 //! 4-level paging with 4 KiB, 2 MiB and 1 GiB (if CPUID advertises them) pages; P, R/W,
