@@ -605,55 +605,27 @@ fn extend<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) 
     Ok(())
 }
 
-fn alu_rr<const OP: u8, const SIZE: usize>(
-    cpu: &mut Cpu,
-    _: &mut GuestMemory,
-    op: &FastOp,
-) -> HandlerResult {
-    let (r, f) = alu_result::<OP, SIZE>(gpr::<SIZE>(cpu, op.d), gpr::<SIZE>(cpu, op.s));
+/// `d op= b` for a register destination.
+#[inline(always)]
+fn alu_to_reg<const OP: u8, const SIZE: usize>(cpu: &mut Cpu, d: u8, b: u64) -> HandlerResult {
+    let (r, f) = alu_result::<OP, SIZE>(gpr::<SIZE>(cpu, d), b);
     cpu.set_status(f);
     if alu_writes(OP) {
-        set_gpr::<SIZE>(cpu, op.d, r);
+        set_gpr::<SIZE>(cpu, d, r);
     }
     Ok(())
 }
 
-fn alu_ri<const OP: u8, const SIZE: usize>(
-    cpu: &mut Cpu,
-    _: &mut GuestMemory,
-    op: &FastOp,
-) -> HandlerResult {
-    let (r, f) = alu_result::<OP, SIZE>(gpr::<SIZE>(cpu, op.d), op.imm);
-    cpu.set_status(f);
-    if alu_writes(OP) {
-        set_gpr::<SIZE>(cpu, op.d, r);
-    }
-    Ok(())
-}
-
-fn alu_rm<const OP: u8, const SIZE: usize>(
+/// `[mem] op= b` (any operand size).
+#[inline(always)]
+fn alu_to_mem<const OP: u8, const SIZE: usize>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
     op: &FastOp,
-) -> HandlerResult {
-    let b = cpu.fast_read(mem, &op.mem, SIZE)?;
-    let (r, f) = alu_result::<OP, SIZE>(gpr::<SIZE>(cpu, op.d), b);
-    cpu.set_status(f);
-    if alu_writes(OP) {
-        set_gpr::<SIZE>(cpu, op.d, r);
-    }
-    Ok(())
-}
-
-/// op [mem], reg (any operand size: the register's low bytes).
-fn alu_mr<const OP: u8, const SIZE: usize>(
-    cpu: &mut Cpu,
-    mem: &mut GuestMemory,
-    op: &FastOp,
+    b: u64,
 ) -> HandlerResult {
     let la = cpu.fast_la(&op.mem);
     let a = cpu.read_lin(mem, la, SIZE, op.mem.ss)?;
-    let b = gpr::<SIZE>(cpu, op.s);
     let (r, f) = alu_result::<OP, SIZE>(a, b);
     if alu_writes(OP) {
         cpu.write_lin(mem, la, SIZE, r, op.mem.ss)?;
@@ -662,19 +634,48 @@ fn alu_mr<const OP: u8, const SIZE: usize>(
     Ok(())
 }
 
+fn alu_rr<const OP: u8, const SIZE: usize>(
+    cpu: &mut Cpu,
+    _: &mut GuestMemory,
+    op: &FastOp,
+) -> HandlerResult {
+    let b = gpr::<SIZE>(cpu, op.s);
+    alu_to_reg::<OP, SIZE>(cpu, op.d, b)
+}
+
+fn alu_ri<const OP: u8, const SIZE: usize>(
+    cpu: &mut Cpu,
+    _: &mut GuestMemory,
+    op: &FastOp,
+) -> HandlerResult {
+    alu_to_reg::<OP, SIZE>(cpu, op.d, op.imm)
+}
+
+fn alu_rm<const OP: u8, const SIZE: usize>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    op: &FastOp,
+) -> HandlerResult {
+    let b = cpu.fast_read(mem, &op.mem, SIZE)?;
+    alu_to_reg::<OP, SIZE>(cpu, op.d, b)
+}
+
+/// op [mem], reg (any operand size: the register's low bytes).
+fn alu_mr<const OP: u8, const SIZE: usize>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    op: &FastOp,
+) -> HandlerResult {
+    let b = gpr::<SIZE>(cpu, op.s);
+    alu_to_mem::<OP, SIZE>(cpu, mem, op, b)
+}
+
 fn alu_mi<const OP: u8, const SIZE: usize>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
     op: &FastOp,
 ) -> HandlerResult {
-    let la = cpu.fast_la(&op.mem);
-    let a = cpu.read_lin(mem, la, SIZE, op.mem.ss)?;
-    let (r, f) = alu_result::<OP, SIZE>(a, op.imm);
-    if alu_writes(OP) {
-        cpu.write_lin(mem, la, SIZE, r, op.mem.ss)?;
-    }
-    cpu.set_status(f);
-    Ok(())
+    alu_to_mem::<OP, SIZE>(cpu, mem, op, op.imm)
 }
 
 /// imul reg, reg or [mem] (`s` = [`NO_REG`]), times the immediate if `aux` is 1, else
