@@ -416,6 +416,32 @@ fn straight_line_code_stops_exactly() {
     assert_eq!(cpu.icount(), 5);
 }
 
+/// More instructions without a fast form than the CPU keeps decoded: the decode cache
+/// is emptied on the way (also while a block is being built) and execution goes on
+/// exactly.
+#[test]
+fn more_general_instructions_than_the_decoded_table_holds() {
+    const PAIRS: u64 = 18_000;
+    const AT: u64 = 0x10_0000;
+    let mut img = image();
+    let mut a = asm();
+    for _ in 0..PAIRS {
+        a.inc(rax).unwrap(); // a fast form, so blocks start here
+        a.cld().unwrap(); // the general path
+    }
+    a.out(END_PORT as u32, al).unwrap();
+    img.load_at(AT, &mut a);
+    img.state.rip = AT;
+    let mut mem = img.memory();
+    let mut cpu = Cpu::new(img.state.clone(), default_cpuid());
+    for round in 0..2 {
+        assert!(matches!(cpu.run(&mut mem, u64::MAX), Exit::PortOut { .. }));
+        assert_eq!(cpu.state().gpr[0], PAIRS * (round + 1));
+        assert_eq!(cpu.icount(), (2 * PAIRS + 1) * (round + 1));
+        cpu.state_mut().rip = AT;
+    }
+}
+
 /// Throughput in CPU time (robust against other load on the machine):
 /// `cargo test --release -p krr-engine --test cpu_api -- --ignored --nocapture`.
 #[test]

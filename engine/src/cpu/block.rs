@@ -198,14 +198,28 @@ impl Cpu {
     /// `gpa`, in the current fetch page.
     #[inline(never)]
     fn build_block(&mut self, mem: &mut GuestMemory, rip: u64, gpa: u64) -> BlockEntry {
+        const NONE: BlockEntry = BlockEntry {
+            tag: EMPTY,
+            start: 0,
+            len: 0,
+            lines: 0,
+        };
         if self.blocks.ops.len() + MAX_BLOCK_OPS > MAX_ARENA_OPS {
             self.blocks.invalidate_all();
         }
+        let epoch = self.blocks.epoch;
         let start = self.blocks.ops.len();
         let (mut r, mut g) = (rip, gpa);
         let mut lines = 0u64;
-        while self.blocks.ops.len() - start < MAX_BLOCK_OPS && r >> 12 == rip >> 12 {
-            let idx = match self.decode_in_page(mem, r, g) {
+        let mut len = 0;
+        while len < MAX_BLOCK_OPS && r >> 12 == rip >> 12 {
+            let decoded = self.decode_in_page(mem, r, g);
+            if self.blocks.epoch != epoch {
+                // Decoding emptied the caches (see `decode_in_page`): no block this
+                // time; the instruction is stepped.
+                return NONE;
+            }
+            let idx = match decoded {
                 Ok(Some(idx)) if idx != FETCHED_UNCACHED => idx,
                 _ => break,
             };
@@ -214,6 +228,7 @@ impl Cpu {
                 break;
             }
             self.blocks.ops.push(op);
+            len += 1;
             lines |= 1 << ((r >> 6) & 63);
             r = r.wrapping_add(op.len as u64);
             g = g.wrapping_add(op.len as u64);
@@ -224,7 +239,7 @@ impl Cpu {
         let e = BlockEntry {
             tag: gpa | self.blocks.epoch,
             start: start as u32,
-            len: (self.blocks.ops.len() - start) as u32,
+            len: len as u32,
             lines,
         };
         self.blocks.table[Blocks::index(gpa)] = e;

@@ -259,16 +259,21 @@ pub(crate) fn ud() -> Fault {
     exc(vector::UD, None)
 }
 
-/// The hot half of a decoded-instruction cache entry; the decoded `Instruction` itself,
-/// needed only by instructions without a fast form, is at the same index of
-/// `Cpu::decoded`.
+/// A decoded-instruction cache entry. The decoded `Instruction` itself, needed only by
+/// instructions without a fast form, is kept for those alone, in `Cpu::decoded`.
 #[derive(Clone, Copy)]
 struct DecodedEntry {
     /// Guest-physical address of the first byte with the cache epoch in bits 52..64
     /// (`EMPTY`: empty). Bumping the epoch empties the cache without touching it.
     tag: u64,
     op: exec::FastOp,
+    /// Where the `Instruction` is in `Cpu::decoded` (for `op` without a handler).
+    decoded: u32,
 }
+
+/// Instructions kept for the general path at most; the decode cache is emptied when
+/// more are needed (entries dropped one by one leave theirs behind until then).
+const MAX_DECODED: usize = 1 << 14;
 
 const DECODE_CACHE_BITS: u32 = 14;
 const EMPTY: u64 = u64::MAX;
@@ -300,6 +305,8 @@ pub struct Cpu {
     fetch_page_breakpoint_lines: u64,
     skip_breakpoint_at: Option<u64>,
     decode_cache: Vec<DecodedEntry>,
+    /// The decoded instructions of cached entries without a fast form (see
+    /// [`DecodedEntry::decoded`]); emptied with the cache.
     decoded: Vec<Instruction>,
     blocks: block::Blocks,
     /// Current epoch of the decode cache, pre-shifted to bits 52..64.
@@ -448,6 +455,7 @@ impl Cpu {
     /// flushes, when the epoch wraps.
     fn flush_decode_cache(&mut self) {
         self.blocks.invalidate_all();
+        self.decoded.clear();
         let next = (self.decode_epoch >> 52) + 1;
         if next > MAX_EPOCH {
             self.decode_epoch = 0;
@@ -607,10 +615,10 @@ impl Cpu {
                 DecodedEntry {
                     tag: EMPTY,
                     op: exec::FastOp::generic(0),
+                    decoded: 0,
                 };
                 1 << DECODE_CACHE_BITS
             ];
-            self.decoded = vec![Instruction::default(); 1 << DECODE_CACHE_BITS];
             self.blocks.ensure_allocated();
         }
         if self.seen_memory != mem.instance_id() {
@@ -753,8 +761,8 @@ impl Cpu {
                 .map(|()| Retired::Continue)
                 .map_err(|f| *f),
             None => {
-                let ins = match self.decoded.get(idx) {
-                    Some(ins) => *ins,
+                let ins = match self.decode_cache.get(idx) {
+                    Some(e) => self.decoded[e.decoded as usize],
                     None => self.uncached,
                 };
                 self.exec(mem, &ins)
@@ -891,11 +899,20 @@ impl Cpu {
             return Ok(Some(FETCHED_UNCACHED));
         }
         mem.mark_code(gpa, ins.len());
+        let op = exec::classify(&ins);
+        let mut decoded = 0;
+        if op.handler.is_none() {
+            if self.decoded.len() >= MAX_DECODED {
+                self.flush_decode_cache();
+            }
+            decoded = self.decoded.len() as u32;
+            self.decoded.push(ins);
+        }
         self.decode_cache[idx] = DecodedEntry {
             tag: gpa | self.decode_epoch,
-            op: exec::classify(&ins),
+            op,
+            decoded,
         };
-        self.decoded[idx] = ins;
         Ok(Some(idx))
     }
 
