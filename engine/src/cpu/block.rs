@@ -119,6 +119,10 @@ impl Cpu {
                 break;
             }
             let gpa = self.tlb.fetch_page | (rip & 0xfff);
+            if gpa >> EPOCH_SHIFT != 0 {
+                // Not representable in a tag (nor cached by the decode cache).
+                break;
+            }
             let Some(&found) = self.blocks.table.get(Blocks::index(gpa)) else {
                 break;
             };
