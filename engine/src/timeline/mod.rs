@@ -366,14 +366,10 @@ impl Timeline {
                 return Moved::Interrupted;
             }
             progress(1.0 - upper as f64 / here as f64);
-            let idx = self
-                .checkpoints
-                .iter()
-                .rposition(|c| c.icount < upper)
-                .unwrap_or(0);
-            let base = self.checkpoints[idx].clone();
+            let idx = self.latest_checkpoint(|c| c.icount < upper);
+            let base_icount = self.checkpoints[idx].icount;
             // Scan [base, upper) for the last breakpoint hit.
-            let mut scan = base.replay.clone();
+            let mut scan = self.checkpoints[idx].replay.clone();
             let mut last_hit = None;
             scan.set_user_breakpoints(self.breakpoints.iter().copied().collect());
             loop {
@@ -395,24 +391,17 @@ impl Timeline {
                 }
             }
             if let Some((k, addr)) = last_hit {
-                self.goto_icount(k);
                 // Stopped before the instruction at the breakpoint, as a forward
                 // continue would.
-                let _ = self.stop_at_breakpoint_before(k, addr);
+                self.goto_icount(k);
                 return Moved::Breakpoint(addr);
             }
-            if base.icount == 0 {
-                self.now = base.replay;
+            if base_icount == 0 {
+                self.now = self.checkpoints[idx].replay.clone();
                 return Moved::Start;
             }
-            upper = base.icount;
+            upper = base_icount;
         }
-    }
-
-    /// After `goto_icount(k)` the CPU is at the instruction; nothing else to do. Kept as a
-    /// hook for breakpoint bookkeeping.
-    fn stop_at_breakpoint_before(&mut self, _k: Icount, _addr: u64) -> Option<()> {
-        Some(())
     }
 
     /// Steps forward one instruction at a time until `stop` holds (the UI's source-line
@@ -493,11 +482,7 @@ impl Timeline {
                 return Moved::Interrupted;
             }
             progress(1.0 - hi as f64 / here as f64);
-            let idx = self
-                .checkpoints
-                .iter()
-                .rposition(|c| c.icount < hi)
-                .unwrap_or(0);
+            let idx = self.latest_checkpoint(|c| c.icount < hi);
             let base_icount = self.checkpoints[idx].icount;
             let mut scan = self.checkpoints[idx].replay.clone();
             scan.set_user_breakpoints(Vec::new());
@@ -553,9 +538,15 @@ impl Timeline {
         }
     }
 
+    /// The index of the latest checkpoint that satisfies `ok` (the first, at the start
+    /// of the recording, when none does).
+    fn latest_checkpoint(&self, ok: impl Fn(&Checkpoint) -> bool) -> usize {
+        self.checkpoints.iter().rposition(ok).unwrap_or(0)
+    }
+
     /// Makes the latest checkpoint that satisfies `ok` current.
     fn restore_before(&mut self, ok: impl Fn(&Checkpoint) -> bool) {
-        let idx = self.checkpoints.iter().rposition(ok).unwrap_or(0);
+        let idx = self.latest_checkpoint(ok);
         self.now = self.checkpoints[idx].replay.clone();
     }
 
