@@ -16,19 +16,7 @@ const INSTRUCTIONS: u64 = 2_000_000;
 fn checksum_image() -> Image {
     let mut img = image();
     let mut a = asm();
-    let mut top = a.create_label();
-    a.mov(rsi, DATA).unwrap();
-    a.mov(ecx, 0x7fff_ffffu32).unwrap();
-    a.xor(eax, eax).unwrap();
-    a.set_label(&mut top).unwrap();
-    a.mov(edx, ecx).unwrap();
-    a.and(edx, 0x3ff).unwrap();
-    a.mov(ebx, dword_ptr(rsi + rdx * 4)).unwrap();
-    a.add(eax, ebx).unwrap();
-    a.rol(eax, 5).unwrap();
-    a.xor(dword_ptr(rsi + rdx * 4), eax).unwrap();
-    a.dec(ecx).unwrap();
-    a.jnz(top).unwrap();
+    checksum_loop(&mut a);
     a.out(END_PORT as u32, al).unwrap();
     img.load_code(&mut a);
     img

@@ -447,21 +447,7 @@ fn more_general_instructions_than_the_decoded_table_holds() {
 #[test]
 #[ignore]
 fn throughput() {
-    let (cpu0, mem0, _) = setup(|a| {
-        let mut top = a.create_label();
-        a.mov(rsi, DATA).unwrap();
-        a.mov(ecx, 0x7fff_ffffu32).unwrap();
-        a.xor(eax, eax).unwrap();
-        a.set_label(&mut top).unwrap();
-        a.mov(edx, ecx).unwrap();
-        a.and(edx, 0x3ff).unwrap();
-        a.mov(ebx, dword_ptr(rsi + rdx * 4)).unwrap();
-        a.add(eax, ebx).unwrap();
-        a.rol(eax, 5).unwrap();
-        a.xor(dword_ptr(rsi + rdx * 4), eax).unwrap();
-        a.dec(ecx).unwrap();
-        a.jnz(top).unwrap();
-    });
+    let (cpu0, mem0, _) = setup(checksum_loop);
     let thread_cpu = || {
         let mut ts = libc::timespec {
             tv_sec: 0,
