@@ -73,6 +73,14 @@ impl Server {
         }
         None
     }
+
+    /// The server must exit, successfully, within 10 s of the client's detach.
+    fn assert_exits_after_detach(&mut self) {
+        let status = self
+            .wait(Duration::from_secs(10))
+            .expect("the server exits after detach");
+        assert!(status.success(), "{status:?}");
+    }
 }
 
 impl Drop for Server {
@@ -305,10 +313,7 @@ detach
     );
     assert!(out.contains("(here)"), "monitor events marks the position");
     assert!(out.contains("detached"), "{out}");
-    let status = server
-        .wait(Duration::from_secs(10))
-        .expect("the server exits after detach");
-    assert!(status.success(), "{status:?}");
+    server.assert_exits_after_detach();
 }
 
 #[test]
@@ -390,10 +395,7 @@ detach
         out.contains("No more reverse-execution history."),
         "the end is reported as the replay log's end"
     );
-    let status = server
-        .wait(Duration::from_secs(10))
-        .expect("the server exits after detach");
-    assert!(status.success(), "{status:?}");
+    server.assert_exits_after_detach();
 }
 
 /// examples/gdb/demo.gdb as the walk-through runs it, with gdb loading the kernel the
@@ -427,10 +429,7 @@ fn gdb_example_script_runs_as_documented() {
     assert!(out.contains("Hardware watchpoint 2: ticks"), "{out}");
     assert!(out.contains("Current event: 500 (of "), "{out}");
     assert!(out.contains("detached"), "{out}");
-    let status = server
-        .wait(Duration::from_secs(10))
-        .expect("the server exits after detach");
-    assert!(status.success(), "{status:?}");
+    server.assert_exits_after_detach();
 }
 
 fn packet(body: &[u8]) -> Vec<u8> {
@@ -568,10 +567,7 @@ fn gdb_stub_survives_malformed_truncated_and_oversized_packets() {
     // Still serving, and a detach ends the server cleanly.
     assert!(!ask(&mut s, b"g").starts_with('E'));
     assert_eq!(ask(&mut s, b"D"), "OK");
-    let status = server
-        .wait(Duration::from_secs(10))
-        .expect("the server exits after detach");
-    assert!(status.success(), "{status:?}");
+    server.assert_exits_after_detach();
 }
 
 #[test]
@@ -598,8 +594,5 @@ fn ctrl_c_interrupts_a_long_continue() {
     let when = ask(&mut s, b"qRcmd,7768656e"); // "monitor when"
     assert!(!when.starts_with('E'), "{when}");
     assert_eq!(ask(&mut s, b"D"), "OK");
-    let status = server
-        .wait(Duration::from_secs(10))
-        .expect("the server exits after detach");
-    assert!(status.success(), "{status:?}");
+    server.assert_exits_after_detach();
 }
