@@ -466,6 +466,13 @@ impl GuestMemory {
     }
 }
 
+/// The bit of the 64-byte line holding `addr` in a per-page line mask (bit n: line n).
+/// Virtual and physical addresses share the offset within a page, so either will do.
+#[inline(always)]
+pub(crate) fn line_bit(addr: u64) -> u64 {
+    1 << ((addr & PAGE_MASK) >> LINE_SHIFT)
+}
+
 /// Mask of the 64-byte lines of a page that `len` (>= 1) bytes at `gpa` touch (within
 /// the page).
 #[inline]

@@ -14,7 +14,7 @@
 
 use super::exec::FastOp;
 use super::{Cpu, Exit, FETCHED_UNCACHED, flags};
-use crate::memory::GuestMemory;
+use crate::memory::{GuestMemory, line_bit};
 
 const TABLE_BITS: u32 = 12;
 /// Operations in one block at most.
@@ -101,7 +101,7 @@ impl Cpu {
             || self.mmio_input.is_some()
             || rip >> 12 != self.tlb.fetch_vpn
             // A breakpoint on RIP's line: no block could run (see below).
-            || (any_breakpoints && self.fetch_page_breakpoint_lines & (1 << ((rip >> 6) & 63)) != 0)
+            || (any_breakpoints && self.breakpoint_on_line(rip))
         {
             return None;
         }
@@ -129,9 +129,7 @@ impl Cpu {
             let mut e = found;
             if e.tag != gpa | self.blocks.epoch {
                 // No block where one could not run anyway (a breakpoint on its line).
-                if any_breakpoints
-                    && self.fetch_page_breakpoint_lines & (1 << ((rip >> 6) & 63)) != 0
-                {
+                if any_breakpoints && self.breakpoint_on_line(rip) {
                     break;
                 }
                 self.blocks.ops = ops;
@@ -233,7 +231,7 @@ impl Cpu {
             }
             self.blocks.ops.push(op);
             len += 1;
-            lines |= 1 << ((r >> 6) & 63);
+            lines |= line_bit(r);
             r = r.wrapping_add(op.len as u64);
             g = g.wrapping_add(op.len as u64);
             if op.branch {

@@ -104,7 +104,7 @@ use std::collections::HashSet;
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction};
 use thiserror::Error;
 
-use crate::memory::GuestMemory;
+use crate::memory::{GuestMemory, line_bit};
 use crate::state::{CpuState, CpuidEntry};
 
 pub use mmu::{Access, PageFault};
@@ -276,6 +276,7 @@ struct DecodedEntry {
 const MAX_DECODED: usize = 1 << 14;
 
 const DECODE_CACHE_BITS: u32 = 14;
+
 const EMPTY: u64 = u64::MAX;
 /// Instructions at guest-physical addresses from here on are not cached (their address
 /// would overlap the epoch bits of the tag).
@@ -540,11 +541,16 @@ impl Cpu {
         &self.breakpoints
     }
 
+    /// Whether a breakpoint lies on the 64-byte line of `rip` in the fetch page (`rip`
+    /// must be in the fetch page).
+    #[inline(always)]
+    fn breakpoint_on_line(&self, rip: u64) -> bool {
+        self.fetch_page_breakpoint_lines & line_bit(rip) != 0
+    }
+
     #[inline(always)]
     fn breakpoint_hit(&self, rip: u64) -> bool {
-        if rip >> 12 == self.tlb.fetch_vpn
-            && self.fetch_page_breakpoint_lines & (1 << ((rip >> 6) & 63)) == 0
-        {
+        if rip >> 12 == self.tlb.fetch_vpn && !self.breakpoint_on_line(rip) {
             return false;
         }
         let (w, b) = Self::bp_bit(rip);
@@ -770,9 +776,10 @@ impl Cpu {
         };
         match result {
             Ok(retired) => {
-                if (self.st.rflags & flags::RF != 0 || self.keep_rf)
-                    && !std::mem::take(&mut self.keep_rf)
-                {
+                if self.keep_rf {
+                    // iret loaded RF: it stays for the next instruction.
+                    self.keep_rf = false;
+                } else if self.st.rflags & flags::RF != 0 {
                     self.st.rflags &= !flags::RF;
                 }
                 self.st.rip = self.next_rip;
@@ -852,7 +859,7 @@ impl Cpu {
                 .breakpoints
                 .iter()
                 .filter(|&&a| a >> 12 == rip >> 12)
-                .fold(0, |lines, &a| lines | 1 << ((a >> 6) & 63));
+                .fold(0, |lines, &a| lines | line_bit(a));
             g
         };
         if let Some(idx) = self.decode_in_page(mem, rip, gpa)? {
