@@ -13,7 +13,7 @@
 //! entries and are dropped whenever any of those is.
 
 use super::exec::FastOp;
-use super::{Cpu, Exit, FETCHED_UNCACHED, flags};
+use super::{Cpu, EMPTY, Exit, FETCHED_UNCACHED, TAG_GPA_LIMIT, flags, next_epoch};
 use crate::memory::{GuestMemory, line_bit};
 
 const TABLE_BITS: u32 = 12;
@@ -21,10 +21,6 @@ const TABLE_BITS: u32 = 12;
 const MAX_BLOCK_OPS: usize = 32;
 /// The arena is emptied (all blocks dropped) when it would grow past this.
 const MAX_ARENA_OPS: usize = 1 << 18;
-const EMPTY: u64 = u64::MAX;
-/// Epochs live in tag bits 52..64, above any cached guest-physical address.
-const EPOCH_SHIFT: u32 = 52;
-const MAX_EPOCH: u64 = 0xffe;
 
 #[derive(Debug, Clone, Copy)]
 struct BlockEntry {
@@ -71,14 +67,10 @@ impl Blocks {
     /// Drops every block.
     pub(super) fn invalidate_all(&mut self) {
         self.ops.clear();
-        let next = (self.epoch >> EPOCH_SHIFT) + 1;
-        if next > MAX_EPOCH {
-            self.epoch = 0;
+        if next_epoch(&mut self.epoch) {
             for e in self.table.iter_mut() {
                 e.tag = EMPTY;
             }
-        } else {
-            self.epoch = next << EPOCH_SHIFT;
         }
     }
 }
@@ -119,7 +111,7 @@ impl Cpu {
                 break;
             }
             let gpa = self.tlb.fetch_page | (rip & 0xfff);
-            if gpa >> EPOCH_SHIFT != 0 {
+            if gpa >= TAG_GPA_LIMIT {
                 // Not representable in a tag (nor cached by the decode cache).
                 break;
             }

@@ -277,11 +277,28 @@ const MAX_DECODED: usize = 1 << 14;
 
 const DECODE_CACHE_BITS: u32 = 14;
 
+/// An empty tag of the decode cache and the block cache.
 const EMPTY: u64 = u64::MAX;
+/// Both caches tag entries with a guest-physical address and an epoch in bits 52..64;
+/// moving to a new epoch empties a cache without touching its entries.
+const EPOCH_SHIFT: u32 = 52;
 /// Instructions at guest-physical addresses from here on are not cached (their address
 /// would overlap the epoch bits of the tag).
-const TAG_GPA_LIMIT: u64 = 1 << 52;
+const TAG_GPA_LIMIT: u64 = 1 << EPOCH_SHIFT;
 const MAX_EPOCH: u64 = 0xffe;
+
+/// Moves a cache's `epoch` (kept pre-shifted) to the next one. Returns true when it
+/// wrapped around to 0: then every tag must be set to [`EMPTY`].
+fn next_epoch(epoch: &mut u64) -> bool {
+    let next = (*epoch >> EPOCH_SHIFT) + 1;
+    if next > MAX_EPOCH {
+        *epoch = 0;
+        true
+    } else {
+        *epoch = next << EPOCH_SHIFT;
+        false
+    }
+}
 const FETCHED_UNCACHED: usize = usize::MAX;
 const BP_FILTER_WORDS: usize = 64;
 
@@ -457,14 +474,10 @@ impl Cpu {
     fn flush_decode_cache(&mut self) {
         self.blocks.invalidate_all();
         self.decoded.clear();
-        let next = (self.decode_epoch >> 52) + 1;
-        if next > MAX_EPOCH {
-            self.decode_epoch = 0;
+        if next_epoch(&mut self.decode_epoch) {
             for e in self.decode_cache.iter_mut() {
                 e.tag = EMPTY;
             }
-        } else {
-            self.decode_epoch = next << 52;
         }
     }
 
