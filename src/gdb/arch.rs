@@ -44,8 +44,12 @@ const GDB_GPR_ORDER: [usize; 16] = [
 /// gdb's order of the segment selectors, as indices into [`CpuState::seg`].
 const GDB_SEG_ORDER: [usize; 6] = [seg::CS, seg::SS, seg::DS, seg::ES, seg::FS, seg::GS];
 
+/// The system registers after the segment bases, in [`TARGET_XML`] order.
+pub const SYSTEM_REGS: [&str; 7] = ["k_gs_base", "cr0", "cr2", "cr3", "cr4", "cr8", "efer"];
+
 /// Bytes of the `g` packet payload, in [`TARGET_XML`] order.
-pub const G_PACKET_BYTES: usize = 16 * 8 + 8 + 4 + 6 * 4 + 8 * 10 + 8 * 4 + 2 * 8 + 7 * 8;
+pub const G_PACKET_BYTES: usize =
+    16 * 8 + 8 + 4 + 6 * 4 + 8 * 10 + 8 * 4 + 2 * 8 + SYSTEM_REGS.len() * 8;
 
 /// The registers in gdb's order (general registers in gdb's order too).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -62,13 +66,8 @@ pub struct KernelRegs {
     pub fpu_ctrl: [u32; 8],
     pub fs_base: u64,
     pub gs_base: u64,
-    pub k_gs_base: u64,
-    pub cr0: u64,
-    pub cr2: u64,
-    pub cr3: u64,
-    pub cr4: u64,
-    pub cr8: u64,
-    pub efer: u64,
+    /// The registers named by [`SYSTEM_REGS`], in that order.
+    pub system: [u64; SYSTEM_REGS.len()],
 }
 
 impl KernelRegs {
@@ -84,27 +83,16 @@ impl KernelRegs {
         }
         r.fs_base = st.seg[seg::FS].base;
         r.gs_base = st.seg[seg::GS].base;
-        r.k_gs_base = st.msr(msr::IA32_KERNEL_GS_BASE).unwrap_or(0);
-        r.cr0 = st.cr0;
-        r.cr2 = st.cr2;
-        r.cr3 = st.cr3;
-        r.cr4 = st.cr4;
-        r.cr8 = st.cr8;
-        r.efer = st.efer;
+        r.system = [
+            st.msr(msr::IA32_KERNEL_GS_BASE).unwrap_or(0),
+            st.cr0,
+            st.cr2,
+            st.cr3,
+            st.cr4,
+            st.cr8,
+            st.efer,
+        ];
         r
-    }
-
-    /// The system registers after the segment bases, in description order.
-    fn system(&self) -> [u64; 7] {
-        [
-            self.k_gs_base,
-            self.cr0,
-            self.cr2,
-            self.cr3,
-            self.cr4,
-            self.cr8,
-            self.efer,
-        ]
     }
 }
 
@@ -133,7 +121,7 @@ impl Registers for KernelRegs {
         }
         put(&self.fs_base.to_le_bytes());
         put(&self.gs_base.to_le_bytes());
-        for r in self.system() {
+        for r in &self.system {
             put(&r.to_le_bytes());
         }
     }
@@ -166,19 +154,9 @@ impl Registers for KernelRegs {
         }
         self.fs_base = u64_of(take(8));
         self.gs_base = u64_of(take(8));
-        let mut sys = [0u64; 7];
-        for r in &mut sys {
+        for r in &mut self.system {
             *r = u64_of(take(8));
         }
-        [
-            self.k_gs_base,
-            self.cr0,
-            self.cr2,
-            self.cr3,
-            self.cr4,
-            self.cr8,
-            self.efer,
-        ] = sys;
         Ok(())
     }
 }
@@ -293,15 +271,24 @@ mod tests {
         let mut back = KernelRegs::default();
         back.gdb_deserialize(&bytes).unwrap();
         assert_eq!(back, regs);
-        assert_eq!(back.k_gs_base, 0x7fff_0000);
-        assert_eq!(back.efer, 0xd01);
+        assert_eq!(back.system[0], 0x7fff_0000, "k_gs_base");
+        assert_eq!(back.system[3], 0x1000, "cr3");
+        assert_eq!(back.system[6], 0xd01, "efer");
         assert!(back.gdb_deserialize(&bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]
     fn description_lists_every_serialized_register() {
         let regs = TARGET_XML.matches("<reg ").count();
-        assert_eq!(regs, 16 + 1 + 1 + 6 + 8 + 8 + 2 + 7);
+        assert_eq!(regs, 16 + 1 + 1 + 6 + 8 + 8 + 2 + SYSTEM_REGS.len());
+        // The system feature names the registers in the order they are serialized.
+        let system = TARGET_XML.split("org.krr.x86-64.system").nth(1).unwrap();
+        let names: Vec<&str> = system
+            .split("<reg name=\"")
+            .skip(1)
+            .map(|s| s.split('"').next().unwrap())
+            .collect();
+        assert_eq!(names, SYSTEM_REGS);
         let bits: usize = TARGET_XML
             .split("bitsize=\"")
             .skip(1)
