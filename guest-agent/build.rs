@@ -70,6 +70,7 @@ const KERNEL_SOURCES: &[&str] = &[
     "demo/mm.c",
     "demo/sched.c",
     "demo/syscall.c",
+    "demo/random.c",
     "demo/trap.c",
 ];
 

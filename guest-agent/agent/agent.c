@@ -163,22 +163,42 @@ HOOK void krr_agent_user_read(void *dst, const void *src, unsigned long len)
 	}
 }
 
-HOOK unsigned long krr_agent_rdtsc(void)
+/* A value the kernel took from rdtsc, rdrand or rdseed; flags holds KRR_VALUE_CF. */
+static void record_value(u16 kind, u16 flags, u64 value)
 {
-	u32 lo, hi;
-	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
-	u64 value = (u64)hi << 32 | lo;
 	if (!ring)
-		return value;
-	u64 rec[2] = {rec_header(KRR_REC_RDTSC, 0, sizeof(rec)), value};
+		return;
+	u64 rec[2] = {rec_header(kind, flags, sizeof(rec)), value};
 	u64 head;
 	volatile u8 *slot = reserve(sizeof(rec), &head);
 	if (slot) {
 		put_words(slot, rec, 2);
 		commit(head, sizeof(rec));
 	}
+}
+
+HOOK unsigned long krr_agent_rdtsc(void)
+{
+	u32 lo, hi;
+	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	u64 value = (u64)hi << 32 | lo;
+	record_value(KRR_REC_RDTSC, 0, value);
 	return value;
 }
+
+/* One rdrand or rdseed, recorded whether or not it delivered a value (CF). */
+#define RANDOM_HOOK(name, insn, kind)                                                    \
+	HOOK int name(unsigned long *value)                                               \
+	{                                                                                 \
+		u64 v;                                                                    \
+		u8 ok;                                                                    \
+		__asm__ volatile(insn " %0; setc %1" : "=r"(v), "=qm"(ok) : : "cc");     \
+		record_value(kind, ok ? KRR_VALUE_CF : 0, v);                             \
+		*value = v;                                                               \
+		return ok;                                                                \
+	}
+RANDOM_HOOK(krr_agent_rdrand, "rdrand", KRR_REC_RDRAND)
+RANDOM_HOOK(krr_agent_rdseed, "rdseed", KRR_REC_RDSEED)
 
 void krr_agent_flush(void)
 {

@@ -27,6 +27,13 @@ void krr_agent_user_read(void *dst, const void *src, unsigned long len);
 /* rdtsc, recorded. All kernel uses of the TSC go through it. */
 unsigned long krr_agent_rdtsc(void);
 
+/*
+ * One rdrand / rdseed, recorded: returns its carry flag (1: *value holds a random
+ * number; 0: the CPU had none, retry). Only where CPUID advertises the instruction.
+ */
+int krr_agent_rdrand(unsigned long *value);
+int krr_agent_rdseed(unsigned long *value);
+
 /* Ask the recorder to consume the ring now (before power-off). */
 void krr_agent_flush(void);
 

@@ -18,7 +18,7 @@ static u8 split_buf[SPLIT_LEN];
 
 static struct {
 	u64 doorbells, full, syscalls, pf_syscalls, interrupts, exceptions, reads, read_bytes;
-	u64 split_records, split_bytes, rdtsc, errors, last_tsc;
+	u64 split_records, split_bytes, rdtsc, rdrand, rdseed, errors, last_tsc;
 } st;
 
 static void error(const char *what, u64 value)
@@ -117,6 +117,16 @@ void krr_agent_selftest_doorbell(u32 code)
 			st.rdtsc++;
 			break;
 		}
+		case KRR_REC_RDRAND:
+		case KRR_REC_RDSEED:
+			/* The demo retries until CF is set, so a value without CF is never its last. */
+			if (rh->size != 16 || rh->flags & ~KRR_VALUE_CF)
+				error("random record", rh->flags);
+			if (rh->kind == KRR_REC_RDRAND)
+				st.rdrand++;
+			else
+				st.rdseed++;
+			break;
 		default:
 			error("record kind", rh->kind);
 		}
@@ -149,7 +159,7 @@ void agent_selftest_report(void)
 	volatile struct krr_ring_header *h = (volatile struct krr_ring_header *)ring_mem;
 	kprintf("krr-demo: agent selftest: %lu doorbells (%lu full), entries: %lu syscall, %lu syscall-as-#PF, %lu "
 		"interrupt, %lu exception; %lu user reads (%lu bytes), split read %lu records (%lu bytes), %lu rdtsc, "
-		"%lu lost, %lu errors\n",
+		"%lu rdrand, %lu rdseed, %lu lost, %lu errors\n",
 		st.doorbells, st.full, st.syscalls, st.pf_syscalls, st.interrupts, st.exceptions, st.reads, st.read_bytes,
-		st.split_records, st.split_bytes, st.rdtsc, (u64)h->lost, st.errors);
+		st.split_records, st.split_bytes, st.rdtsc, st.rdrand, st.rdseed, (u64)h->lost, st.errors);
 }

@@ -55,6 +55,10 @@ static inline void wrmsr(u32 msr, u64 v)
 {
 	__asm__ volatile("wrmsr" ::"c"(msr), "a"((u32)v), "d"((u32)(v >> 32)));
 }
+static inline void cpuid(u32 leaf, u32 subleaf, u32 *a, u32 *b, u32 *c, u32 *d)
+{
+	__asm__ volatile("cpuid" : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d) : "a"(leaf), "c"(subleaf));
+}
 static inline u64 read_cr2(void)
 {
 	u64 v;
@@ -148,6 +152,10 @@ const char *proc_name(void);
 /* syscall.c */
 void syscall_dispatch(struct trapframe *tf);
 void time_init(void);
+
+/* random.c */
+void random_init(void);
+u64 random_u64(void);
 
 /* trap.c */
 void trap(struct trapframe *tf);

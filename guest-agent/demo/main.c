@@ -27,6 +27,7 @@ void kmain(void)
 	else
 		kprintf("krr-demo: no disk (fw_cfg error %d)\n", err);
 	time_init();
+	random_init();
 	static const u32 initial[] = {PROG_PRIMES, PROG_DISK, PROG_CLOCK, PROG_PAGER};
 	for (u32 i = 0; i < ARRAY_SIZE(initial); i++)
 		if (proc_spawn(initial[i], NULL) < 0)

@@ -94,6 +94,9 @@ void syscall_dispatch(struct trapframe *tf)
 	case SYS_WAIT:
 		ret = proc_wait((int)a0);
 		break;
+	case SYS_RANDOM:
+		ret = (i64)random_u64();
+		break;
 	default:
 		ret = -ENOSYS;
 	}

@@ -10,5 +10,6 @@
 #define SYS_EXIT 5      /* exit(code): does not return */
 #define SYS_SPAWN 6     /* spawn(program) -> pid of a child running that program */
 #define SYS_WAIT 7      /* wait(pid) -> the child's exit code (128 + vector if killed) */
+#define SYS_RANDOM 8    /* random() -> 64 random bits (rdrand, or a generator seeded at boot) */
 
 #endif

@@ -186,6 +186,8 @@ fn check_agent_selftest(run: &Run) {
         split_records,
         split_bytes,
         rdtsc,
+        rdrand,
+        rdseed,
         lost,
         errors,
     ] = agent[..]
@@ -212,8 +214,19 @@ fn check_agent_selftest(run: &Run) {
     assert_eq!(read_bytes, bytes as u64);
     // A 1000-byte read through a 256-byte ring arrives in 224-byte pieces.
     assert_eq!((split_records, split_bytes), (5, 1000));
-    // Two TSC reads to calibrate, two by the disk program, nine by the clock program.
-    assert_eq!(rdtsc, 13);
+    // The random source follows CPUID: rdrand for the pager's one SYS_RANDOM (retried
+    // while it delivers nothing), the generator's seed from rdseed or the TSC.
+    let from_rdrand = out.contains("krr-demo: random numbers from rdrand");
+    let seed_from_rdseed = out.contains(", seed from rdseed");
+    assert!(
+        from_rdrand || out.contains("krr-demo: random numbers from xorshift"),
+        "no random-source line"
+    );
+    assert_eq!(rdrand >= 1, from_rdrand, "{rdrand} rdrand records");
+    assert_eq!(rdseed >= 1, seed_from_rdseed, "{rdseed} rdseed records");
+    // Two TSC reads to calibrate, two by the disk program, nine by the clock program, and
+    // the generator's seed where rdseed is absent.
+    assert_eq!(rdtsc, 13 + u64::from(!seed_from_rdseed));
 }
 
 #[test]
@@ -238,14 +251,20 @@ fn agent_selftest_under_qemu_tcg() {
         println!("skipped: {QEMU} not installed (apt-get install qemu-system-x86)");
         return;
     };
+    // `-cpu max` offers rdrand (TCG implements it); the KVM run below, with qemu64,
+    // takes the demo's path without it.
     let run = boot(
         &qemu,
-        &["-accel", "tcg"],
+        &["-accel", "tcg", "-cpu", "max"],
         krr_guest::AGENT_SELFTEST_KERNEL,
         Duration::from_secs(180),
         None,
     );
     check_agent_selftest(&run);
+    assert!(
+        run.output.contains("random numbers from rdrand"),
+        "QEMU's max CPU offers rdrand"
+    );
     assert!(
         run.output.contains(" 0 syscall-as-#PF"),
         "TCG runs syscall architecturally"

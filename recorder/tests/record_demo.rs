@@ -71,5 +71,19 @@ fn demo_records_every_event_kind_to_power_off_twice_in_one_process() {
             .collect();
         let text = String::from_utf8_lossy(&console);
         assert!(text.contains("powering off"), "console: {text}");
+        // The demo takes random numbers from rdrand and rdseed where the CPUID it observes
+        // offers them (it says which); each one it executes is an event.
+        let from_rdrand = text.contains("random numbers from rdrand");
+        let seed_from_rdseed = text.contains("seed from rdseed");
+        assert!(
+            from_rdrand || text.contains("random numbers from xorshift"),
+            "console: {text}"
+        );
+        assert_eq!(count(EventKind::Rdrand) > 0, from_rdrand, "round {round}");
+        assert_eq!(
+            count(EventKind::Rdseed) > 0,
+            seed_from_rdseed,
+            "round {round}"
+        );
     }
 }

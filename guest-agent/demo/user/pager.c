@@ -1,4 +1,7 @@
-/* Faults: fresh heap pages mapped on first touch, then two children killed by fatal faults. */
+/*
+ * Faults: fresh heap pages mapped on first touch, in an order that differs from run to
+ * run (SYS_RANDOM), then two children killed by fatal faults.
+ */
 #include "ulib.h"
 #include "programs.h"
 
@@ -7,8 +10,13 @@
 long pager_main(void)
 {
 	u8 *heap = heap_alloc(PAGES * PAGE_SIZE);
-	for (u32 i = 0; i < PAGES; i++)
+	/* An odd stride modulo a power of two visits every page once. */
+	u64 r = sys_random();
+	u32 start = (u32)r % PAGES, stride = (u32)(r >> 32) % PAGES | 1;
+	for (u32 n = 0; n < PAGES; n++) {
+		u32 i = (start + n * stride) % PAGES;
 		heap[i * PAGE_SIZE + (i * 64) % PAGE_SIZE] = (u8)(i + 1);
+	}
 	u64 sum = 0;
 	for (u32 i = 0; i < PAGES; i++)
 		sum += heap[i * PAGE_SIZE + (i * 64) % PAGE_SIZE];

@@ -30,6 +30,7 @@ static inline long sys_getpid(void) { return syscall3(SYS_GETPID, 0, 0, 0); }
 static inline long sys_uptime(void) { return syscall3(SYS_UPTIME, 0, 0, 0); }
 static inline long sys_spawn(int prog) { return syscall3(SYS_SPAWN, prog, 0, 0); }
 static inline long sys_wait(long pid) { return syscall3(SYS_WAIT, pid, 0, 0); }
+static inline u64 sys_random(void) { return (u64)syscall3(SYS_RANDOM, 0, 0, 0); }
 __attribute__((noreturn)) static inline void sys_exit(long code)
 {
 	syscall3(SYS_EXIT, code, 0, 0);
