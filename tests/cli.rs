@@ -115,6 +115,8 @@ fn info_json_reports_every_kind_of_the_fixture() {
         "port_in",
         "user_read",
         "rdtsc",
+        "rdrand",
+        "rdseed",
         "dma_write",
         "console",
     ] {

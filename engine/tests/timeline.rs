@@ -3,7 +3,8 @@
 
 use krr_engine::replay::{Replay, Stop, Target};
 use krr_engine::state::gpr;
-use krr_engine::timeline::{Moved, Timeline, current_instruction};
+use krr_engine::symbols::{Frame, Symbols};
+use krr_engine::timeline::{CallerFrame, Moved, Timeline, current_instruction};
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -188,7 +189,7 @@ proptest! {
             let r = match m {
                 SlowMove::Next => t.next(None),
                 SlowMove::ReverseNext => t.reverse_next(None, &mut |_| {}),
-                SlowMove::Finish => t.finish(None),
+                SlowMove::Finish => t.finish(None, None),
                 SlowMove::ReverseFinish => t.reverse_finish(None, &mut |_| {}),
                 SlowMove::WatchStackAndContinue => {
                     t.add_watchpoint(sp - 16, 8);
@@ -273,9 +274,92 @@ fn finish_returns_to_the_caller_and_reverse_finish_goes_back_to_the_call() {
     assert_eq!(t.reverse_finish(None, &mut |_| {}), Moved::Arrived);
     assert_eq!(t.icount(), call);
     t.goto_icount(inside);
-    assert_eq!(t.finish(None), Moved::Arrived);
+    // The caller's frame, as the terminal UI finds it: from the call-frame information.
+    let symbols = Symbols::from_header(t.replay().header());
+    let unwinder = symbols
+        .unwinder()
+        .expect("the demo kernel has .debug_frame");
+    let st = t.replay().cpu.state().clone();
+    let read = |a: u64| t.replay().read_u64(a);
+    let frame = Frame {
+        rip: st.rip,
+        rsp: st.gpr[gpr::RSP],
+        rbp: st.gpr[gpr::RBP],
+    };
+    let caller = unwinder
+        .caller(frame, true, &read)
+        .expect("a described function");
+    assert_eq!(
+        (caller.rip, caller.rsp),
+        (ret, sp),
+        "the unwound caller is the call site"
+    );
+    let caller = CallerFrame {
+        return_address: caller.rip,
+        stack_pointer: caller.rsp,
+    };
+    assert_eq!(t.finish(Some(caller), None), Moved::Arrived);
     assert_eq!(t.replay().cpu.state().rip, ret);
     assert_eq!(rsp(&t), sp);
+}
+
+/// A context switch (`swtch`) returns to the same address on every process's kernel
+/// stack: finish out of it and next over the call that led there must wait for this
+/// process's stack, not stop where another process resumes.
+#[test]
+fn next_and_finish_over_a_context_switch_wait_for_the_same_stack() {
+    let base = opened();
+    let symbols = Symbols::from_header(base.header());
+    let swtch = symbols.address_of("swtch").expect("symbol swtch");
+    // An entry into swtch whose return address is next reached on another stack.
+    let mut r = base.clone();
+    r.set_user_breakpoints(vec![swtch]);
+    let (entry, frame, foreign_hit) = loop {
+        match r.run(Target::End) {
+            Stop::Breakpoint(a) if a == swtch => {}
+            other => panic!("no entry of swtch returns first on another stack: {other:?}"),
+        }
+        let entry_sp = r.cpu.state().gpr[gpr::RSP];
+        let frame = CallerFrame {
+            return_address: r.read_u64(entry_sp).unwrap(),
+            stack_pointer: entry_sp + 8,
+        };
+        let mut probe = r.clone();
+        probe.set_user_breakpoints(vec![frame.return_address]);
+        if let Stop::Breakpoint(_) = probe.run(Target::End)
+            && probe.cpu.state().gpr[gpr::RSP] != frame.stack_pointer
+        {
+            break (r.icount(), frame, probe.icount());
+        }
+    };
+    let mut t = Timeline::new(opened(), 1 << 30);
+    t.set_interval(50_000);
+    // finish from swtch's first instruction (assembly, which the call-frame information
+    // does not describe: the frame is given as the call left it).
+    t.goto_icount(entry);
+    assert_eq!(t.finish(Some(frame), None), Moved::Arrived);
+    assert_eq!(t.replay().cpu.state().rip, frame.return_address);
+    assert_eq!(rsp(&t), frame.stack_pointer, "finish resumed this process");
+    assert!(
+        t.icount() > foreign_hit,
+        "passed the other process's return"
+    );
+    let back = t.icount();
+    // The call that pushed that return address (sched tail-calls swtch).
+    t.goto_icount(entry);
+    assert_eq!(t.reverse_finish(None, &mut |_| {}), Moved::Arrived);
+    let call = t.icount();
+    let ins = current_instruction(t.replay()).unwrap();
+    assert!(ins.is_call_near() || ins.is_call_near_indirect(), "{ins}");
+    assert_eq!(ins.next_ip(), frame.return_address);
+    assert_eq!(rsp(&t), frame.stack_pointer);
+    assert_eq!(t.next(None), Moved::Arrived);
+    assert_eq!(t.icount(), back, "next over the call");
+    // With a watchpoint set, next steps one instruction at a time: the same place.
+    t.goto_icount(call);
+    t.add_watchpoint(swtch, 1); // code: never written
+    assert_eq!(t.next(None), Moved::Arrived);
+    assert_eq!(t.icount(), back, "next over the call, one step at a time");
 }
 
 #[test]

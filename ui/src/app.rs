@@ -6,7 +6,7 @@ use krr_engine::event::{EntryKind, Event};
 use krr_engine::replay::{End, Replay};
 use krr_engine::state::{CpuState, gpr};
 use krr_engine::symbols::Symbols;
-use krr_engine::timeline::{Moved, Timeline};
+use krr_engine::timeline::{CallerFrame, Moved, Timeline};
 use ratatui::crossterm::event::{KeyCode, KeyEvent};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -317,7 +317,10 @@ impl App {
                 |t, c| t.reverse_continue(c.cancel, c.progress),
                 ctl,
             ),
-            Action::Finish => self.moved("finish", |t, c| t.finish(c.cancel), ctl),
+            Action::Finish => {
+                let caller = self.caller_frame();
+                self.moved("finish", |t, c| t.finish(caller, c.cancel), ctl)
+            }
             Action::ReverseFinish => self.moved(
                 "reverse-finish",
                 |t, c| t.reverse_finish(c.cancel, c.progress),
@@ -962,18 +965,33 @@ impl App {
         latest.is_some() || ended
     }
 
+    fn current_frame(&self) -> krr_engine::symbols::Frame {
+        let regs = self.regs();
+        krr_engine::symbols::Frame {
+            rip: regs.rip,
+            rsp: regs.gpr[gpr::RSP],
+            rbp: regs.gpr[gpr::RBP],
+        }
+    }
+
+    /// The frame the current function returns to, from the kernel's call-frame
+    /// information (None in code it does not describe, such as assembly stubs).
+    fn caller_frame(&self) -> Option<CallerFrame> {
+        let unwinder = self.symbols.unwinder()?;
+        let r = self.replay();
+        let caller = unwinder.caller(self.current_frame(), true, &|a: u64| r.read_u64(a))?;
+        Some(CallerFrame {
+            return_address: caller.rip,
+            stack_pointer: caller.rsp,
+        })
+    }
+
     /// Frames: RIP, then return addresses. Returns the frames and how they were found.
     pub fn backtrace(&self, max: usize) -> (Vec<u64>, &'static str) {
         let r = self.replay();
         if let Some(unwinder) = self.symbols.unwinder() {
-            let regs = self.regs();
             let read = |addr: u64| r.read_u64(addr);
-            let frame = krr_engine::symbols::Frame {
-                rip: regs.rip,
-                rsp: regs.gpr[gpr::RSP],
-                rbp: regs.gpr[gpr::RBP],
-            };
-            let mut frames = unwinder.backtrace(frame, &read);
+            let mut frames = unwinder.backtrace(self.current_frame(), &read);
             // Assembly (entry stubs) has no call-frame information: fall back below.
             if frames.len() > 1 {
                 frames.truncate(max);

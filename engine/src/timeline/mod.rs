@@ -255,22 +255,36 @@ impl Timeline {
         if !is_call(&ins) {
             return self.stepi();
         }
-        let ret = ins.next_ip();
-        let sp = rsp(&self.now);
+        let frame = CallerFrame {
+            return_address: ins.next_ip(),
+            stack_pointer: rsp(&self.now),
+        };
+        self.run_to_frame(frame, cancel)
+    }
+
+    /// Runs forward until execution is back in `frame`: at its return address with its
+    /// stack pointer. The stack pointer tells this frame's return from a deeper
+    /// (recursive) one and from another thread's, whose kernel stack a context switch
+    /// made current, returning to the same address.
+    fn run_to_frame(&mut self, frame: CallerFrame, cancel: Option<&AtomicBool>) -> Moved {
+        let CallerFrame {
+            return_address: ret,
+            stack_pointer: sp,
+        } = frame;
+        let in_frame = |r: &Replay| r.cpu.state().rip == ret && rsp(r) == sp;
         if !self.watchpoints.is_empty() {
             let first = self.stepi();
-            if first != Moved::Arrived {
+            if first != Moved::Arrived || in_frame(&self.now) {
                 return first;
             }
-            return self
-                .step_forward_until(cancel, |r, _| r.cpu.state().rip == ret && rsp(r) >= sp);
+            return self.step_forward_until(cancel, |r, _| in_frame(r));
         }
         // No watchpoints: run at full speed to a temporary breakpoint at the return
-        // address, skipping hits from deeper (recursive) frames.
+        // address, passing over hits in other frames.
         let temporary = self.breakpoints.insert(ret);
         let moved = loop {
             match self.forward(Target::End, true, cancel) {
-                Moved::Breakpoint(a) if a == ret && rsp(&self.now) < sp => continue,
+                Moved::Breakpoint(a) if a == ret && !in_frame(&self.now) => continue,
                 Moved::Breakpoint(a) if a == ret => break Moved::Arrived,
                 other => break other,
             }
@@ -281,9 +295,15 @@ impl Timeline {
         moved
     }
 
-    /// Runs until the current function returns: stops right after the `ret` that pops
-    /// the current frame.
-    pub fn finish(&mut self, cancel: Option<&AtomicBool>) -> Moved {
+    /// Runs until the current function returns. Given its caller's frame (from the
+    /// kernel's call-frame information: [`crate::symbols::Unwinder::caller`]), stops
+    /// exactly there. Without it, stops right after the first `ret` executed at or above
+    /// the current stack pointer: a deeper callee's returns run below it, but another
+    /// thread's stack that lies above can stop it early.
+    pub fn finish(&mut self, caller: Option<CallerFrame>, cancel: Option<&AtomicBool>) -> Moved {
+        if let Some(frame) = caller {
+            return self.run_to_frame(frame, cancel);
+        }
         let sp = rsp(&self.now);
         // Stop before a return executed at or above the current stack pointer (a
         // deeper callee's returns run below it), then execute it.
@@ -659,6 +679,14 @@ impl Timeline {
             self.checkpoints = keep;
         }
     }
+}
+
+/// A frame to return to: where its caller resumes, and the stack pointer there (the
+/// callee's canonical frame address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallerFrame {
+    pub return_address: u64,
+    pub stack_pointer: u64,
 }
 
 fn rsp(r: &Replay) -> u64 {
