@@ -190,7 +190,7 @@ proptest! {
                 SlowMove::Next => t.next(None),
                 SlowMove::ReverseNext => t.reverse_next(None, &mut |_| {}),
                 SlowMove::Finish => t.finish(None, None),
-                SlowMove::ReverseFinish => t.reverse_finish(None, &mut |_| {}),
+                SlowMove::ReverseFinish => t.reverse_finish(None, None, &mut |_| {}),
                 SlowMove::WatchStackAndContinue => {
                     t.add_watchpoint(sp - 16, 8);
                     t.continue_forward(None)
@@ -271,7 +271,7 @@ fn finish_returns_to_the_caller_and_reverse_finish_goes_back_to_the_call() {
         t.stepi();
     }
     let inside = t.icount();
-    assert_eq!(t.reverse_finish(None, &mut |_| {}), Moved::Arrived);
+    assert_eq!(t.reverse_finish(None, None, &mut |_| {}), Moved::Arrived);
     assert_eq!(t.icount(), call);
     t.goto_icount(inside);
     // The caller's frame, as the terminal UI finds it: from the call-frame information.
@@ -301,6 +301,12 @@ fn finish_returns_to_the_caller_and_reverse_finish_goes_back_to_the_call() {
     assert_eq!(t.finish(Some(caller), None), Moved::Arrived);
     assert_eq!(t.replay().cpu.state().rip, ret);
     assert_eq!(rsp(&t), sp);
+    t.goto_icount(inside);
+    assert_eq!(
+        t.reverse_finish(Some(caller), None, &mut |_| {}),
+        Moved::Arrived
+    );
+    assert_eq!(t.icount(), call);
 }
 
 /// A context switch (`swtch`) returns to the same address on every process's kernel
@@ -347,7 +353,10 @@ fn next_and_finish_over_a_context_switch_wait_for_the_same_stack() {
     let back = t.icount();
     // The call that pushed that return address (sched tail-calls swtch).
     t.goto_icount(entry);
-    assert_eq!(t.reverse_finish(None, &mut |_| {}), Moved::Arrived);
+    assert_eq!(
+        t.reverse_finish(Some(frame), None, &mut |_| {}),
+        Moved::Arrived
+    );
     let call = t.icount();
     let ins = current_instruction(t.replay()).unwrap();
     assert!(ins.is_call_near() || ins.is_call_near_indirect(), "{ins}");

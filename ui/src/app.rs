@@ -321,11 +321,14 @@ impl App {
                 let caller = self.caller_frame();
                 self.moved("finish", |t, c| t.finish(caller, c.cancel), ctl)
             }
-            Action::ReverseFinish => self.moved(
-                "reverse-finish",
-                |t, c| t.reverse_finish(c.cancel, c.progress),
-                ctl,
-            ),
+            Action::ReverseFinish => {
+                let caller = self.caller_frame();
+                self.moved(
+                    "reverse-finish",
+                    |t, c| t.reverse_finish(caller, c.cancel, c.progress),
+                    ctl,
+                )
+            }
             Action::Goto => self.prompt(PromptKind::Goto),
             Action::Watch => self.prompt(PromptKind::Watch),
             Action::Command => self.prompt(PromptKind::Command),

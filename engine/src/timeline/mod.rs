@@ -339,16 +339,27 @@ impl Timeline {
         })
     }
 
-    /// Back to the call that entered the current function: the last `call` before here
-    /// whose return address is still on the stack at or above the stack pointer.
+    /// Back to the call that entered the current function. Given its caller's frame
+    /// (see [`Timeline::finish`]), the last `call` that returns to that frame's address
+    /// from that frame's stack pointer. Without it, the last `call` before here whose
+    /// return address is still on the stack at or above the stack pointer (which another
+    /// thread's stack above this one can also hold).
     pub fn reverse_finish(
         &mut self,
+        caller: Option<CallerFrame>,
         cancel: Option<&AtomicBool>,
         progress: &mut dyn FnMut(f64),
     ) -> Moved {
+        let upper = self.icount();
+        if let Some(frame) = caller {
+            return self.step_backward_until(upper, cancel, progress, &mut |r: &Replay| {
+                rsp(r) == frame.stack_pointer
+                    && current_instruction(r)
+                        .is_some_and(|i| is_call(&i) && i.next_ip() == frame.return_address)
+            });
+        }
         let here = self.now.clone();
         let here_sp = rsp(&here);
-        let upper = self.icount();
         self.step_backward_until(upper, cancel, progress, &mut |r: &Replay| {
             let Some(ins) = current_instruction(r) else {
                 return false;
