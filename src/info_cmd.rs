@@ -27,6 +27,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
                 "counter".into(),
                 format!("{:?}", header.machine.counter).into(),
             );
+            obj.insert(
+                "bit_scan_ignores_rep".into(),
+                header.machine.quirks.bit_scan_ignores_rep.into(),
+            );
             obj.insert("lost_bytes".into(), recovery.lost_bytes.into());
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -40,6 +44,9 @@ pub fn run(args: InfoArgs) -> Result<()> {
         hex(&header.kernel.sha256[..8])
     );
     println!("counter     {:?}", header.machine.counter);
+    if header.machine.quirks.bit_scan_ignores_rep {
+        println!("quirks      tzcnt/lzcnt executed as bsf/bsr on the recording host");
+    }
     if !recovery.complete {
         println!(
             "INCOMPLETE  {} ({} events readable, {} bytes lost)",

@@ -104,6 +104,7 @@ fn info_json_reports_every_kind_of_the_fixture() {
     for key in ["total_events", "kernel_instructions", "duration_s"] {
         assert!(v[key].as_f64().unwrap() > 0.0, "{key}: {v}");
     }
+    assert!(v["bit_scan_ignores_rep"].is_boolean(), "{v}");
     let events = v["events"].as_object().unwrap();
     let sum: u64 = events.values().map(|c| c.as_u64().unwrap()).sum();
     assert_eq!(sum, v["total_events"].as_u64().unwrap());

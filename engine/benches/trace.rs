@@ -145,6 +145,7 @@ fn header() -> Header {
             }],
             tsc_khz: None,
             counter: CounterSourceKind::KvmInsnEmulation,
+            quirks: Default::default(),
         },
         KernelIdentity {
             name: "bench".into(),

@@ -242,8 +242,13 @@ pub enum InjectionPoint {
     /// (a port access, MMIO access or `hlt`), without a counter.
     AfterExit,
     /// At the first instance of `rip` with this register digest (no counter, the
-    /// vCPU was stopped asynchronously). See [`crate::icount`].
-    Signature { regs_digest: u64 },
+    /// vCPU was stopped asynchronously). `since_position_ns`: the wall time the vCPU
+    /// ran since the last recorded position, which bounds the search
+    /// ([`crate::icount::signature_search_limit`]).
+    Signature {
+        regs_digest: u64,
+        since_position_ns: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,14 @@
 //! captured, counting from 1; the recording's machine configuration says which
 //! meaning applies (`CounterSourceKind::None`).
 //!
+//! An interrupt the recorder injected by stopping the vCPU between two deterministic
+//! exits is placed by signature (its rip and register digest): replay takes it at the
+//! first instance of that state. The recorder also notes how long the vCPU had run
+//! since the last recorded position (the last deterministic exit or signature-placed
+//! interrupt), which bounds how many instructions replay may search:
+//! [`signature_search_limit`]. Without that bound a recording whose signature never
+//! matches (corrupt, or hostile) would replay a kernel spin forever.
+//!
 //! ## KVM's `insn_emulation` statistic as a counter
 //!
 //! On hosts whose KVM emulates guest ring-0 code, the per-vCPU statistic
@@ -70,6 +78,22 @@ pub fn counter_extra_for_entry(_entry: &UserEntry) -> u64 {
 /// and `repe cmpsb` ending early counts 1 per chunk started
 /// (engine/tests/cpu_vs_kvm.rs, `rep_string_counts`).
 pub const REP_CHUNK: u64 = 1024;
+
+/// More instructions per nanosecond than any core retires (today's fastest retire a few
+/// per cycle at about 6 GHz, under 40 per ns).
+pub const MAX_INSTRUCTIONS_PER_NS: u64 = 64;
+
+/// Instructions searched for a signature whatever the measured time (clock granularity,
+/// and recordings whose time is zero).
+pub const SIGNATURE_SEARCH_FLOOR: u64 = 1 << 24;
+
+/// The most instructions a vCPU can have executed in `ns` nanoseconds of wall time: how
+/// far past the last recorded position replay searches for a signature-placed interrupt
+/// before it reports a divergence.
+pub fn signature_search_limit(ns: u64) -> u64 {
+    ns.saturating_mul(MAX_INSTRUCTIONS_PER_NS)
+        .saturating_add(SIGNATURE_SEARCH_FLOOR)
+}
 
 /// An instruction that raises an exception counts 1 (measured under KVM: a load that
 /// page-faults counts once per attempt, before and after the handler fixes the page;

@@ -504,6 +504,7 @@ mod tests {
             ],
             tsc_khz: None,
             counter: CounterSourceKind::None,
+            quirks: Default::default(),
         }
     }
 

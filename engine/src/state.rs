@@ -211,6 +211,19 @@ pub struct MachineConfig {
     pub tsc_khz: Option<u32>,
     /// The instruction-counter source the recorder used.
     pub counter: CounterSourceKind,
+    /// How the recording host executed guest kernel code where it differs from a
+    /// hardware CPU with the same CPUID (measured by the recorder).
+    pub quirks: Quirks,
+}
+
+/// Behaviours of the recording host that differ from a hardware CPU with the same
+/// CPUID. Replay must reproduce the host that made the recording; the recorder measures
+/// them in a scratch VM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quirks {
+    /// `lzcnt`/`tzcnt` execute as `bsr`/`bsf` even when CPUID advertises ABM/BMI1
+    /// (KVM's ring-0 emulator ignores the F3 prefix there; measured in cpu_vs_kvm.rs).
+    pub bit_scan_ignores_rep: bool,
 }
 
 /// Where the recorder's instruction counts came from (DESIGN.md section 3).

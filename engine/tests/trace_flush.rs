@@ -14,6 +14,7 @@ fn flushed_events_survive_a_writer_that_never_finishes() {
             regions: Vec::new(),
             tsc_khz: None,
             counter: CounterSourceKind::None,
+            quirks: Default::default(),
         },
         KernelIdentity {
             name: "test".into(),

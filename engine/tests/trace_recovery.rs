@@ -16,6 +16,7 @@ fn header() -> Header {
             regions: vec![],
             tsc_khz: None,
             counter: CounterSourceKind::None,
+            quirks: Default::default(),
         },
         KernelIdentity {
             name: "builtin:demo".into(),

@@ -60,7 +60,12 @@ fn event() -> impl Strategy<Value = Event> {
             prop_oneof![
                 Just(InjectionPoint::Icount),
                 Just(InjectionPoint::AfterExit),
-                any::<u64>().prop_map(|regs_digest| InjectionPoint::Signature { regs_digest })
+                (any::<u64>(), any::<u64>()).prop_map(|(regs_digest, since_position_ns)| {
+                    InjectionPoint::Signature {
+                        regs_digest,
+                        since_position_ns,
+                    }
+                })
             ]
         )
             .prop_map(|(icount, vector, rip, point)| Event::KernelInterrupt(
@@ -241,6 +246,9 @@ fn header() -> Header {
             }],
             tsc_khz: Some(2_000_000),
             counter: CounterSourceKind::KvmInsnEmulation,
+            quirks: krr_engine::state::Quirks {
+                bit_scan_ignores_rep: true,
+            },
         },
         KernelIdentity {
             name: "builtin:demo".into(),

@@ -29,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }],
                 tsc_khz: None,
                 counter: CounterSourceKind::None,
+                quirks: Default::default(),
             },
             KernelIdentity {
                 name: "builtin:demo".into(),

@@ -139,18 +139,7 @@ impl KvmInsnEmulation {
         ];
         crate::loader::load_flat_code(&mut vm, &code)?;
         let before = counter.read()?;
-        loop {
-            match vm.vcpu.run() {
-                Ok(kvm_ioctls::VcpuExit::IoOut(0x80, _)) => break,
-                Ok(other) => {
-                    return Err(RecorderError::Guest(format!(
-                        "calibration loop: unexpected exit {other:?}"
-                    )));
-                }
-                Err(e) if e.errno() == libc::EINTR => continue,
-                Err(e) => return Err(RecorderError::kvm("KVM_RUN (calibration)", e)),
-            }
-        }
+        vm.run_until_out(0x80, "calibration loop")?;
         let delta = counter.read()? - before;
         tracing::debug!(
             delta,

@@ -75,18 +75,7 @@ pub fn observe(table: &[CpuidEntry]) -> Result<Vec<CpuidEntry>, RecorderError> {
     let queries: Vec<(u32, u32)> = table.iter().map(|e| (e.function, e.index)).collect();
     let mut vm = Vm::new(4 << 20)?;
     load_flat_code(&mut vm, &probe_code(&queries))?;
-    loop {
-        match vm.vcpu.run() {
-            Ok(kvm_ioctls::VcpuExit::IoOut(DONE_PORT, _)) => break,
-            Ok(other) => {
-                return Err(RecorderError::Guest(format!(
-                    "CPUID probe: unexpected exit {other:?}"
-                )));
-            }
-            Err(e) if e.errno() == libc::EINTR => continue,
-            Err(e) => return Err(RecorderError::kvm("KVM_RUN (CPUID probe)", e)),
-        }
-    }
+    vm.run_until_out(DONE_PORT, "CPUID probe")?;
     let mut results = vec![0u8; 16 * queries.len()];
     vm.read(RESULTS_GPA, &mut results)?;
     let word = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);

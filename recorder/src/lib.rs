@@ -7,6 +7,7 @@
 //! * [`agent_ring`]: the guest agent ABI and its ring reader.
 //! * [`counter`]: instruction-counter sources.
 //! * [`cpuid`]: the CPUID values the guest observes (recorded for replay).
+//! * [`quirks`]: how the host executes guest kernel code unlike a hardware CPU.
 //! * [`record`]: the recording loop and the injection policy.
 
 pub mod agent_ring;
@@ -15,6 +16,7 @@ pub mod cpuid;
 pub mod devices;
 pub mod kick;
 pub mod loader;
+pub mod quirks;
 pub mod record;
 pub mod symbols;
 pub mod vm;

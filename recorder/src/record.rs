@@ -26,7 +26,7 @@ use krr_engine::event::{
 };
 use krr_engine::icount::KvmCounterModel;
 use krr_engine::state::{
-    CounterSourceKind, CpuidEntry, KernelIdentity, MachineConfig, PAGE_SIZE, Snapshot,
+    CounterSourceKind, CpuidEntry, KernelIdentity, MachineConfig, PAGE_SIZE, Quirks, Snapshot,
     SnapshotPage, Symbol, regs_digest,
 };
 use kvm_ioctls::VcpuExit;
@@ -189,6 +189,10 @@ pub struct Recorder {
     /// The CPU the vCPU thread is pinned to, and the CPUID values a guest observes there.
     cpu: usize,
     observed_cpuid: Vec<CpuidEntry>,
+    quirks: Quirks,
+    /// When the vCPU was last at a recorded position (a deterministic exit or a
+    /// signature-placed interrupt): bounds replay's search for the next signature.
+    last_position: Instant,
 }
 
 /// Standard PC interrupt line of the PIT.
@@ -202,6 +206,7 @@ impl Recorder {
         let cpu = crate::cpuid::pin_current_thread()?;
         let mut vm = Vm::new(config.memory)?;
         let observed_cpuid = crate::cpuid::observe(&vm.cpuid)?;
+        let quirks = crate::quirks::measure()?;
         let loaded = loader::load_kernel(&mut vm, &config.kernel, &config.cmdline)?;
         vm.write(RING_GPA, &agent_ring::initial_header().to_bytes())?;
         let symbols = symbols::kernel_symbols(&config.kernel);
@@ -239,6 +244,8 @@ impl Recorder {
             symbols,
             cpu,
             observed_cpuid,
+            quirks,
+            last_position: Instant::now(),
             config,
         })
     }
@@ -274,6 +281,7 @@ impl Recorder {
                 regions: self.vm.regions(),
                 tsc_khz: self.vm.vcpu.get_tsc_khz().ok(),
                 counter: self.counter.kind(),
+                quirks: self.quirks,
             },
             cpuid: self.observed_cpuid.clone(),
             kernel: KernelIdentity {
@@ -339,6 +347,7 @@ impl Recorder {
         deadline: &AtomicU64,
     ) -> Result<EndReason, RecorderError> {
         let start_raw = self.counter.read()?;
+        self.last_position = Instant::now();
         self.model = KvmCounterModel::new(start_raw);
         let mut last = ExitKind::Deterministic;
         loop {
@@ -353,8 +362,7 @@ impl Recorder {
             let kind = match exit {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     let data = data.to_vec();
-                    self.deterministic_exits += 1;
-                    self.sync_position()?;
+                    self.at_deterministic_exit()?;
                     if let Some(end) = self.on_port_out(port, &data)? {
                         return Ok(end);
                     }
@@ -368,8 +376,7 @@ impl Recorder {
                 }
                 Ok(VcpuExit::IoIn(port, data)) => {
                     let size = data.len();
-                    self.deterministic_exits += 1;
-                    self.sync_position()?;
+                    self.at_deterministic_exit()?;
                     let value = self.on_port_in(port, size)?;
                     self.fill_io_data(value, size);
                     ExitKind::Deterministic
@@ -377,19 +384,16 @@ impl Recorder {
                 Ok(VcpuExit::MmioRead(gpa, data)) => {
                     let size = data.len();
                     data.fill(0xff);
-                    self.deterministic_exits += 1;
-                    self.sync_position()?;
+                    self.at_deterministic_exit()?;
                     self.on_mmio_read(gpa, size)?;
                     ExitKind::Deterministic
                 }
                 Ok(VcpuExit::MmioWrite(..)) => {
-                    self.deterministic_exits += 1;
-                    self.sync_position()?;
+                    self.at_deterministic_exit()?;
                     ExitKind::Deterministic
                 }
                 Ok(VcpuExit::Hlt) => {
-                    self.deterministic_exits += 1;
-                    self.sync_position()?;
+                    self.at_deterministic_exit()?;
                     if let Some(end) = self.on_hlt(base, deadline, stop)? {
                         return Ok(end);
                     }
@@ -449,6 +453,13 @@ impl Recorder {
             let bytes = value.to_le_bytes();
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, len);
         }
+    }
+
+    /// An exit that replay meets at the same instruction: a recorded position.
+    fn at_deterministic_exit(&mut self) -> Result<(), RecorderError> {
+        self.deterministic_exits += 1;
+        self.last_position = Instant::now();
+        self.sync_position()
     }
 
     /// Reads the counter and collects the agent's new ring records: done at every exit,
@@ -698,8 +709,12 @@ impl Recorder {
                 (ExitKind::Async | ExitKind::Window, false)
                     if waited >= self.config.max_kernel_delay =>
                 {
+                    let now = Instant::now();
+                    let since = now.duration_since(self.last_position);
+                    self.last_position = now;
                     Some(InjectionPoint::Signature {
                         regs_digest: regs_digest(&gprs(&regs.regs), regs.regs.rflags),
+                        since_position_ns: u64::try_from(since.as_nanos()).unwrap_or(u64::MAX),
                     })
                 }
                 _ => return Ok(()), // wait for a deterministic exit

@@ -100,6 +100,23 @@ impl Vm {
         })
     }
 
+    /// Runs a probe (a scratch VM's code) until it writes to `port`; any other exit is
+    /// an error naming `what`.
+    pub fn run_until_out(&mut self, port: u16, what: &str) -> Result<(), RecorderError> {
+        loop {
+            match self.vcpu.run() {
+                Ok(kvm_ioctls::VcpuExit::IoOut(p, _)) if p == port => return Ok(()),
+                Ok(other) => {
+                    return Err(RecorderError::Guest(format!(
+                        "{what}: unexpected exit {other:?}"
+                    )));
+                }
+                Err(e) if e.errno() == libc::EINTR => continue,
+                Err(e) => return Err(RecorderError::kvm("KVM_RUN (probe)", e)),
+            }
+        }
+    }
+
     pub fn regions(&self) -> Vec<MemoryRegion> {
         vec![
             MemoryRegion {

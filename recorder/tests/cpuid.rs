@@ -60,3 +60,20 @@ fn recorded_cpuid_is_what_the_guest_observes() {
         );
     }
 }
+
+/// The host's bit-scan behaviour, measured for the header: where KVM emulates ring 0
+/// (PVM) `tzcnt`/`lzcnt` run as `bsf`/`bsr`; a host that runs ring 0 natively follows
+/// its CPU (tzcnt with BMI1, bsf without).
+#[test]
+fn quirks_probe_measures_the_bit_scans_of_this_host() {
+    if let Err(why) = krr_recorder::kvm_available() {
+        println!("skipped: {why}");
+        return;
+    }
+    let quirks = krr_recorder::quirks::measure().unwrap();
+    let emulated = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    // SAFETY: cpuid is available on every x86-64 CPU.
+    let bmi1 = unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.ebx & (1 << 3) != 0;
+    println!("ring 0 emulated: {emulated}, host BMI1: {bmi1}, measured: {quirks:?}");
+    assert_eq!(quirks.bit_scan_ignores_rep, emulated || !bmi1);
+}

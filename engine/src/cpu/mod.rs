@@ -158,23 +158,7 @@ pub enum CpuError {
     BadEntry(String),
 }
 
-/// Behaviours of the recording host's instruction emulator that differ from a hardware
-/// CPU with the same CPUID. Replay must reproduce the host that made the recording.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Quirks {
-    /// `lzcnt`/`tzcnt` execute as `bsr`/`bsf` even when CPUID advertises ABM/BMI1
-    /// (KVM's emulator ignores the F3 prefix there; measured in cpu_vs_kvm.rs).
-    pub bit_scan_ignores_rep: bool,
-}
-
-impl Quirks {
-    /// The quirks of the host a recording with this counter source was made on.
-    pub fn for_counter(counter: crate::state::CounterSourceKind) -> Quirks {
-        Quirks {
-            bit_scan_ignores_rep: counter == crate::state::CounterSourceKind::KvmInsnEmulation,
-        }
-    }
-}
+pub use crate::state::Quirks;
 
 /// An instruction waiting for a value from the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -433,7 +417,7 @@ impl Cpu {
         }
     }
 
-    /// Reproduce the recording host's deviations (see [`Quirks::for_counter`]).
+    /// Reproduce the recording host's deviations (the recording's [`Quirks`]).
     pub fn set_quirks(&mut self, quirks: Quirks) {
         self.quirks = quirks;
     }

@@ -17,7 +17,7 @@ mod divergence;
 pub use divergence::Divergence;
 
 use crate::cpu::{Cpu, Exit};
-use crate::event::{Event, Icount, InjectionPoint, RandomInstruction};
+use crate::event::{Event, Icount, InjectionPoint, KernelInterrupt, RandomInstruction};
 use crate::machine::{HOOK_USER_READ, PORT_COM1, PORT_POWEROFF, UART_LCR, UART_LCR_DLAB};
 use crate::memory::GuestMemory;
 use crate::state::{CounterSourceKind, gpr};
@@ -107,6 +107,9 @@ pub struct Replay {
     exit_ordinal: u64,
     /// Address of a pending signature-placed interrupt (positional mode).
     signature_rip: Option<u64>,
+    /// The CPU's icount at the last recorded position (deterministic exit or
+    /// signature-placed interrupt): where the search for the next signature starts.
+    position_base: Icount,
     finished: Option<End>,
     initial: Initial,
 }
@@ -150,7 +153,7 @@ impl Replay {
         cpu.set_breakpoints(hook_user_read);
         // Behave like the recording host's instruction emulator where it differs from
         // the architecture.
-        cpu.set_quirks(crate::cpu::Quirks::for_counter(header.machine.counter));
+        cpu.set_quirks(header.machine.quirks);
         let exact = header.machine.counter != CounterSourceKind::None;
         let initial = Initial {
             cpu: cpu.clone(),
@@ -174,6 +177,7 @@ impl Replay {
             at_out: false,
             exit_ordinal: 0,
             signature_rip: None,
+            position_base: 0,
             finished: None,
             initial,
         };
@@ -294,6 +298,9 @@ impl Replay {
                 return Stop::Reached(Target::Icount(cap));
             }
             let mut limit = goal.min(cap);
+            if let Some(end) = self.signature_search_end() {
+                limit = limit.min(end);
+            }
             if let Some(Event::KernelInterrupt(k)) = self.events.get(self.next_interrupt)
                 && self.exact
             {
@@ -312,6 +319,7 @@ impl Replay {
             self.at_out = matches!(exit, Exit::PortOut { .. });
             if is_deterministic_exit(&exit) {
                 self.exit_ordinal += 1;
+                self.position_base = self.cpu.icount();
             }
             let result = match exit {
                 Exit::Limit => self.on_limit(),
@@ -410,7 +418,7 @@ impl Replay {
                             format!("rip {rip:#x}"),
                         ));
                     }
-                    if let InjectionPoint::Signature { regs_digest } = k.point {
+                    if let InjectionPoint::Signature { regs_digest, .. } = k.point {
                         let actual = self.cpu.state().regs_digest();
                         if !self.exact && actual != regs_digest {
                             // Another instance of this rip: keep running.
@@ -435,6 +443,9 @@ impl Replay {
                             e.to_string(),
                         ));
                     }
+                    if matches!(k.point, InjectionPoint::Signature { .. }) {
+                        self.position_base = self.cpu.icount();
+                    }
                     self.consume();
                 }
                 Some(Event::KernelInterrupt(k))
@@ -453,9 +464,48 @@ impl Replay {
         }
     }
 
+    /// Where the search for a pending signature-placed interrupt gives up (positional
+    /// mode): the recorded wall time bounds the instructions the vCPU can have run since
+    /// the position the interrupt follows (not before it: earlier spans between exits
+    /// had no such interrupt, so no such bound).
+    fn signature_search_end(&self) -> Option<Icount> {
+        if self.exact || self.signature_rip.is_none() {
+            return None;
+        }
+        match self.front() {
+            Some(Event::KernelInterrupt(KernelInterrupt {
+                icount: after_exit,
+                point:
+                    InjectionPoint::Signature {
+                        since_position_ns, ..
+                    },
+                ..
+            })) if self.exit_ordinal >= *after_exit => Some(
+                self.position_base
+                    .saturating_add(crate::icount::signature_search_limit(*since_position_ns)),
+            ),
+            _ => None,
+        }
+    }
+
     fn on_limit(&mut self) -> Result<(), Box<Divergence>> {
         let icount = self.cpu.icount();
         if !self.exact {
+            if let Some(end) = self.signature_search_end()
+                && icount >= end
+                && let Some(Event::KernelInterrupt(k)) = self.front()
+            {
+                let k = *k;
+                return Err(self.diverge(
+                    format!(
+                        "interrupt {:#x} at rip {:#x} within {} instructions of the last position",
+                        k.vector,
+                        k.rip,
+                        icount - self.position_base
+                    ),
+                    "no instance of its signature".to_string(),
+                ));
+            }
             return Ok(());
         }
         if self.final_icount == Some(icount) && self.next_interrupt >= self.events.len() {

@@ -38,7 +38,7 @@ pub use stats::Stats;
 pub use writer::{FinishInfo, RecordingWriter, WriterConfig};
 
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Most pages in one snapshot section (4 MiB uncompressed).
 pub const PAGES_PER_SECTION: usize = 1024;

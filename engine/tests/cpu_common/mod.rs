@@ -123,6 +123,7 @@ impl Image {
             }],
             tsc_khz: None,
             counter: CounterSourceKind::None,
+            quirks: Default::default(),
         }
     }
 
@@ -284,13 +285,11 @@ pub fn run_replay(img: &Image, cpuid: &[CpuidEntry], limit: u64) -> Outcome {
     let mut mem = img.memory();
     let mut cpu = Cpu::new(img.state.clone(), cpuid.to_vec());
     // The tests model the host they run on: KVM's instruction emulator where it runs
-    // ring-0 code (PVM), the hardware CPU elsewhere.
-    let host = if std::path::Path::new("/sys/module/kvm_pvm").exists() {
-        CounterSourceKind::KvmInsnEmulation
-    } else {
-        CounterSourceKind::None
-    };
-    cpu.set_quirks(Quirks::for_counter(host));
+    // ring-0 code (PVM), the hardware CPU elsewhere. (The recorder measures this; see
+    // krr_recorder::quirks. These tests check the model against KVM itself.)
+    cpu.set_quirks(Quirks {
+        bit_scan_ignores_rep: std::path::Path::new("/sys/module/kvm_pvm").exists(),
+    });
     let exit = run_cpu(&mut cpu, &mut mem, limit);
     Outcome { cpu, mem, exit }
 }
