@@ -72,8 +72,7 @@ fn quirks_probe_measures_the_bit_scans_of_this_host() {
     }
     let quirks = krr_recorder::quirks::measure().unwrap();
     let emulated = std::path::Path::new("/sys/module/kvm_pvm").exists();
-    // SAFETY: cpuid is available on every x86-64 CPU.
-    let bmi1 = unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.ebx & (1 << 3) != 0;
+    let bmi1 = std::arch::x86_64::__cpuid_count(7, 0).ebx & (1 << 3) != 0;
     println!("ring 0 emulated: {emulated}, host BMI1: {bmi1}, measured: {quirks:?}");
     assert_eq!(quirks.bit_scan_ignores_rep, emulated || !bmi1);
 }
