@@ -241,12 +241,15 @@ pub enum InjectionPoint {
     /// Right after the VM exit recorded as the previous event at the same icount
     /// (a port access, MMIO access or `hlt`), without a counter.
     AfterExit,
-    /// At the first instance of `rip` with this register digest (no counter, the
-    /// vCPU was stopped asynchronously). `since_position_ns`: the wall time the vCPU
-    /// ran since the last recorded position, which bounds the search
+    /// At the first instance of `rip` with this register digest and, where the
+    /// recorder could read it, this digest of the top of the stack
+    /// ([`crate::state::stack_digest`]) (no counter, the vCPU was stopped
+    /// asynchronously). `since_position_ns`: the wall time the vCPU ran since the last
+    /// recorded position, which bounds the search
     /// ([`crate::icount::signature_search_limit`]).
     Signature {
         regs_digest: u64,
+        stack_digest: Option<u64>,
         since_position_ns: u64,
     },
 }
@@ -342,7 +345,7 @@ pub struct Digest {
     pub rip: u64,
     /// Hash of the general registers and RFLAGS ([`crate::state::CpuState::regs_digest`]).
     pub regs: u64,
-    /// Hash of the guest pages written since the previous digest, where the recorder
-    /// could compute it.
-    pub memory: Option<u64>,
+    /// Hash of the top of the kernel stack ([`crate::state::stack_digest`]), where RSP's
+    /// page is kernel memory (the recorder leaves it out otherwise).
+    pub stack: Option<u64>,
 }

@@ -146,6 +146,25 @@ pub fn regs_digest(gpr: &[u64; 16], rflags: u64) -> u64 {
     h.finish()
 }
 
+/// Bytes of the kernel stack that [`stack_digest`] covers: from RSP up to this many, never
+/// past the end of RSP's page (the next page may be a guard page or another stack).
+pub const STACK_DIGEST_BYTES: u64 = 128;
+
+/// How many bytes at `rsp` the stack digest covers.
+pub fn stack_digest_len(rsp: u64) -> usize {
+    STACK_DIGEST_BYTES.min(PAGE_SIZE as u64 - (rsp & (PAGE_SIZE as u64 - 1))) as usize
+}
+
+/// FNV-1a over the top of the kernel stack (the [`stack_digest_len`] bytes at RSP): part
+/// of an interrupt's signature and of the recorder's digests, so that two instances of
+/// one rip with equal registers but different callers or locals are told apart.
+/// Recorder and replay both call this.
+pub fn stack_digest(top_of_stack: &[u8]) -> u64 {
+    let mut h = Fnv1a::new();
+    h.write(top_of_stack);
+    h.finish()
+}
+
 /// 64-bit FNV-1a, the hash of digests (cheap, stable across versions).
 #[derive(Debug, Clone, Copy)]
 pub struct Fnv1a(u64);

@@ -167,3 +167,18 @@ fn a_missing_rdtsc_value_is_a_divergence() {
     let d = diverges(&file);
     assert!(!d.expected.is_empty() && !d.actual.is_empty(), "{d}");
 }
+
+#[test]
+fn a_changed_stack_digest_is_a_divergence() {
+    let file = corrupted(|events| {
+        let at = events
+            .iter()
+            .position(|e| matches!(e, Event::Digest(d) if d.stack.is_some()))
+            .expect("the fixture's digests cover the stack");
+        if let Event::Digest(d) = &mut events[at] {
+            d.stack = d.stack.map(|s| s ^ 1);
+        }
+    });
+    let d = diverges(&file);
+    assert!(d.expected.contains("stack"), "{d}");
+}

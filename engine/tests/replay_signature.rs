@@ -9,7 +9,7 @@ use iced_x86::code_asm::{al, eax, ecx, rax};
 use krr_engine::event::{Event, InjectionPoint, KernelInterrupt};
 use krr_engine::icount::signature_search_limit;
 use krr_engine::replay::{Replay, Stop, Target};
-use krr_engine::state::KernelIdentity;
+use krr_engine::state::{KernelIdentity, stack_digest, stack_digest_len};
 use krr_engine::trace::{FinishInfo, Header, RecordingWriter};
 
 const VECTOR: u8 = 0x20;
@@ -38,7 +38,12 @@ fn spinning_kernel() -> (Image, u64) {
     (img, CODE + 3)
 }
 
-fn recording(img: &Image, spin: u64, regs_digest: u64) -> tempfile::NamedTempFile {
+fn recording(
+    img: &Image,
+    spin: u64,
+    regs_digest: u64,
+    stack_digest: Option<u64>,
+) -> tempfile::NamedTempFile {
     let mut header = Header::new(
         Image::config(),
         KernelIdentity {
@@ -58,6 +63,7 @@ fn recording(img: &Image, spin: u64, regs_digest: u64) -> tempfile::NamedTempFil
         rip: spin,
         point: InjectionPoint::Signature {
             regs_digest,
+            stack_digest,
             since_position_ns: SINCE_NS,
         },
     }))
@@ -75,7 +81,7 @@ fn recording(img: &Image, spin: u64, regs_digest: u64) -> tempfile::NamedTempFil
 fn a_signature_interrupt_is_taken_at_its_instance() {
     let (img, spin) = spinning_kernel();
     // The state at the fifth time round the loop, from a replay that never injects.
-    let probe = recording(&img, spin, 0);
+    let probe = recording(&img, spin, 0, None);
     let mut r = Replay::open(probe.path()).unwrap();
     r.set_user_breakpoints(vec![spin]);
     for _ in 0..5 {
@@ -83,18 +89,31 @@ fn a_signature_interrupt_is_taken_at_its_instance() {
     }
     let wanted = r.cpu.state().regs_digest();
     let wanted_rax = r.cpu.state().gpr[0];
+    let rsp = r.cpu.state().gpr[4];
+    let mut top = vec![0u8; stack_digest_len(rsp)];
+    r.cpu.read_virtual(&r.mem, rsp, &mut top).unwrap();
+    let wanted_stack = stack_digest(&top);
 
-    let file = recording(&img, spin, wanted);
+    for stack in [None, Some(wanted_stack)] {
+        let file = recording(&img, spin, wanted, stack);
+        let mut r = Replay::open(file.path()).unwrap();
+        assert_eq!(r.run(Target::Event(0)), Stop::Reached(Target::Event(0)));
+        assert_eq!(r.cpu.state().rip, HANDLERS, "delivered to the handler");
+        assert_eq!(r.cpu.state().gpr[0], wanted_rax, "at the recorded instance");
+    }
+    // The registers match but the stack does not: no instance.
+    let file = recording(&img, spin, wanted, Some(wanted_stack ^ 1));
     let mut r = Replay::open(file.path()).unwrap();
-    assert_eq!(r.run(Target::Event(0)), Stop::Reached(Target::Event(0)));
-    assert_eq!(r.cpu.state().rip, HANDLERS, "delivered to the handler");
-    assert_eq!(r.cpu.state().gpr[0], wanted_rax, "at the recorded instance");
+    let Stop::Diverged(d) = r.run(Target::End) else {
+        panic!("a stack digest that never matches must be reported");
+    };
+    assert!(d.actual.contains("no instance of its signature"), "{d}");
 }
 
 #[test]
 fn a_signature_that_never_matches_is_a_divergence_within_the_recorded_time() {
     let (img, spin) = spinning_kernel();
-    let file = recording(&img, spin, 0x0bad_d1ce_57ed_0bad);
+    let file = recording(&img, spin, 0x0bad_d1ce_57ed_0bad, None);
     let mut r = Replay::open(file.path()).unwrap();
     let Stop::Diverged(d) = r.run(Target::End) else {
         panic!("a signature that never matches must be reported");
@@ -128,7 +147,7 @@ fn the_bound_counts_from_the_exit_the_interrupt_follows() {
     img.load_code(&mut a);
     // `inc rax` (3 bytes) and `jmp short` (2) end the code.
     let spin_at = CODE + code.len() as u64 - 5;
-    let file = recording(&img, spin_at, 0x0bad_d1ce_57ed_0bad);
+    let file = recording(&img, spin_at, 0x0bad_d1ce_57ed_0bad, None);
     let mut r = Replay::open(file.path()).unwrap();
     let Stop::Diverged(d) = r.run(Target::End) else {
         panic!("a signature that never matches must be reported");

@@ -60,12 +60,13 @@ fn event() -> impl Strategy<Value = Event> {
             prop_oneof![
                 Just(InjectionPoint::Icount),
                 Just(InjectionPoint::AfterExit),
-                (any::<u64>(), any::<u64>()).prop_map(|(regs_digest, since_position_ns)| {
-                    InjectionPoint::Signature {
+                (any::<u64>(), any::<Option<u64>>(), any::<u64>()).prop_map(
+                    |(regs_digest, stack_digest, since_position_ns)| InjectionPoint::Signature {
                         regs_digest,
+                        stack_digest,
                         since_position_ns,
                     }
-                })
+                )
             ]
         )
             .prop_map(|(icount, vector, rip, point)| Event::KernelInterrupt(
@@ -142,11 +143,11 @@ fn event() -> impl Strategy<Value = Event> {
         (ic, bytes(100))
             .prop_map(|(icount, bytes)| Event::Console(ConsoleOutput { icount, bytes })),
         (ic, any::<u64>(), any::<u64>(), any::<Option<u64>>()).prop_map(
-            |(icount, rip, regs, memory)| Event::Digest(Digest {
+            |(icount, rip, regs, stack)| Event::Digest(Digest {
                 icount,
                 rip,
                 regs,
-                memory
+                stack
             })
         ),
     ]

@@ -26,8 +26,9 @@ use krr_engine::event::{
 };
 use krr_engine::icount::KvmCounterModel;
 use krr_engine::state::{
-    CounterSourceKind, CpuidEntry, KernelIdentity, MachineConfig, PAGE_SIZE, Quirks, Snapshot,
-    SnapshotPage, Symbol, regs_digest,
+    CounterSourceKind, CpuidEntry, KernelIdentity, MachineConfig, PAGE_SIZE, Quirks,
+    STACK_DIGEST_BYTES, Snapshot, SnapshotPage, Symbol, regs_digest, stack_digest,
+    stack_digest_len,
 };
 use kvm_ioctls::VcpuExit;
 use sha2::{Digest as _, Sha256};
@@ -712,8 +713,13 @@ impl Recorder {
                     let now = Instant::now();
                     let since = now.duration_since(self.last_position);
                     self.last_position = now;
+                    let (rsp, regs_digest) = (
+                        regs.regs.rsp,
+                        regs_digest(&gprs(&regs.regs), regs.regs.rflags),
+                    );
                     Some(InjectionPoint::Signature {
-                        regs_digest: regs_digest(&gprs(&regs.regs), regs.regs.rflags),
+                        regs_digest,
+                        stack_digest: self.stack_digest(rsp),
                         since_position_ns: u64::try_from(since.as_nanos()).unwrap_or(u64::MAX),
                     })
                 }
@@ -740,12 +746,30 @@ impl Recorder {
         if regs.sregs.cs.dpl != 0 {
             return; // user registers: replay does not have them
         }
+        let (rip, rsp, regs) = (
+            regs.regs.rip,
+            regs.regs.rsp,
+            regs_digest(&gprs(&regs.regs), regs.regs.rflags),
+        );
         self.push(Event::Digest(Digest {
             icount: self.icount,
-            rip: regs.regs.rip,
-            regs: regs_digest(&gprs(&regs.regs), regs.regs.rflags),
-            memory: None,
+            rip,
+            regs,
+            stack: self.stack_digest(rsp),
         }));
+    }
+
+    /// The digest of the top of the stack at `rsp` (kernel mode), or None where RSP's
+    /// page is not mapped or is user memory (which replay does not reproduce).
+    fn stack_digest(&self, rsp: u64) -> Option<u64> {
+        let t = self.vm.vcpu.translate_gva(rsp).ok()?;
+        if t.valid == 0 || t.usermode != 0 {
+            return None;
+        }
+        let mut top = [0u8; STACK_DIGEST_BYTES as usize];
+        let top = &mut top[..stack_digest_len(rsp)];
+        self.vm.read(t.physical_address, top).ok()?;
+        Some(stack_digest(top))
     }
 
     fn flush_console(&mut self) {

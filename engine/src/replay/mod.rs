@@ -398,6 +398,18 @@ impl Replay {
                             format!("rip {rip:#x} registers {regs:#018x}"),
                         ));
                     }
+                    if let Some(expected) = d.stack {
+                        let actual = self.stack_digest();
+                        if actual != Some(expected) {
+                            return Err(self.diverge(
+                                format!("digest of the stack top {expected:#018x}"),
+                                match actual {
+                                    Some(a) => format!("{a:#018x}"),
+                                    None => "an unreadable stack".to_string(),
+                                },
+                            ));
+                        }
+                    }
                     self.consume();
                 }
                 Some(Event::KernelInterrupt(k))
@@ -418,13 +430,20 @@ impl Replay {
                             format!("rip {rip:#x}"),
                         ));
                     }
-                    if let InjectionPoint::Signature { regs_digest, .. } = k.point {
+                    if let InjectionPoint::Signature {
+                        regs_digest,
+                        stack_digest,
+                        ..
+                    } = k.point
+                    {
                         let actual = self.cpu.state().regs_digest();
-                        if !self.exact && actual != regs_digest {
+                        let stack_matches =
+                            stack_digest.is_none() || self.stack_digest() == stack_digest;
+                        if !self.exact && (actual != regs_digest || !stack_matches) {
                             // Another instance of this rip: keep running.
                             return Ok(());
                         }
-                        if actual != regs_digest {
+                        if actual != regs_digest || !stack_matches {
                             return Err(self.diverge(
                                 format!("interrupt signature {regs_digest:#018x}"),
                                 format!("registers {actual:#018x}"),
@@ -462,6 +481,16 @@ impl Replay {
                 _ => return Ok(()),
             }
         }
+    }
+
+    /// The digest of the top of the stack ([`crate::state::stack_digest`]), if RSP's
+    /// page is mapped.
+    fn stack_digest(&self) -> Option<u64> {
+        let rsp = self.cpu.state().gpr[gpr::RSP];
+        let mut top = [0u8; crate::state::STACK_DIGEST_BYTES as usize];
+        let top = &mut top[..crate::state::stack_digest_len(rsp)];
+        self.cpu.read_virtual(&self.mem, rsp, top).ok()?;
+        Some(crate::state::stack_digest(top))
     }
 
     /// Where the search for a pending signature-placed interrupt gives up (positional
