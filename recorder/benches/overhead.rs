@@ -28,11 +28,15 @@ fn config(capture: bool) -> RecordConfig {
     c
 }
 
-fn run(capture: bool, path: &std::path::Path) -> (Duration, u64) {
+/// One run: its wall time, exits, and (recording) the time the initial snapshot took
+/// (collecting the pages, compressing and writing them).
+fn run(capture: bool, path: &std::path::Path) -> (Duration, u64, Option<Duration>) {
     let stop = AtomicBool::new(false);
     let t = Instant::now();
     let mut rec = Recorder::new(config(capture)).expect("machine");
+    let mut snapshot_time = None;
     let outcome = if capture {
+        let t_snapshot = Instant::now();
         let start = rec.start().expect("snapshot");
         let mut w = RecordingWriter::create(path).expect("file");
         let mut h = Header::new(start.machine, start.kernel);
@@ -40,6 +44,7 @@ fn run(capture: bool, path: &std::path::Path) -> (Duration, u64) {
         h.symbols = start.symbols;
         w.write_header(&h).unwrap();
         w.write_snapshot(&start.snapshot).unwrap();
+        snapshot_time = Some(t_snapshot.elapsed());
         let mut sink = FileSink(w);
         let o = rec.run(&mut sink, &stop).expect("run");
         sink.0
@@ -53,7 +58,7 @@ fn run(capture: bool, path: &std::path::Path) -> (Duration, u64) {
     } else {
         rec.run(&mut Vec::new(), &stop).expect("run")
     };
-    (t.elapsed(), outcome.exits)
+    (t.elapsed(), outcome.exits, snapshot_time)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -81,9 +86,12 @@ fn main() {
             [false, true]
         };
         for capture in order {
-            let (t, exits) = run(capture, &path);
+            let (t, exits, snapshot) = run(capture, &path);
+            let snapshot = snapshot
+                .map(|s| format!(" (initial snapshot {:.3} s)", s.as_secs_f64()))
+                .unwrap_or_default();
             println!(
-                "run {i} capture={capture}: {:.3} s, {exits} exits",
+                "run {i} capture={capture}: {:.3} s, {exits} exits{snapshot}",
                 t.as_secs_f64()
             );
             if capture { on.push(t) } else { off.push(t) }
