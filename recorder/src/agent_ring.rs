@@ -52,6 +52,9 @@ pub const FW_CFG_SIGNATURE: u16 = 0x0000;
 pub const FW_CFG_ID: u16 = 0x0001;
 pub const FW_CFG_FILE_DIR: u16 = 0x0019;
 
+/// Bytes of [`RingHeader`] at the start of the region.
+pub const RING_HEADER_SIZE: usize = size_of::<RingHeader>();
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RingHeader {
@@ -219,8 +222,24 @@ impl RingReader {
         self.consumed
     }
 
+    /// The bytes of the ring region that [`RingReader::poll`] will read besides the
+    /// header: the records appended since the last poll. Only the header of `region`
+    /// need be current (the recorder copies just these bytes of a megabyte region).
+    pub fn unread(&self, region: &[u8]) -> Result<std::ops::Range<usize>, RingError> {
+        let head = Self::check_header(region)?.head;
+        if head < self.consumed {
+            return Err(RingError::HeadBackwards {
+                from: self.consumed,
+                to: head,
+            });
+        }
+        let area = RECORD_AREA_OFFSET as usize;
+        Ok(area + self.consumed as usize..area + head as usize)
+    }
+
     /// Parses the records in `region[RECORD_AREA_OFFSET + consumed .. + head]`.
-    /// `region` is the whole ring region as it is now (the vCPU is stopped).
+    /// `region` is the ring region as it is now (the vCPU is stopped): its header and
+    /// at least the bytes [`RingReader::unread`] names.
     pub fn poll(
         &mut self,
         region: &[u8],
@@ -485,6 +504,34 @@ mod tests {
         // Polling again without new records yields nothing.
         reader.poll(&region, 80, &mut out).unwrap();
         assert_eq!(out.len(), 2);
+    }
+
+    /// The recorder copies only the header and the unread records into a buffer that
+    /// otherwise holds stale bytes: polling that buffer gives the same events.
+    #[test]
+    fn unread_names_exactly_the_bytes_poll_reads() {
+        let first = vec![value_record(REC_RDTSC, 1)];
+        let both = vec![value_record(REC_RDTSC, 1), value_record(REC_RDRAND, 2)];
+        let mut reader = RingReader::new();
+        let mut stale = vec![0xa5u8; RING_REGION_SIZE as usize];
+        let mut events = Vec::new();
+        for (round, records) in [first, both].iter().enumerate() {
+            let region = region_with(records);
+            stale[..RING_HEADER_SIZE].copy_from_slice(&region[..RING_HEADER_SIZE]);
+            let unread = reader.unread(&stale).unwrap();
+            assert_eq!(unread.len(), 16, "round {round}: one 16-byte record is new");
+            stale[unread.clone()].copy_from_slice(&region[unread]);
+            reader.poll(&stale, round as u64, &mut events).unwrap();
+        }
+        assert_eq!(events.len(), 2);
+        assert!(matches!(&events[1], Event::Random(v) if v.value == 2 && v.icount == 1));
+        // A head that moved backwards is refused before anything is copied.
+        let region = region_with(&[]);
+        stale[..RING_HEADER_SIZE].copy_from_slice(&region[..RING_HEADER_SIZE]);
+        assert!(matches!(
+            reader.unread(&stale),
+            Err(RingError::HeadBackwards { .. })
+        ));
     }
 
     #[test]

@@ -486,7 +486,15 @@ impl Recorder {
     }
 
     fn poll_ring(&mut self) -> Result<(), RecorderError> {
-        self.vm.read(RING_GPA, &mut self.ring_buf)?;
+        // The header, then only the records appended since the last poll: this runs at
+        // every exit, and the region is a megabyte.
+        let header = agent_ring::RING_HEADER_SIZE;
+        self.vm.read(RING_GPA, &mut self.ring_buf[..header])?;
+        let unread = self.ring.unread(&self.ring_buf)?;
+        if !unread.is_empty() {
+            self.vm
+                .read(RING_GPA + unread.start as u64, &mut self.ring_buf[unread])?;
+        }
         let first = self.pending.len();
         self.ring
             .poll(&self.ring_buf, self.icount, &mut self.pending)?;
