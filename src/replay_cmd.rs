@@ -150,7 +150,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     if !args.quiet {
         let mut out = std::io::stdout().lock();
-        out.write_all(replay.console())?;
+        out.write_all(&replay.console().to_vec())?;
         out.flush()?;
     }
     let mut divergences = 0;

@@ -27,8 +27,8 @@ fn fixture_replays_to_power_off_without_divergence() {
     let stats = RecordingReader::open(&path).unwrap().stats().clone();
     assert_eq!(replay.icount(), stats.kernel_instructions);
     assert_eq!(replay.events_consumed(), stats.total_events);
-    assert_eq!(replay.console(), recorded_console(&path).as_slice());
-    let text = String::from_utf8_lossy(replay.console()).into_owned();
+    assert_eq!(replay.console().to_vec(), recorded_console(&path));
+    let text = String::from_utf8_lossy(&replay.console().to_vec()).into_owned();
     assert!(
         text.contains("all processes exited, powering off"),
         "{text}"

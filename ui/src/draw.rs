@@ -10,6 +10,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Gauge, Paragraph};
 
 const LEFT: [Pane; 3] = [Pane::Disassembly, Pane::Source, Pane::Console];
+/// The console pane's view of the output: its last bytes (a screen's worth of lines,
+/// however chatty the guest).
+const CONSOLE_VIEW_BYTES: usize = 64 << 10;
 const RIGHT: [Pane; 4] = [
     Pane::Registers,
     Pane::Backtrace,
@@ -114,7 +117,9 @@ pub fn render_pane(f: &mut Frame<'_>, app: &App, pane: Pane, area: Rect) {
         Pane::Events => event_lines(app, inner.width as usize, h),
         Pane::Checkpoints => checkpoint_lines(app, h),
         Pane::Console => {
-            let text = String::from_utf8_lossy(app.replay().console()).into_owned();
+            // The end of the console is what the pane shows: no need to convert it all.
+            let text = String::from_utf8_lossy(&app.replay().console().last(CONSOLE_VIEW_BYTES))
+                .into_owned();
             let all: Vec<&str> = text.lines().collect();
             let skip = all.len().saturating_sub(h);
             all[skip..]

@@ -12,8 +12,10 @@
 //! reported with the event number, icount, expected against actual, and the last
 //! instructions executed (DESIGN.md section 7).
 
+mod console;
 mod divergence;
 
+pub use console::ConsoleLog;
 pub use divergence::Divergence;
 
 use crate::cpu::{Cpu, Exit};
@@ -88,7 +90,7 @@ pub struct Replay {
     /// Breakpoints the caller set.
     user_breakpoints: Vec<u64>,
     /// Console bytes replayed so far, and how many of them were already compared.
-    console: Vec<u8>,
+    console: ConsoleLog,
     console_checked: usize,
     uart_lcr: u8,
     /// Final icount of a complete recording.
@@ -168,7 +170,7 @@ impl Replay {
             next_interrupt: 0,
             hook_user_read,
             user_breakpoints: Vec::new(),
-            console: Vec::new(),
+            console: ConsoleLog::default(),
             console_checked: 0,
             uart_lcr: 0,
             final_icount,
@@ -228,7 +230,7 @@ impl Replay {
     }
 
     /// The guest console output replayed so far.
-    pub fn console(&self) -> &[u8] {
+    pub fn console(&self) -> &ConsoleLog {
         &self.console
     }
 
@@ -656,11 +658,11 @@ impl Replay {
                     self.consume();
                 }
                 Some(Event::Console(c)) if self.due_at_out(c.icount) => {
-                    let replayed = &self.console[self.console_checked..];
-                    if replayed != c.bytes.as_slice() {
+                    let replayed = self.console.since(self.console_checked);
+                    if replayed != c.bytes {
                         return Err(self.diverge(
                             format!("console {:?}", String::from_utf8_lossy(&c.bytes)),
-                            format!("console {:?}", String::from_utf8_lossy(replayed)),
+                            format!("console {:?}", String::from_utf8_lossy(&replayed)),
                         ));
                     }
                     self.console_checked = self.console.len();
