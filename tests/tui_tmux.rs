@@ -243,6 +243,75 @@ fn record_shows_the_live_console_and_q_ends_the_recording() {
     );
 }
 
+/// The README's main job: `krr-tui demo` records the demo guest live, then opens its
+/// replay; the temporary recording is gone after quitting.
+#[test]
+fn demo_records_the_guest_then_opens_its_replay() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        println!("skipped: tmux is not installed");
+        return;
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        println!("skipped: /dev/kvm not available");
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_krr-tui");
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Tmux {
+        socket: format!("krr-tui-demo-{}", std::process::id()),
+    };
+    let cmd = format!("{bin} demo");
+    let tmpdir = format!("TMPDIR={}", tmp.path().display());
+    let o = t.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "tui",
+        "-x",
+        "160",
+        "-y",
+        "48",
+        "-e",
+        &tmpdir,
+        "-e",
+        "KRR_TUI_KEYS=/nonexistent",
+        &cmd,
+    ]);
+    assert!(o.status.success());
+    t.wait_for("q or Esc ends the recording");
+    t.wait_for("guest powered off — press any key");
+    t.send(&["x"]);
+    let s = t.wait_for("1 registers");
+    assert!(
+        s.contains("2 disassembly") && s.contains("6 console"),
+        "{s}"
+    );
+    let recordings: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert_eq!(recordings.len(), 1, "the recording is in TMPDIR while open");
+    t.send(&["i"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !t.status().contains("icount 1 ") {
+        assert!(Instant::now() < deadline, "stepi: {}", t.status());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t.send(&["q"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while t.cmd(&["has-session", "-t", "tui"]).status.success() {
+        assert!(Instant::now() < deadline, "the replay did not exit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "the temporary recording is removed"
+    );
+}
+
 #[test]
 fn export_key_serves_gdb_and_the_ui_follows_its_moves() {
     if Command::new("gdb").arg("--version").output().is_err() {
