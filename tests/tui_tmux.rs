@@ -312,6 +312,74 @@ fn demo_records_the_guest_then_opens_its_replay() {
     );
 }
 
+/// A recording made without an instruction counter places its events by exit ordinal:
+/// the status bar and the density strip measure progress on that axis (the replay's
+/// own instruction count is on another scale).
+#[test]
+fn a_recording_without_a_counter_shows_progress_by_exit() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        println!("skipped: tmux is not installed");
+        return;
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        println!("skipped: /dev/kvm not available");
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_krr-tui");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("no-counter.krr");
+    let rec = Command::new(bin)
+        .args(["record", "--headless", "--quiet", "--no-counter", "-o"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        rec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rec.stderr)
+    );
+    let t = Tmux {
+        socket: format!("krr-tui-nocounter-{}", std::process::id()),
+    };
+    let cmd = format!("{bin} replay {}", file.display());
+    let o = t.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "tui",
+        "-x",
+        "160",
+        "-y",
+        "48",
+        "-e",
+        "KRR_TUI_KEYS=/nonexistent",
+        &cmd,
+    ]);
+    assert!(o.status.success());
+    t.wait_for("1 registers");
+    t.send(&[":"]);
+    t.type_text("goto event 1000");
+    t.send(&["Enter"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !t.status().contains("#1000 ") {
+        assert!(Instant::now() < deadline, "goto: {}", t.status());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = t.status();
+    assert!(status.contains("(exit "), "{status}");
+    let percent: f64 = status
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix('%').and_then(|p| p.parse().ok()))
+        .expect("a percentage");
+    // Event 1000 of about 2,600 lies well inside the recording.
+    assert!(percent > 10.0 && percent < 90.0, "{status}");
+}
+
 #[test]
 fn export_key_serves_gdb_and_the_ui_follows_its_moves() {
     if Command::new("gdb").arg("--version").output().is_err() {

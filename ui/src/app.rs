@@ -209,17 +209,15 @@ impl App {
         self.regs().rip
     }
 
-    /// Instructions in the whole recording, as far as known.
-    pub fn total_icount(&self) -> u64 {
-        let last_event = self
-            .replay()
-            .events()
-            .last()
-            .map(|e| e.icount())
-            .unwrap_or(0);
+    /// The recording's extent on the axis of its event positions (instruction counts,
+    /// or deterministic-exit ordinals for a recording made without a counter), as far
+    /// as known.
+    pub fn total_position(&self) -> u64 {
+        let r = self.replay();
+        let last_event = r.events().last().map(|e| e.icount()).unwrap_or(0);
         last_event
-            .max(self.timeline.end_icount().unwrap_or(0))
-            .max(self.timeline.icount())
+            .max(r.final_position().unwrap_or(0))
+            .max(r.position())
             .max(1)
     }
 
@@ -228,8 +226,9 @@ impl App {
         self.replay().events_consumed().checked_sub(1)
     }
 
+    /// How far into the recording the replay is, on the axis of its event positions.
     pub fn percent(&self) -> f64 {
-        100.0 * self.timeline.icount() as f64 / self.total_icount() as f64
+        100.0 * self.replay().position() as f64 / self.total_position() as f64
     }
 
     /// `#event  icount  pct  function` for the status bar.
@@ -238,8 +237,14 @@ impl App {
             Some(n) => format!("#{n}"),
             None => "#-".into(),
         };
+        // Without a counter the events are placed by exit ordinal: show it too.
+        let exit = if self.replay().counted() {
+            String::new()
+        } else {
+            format!(" (exit {})", self.replay().position())
+        };
         format!(
-            "{ev}  icount {}  {:.1}%  {}",
+            "{ev}  icount {}{exit}  {:.1}%  {}",
             self.timeline.icount(),
             self.percent(),
             self.symbols.describe(self.rip())
@@ -902,7 +907,7 @@ impl App {
         {
             return d.clone();
         }
-        let total = self.total_icount();
+        let total = self.total_position();
         let mut d = vec![0u32; columns.max(1)];
         for e in self.replay().events() {
             let i = (e.icount() as u128 * columns as u128 / (total as u128 + 1)) as usize;

@@ -318,8 +318,8 @@ fn event_lines(app: &App, w: usize, h: usize) -> Vec<Line<'static>> {
     // The density strip: events per column over the whole recording.
     let d = app.density(w.max(1));
     let max = d.iter().copied().max().unwrap_or(0).max(1);
-    let here =
-        ((app.timeline.icount() as u128 * w as u128) / (app.total_icount() as u128 + 1)) as usize;
+    let here = ((app.replay().position() as u128 * w as u128) / (app.total_position() as u128 + 1))
+        as usize;
     let spans: Vec<Span<'static>> = d
         .iter()
         .enumerate()

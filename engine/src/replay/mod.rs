@@ -229,6 +229,17 @@ impl Replay {
             .map(|()| u64::from_le_bytes(b))
     }
 
+    /// Whether the recording's event positions are instruction counts (it was made with
+    /// a counter) rather than deterministic-exit ordinals.
+    pub fn counted(&self) -> bool {
+        self.exact
+    }
+
+    /// The position at which the recording ends, if it is complete.
+    pub fn final_position(&self) -> Option<Icount> {
+        self.final_icount
+    }
+
     /// The guest console output replayed so far.
     pub fn console(&self) -> &ConsoleLog {
         &self.console
@@ -376,8 +387,10 @@ impl Replay {
         self.due(icount) && (self.exact || self.at_out)
     }
 
-    /// The current position in the units of the recording's event positions.
-    fn position(&self) -> Icount {
+    /// Where the replay is on the axis of the recording's event positions (each event's
+    /// `icount`): the instruction count, or for a recording made without a counter the
+    /// deterministic-exit ordinal (see [`crate::icount`]).
+    pub fn position(&self) -> Icount {
         if self.exact {
             self.cpu.icount()
         } else {
