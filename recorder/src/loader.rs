@@ -51,6 +51,36 @@ pub fn detect_format(image: &[u8]) -> Result<KernelFormat, RecorderError> {
                 "32-bit ELF: the kernel must be a 64-bit ELF".into(),
             ));
         }
+        // e_type and e_machine (little-endian, at 16 and 18 in the ELF header).
+        let half = |at: usize| {
+            image
+                .get(at..at + 2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        };
+        const ET_EXEC: u16 = 2;
+        const ET_DYN: u16 = 3;
+        const EM_X86_64: u16 = 62;
+        match half(16) {
+            Some(ET_EXEC) => {}
+            Some(ET_DYN) => {
+                return Err(RecorderError::Kernel(
+                    "a position-independent ELF (ET_DYN: a user program or shared library?): \
+                     the kernel must be an ELF executable (ET_EXEC) linked at its addresses"
+                        .into(),
+                ));
+            }
+            other => {
+                return Err(RecorderError::Kernel(format!(
+                    "ELF type {}: the kernel must be an ELF executable (ET_EXEC)",
+                    other.map_or("missing".to_string(), |t| t.to_string())
+                )));
+            }
+        }
+        if half(18) != Some(EM_X86_64) {
+            return Err(RecorderError::Kernel(
+                "not an x86-64 ELF: the kernel must be built for x86-64".into(),
+            ));
+        }
         return Ok(KernelFormat::Elf64);
     }
     // The Linux boot protocol: "HdrS" at 0x202.

@@ -35,6 +35,21 @@ fn formats_are_recognised_and_junk_is_refused() {
             .to_string()
             .contains("32-bit")
     );
+    // A user program (position independent) and an ELF for another machine.
+    let mut pie = krr_guest::DEMO_KERNEL[..64].to_vec();
+    pie[16] = 3; // ET_DYN
+    let err = detect_format(&pie).unwrap_err().to_string();
+    assert!(err.contains("ET_DYN"), "{err}");
+    let mut arm = krr_guest::DEMO_KERNEL[..64].to_vec();
+    arm[18] = 183; // EM_AARCH64
+    let err = detect_format(&arm).unwrap_err().to_string();
+    assert!(err.contains("x86-64"), "{err}");
+    let own = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    let err = detect_format(&own).unwrap_err().to_string();
+    assert!(
+        err.contains("ET_DYN"),
+        "this test program is no kernel: {err}"
+    );
     let err = detect_format(b"MZ\x90\x00 a PE file")
         .unwrap_err()
         .to_string();
