@@ -92,6 +92,20 @@ pub fn detect_format(image: &[u8]) -> Result<KernelFormat, RecorderError> {
     ))
 }
 
+/// The highest physical address the ELF's loadable segments occupy, if its program
+/// headers parse.
+fn elf_load_end(image: &[u8]) -> Option<u64> {
+    use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
+    let elf = ElfFile64::<object::Endianness>::parse(image).ok()?;
+    let endian = elf.endian();
+    let headers = elf.elf_header().program_headers(endian, image).ok()?;
+    headers
+        .iter()
+        .filter(|p| p.p_type(endian) == object::elf::PT_LOAD)
+        .map(|p| p.p_paddr(endian).saturating_add(p.p_memsz(endian)))
+        .max()
+}
+
 /// Where and how the guest starts.
 #[derive(Debug, Clone)]
 pub struct LoadedKernel {
@@ -111,6 +125,17 @@ pub fn load_kernel(
     build_gdt(vm)?;
     let loaded = match format {
         KernelFormat::Elf64 => {
+            // Say plainly when the kernel does not fit (the loader's own error does not).
+            if let Some(end) = elf_load_end(image)
+                && end > vm.ram_size
+            {
+                return Err(RecorderError::Kernel(format!(
+                    "the kernel's segments end at {end:#x}, beyond the guest's RAM \
+                     ({:#x}): give --memory at least {} MiB",
+                    vm.ram_size,
+                    end.div_ceil(1 << 20)
+                )));
+            }
             let r = Elf::load(&vm.mem, None, &mut Cursor::new(image), None)
                 .map_err(|e| RecorderError::Kernel(format!("ELF: {e}")))?;
             if r.kernel_end > vm.ram_size {

@@ -98,3 +98,19 @@ fn a_truncated_elf_is_an_error_not_a_panic() {
         assert!(r.is_err(), "a {len}-byte ELF prefix was accepted");
     }
 }
+
+#[test]
+fn a_kernel_larger_than_the_memory_is_a_clear_error() {
+    if let Err(why) = krr_recorder::kvm_available() {
+        println!("skipped: {why}");
+        return;
+    }
+    let mut vm = krr_recorder::vm::Vm::new(1 << 20).unwrap();
+    let err = krr_recorder::loader::load_kernel(&mut vm, krr_guest::DEMO_KERNEL, "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("beyond the guest's RAM") && err.contains("--memory"),
+        "{err}"
+    );
+}
