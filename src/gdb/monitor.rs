@@ -85,8 +85,14 @@ fn when(t: &ReplayTarget) -> String {
         .symbolize(rip)
         .map(|s| format!(" <{s}>"))
         .unwrap_or_default();
+    // Without a counter the events are placed by deterministic-exit ordinal: say it.
+    let exit = if replay.counted() {
+        String::new()
+    } else {
+        format!(", exit: {}", replay.position())
+    };
     let mut out = format!(
-        "Current event: {event} (of {total}), icount: {}, rip: {rip:#x}{sym}",
+        "Current event: {event} (of {total}), icount: {}{exit}, rip: {rip:#x}{sym}",
         t.icount()
     );
     if let Some(d) = &t.divergence {
