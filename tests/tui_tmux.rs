@@ -52,6 +52,31 @@ impl Tmux {
         }
     }
 
+    /// Waits until the status bar shows `what`; fails with it otherwise.
+    fn wait_for_status(&self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status();
+            if status.contains(what) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the status never showed {what:?}: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the program in the session has exited; fails saying `what` otherwise.
+    fn wait_exit(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.cmd(&["has-session", "-t", "tui"]).status.success() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The status bar (the line above the key hints).
     fn status(&self) -> String {
         let s = self.screen();
@@ -71,21 +96,33 @@ impl Drop for Tmux {
     }
 }
 
-/// Opens the checked-in demo recording in the TUI inside a detached tmux session of
-/// `width` columns, or None (printing why) where tmux is missing.
-fn open_fixture(name: &str, width: u16) -> Option<Tmux> {
+/// Whether tmux, and where `kvm` is asked for /dev/kvm, are here; prints why a test is
+/// skipped where not.
+fn available(kvm: bool) -> bool {
     if Command::new("tmux").arg("-V").output().is_err() {
         println!("skipped: tmux is not installed");
-        return None;
+        return false;
     }
-    let bin = env!("CARGO_BIN_EXE_krr-tui");
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/demo.krr");
+    let no_kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err();
+    if kvm && no_kvm {
+        println!("skipped: /dev/kvm not available");
+        return false;
+    }
+    true
+}
+
+/// Runs `cmd` in a detached tmux session `width` x `height` with the environment
+/// `env` (NAME=VALUE) and the default keymap.
+fn start(name: &str, cmd: &str, width: u16, height: u16, env: &[String]) -> Tmux {
     let t = Tmux {
         socket: format!("krr-tui-{name}-{}", std::process::id()),
     };
-    let cmd = format!("{bin} replay {}", fixture.display());
-    let width = width.to_string();
-    let out = t.cmd(&[
+    let (width, height) = (width.to_string(), height.to_string());
+    let mut args = vec![
         "new-session",
         "-d",
         "-s",
@@ -93,17 +130,32 @@ fn open_fixture(name: &str, width: u16) -> Option<Tmux> {
         "-x",
         &width,
         "-y",
-        "48",
-        "-e",
-        "KRR_TUI_KEYS=/nonexistent",
-        &cmd,
-    ]);
+        &height,
+    ];
+    args.extend(["-e", "KRR_TUI_KEYS=/nonexistent"]);
+    for e in env {
+        args.extend(["-e", e.as_str()]);
+    }
+    args.push(cmd);
+    let out = t.cmd(&args);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(t)
+    t
+}
+
+/// Opens the checked-in demo recording in the TUI inside a detached tmux session of
+/// `width` columns, or None (printing why) where tmux is missing.
+fn open_fixture(name: &str, width: u16) -> Option<Tmux> {
+    if !available(false) {
+        return None;
+    }
+    let bin = env!("CARGO_BIN_EXE_krr-tui");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/demo.krr");
+    let cmd = format!("{bin} replay {}", fixture.display());
+    Some(start(name, &cmd, width, 48, &[]))
 }
 
 #[test]
@@ -178,46 +230,18 @@ fn step_reverse_step_goto_and_reverse_continue_to_a_breakpoint() {
     assert!(icount > 0 && icount < 867_330, "{status}");
 
     t.send(&["q"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while t.cmd(&["has-session", "-t", "tui"]).status.success() {
-        assert!(Instant::now() < deadline, "q did not quit");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    t.wait_exit("q did not quit");
 }
 
 #[test]
 fn record_shows_the_live_console_and_q_ends_the_recording() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        println!("skipped: tmux is not installed");
-        return;
-    }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        println!("skipped: /dev/kvm not available");
+    if !available(true) {
         return;
     }
     let bin = env!("CARGO_BIN_EXE_krr-tui");
     let out = std::env::temp_dir().join(format!("krr-tmux-record-{}.krr", std::process::id()));
-    let t = Tmux {
-        socket: format!("krr-tui-rec-{}", std::process::id()),
-    };
     let cmd = format!("{bin} record -o {}", out.display());
-    let o = t.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "tui",
-        "-x",
-        "140",
-        "-y",
-        "40",
-        &cmd,
-    ]);
-    assert!(o.status.success());
+    let t = start("rec", &cmd, 140, 40, &[]);
     t.wait_for("q or Esc ends the recording");
     // The console fills in while the guest runs, and the counters count.
     let s = t.wait_for("krr-demo");
@@ -229,11 +253,7 @@ fn record_shows_the_live_console_and_q_ends_the_recording() {
         "the recording ends (interrupted, or the guest already powered off):\n{s}"
     );
     t.send(&["x"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while t.cmd(&["has-session", "-t", "tui"]).status.success() {
-        assert!(Instant::now() < deadline, "the recorder did not exit");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    t.wait_exit("the recorder did not exit");
     let info = Command::new(bin).arg("info").arg(&out).output().unwrap();
     let _ = std::fs::remove_file(&out);
     assert!(
@@ -247,42 +267,13 @@ fn record_shows_the_live_console_and_q_ends_the_recording() {
 /// replay; the temporary recording is gone after quitting.
 #[test]
 fn demo_records_the_guest_then_opens_its_replay() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        println!("skipped: tmux is not installed");
-        return;
-    }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        println!("skipped: /dev/kvm not available");
+    if !available(true) {
         return;
     }
     let bin = env!("CARGO_BIN_EXE_krr-tui");
     let tmp = tempfile::tempdir().unwrap();
-    let t = Tmux {
-        socket: format!("krr-tui-demo-{}", std::process::id()),
-    };
-    let cmd = format!("{bin} demo");
     let tmpdir = format!("TMPDIR={}", tmp.path().display());
-    let o = t.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "tui",
-        "-x",
-        "160",
-        "-y",
-        "48",
-        "-e",
-        &tmpdir,
-        "-e",
-        "KRR_TUI_KEYS=/nonexistent",
-        &cmd,
-    ]);
-    assert!(o.status.success());
+    let t = start("demo", &format!("{bin} demo"), 160, 48, &[tmpdir]);
     t.wait_for("q or Esc ends the recording");
     t.wait_for("guest powered off — press any key");
     t.send(&["x"]);
@@ -294,17 +285,9 @@ fn demo_records_the_guest_then_opens_its_replay() {
     let recordings: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert_eq!(recordings.len(), 1, "the recording is in TMPDIR while open");
     t.send(&["i"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !t.status().contains("icount 1 ") {
-        assert!(Instant::now() < deadline, "stepi: {}", t.status());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    t.wait_for_status("icount 1 ");
     t.send(&["q"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while t.cmd(&["has-session", "-t", "tui"]).status.success() {
-        assert!(Instant::now() < deadline, "the replay did not exit");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    t.wait_exit("the replay did not exit");
     assert_eq!(
         std::fs::read_dir(tmp.path()).unwrap().count(),
         0,
@@ -317,17 +300,7 @@ fn demo_records_the_guest_then_opens_its_replay() {
 /// own instruction count is on another scale).
 #[test]
 fn a_recording_without_a_counter_shows_progress_by_exit() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        println!("skipped: tmux is not installed");
-        return;
-    }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        println!("skipped: /dev/kvm not available");
+    if !available(true) {
         return;
     }
     let bin = env!("CARGO_BIN_EXE_krr-tui");
@@ -343,34 +316,13 @@ fn a_recording_without_a_counter_shows_progress_by_exit() {
         "{}",
         String::from_utf8_lossy(&rec.stderr)
     );
-    let t = Tmux {
-        socket: format!("krr-tui-nocounter-{}", std::process::id()),
-    };
     let cmd = format!("{bin} replay {}", file.display());
-    let o = t.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "tui",
-        "-x",
-        "160",
-        "-y",
-        "48",
-        "-e",
-        "KRR_TUI_KEYS=/nonexistent",
-        &cmd,
-    ]);
-    assert!(o.status.success());
+    let t = start("nocounter", &cmd, 160, 48, &[]);
     t.wait_for("1 registers");
     t.send(&[":"]);
     t.type_text("goto event 1000");
     t.send(&["Enter"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !t.status().contains("#1000 ") {
-        assert!(Instant::now() < deadline, "goto: {}", t.status());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let status = t.status();
+    let status = t.wait_for_status("#1000 ");
     assert!(status.contains("(exit "), "{status}");
     let percent: f64 = status
         .split_whitespace()
