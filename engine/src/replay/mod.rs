@@ -452,13 +452,14 @@ impl Replay {
                     } = k.point
                     {
                         let actual = self.cpu.state().regs_digest();
-                        let stack_matches =
-                            stack_digest.is_none() || self.stack_digest() == stack_digest;
-                        if !self.exact && (actual != regs_digest || !stack_matches) {
+                        // The stack is read only where the registers match.
+                        let matches = actual == regs_digest
+                            && (stack_digest.is_none() || self.stack_digest() == stack_digest);
+                        if !self.exact && !matches {
                             // Another instance of this rip: keep running.
                             return Ok(());
                         }
-                        if actual != regs_digest || !stack_matches {
+                        if !matches {
                             return Err(self.diverge(
                                 format!("interrupt signature {regs_digest:#018x}"),
                                 format!("registers {actual:#018x}"),
