@@ -87,8 +87,6 @@ pub struct Timeline {
     budget: u64,
     breakpoints: BTreeSet<u64>,
     watchpoints: BTreeSet<Watchpoint>,
-    /// Icount of the end of the recording, once known.
-    end: Option<Icount>,
 }
 
 impl Timeline {
@@ -108,7 +106,6 @@ impl Timeline {
             budget,
             breakpoints: BTreeSet::new(),
             watchpoints: BTreeSet::new(),
-            end: None,
         }
     }
 
@@ -124,11 +121,6 @@ impl Timeline {
 
     pub fn icount(&self) -> Icount {
         self.now.icount()
-    }
-
-    /// The end of the recording, once replay has reached it.
-    pub fn end_icount(&self) -> Option<Icount> {
-        self.end
     }
 
     pub fn checkpoints(&self) -> Vec<CheckpointInfo> {
@@ -614,10 +606,7 @@ impl Timeline {
                     }
                     return Moved::Breakpoint(addr);
                 }
-                Stop::Finished(end) => {
-                    self.end = Some(self.icount());
-                    return Moved::End(end);
-                }
+                Stop::Finished(end) => return Moved::End(end),
                 Stop::Diverged(d) => return Moved::Diverged(d),
             }
         }
