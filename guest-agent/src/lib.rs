@@ -87,6 +87,36 @@ pub mod console {
     pub const CHECKSUM_PREFIX: &str = "fnv1a64 ";
     /// The user programs' names, in pid order of the demo run (prefix `[name:pid] `).
     pub const PROGRAMS: [&str; 6] = ["primes", "disk", "clock", "pager", "crash-ud", "crash-pf"];
+
+    /// Where the demo kernel takes random numbers from (it follows the CPUID it sees).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct RandomSources {
+        /// `SYS_RANDOM` executes rdrand (else a xorshift generator).
+        pub rdrand: bool,
+        /// The generator's seed came from rdseed (else from the TSC).
+        pub rdseed: bool,
+    }
+
+    /// The random sources the demo's boot line names
+    /// (`krr-demo: random numbers from rdrand|xorshift, seed from rdseed|the TSC`, written
+    /// by demo/random.c), or None where the console has no such line.
+    pub fn random_sources(console: &str) -> Option<RandomSources> {
+        let rest = console
+            .lines()
+            .find_map(|l| l.strip_prefix("krr-demo: random numbers from "))?;
+        let (numbers, seed) = rest.split_once(", seed from ")?;
+        let rdrand = match numbers {
+            "rdrand" => true,
+            "xorshift" => false,
+            _ => return None,
+        };
+        let rdseed = match seed.trim_end() {
+            "rdseed" => true,
+            "the TSC" => false,
+            _ => return None,
+        };
+        Some(RandomSources { rdrand, rdseed })
+    }
 }
 
 /// The hostile test guests, by name. Each prints one line to the UART first.
@@ -200,6 +230,30 @@ pub fn hostile_guest(name: &str) -> Option<&'static [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_sources_read_the_boot_line_and_nothing_else() {
+        use console::{RandomSources, random_sources};
+        let line = |n, s| {
+            format!("krr-demo: tsc 1 kHz\nkrr-demo: random numbers from {n}, seed from {s}\n")
+        };
+        assert_eq!(
+            random_sources(&line("rdrand", "rdseed")),
+            Some(RandomSources {
+                rdrand: true,
+                rdseed: true
+            })
+        );
+        assert_eq!(
+            random_sources(&line("xorshift", "the TSC")),
+            Some(RandomSources {
+                rdrand: false,
+                rdseed: false
+            })
+        );
+        assert_eq!(random_sources(&line("magic", "rdseed")), None);
+        assert_eq!(random_sources("krr-demo: booting\n"), None);
+    }
 
     #[test]
     fn demo_disk_is_deterministic_and_sized() {
