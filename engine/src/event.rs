@@ -343,9 +343,28 @@ pub struct ConsoleOutput {
 pub struct Digest {
     pub icount: Icount,
     pub rip: u64,
-    /// Hash of the general registers and RFLAGS ([`crate::state::CpuState::regs_digest`]).
-    pub regs: u64,
+    pub registers: DigestRegisters,
     /// Hash of the top of the kernel stack ([`crate::state::stack_digest`]), where RSP's
     /// page is kernel memory (the recorder leaves it out otherwise).
     pub stack: Option<u64>,
+}
+
+/// The registers a digest checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DigestRegisters {
+    /// The general registers and RFLAGS themselves, so that a divergence names what
+    /// differs (format 3).
+    Full { gpr: [u64; 16], rflags: u64 },
+    /// Only their hash ([`crate::state::regs_digest`]): format 2 recordings.
+    Hash(u64),
+}
+
+impl DigestRegisters {
+    /// Whether `gpr` and `rflags` are the registers recorded.
+    pub fn matches(&self, gpr: &[u64; 16], rflags: u64) -> bool {
+        match self {
+            DigestRegisters::Full { gpr: g, rflags: f } => g == gpr && *f == rflags,
+            DigestRegisters::Hash(h) => *h == crate::state::regs_digest(gpr, rflags),
+        }
+    }
 }

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cpu::undefined::UndefinedBehaviour;
+
 /// Size of a guest page, the unit of snapshots and copy-on-write checkpoints.
 pub const PAGE_SIZE: usize = 4096;
 
@@ -235,14 +237,18 @@ pub struct MachineConfig {
     pub quirks: Quirks,
 }
 
-/// Behaviours of the recording host that differ from a hardware CPU with the same
-/// CPUID. Replay must reproduce the host that made the recording; the recorder measures
-/// them in a scratch VM.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Behaviours of the recording host that CPUID does not tell: where it differs from a
+/// hardware CPU with the same CPUID, and what it gives where the architecture leaves a
+/// result undefined. Replay must reproduce the host that made the recording; the
+/// recorder measures them in a scratch VM.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quirks {
     /// `lzcnt`/`tzcnt` execute as `bsr`/`bsf` even when CPUID advertises ABM/BMI1
     /// (KVM's ring-0 emulator ignores the F3 prefix there; measured in cpu_vs_kvm.rs).
     pub bit_scan_ignores_rep: bool,
+    /// Undefined flags and results (format 3; format 2 recordings replay with
+    /// [`UndefinedBehaviour::legacy`]).
+    pub undefined: UndefinedBehaviour,
 }
 
 /// Where the recorder's instruction counts came from (DESIGN.md section 3).

@@ -55,10 +55,12 @@ fn goto_event_stops_right_after_it_and_continues_identically() {
     assert_eq!(a.mem.hash(), b.mem.hash());
 }
 
-/// Writes a copy of the fixture with its events changed by `edit`.
+/// Writes a copy of the fixture with its events changed by `edit` (in the current
+/// format: the fixture is format 2).
 fn corrupted(edit: impl FnOnce(&mut Vec<Event>)) -> tempfile::NamedTempFile {
     let mut r = RecordingReader::open(fixture()).unwrap();
-    let header = r.header().clone();
+    let mut header = r.header().clone();
+    header.format_version = krr_engine::trace::FORMAT_VERSION;
     let snapshot = r.snapshot().unwrap();
     let stats = r.stats().clone();
     let mut events: Vec<Event> = r.events_from(0).map(Result::unwrap).collect();
@@ -181,4 +183,32 @@ fn a_changed_stack_digest_is_a_divergence() {
     });
     let d = diverges(&file);
     assert!(d.expected.contains("stack"), "{d}");
+}
+
+/// The fixture is format 2: it reads with the undefined results replay always gave it
+/// (the legacy rules) and digests that hold a hash of the registers.
+#[test]
+fn a_format_2_recording_reads_with_the_legacy_rules() {
+    use krr_engine::cpu::undefined::UndefinedBehaviour;
+    use krr_engine::event::DigestRegisters;
+    let mut r = RecordingReader::open(fixture()).unwrap();
+    assert_eq!(r.header().format_version, 2);
+    assert_eq!(
+        r.header().machine.quirks.undefined,
+        UndefinedBehaviour::legacy()
+    );
+    let digests: Vec<DigestRegisters> = r
+        .events_from(0)
+        .map(Result::unwrap)
+        .filter_map(|e| match e {
+            Event::Digest(d) => Some(d.registers),
+            _ => None,
+        })
+        .collect();
+    assert!(!digests.is_empty());
+    assert!(
+        digests
+            .iter()
+            .all(|d| matches!(d, DigestRegisters::Hash(_)))
+    );
 }

@@ -142,14 +142,19 @@ fn event() -> impl Strategy<Value = Event> {
             ),
         (ic, bytes(100))
             .prop_map(|(icount, bytes)| Event::Console(ConsoleOutput { icount, bytes })),
-        (ic, any::<u64>(), any::<u64>(), any::<Option<u64>>()).prop_map(
-            |(icount, rip, regs, stack)| Event::Digest(Digest {
+        (
+            ic,
+            any::<u64>(),
+            any::<[u64; 16]>(),
+            any::<u64>(),
+            any::<Option<u64>>()
+        )
+            .prop_map(|(icount, rip, gpr, rflags, stack)| Event::Digest(Digest {
                 icount,
                 rip,
-                regs,
+                registers: DigestRegisters::Full { gpr, rflags },
                 stack
-            })
-        ),
+            })),
     ]
 }
 
@@ -249,6 +254,12 @@ fn header() -> Header {
             counter: CounterSourceKind::KvmInsnEmulation,
             quirks: krr_engine::state::Quirks {
                 bit_scan_ignores_rep: true,
+                undefined: {
+                    use krr_engine::cpu::undefined::{Family, FlagRule, UndefinedBehaviour};
+                    let mut u = UndefinedBehaviour::legacy();
+                    u.set_rule(Family::Shr, 8, 0x10, FlagRule::Clear);
+                    u
+                },
             },
         },
         KernelIdentity {

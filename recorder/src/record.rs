@@ -21,8 +21,8 @@ use crate::loader::{self, LoadedKernel};
 use crate::vm::{Vm, gprs};
 use crate::{RecorderError, symbols};
 use krr_engine::event::{
-    ConsoleOutput, Digest, Event, EventKind, InjectionPoint, KernelInterrupt, MemoryWrite,
-    MmioRead, PortIn, RFLAGS_IF, WriteSource,
+    ConsoleOutput, Digest, DigestRegisters, Event, EventKind, InjectionPoint, KernelInterrupt,
+    MemoryWrite, MmioRead, PortIn, RFLAGS_IF, WriteSource,
 };
 use krr_engine::icount::KvmCounterModel;
 use krr_engine::state::{
@@ -207,7 +207,7 @@ impl Recorder {
         let cpu = crate::cpuid::pin_current_thread()?;
         let mut vm = Vm::new(config.memory)?;
         let observed_cpuid = crate::cpuid::observe(&vm.cpuid)?;
-        let quirks = crate::quirks::measure()?;
+        let quirks = crate::quirks::measure(&observed_cpuid)?;
         let loaded = loader::load_kernel(&mut vm, &config.kernel, &config.cmdline)?;
         vm.write(RING_GPA, &agent_ring::initial_header().to_bytes())?;
         let symbols = symbols::kernel_symbols(&config.kernel);
@@ -282,7 +282,7 @@ impl Recorder {
                 regions: self.vm.regions(),
                 tsc_khz: self.vm.vcpu.get_tsc_khz().ok(),
                 counter: self.counter.kind(),
-                quirks: self.quirks,
+                quirks: self.quirks.clone(),
             },
             cpuid: self.observed_cpuid.clone(),
             kernel: KernelIdentity {
@@ -754,15 +754,18 @@ impl Recorder {
         if regs.sregs.cs.dpl != 0 {
             return; // user registers: replay does not have them
         }
-        let (rip, rsp, regs) = (
+        let (rip, rsp, registers) = (
             regs.regs.rip,
             regs.regs.rsp,
-            regs_digest(&gprs(&regs.regs), regs.regs.rflags),
+            DigestRegisters::Full {
+                gpr: gprs(&regs.regs),
+                rflags: regs.regs.rflags,
+            },
         );
         self.push(Event::Digest(Digest {
             icount: self.icount,
             rip,
-            regs,
+            registers,
             stack: self.stack_digest(rsp),
         }));
     }

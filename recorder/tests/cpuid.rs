@@ -61,18 +61,35 @@ fn recorded_cpuid_is_what_the_guest_observes() {
     }
 }
 
-/// The host's bit-scan behaviour, measured for the header: where KVM emulates ring 0
-/// (PVM) `tzcnt`/`lzcnt` run as `bsf`/`bsr`; a host that runs ring 0 natively follows
-/// its CPU (tzcnt with BMI1, bsf without).
+/// The host's undefined results and bit-scan behaviour, measured for the header: every
+/// one is modelled on this host; where KVM emulates ring 0 (PVM) `tzcnt`/`lzcnt` run as
+/// `bsf`/`bsr`; a host that runs ring 0 natively follows its CPU (tzcnt with BMI1, bsf
+/// without), and replay counts exactly where the host did.
 #[test]
-fn quirks_probe_measures_the_bit_scans_of_this_host() {
+fn quirks_probe_measures_this_host() {
     if let Err(why) = krr_recorder::kvm_available() {
         println!("skipped: {why}");
         return;
     }
-    let quirks = krr_recorder::quirks::measure().unwrap();
+    krr_recorder::cpuid::pin_current_thread().unwrap();
+    let vm = krr_recorder::vm::Vm::new(2 << 20).unwrap();
+    let cpuid = krr_recorder::cpuid::observe(&vm.cpuid).unwrap();
+    let quirks = krr_recorder::quirks::measure(&cpuid).unwrap();
+    for line in quirks.undefined.table() {
+        println!("{line}");
+    }
+    assert!(
+        quirks.undefined.unmodelled.is_empty(),
+        "{:#?}",
+        quirks.undefined.unmodelled
+    );
     let emulated = std::path::Path::new("/sys/module/kvm_pvm").exists();
     let bmi1 = std::arch::x86_64::__cpuid_count(7, 0).ebx & (1 << 3) != 0;
-    println!("ring 0 emulated: {emulated}, host BMI1: {bmi1}, measured: {quirks:?}");
-    assert_eq!(quirks.bit_scan_ignores_rep, emulated || !bmi1);
+    let guest_bmi1 = cpuid
+        .iter()
+        .any(|e| e.function == 7 && e.index == 0 && e.ebx & (1 << 3) != 0);
+    println!("ring 0 emulated: {emulated}, host BMI1: {bmi1}, guest BMI1: {guest_bmi1}");
+    let host_counts = !emulated && bmi1;
+    let replay_counts = guest_bmi1 && !quirks.bit_scan_ignores_rep;
+    assert_eq!(replay_counts, host_counts);
 }

@@ -1108,6 +1108,6 @@ pub fn event_details(e: &Event) -> String {
         Event::PteRead(p) => format!("pte at {:#x} = {:#x}", p.addr, p.value),
         Event::Random(r) => format!("{:#x}", r.value),
         Event::Console(c) => format!("{:?}", String::from_utf8_lossy(&c.bytes)),
-        Event::Digest(d) => format!("digest regs {:#x}", d.regs),
+        Event::Digest(d) => format!("digest rip {:#x}", d.rip),
     }
 }

@@ -7,6 +7,7 @@
 use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
 use super::flags::{self, CF, DF, IF, OF, PF, SF, STATUS, ShiftOp, ZF, mask, sext};
+use super::undefined::{Family, ZeroSourceDestination, size_index};
 use super::{Cpu, Exit, Pending, R, Retired, exc, exit, gp0, ud, vector};
 use crate::icount::REP_CHUNK;
 use crate::memory::GuestMemory;
@@ -308,9 +309,32 @@ impl Cpu {
                     M::Adc => flags::add(a, b, cf, size),
                     M::Sub | M::Cmp => flags::sub(a, b, false, size),
                     M::Sbb => flags::sub(a, b, cf, size),
-                    M::And | M::Test => (a & b, flags::logic(a & b, size)),
-                    M::Or => (a | b, flags::logic(a | b, size)),
-                    _ => (a ^ b, flags::logic(a ^ b, size)),
+                    M::And | M::Test => {
+                        let family = if m == M::And {
+                            Family::And
+                        } else {
+                            Family::Test
+                        };
+                        let r = a & b;
+                        (
+                            r,
+                            flags::logic(family, r, size, self.st.rflags, &self.undefined),
+                        )
+                    }
+                    M::Or => {
+                        let r = a | b;
+                        (
+                            r,
+                            flags::logic(Family::Or, r, size, self.st.rflags, &self.undefined),
+                        )
+                    }
+                    _ => {
+                        let r = a ^ b;
+                        (
+                            r,
+                            flags::logic(Family::Xor, r, size, self.st.rflags, &self.undefined),
+                        )
+                    }
                 };
                 if m != M::Cmp && m != M::Test {
                     self.wr(mem, ins, 0, size, r)?;
@@ -633,7 +657,7 @@ impl Cpu {
                     M::Rcl => ShiftOp::Rcl,
                     _ => ShiftOp::Rcr,
                 };
-                let (r, f) = flags::shift(op, a, count, size, self.st.rflags);
+                let (r, f) = flags::shift(op, a, count, size, self.st.rflags, &self.undefined);
                 if count != 0 || ins.op_kind(0) == OpKind::Register {
                     // A 32-bit register destination is written (zero-extended) even
                     // for a zero count.
@@ -646,7 +670,15 @@ impl Cpu {
                 let count = self.shift_count(mem, ins, 2, size)?;
                 let d = self.rd(mem, ins, 0, size)?;
                 let s = self.rd(mem, ins, 1, size)?;
-                let (r, f) = flags::double_shift(m == M::Shld, d, s, count, size, self.st.rflags);
+                let (r, f) = flags::double_shift(
+                    m == M::Shld,
+                    d,
+                    s,
+                    count,
+                    size,
+                    self.st.rflags,
+                    &self.undefined,
+                );
                 if count != 0 || ins.op_kind(0) == OpKind::Register {
                     self.wr(mem, ins, 0, size, r)?;
                 }
@@ -664,50 +696,11 @@ impl Cpu {
                 let r = (p as u64) & mask(size);
                 let overflow = sext(r, size) as i64 as i128 != p;
                 self.wr(mem, ins, 0, size, r)?;
-                self.set_mul_flags(r, size, overflow);
+                self.set_mul_flags(Family::ImulMultiOperand, r, size, overflow);
             }
             M::Div | M::Idiv => self.exec_div(mem, ins, m == M::Idiv)?,
             M::Bt | M::Bts | M::Btr | M::Btc => self.exec_bt(mem, ins, m)?,
-            M::Bsf | M::Bsr | M::Tzcnt | M::Lzcnt => {
-                let size = op_size(ins, 0);
-                let s = self.rd(mem, ins, 1, size)? & mask(size);
-                let bits = size as u64 * 8;
-                let counting = !self.quirks.bit_scan_ignores_rep
-                    && ((m == M::Tzcnt && self.has_tzcnt) || (m == M::Lzcnt && self.has_lzcnt));
-                if counting {
-                    let r = if m == M::Tzcnt {
-                        if s == 0 {
-                            bits
-                        } else {
-                            s.trailing_zeros() as u64
-                        }
-                    } else if s == 0 {
-                        bits
-                    } else {
-                        s.leading_zeros() as u64 - (64 - bits)
-                    };
-                    self.wr(mem, ins, 0, size, r)?;
-                    let mut f = self.st.rflags & !(CF | ZF);
-                    if s == 0 {
-                        f |= CF;
-                    }
-                    if r == 0 {
-                        f |= ZF;
-                    }
-                    self.st.rflags = f;
-                } else if s == 0 {
-                    // The destination is left unchanged.
-                    self.st.rflags |= ZF;
-                } else {
-                    let r = if matches!(m, M::Bsf | M::Tzcnt) {
-                        s.trailing_zeros() as u64
-                    } else {
-                        63 - s.leading_zeros() as u64
-                    };
-                    self.wr(mem, ins, 0, size, r)?;
-                    self.st.rflags &= !ZF;
-                }
-            }
+            M::Bsf | M::Bsr | M::Tzcnt | M::Lzcnt => self.exec_bit_scan(mem, ins, m)?,
             M::Bswap => {
                 let r = ins.op_register(0);
                 let v = self.reg_get(r);
@@ -1149,13 +1142,8 @@ impl Cpu {
         Ok(())
     }
 
-    fn set_mul_flags(&mut self, low: u64, size: usize, overflow: bool) {
-        // CF = OF = overflow; SF, ZF, AF, PF are undefined: SF, ZF and PF follow the
-        // low half of the result and AF is cleared (as measured on the recording hosts).
-        let mut f = flags::szp(low, size);
-        if overflow {
-            f |= CF | OF;
-        }
+    pub(crate) fn set_mul_flags(&mut self, family: Family, low: u64, size: usize, overflow: bool) {
+        let f = flags::multiply(family, low, size, overflow, self.st.rflags, &self.undefined);
         self.set_status(f);
     }
 
@@ -1181,7 +1169,8 @@ impl Cpu {
             self.set_gpr_sized(0, size, lo);
             self.set_gpr_sized(2, size, hi);
         }
-        self.set_mul_flags(lo, size, overflow);
+        let family = if signed { Family::Imul } else { Family::Mul };
+        self.set_mul_flags(family, lo, size, overflow);
         Ok(())
     }
 
@@ -1225,6 +1214,62 @@ impl Cpu {
             self.set_gpr_sized(0, size, q);
             self.set_gpr_sized(2, size, r);
         }
+        let family = if signed { Family::Idiv } else { Family::Div };
+        let f = flags::divide(family, q, size, self.st.rflags, &self.undefined);
+        self.set_status(f);
+        Ok(())
+    }
+
+    /// `bsf`, `bsr`, and `tzcnt`/`lzcnt`, which count where CPUID has them and the
+    /// recording host did not run them as bit scans ([`Quirks`]).
+    fn exec_bit_scan(&mut self, mem: &mut GuestMemory, ins: &Instruction, m: Mnemonic) -> R<()> {
+        use Mnemonic as M;
+        let size = op_size(ins, 0);
+        let s = self.rd(mem, ins, 1, size)? & mask(size);
+        let bits = size as u64 * 8;
+        let counting = !self.quirks.bit_scan_ignores_rep
+            && ((m == M::Tzcnt && self.has_tzcnt) || (m == M::Lzcnt && self.has_lzcnt));
+        if counting {
+            let r = if s == 0 {
+                bits
+            } else if m == M::Tzcnt {
+                s.trailing_zeros() as u64
+            } else {
+                s.leading_zeros() as u64 - (64 - bits)
+            };
+            self.wr(mem, ins, 0, size, r)?;
+            let family = if m == M::Tzcnt {
+                Family::Tzcnt
+            } else {
+                Family::Lzcnt
+            };
+            let f = flags::count_zeros(family, s == 0, r, size, self.st.rflags, &self.undefined);
+            self.set_status(f);
+            return Ok(());
+        }
+        let forward = matches!(m, M::Bsf | M::Tzcnt);
+        let family = if forward { Family::Bsf } else { Family::Bsr };
+        let index = if s == 0 {
+            // The destination is undefined: the recording host's rule says what it
+            // became.
+            let rule = self.undefined.zero_source[!forward as usize][size_index(size)];
+            if rule == ZeroSourceDestination::UpperCleared && size == 4 {
+                let r = ins.op_register(0);
+                let old = self.reg_get(r);
+                self.reg_set(r, old);
+            }
+            0
+        } else {
+            let i = if forward {
+                s.trailing_zeros() as u64
+            } else {
+                63 - s.leading_zeros() as u64
+            };
+            self.wr(mem, ins, 0, size, i)?;
+            i
+        };
+        let f = flags::bit_scan(family, s == 0, index, size, self.st.rflags, &self.undefined);
+        self.set_status(f);
         Ok(())
     }
 
@@ -1261,7 +1306,14 @@ impl Cpu {
                 None => self.wr(mem, ins, 0, size, nv)?,
             }
         }
-        self.st.rflags = (self.st.rflags & !CF) | was;
+        let family = match m {
+            Mnemonic::Bts => Family::Bts,
+            Mnemonic::Btr => Family::Btr,
+            Mnemonic::Btc => Family::Btc,
+            _ => Family::Bt,
+        };
+        let f = flags::bit_test(family, was != 0, size, self.st.rflags, &self.undefined);
+        self.set_status(f);
         Ok(())
     }
 

@@ -1,9 +1,10 @@
 //! RFLAGS bits and the exact flag results of the integer ALU.
 //!
 //! Every function takes and returns values masked to the operand size in bytes (1, 2,
-//! 4 or 8) and returns the six status flags it defines. Flags that the architecture
-//! leaves undefined are given the values the hosts these recordings come from produce
-//! where that was measured (see the differential tests); the comments say which.
+//! 4 or 8). Flags that the architecture leaves undefined follow the recording host's
+//! [`UndefinedRules`] (see [`super::undefined`]), which these functions take.
+
+use super::undefined::{Family, UndefinedRules, WideDoubleShift};
 
 pub const CF: u64 = 1 << 0;
 pub const FIXED1: u64 = 1 << 1;
@@ -114,10 +115,13 @@ pub fn sub(a: u64, b: u64, borrow: bool, size: usize) -> (u64, u64) {
     (r, f)
 }
 
-/// Flags of AND/OR/XOR/TEST: CF = OF = 0; AF is undefined and cleared (Intel).
-#[inline]
-pub fn logic(r: u64, size: usize) -> u64 {
-    szp(r, size)
+/// Flags of AND/OR/XOR/TEST (`family`) with result `r`: CF = OF = 0, SF, ZF, PF from
+/// the result; AF undefined.
+#[inline(always)]
+pub fn logic(family: Family, r: u64, size: usize, rflags: u64, rules: &UndefinedRules) -> u64 {
+    rules
+        .masks(family, size)
+        .resolve(AF, rflags, szp(r, size), 0, 0, 0)
 }
 
 /// The shift and rotate group.
@@ -132,10 +136,31 @@ pub enum ShiftOp {
     Sar,
 }
 
+#[inline(always)]
+fn of_if(b: u64) -> u64 {
+    if b & 1 != 0 { OF } else { 0 }
+}
+
+#[inline(always)]
+fn cf_if(b: u64) -> u64 {
+    if b & 1 != 0 { CF } else { 0 }
+}
+
 /// Shifts/rotates `a` by `count` (already masked to 5 or 6 bits). Returns the result and
 /// the new RFLAGS (only status bits change). A zero count changes nothing.
+///
+/// The undefined flags ([`Family::Shl`] and the rest) follow `rules`: for OF after a
+/// count above 1, the first step's OF is that of a one-bit shift of `a`; the last
+/// step's is the one-bit formula applied to the result and CF.
 #[inline]
-pub fn shift(op: ShiftOp, a: u64, count: u32, size: usize, rflags: u64) -> (u64, u64) {
+pub fn shift(
+    op: ShiftOp,
+    a: u64,
+    count: u32,
+    size: usize,
+    rflags: u64,
+    rules: &UndefinedRules,
+) -> (u64, u64) {
     let bits = size as u32 * 8;
     let m = mask(size);
     let a = a & m;
@@ -143,10 +168,13 @@ pub fn shift(op: ShiftOp, a: u64, count: u32, size: usize, rflags: u64) -> (u64,
         return (a, rflags);
     }
     let msb = |v: u64| (v >> (bits - 1)) & 1;
+    let below_msb = |v: u64| (v >> (bits - 2)) & 1;
     let cf_in = rflags & CF;
-    let mut f = rflags & !STATUS;
-    let r;
-    match op {
+    let old = rflags & STATUS;
+    // Per op: result, family, the flags as defined (OF as for a one-bit shift, AF 0,
+    // CF for counts past the width as the last bit out), the undefined ones, and the OF
+    // of the first and last one-bit steps.
+    let (r, family, natural, undefined, first, last) = match op {
         ShiftOp::Shl => {
             // Counts below the width (every count of 32- and 64-bit operands) stay in
             // u64 arithmetic; 8- and 16-bit operands can be shifted by up to 31.
@@ -156,106 +184,132 @@ pub fn shift(op: ShiftOp, a: u64, count: u32, size: usize, rflags: u64) -> (u64,
                 let cf = if count == bits { a & 1 } else { 0 };
                 (((a as u128) << count.min(127)) as u64, cf)
             };
-            r = wide & m;
-            // AF is architecturally undefined; the recording host (Intel, whose result
-            // KVM's emulator passes through) sets it for every non-zero count.
-            f |= szp(r, size) | AF | if cf != 0 { CF } else { 0 };
-            if msb(r) ^ cf != 0 {
-                f |= OF;
-            }
+            let r = wide & m;
+            let first = of_if(msb(a) ^ below_msb(a));
+            let undefined =
+                AF | if count > 1 { OF } else { 0 } | if count >= bits { CF } else { 0 };
+            let last = of_if(msb(r) ^ cf);
+            (
+                r,
+                Family::Shl,
+                szp(r, size) | cf_if(cf) | first,
+                undefined,
+                first,
+                last,
+            )
         }
         ShiftOp::Shr => {
-            r = if count >= 64 { 0 } else { a >> count };
+            let r = if count >= 64 { 0 } else { a >> count };
             let cf = if count <= bits {
                 (a >> (count - 1)) & 1
             } else {
                 0
             };
-            f |= szp(r, size) | AF | if cf != 0 { CF } else { 0 };
-            // OF is defined for count 1 only (the original sign); other counts use the
-            // same rule.
-            if msb(a) != 0 {
-                f |= OF;
-            }
+            let first = of_if(msb(a));
+            let undefined =
+                AF | if count > 1 { OF } else { 0 } | if count >= bits { CF } else { 0 };
+            let last = of_if(msb(a >> (count - 1).min(63)));
+            (
+                r,
+                Family::Shr,
+                szp(r, size) | cf_if(cf) | first,
+                undefined,
+                first,
+                last,
+            )
         }
         ShiftOp::Sar => {
             let s = sext(a, size) as i64;
             let c = count.min(63);
-            r = ((s >> c) as u64) & m;
+            let r = ((s >> c) as u64) & m;
             let cf = ((s >> (c - 1).min(63)) & 1) as u64;
-            f |= szp(r, size) | AF | if cf != 0 { CF } else { 0 };
+            let undefined = AF | if count > 1 { OF } else { 0 };
+            (r, Family::Sar, szp(r, size) | cf_if(cf), undefined, 0, 0)
         }
         ShiftOp::Rol => {
             let c = count % bits;
-            r = if c == 0 {
+            let r = if c == 0 {
                 a
             } else {
                 ((a << c) | (a >> (bits - c))) & m
             };
-            let cf = r & 1;
-            f |= (rflags & (SF | ZF | PF | AF)) | if cf != 0 { CF } else { 0 };
-            if msb(r) ^ cf != 0 {
-                f |= OF;
-            }
+            let first = of_if(msb(a) ^ below_msb(a));
+            let undefined = if count > 1 { OF } else { 0 };
+            let last = of_if(msb(r) ^ r);
+            let natural = (old & !(CF | OF)) | cf_if(r) | first;
+            (r, Family::Rol, natural, undefined, first, last)
         }
         ShiftOp::Ror => {
             let c = count % bits;
-            r = if c == 0 {
+            let r = if c == 0 {
                 a
             } else {
                 ((a >> c) | (a << (bits - c))) & m
             };
-            let cf = msb(r);
-            f |= (rflags & (SF | ZF | PF | AF)) | if cf != 0 { CF } else { 0 };
-            if msb(r) ^ ((r >> (bits - 2)) & 1) != 0 {
-                f |= OF;
-            }
+            let first = of_if(a ^ msb(a));
+            let undefined = if count > 1 { OF } else { 0 };
+            let last = of_if(msb(r) ^ below_msb(r));
+            let natural = (old & !(CF | OF)) | cf_if(msb(r)) | first;
+            (r, Family::Ror, natural, undefined, first, last)
         }
         ShiftOp::Rcl | ShiftOp::Rcr => {
+            let left = op == ShiftOp::Rcl;
             let c = if bits < 32 { count % (bits + 1) } else { count };
+            let first = if left {
+                of_if(below_msb(a) ^ msb(a))
+            } else {
+                of_if(cf_in ^ msb(a))
+            };
             if c == 0 {
-                // The masked count is not zero, so the flags are still written (with
-                // unchanged values: CF and OF as computed for the identity rotation).
-                let mut f2 = rflags;
-                if op == ShiftOp::Rcl {
-                    f2 = (f2 & !OF) | if msb(a) ^ (cf_in) != 0 { OF } else { 0 };
+                // A full turn through CF: the value and CF come back unchanged; only OF
+                // is in question.
+                let last = if left {
+                    of_if(msb(a) ^ cf_in)
                 } else {
-                    f2 = (f2 & !OF)
-                        | if msb(a) ^ ((a >> (bits - 2)) & 1) != 0 {
-                            OF
-                        } else {
-                            0
-                        };
-                }
-                return (a, f2);
+                    of_if(msb(a) ^ below_msb(a))
+                };
+                let family = if left {
+                    Family::RclFullTurn
+                } else {
+                    Family::RcrFullTurn
+                };
+                let f = rules
+                    .masks(family, size)
+                    .resolve(OF, old, old, first, last, 0);
+                return (a, (rflags & !STATUS) | f);
             }
             // Rotate the (bits+1)-bit value CF:a.
             let w = bits + 1;
             let v = ((cf_in as u128) << bits) | a as u128;
             let wm = (1u128 << w) - 1;
-            let rv = if op == ShiftOp::Rcl {
+            let rv = if left {
                 ((v << c) | (v >> (w - c))) & wm
             } else {
                 ((v >> c) | (v << (w - c))) & wm
             };
-            r = (rv as u64) & m;
+            let r = (rv as u64) & m;
             let cf = ((rv >> bits) & 1) as u64;
-            f |= (rflags & (SF | ZF | PF | AF)) | if cf != 0 { CF } else { 0 };
-            let of = if op == ShiftOp::Rcl {
-                msb(r) ^ cf
+            let last = if left {
+                of_if(msb(r) ^ cf)
             } else {
-                msb(r) ^ ((r >> (bits - 2)) & 1)
+                of_if(msb(r) ^ below_msb(r))
             };
-            if of != 0 {
-                f |= OF;
-            }
+            let undefined = if count > 1 { OF } else { 0 };
+            let natural = (old & !(CF | OF)) | cf_if(cf) | first;
+            let family = if left { Family::Rcl } else { Family::Rcr };
+            (r, family, natural, undefined, first, last)
         }
-    }
-    (r, f)
+    };
+    let sign = of_if(msb(r) ^ msb(a));
+    let f = rules
+        .masks(family, size)
+        .resolve(undefined, old, natural, first, last, sign);
+    (r, (rflags & !STATUS) | f)
 }
 
 /// `shld`/`shrd` of `dst` with bits from `src` by `count` (already masked). Returns the
-/// result and RFLAGS; a zero count changes nothing.
+/// result and RFLAGS; a zero count changes nothing. 16-bit counts above 16 follow the
+/// rules' [`WideDoubleShift`].
 pub fn double_shift(
     left: bool,
     dst: u64,
@@ -263,6 +317,7 @@ pub fn double_shift(
     count: u32,
     size: usize,
     rflags: u64,
+    rules: &UndefinedRules,
 ) -> (u64, u64) {
     let bits = size as u32 * 8;
     let m = mask(size);
@@ -271,18 +326,21 @@ pub fn double_shift(
         return (dst, rflags);
     }
     let msb = |v: u64| (v >> (bits - 1)) & 1;
+    let below_msb = |v: u64| (v >> (bits - 2)) & 1;
     let (r, cf) = if size == 2 && count > 16 {
-        // Undefined by the architecture; Intel CPUs (and so the recording hosts) shift
-        // the 48-bit value dst:src:src (left) or src:src:dst (right).
+        // Undefined by the architecture: a 48-bit value made of the operands is shifted.
         let (d, s) = (dst as u128, src as u128);
+        let w = match (rules.wide_double_shift[!left as usize], left) {
+            (WideDoubleShift::DstSrcSrc, true) => (d << 32) | (s << 16) | s,
+            (WideDoubleShift::DstSrcSrc, false) => (s << 32) | (s << 16) | d,
+            (WideDoubleShift::DstSrcDst, _) => (d << 32) | (s << 16) | d,
+        };
         if left {
-            let w = (d << 32) | (s << 16) | s;
             (
                 ((w << count) >> 32) as u64 & m,
                 ((w >> (48 - count)) & 1) as u64,
             )
         } else {
-            let w = (s << 32) | (s << 16) | d;
             (((w >> count) as u64) & m, ((w >> (count - 1)) & 1) as u64)
         }
     } else if left {
@@ -298,11 +356,105 @@ pub fn double_shift(
         let cf = ((v >> (count - 1)) & 1) as u64;
         (r, cf)
     };
-    let mut f = (rflags & !STATUS) | szp(r, size) | if cf != 0 { CF } else { 0 };
-    if msb(r) ^ msb(dst) != 0 {
-        f |= OF;
-    }
-    (r, f)
+    let sign = of_if(msb(r) ^ msb(dst));
+    let (family, first, last) = if left {
+        (
+            Family::Shld,
+            of_if(below_msb(dst) ^ msb(dst)),
+            of_if(msb(r) ^ cf),
+        )
+    } else {
+        (
+            Family::Shrd,
+            of_if(src ^ msb(dst)),
+            of_if(msb(r) ^ below_msb(r)),
+        )
+    };
+    let undefined = AF | if count > 1 { OF } else { 0 };
+    let natural = szp(r, size) | cf_if(cf) | sign;
+    let f =
+        rules
+            .masks(family, size)
+            .resolve(undefined, rflags & STATUS, natural, first, last, sign);
+    (r, (rflags & !STATUS) | f)
+}
+
+/// Status flags of `mul`/`imul` (`family`) whose low half is `low`: CF = OF = `overflow`;
+/// SF, ZF, AF and PF undefined ("result": SF, ZF and PF of `low`).
+#[inline]
+pub fn multiply(
+    family: Family,
+    low: u64,
+    size: usize,
+    overflow: bool,
+    rflags: u64,
+    rules: &UndefinedRules,
+) -> u64 {
+    let natural = szp(low, size) | if overflow { CF | OF } else { 0 };
+    rules
+        .masks(family, size)
+        .resolve(SF | ZF | AF | PF, rflags, natural, 0, 0, 0)
+}
+
+/// Status flags of `div`/`idiv` (`family`) with quotient `quotient`: all undefined
+/// ("result": SF, ZF and PF of the quotient).
+pub fn divide(
+    family: Family,
+    quotient: u64,
+    size: usize,
+    rflags: u64,
+    rules: &UndefinedRules,
+) -> u64 {
+    rules
+        .masks(family, size)
+        .resolve(STATUS, rflags, szp(quotient, size), 0, 0, 0)
+}
+
+/// Status flags of `bsf`/`bsr` (`family`): ZF = source zero; CF, OF, SF, AF, PF
+/// undefined ("result": SF and PF of the bit index, 0 for a zero source).
+pub fn bit_scan(
+    family: Family,
+    source_zero: bool,
+    index: u64,
+    size: usize,
+    rflags: u64,
+    rules: &UndefinedRules,
+) -> u64 {
+    let natural = (szp(index, size) & !ZF) | if source_zero { ZF } else { 0 };
+    rules
+        .masks(family, size)
+        .resolve(CF | OF | SF | AF | PF, rflags, natural, 0, 0, 0)
+}
+
+/// Status flags of `tzcnt`/`lzcnt` (`family`) that count: CF = source zero, ZF = count
+/// zero; OF, SF, AF, PF undefined ("result": SF and PF of the count).
+pub fn count_zeros(
+    family: Family,
+    source_zero: bool,
+    count: u64,
+    size: usize,
+    rflags: u64,
+    rules: &UndefinedRules,
+) -> u64 {
+    let natural = szp(count, size) | if source_zero { CF } else { 0 };
+    rules
+        .masks(family, size)
+        .resolve(OF | SF | AF | PF, rflags, natural, 0, 0, 0)
+}
+
+/// Status flags of `bt`/`bts`/`btr`/`btc` (`family`): CF = the bit; OF, SF, AF, PF
+/// undefined; ZF unchanged.
+pub fn bit_test(
+    family: Family,
+    bit: bool,
+    size: usize,
+    rflags: u64,
+    rules: &UndefinedRules,
+) -> u64 {
+    let natural = (rflags & ZF) | if bit { CF } else { 0 };
+    rules
+        .masks(family, size)
+        .resolve(OF | SF | AF | PF, rflags, natural, 0, 0, 0)
 }
 
 #[cfg(test)]
@@ -332,16 +484,78 @@ mod tests {
 
     #[test]
     fn shifts() {
+        let legacy = UndefinedRules::default();
+        let l = &legacy;
         assert_eq!(
-            shift(ShiftOp::Shl, 0x80, 1, 1, 0),
+            shift(ShiftOp::Shl, 0x80, 1, 1, 0, l),
             (0, CF | ZF | PF | OF | AF)
         );
-        assert_eq!(shift(ShiftOp::Shr, 1, 1, 1, 0), (0, CF | ZF | PF | AF));
-        assert_eq!(shift(ShiftOp::Sar, 0x80, 7, 1, 0).0, 0xff);
-        assert_eq!(shift(ShiftOp::Rol, 0x81, 1, 1, 0).0, 0x03);
-        assert_eq!(shift(ShiftOp::Rcr, 1, 1, 1, 0), (0, CF));
-        assert_eq!(shift(ShiftOp::Rcl, 0x80, 1, 1, CF), (1, CF | OF));
-        assert_eq!(double_shift(true, 0x1, 0x8000_0000, 1, 4, 0).0, 3);
-        assert_eq!(double_shift(false, 0x1, 0x1, 1, 4, 0).0, 0x8000_0000);
+        assert_eq!(shift(ShiftOp::Shr, 1, 1, 1, 0, l), (0, CF | ZF | PF | AF));
+        assert_eq!(shift(ShiftOp::Sar, 0x80, 7, 1, 0, l).0, 0xff);
+        assert_eq!(shift(ShiftOp::Rol, 0x81, 1, 1, 0, l).0, 0x03);
+        assert_eq!(shift(ShiftOp::Rcr, 1, 1, 1, 0, l), (0, CF));
+        assert_eq!(shift(ShiftOp::Rcl, 0x80, 1, 1, CF, l), (1, CF | OF));
+        assert_eq!(double_shift(true, 0x1, 0x8000_0000, 1, 4, 0, l).0, 3);
+        assert_eq!(double_shift(false, 0x1, 0x1, 1, 4, 0, l).0, 0x8000_0000);
+    }
+
+    /// The rules decide exactly the undefined flags: the defined ones and the results
+    /// are the same under any rules.
+    #[test]
+    fn rules_change_only_undefined_flags() {
+        use crate::cpu::undefined::{FlagRule, UndefinedBehaviour};
+        let all = [
+            FlagRule::Keep,
+            FlagRule::Clear,
+            FlagRule::Set,
+            FlagRule::Result,
+            FlagRule::FirstStep,
+            FlagRule::LastStep,
+            FlagRule::SignChange,
+        ];
+        let rules: Vec<UndefinedRules> = all
+            .iter()
+            .map(|&r| UndefinedRules::new(&UndefinedBehaviour::uniform(r)))
+            .collect();
+        // shr by 1: only AF is undefined.
+        for r in &rules {
+            let (v, f) = shift(ShiftOp::Shr, 0x81, 1, 1, AF | ZF, r);
+            assert_eq!((v, f & !AF), (0x40, CF | OF));
+        }
+        // shr by 4: AF and OF are undefined; the first step's OF is the old sign.
+        let (_, f) = shift(ShiftOp::Shr, 0x80, 4, 1, 0, &rules[4]);
+        assert_eq!(f & OF, OF);
+        let (_, f) = shift(ShiftOp::Shr, 0x80, 4, 1, 0, &rules[5]);
+        assert_eq!(f & OF, 0);
+        // shl by 3: the last step's OF is msb(result) ^ CF, the first msb ^ bit 6.
+        let (v, f) = shift(ShiftOp::Shl, 0x10, 3, 1, 0, &rules[5]);
+        assert_eq!((v, f & (OF | CF)), (0x80, OF));
+        let (_, f) = shift(ShiftOp::Shl, 0x10, 3, 1, 0, &rules[4]);
+        assert_eq!(f & OF, 0);
+        // A full turn of rcl al by 9: kept OF under Keep, computed under LastStep.
+        let (v, f) = shift(ShiftOp::Rcl, 0x80, 9, 1, OF, &rules[0]);
+        assert_eq!((v, f), (0x80, OF));
+        let (_, f) = shift(ShiftOp::Rcl, 0x80, 9, 1, OF | CF, &rules[5]);
+        assert_eq!(f, CF);
+        // mul: CF/OF are the overflow whatever the rules; ZF of a zero low half.
+        for r in &rules {
+            assert_eq!(multiply(Family::Mul, 0, 2, true, 0, r) & (CF | OF), CF | OF);
+        }
+        assert_eq!(multiply(Family::Mul, 0, 2, false, 0, &rules[3]), ZF | PF);
+        assert_eq!(multiply(Family::Mul, 0, 2, false, 0, &rules[1]), 0);
+    }
+
+    #[test]
+    fn wide_double_shifts_follow_the_rule() {
+        use crate::cpu::undefined::{FlagRule, UndefinedBehaviour};
+        let mut b = UndefinedBehaviour::uniform(FlagRule::Clear);
+        b.wide_double_shift = [WideDoubleShift::DstSrcDst; 2];
+        let rotate = UndefinedRules::new(&b);
+        let legacy = UndefinedRules::default();
+        // Measured on a host that rotates: shld dx=0xfe1b, bx=0x00ff, 19 -> 0x07ff;
+        // shrd 0x081e, 0, 20 -> 0xe000.
+        assert_eq!(double_shift(true, 0xfe1b, 0xff, 19, 2, 0, &rotate).0, 0x7ff);
+        assert_eq!(double_shift(false, 0x81e, 0, 20, 2, 0, &rotate).0, 0xe000);
+        assert_eq!(double_shift(true, 0xfe1b, 0xff, 19, 2, 0, &legacy).0, 0x7f8);
     }
 }

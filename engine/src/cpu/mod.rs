@@ -73,12 +73,14 @@
 //! set descriptor accessed bits (`mov sreg`, far `jmp` and `lret` do); `lzcnt`/`tzcnt`
 //! are bit scans ([`Quirks`]); CPUID must be the table the guest observed, which
 //! differs from the one KVM was given (leaf 1 EBX[31:24] even varies with the host CPU).
+//! Flags and results the architecture leaves undefined are the recording host's, as
+//! its recorder measured them ([`undefined`]).
 //!
 //! # Instructions
 //!
 //! Integer ALU with exact flags (add, adc, sub, sbb, cmp, and, or, xor, test, inc, dec,
-//! neg, not), shifts and rotates (all counts; Intel's results for undefined cases where
-//! measured), shld/shrd, mul/imul (1, 2, 3 operands), div/idiv with #DE, bt/bts/btr/btc
+//! neg, not), shifts and rotates (all counts; undefined cases as the recording host
+//! computes them), shld/shrd, mul/imul (1, 2, 3 operands), div/idiv with #DE, bt/bts/btr/btc
 //! (register, immediate, memory with large offsets), bsf/bsr/lzcnt/tzcnt, bswap, setcc,
 //! cmovcc, jcc, mov/movzx/movsx/movsxd/movnti, lea, xchg, cmpxchg, cmpxchg8b, xadd
 //! (lock accepted), cbw/cwde/cdqe/cwd/cdq/cqo, lahf/sahf, clc/stc/cmc/cld/std, push/pop
@@ -98,6 +100,7 @@ mod exec;
 pub mod flags;
 mod mmu;
 mod system;
+pub mod undefined;
 
 use std::collections::HashSet;
 
@@ -323,7 +326,9 @@ pub struct Cpu {
     has_1g_pages: bool,
     has_lzcnt: bool,
     has_tzcnt: bool,
-    quirks: Quirks,
+    quirks: std::sync::Arc<Quirks>,
+    /// The recording host's undefined results, compiled from `quirks`.
+    undefined: std::sync::Arc<undefined::UndefinedRules>,
 }
 
 impl Clone for Cpu {
@@ -355,7 +360,8 @@ impl Clone for Cpu {
             has_1g_pages: self.has_1g_pages,
             has_lzcnt: self.has_lzcnt,
             has_tzcnt: self.has_tzcnt,
-            quirks: self.quirks,
+            quirks: self.quirks.clone(),
+            undefined: self.undefined.clone(),
         }
     }
 }
@@ -413,17 +419,19 @@ impl Cpu {
             has_1g_pages,
             has_lzcnt,
             has_tzcnt,
-            quirks: Quirks::default(),
+            quirks: Default::default(),
+            undefined: Default::default(),
         }
     }
 
     /// Reproduce the recording host's deviations (the recording's [`Quirks`]).
     pub fn set_quirks(&mut self, quirks: Quirks) {
-        self.quirks = quirks;
+        self.undefined = std::sync::Arc::new(undefined::UndefinedRules::new(&quirks.undefined));
+        self.quirks = std::sync::Arc::new(quirks);
     }
 
-    pub fn quirks(&self) -> Quirks {
-        self.quirks
+    pub fn quirks(&self) -> &Quirks {
+        &self.quirks
     }
 
     pub fn state(&self) -> &CpuState {

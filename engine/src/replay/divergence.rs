@@ -1,8 +1,10 @@
 //! The report of a divergence between the recording and its replay.
 
 use crate::cpu::Cpu;
+use crate::cpu::undefined::FLAGS;
 use crate::event::Icount;
 use crate::memory::GuestMemory;
+use crate::state::gpr;
 use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
 use std::fmt;
 
@@ -15,8 +17,75 @@ pub struct Divergence {
     pub rip: u64,
     pub expected: String,
     pub actual: String,
+    /// The registers and flags that differ, where the recording stored them.
+    pub differences: Vec<Difference>,
     /// The instructions executed just before, oldest first (filled in on request).
     pub last_instructions: Vec<String>,
+}
+
+/// A register (`rax`...), a status flag (`AF`...) or the other RFLAGS bits (`rflags`)
+/// whose recorded value differs from the replayed one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    pub what: String,
+    pub expected: u64,
+    pub actual: u64,
+}
+
+impl fmt::Display for Difference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.what.ends_with('F') && self.expected <= 1 && self.actual <= 1 {
+            write!(
+                f,
+                "{} recorded {} replayed {}",
+                self.what, self.expected, self.actual
+            )
+        } else {
+            write!(
+                f,
+                "{} recorded {:#x} replayed {:#x}",
+                self.what, self.expected, self.actual
+            )
+        }
+    }
+}
+
+/// What differs between recorded and replayed general registers and RFLAGS: each
+/// register, each status flag, and the other RFLAGS bits together.
+pub fn register_differences(
+    expected: (&[u64; 16], u64),
+    actual: (&[u64; 16], u64),
+) -> Vec<Difference> {
+    let mut out = Vec::new();
+    for i in 0..16 {
+        if expected.0[i] != actual.0[i] {
+            out.push(Difference {
+                what: gpr::NAMES[i].to_string(),
+                expected: expected.0[i],
+                actual: actual.0[i],
+            });
+        }
+    }
+    let (e, a) = (expected.1, actual.1);
+    let mut status = 0;
+    for (flag, name) in FLAGS {
+        status |= flag;
+        if (e ^ a) & flag != 0 {
+            out.push(Difference {
+                what: name.to_string(),
+                expected: (e & flag != 0) as u64,
+                actual: (a & flag != 0) as u64,
+            });
+        }
+    }
+    if (e ^ a) & !status != 0 {
+        out.push(Difference {
+            what: "rflags".into(),
+            expected: e,
+            actual: a,
+        });
+    }
+    out
 }
 
 impl fmt::Display for Divergence {
@@ -28,6 +97,10 @@ impl fmt::Display for Divergence {
         )?;
         writeln!(f, "  expected: {}", self.expected)?;
         write!(f, "  actual:   {}", self.actual)?;
+        if !self.differences.is_empty() {
+            let list: Vec<String> = self.differences.iter().map(|d| d.to_string()).collect();
+            write!(f, "\n  differs:  {}", list.join(", "))?;
+        }
         if !self.last_instructions.is_empty() {
             write!(f, "\n  last instructions:")?;
             for i in &self.last_instructions {

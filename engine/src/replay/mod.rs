@@ -19,7 +19,9 @@ pub use console::ConsoleLog;
 pub use divergence::Divergence;
 
 use crate::cpu::{Cpu, Exit};
-use crate::event::{Event, Icount, InjectionPoint, KernelInterrupt, RandomInstruction};
+use crate::event::{
+    DigestRegisters, Event, Icount, InjectionPoint, KernelInterrupt, RandomInstruction,
+};
 use crate::machine::{HOOK_USER_READ, PORT_COM1, PORT_POWEROFF, UART_LCR, UART_LCR_DLAB};
 use crate::memory::GuestMemory;
 use crate::state::{CounterSourceKind, gpr};
@@ -155,7 +157,7 @@ impl Replay {
         cpu.set_breakpoints(hook_user_read);
         // Behave like the recording host's instruction emulator where it differs from
         // the architecture.
-        cpu.set_quirks(header.machine.quirks);
+        cpu.set_quirks(header.machine.quirks.clone());
         let exact = header.machine.counter != CounterSourceKind::None;
         let initial = Initial {
             cpu: cpu.clone(),
@@ -405,13 +407,9 @@ impl Replay {
             match self.front() {
                 Some(Event::Digest(d)) if self.due_at_out(d.icount) => {
                     let d = *d;
-                    let rip = self.cpu.state().rip;
-                    let regs = self.cpu.state().regs_digest();
-                    if rip != d.rip || regs != d.regs {
-                        return Err(self.diverge(
-                            format!("digest rip {:#x} registers {:#018x}", d.rip, d.regs),
-                            format!("rip {rip:#x} registers {regs:#018x}"),
-                        ));
+                    let st = self.cpu.state();
+                    if st.rip != d.rip || !d.registers.matches(&st.gpr, st.rflags) {
+                        return Err(self.diverge_at_digest(&d));
                     }
                     if let Some(expected) = d.stack {
                         let actual = self.stack_digest();
@@ -789,8 +787,41 @@ impl Replay {
             rip: self.cpu.state().rip,
             expected: expected.into(),
             actual: actual.into(),
+            differences: Vec::new(),
             last_instructions: Vec::new(),
         })
+    }
+
+    /// The divergence at digest `d`: which registers and flags differ, where the
+    /// recording stored them (format 3), else that their hash does.
+    fn diverge_at_digest(&self, d: &crate::event::Digest) -> Box<Divergence> {
+        let st = self.cpu.state();
+        let mut div = match d.registers {
+            DigestRegisters::Full { gpr, rflags } => {
+                let mut div = self.diverge(
+                    format!("digest rip {:#x} and the recorded registers", d.rip),
+                    format!("rip {:#x} and other registers", st.rip),
+                );
+                div.differences =
+                    divergence::register_differences((&gpr, rflags), (&st.gpr, st.rflags));
+                div
+            }
+            DigestRegisters::Hash(h) => self.diverge(
+                format!("digest rip {:#x} registers {h:#018x}", d.rip),
+                format!("rip {:#x} registers {:#018x}", st.rip, st.regs_digest()),
+            ),
+        };
+        if st.rip != d.rip {
+            div.differences.insert(
+                0,
+                divergence::Difference {
+                    what: "rip".into(),
+                    expected: d.rip,
+                    actual: st.rip,
+                },
+            );
+        }
+        div
     }
 
     /// The instructions executed just before `icount`: replays again from the start to

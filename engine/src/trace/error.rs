@@ -12,7 +12,7 @@ pub enum TraceError {
     #[error("not a krr-tui recording: bad magic bytes {found:02x?} at offset 0")]
     BadMagic { found: Vec<u8> },
 
-    #[error("unsupported format version {found} (this build reads version {supported})")]
+    #[error("unsupported format version {found} (this build reads versions 2 to {supported})")]
     UnsupportedVersion { found: u32, supported: u32 },
 
     /// The file ends inside a structure the reader needs.

@@ -20,12 +20,14 @@
 //! and reports what was lost in a [`Recovery`].
 //!
 //! postcard is not self-describing: any change to a stored type (including the event
-//! types in [`crate::event`]) needs a new [`FORMAT_VERSION`].
+//! types in [`crate::event`]) needs a new [`FORMAT_VERSION`], and the reader keeps
+//! reading the old one through a module of its types as they were ([`v2`]).
 
 mod error;
 mod reader;
 pub mod section;
 mod stats;
+mod v2;
 mod writer;
 
 use serde::{Deserialize, Serialize};
@@ -37,8 +39,8 @@ pub use reader::{EventsFrom, RecordingReader, Recovery, SnapshotPages};
 pub use stats::Stats;
 pub use writer::{FinishInfo, RecordingWriter, WriterConfig};
 
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+/// The format version this build writes. It also reads format 2 ([`v2`]).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Most pages in one snapshot section (4 MiB uncompressed).
 pub const PAGES_PER_SECTION: usize = 1024;

@@ -13,7 +13,7 @@ use super::section::{
     decode_footer,
 };
 use super::stats::{KindCounts, Stats, StoredStats};
-use super::{ChunkInfo, FORMAT_VERSION, Header, PAGES_PER_SECTION};
+use super::{ChunkInfo, FORMAT_VERSION, Header, PAGES_PER_SECTION, v2};
 
 /// How much of a recording could be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +51,8 @@ pub struct RecordingReader<R = File> {
     stats: Stats,
     recovery: Recovery,
     cache: Option<(usize, Vec<Event>)>,
+    /// The file's format version ([`FORMAT_VERSION`] or an older one this build reads).
+    version: u32,
 }
 
 impl RecordingReader<File> {
@@ -71,7 +73,7 @@ impl<R: Read + Seek> RecordingReader<R> {
     /// Reads a recording from any seekable source; offset 0 is the start of the recording.
     pub fn from_reader(mut r: R) -> Result<Self> {
         let file_size = r.seek(SeekFrom::End(0))?;
-        read_preamble(&mut r, file_size)?;
+        let version = read_preamble(&mut r, file_size)?;
         let mut dec = SectionDecoder::new()?;
 
         let at = PREAMBLE_LEN;
@@ -85,14 +87,18 @@ impl<R: Read + Seek> RecordingReader<R> {
                 format!("is {}, expected the header", h.kind.name()),
             ));
         }
-        let header: Header =
-            decode_exact(dec.read_payload(&mut r, &h, at, "header")?, at, "header")?;
-        if header.format_version != FORMAT_VERSION {
+        let payload = dec.read_payload(&mut r, &h, at, "header")?;
+        let header: Header = if version == v2::VERSION {
+            decode_exact::<v2::Header>(payload, at, "header")?.into()
+        } else {
+            decode_exact(payload, at, "header")?
+        };
+        if header.format_version != version {
             return Err(TraceError::corrupt(
                 at,
                 "header",
                 format!(
-                    "says format version {}, the preamble says {FORMAT_VERSION}",
+                    "says format version {}, the preamble says {version}",
                     header.format_version
                 ),
             ));
@@ -185,6 +191,7 @@ impl<R: Read + Seek> RecordingReader<R> {
                 reason: None,
             },
             cache: None,
+            version,
         };
         match reader.load_trailer(events_start) {
             Ok(()) => {}
@@ -346,7 +353,14 @@ impl<R: Read + Seek> RecordingReader<R> {
                 "section header disagrees with the trailer's index",
             ));
         }
-        decode_chunk(&mut self.dec, &mut self.r, &h, info.offset, &what)
+        decode_chunk(
+            &mut self.dec,
+            &mut self.r,
+            &h,
+            info.offset,
+            &what,
+            self.version,
+        )
     }
 
     /// Loads index and statistics through the footer; Err says why it could not.
@@ -449,8 +463,9 @@ impl<R: Read + Seek> RecordingReader<R> {
             };
             match h.kind {
                 SectionKind::EventChunk => {
-                    let events = check_chunk_header(&h, at, &what, next_event)
-                        .and_then(|()| decode_chunk(&mut self.dec, &mut self.r, &h, at, &what));
+                    let events = check_chunk_header(&h, at, &what, next_event).and_then(|()| {
+                        decode_chunk(&mut self.dec, &mut self.r, &h, at, &what, self.version)
+                    });
                     let events = match events {
                         Ok(ev) => ev,
                         Err(TraceError::Io(e)) => return Err(TraceError::Io(e)),
@@ -521,7 +536,8 @@ impl<R: Read + Seek> RecordingReader<R> {
     }
 }
 
-fn read_preamble<R: Read + Seek>(r: &mut R, file_size: u64) -> Result<()> {
+/// Checks the preamble and returns the file's format version.
+fn read_preamble<R: Read + Seek>(r: &mut R, file_size: u64) -> Result<u32> {
     let mut b = [0u8; PREAMBLE_LEN as usize];
     let n = file_size.min(PREAMBLE_LEN) as usize;
     r.seek(SeekFrom::Start(0))?;
@@ -539,7 +555,7 @@ fn read_preamble<R: Read + Seek>(r: &mut R, file_size: u64) -> Result<()> {
         ));
     }
     let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != v2::VERSION {
         return Err(TraceError::UnsupportedVersion {
             found: version,
             supported: FORMAT_VERSION,
@@ -552,7 +568,7 @@ fn read_preamble<R: Read + Seek>(r: &mut R, file_size: u64) -> Result<()> {
             format!("reserved bytes are {:02x?}, not zero", &b[12..16]),
         ));
     }
-    Ok(())
+    Ok(version)
 }
 
 /// Names the structure a framing error was found in ("section" becomes "event chunk 7").
@@ -611,9 +627,17 @@ fn decode_chunk<R: Read + Seek>(
     h: &SectionHeader,
     at: u64,
     what: &str,
+    version: u32,
 ) -> Result<Vec<Event>> {
     let payload = dec.read_payload(r, h, at, what)?;
-    let events: Vec<Event> = decode_exact(payload, at, what)?;
+    let events: Vec<Event> = if version == v2::VERSION {
+        decode_exact::<Vec<v2::Event>>(payload, at, what)?
+            .into_iter()
+            .map(Event::from)
+            .collect()
+    } else {
+        decode_exact(payload, at, what)?
+    };
     let [_, count, first_icount, last_icount] = h.meta;
     if events.len() as u64 != count {
         return Err(TraceError::corrupt(

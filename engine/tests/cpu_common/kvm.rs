@@ -73,8 +73,13 @@ impl Drop for KvmMachine {
 }
 
 /// Whether KVM is usable here; prints the skip message if not.
+/// Whether KVM can be used here (quietly; [`available`] says why not).
+pub fn present() -> bool {
+    std::path::Path::new("/dev/kvm").exists() && Kvm::new().is_ok()
+}
+
 pub fn available() -> bool {
-    if std::path::Path::new("/dev/kvm").exists() && Kvm::new().is_ok() {
+    if present() {
         true
     } else {
         println!("skipped: /dev/kvm not available");
@@ -509,6 +514,42 @@ pub fn observed_cpuid() -> Vec<CpuidEntry> {
                 })
                 .filter(|e| e.eax | e.ebx | e.ecx | e.edx != 0)
                 .collect()
+        })
+        .clone()
+}
+
+/// What this host gives where the architecture leaves results undefined, measured by
+/// the recorder's probe ([`krr_engine::cpu::undefined::probe`]) run under KVM here and
+/// fitted with the observed CPUID. The replay CPU in these tests follows it, as replay
+/// follows the quirks stored in a recording.
+pub fn host_quirks() -> krr_engine::cpu::Quirks {
+    use krr_engine::cpu::undefined::probe::{ProbeLayout, ProbeProgram};
+    static QUIRKS: std::sync::OnceLock<krr_engine::cpu::Quirks> = std::sync::OnceLock::new();
+    QUIRKS
+        .get_or_init(|| {
+            const CODE: u64 = 0x80_0000;
+            const RESULTS: u64 = 0x40_0000;
+            let probe = ProbeProgram::new();
+            let layout = ProbeLayout {
+                results: RESULTS,
+                stack_top: super::STACK_TOP,
+                done_port: END_PORT as u8,
+            };
+            let code = probe.assemble(&layout);
+            let mut img = super::image();
+            img.write(CODE, &code);
+            img.state.rip = CODE;
+            let mut m = KvmMachine::new(&img);
+            let r = m.run(10);
+            assert!(
+                matches!(r.exit, KvmExit::Out { port, .. } if port == END_PORT),
+                "undefined-behaviour probe: {:?}",
+                r.exit
+            );
+            let results = &r.ram[RESULTS as usize..RESULTS as usize + probe.results_len()];
+            probe
+                .fit(results, &observed_cpuid())
+                .expect("fit the probe's results")
         })
         .clone()
 }

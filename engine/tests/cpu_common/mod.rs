@@ -282,14 +282,21 @@ pub struct Outcome {
 /// Runs the image in the replay CPU until a port write to END_PORT or EXC_PORT, `hlt`,
 /// or another exit. Port reads return `port_in(port)`.
 pub fn run_replay(img: &Image, cpuid: &[CpuidEntry], limit: u64) -> Outcome {
+    // The tests model the host they run on, as the recorder measures it (a recording
+    // stores these quirks and replay follows them).
+    let quirks = if kvm::present() {
+        kvm::host_quirks()
+    } else {
+        Quirks::default()
+    };
+    run_replay_with(img, cpuid, limit, quirks)
+}
+
+/// [`run_replay`] with the given quirks instead of this host's.
+pub fn run_replay_with(img: &Image, cpuid: &[CpuidEntry], limit: u64, quirks: Quirks) -> Outcome {
     let mut mem = img.memory();
     let mut cpu = Cpu::new(img.state.clone(), cpuid.to_vec());
-    // The tests model the host they run on: KVM's instruction emulator where it runs
-    // ring-0 code (PVM), the hardware CPU elsewhere. (The recorder measures this; see
-    // krr_recorder::quirks. These tests check the model against KVM itself.)
-    cpu.set_quirks(Quirks {
-        bit_scan_ignores_rep: std::path::Path::new("/sys/module/kvm_pvm").exists(),
-    });
+    cpu.set_quirks(quirks);
     let exit = run_cpu(&mut cpu, &mut mem, limit);
     Outcome { cpu, mem, exit }
 }

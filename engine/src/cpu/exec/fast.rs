@@ -9,6 +9,7 @@
 use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
 use super::super::flags::{self, CF, ShiftOp, mask, sext};
+use super::super::undefined::Family;
 use super::super::{Cpu, Fault, R};
 use super::{AL, EAX, R15, R15L, RAX};
 use crate::memory::GuestMemory;
@@ -504,15 +505,23 @@ fn gpr<const SIZE: usize>(cpu: &Cpu, i: u8) -> u64 {
     cpu.st.gpr[i as usize & 15] & mask(SIZE)
 }
 
-/// The result and status flags of an ALU operation.
+/// The result and status flags of an ALU operation (`rflags` and the CPU's rules for
+/// the undefined AF of the logical ones).
 #[inline(always)]
-fn alu_result<const OP: u8, const SIZE: usize>(a: u64, b: u64) -> (u64, u64) {
+fn alu_result<const OP: u8, const SIZE: usize>(cpu: &Cpu, a: u64, b: u64) -> (u64, u64) {
+    let logic = |family, r| {
+        (
+            r,
+            flags::logic(family, r, SIZE, cpu.st.rflags, &cpu.undefined),
+        )
+    };
     match OP {
         ADD => flags::add(a, b, false, SIZE),
         SUB | CMP => flags::sub(a, b, false, SIZE),
-        AND | TEST => (a & b, flags::logic(a & b, SIZE)),
-        OR => (a | b, flags::logic(a | b, SIZE)),
-        _ => (a ^ b, flags::logic(a ^ b, SIZE)),
+        AND => logic(Family::And, a & b),
+        TEST => logic(Family::Test, a & b),
+        OR => logic(Family::Or, a | b),
+        _ => logic(Family::Xor, a ^ b),
     }
 }
 
@@ -608,7 +617,7 @@ fn extend<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) 
 /// `d op= b` for a register destination.
 #[inline(always)]
 fn alu_to_reg<const OP: u8, const SIZE: usize>(cpu: &mut Cpu, d: u8, b: u64) -> HandlerResult {
-    let (r, f) = alu_result::<OP, SIZE>(gpr::<SIZE>(cpu, d), b);
+    let (r, f) = alu_result::<OP, SIZE>(cpu, gpr::<SIZE>(cpu, d), b);
     cpu.set_status(f);
     if alu_writes(OP) {
         set_gpr::<SIZE>(cpu, d, r);
@@ -626,7 +635,7 @@ fn alu_to_mem<const OP: u8, const SIZE: usize>(
 ) -> HandlerResult {
     let la = cpu.fast_la(&op.mem);
     let a = cpu.read_lin(mem, la, SIZE, op.mem.ss)?;
-    let (r, f) = alu_result::<OP, SIZE>(a, b);
+    let (r, f) = alu_result::<OP, SIZE>(cpu, a, b);
     if alu_writes(OP) {
         cpu.write_lin(mem, la, SIZE, r, op.mem.ss)?;
     }
@@ -695,7 +704,7 @@ fn imul<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) ->
     let r = (p as u64) & mask(SIZE);
     let overflow = sext(r, SIZE) as i64 as i128 != p;
     set_gpr::<SIZE>(cpu, op.d, r);
-    cpu.set_mul_flags(r, SIZE, overflow);
+    cpu.set_mul_flags(Family::ImulMultiOperand, r, SIZE, overflow);
     Ok(())
 }
 
@@ -721,7 +730,14 @@ fn shift_ri<const OP: u8, const SIZE: usize>(
     op: &FastOp,
 ) -> HandlerResult {
     let a = gpr::<SIZE>(cpu, op.d);
-    let (r, f) = flags::shift(shift_op(OP), a, op.imm as u32, SIZE, cpu.st.rflags);
+    let (r, f) = flags::shift(
+        shift_op(OP),
+        a,
+        op.imm as u32,
+        SIZE,
+        cpu.st.rflags,
+        &cpu.undefined,
+    );
     // A register destination is written even for a zero count.
     set_gpr::<SIZE>(cpu, op.d, r);
     cpu.st.rflags = f;
