@@ -159,6 +159,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         Stop::Diverged(d) => {
             divergences = 1;
             let mut d = (**d).clone();
+            d.causes = replay.explain(&d);
             d.last_instructions = replay.last_instructions(d.icount, 16);
             eprintln!("\n{d}");
         }

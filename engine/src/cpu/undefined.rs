@@ -143,6 +143,47 @@ impl Family {
         self as usize
     }
 
+    /// The family of a decoded instruction and its operand size in bytes, if it leaves
+    /// anything undefined (rotates through CF by a full turn count as `rcl`/`rcr`; where
+    /// that matters the divergence report says both).
+    pub fn of(ins: &iced_x86::Instruction) -> Option<(Family, usize)> {
+        use iced_x86::Mnemonic as M;
+        let family = match ins.mnemonic() {
+            M::Shl | M::Sal => Family::Shl,
+            M::Shr => Family::Shr,
+            M::Sar => Family::Sar,
+            M::Rol => Family::Rol,
+            M::Ror => Family::Ror,
+            M::Rcl => Family::Rcl,
+            M::Rcr => Family::Rcr,
+            M::Shld => Family::Shld,
+            M::Shrd => Family::Shrd,
+            M::Mul => Family::Mul,
+            M::Imul if ins.op_count() == 1 => Family::Imul,
+            M::Imul => Family::ImulMultiOperand,
+            M::Div => Family::Div,
+            M::Idiv => Family::Idiv,
+            M::Bsf => Family::Bsf,
+            M::Bsr => Family::Bsr,
+            M::Tzcnt => Family::Tzcnt,
+            M::Lzcnt => Family::Lzcnt,
+            M::Bt => Family::Bt,
+            M::Bts => Family::Bts,
+            M::Btr => Family::Btr,
+            M::Btc => Family::Btc,
+            M::And => Family::And,
+            M::Or => Family::Or,
+            M::Xor => Family::Xor,
+            M::Test => Family::Test,
+            _ => return None,
+        };
+        let size = match ins.op0_kind() {
+            iced_x86::OpKind::Register => ins.op0_register().size(),
+            _ => ins.memory_size().size(),
+        };
+        matches!(size, 1 | 2 | 4 | 8).then_some((family, size))
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Family::Shl => "shl",

@@ -14,9 +14,10 @@
 
 mod console;
 mod divergence;
+mod explain;
 
 pub use console::ConsoleLog;
-pub use divergence::Divergence;
+pub use divergence::{Cause, Difference, Divergence};
 
 use crate::cpu::{Cpu, Exit};
 use crate::event::{
@@ -788,6 +789,7 @@ impl Replay {
             expected: expected.into(),
             actual: actual.into(),
             differences: Vec::new(),
+            causes: Vec::new(),
             last_instructions: Vec::new(),
         })
     }
