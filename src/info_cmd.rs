@@ -1,7 +1,8 @@
-//! `krr-tui info`: a recording's summary and event statistics.
+//! `krr-tui info`: a recording's summary and event statistics, its format version and
+//! the undefined results replay reproduces.
 
 use anyhow::{Context, Result};
-use krr_engine::trace::RecordingReader;
+use krr_engine::trace::{FORMAT_VERSION, RecordingReader};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -32,11 +33,28 @@ pub fn run(args: InfoArgs) -> Result<()> {
                 header.machine.quirks.bit_scan_ignores_rep.into(),
             );
             obj.insert("lost_bytes".into(), recovery.lost_bytes.into());
+            obj.insert("format_version".into(), header.format_version.into());
+            let mut undefined = crate::host_cmd::undefined_json(&header.machine.quirks.undefined);
+            if let Some(u) = undefined.as_object_mut() {
+                u.insert(
+                    "source".into(),
+                    undefined_source(header.format_version).into(),
+                );
+            }
+            obj.insert("undefined".into(), undefined);
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!("recording   {}", args.file.display());
+    if header.format_version == FORMAT_VERSION {
+        println!("format      {}", header.format_version);
+    } else {
+        println!(
+            "format      {} (older; this build writes {FORMAT_VERSION})",
+            header.format_version
+        );
+    }
     println!(
         "kernel      {} ({} bytes, sha256 {})",
         header.kernel.name,
@@ -56,7 +74,30 @@ pub fn run(args: InfoArgs) -> Result<()> {
         );
     }
     println!("{stats}");
+    println!();
+    if undefined_source(header.format_version) == "legacy" {
+        println!(
+            "undefined results (format {} recording, which does not store the host's: \
+             replays with the legacy rules):",
+            header.format_version
+        );
+    } else {
+        println!("undefined results (recording host):");
+    }
+    for line in header.machine.quirks.undefined.table() {
+        println!("{line}");
+    }
     Ok(())
+}
+
+/// Where the undefined-results table replay follows comes from: the recording host
+/// (measured by the recorder, format 3 on) or the legacy rules (older formats).
+fn undefined_source(format_version: u32) -> &'static str {
+    if format_version >= 3 {
+        "recording host"
+    } else {
+        "legacy"
+    }
 }
 
 fn hex(b: &[u8]) -> String {

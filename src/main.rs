@@ -1,6 +1,7 @@
 //! krr-tui: record a guest under KVM, replay its kernel in a software CPU.
 
 mod gdb;
+mod host_cmd;
 mod info_cmd;
 mod record_cmd;
 mod replay_cmd;
@@ -33,6 +34,9 @@ enum Command {
     Info(info_cmd::InfoArgs),
     /// Record the built-in demo guest, then open its replay.
     Demo(replay_cmd::DemoArgs),
+    /// Print this machine as a recording host: its CPU, the counter source and the
+    /// undefined results the recorder measures.
+    Host(host_cmd::HostArgs),
 }
 
 fn main() {
@@ -49,6 +53,7 @@ fn main() {
         Command::Info(args) => info_cmd::run(args),
         Command::Replay(args) => replay_cmd::run(args),
         Command::Demo(args) => replay_cmd::run_demo(args),
+        Command::Host(args) => host_cmd::run(args),
     };
     if let Err(e) = result {
         eprintln!("krr-tui: {e:#}");

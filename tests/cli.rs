@@ -2,6 +2,7 @@
 //! replay and info on the checked-in fixture (everywhere), signals, kill -9, hostile
 //! guests.
 
+use krr_engine::cpu::undefined::{Family, UndefinedBehaviour};
 use krr_engine::trace::RecordingReader;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -125,6 +126,224 @@ fn info_json_reports_every_kind_of_the_fixture() {
     }
 }
 
+/// The fixture is a format 2 recording: `info` gives its format version and the legacy
+/// undefined-results table it replays with, in text and in JSON.
+#[test]
+fn info_reports_the_format_and_the_undefined_results_table() {
+    let legacy = UndefinedBehaviour::legacy().table();
+    let out = krr()
+        .args(["info", "--json"])
+        .arg(fixture())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["format_version"].as_u64(), Some(2), "{v}");
+    assert_eq!(v["undefined"]["source"], "legacy", "{v}");
+    let table: Vec<&str> = v["undefined"]["table"]
+        .as_array()
+        .expect("undefined.table is an array")
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert_eq!(table, legacy);
+    assert_eq!(v["undefined"]["unmodelled"], serde_json::json!([]));
+
+    let out = krr().arg("info").arg(fixture()).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let format_line = format!(
+        "format      2 (older; this build writes {})",
+        krr_engine::trace::FORMAT_VERSION
+    );
+    assert!(lines.contains(&format_line.as_str()), "{text}");
+    let heading = lines
+        .iter()
+        .position(|l| l.starts_with("undefined results (") && l.contains("legacy rules"))
+        .unwrap_or_else(|| panic!("no undefined-results heading:\n{text}"));
+    assert_eq!(lines[heading + 1..], legacy[..], "{text}");
+}
+
+/// The family lines of an undefined-results table in `lines`: one per family, in order,
+/// each starting with the family's name.
+fn assert_every_family(lines: &[&str], all: &str) {
+    let families: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| {
+            Family::ALL
+                .iter()
+                .any(|f| l.starts_with(&format!("{:<14}", f.name())))
+        })
+        .collect();
+    assert_eq!(families.len(), Family::COUNT, "{all}");
+    for (line, f) in families.iter().zip(Family::ALL) {
+        assert!(
+            line.starts_with(&format!("{:<14}", f.name())),
+            "{line}\n{all}"
+        );
+        assert!(line.len() > 14, "{line}: no rules\n{all}");
+    }
+    for name in ["shl", "bsf", "test"] {
+        assert!(
+            families.iter().any(|l| l.starts_with(name)),
+            "{name}\n{all}"
+        );
+    }
+    assert!(!all.contains("NOT MODELLED"), "{all}");
+}
+
+/// `krr-tui host`: the CPU from /proc/cpuinfo, and where KVM is usable the measured
+/// behaviour, every family of the undefined-results table modelled; where it is not,
+/// why nothing was measured.
+#[test]
+fn host_prints_the_cpu_and_the_measured_undefined_results() {
+    let out = run_with_timeout(
+        {
+            let mut c = krr();
+            c.arg("host");
+            c
+        },
+        Duration::from_secs(120),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')))
+        .map(|(_, v)| v.trim().to_string());
+    let model_line = lines
+        .iter()
+        .find(|l| l.starts_with("model name"))
+        .unwrap_or_else(|| panic!("no model name line:\n{text}"));
+    if let Some(model) = model {
+        assert!(model_line.ends_with(&model), "{model_line} vs {model}");
+    }
+    if !kvm() {
+        assert!(
+            text.contains("not measured: KVM is not usable here"),
+            "{text}"
+        );
+        assert!(!text.contains("undefined results ("), "{text}");
+        return;
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("bit scans") && l.contains("bit_scan_ignores_rep: ")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("counter       KvmInsnEmulation")
+                || l.starts_with("counter       None")),
+        "{text}"
+    );
+    let heading = lines
+        .iter()
+        .position(|l| l.starts_with("undefined results (measured on CPU "))
+        .unwrap_or_else(|| panic!("no undefined-results heading:\n{text}"));
+    assert_every_family(&lines[heading + 1..], &text);
+}
+
+/// `krr-tui host --json` is one JSON object with the same content.
+#[test]
+fn host_json_is_one_object() {
+    let out = run_with_timeout(
+        {
+            let mut c = krr();
+            c.args(["host", "--json"]);
+            c
+        },
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert!(v["cpu"].is_object(), "{v}");
+    if std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains("model name")) {
+        assert!(v["cpu"]["model_name"].is_string(), "{v}");
+    }
+    assert!(v["ring0_emulated"].is_boolean(), "{v}");
+    if !kvm() {
+        assert_eq!(v["measured"], false, "{v}");
+        assert!(v["not_measured_reason"].is_string(), "{v}");
+        return;
+    }
+    assert_eq!(v["measured"], true, "{v}");
+    assert!(v["bit_scan_ignores_rep"].is_boolean(), "{v}");
+    assert!(
+        ["KvmInsnEmulation", "None"].contains(&v["counter"].as_str().unwrap_or("")),
+        "{v}"
+    );
+    let table: Vec<&str> = v["undefined"]["table"]
+        .as_array()
+        .expect("undefined.table is an array")
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert_eq!(table.len(), Family::COUNT, "{v}");
+    assert_every_family(&table, &v.to_string());
+    assert_eq!(v["undefined"]["unmodelled"], serde_json::json!([]));
+}
+
+/// Where /dev/kvm cannot be opened, `host` still prints the CPU, says why nothing was
+/// measured and succeeds. Exercised by running it as an unprivileged user (possible
+/// where the tests run as root and /dev/kvm is not open to every user).
+#[test]
+fn host_without_kvm_says_why_nothing_was_measured() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if let Ok(m) = std::fs::metadata("/dev/kvm")
+        && m.permissions().mode() & 0o006 == 0o006
+    {
+        println!("skipped: /dev/kvm is open to every user, so no user here lacks KVM");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let mut cmd = krr();
+    cmd.arg("host").uid(NOBODY).gid(NOBODY);
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(e) => {
+            println!("skipped: cannot run krr-tui as an unprivileged user here: {e}");
+            return;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.lines().any(|l| l.starts_with("model name")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("kvm           not usable: /dev/kvm: ")),
+        "{text}"
+    );
+    assert!(
+        text.contains("not measured: KVM is not usable here (/dev/kvm: "),
+        "{text}"
+    );
+    assert!(!text.contains("undefined results ("), "{text}");
+}
+
 #[test]
 fn fixture_replays_headless_with_the_recorded_console() {
     let out = replay_verify(&fixture());
@@ -188,6 +407,24 @@ fn fresh_recordings_replay_without_divergence() {
         // The console echoed while recording is what the recording holds.
         let console = recorded_console(&file);
         assert_eq!(rec.stdout, console, "round {round}");
+        // A fresh recording is in the current format and stores this host's undefined
+        // results, every family modelled.
+        let info = krr().args(["info", "--json"]).arg(&file).output().unwrap();
+        assert!(info.status.success(), "round {round}");
+        let v: serde_json::Value = serde_json::from_slice(&info.stdout).expect("JSON");
+        assert_eq!(
+            v["format_version"].as_u64(),
+            Some(krr_engine::trace::FORMAT_VERSION.into()),
+            "{v}"
+        );
+        assert_eq!(v["undefined"]["source"], "recording host", "{v}");
+        let table: Vec<&str> = v["undefined"]["table"]
+            .as_array()
+            .expect("undefined.table is an array")
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        assert_every_family(&table, &v.to_string());
         let out = replay_verify(&file);
         assert!(
             out.status.success(),
