@@ -577,8 +577,11 @@ impl ProbeProgram {
             stack_top: machine::STACK_TOP,
             done_port: machine::DONE_PORT,
         });
-        let run = |quirks: &Quirks| self.replay(&code, quirks, cpuid);
-        // Every candidate rule under every variant of the undefined results.
+        let machine = machine_with(&code).map_err(ProbeError::Replay)?;
+        let run = |quirks: &Quirks| self.replay(&machine, quirks, cpuid);
+        // Candidate rules under variants of the undefined results: first the results
+        // (rule-independent) under every variant, then every rule under the variants
+        // that groups chose, each run once.
         let variant = |rule: FlagRule, v: usize| {
             let (ignores_rep, zero_source, wide) = VARIANTS[v];
             let mut u = UndefinedBehaviour::uniform(rule);
@@ -589,19 +592,10 @@ impl ProbeProgram {
                 undefined: u,
             }
         };
-        let mut runs = Vec::new();
-        for v in 0..VARIANTS.len() {
-            for r in RULES {
-                runs.push(run(&variant(r, v))?);
-            }
+        let mut runs: Runs = vec![vec![None; RULES.len()]; VARIANTS.len()];
+        for (v, row) in runs.iter_mut().enumerate() {
+            row[rule_index(FlagRule::Keep)] = Some(run(&variant(FlagRule::Keep, v))?);
         }
-        let outcome_of = |r: FlagRule, v: usize| {
-            let ri = RULES
-                .iter()
-                .position(|&x| x == r)
-                .expect("a rule that was run");
-            &runs[v * RULES.len() + ri]
-        };
 
         let mut fitted = UndefinedBehaviour::uniform(FlagRule::Clear);
         fitted.zero_source = [[ZeroSourceDestination::Unchanged; 4]; 2];
@@ -624,7 +618,7 @@ impl ProbeProgram {
             // whether they count (as bit scans, with the zero-source rule fitted for
             // bsf and bsr).
             let results_match = |v: usize| {
-                let o = outcome_of(FlagRule::Keep, v);
+                let o = outcome_of(&runs, FlagRule::Keep, v);
                 group
                     .clone()
                     .all(|i| (o[i].rax, o[i].rdx) == (host[i].rax, host[i].rdx))
@@ -644,7 +638,7 @@ impl ProbeProgram {
             let v = match chosen {
                 Some(v) => v,
                 None => {
-                    let o = outcome_of(FlagRule::Keep, 0);
+                    let o = outcome_of(&runs, FlagRule::Keep, 0);
                     let i = group
                         .clone()
                         .find(|&i| (o[i].rax, o[i].rdx) != (host[i].rax, host[i].rdx))
@@ -674,11 +668,18 @@ impl ProbeProgram {
                 Family::Tzcnt | Family::Lzcnt if chosen.is_some() => ignores_rep = Some(rep),
                 _ => {}
             }
-            // The flags, one at a time.
+            // The flags, one at a time, under the chosen variant.
+            for r in RULES {
+                let ri = rule_index(r);
+                if runs[v][ri].is_none() {
+                    runs[v][ri] = Some(run(&variant(r, v))?);
+                }
+            }
+            let under_v: Vec<&[Outcome]> = RULES.iter().map(|&r| outcome_of(&runs, r, v)).collect();
             for (flag, _) in FLAGS {
                 let candidates = family.candidates(flag);
                 let bit_matches = |r: FlagRule| {
-                    let o = outcome_of(r, v);
+                    let o = under_v[rule_index(r)];
                     group
                         .clone()
                         .filter(|&i| (o[i].rflags ^ host[i].rflags) & flag == 0)
@@ -756,12 +757,12 @@ impl ProbeProgram {
     /// Runs the program in the replay CPU with `quirks` and returns every case's outcome.
     fn replay(
         &self,
-        code: &[u8],
+        machine: &(CpuState, GuestMemory),
         quirks: &Quirks,
         cpuid: &[CpuidEntry],
     ) -> Result<Vec<Outcome>, ProbeError> {
-        let (state, mut mem) = machine_with(code).map_err(ProbeError::Replay)?;
-        let mut cpu = Cpu::new(state, cpuid.to_vec());
+        let mut mem = machine.1.clone();
+        let mut cpu = Cpu::new(machine.0.clone(), cpuid.to_vec());
         cpu.set_quirks(quirks.clone());
         let limit = self.instructions() + 16;
         match cpu.run(&mut mem, limit) {
@@ -778,6 +779,22 @@ impl ProbeProgram {
             .map_err(|e| ProbeError::Replay(format!("reading the results: {e}")))?;
         Ok(bytes.chunks(RESULT_BYTES).map(outcome).collect())
     }
+}
+
+/// Outcomes of the fit's runs, by variant and rule (run on demand).
+type Runs = Vec<Vec<Option<Vec<Outcome>>>>;
+
+fn rule_index(r: FlagRule) -> usize {
+    RULES
+        .iter()
+        .position(|&x| x == r)
+        .expect("a rule the fit tries")
+}
+
+fn outcome_of(runs: &Runs, r: FlagRule, v: usize) -> &[Outcome] {
+    runs[v][rule_index(r)]
+        .as_deref()
+        .expect("the rule was run under the variant")
 }
 
 fn outcome(b: &[u8]) -> Outcome {
@@ -899,7 +916,9 @@ mod tests {
                 bit_scan_ignores_rep: true,
                 undefined: host.clone(),
             };
-            let outcomes = p.replay(&code, &quirks, &[]).expect("replay");
+            let outcomes = p
+                .replay(&machine_with(&code).unwrap(), &quirks, &[])
+                .expect("replay");
             let bytes: Vec<u8> = outcomes
                 .iter()
                 .flat_map(|o| [o.rax, o.rdx, o.rflags].map(u64::to_le_bytes).concat())
@@ -911,7 +930,9 @@ mod tests {
                 fitted.undefined.unmodelled
             );
             // Equal behaviour: the fitted rules give the same results on every case.
-            let again = p.replay(&code, &fitted, &[]).expect("replay");
+            let again = p
+                .replay(&machine_with(&code).unwrap(), &fitted, &[])
+                .expect("replay");
             assert_eq!(again, outcomes);
             // Where candidates differ on some case, the fit names the same rule (for bsf,
             // "SF of the index" and 0 are the same thing).
@@ -938,7 +959,9 @@ mod tests {
             done_port: machine::DONE_PORT,
         });
         let quirks = Quirks::default();
-        let mut outcomes = p.replay(&code, &quirks, &[]).expect("replay");
+        let mut outcomes = p
+            .replay(&machine_with(&code).unwrap(), &quirks, &[])
+            .expect("replay");
         // AF after `or` made to follow bit 4 of the result, which no rule does.
         for (c, o) in p.cases.iter().zip(outcomes.iter_mut()) {
             if c.family == Family::Or && c.size == 4 {
