@@ -121,7 +121,7 @@ pub fn sub(a: u64, b: u64, borrow: bool, size: usize) -> (u64, u64) {
 pub fn logic(family: Family, r: u64, size: usize, rflags: u64, rules: &UndefinedRules) -> u64 {
     rules
         .masks(family, size)
-        .resolve(AF, rflags, szp(r, size), 0, 0, 0)
+        .resolve(AF, rflags, szp(r, size), 0, 0)
 }
 
 /// The shift and rotate group.
@@ -136,14 +136,16 @@ pub enum ShiftOp {
     Sar,
 }
 
+/// OF set from bit 0 of `b` (branch-free: this is on the hot path of every shift).
 #[inline(always)]
 fn of_if(b: u64) -> u64 {
-    if b & 1 != 0 { OF } else { 0 }
+    (b & 1) << 11
 }
 
+/// CF set from bit 0 of `b`.
 #[inline(always)]
 fn cf_if(b: u64) -> u64 {
-    if b & 1 != 0 { CF } else { 0 }
+    b & 1
 }
 
 /// Shifts/rotates `a` by `count` (already masked to 5 or 6 bits). Returns the result and
@@ -171,10 +173,10 @@ pub fn shift(
     let below_msb = |v: u64| (v >> (bits - 2)) & 1;
     let cf_in = rflags & CF;
     let old = rflags & STATUS;
-    // Per op: result, family, the flags as defined (OF as for a one-bit shift, AF 0,
-    // CF for counts past the width as the last bit out), the undefined ones, and the OF
-    // of the first and last one-bit steps.
-    let (r, family, natural, undefined, first, last) = match op {
+    // Per op: result, family, the flags as defined (OF as the first one-bit step sets
+    // it, AF 0, CF for counts past the width as the last bit out), the undefined ones,
+    // and the OF of the last one-bit step.
+    let (r, family, natural, undefined, last) = match op {
         ShiftOp::Shl => {
             // Counts below the width (every count of 32- and 64-bit operands) stay in
             // u64 arithmetic; 8- and 16-bit operands can be shifted by up to 31.
@@ -194,7 +196,6 @@ pub fn shift(
                 Family::Shl,
                 szp(r, size) | cf_if(cf) | first,
                 undefined,
-                first,
                 last,
             )
         }
@@ -214,7 +215,6 @@ pub fn shift(
                 Family::Shr,
                 szp(r, size) | cf_if(cf) | first,
                 undefined,
-                first,
                 last,
             )
         }
@@ -224,7 +224,7 @@ pub fn shift(
             let r = ((s >> c) as u64) & m;
             let cf = ((s >> (c - 1).min(63)) & 1) as u64;
             let undefined = AF | if count > 1 { OF } else { 0 };
-            (r, Family::Sar, szp(r, size) | cf_if(cf), undefined, 0, 0)
+            (r, Family::Sar, szp(r, size) | cf_if(cf), undefined, 0)
         }
         ShiftOp::Rol => {
             let c = count % bits;
@@ -237,7 +237,7 @@ pub fn shift(
             let undefined = if count > 1 { OF } else { 0 };
             let last = of_if(msb(r) ^ r);
             let natural = (old & !(CF | OF)) | cf_if(r) | first;
-            (r, Family::Rol, natural, undefined, first, last)
+            (r, Family::Rol, natural, undefined, last)
         }
         ShiftOp::Ror => {
             let c = count % bits;
@@ -250,7 +250,7 @@ pub fn shift(
             let undefined = if count > 1 { OF } else { 0 };
             let last = of_if(msb(r) ^ below_msb(r));
             let natural = (old & !(CF | OF)) | cf_if(msb(r)) | first;
-            (r, Family::Ror, natural, undefined, first, last)
+            (r, Family::Ror, natural, undefined, last)
         }
         ShiftOp::Rcl | ShiftOp::Rcr => {
             let left = op == ShiftOp::Rcl;
@@ -273,9 +273,8 @@ pub fn shift(
                 } else {
                     Family::RcrFullTurn
                 };
-                let f = rules
-                    .masks(family, size)
-                    .resolve(OF, old, old, first, last, 0);
+                let natural = (old & !OF) | first;
+                let f = rules.masks(family, size).resolve(OF, old, natural, last, 0);
                 return (a, (rflags & !STATUS) | f);
             }
             // Rotate the (bits+1)-bit value CF:a.
@@ -297,13 +296,13 @@ pub fn shift(
             let undefined = if count > 1 { OF } else { 0 };
             let natural = (old & !(CF | OF)) | cf_if(cf) | first;
             let family = if left { Family::Rcl } else { Family::Rcr };
-            (r, family, natural, undefined, first, last)
+            (r, family, natural, undefined, last)
         }
     };
     let sign = of_if(msb(r) ^ msb(a));
     let f = rules
         .masks(family, size)
-        .resolve(undefined, old, natural, first, last, sign);
+        .resolve(undefined, old, natural, last, sign);
     (r, (rflags & !STATUS) | f)
 }
 
@@ -371,11 +370,11 @@ pub fn double_shift(
         )
     };
     let undefined = AF | if count > 1 { OF } else { 0 };
-    let natural = szp(r, size) | cf_if(cf) | sign;
-    let f =
-        rules
-            .masks(family, size)
-            .resolve(undefined, rflags & STATUS, natural, first, last, sign);
+    // OF as the first one-bit step sets it (for a count of 1 that is the sign change).
+    let natural = szp(r, size) | cf_if(cf) | first;
+    let f = rules
+        .masks(family, size)
+        .resolve(undefined, rflags & STATUS, natural, last, sign);
     (r, (rflags & !STATUS) | f)
 }
 
@@ -393,7 +392,7 @@ pub fn multiply(
     let natural = szp(low, size) | if overflow { CF | OF } else { 0 };
     rules
         .masks(family, size)
-        .resolve(SF | ZF | AF | PF, rflags, natural, 0, 0, 0)
+        .resolve(SF | ZF | AF | PF, rflags, natural, 0, 0)
 }
 
 /// Status flags of `div`/`idiv` (`family`) with quotient `quotient`: all undefined
@@ -407,7 +406,7 @@ pub fn divide(
 ) -> u64 {
     rules
         .masks(family, size)
-        .resolve(STATUS, rflags, szp(quotient, size), 0, 0, 0)
+        .resolve(STATUS, rflags, szp(quotient, size), 0, 0)
 }
 
 /// Status flags of `bsf`/`bsr` (`family`): ZF = source zero; CF, OF, SF, AF, PF
@@ -423,7 +422,7 @@ pub fn bit_scan(
     let natural = (szp(index, size) & !ZF) | if source_zero { ZF } else { 0 };
     rules
         .masks(family, size)
-        .resolve(CF | OF | SF | AF | PF, rflags, natural, 0, 0, 0)
+        .resolve(CF | OF | SF | AF | PF, rflags, natural, 0, 0)
 }
 
 /// Status flags of `tzcnt`/`lzcnt` (`family`) that count: CF = source zero, ZF = count
@@ -439,7 +438,7 @@ pub fn count_zeros(
     let natural = szp(count, size) | if source_zero { CF } else { 0 };
     rules
         .masks(family, size)
-        .resolve(OF | SF | AF | PF, rflags, natural, 0, 0, 0)
+        .resolve(OF | SF | AF | PF, rflags, natural, 0, 0)
 }
 
 /// Status flags of `bt`/`bts`/`btr`/`btc` (`family`): CF = the bit; OF, SF, AF, PF
@@ -454,7 +453,7 @@ pub fn bit_test(
     let natural = (rflags & ZF) | if bit { CF } else { 0 };
     rules
         .masks(family, size)
-        .resolve(OF | SF | AF | PF, rflags, natural, 0, 0, 0)
+        .resolve(OF | SF | AF | PF, rflags, natural, 0, 0)
 }
 
 #[cfg(test)]

@@ -503,13 +503,14 @@ impl UndefinedBehaviour {
 }
 
 /// One family's rules at one operand size, as bit masks over RFLAGS: each undefined
-/// flag is in at most one mask; one in none is cleared.
+/// flag is in at most one mask; one in none is cleared. [`FlagRule::FirstStep`] is in
+/// `result`: the flag functions compute OF as the first one-bit step would (which is
+/// its defined value for a count of 1).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlagMasks {
     pub keep: u64,
     pub set: u64,
     pub result: u64,
-    pub first_step: u64,
     pub last_step: u64,
     pub sign_change: u64,
 }
@@ -517,22 +518,13 @@ pub struct FlagMasks {
 impl FlagMasks {
     /// The status flags of an instruction: `natural` where the architecture defines
     /// them; for the flags in `undefined`, the rules' choice between the old flags, 1,
-    /// `natural`, and the OF candidates (`first`, `last`, `sign`: RFLAGS words whose
-    /// OF bit is the candidate, 0 where the family has none).
+    /// `natural`, and the OF candidates `last` and `sign` (RFLAGS words whose OF bit is
+    /// the candidate, 0 where the family has none).
     #[inline(always)]
-    pub fn resolve(
-        &self,
-        undefined: u64,
-        old: u64,
-        natural: u64,
-        first: u64,
-        last: u64,
-        sign: u64,
-    ) -> u64 {
+    pub fn resolve(&self, undefined: u64, old: u64, natural: u64, last: u64, sign: u64) -> u64 {
         let chosen = (old & self.keep)
             | self.set
             | (natural & self.result)
-            | (first & self.first_step)
             | (last & self.last_step)
             | (sign & self.sign_change);
         (natural & !undefined) | (chosen & undefined)
@@ -566,8 +558,7 @@ impl UndefinedRules {
                         FlagRule::Keep => &mut m.keep,
                         FlagRule::Clear => continue,
                         FlagRule::Set => &mut m.set,
-                        FlagRule::Result => &mut m.result,
-                        FlagRule::FirstStep => &mut m.first_step,
+                        FlagRule::Result | FlagRule::FirstStep => &mut m.result,
                         FlagRule::LastStep => &mut m.last_step,
                         FlagRule::SignChange => &mut m.sign_change,
                     };
@@ -621,14 +612,13 @@ mod tests {
             keep: AF,
             set: PF,
             result: SF,
-            first_step: 0,
             last_step: OF,
             sign_change: 0,
         };
         let undefined = AF | PF | SF | OF | ZF;
         // old has AF, natural has SF and CF (defined) and ZF (undefined: cleared),
         // last has OF.
-        let f = m.resolve(undefined, AF, SF | CF | ZF, 0, OF, OF);
+        let f = m.resolve(undefined, AF, SF | CF | ZF, OF, OF);
         assert_eq!(f, AF | PF | SF | CF | OF);
     }
 
@@ -641,7 +631,7 @@ mod tests {
         b.set_rule(Family::Shr, 4, ZF, FlagRule::Set);
         let r = UndefinedRules::new(&b);
         let m = r.masks(Family::Shr, 4);
-        assert_eq!((m.set, m.first_step, m.keep), (AF, OF, 0));
+        assert_eq!((m.set, m.result, m.keep), (AF, OF, 0));
         assert_eq!(*r.masks(Family::Shr, 8), FlagMasks::default());
     }
 
