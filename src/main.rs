@@ -3,6 +3,7 @@
 mod gdb;
 mod host_cmd;
 mod info_cmd;
+mod output;
 mod record_cmd;
 mod replay_cmd;
 

@@ -8,6 +8,8 @@ use krr_ui::record::RecordMsg;
 use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+
+use crate::output::RecordingOutput;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -27,7 +29,7 @@ pub struct RecordArgs {
     /// Kernel command line (bzImage guests).
     #[arg(long, default_value = "")]
     pub cmdline: String,
-    /// Output file.
+    /// Output file (written as FILE.partial, renamed to FILE when the recording ends).
     #[arg(
         short = 'o',
         long = "output",
@@ -35,6 +37,10 @@ pub struct RecordArgs {
         default_value = "recording.krr"
     )]
     pub output: PathBuf,
+    /// Replace an existing output file (or the .partial file a recording that was cut
+    /// short left).
+    #[arg(long)]
+    pub force: bool,
     /// Record without the terminal UI: the guest console goes to standard output.
     #[arg(long)]
     pub headless: bool,
@@ -70,13 +76,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 impl RecordArgs {
     /// Recording the built-in demo guest to `output`, with every default.
-    pub fn demo(output: PathBuf) -> RecordArgs {
+    pub fn demo(output: PathBuf, force: bool) -> RecordArgs {
         RecordArgs {
             kernel: None,
             disk: None,
             memory: 64 << 20,
             cmdline: String::new(),
             output,
+            force,
             headless: true,
             no_counter: false,
             quiet: true,
@@ -130,6 +137,25 @@ pub fn record(
     if let Err(why) = krr_recorder::kvm_available() {
         bail!("recording needs KVM: {why}");
     }
+    let output = RecordingOutput::create(&args.output, args.force)?;
+    match start_recording(args, &output) {
+        Ok((recorder, writer)) => {
+            let recorded = run_recording(recorder, writer, stop, observe);
+            output.commit()?;
+            recorded
+        }
+        Err(e) => {
+            output.abandon();
+            Err(e)
+        }
+    }
+}
+
+/// Creates the machine and writes the recording's header and snapshot.
+fn start_recording(
+    args: &RecordArgs,
+    output: &RecordingOutput,
+) -> Result<(Recorder, RecordingWriter<File>)> {
     let (image, name) = match &args.kernel {
         Some(p) => (
             std::fs::read(p).with_context(|| format!("reading kernel {}", p.display()))?,
@@ -152,11 +178,9 @@ pub fn record(
         config.counter = CounterChoice::None;
     }
 
-    let mut recorder = Recorder::new(config)?;
+    let recorder = Recorder::new(config)?;
     let start = recorder.start()?;
-    let file = File::create(&args.output)
-        .with_context(|| format!("creating {}", args.output.display()))?;
-    let mut writer = RecordingWriter::new(file)?;
+    let mut writer = RecordingWriter::new(output.file()?)?;
     let mut header = Header::new(start.machine, start.kernel);
     header.cpuid = start.cpuid;
     header.symbols = start.symbols;
@@ -164,7 +188,16 @@ pub fn record(
     header.command_line = std::env::args().collect::<Vec<_>>().join(" ");
     writer.write_header(&header)?;
     writer.write_snapshot(&start.snapshot)?;
+    Ok((recorder, writer))
+}
 
+/// Runs the guest until it ends or `stop` is set, and finishes the file.
+fn run_recording(
+    mut recorder: Recorder,
+    writer: RecordingWriter<File>,
+    stop: &AtomicBool,
+    observe: &mut dyn FnMut(&Event),
+) -> Result<Recorded> {
     let mut sink = TraceSink {
         writer,
         observe,

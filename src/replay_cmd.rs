@@ -57,6 +57,9 @@ pub struct DemoArgs {
     /// Record without the terminal UI (the replay still opens in it).
     #[arg(long)]
     pub headless: bool,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `krr-tui demo`: records the built-in demo guest (showing it live), then opens the
@@ -69,7 +72,7 @@ pub fn run_demo(args: DemoArgs) -> Result<()> {
             true,
         ),
     };
-    let record = RecordArgs::demo(output.clone());
+    let record = RecordArgs::demo(output.clone(), temporary || args.force);
     let stop = Arc::new(AtomicBool::new(false));
     let recorded = if args.headless {
         eprintln!("krr-tui: recording the demo guest to {}", output.display());

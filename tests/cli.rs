@@ -539,6 +539,12 @@ fn kill_9_leaves_a_recording_whose_complete_chunks_replay() {
     std::thread::sleep(Duration::from_millis(2500));
     child.kill().unwrap();
     child.wait().unwrap();
+    // Killed, it never got its final name: the file is FILE.partial.
+    assert!(
+        !file.exists(),
+        "a killed recording is not under its final name"
+    );
+    let file = dir.path().join("killed.krr.partial");
     let r = RecordingReader::open(&file).expect("a killed recording still opens");
     assert!(!r.recovery().complete);
     assert!(r.recovery().valid_events > 0, "{:?}", r.recovery());
@@ -593,4 +599,92 @@ fn hostile_guests_end_the_recording_with_a_clear_error() {
         );
         assert!(r.event_count() > 0, "{name}: nothing kept");
     }
+}
+
+/// `record -o FILE` never replaces FILE without `--force`, admits one writer per path,
+/// and keeps the `.partial` file a killed recording left.
+#[test]
+fn the_output_file_is_never_replaced_by_accident() {
+    if !kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r.krr");
+    std::fs::write(&file, b"not a recording, but mine").unwrap();
+    let out = krr()
+        .args(["record", "--headless", "--quiet", "-o"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("exists") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a recording, but mine");
+
+    // Two recordings to one path: the second is refused while the first runs, and the
+    // first ends with a complete file.
+    let mut first = krr()
+        .args(["record", "--headless", "--quiet", "--force", "-o"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let partial = dir.path().join("r.krr.partial");
+    let t0 = std::time::Instant::now();
+    while !partial.exists() && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = krr()
+        .args(["record", "--headless", "--quiet", "--force", "-o"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{err}");
+    assert!(err.contains("another recording"), "{err}");
+    let out = wait_with_timeout(&mut first, Duration::from_secs(120));
+    assert!(out.status.success());
+    assert!(!partial.exists());
+    let r = RecordingReader::open(&file).expect("the first recording is complete");
+    assert!(r.recovery().complete);
+
+    // A killed recording leaves r.krr.partial; a new one to that path is refused without
+    // --force, and r.krr is untouched.
+    let mut killed = krr()
+        .args(["record", "--headless", "--quiet", "--force", "-o"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert!(partial.exists());
+    assert!(RecordingReader::open(&file).unwrap().recovery().complete);
+    let again = krr()
+        .args(["record", "--headless", "--quiet", "--force"])
+        .arg("-o")
+        .arg(dir.path().join("elsewhere.krr"))
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    let refused = krr()
+        .args(["record", "--headless", "--quiet", "-o"])
+        .arg(dir.path().join("r.krr"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("exists"), "{err}");
+    std::fs::remove_file(&file).unwrap();
+    let refused = krr()
+        .args(["record", "--headless", "--quiet", "-o"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(err.contains("cut short"), "{err}");
 }
