@@ -420,8 +420,9 @@ fn watchpoint_hits_are_those_of_a_comparison_after_every_instruction() {
     t.goto_icount(call.saturating_sub(20));
     let from = t.icount();
     let to = from + 60_000;
-    // A stack slot below the current frame: written by deeper calls, now and then.
-    let slot = rsp(&t) - 72;
+    // The slot the call pushes its return address into, which later calls and interrupt
+    // frames write again.
+    let slot = rsp(&t) - 8;
     let read = |r: &Replay| {
         let mut b = [0u8; 8];
         r.read_memory(slot, &mut b).ok().map(|()| b)
@@ -430,7 +431,10 @@ fn watchpoint_hits_are_those_of_a_comparison_after_every_instruction() {
     let mut expected = Vec::new();
     let mut prev = read(&r);
     for k in from..to {
-        assert_eq!(r.run(Target::Icount(k + 1)), Stop::Reached(Target::Icount(k + 1)));
+        assert_eq!(
+            r.run(Target::Icount(k + 1)),
+            Stop::Reached(Target::Icount(k + 1))
+        );
         let now = read(&r);
         if now != prev {
             expected.push(k + 1);

@@ -13,6 +13,12 @@
 //! write of the same value, or a change of mappings that leaves the bytes alone, is
 //! passed over and the stretch goes on.
 //!
+//! The watched bytes are compared only where the memory path says they may differ. A
+//! stretch that switches to another address space and back (CR3 as before, no
+//! page-table write) is taken as quiet: a write there to other physical pages that that
+//! address space maps at the watched linear addresses goes unseen (kernel addresses map
+//! alike in every address space).
+//!
 //! [`GuestMemory::pt_generation`]: crate::memory::GuestMemory::pt_generation
 
 use crate::cpu::Access;
