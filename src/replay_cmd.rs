@@ -104,12 +104,11 @@ pub fn run_demo(args: DemoArgs) -> Result<()> {
 /// Opens the recording in the terminal UI.
 pub fn tui(args: &ReplayArgs) -> Result<()> {
     let replay = Replay::open(&args.file).with_context(|| format!("{}", args.file.display()))?;
-    let symbols = match &args.kernel {
-        Some(p) => Symbols::from_path(p).with_context(|| format!("{}", p.display()))?,
-        None => Symbols::from_header(replay.header()),
-    };
     let keymap = Keymap::load()?;
     let mut timeline = Timeline::new(replay, args.checkpoint_memory);
+    if let Some(p) = &args.kernel {
+        timeline.set_symbols(Symbols::from_path(p).with_context(|| format!("{}", p.display()))?);
+    }
     let mut message = String::new();
     if let Some(n) = args.goto {
         if n >= timeline.replay().events().len() as u64 {
@@ -118,7 +117,7 @@ pub fn tui(args: &ReplayArgs) -> Result<()> {
         timeline.goto_event(n);
         message = format!("goto event {n}");
     }
-    let mut app = App::new(timeline, symbols, keymap);
+    let mut app = App::new(timeline, keymap);
     app.exporter = Some(Box::new(|replay| {
         crate::gdb::export(replay).map_err(|e| format!("{e:#}"))
     }));

@@ -174,6 +174,51 @@ impl Event {
     }
 }
 
+/// The event's details, as the UI's events pane and a divergence report show them (its
+/// kind is [`Event::kind`]).
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::UserEntry(u) => {
+                match u.kind {
+                    EntryKind::Syscall => {
+                        write!(f, "syscall nr {}", u.regs.gpr[crate::state::gpr::RAX])?
+                    }
+                    EntryKind::Interrupt { vector } => write!(f, "vector {vector:#x}")?,
+                    EntryKind::Exception {
+                        vector,
+                        error_code,
+                        cr2,
+                    } => {
+                        write!(f, "exception {vector}")?;
+                        if let Some(e) = error_code {
+                            write!(f, " error {e:#x}")?;
+                        }
+                        if vector == 14 {
+                            write!(f, " cr2 {cr2:#x}")?;
+                        }
+                        if u.is_syscall_fault() {
+                            write!(f, " (syscall)")?;
+                        }
+                    }
+                }
+                write!(f, " from user rip {:#x}", u.regs.rip)
+            }
+            Event::KernelInterrupt(k) => write!(f, "vector {:#x} at {:#x}", k.vector, k.rip),
+            Event::PortIn(p) => write!(f, "port {:#x} size {} = {:#x}", p.port, p.size, p.value),
+            Event::MmioRead(m) => write!(f, "gpa {:#x} size {} = {:#x}", m.gpa, m.size, m.value),
+            Event::MemoryWrite(w) => write!(f, "{} bytes at gpa {:#x}", w.data.len(), w.gpa),
+            Event::UserRead(u) => {
+                write!(f, "{} bytes {:#x} -> {:#x}", u.data.len(), u.src, u.dst)
+            }
+            Event::PteRead(p) => write!(f, "pte at {:#x} = {:#x}", p.addr, p.value),
+            Event::Random(r) => write!(f, "{:#x}", r.value),
+            Event::Console(c) => write!(f, "{:?}", String::from_utf8_lossy(&c.bytes)),
+            Event::Digest(d) => write!(f, "digest rip {:#x}", d.rip),
+        }
+    }
+}
+
 /// How the kernel was entered from user mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {

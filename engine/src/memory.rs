@@ -14,6 +14,12 @@
 //! keeps such writes from discarding unrelated decodes. Every memory object also has a unique
 //! [`GuestMemory::instance_id`] (a clone gets a new one), so a CPU that is handed a
 //! different memory (a restored checkpoint) notices it.
+//!
+//! Watched lines: the time-travel layer names the 64-byte lines under its write
+//! watchpoints ([`GuestMemory::watch_ranges`]); every write to one, by the CPU or by the
+//! driver, counts in [`GuestMemory::watch_hits`], so a stretch of replay in which the
+//! count did not move wrote nothing watched (the memory path reports the hits, as a
+//! debugger's memory sniffer does).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,6 +95,10 @@ pub struct GuestMemory {
     code_log: [(u64, u64); CODE_LOG_LEN],
     pt_generation: u64,
     instance_id: u64,
+    /// Watched lines: (page gpa, mask of 64-byte lines); see [`Self::watch_ranges`].
+    watched: Vec<(u64, u64)>,
+    /// Writes to watched lines so far.
+    watch_hits: u64,
 }
 
 impl Clone for GuestMemory {
@@ -99,6 +109,8 @@ impl Clone for GuestMemory {
             code_log: self.code_log,
             pt_generation: self.pt_generation,
             instance_id: new_instance_id(),
+            watched: self.watched.clone(),
+            watch_hits: self.watch_hits,
         }
     }
 }
@@ -177,6 +189,8 @@ impl GuestMemory {
             code_generation: 0,
             code_log: [(0, 0); CODE_LOG_LEN],
             pt_generation: 0,
+            watched: Vec::new(),
+            watch_hits: 0,
             instance_id: new_instance_id(),
         })
     }
@@ -309,6 +323,9 @@ impl GuestMemory {
     /// of `len` bytes at `gpa` (within the page).
     #[inline]
     fn page_mut(&mut self, gpa: u64, len: usize) -> Option<&mut Page> {
+        if !self.watched.is_empty() {
+            self.note_watched_write(gpa, len);
+        }
         let (r, i) = self.locate(gpa)?;
         let region = &mut self.regions[r];
         let code = region.code[i];
@@ -327,6 +344,42 @@ impl GuestMemory {
         let slot = &mut region.pages[i];
         let arc = slot.get_or_insert_with(|| Arc::new([0u8; PAGE_SIZE]));
         Some(Arc::make_mut(arc))
+    }
+
+    /// Counts a write of `len` bytes at `gpa` (within one page) if it touches a watched
+    /// line.
+    #[cold]
+    fn note_watched_write(&mut self, gpa: u64, len: usize) {
+        let page = gpa & !PAGE_MASK;
+        let lines = line_mask(gpa, len);
+        if self
+            .watched
+            .iter()
+            .any(|&(p, m)| p == page && m & lines != 0)
+        {
+            self.watch_hits += 1;
+        }
+    }
+
+    /// Watches the given guest-physical ranges (each `(gpa, len)` within one page),
+    /// replacing those watched before (none: nothing is watched). Writes to their 64-byte
+    /// lines count in [`Self::watch_hits`].
+    pub fn watch_ranges(&mut self, ranges: impl IntoIterator<Item = (u64, usize)>) {
+        self.watched.clear();
+        for (gpa, len) in ranges {
+            let page = gpa & !PAGE_MASK;
+            let lines = line_mask(gpa, len);
+            match self.watched.iter_mut().find(|(p, _)| *p == page) {
+                Some((_, m)) => *m |= lines,
+                None => self.watched.push((page, lines)),
+            }
+        }
+    }
+
+    /// Writes to watched lines (see [`Self::watch_ranges`]) so far.
+    #[inline]
+    pub fn watch_hits(&self) -> u64 {
+        self.watch_hits
     }
 
     /// Borrow a whole page for reading (`None`: not RAM; `Some(None)`: a zero page).
@@ -582,5 +635,27 @@ mod tests {
             }],
         };
         assert!(GuestMemory::from_snapshot(&config(), &snap).is_err());
+    }
+
+    #[test]
+    fn writes_to_watched_lines_are_counted() {
+        let mut m = GuestMemory::new(&config()).unwrap();
+        m.watch_ranges([(0x1040, 8)]);
+        assert!(m.write_in_page(0x1000, 8, 1), "another line of the page");
+        assert_eq!(m.watch_hits(), 0);
+        assert!(m.write_in_page(0x107f, 1, 1), "the same 64-byte line");
+        assert_eq!(m.watch_hits(), 1);
+        m.write(0x103c, &[0; 8]).unwrap();
+        assert_eq!(m.watch_hits(), 2, "a write that reaches into the line");
+        let mut c = m.clone();
+        c.write_u64(0x1040, 5).unwrap();
+        assert_eq!(
+            (m.watch_hits(), c.watch_hits()),
+            (2, 3),
+            "counted per memory"
+        );
+        c.watch_ranges([]);
+        c.write_u64(0x1040, 6).unwrap();
+        assert_eq!(c.watch_hits(), 3);
     }
 }

@@ -140,7 +140,7 @@ fn a_changed_rule_diverges_where_a_result_depends_on_it_and_the_report_names_the
             stop == Stop::Reached(t) || (at + 1 == d.icount && matches!(stop, Stop::Diverged(_))),
             "{stop:?} at {at}"
         );
-        let (sa, sb) = (a.cpu.state(), b.cpu.state());
+        let (sa, sb) = (a.regs(), b.regs());
         let differ = sa.gpr != sb.gpr || sa.rflags != sb.rflags;
         if differ && !apart {
             first.get_or_insert(at);

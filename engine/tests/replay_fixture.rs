@@ -51,8 +51,8 @@ fn goto_event_stops_right_after_it_and_continues_identically() {
     );
     assert_eq!(b.icount(), middle);
     assert_eq!(b.run(Target::End), Stop::Finished(End::PowerOff));
-    assert_eq!(a.cpu.state(), b.cpu.state());
-    assert_eq!(a.mem.hash(), b.mem.hash());
+    assert_eq!(a.regs(), b.regs());
+    assert_eq!(a.memory_hash(), b.memory_hash());
 }
 
 /// Writes a copy of the fixture with its events changed by `edit` (in the current

@@ -87,19 +87,19 @@ fn a_signature_interrupt_is_taken_at_its_instance() {
     for _ in 0..5 {
         assert_eq!(r.run(Target::End), Stop::Breakpoint(spin));
     }
-    let wanted = r.cpu.state().regs_digest();
-    let wanted_rax = r.cpu.state().gpr[0];
-    let rsp = r.cpu.state().gpr[4];
+    let wanted = r.regs().regs_digest();
+    let wanted_rax = r.regs().gpr[0];
+    let rsp = r.regs().gpr[4];
     let mut top = vec![0u8; stack_digest_len(rsp)];
-    r.cpu.read_virtual(&r.mem, rsp, &mut top).unwrap();
+    r.read_memory(rsp, &mut top).unwrap();
     let wanted_stack = stack_digest(&top);
 
     for stack in [None, Some(wanted_stack)] {
         let file = recording(&img, spin, wanted, stack);
         let mut r = Replay::open(file.path()).unwrap();
         assert_eq!(r.run(Target::Event(0)), Stop::Reached(Target::Event(0)));
-        assert_eq!(r.cpu.state().rip, HANDLERS, "delivered to the handler");
-        assert_eq!(r.cpu.state().gpr[0], wanted_rax, "at the recorded instance");
+        assert_eq!(r.regs().rip, HANDLERS, "delivered to the handler");
+        assert_eq!(r.regs().gpr[0], wanted_rax, "at the recorded instance");
     }
     // The registers match but the stack does not: no instance.
     let file = recording(&img, spin, wanted, Some(wanted_stack ^ 1));

@@ -4,7 +4,7 @@
 use krr_engine::replay::{Replay, Stop, Target};
 use krr_engine::state::gpr;
 use krr_engine::symbols::{Frame, Symbols};
-use krr_engine::timeline::{CallerFrame, Moved, Timeline, current_instruction};
+use krr_engine::timeline::{CallerFrame, Moved, Timeline};
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -89,8 +89,8 @@ proptest! {
         }
         prop_assert_eq!(straight.icount(), k);
         prop_assert_eq!(straight.events_consumed(), consumed);
-        prop_assert_eq!(t.replay().cpu.state(), straight.cpu.state());
-        prop_assert_eq!(t.replay().mem.hash(), straight.mem.hash());
+        prop_assert_eq!(t.replay().regs(), straight.regs());
+        prop_assert_eq!(t.replay().memory_hash(), straight.memory_hash());
         prop_assert_eq!(t.replay().console(), straight.console());
     }
 }
@@ -140,7 +140,7 @@ fn reverse_continue_finds_the_last_breakpoint_hit() {
     };
     assert_eq!(t.reverse_continue(None, &mut seen), Moved::Breakpoint(hook));
     assert!(t.icount() >= second, "{} < {second}", t.icount());
-    assert_eq!(t.replay().cpu.state().rip, hook);
+    assert_eq!(t.replay().regs().rip, hook);
     // And again from just after the second hit: back to it... then to the first.
     t.goto_icount(second + 1);
     assert_eq!(
@@ -185,7 +185,7 @@ proptest! {
         t.set_interval(50_000);
         t.goto_icount(start);
         for m in &moves {
-            let sp = t.replay().cpu.state().gpr[gpr::RSP];
+            let sp = t.replay().regs().gpr[gpr::RSP];
             let r = match m {
                 SlowMove::Next => t.next(None),
                 SlowMove::ReverseNext => t.reverse_next(None, &mut |_| {}),
@@ -210,20 +210,20 @@ proptest! {
         }
         let k = t.icount();
         let straight = straight_to(k);
-        prop_assert_eq!(t.replay().cpu.state(), straight.cpu.state());
-        prop_assert_eq!(t.replay().mem.hash(), straight.mem.hash());
+        prop_assert_eq!(t.replay().regs(), straight.regs());
+        prop_assert_eq!(t.replay().memory_hash(), straight.memory_hash());
     }
 }
 
 fn rsp(t: &Timeline) -> u64 {
-    t.replay().cpu.state().gpr[gpr::RSP]
+    t.replay().regs().gpr[gpr::RSP]
 }
 
 /// The first position at or after `from` where the instruction at RIP is a call.
 fn first_call_from(t: &mut Timeline, from: u64) -> u64 {
     t.goto_icount(from);
     loop {
-        let ins = current_instruction(t.replay()).expect("decodable");
+        let ins = t.replay().current_instruction().expect("decodable");
         if ins.is_call_near() || ins.is_call_near_indirect() {
             return t.icount();
         }
@@ -236,10 +236,10 @@ fn next_steps_over_a_call_and_reverse_next_comes_back_to_it() {
     let mut t = Timeline::new(opened(), 1 << 30);
     t.set_interval(50_000);
     let call = first_call_from(&mut t, 200_000);
-    let ins = current_instruction(t.replay()).unwrap();
+    let ins = t.replay().current_instruction().unwrap();
     let sp = rsp(&t);
     assert_eq!(t.next(None), Moved::Arrived);
-    assert_eq!(t.replay().cpu.state().rip, ins.next_ip());
+    assert_eq!(t.replay().regs().rip, ins.next_ip());
     assert_eq!(rsp(&t), sp);
     assert!(t.icount() > call + 1, "the callee ran");
     assert_eq!(t.reverse_next(None, &mut |_| {}), Moved::Arrived);
@@ -248,7 +248,7 @@ fn next_steps_over_a_call_and_reverse_next_comes_back_to_it() {
     let mut t2 = Timeline::new(opened(), 1 << 30);
     let k = first_call_from(&mut t2, 200_000) + 1;
     t2.goto_icount(k);
-    let ins = current_instruction(t2.replay()).unwrap();
+    let ins = t2.replay().current_instruction().unwrap();
     if !ins.is_call_near() && !ins.is_call_near_indirect() {
         assert_eq!(t2.next(None), Moved::Arrived);
         assert_eq!(t2.icount(), k + 1);
@@ -260,12 +260,12 @@ fn finish_returns_to_the_caller_and_reverse_finish_goes_back_to_the_call() {
     let mut t = Timeline::new(opened(), 1 << 30);
     t.set_interval(50_000);
     let call = first_call_from(&mut t, 300_000);
-    let ret = current_instruction(t.replay()).unwrap().next_ip();
+    let ret = t.replay().current_instruction().unwrap().next_ip();
     let sp = rsp(&t);
     assert_eq!(t.stepi(), Moved::Arrived);
     // A few instructions into the callee.
     for _ in 0..3 {
-        if current_instruction(t.replay()).unwrap().is_call_near() {
+        if t.replay().current_instruction().unwrap().is_call_near() {
             break;
         }
         t.stepi();
@@ -279,7 +279,7 @@ fn finish_returns_to_the_caller_and_reverse_finish_goes_back_to_the_call() {
     let unwinder = symbols
         .unwinder()
         .expect("the demo kernel has .debug_frame");
-    let st = t.replay().cpu.state().clone();
+    let st = t.replay().regs().clone();
     let read = |a: u64| t.replay().read_u64(a);
     let frame = Frame {
         rip: st.rip,
@@ -299,7 +299,7 @@ fn finish_returns_to_the_caller_and_reverse_finish_goes_back_to_the_call() {
         stack_pointer: caller.rsp,
     };
     assert_eq!(t.finish(Some(caller), None), Moved::Arrived);
-    assert_eq!(t.replay().cpu.state().rip, ret);
+    assert_eq!(t.replay().regs().rip, ret);
     assert_eq!(rsp(&t), sp);
     t.goto_icount(inside);
     assert_eq!(
@@ -325,7 +325,7 @@ fn next_and_finish_over_a_context_switch_wait_for_the_same_stack() {
             Stop::Breakpoint(a) if a == swtch => {}
             other => panic!("no entry of swtch returns first on another stack: {other:?}"),
         }
-        let entry_sp = r.cpu.state().gpr[gpr::RSP];
+        let entry_sp = r.regs().gpr[gpr::RSP];
         let frame = CallerFrame {
             return_address: r.read_u64(entry_sp).unwrap(),
             stack_pointer: entry_sp + 8,
@@ -333,7 +333,7 @@ fn next_and_finish_over_a_context_switch_wait_for_the_same_stack() {
         let mut probe = r.clone();
         probe.set_user_breakpoints(vec![frame.return_address]);
         if let Stop::Breakpoint(_) = probe.run(Target::End)
-            && probe.cpu.state().gpr[gpr::RSP] != frame.stack_pointer
+            && probe.regs().gpr[gpr::RSP] != frame.stack_pointer
         {
             break (r.icount(), frame, probe.icount());
         }
@@ -344,7 +344,7 @@ fn next_and_finish_over_a_context_switch_wait_for_the_same_stack() {
     // does not describe: the frame is given as the call left it).
     t.goto_icount(entry);
     assert_eq!(t.finish(Some(frame), None), Moved::Arrived);
-    assert_eq!(t.replay().cpu.state().rip, frame.return_address);
+    assert_eq!(t.replay().regs().rip, frame.return_address);
     assert_eq!(rsp(&t), frame.stack_pointer, "finish resumed this process");
     assert!(
         t.icount() > foreign_hit,
@@ -358,17 +358,17 @@ fn next_and_finish_over_a_context_switch_wait_for_the_same_stack() {
         Moved::Arrived
     );
     let call = t.icount();
-    let ins = current_instruction(t.replay()).unwrap();
+    let ins = t.replay().current_instruction().unwrap();
     assert!(ins.is_call_near() || ins.is_call_near_indirect(), "{ins}");
     assert_eq!(ins.next_ip(), frame.return_address);
     assert_eq!(rsp(&t), frame.stack_pointer);
     assert_eq!(t.next(None), Moved::Arrived);
     assert_eq!(t.icount(), back, "next over the call");
-    // With a watchpoint set, next steps one instruction at a time: the same place.
+    // With a watchpoint set (that nothing writes), next ends at the same place.
     t.goto_icount(call);
     t.add_watchpoint(swtch, 1); // code: never written
     assert_eq!(t.next(None), Moved::Arrived);
-    assert_eq!(t.icount(), back, "next over the call, one step at a time");
+    assert_eq!(t.icount(), back, "next over the call, watching");
 }
 
 #[test]
@@ -382,10 +382,7 @@ fn a_watchpoint_stops_continue_after_the_write_and_reverse_continue_before_it() 
     let w = t.add_watchpoint(slot, 8);
     let read = |t: &Timeline| {
         let mut b = [0u8; 8];
-        t.replay()
-            .cpu
-            .read_virtual(&t.replay().mem, slot, &mut b)
-            .ok();
+        t.read_memory(slot, &mut b).ok();
         b
     };
     let before = read(&t);
@@ -397,7 +394,7 @@ fn a_watchpoint_stops_continue_after_the_write_and_reverse_continue_before_it() 
     // The instruction before changed it, and nothing earlier did.
     let s = straight_to(hit - 1);
     let mut b = [0u8; 8];
-    s.cpu.read_virtual(&s.mem, slot, &mut b).unwrap();
+    s.read_memory(slot, &mut b).unwrap();
     assert_eq!(b, before);
     // Backward from further on: stops right before the last write.
     t.goto_icount(hit + 1);
@@ -410,6 +407,63 @@ fn a_watchpoint_stops_continue_after_the_write_and_reverse_continue_before_it() 
     t.stepi();
     assert_ne!(read(&t), before_write);
     assert_eq!(read(&t), after);
+}
+
+/// The watchpoint engine (writes reported by the memory path, stretches replayed again
+/// in halves) stops at exactly the writes that a comparison of the watched bytes after
+/// every instruction finds, forward and backward, interrupt frames included.
+#[test]
+fn watchpoint_hits_are_those_of_a_comparison_after_every_instruction() {
+    let mut t = Timeline::new(opened(), 1 << 30);
+    t.set_interval(20_000);
+    let call = first_call_from(&mut t, 250_000);
+    t.goto_icount(call.saturating_sub(20));
+    let from = t.icount();
+    let to = from + 60_000;
+    // The slot the call pushes its return address into, which later calls and interrupt
+    // frames write again.
+    let slot = rsp(&t) - 8;
+    let read = |r: &Replay| {
+        let mut b = [0u8; 8];
+        r.read_memory(slot, &mut b).ok().map(|()| b)
+    };
+    let mut r = t.replay().clone();
+    let mut expected = Vec::new();
+    let mut prev = read(&r);
+    for k in from..to {
+        assert_eq!(
+            r.run(Target::Icount(k + 1)),
+            Stop::Reached(Target::Icount(k + 1))
+        );
+        let now = read(&r);
+        if now != prev {
+            expected.push(k + 1);
+        }
+        prev = now;
+    }
+    assert!(!expected.is_empty(), "a slot written in the stretch");
+    let w = t.add_watchpoint(slot, 8);
+    let mut forward = Vec::new();
+    while t.icount() < to {
+        assert_eq!(t.continue_forward(None), Moved::Watchpoint(w));
+        forward.push(t.icount());
+    }
+    forward.retain(|&k| k <= to);
+    assert_eq!(forward, expected, "forward: right after each write");
+    t.goto_icount(to);
+    let mut backward = Vec::new();
+    loop {
+        match t.reverse_continue(None, &mut |_| {}) {
+            Moved::Watchpoint(hit) if t.icount() >= from => {
+                assert_eq!(hit, w);
+                backward.push(t.icount() + 1);
+            }
+            Moved::Watchpoint(_) | Moved::Start => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    backward.reverse();
+    assert_eq!(backward, expected, "backward: right before each write");
 }
 
 #[test]
@@ -441,7 +495,7 @@ fn checkpoints_stay_within_a_small_budget_and_thin_with_age() {
         assert_eq!(t.goto_icount(k), Moved::Arrived);
         assert_eq!(t.reverse_stepi(), Moved::Arrived);
         let straight = straight_to(k - 1);
-        assert_eq!(t.replay().cpu.state(), straight.cpu.state());
-        assert_eq!(t.replay().mem.hash(), straight.mem.hash());
+        assert_eq!(t.replay().regs(), straight.regs());
+        assert_eq!(t.replay().memory_hash(), straight.memory_hash());
     }
 }

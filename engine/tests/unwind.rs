@@ -21,7 +21,7 @@ fn call_frame_information_unwinds_to_the_callers() {
             Stop::Breakpoint(a) if a == target => {}
             other => panic!("breakpoint not reached: {other:?}"),
         }
-        let st = r.cpu.state().clone();
+        let st = r.regs().clone();
         let read = |addr: u64| r.read_u64(addr);
         let frames = unwinder.backtrace(
             Frame {

@@ -10,7 +10,6 @@ mod arch;
 mod framing;
 mod monitor;
 mod target;
-mod watch;
 
 use anyhow::{Context, Result, anyhow};
 use framing::{Framer, Unit};

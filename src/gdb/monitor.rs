@@ -73,27 +73,20 @@ fn moved_text(t: &mut ReplayTarget, moved: Moved) -> String {
 
 /// `Current event: N, icount: K, rip: ...` where N is the last event applied.
 fn when(t: &ReplayTarget) -> String {
-    let replay = t.tl.replay();
-    let consumed = replay.events_consumed();
-    let total = replay.events().len();
-    let rip = replay.cpu.state().rip;
-    let event = match consumed.checked_sub(1) {
-        Some(n) => n.to_string(),
-        None => "none".to_string(),
-    };
-    let sym = t
-        .symbolize(rip)
-        .map(|s| format!(" <{s}>"))
-        .unwrap_or_default();
+    let p = t.tl.position();
+    let total = t.tl.replay().events().len();
+    let event = p.event.map_or("none".to_string(), |n| n.to_string());
+    let sym =
+        t.tl.symbols()
+            .lookup(p.rip)
+            .map(|l| format!(" <{l}>"))
+            .unwrap_or_default();
     // Without a counter the events are placed by deterministic-exit ordinal: say it.
-    let exit = if replay.counted() {
-        String::new()
-    } else {
-        format!(", exit: {}", replay.position())
-    };
+    let exit = p.exit.map(|e| format!(", exit: {e}")).unwrap_or_default();
+    let rip = p.rip;
     let mut out = format!(
         "Current event: {event} (of {total}), icount: {}{exit}, rip: {rip:#x}{sym}",
-        t.icount()
+        p.icount
     );
     if let Some(d) = &t.divergence {
         out.push_str(&format!("\nlast divergence:\n{d}"));

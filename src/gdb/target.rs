@@ -2,7 +2,6 @@
 //! that runs forwards and backwards.
 
 use super::arch::{KernelRegs, KernelX86_64};
-use super::watch::{self, WatchMoved};
 use gdbstub::common::{Pid, Signal};
 use gdbstub::stub::SingleThreadStopReason;
 use gdbstub::target::ext::base::BaseOps;
@@ -21,8 +20,7 @@ use gdbstub::target::ext::exec_file::{ExecFile, ExecFileOps};
 use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd, MonitorCmdOps};
 use gdbstub::target::{Target, TargetError, TargetResult};
 use krr_engine::event::Icount;
-use krr_engine::state::Symbol;
-use krr_engine::timeline::{Moved, Timeline};
+use krr_engine::timeline::{MAX_WATCH_LEN, Moved, Timeline, Watchpoint};
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
 
@@ -54,33 +52,25 @@ pub struct ReplayTarget {
     pub(super) tl: Timeline,
     sw_breaks: BTreeSet<u64>,
     hw_breaks: BTreeSet<u64>,
-    /// Write watchpoints: (address, length).
-    watches: Vec<(u64, u64)>,
     pending: Option<Resume>,
     /// Registers gdb wrote at the current position. A replay follows its recording, so
     /// writes are shown until the next move and then dropped.
     overlay: Option<KernelRegs>,
     /// The last divergence replay reported, for `monitor when`.
     pub(super) divergence: Option<String>,
-    /// Guest symbols sorted by address.
-    pub(super) symbols: Vec<Symbol>,
     /// Where the kernel ELF was written, offered to gdb as the executable.
     exec_file: Option<Vec<u8>>,
 }
 
 impl ReplayTarget {
     pub fn new(tl: Timeline) -> ReplayTarget {
-        let mut symbols = tl.replay().header().symbols.clone();
-        symbols.sort_by_key(|s| s.addr);
         ReplayTarget {
             tl,
             sw_breaks: BTreeSet::new(),
             hw_breaks: BTreeSet::new(),
-            watches: Vec::new(),
             pending: None,
             overlay: None,
             divergence: None,
-            symbols,
             exec_file: None,
         }
     }
@@ -101,31 +91,13 @@ impl ReplayTarget {
         let Some(resume) = self.pending.take() else {
             return StopReason::DoneStep;
         };
-        let bps: Vec<u64> = self.tl.breakpoints().iter().copied().collect();
         let moved = match resume {
-            Resume::Step => WatchMoved::Moved(self.tl.stepi()),
-            Resume::ReverseStep => WatchMoved::Moved(self.tl.reverse_stepi()),
-            Resume::Continue if self.watches.is_empty() => {
-                WatchMoved::Moved(self.tl.continue_forward(Some(cancel)))
-            }
-            Resume::ReverseContinue if self.watches.is_empty() => {
-                WatchMoved::Moved(self.tl.reverse_continue(Some(cancel), &mut |_| {}))
-            }
-            Resume::Continue => watch::forward(&mut self.tl, &bps, &self.watches, cancel),
-            Resume::ReverseContinue => watch::backward(&mut self.tl, &bps, &self.watches, cancel),
+            Resume::Step => self.tl.stepi(),
+            Resume::ReverseStep => self.tl.reverse_stepi(),
+            Resume::Continue => self.tl.continue_forward(Some(cancel)),
+            Resume::ReverseContinue => self.tl.reverse_continue(Some(cancel), &mut |_| {}),
         };
-        self.stop_reason(moved)
-    }
-
-    fn stop_reason(&mut self, moved: WatchMoved) -> StopReason {
-        match moved {
-            WatchMoved::Watch(addr) => StopReason::Watch {
-                tid: (),
-                kind: WatchKind::Write,
-                addr,
-            },
-            WatchMoved::Moved(m) => self.moved_reason(m),
-        }
+        self.moved_reason(moved)
     }
 
     pub(super) fn moved_reason(&mut self, moved: Moved) -> StopReason {
@@ -146,7 +118,6 @@ impl ReplayTarget {
                 tid: None,
                 pos: ReplayLogPosition::End,
             },
-            // The stub keeps its own watchpoints (watch.rs); the timeline's are not set.
             Moved::Watchpoint(w) => StopReason::Watch {
                 tid: (),
                 kind: WatchKind::Write,
@@ -177,14 +148,6 @@ impl ReplayTarget {
         } else {
             self.tl.remove_breakpoint(addr);
         }
-    }
-
-    /// `symbol+offset` for an address, if a symbol covers it.
-    pub(super) fn symbolize(&self, addr: u64) -> Option<String> {
-        let i = self.symbols.partition_point(|s| s.addr <= addr);
-        let s = self.symbols.get(i.checked_sub(1)?)?;
-        let off = addr - s.addr;
-        (off < s.size.max(1)).then(|| format!("{}+{:#x}", s.name, off))
     }
 }
 
@@ -231,7 +194,7 @@ impl SingleThreadBase for ReplayTarget {
     fn read_registers(&mut self, regs: &mut KernelRegs) -> TargetResult<(), Self> {
         *regs = match &self.overlay {
             Some(r) => r.clone(),
-            None => KernelRegs::from_state(self.tl.replay().cpu.state()),
+            None => KernelRegs::from_state(self.tl.regs()),
         };
         Ok(())
     }
@@ -242,21 +205,8 @@ impl SingleThreadBase for ReplayTarget {
     }
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
-        let replay = self.tl.replay();
-        let mut done = 0usize;
-        // Page by page, so a read that runs into an unmapped page returns what precedes it.
-        while done < data.len() {
-            let addr = start.wrapping_add(done as u64);
-            let n = (0x1000 - (addr & 0xfff) as usize).min(data.len() - done);
-            if replay
-                .cpu
-                .read_virtual(&replay.mem, addr, &mut data[done..done + n])
-                .is_err()
-            {
-                break;
-            }
-            done += n;
-        }
+        // A read that runs into an unmapped page returns what precedes it.
+        let done = self.tl.read_available(start, data);
         if done == 0 && !data.is_empty() {
             return Err(TargetError::Errno(EFAULT));
         }
@@ -356,9 +306,6 @@ impl HwBreakpoint for ReplayTarget {
     }
 }
 
-/// Longest range one watchpoint may cover (gdb splits larger ones itself).
-const MAX_WATCH_LEN: u64 = 4096;
-
 impl HwWatchpoint for ReplayTarget {
     fn add_hw_watchpoint(
         &mut self,
@@ -370,9 +317,7 @@ impl HwWatchpoint for ReplayTarget {
         if kind != WatchKind::Write || len == 0 || len > MAX_WATCH_LEN {
             return Ok(false);
         }
-        if !self.watches.contains(&(addr, len)) {
-            self.watches.push((addr, len));
-        }
+        self.tl.add_watchpoint(addr, len);
         Ok(true)
     }
 
@@ -385,9 +330,7 @@ impl HwWatchpoint for ReplayTarget {
         if kind != WatchKind::Write {
             return Ok(false);
         }
-        let before = self.watches.len();
-        self.watches.retain(|w| *w != (addr, len));
-        Ok(self.watches.len() != before)
+        Ok(self.tl.delete_watchpoint(Watchpoint { addr, len }))
     }
 }
 

@@ -1,12 +1,10 @@
 //! The application state and what keys and commands do to it, apart from drawing.
 
 use crate::keymap::{Action, Keymap};
-use iced_x86::{Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter};
-use krr_engine::event::{EntryKind, Event};
-use krr_engine::replay::{End, Replay};
+use krr_engine::replay::{End, Replay, format_instruction};
 use krr_engine::state::{CpuState, gpr};
 use krr_engine::symbols::Symbols;
-use krr_engine::timeline::{CallerFrame, Moved, Timeline};
+use krr_engine::timeline::{Moved, Timeline};
 use ratatui::crossterm::event::{KeyCode, KeyEvent};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -143,8 +141,8 @@ pub enum SourceView {
 
 /// The state of the application.
 pub struct App {
+    /// The replay and everything the panes read of it (symbols included).
     pub timeline: Timeline,
-    pub symbols: Symbols,
     /// Starts a gdb server on a copy of the replay at its current position; returns the
     /// address gdb connects to and the positions (icount, events applied) gdb moves to.
     pub exporter: Option<Exporter>,
@@ -173,11 +171,10 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(timeline: Timeline, symbols: Symbols, keymap: Keymap) -> App {
-        let prev_regs = timeline.replay().cpu.state().clone();
+    pub fn new(timeline: Timeline, keymap: Keymap) -> App {
+        let prev_regs = timeline.regs().clone();
         App {
             timeline,
-            symbols,
             exporter: None,
             following: None,
             keymap,
@@ -202,7 +199,12 @@ impl App {
     }
 
     pub fn regs(&self) -> &CpuState {
-        self.replay().cpu.state()
+        self.timeline.regs()
+    }
+
+    /// The guest's symbols and source lines.
+    pub fn symbols(&self) -> &Symbols {
+        self.timeline.symbols()
     }
 
     pub fn rip(&self) -> u64 {
@@ -217,37 +219,26 @@ impl App {
         let last_event = r.events().last().map(|e| e.icount()).unwrap_or(0);
         last_event
             .max(r.final_position().unwrap_or(0))
-            .max(r.position())
+            .max(self.timeline.position().on_event_axis())
             .max(1)
-    }
-
-    /// The last event applied, if any.
-    pub fn event_number(&self) -> Option<u64> {
-        self.replay().events_consumed().checked_sub(1)
     }
 
     /// How far into the recording the replay is, on the axis of its event positions.
     pub fn percent(&self) -> f64 {
-        100.0 * self.replay().position() as f64 / self.total_position() as f64
+        100.0 * self.timeline.position().on_event_axis() as f64 / self.total_position() as f64
     }
 
     /// `#event  icount  pct  function` for the status bar.
     pub fn position(&self) -> String {
-        let ev = match self.event_number() {
-            Some(n) => format!("#{n}"),
-            None => "#-".into(),
-        };
+        let p = self.timeline.position();
+        let ev = p.event.map_or("#-".to_string(), |n| format!("#{n}"));
         // Without a counter the events are placed by exit ordinal: show it too.
-        let exit = if self.replay().counted() {
-            String::new()
-        } else {
-            format!(" (exit {})", self.replay().position())
-        };
+        let exit = p.exit.map(|e| format!(" (exit {e})")).unwrap_or_default();
         format!(
             "{ev}  icount {}{exit}  {:.1}%  {}",
-            self.timeline.icount(),
+            p.icount,
             self.percent(),
-            self.symbols.describe(self.rip())
+            self.symbols().describe(p.rip)
         )
     }
 
@@ -323,11 +314,11 @@ impl App {
                 ctl,
             ),
             Action::Finish => {
-                let caller = self.caller_frame();
+                let caller = self.timeline.caller_frame();
                 self.moved("finish", |t, c| t.finish(caller, c.cancel), ctl)
             }
             Action::ReverseFinish => {
-                let caller = self.caller_frame();
+                let caller = self.timeline.caller_frame();
                 self.moved(
                     "reverse-finish",
                     |t, c| t.reverse_finish(caller, c.cancel, c.progress),
@@ -410,10 +401,10 @@ impl App {
 
     fn toggle_breakpoint(&mut self, at: u64) {
         if self.timeline.remove_breakpoint(at) {
-            self.message = format!("breakpoint at {} deleted", self.symbols.describe(at));
+            self.message = format!("breakpoint at {} deleted", self.symbols().describe(at));
         } else {
             self.timeline.add_breakpoint(at);
-            self.message = format!("breakpoint at {}", self.symbols.describe(at));
+            self.message = format!("breakpoint at {}", self.symbols().describe(at));
         }
     }
 
@@ -438,7 +429,7 @@ impl App {
                 format!("{what}: at the start of the recording")
             }
             Moved::Arrived => what.to_string(),
-            Moved::Breakpoint(a) => format!("{what}: breakpoint at {}", self.symbols.describe(a)),
+            Moved::Breakpoint(a) => format!("{what}: breakpoint at {}", self.symbols().describe(a)),
             Moved::Watchpoint(w) => format!(
                 "{what}: watchpoint {:#x} ({} bytes) {}",
                 w.addr,
@@ -478,7 +469,7 @@ impl App {
             (true, true) => "next",
             (true, false) => "reverse-next",
         };
-        if !self.symbols.has_lines() {
+        if !self.symbols().has_lines() {
             self.prev_regs = self.regs().clone();
             let t = &mut self.timeline;
             let m = match (over_calls, forward) {
@@ -492,12 +483,11 @@ impl App {
                 .push_str(" (no line information: by instruction)");
             return;
         }
-        let symbols = &self.symbols;
-        let line_of = |r: &Replay| Self::line_key(symbols, r.cpu.state().rip);
-        let sp = |r: &Replay| r.cpu.state().gpr[gpr::RSP];
-        let start = line_of(self.timeline.replay());
+        let line_of = |r: &Replay, symbols: &Symbols| Self::line_key(symbols, r.rip());
+        let sp = |r: &Replay| r.regs().gpr[gpr::RSP];
+        let start = line_of(self.timeline.replay(), self.symbols());
         let sp0 = sp(self.timeline.replay());
-        self.prev_regs = self.timeline.replay().cpu.state().clone();
+        self.prev_regs = self.regs().clone();
         let t = &mut self.timeline;
         let cancelled = || {
             ctl.cancel
@@ -513,25 +503,25 @@ impl App {
                     break Moved::Interrupted;
                 }
                 let r = t.replay();
-                if line_of(r) != start && sp(r) >= sp0 {
+                if line_of(r, t.symbols()) != start && sp(r) >= sp0 {
                     break m;
                 }
             }
         } else if forward {
-            t.step_until(ctl.cancel, |r| line_of(r) != start)
+            t.step_until(ctl.cancel, |r, s| line_of(r, s) != start)
         } else {
-            let m = t.reverse_step_until(ctl.cancel, ctl.progress, &mut |r| {
-                line_of(r) != start && (!over_calls || sp(r) >= sp0)
+            let m = t.reverse_step_until(ctl.cancel, ctl.progress, &mut |r, s| {
+                line_of(r, s) != start && (!over_calls || sp(r) >= sp0)
             });
             if !matches!(m, Moved::Arrived) {
                 m
             } else {
                 // Now on the last instruction of the previous line: back to its first.
                 let k = t.icount();
-                let line = line_of(t.replay());
+                let line = line_of(t.replay(), t.symbols());
                 let spk = sp(t.replay());
-                let before = t.reverse_step_until(ctl.cancel, ctl.progress, &mut |r| {
-                    line_of(r) != line && (!over_calls || sp(r) >= spk)
+                let before = t.reverse_step_until(ctl.cancel, ctl.progress, &mut |r, s| {
+                    line_of(r, s) != line && (!over_calls || sp(r) >= spk)
                 });
                 match before {
                     Moved::Arrived if over_calls => t.next(ctl.cancel),
@@ -597,7 +587,7 @@ impl App {
             None => self.cursor.unwrap_or(self.rip()),
         };
         self.timeline.add_breakpoint(at);
-        self.message = format!("breakpoint at {}", self.symbols.describe(at));
+        self.message = format!("breakpoint at {}", self.symbols().describe(at));
         Ok(())
     }
 
@@ -613,9 +603,9 @@ impl App {
             Some(a) => {
                 let at = self.parse_address(a)?;
                 if !self.timeline.remove_breakpoint(at) {
-                    return Err(format!("no breakpoint at {}", self.symbols.describe(at)));
+                    return Err(format!("no breakpoint at {}", self.symbols().describe(at)));
                 }
-                self.message = format!("breakpoint at {} deleted", self.symbols.describe(at));
+                self.message = format!("breakpoint at {} deleted", self.symbols().describe(at));
             }
         }
         Ok(())
@@ -629,7 +619,7 @@ impl App {
         };
         let w = self.timeline.add_watchpoint(addr, len);
         self.message = format!(
-            "watchpoint {:#x} ({} bytes): continue and reverse-continue now step instruction by instruction",
+            "watchpoint {:#x} ({} bytes): continue and reverse-continue stop where it is written",
             w.addr, w.len
         );
         Ok(())
@@ -699,7 +689,7 @@ impl App {
                     .timeline
                     .breakpoints()
                     .iter()
-                    .map(|a| format!("breakpoint  {a:#018x}  {}", self.symbols.describe(*a)))
+                    .map(|a| format!("breakpoint  {a:#018x}  {}", self.symbols().describe(*a)))
                     .collect();
                 v.extend(
                     self.timeline
@@ -758,7 +748,7 @@ impl App {
             ),
             None => (s, 0),
         };
-        self.symbols
+        self.symbols()
             .address_of(name)
             .map(|a| a.wrapping_add(off))
             .ok_or_else(|| format!("no symbol {name:?}"))
@@ -775,13 +765,13 @@ impl App {
 
     /// `address  16 hex bytes  ascii`, with `??` where unmapped.
     pub fn hex_row(&self, addr: u64) -> String {
-        let r = self.replay();
         let mut hex = String::new();
         let mut ascii = String::new();
         for i in 0..16u64 {
             let mut b = [0u8; 1];
-            if r.cpu
-                .read_virtual(&r.mem, addr.wrapping_add(i), &mut b)
+            if self
+                .timeline
+                .read_memory(addr.wrapping_add(i), &mut b)
                 .is_ok()
             {
                 hex.push_str(&format!("{:02x} ", b[0]));
@@ -805,44 +795,23 @@ impl App {
     /// near, so the lines before RIP are real instruction boundaries).
     pub fn disassembly(&self, rows: usize) -> Vec<DisasmLine> {
         let rip = self.rip();
-        let start = match self.symbols.lookup(rip) {
+        let symbols = self.symbols();
+        let start = match symbols.lookup(rip) {
             Some(l) if l.offset <= 4096 => l.function.addr,
             _ => rip,
         };
-        let r = self.replay();
         let want_after = rows * 15 + 15;
         let len = (rip - start) as usize + want_after;
-        let mut bytes = vec![0u8; len];
-        let mut n = 0;
-        while n < len {
-            let chunk = (4096 - ((start + n as u64) & 0xfff) as usize).min(len - n);
-            if r.cpu
-                .read_virtual(&r.mem, start + n as u64, &mut bytes[n..n + chunk])
-                .is_err()
-            {
-                break;
-            }
-            n += chunk;
-        }
-        let mut decoder = Decoder::with_ip(64, &bytes[..n], start, DecoderOptions::NONE);
-        let mut fmt = IntelFormatter::new();
         let mut all = Vec::new();
-        let mut ins = Instruction::default();
-        while decoder.can_decode() {
-            decoder.decode_out(&mut ins);
-            let mut text = String::new();
-            fmt.format(&ins, &mut text);
-            if ins.is_invalid() {
-                text = "(bad)".into();
-            }
+        for ins in self.timeline.instructions(start, len) {
+            let mut text = format_instruction(&ins);
             let target = ins.near_branch_target();
             if target != 0
-                && let Some(l) = self.symbols.lookup(target)
+                && let Some(l) = symbols.lookup(target)
             {
                 text.push_str(&format!("  <{l}>"));
             }
-            let label = self
-                .symbols
+            let label = symbols
                 .lookup(ins.ip())
                 .filter(|l| l.offset == 0)
                 .map(|l| l.function.name.clone());
@@ -861,10 +830,10 @@ impl App {
     }
 
     pub fn source(&self) -> SourceView {
-        if !self.symbols.has_lines() {
+        if !self.symbols().has_lines() {
             return SourceView::NoLines;
         }
-        let Some(line) = self.symbols.line(self.rip()) else {
+        let Some(line) = self.symbols().line(self.rip()) else {
             return SourceView::NoLine;
         };
         let text = self.source_text(&line.file);
@@ -973,74 +942,9 @@ impl App {
         latest.is_some() || ended
     }
 
-    fn current_frame(&self) -> krr_engine::symbols::Frame {
-        let regs = self.regs();
-        krr_engine::symbols::Frame {
-            rip: regs.rip,
-            rsp: regs.gpr[gpr::RSP],
-            rbp: regs.gpr[gpr::RBP],
-        }
-    }
-
-    /// The frame the current function returns to, from the kernel's call-frame
-    /// information (None in code it does not describe, such as assembly stubs).
-    fn caller_frame(&self) -> Option<CallerFrame> {
-        let unwinder = self.symbols.unwinder()?;
-        let r = self.replay();
-        let caller = unwinder.caller(self.current_frame(), true, &|a: u64| r.read_u64(a))?;
-        Some(CallerFrame {
-            return_address: caller.rip,
-            stack_pointer: caller.rsp,
-        })
-    }
-
-    /// Frames: RIP, then return addresses. Returns the frames and how they were found.
+    /// Frames: RIP, then return addresses, and how they were found.
     pub fn backtrace(&self, max: usize) -> (Vec<u64>, &'static str) {
-        let r = self.replay();
-        if let Some(unwinder) = self.symbols.unwinder() {
-            let read = |addr: u64| r.read_u64(addr);
-            let mut frames = unwinder.backtrace(self.current_frame(), &read);
-            // Assembly (entry stubs) has no call-frame information: fall back below.
-            if frames.len() > 1 {
-                frames.truncate(max);
-                return (frames, "DWARF call-frame information");
-            }
-        }
-        let mut frames = vec![self.rip()];
-        let mut sp = self.regs().gpr[gpr::RSP];
-        // Without call-frame information (and a kernel built without frame pointers),
-        // scan the stack for values that point just after a call in a known function.
-        for _ in 0..512 {
-            if frames.len() >= max {
-                break;
-            }
-            let Some(v) = r.read_u64(sp) else {
-                break;
-            };
-            if self.symbols.lookup(v).is_some_and(|l| l.offset > 0) && self.follows_call(v) {
-                frames.push(v);
-            }
-            sp = sp.wrapping_add(8);
-        }
-        (frames, "heuristic: return addresses on the stack")
-    }
-
-    fn follows_call(&self, ret: u64) -> bool {
-        let r = self.replay();
-        [5u64, 2, 3, 6, 7].iter().any(|&back| {
-            let mut b = [0u8; 7];
-            let at = ret.wrapping_sub(back);
-            if r.cpu
-                .read_virtual(&r.mem, at, &mut b[..back as usize])
-                .is_err()
-            {
-                return false;
-            }
-            let ins = Decoder::with_ip(64, &b[..back as usize], at, DecoderOptions::NONE).decode();
-            !ins.is_invalid()
-                && ins.len() as u64 == back
-                && (ins.is_call_near() || ins.is_call_near_indirect())
-        })
+        self.timeline.backtrace(max)
     }
 }
 
@@ -1062,52 +966,4 @@ fn register_index(s: &str) -> Option<usize> {
 
 fn register_value(regs: &CpuState, r: usize) -> u64 {
     if r == 16 { regs.rip } else { regs.gpr[r] }
-}
-
-/// Short details of an event for the events pane.
-pub fn event_details(e: &Event) -> String {
-    match e {
-        Event::UserEntry(u) => match u.kind {
-            EntryKind::Syscall => format!(
-                "syscall nr {} from user rip {:#x}",
-                u.regs.gpr[gpr::RAX],
-                u.regs.rip
-            ),
-            EntryKind::Interrupt { vector } => {
-                format!("vector {vector:#x} from user rip {:#x}", u.regs.rip)
-            }
-            EntryKind::Exception {
-                vector,
-                error_code,
-                cr2,
-            } => {
-                let err = error_code
-                    .map(|e| format!(" error {e:#x}"))
-                    .unwrap_or_default();
-                let cr2 = if vector == 14 {
-                    format!(" cr2 {cr2:#x}")
-                } else {
-                    String::new()
-                };
-                let what = if u.is_syscall_fault() {
-                    " (syscall)"
-                } else {
-                    ""
-                };
-                format!(
-                    "exception {vector}{err}{cr2}{what} from user rip {:#x}",
-                    u.regs.rip
-                )
-            }
-        },
-        Event::KernelInterrupt(k) => format!("vector {:#x} at {:#x}", k.vector, k.rip),
-        Event::PortIn(p) => format!("port {:#x} size {} = {:#x}", p.port, p.size, p.value),
-        Event::MmioRead(m) => format!("gpa {:#x} size {} = {:#x}", m.gpa, m.size, m.value),
-        Event::MemoryWrite(w) => format!("{} bytes at gpa {:#x}", w.data.len(), w.gpa),
-        Event::UserRead(u) => format!("{} bytes {:#x} -> {:#x}", u.data.len(), u.src, u.dst),
-        Event::PteRead(p) => format!("pte at {:#x} = {:#x}", p.addr, p.value),
-        Event::Random(r) => format!("{:#x}", r.value),
-        Event::Console(c) => format!("{:?}", String::from_utf8_lossy(&c.bytes)),
-        Event::Digest(d) => format!("digest rip {:#x}", d.rip),
-    }
 }

@@ -1,6 +1,6 @@
 //! Drawing: every pane is a function of the [`App`] state.
 
-use crate::app::{App, Mode, PANES, Pane, SourceView, event_details};
+use crate::app::{App, Mode, PANES, Pane, SourceView};
 use crate::keymap::Action;
 use krr_engine::state::gpr;
 use ratatui::Frame;
@@ -151,7 +151,7 @@ pub fn render_pane(f: &mut Frame<'_>, app: &App, pane: Pane, area: Rect) {
             )];
             v.extend(frames.iter().enumerate().map(|(i, a)| {
                 let line = app
-                    .symbols
+                    .symbols()
                     .line(*a)
                     .map(|l| {
                         format!(
@@ -165,7 +165,7 @@ pub fn render_pane(f: &mut Frame<'_>, app: &App, pane: Pane, area: Rect) {
                     })
                     .unwrap_or_default();
                 let name = app
-                    .symbols
+                    .symbols()
                     .lookup(*a)
                     .map(|l| format!(" {l}"))
                     .unwrap_or_default();
@@ -275,7 +275,7 @@ fn source_lines(app: &App, h: usize) -> Vec<Line<'static>> {
         SourceView::NoLines => vec![Line::raw("the kernel image has no line information")],
         SourceView::NoLine => vec![Line::raw(format!(
             "no source line for {}",
-            app.symbols.describe(app.rip())
+            app.symbols().describe(app.rip())
         ))],
         SourceView::Missing { file, line } => vec![
             Line::raw(format!("{}:{line}", file.display())),
@@ -318,8 +318,8 @@ fn event_lines(app: &App, w: usize, h: usize) -> Vec<Line<'static>> {
     // The density strip: events per column over the whole recording.
     let d = app.density(w.max(1));
     let max = d.iter().copied().max().unwrap_or(0).max(1);
-    let here = ((app.replay().position() as u128 * w as u128) / (app.total_position() as u128 + 1))
-        as usize;
+    let here = ((app.timeline.position().on_event_axis() as u128 * w as u128)
+        / (app.total_position() as u128 + 1)) as usize;
     let spans: Vec<Span<'static>> = d
         .iter()
         .enumerate()
@@ -357,10 +357,9 @@ fn event_lines(app: &App, w: usize, h: usize) -> Vec<Line<'static>> {
             "·"
         };
         let s = format!(
-            "{mark}#{n:<7} {:<16} {:>12}  {}",
+            "{mark}#{n:<7} {:<16} {:>12}  {e}",
             e.kind().name(),
             e.icount(),
-            event_details(e)
         );
         let selected = app.event_scroll != 0 && app.selected_event() == Some(n as u64);
         out.push(if selected {

@@ -48,7 +48,7 @@ fn goto_prompt_goes_to_an_event_and_rejects_a_missing_one() {
     key(&mut a, KeyCode::Enter);
     assert_eq!(a.mode, Mode::Normal);
     assert_eq!(a.replay().events_consumed(), 13);
-    assert_eq!(a.event_number(), Some(12));
+    assert_eq!(a.timeline.position().event, Some(12));
     assert!(a.position().starts_with("#12  icount "), "{}", a.position());
     let here = a.timeline.icount();
     keys(&mut a, "g99999999");
@@ -65,7 +65,7 @@ fn goto_prompt_goes_to_an_event_and_rejects_a_missing_one() {
 #[test]
 fn break_on_a_symbol_continue_to_it_and_reverse_continue_back_to_it() {
     let mut a = app();
-    let hook = a.symbols.address_of("krr_agent_rdtsc").expect("symbol");
+    let hook = a.symbols().address_of("krr_agent_rdtsc").expect("symbol");
     keys(&mut a, ":break krr_agent_rdtsc");
     key(&mut a, KeyCode::Enter);
     assert!(a.timeline.breakpoints().contains(&hook));
@@ -111,28 +111,32 @@ fn next_finish_and_step_move_and_report() {
     let before = a.timeline.icount();
     keys(&mut a, "s");
     assert!(a.timeline.icount() > before);
-    let line = a.symbols.line(a.rip());
+    let line = a.symbols().line(a.rip());
     keys(&mut a, "S");
     assert!(a.timeline.icount() < before + 1000);
-    assert_ne!(a.symbols.line(a.rip()), line, "reverse-step left the line");
+    assert_ne!(
+        a.symbols().line(a.rip()),
+        line,
+        "reverse-step left the line"
+    );
     // Back to the first instruction of the previous line: one more instruction back is
     // on another line (or in a deeper frame).
     let first = a.timeline.icount();
-    let line_s = a.symbols.line(a.rip());
+    let line_s = a.symbols().line(a.rip());
     let sp_s = a.regs().gpr[4];
     keys(&mut a, "I");
     assert!(
-        a.symbols.line(a.rip()) != line_s || a.regs().gpr[4] < sp_s,
+        a.symbols().line(a.rip()) != line_s || a.regs().gpr[4] < sp_s,
         "reverse-step stopped inside its line"
     );
     keys(&mut a, "i");
     assert_eq!(a.timeline.icount(), first);
     // next: another line, not in a deeper frame.
-    let line = a.symbols.line(a.rip());
+    let line = a.symbols().line(a.rip());
     let sp = a.regs().gpr[4];
     keys(&mut a, "n");
     assert_eq!(a.message, "next");
-    assert_ne!(a.symbols.line(a.rip()), line);
+    assert_ne!(a.symbols().line(a.rip()), line);
     assert!(a.regs().gpr[4] >= sp);
     let after_next = a.timeline.icount();
     keys(&mut a, "N");
@@ -197,11 +201,11 @@ fn the_events_cursor_and_enter_goto_an_event() {
     keys(&mut a, "jjj");
     assert_eq!(a.selected_event(), Some(103));
     key(&mut a, KeyCode::Enter);
-    assert_eq!(a.event_number(), Some(103));
+    assert_eq!(a.timeline.position().event, Some(103));
     assert_eq!(a.message, "goto event 103");
     keys(&mut a, "kk");
     key(&mut a, KeyCode::Enter);
-    assert_eq!(a.event_number(), Some(101));
+    assert_eq!(a.timeline.position().event, Some(101));
 }
 
 #[test]
@@ -260,6 +264,6 @@ fn backtrace_unwinds_through_call_frame_information() {
     let (frames, how) = a.backtrace(16);
     assert_eq!(how, "DWARF call-frame information");
     assert!(frames.len() >= 3, "{frames:x?}");
-    let caller = a.symbols.describe(frames[1]);
+    let caller = a.symbols().describe(frames[1]);
     assert!(caller.starts_with("syscall_dispatch"), "{caller}");
 }

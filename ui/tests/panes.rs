@@ -27,7 +27,7 @@ fn positioned() -> App {
     a.timeline.add_breakpoint(next);
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("panes-src");
     std::fs::create_dir_all(&dir).unwrap();
-    let file = a.symbols.line(a.rip()).expect("a line").file;
+    let file = a.symbols().line(a.rip()).expect("a line").file;
     let text: String = (1..=300).map(|n| format!("source line {n}\n")).collect();
     std::fs::write(dir.join(file.file_name().unwrap()), text).unwrap();
     a.source_dirs = vec![dir];

@@ -1,11 +1,8 @@
 //! The report of a divergence between the recording and its replay.
 
-use crate::cpu::Cpu;
 use crate::cpu::undefined::FLAGS;
 use crate::event::Icount;
-use crate::memory::GuestMemory;
 use crate::state::gpr;
-use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
 use std::fmt;
 
 /// The first point where replay and recording disagree.
@@ -183,19 +180,9 @@ impl fmt::Display for Divergence {
     }
 }
 
-/// `icount  rip  bytes  mnemonic` of the instruction at the CPU's RIP.
-pub fn disassemble_at(cpu: &Cpu, mem: &GuestMemory) -> String {
-    let rip = cpu.state().rip;
-    let mut bytes = [0u8; 15];
-    let n = (0..15)
-        .take_while(|&i| {
-            cpu.read_virtual(mem, rip + i as u64, &mut bytes[i..i + 1])
-                .is_ok()
-        })
-        .count();
-    let mut decoder = Decoder::with_ip(64, &bytes[..n], rip, DecoderOptions::NONE);
-    let ins = decoder.decode();
-    let mut text = String::new();
-    IntelFormatter::new().format(&ins, &mut text);
-    format!("{:>10}  {rip:#018x}  {text}", cpu.icount())
+/// `icount  rip  mnemonic` of the instruction at the replay's RIP.
+pub fn disassemble_at(r: &super::Replay) -> String {
+    let rip = r.rip();
+    let text = super::format_instruction(&r.decode_at(rip));
+    format!("{:>10}  {rip:#018x}  {text}", r.icount())
 }

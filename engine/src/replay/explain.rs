@@ -7,17 +7,14 @@
 //! time up to the divergence.
 
 use iced_x86::{
-    Decoder, DecoderOptions, Formatter, Instruction, InstructionInfoFactory, IntelFormatter,
-    Mnemonic, OpAccess, OpKind, Register, RflagsBits,
+    Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register, RflagsBits,
 };
 
 use super::divergence::{Cause, Divergence};
 use super::{Replay, Stop, Target};
-use crate::cpu::Cpu;
 use crate::cpu::flags::{AF, CF, OF, PF, SF, STATUS, ZF};
 use crate::cpu::undefined::{FLAGS, Family, WideDoubleShift, ZeroSourceDestination, size_index};
 use crate::event::Event;
-use crate::memory::GuestMemory;
 use crate::state::gpr;
 
 /// Steps explained at most: a divergence further than this from the last digest that
@@ -77,19 +74,6 @@ const GPRS: [Register; 16] = [
     Register::R15,
 ];
 
-fn decode_at(cpu: &Cpu, mem: &GuestMemory) -> Option<Instruction> {
-    let rip = cpu.state().rip;
-    let mut bytes = [0u8; 15];
-    let n = (0..15)
-        .take_while(|&i| {
-            cpu.read_virtual(mem, rip + i as u64, &mut bytes[i..i + 1])
-                .is_ok()
-        })
-        .count();
-    let ins = Decoder::with_ip(64, &bytes[..n], rip, DecoderOptions::NONE).decode();
-    (!ins.is_invalid()).then_some(ins)
-}
-
 impl Replay {
     /// The causes of the differences of `div` (a divergence of this replay's recording
     /// at a digest that stored the registers). Empty where there is nothing to explain
@@ -119,8 +103,6 @@ impl Replay {
         }
         let undefined = &self.header.machine.quirks.undefined;
         let mut info = InstructionInfoFactory::new();
-        let mut text = String::new();
-        let mut formatter = IntelFormatter::new();
         let mut causes: Vec<Option<Cause>> = vec![None; items.len()];
         // Per difference, the first instruction of each family (and size) that left
         // it undefined: the cause's family names the one that depended on its rule.
@@ -131,7 +113,7 @@ impl Replay {
             let before = r.cpu.state();
             let (gpr0, flags0, rip0) = (before.gpr, before.rflags, before.rip);
             let at = r.cpu.icount();
-            let ins = decode_at(&r.cpu, &r.mem);
+            let ins = r.current_instruction();
             let t = Target::Icount(at + 1);
             if r.run(t) != Stop::Reached(t) {
                 // The divergence itself (its digest is taken after this instruction).
@@ -176,8 +158,7 @@ impl Replay {
                 if !(written || changed) {
                     continue;
                 }
-                text.clear();
-                formatter.format(&ins, &mut text);
+                let text = super::format_instruction(&ins);
                 let mut instruction = text.clone();
                 if changed && !written {
                     instruction += ", then an interrupt or an entry from user mode";
@@ -287,6 +268,7 @@ fn rule_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use iced_x86::{Decoder, DecoderOptions};
 
     #[test]
     fn difference_names_map_to_items() {

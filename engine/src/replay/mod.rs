@@ -15,9 +15,11 @@
 mod console;
 mod divergence;
 mod explain;
+mod inspect;
 
 pub use console::ConsoleLog;
 pub use divergence::{Cause, Difference, Divergence};
+pub use inspect::format_instruction;
 
 use crate::cpu::{Cpu, Exit};
 use crate::event::{
@@ -80,8 +82,8 @@ struct Initial {
 /// events are shared): a clone is a checkpoint.
 #[derive(Clone)]
 pub struct Replay {
-    pub cpu: Cpu,
-    pub mem: GuestMemory,
+    pub(crate) cpu: Cpu,
+    pub(crate) mem: GuestMemory,
     header: Arc<Header>,
     events: Arc<[Event]>,
     /// Index of the next event to consume.
@@ -220,16 +222,6 @@ impl Replay {
 
     pub fn icount(&self) -> Icount {
         self.cpu.icount()
-    }
-
-    /// A u64 at a guest virtual address, through the guest's page tables (no side
-    /// effects); None where it is not mapped.
-    pub fn read_u64(&self, addr: u64) -> Option<u64> {
-        let mut b = [0u8; 8];
-        self.cpu
-            .read_virtual(&self.mem, addr, &mut b)
-            .ok()
-            .map(|()| u64::from_le_bytes(b))
     }
 
     /// Whether the recording's event positions are instruction counts (it was made with
@@ -836,7 +828,7 @@ impl Replay {
         }
         let mut out = Vec::new();
         while r.cpu.icount() < icount {
-            out.push(divergence::disassemble_at(&r.cpu, &r.mem));
+            out.push(divergence::disassemble_at(&r));
             let next = r.cpu.icount() + 1;
             if !matches!(r.run(Target::Icount(next)), Stop::Reached(_)) {
                 break;
@@ -846,27 +838,9 @@ impl Replay {
     }
 }
 
+/// An event as a divergence names it: its kind and details.
 fn describe(e: &Event) -> String {
-    match e {
-        Event::PortIn(p) => format!(
-            "port input {:#x} (size {}) = {:#x}",
-            p.port, p.size, p.value
-        ),
-        Event::MmioRead(m) => format!("MMIO read at {:#x}", m.gpa),
-        Event::Random(r) => format!("{:?} = {:#x}", r.instruction, r.value),
-        Event::UserEntry(u) => format!("entry from user mode ({:?})", u.kind),
-        Event::UserRead(u) => format!("user read of {} bytes into {:#x}", u.data.len(), u.dst),
-        Event::KernelInterrupt(k) => format!("interrupt {:#x} at icount {}", k.vector, k.icount),
-        Event::MemoryWrite(w) => format!(
-            "{:?} write of {} bytes at {:#x}",
-            w.source,
-            w.data.len(),
-            w.gpa
-        ),
-        Event::Console(c) => format!("console {:?}", String::from_utf8_lossy(&c.bytes)),
-        Event::Digest(d) => format!("digest at icount {}", d.icount),
-        Event::PteRead(p) => format!("PTE read at {:#x}", p.addr),
-    }
+    format!("{} event: {e}", e.kind().name())
 }
 
 fn describe_exit(exit: &Exit) -> String {

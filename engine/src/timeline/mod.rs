@@ -1,36 +1,51 @@
-//! Time travel over a replay (DESIGN.md section 6): copy-on-write checkpoints and the
-//! moves the UI and the gdb server offer — forward and backward by instruction, to an
-//! icount or an event, and continue in either direction to a breakpoint.
+//! Time travel over a replay (DESIGN.md section 6), and the one debugging API the
+//! terminal UI and the gdb server use, as rr's `ReplayTimeline` is: the position
+//! ([`Position`]), the moves — forward and backward by instruction, to an icount or an
+//! event, continue in either direction to a breakpoint or a watchpoint, next, finish and
+//! their reverses —, breakpoints and write watchpoints, the registers, memory and
+//! instructions at the position, and the guest's symbols.
 //!
-//! A checkpoint is a clone of the [`Replay`]: CPU state plus memory whose 4 KiB pages are
-//! shared with the live replay and the other checkpoints, so it costs only the pages
-//! written since the previous one. Checkpoints are taken every `interval` instructions as
-//! replay moves forward; when their cost exceeds the budget, every other checkpoint in the
-//! older half is dropped (never the first), again until the budget holds, so checkpoints
-//! thin as they age while the recent stretch stays dense and the start stays reachable;
-//! when only a few remain, the interval doubles instead.
+//! Copy-on-write checkpoints: a checkpoint is a clone of the [`Replay`], CPU state plus
+//! memory whose 4 KiB pages are shared with the live replay and the other checkpoints,
+//! so it costs only the pages written since the previous one. Checkpoints are taken
+//! every `interval` instructions as replay moves forward; when their cost exceeds the
+//! budget, every other checkpoint in the older half is dropped (never the first), again
+//! until the budget holds, so checkpoints thin as they age while the recent stretch stays
+//! dense and the start stays reachable; when only a few remain, the interval doubles
+//! instead.
 //!
-//! Moves that need to look at every instruction (next, finish, their reverses, and
-//! anything with a watchpoint set) step one instruction at a time: forward they run one
-//! `run(Target::Icount(k + 1))` per instruction; backward they rescan one checkpoint
-//! interval at a time from its checkpoint, stepping likewise, and keep the last match.
-//! A watched range is compared after every instruction through the guest page tables, so
-//! such moves cost roughly a page-table walk and a small read per instruction on top of
-//! the instruction itself (several times slower than a plain continue); reverse moves
-//! cost up to one interval per interval scanned. Continue and reverse-continue without
-//! watchpoints use the replay CPU's breakpoints and run at full speed.
+//! Continue and reverse-continue run at full speed, with the replay CPU's breakpoints and
+//! the memory path's report of writes to watched lines ([`watch`]); reverse-continue
+//! replays one checkpoint interval at a time, newest first, and keeps the last hit.
+//! Moves that need to look at every instruction (next and finish without call-frame
+//! information, source-line steps, the reverse moves but reverse-continue) step one
+//! instruction at a time: forward one `run(Target::Icount(k + 1))` per instruction;
+//! backward they rescan one checkpoint interval at a time from its checkpoint, stepping
+//! likewise, and keep the last match; watchpoints cost them only a comparison of a
+//! counter per instruction.
 
+mod watch;
+
+pub use watch::{MAX_WATCH_LEN, Watchpoint};
+
+use crate::cpu::PageFault;
 use crate::event::Icount;
 use crate::replay::{Divergence, End, Replay, Stop, Target};
-use crate::state::{PAGE_SIZE, gpr};
-use iced_x86::{Decoder, DecoderOptions, FlowControl};
+use crate::state::{CpuState, PAGE_SIZE, gpr};
+use crate::symbols::Symbols;
+use iced_x86::{FlowControl, Instruction};
+use std::cell::OnceCell;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
+use watch::{Ran, Watcher};
 
 /// Default memory budget for checkpoints.
 pub const DEFAULT_CHECKPOINT_BUDGET: u64 = 1 << 30;
 /// First checkpoint interval, in instructions.
 const INITIAL_INTERVAL: u64 = 250_000;
+/// Longest stretch replayed at once with watchpoints set (a stretch that wrote a watched
+/// line is replayed again, in halves).
+const WATCH_SLICE: Icount = 1 << 20;
 
 /// Where a move ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +76,26 @@ struct Checkpoint {
     cost_pages: u64,
 }
 
+/// Where the replay stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The last event applied (None before the first).
+    pub event: Option<u64>,
+    pub icount: Icount,
+    /// For a recording made without an instruction counter, the deterministic-exit
+    /// ordinal: the axis its events are placed on (see [`crate::icount`]).
+    pub exit: Option<u64>,
+    pub rip: u64,
+}
+
+impl Position {
+    /// The position on the axis of the recording's event positions: the icount, or the
+    /// exit ordinal for a recording made without a counter.
+    pub fn on_event_axis(&self) -> Icount {
+        self.exit.unwrap_or(self.icount)
+    }
+}
+
 /// Statistics for the checkpoints pane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointInfo {
@@ -68,16 +103,6 @@ pub struct CheckpointInfo {
     pub events_consumed: u64,
     pub bytes: u64,
 }
-
-/// A memory-write watchpoint: a range of linear (guest-virtual) addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Watchpoint {
-    pub addr: u64,
-    pub len: u64,
-}
-
-/// Longest watched range: watch ranges are read after every instruction.
-pub const MAX_WATCH_LEN: u64 = 4096;
 
 /// A replay one can move in freely.
 pub struct Timeline {
@@ -87,6 +112,8 @@ pub struct Timeline {
     budget: u64,
     breakpoints: BTreeSet<u64>,
     watchpoints: BTreeSet<Watchpoint>,
+    /// The guest's symbols: set, or read from the recording when first asked for.
+    symbols: OnceCell<Symbols>,
 }
 
 impl Timeline {
@@ -106,7 +133,122 @@ impl Timeline {
             budget,
             breakpoints: BTreeSet::new(),
             watchpoints: BTreeSet::new(),
+            symbols: OnceCell::new(),
         }
+    }
+
+    /// Uses these symbols (from a kernel image named by the user) instead of the
+    /// recording's.
+    pub fn set_symbols(&mut self, symbols: Symbols) {
+        self.symbols = OnceCell::from(symbols);
+    }
+
+    /// The guest's symbols and source lines: those set, else the recording's embedded
+    /// kernel image or symbol list.
+    pub fn symbols(&self) -> &Symbols {
+        self.symbols
+            .get_or_init(|| Symbols::from_header(self.now.header()))
+    }
+
+    /// Where the replay stands.
+    pub fn position(&self) -> Position {
+        let r = &self.now;
+        Position {
+            event: r.events_consumed().checked_sub(1),
+            icount: r.icount(),
+            exit: (!r.counted()).then(|| r.position()),
+            rip: r.rip(),
+        }
+    }
+
+    /// The registers at the current position.
+    pub fn regs(&self) -> &CpuState {
+        self.now.regs()
+    }
+
+    /// Reads guest memory at a virtual address through the guest's page tables.
+    pub fn read_memory(&self, addr: u64, buf: &mut [u8]) -> Result<(), PageFault> {
+        self.now.read_memory(addr, buf)
+    }
+
+    /// Reads what is mapped of `buf.len()` bytes at `addr`, up to the first unmapped
+    /// page; returns how many bytes were read.
+    pub fn read_available(&self, addr: u64, buf: &mut [u8]) -> usize {
+        self.now.read_available(addr, buf)
+    }
+
+    pub fn read_u64(&self, addr: u64) -> Option<u64> {
+        self.now.read_u64(addr)
+    }
+
+    /// The instruction at `addr`, if the bytes mapped there are one.
+    pub fn instruction_at(&self, addr: u64) -> Option<Instruction> {
+        self.now.instruction_at(addr)
+    }
+
+    /// The instructions in the `len` bytes from `start`, decoded in sequence.
+    pub fn instructions(&self, start: u64, len: usize) -> Vec<Instruction> {
+        self.now.instructions(start, len)
+    }
+
+    /// The frame the current function returns to, from the kernel's call-frame
+    /// information (None in code it does not describe, such as assembly stubs).
+    pub fn caller_frame(&self) -> Option<CallerFrame> {
+        let unwinder = self.symbols().unwinder()?;
+        let caller = unwinder.caller(self.frame(), true, &|a: u64| self.read_u64(a))?;
+        Some(CallerFrame {
+            return_address: caller.rip,
+            stack_pointer: caller.rsp,
+        })
+    }
+
+    fn frame(&self) -> crate::symbols::Frame {
+        let regs = self.regs();
+        crate::symbols::Frame {
+            rip: regs.rip,
+            rsp: regs.gpr[gpr::RSP],
+            rbp: regs.gpr[gpr::RBP],
+        }
+    }
+
+    /// Up to `max` frames, RIP first, then return addresses, and how they were found:
+    /// unwound through the kernel's call-frame information, or where it has none
+    /// (assembly such as entry stubs) return addresses found on the stack that follow a
+    /// call instruction.
+    pub fn backtrace(&self, max: usize) -> (Vec<u64>, &'static str) {
+        let symbols = self.symbols();
+        if let Some(unwinder) = symbols.unwinder() {
+            let mut frames = unwinder.backtrace(self.frame(), &|a: u64| self.read_u64(a));
+            if frames.len() > 1 {
+                frames.truncate(max);
+                return (frames, "DWARF call-frame information");
+            }
+        }
+        let mut frames = vec![self.regs().rip];
+        let mut sp = self.regs().gpr[gpr::RSP];
+        // Without call-frame information (and a kernel built without frame pointers),
+        // scan the stack for values that point just after a call in a known function.
+        for _ in 0..512 {
+            if frames.len() >= max {
+                break;
+            }
+            let Some(v) = self.read_u64(sp) else {
+                break;
+            };
+            if symbols.lookup(v).is_some_and(|l| l.offset > 0) && self.follows_call(v) {
+                frames.push(v);
+            }
+            sp = sp.wrapping_add(8);
+        }
+        (frames, "heuristic: return addresses on the stack")
+    }
+
+    /// Whether a call instruction ends right before `ret`.
+    fn follows_call(&self, ret: u64) -> bool {
+        [5u64, 2, 3, 6, 7].iter().any(|&back| {
+            self.instruction_at(ret.wrapping_sub(back))
+                .is_some_and(|ins| ins.len() as u64 == back && is_call(&ins))
+        })
     }
 
     /// Sets the instruction interval between checkpoints (tests use small ones).
@@ -114,7 +256,7 @@ impl Timeline {
         self.interval = interval.max(1);
     }
 
-    /// The replay at the current position (registers, memory, console).
+    /// The replay at the current position (its recording, events, console).
     pub fn replay(&self) -> &Replay {
         &self.now
     }
@@ -165,10 +307,16 @@ impl Timeline {
         w
     }
 
+    /// Removes the watchpoints at `addr` (whatever their lengths).
     pub fn remove_watchpoint(&mut self, addr: u64) -> bool {
         let before = self.watchpoints.len();
         self.watchpoints.retain(|w| w.addr != addr);
         self.watchpoints.len() != before
+    }
+
+    /// Removes this one watchpoint.
+    pub fn delete_watchpoint(&mut self, w: Watchpoint) -> bool {
+        self.watchpoints.remove(&w)
     }
 
     /// Sets the checkpoint memory budget (thins at once if it is exceeded).
@@ -230,18 +378,15 @@ impl Timeline {
         }
     }
 
-    /// Runs forward to the next breakpoint or the end.
+    /// Runs forward to the next breakpoint, watched write or the end.
     pub fn continue_forward(&mut self, cancel: Option<&AtomicBool>) -> Moved {
-        if self.watchpoints.is_empty() {
-            return self.forward(Target::End, true, cancel);
-        }
-        self.step_forward_until(cancel, |_, _| false)
+        self.forward(Target::End, true, cancel)
     }
 
     /// Steps over a call: like stepi, but a `call` runs until it returns (or a
     /// breakpoint, watchpoint or the end stops it first).
     pub fn next(&mut self, cancel: Option<&AtomicBool>) -> Moved {
-        let Some(ins) = current_instruction(&self.now) else {
+        let Some(ins) = self.now.current_instruction() else {
             return self.stepi();
         };
         if !is_call(&ins) {
@@ -263,16 +408,9 @@ impl Timeline {
             return_address: ret,
             stack_pointer: sp,
         } = frame;
-        let in_frame = |r: &Replay| r.cpu.state().rip == ret && rsp(r) == sp;
-        if !self.watchpoints.is_empty() {
-            let first = self.stepi();
-            if first != Moved::Arrived || in_frame(&self.now) {
-                return first;
-            }
-            return self.step_forward_until(cancel, |r, _| in_frame(r));
-        }
-        // No watchpoints: run at full speed to a temporary breakpoint at the return
-        // address, passing over hits in other frames.
+        let in_frame = |r: &Replay| r.rip() == ret && rsp(r) == sp;
+        // Run at full speed to a temporary breakpoint at the return address, passing
+        // over hits in other frames.
         let temporary = self.breakpoints.insert(ret);
         let moved = loop {
             match self.forward(Target::End, true, cancel) {
@@ -300,7 +438,7 @@ impl Timeline {
         // Stop before a return executed at or above the current stack pointer (a
         // deeper callee's returns run below it), then execute it.
         let at_return =
-            |r: &Replay| current_instruction(r).is_some_and(|i| is_return(&i)) && rsp(r) >= sp;
+            |r: &Replay| r.current_instruction().is_some_and(|i| is_return(&i)) && rsp(r) >= sp;
         let mut returning = at_return(&self.now);
         self.step_forward_until(cancel, |r, _| {
             std::mem::replace(&mut returning, at_return(r))
@@ -314,20 +452,24 @@ impl Timeline {
         cancel: Option<&AtomicBool>,
         progress: &mut dyn FnMut(f64),
     ) -> Moved {
-        let here_rip = self.now.cpu.state().rip;
+        let here_rip = self.now.rip();
         let here_sp = rsp(&self.now);
         let m = self.reverse_stepi();
         if m != Moved::Arrived {
             return m;
         }
-        let came_back = current_instruction(&self.now).is_some_and(|i| is_return(&i));
+        let came_back = self
+            .now
+            .current_instruction()
+            .is_some_and(|i| is_return(&i));
         if !came_back {
             return m;
         }
         let upper = self.icount();
         self.step_backward_until(upper, cancel, progress, &mut |r: &Replay| {
             rsp(r) == here_sp
-                && current_instruction(r).is_some_and(|i| is_call(&i) && i.next_ip() == here_rip)
+                && r.current_instruction()
+                    .is_some_and(|i| is_call(&i) && i.next_ip() == here_rip)
         })
     }
 
@@ -346,95 +488,91 @@ impl Timeline {
         if let Some(frame) = caller {
             return self.step_backward_until(upper, cancel, progress, &mut |r: &Replay| {
                 rsp(r) == frame.stack_pointer
-                    && current_instruction(r)
+                    && r.current_instruction()
                         .is_some_and(|i| is_call(&i) && i.next_ip() == frame.return_address)
             });
         }
         let here = self.now.clone();
         let here_sp = rsp(&here);
         self.step_backward_until(upper, cancel, progress, &mut |r: &Replay| {
-            let Some(ins) = current_instruction(r) else {
+            let Some(ins) = r.current_instruction() else {
                 return false;
             };
             if !is_call(&ins) {
                 return false;
             }
             let slot = rsp(r).wrapping_sub(8);
-            let mut buf = [0u8; 8];
-            slot >= here_sp
-                && here.cpu.read_virtual(&here.mem, slot, &mut buf).is_ok()
-                && u64::from_le_bytes(buf) == ins.next_ip()
+            slot >= here_sp && here.read_u64(slot) == Some(ins.next_ip())
         })
     }
 
-    /// Runs backward to the last breakpoint hit before the current position, scanning
-    /// one checkpoint interval at a time from the nearest. `progress` is told the
-    /// fraction of the way back to the start that has been scanned.
+    /// Runs backward to the last breakpoint hit or watched write before the current
+    /// position, scanning one checkpoint interval at a time from the nearest. `progress`
+    /// is told the fraction of the way back to the start that has been scanned.
     pub fn reverse_continue(
         &mut self,
         cancel: Option<&AtomicBool>,
         progress: &mut dyn FnMut(f64),
     ) -> Moved {
         let here = self.icount();
-        if !self.watchpoints.is_empty() && here > 0 {
-            return self.step_backward_until(here, cancel, progress, &mut |_| false);
-        }
-        if here == 0 || self.breakpoints.is_empty() {
+        if here == 0 || (self.breakpoints.is_empty() && self.watchpoints.is_empty()) {
             self.restore_before(|c| c.icount == 0);
             return Moved::Start;
         }
+        let cancelled = || cancel.is_some_and(|c| c.load(Ordering::SeqCst));
         let mut upper = here;
         loop {
-            if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+            if cancelled() {
                 return Moved::Interrupted;
             }
             progress(1.0 - upper as f64 / here as f64);
             let idx = self.latest_checkpoint(|c| c.icount < upper);
             let base_icount = self.checkpoints[idx].icount;
-            // Scan [base, upper) for the last breakpoint hit.
+            // Scan [base, upper) for the last hit.
             let mut scan = self.checkpoints[idx].replay.clone();
-            let mut last_hit = None;
             scan.set_user_breakpoints(self.breakpoints.iter().copied().collect());
-            loop {
-                match scan.run(Target::Icount(upper)) {
-                    Stop::Breakpoint(addr) => {
+            let mut watcher = Watcher::new(&self.watchpoints, &mut scan);
+            let mut last_hit = None;
+            let mut skip = None;
+            while scan.icount() < upper {
+                if cancelled() {
+                    return Moved::Interrupted;
+                }
+                let cap = upper.min(scan.icount().saturating_add(WATCH_SLICE));
+                match watcher.run(&mut scan, Target::Icount(upper), cap, skip) {
+                    Ran::Watch(k, w) => last_hit = Some((k, Moved::Watchpoint(w))),
+                    Ran::Stop(Stop::Breakpoint(addr)) => {
                         if scan.icount() < upper {
-                            last_hit = Some((scan.icount(), addr));
+                            last_hit = Some((scan.icount(), Moved::Breakpoint(addr)));
                         }
-                        // Resume past it: the next run executes the instruction.
-                        if let Stop::Diverged(d) = scan.run(Target::Icount(scan.icount() + 1)) {
-                            return Moved::Diverged(d);
-                        }
-                        if scan.icount() >= upper {
-                            break;
-                        }
+                        // The next run resumes past it.
+                        skip = Some(scan.icount());
                     }
-                    Stop::Diverged(d) => return Moved::Diverged(d),
-                    _ => break,
+                    Ran::Stop(Stop::Diverged(d)) => return Moved::Diverged(d),
+                    Ran::Stop(Stop::Reached(_)) => {}
+                    Ran::Stop(Stop::Finished(_)) => break,
                 }
             }
-            if let Some((k, addr)) = last_hit {
-                // Stopped before the instruction at the breakpoint, as a forward
-                // continue would.
-                self.goto_icount(k);
-                return Moved::Breakpoint(addr);
+            if let Some((k, how)) = last_hit {
+                // Before the instruction at the breakpoint, as a forward continue stops;
+                // before the instruction that wrote the watched range.
+                return self.go_to_scanned(Scanned::Found(k, how));
             }
             if base_icount == 0 {
-                self.now = self.checkpoints[idx].replay.clone();
-                return Moved::Start;
+                return self.go_to_scanned(Scanned::Start(idx));
             }
             upper = base_icount;
         }
     }
 
-    /// Steps forward one instruction at a time until `stop` holds (the UI's source-line
-    /// step uses it); breakpoints, watchpoints and the end stop it too.
+    /// Steps forward one instruction at a time until `stop(replay, symbols)` holds (the
+    /// UI's source-line step uses it); breakpoints, watchpoints and the end stop it too.
     pub fn step_until(
         &mut self,
         cancel: Option<&AtomicBool>,
-        mut stop: impl FnMut(&Replay) -> bool,
+        stop: impl FnMut(&Replay, &Symbols) -> bool,
     ) -> Moved {
-        self.step_forward_until(cancel, |r, _| stop(r))
+        self.step_forward_until(cancel, stop)
     }
 
     /// Goes to the last position before the current one where `pred` holds (or a
@@ -443,25 +581,26 @@ impl Timeline {
         &mut self,
         cancel: Option<&AtomicBool>,
         progress: &mut dyn FnMut(f64),
-        pred: &mut dyn FnMut(&Replay) -> bool,
+        pred: &mut dyn FnMut(&Replay, &Symbols) -> bool,
     ) -> Moved {
         let upper = self.icount();
         if upper == 0 {
             return Moved::Start;
         }
-        self.step_backward_until(upper, cancel, progress, pred)
+        let symbols = self.symbols();
+        let scan = self.scan_backward(upper, cancel, progress, &mut |r| pred(r, symbols));
+        self.go_to_scanned(scan)
     }
 
-    /// Steps forward one instruction at a time until `stop(replay, icount)` holds at a
+    /// Steps forward one instruction at a time until `stop(replay, symbols)` holds at a
     /// position, a breakpoint or watchpoint is hit, or the end. The position where the
     /// move began is not tested.
     fn step_forward_until(
         &mut self,
         cancel: Option<&AtomicBool>,
-        mut stop: impl FnMut(&Replay, Icount) -> bool,
+        mut stop: impl FnMut(&Replay, &Symbols) -> bool,
     ) -> Moved {
-        let watches: Vec<Watchpoint> = self.watchpoints.iter().copied().collect();
-        let mut before = read_watches(&self.now, &watches);
+        let mut watcher = Watcher::new(&self.watchpoints, &mut self.now);
         let mut steps = 0u64;
         loop {
             steps += 1;
@@ -472,16 +611,14 @@ impl Timeline {
             if m != Moved::Arrived {
                 return m;
             }
-            let after = read_watches(&self.now, &watches);
-            if let Some(i) = changed(&before, &after) {
-                return Moved::Watchpoint(watches[i]);
+            if let Some(w) = watcher.check(&mut self.now) {
+                return Moved::Watchpoint(w);
             }
-            before = after;
             let r = &self.now;
-            if self.breakpoints.contains(&r.cpu.state().rip) {
-                return Moved::Breakpoint(r.cpu.state().rip);
+            if self.breakpoints.contains(&r.rip()) {
+                return Moved::Breakpoint(r.rip());
             }
-            if stop(r, r.icount()) {
+            if stop(r, self.symbols()) {
                 return Moved::Arrived;
             }
         }
@@ -497,28 +634,54 @@ impl Timeline {
         progress: &mut dyn FnMut(f64),
         pred: &mut dyn FnMut(&Replay) -> bool,
     ) -> Moved {
-        let watches: Vec<Watchpoint> = self.watchpoints.iter().copied().collect();
+        let scan = self.scan_backward(upper, cancel, progress, pred);
+        self.go_to_scanned(scan)
+    }
+
+    /// Moves to what a backward scan found.
+    fn go_to_scanned(&mut self, scan: Scanned) -> Moved {
+        match scan {
+            Scanned::Found(k, how) => match self.goto_icount(k) {
+                Moved::Arrived | Moved::Start => how,
+                other => other,
+            },
+            Scanned::Start(idx) => {
+                self.now = self.checkpoints[idx].replay.clone();
+                Moved::Start
+            }
+            Scanned::Stopped(m) => m,
+        }
+    }
+
+    /// The scan of [`Timeline::step_backward_until`], which leaves the position alone.
+    fn scan_backward(
+        &self,
+        upper: Icount,
+        cancel: Option<&AtomicBool>,
+        progress: &mut dyn FnMut(f64),
+        pred: &mut dyn FnMut(&Replay) -> bool,
+    ) -> Scanned {
         let here = upper.max(1);
         let mut hi = upper;
         loop {
             if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
-                return Moved::Interrupted;
+                return Scanned::Stopped(Moved::Interrupted);
             }
             progress(1.0 - hi as f64 / here as f64);
             let idx = self.latest_checkpoint(|c| c.icount < hi);
             let base_icount = self.checkpoints[idx].icount;
             let mut scan = self.checkpoints[idx].replay.clone();
             scan.set_user_breakpoints(Vec::new());
+            let mut watcher = Watcher::new(&self.watchpoints, &mut scan);
             let mut found: Option<(Icount, Moved)> = None;
-            let mut values = read_watches(&scan, &watches);
             let mut steps = 0u64;
             while scan.icount() < hi {
                 steps += 1;
                 if steps.is_multiple_of(4096) && cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
-                    return Moved::Interrupted;
+                    return Scanned::Stopped(Moved::Interrupted);
                 }
                 let k = scan.icount();
-                let rip = scan.cpu.state().rip;
+                let rip = scan.rip();
                 let mut hit = if self.breakpoints.contains(&rip) {
                     Some(Moved::Breakpoint(rip))
                 } else if pred(&scan) {
@@ -528,34 +691,25 @@ impl Timeline {
                 };
                 match scan.run(Target::Icount(k + 1)) {
                     Stop::Reached(_) => {}
-                    Stop::Diverged(d) => return Moved::Diverged(d),
+                    Stop::Diverged(d) => return Scanned::Stopped(Moved::Diverged(d)),
                     // The end, or an agent hook: nothing further to scan here.
                     _ => {}
                 }
                 if scan.icount() == k {
                     break;
                 }
-                if !watches.is_empty() {
-                    let after = read_watches(&scan, &watches);
-                    if let Some(i) = changed(&values, &after) {
-                        hit = Some(Moved::Watchpoint(watches[i]));
-                    }
-                    values = after;
+                if let Some(w) = watcher.check(&mut scan) {
+                    hit = Some(Moved::Watchpoint(w));
                 }
                 if let Some(h) = hit {
                     found = Some((k, h));
                 }
             }
             if let Some((k, how)) = found {
-                let m = self.goto_icount(k);
-                return match m {
-                    Moved::Arrived | Moved::Start => how,
-                    other => other,
-                };
+                return Scanned::Found(k, how);
             }
             if base_icount == 0 {
-                self.now = self.checkpoints[0].replay.clone();
-                return Moved::Start;
+                return Scanned::Start(idx);
             }
             hi = base_icount;
         }
@@ -573,41 +727,45 @@ impl Timeline {
         self.now = self.checkpoints[idx].replay.clone();
     }
 
-    /// Runs forward to `target`, taking checkpoints on the way.
+    /// Runs forward to `target`, taking checkpoints on the way; with
+    /// `stop_at_breakpoints`, a breakpoint or a watched write stops it first.
     fn forward(
         &mut self,
         target: Target,
         stop_at_breakpoints: bool,
         cancel: Option<&AtomicBool>,
     ) -> Moved {
-        let bps: Vec<u64> = if stop_at_breakpoints {
-            self.breakpoints.iter().copied().collect()
+        let (bps, watches) = if stop_at_breakpoints {
+            (
+                self.breakpoints.iter().copied().collect(),
+                self.watchpoints.clone(),
+            )
         } else {
-            Vec::new()
+            (Vec::new(), BTreeSet::new())
         };
         self.now.set_user_breakpoints(bps);
-        let start = self.icount();
+        let mut watcher = Watcher::new(&watches, &mut self.now);
+        // Standing on a breakpoint when the move began: run resumes past it.
+        let skip = stop_at_breakpoints.then_some(self.icount());
         loop {
             if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
                 return Moved::Interrupted;
             }
             // Run in slices so checkpoints are taken at the interval.
-            let cap = self.next_checkpoint_icount();
-            match self.now.run_capped(target, cap) {
-                Stop::Reached(reached) if reached == target => {
+            let mut cap = self.next_checkpoint_icount();
+            if !watcher.is_empty() {
+                cap = cap.min(self.icount().saturating_add(WATCH_SLICE));
+            }
+            match watcher.run(&mut self.now, target, cap, skip) {
+                Ran::Watch(_, w) => return Moved::Watchpoint(w),
+                Ran::Stop(Stop::Reached(reached)) if reached == target => {
                     self.maybe_checkpoint();
                     return Moved::Arrived;
                 }
-                Stop::Reached(_) => self.maybe_checkpoint(),
-                Stop::Breakpoint(addr) => {
-                    if self.icount() == start && stop_at_breakpoints {
-                        // Standing on it when the move began: run resumes past it.
-                        continue;
-                    }
-                    return Moved::Breakpoint(addr);
-                }
-                Stop::Finished(end) => return Moved::End(end),
-                Stop::Diverged(d) => return Moved::Diverged(d),
+                Ran::Stop(Stop::Reached(_)) => self.maybe_checkpoint(),
+                Ran::Stop(Stop::Breakpoint(addr)) => return Moved::Breakpoint(addr),
+                Ran::Stop(Stop::Finished(end)) => return Moved::End(end),
+                Ran::Stop(Stop::Diverged(d)) => return Moved::Diverged(d),
             }
         }
     }
@@ -681,6 +839,16 @@ impl Timeline {
     }
 }
 
+/// What a backward scan found.
+enum Scanned {
+    /// A position to go to (icount), and how the move ends there.
+    Found(Icount, Moved),
+    /// Nothing before: the start (the checkpoint at this index).
+    Start(usize),
+    /// The scan itself stopped the move.
+    Stopped(Moved),
+}
+
 /// A frame to return to: where its caller resumes, and the stack pointer there (the
 /// callee's canonical frame address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -690,55 +858,16 @@ pub struct CallerFrame {
 }
 
 fn rsp(r: &Replay) -> u64 {
-    r.cpu.state().gpr[gpr::RSP]
+    r.regs().gpr[gpr::RSP]
 }
 
-/// The instruction at RIP, if its bytes are readable.
-pub fn current_instruction(r: &Replay) -> Option<iced_x86::Instruction> {
-    let rip = r.cpu.state().rip;
-    let mut bytes = [0u8; 15];
-    let mut n = 0;
-    if r.cpu.read_virtual(&r.mem, rip, &mut bytes).is_ok() {
-        n = 15;
-    } else {
-        // The instruction may end before an unmapped page.
-        while n < 15
-            && r.cpu
-                .read_virtual(&r.mem, rip + n as u64, &mut bytes[n..n + 1])
-                .is_ok()
-        {
-            n += 1;
-        }
-    }
-    let ins = Decoder::with_ip(64, &bytes[..n], rip, DecoderOptions::NONE).decode();
-    (!ins.is_invalid()).then_some(ins)
-}
-
-fn is_call(ins: &iced_x86::Instruction) -> bool {
+fn is_call(ins: &Instruction) -> bool {
     matches!(
         ins.flow_control(),
         FlowControl::Call | FlowControl::IndirectCall
     )
 }
 
-fn is_return(ins: &iced_x86::Instruction) -> bool {
+fn is_return(ins: &Instruction) -> bool {
     ins.flow_control() == FlowControl::Return
-}
-
-/// The watched bytes (None where unmapped).
-fn read_watches(r: &Replay, watches: &[Watchpoint]) -> Vec<Option<Vec<u8>>> {
-    watches
-        .iter()
-        .map(|w| {
-            let mut buf = vec![0u8; w.len as usize];
-            r.cpu
-                .read_virtual(&r.mem, w.addr, &mut buf)
-                .ok()
-                .map(|_| buf)
-        })
-        .collect()
-}
-
-fn changed(before: &[Option<Vec<u8>>], after: &[Option<Vec<u8>>]) -> Option<usize> {
-    before.iter().zip(after).position(|(a, b)| a != b)
 }

@@ -1,7 +1,6 @@
 //! Shared setup: the checked-in demo recording opened in an App.
 
 use krr_engine::replay::Replay;
-use krr_engine::symbols::Symbols;
 use krr_engine::timeline::Timeline;
 use krr_ui::{App, Keymap, MoveCtl};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -19,8 +18,7 @@ pub fn opened() -> Replay {
 
 pub fn app() -> App {
     let replay = opened();
-    let symbols = Symbols::from_header(replay.header());
-    App::new(Timeline::new(replay, 1 << 30), symbols, Keymap::default())
+    App::new(Timeline::new(replay, 1 << 30), Keymap::default())
 }
 
 pub fn key(app: &mut App, code: KeyCode) {
