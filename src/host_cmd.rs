@@ -4,6 +4,7 @@
 //! `tzcnt`/`lzcnt` run as bit scans and how the host computes the flags and results the
 //! architecture leaves undefined (DESIGN.md section 5).
 
+use crate::stdout::outln;
 use anyhow::{Context, Result};
 use krr_engine::cpu::undefined::{FLAGS, UndefinedBehaviour};
 use krr_engine::state::{CounterSourceKind, Quirks};
@@ -136,17 +137,17 @@ pub fn run(args: HostArgs) -> Result<()> {
             Err(why) => Measurement::NotMeasured(not_measured(why)),
         };
         let v = to_json(&cpuinfo, &pinned, ring0_emulated, &measurement);
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
     }
 
     // The CPU first, so that it is shown even if a measurement fails.
-    print_cpu(&cpuinfo);
+    print_cpu(&cpuinfo)?;
     match &pinned {
-        Ok(_) => println!("{:<14}usable (/dev/kvm)", "kvm"),
-        Err(why) => println!("{:<14}not usable: {why}", "kvm"),
+        Ok(_) => outln!("{:<14}usable (/dev/kvm)", "kvm")?,
+        Err(why) => outln!("{:<14}not usable: {why}", "kvm")?,
     }
-    println!("{:<14}{}", "ring 0", ring0_text(ring0_emulated));
+    outln!("{:<14}{}", "ring 0", ring0_text(ring0_emulated))?;
     let _ = std::io::stdout().flush();
     let measurement = match &pinned {
         Ok(cpu) => measure(*cpu)?,
@@ -154,17 +155,17 @@ pub fn run(args: HostArgs) -> Result<()> {
     };
     match measurement {
         Measurement::NotMeasured(why) => {
-            println!("{:<14}not measured", "counter");
-            println!();
-            println!("not measured: {why}");
+            outln!("{:<14}not measured", "counter")?;
+            outln!()?;
+            outln!("not measured: {why}")?;
         }
         Measurement::Measured {
             cpu,
             counter,
             quirks,
         } => {
-            println!("{:<14}{}", "counter", counter_text(counter));
-            println!(
+            outln!("{:<14}{}", "counter", counter_text(counter))?;
+            outln!(
                 "{:<14}{} (bit_scan_ignores_rep: {})",
                 "bit scans",
                 if quirks.bit_scan_ignores_rep {
@@ -173,21 +174,21 @@ pub fn run(args: HostArgs) -> Result<()> {
                     "tzcnt/lzcnt as the guest's CPUID says"
                 },
                 quirks.bit_scan_ignores_rep
-            );
-            println!();
-            println!("undefined results (measured on CPU {cpu}):");
+            )?;
+            outln!()?;
+            outln!("undefined results (measured on CPU {cpu}):")?;
             for line in quirks.undefined.table() {
-                println!("{line}");
+                outln!("{line}")?;
             }
             let unmodelled = &quirks.undefined.unmodelled;
             if unmodelled.is_empty() {
-                println!("every undefined result above is modelled: replay reproduces this host");
+                outln!("every undefined result above is modelled: replay reproduces this host")?;
             } else {
-                println!(
+                outln!(
                     "{} behaviour(s) NOT MODELLED: replay of a recording made here may \
                      diverge where it depends on them",
                     unmodelled.len()
-                );
+                )?;
             }
         }
     }
@@ -224,20 +225,20 @@ fn counter_text(counter: CounterSourceKind) -> &'static str {
     }
 }
 
-fn print_cpu(cpuinfo: &std::result::Result<CpuInfo, String>) {
+fn print_cpu(cpuinfo: &std::result::Result<CpuInfo, String>) -> std::io::Result<()> {
     match cpuinfo {
         Ok(c) => {
             let show = |v: &Option<String>| {
                 v.clone()
                     .unwrap_or_else(|| "unknown (not in /proc/cpuinfo)".into())
             };
-            println!("{:<14}{}", "model name", show(&c.model_name));
-            println!("{:<14}{}", "vendor", show(&c.vendor));
-            println!("{:<14}{}", "family", show(&c.family));
-            println!("{:<14}{}", "model", show(&c.model));
-            println!("{:<14}{}", "stepping", show(&c.stepping));
+            outln!("{:<14}{}", "model name", show(&c.model_name))?;
+            outln!("{:<14}{}", "vendor", show(&c.vendor))?;
+            outln!("{:<14}{}", "family", show(&c.family))?;
+            outln!("{:<14}{}", "model", show(&c.model))?;
+            outln!("{:<14}{}", "stepping", show(&c.stepping))
         }
-        Err(why) => println!("{:<14}unknown ({why})", "model name"),
+        Err(why) => outln!("{:<14}unknown ({why})", "model name"),
     }
 }
 

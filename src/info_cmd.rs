@@ -1,8 +1,9 @@
 //! `krr-tui info`: a recording's summary and event statistics, its format version and
 //! the undefined results replay reproduces.
 
+use crate::stdout::outln;
 use anyhow::{Context, Result};
-use krr_engine::trace::{FORMAT_VERSION, RecordingReader};
+use krr_engine::trace::{FORMAT_VERSION, RecordingReader, TraceError};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -15,9 +16,22 @@ pub struct InfoArgs {
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
-    let reader =
+    let mut reader =
         RecordingReader::open(&args.file).with_context(|| format!("{}", args.file.display()))?;
-    let stats = reader.stats();
+    // Every section is decoded, so that damage anywhere is reported with its offset
+    // (the index alone would call a finished file with a bad chunk complete).
+    let damage = match reader.verify() {
+        Ok(()) => None,
+        Err(TraceError::Io(e)) => {
+            return Err(e).with_context(|| format!("reading {}", args.file.display()));
+        }
+        Err(e) => Some(e.to_string()),
+    };
+    let mut stats = reader.stats().clone();
+    if damage.is_some() {
+        stats.complete = false;
+    }
+    let stats = &stats;
     let header = reader.header();
     let recovery = reader.recovery();
     if args.json {
@@ -33,6 +47,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
                 header.machine.quirks.bit_scan_ignores_rep.into(),
             );
             obj.insert("lost_bytes".into(), recovery.lost_bytes.into());
+            obj.insert("damage".into(), damage.clone().into());
             obj.insert("format_version".into(), header.format_version.into());
             let mut undefined = crate::host_cmd::undefined_json(&header.machine.quirks.undefined);
             if let Some(u) = undefined.as_object_mut() {
@@ -43,49 +58,52 @@ pub fn run(args: InfoArgs) -> Result<()> {
             }
             obj.insert("undefined".into(), undefined);
         }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
     }
-    println!("recording   {}", args.file.display());
+    outln!("recording   {}", args.file.display())?;
     if header.format_version == FORMAT_VERSION {
-        println!("format      {}", header.format_version);
+        outln!("format      {}", header.format_version)?;
     } else {
-        println!(
+        outln!(
             "format      {} (older; this build writes {FORMAT_VERSION})",
             header.format_version
-        );
+        )?;
     }
-    println!(
+    outln!(
         "kernel      {} ({} bytes, sha256 {})",
         header.kernel.name,
         header.kernel.size,
         hex(&header.kernel.sha256[..8])
-    );
-    println!("counter     {:?}", header.machine.counter);
+    )?;
+    outln!("counter     {:?}", header.machine.counter)?;
     if header.machine.quirks.bit_scan_ignores_rep {
-        println!("quirks      tzcnt/lzcnt executed as bsf/bsr on the recording host");
+        outln!("quirks      tzcnt/lzcnt executed as bsf/bsr on the recording host")?;
+    }
+    if let Some(d) = &damage {
+        outln!("DAMAGED     {d}")?;
     }
     if !recovery.complete {
-        println!(
+        outln!(
             "INCOMPLETE  {} ({} events readable, {} bytes lost)",
             recovery.reason.as_deref().unwrap_or("cut short"),
             recovery.valid_events,
             recovery.lost_bytes
-        );
+        )?;
     }
-    println!("{stats}");
-    println!();
+    outln!("{stats}")?;
+    outln!()?;
     if undefined_source(header.format_version) == "legacy" {
-        println!(
+        outln!(
             "undefined results (format {} recording, which does not store the host's: \
              replays with the legacy rules):",
             header.format_version
-        );
+        )?;
     } else {
-        println!("undefined results (recording host):");
+        outln!("undefined results (recording host):")?;
     }
     for line in header.machine.quirks.undefined.table() {
-        println!("{line}");
+        outln!("{line}")?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ mod info_cmd;
 mod output;
 mod record_cmd;
 mod replay_cmd;
+mod stdout;
 
 use clap::{Parser, Subcommand};
 
@@ -57,6 +58,10 @@ fn main() {
         Command::Host(args) => host_cmd::run(args),
     };
     if let Err(e) = result {
+        if stdout::is_broken_pipe(&e) {
+            // The reader of our output went away: a normal end.
+            return;
+        }
         eprintln!("krr-tui: {e:#}");
         std::process::exit(1);
     }

@@ -1,6 +1,7 @@
 //! `krr-tui replay`: replay a recording's kernel in the replay CPU.
 
 use crate::record_cmd::RecordArgs;
+use crate::stdout::outln;
 use anyhow::{Context, Result, bail};
 use krr_engine::replay::{End, Replay, Stop, Target};
 use krr_engine::symbols::Symbols;
@@ -169,16 +170,16 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         Stop::Finished(End::EndOfRecording) => ended = " (end of recording)",
         Stop::Reached(_) => {
             let n = replay.events_consumed();
-            println!(
+            outln!(
                 "stopped after event #{} at icount {}",
                 n.saturating_sub(1),
                 replay.icount()
-            );
+            )?;
         }
-        Stop::Breakpoint(a) => println!("breakpoint at {a:#x}"),
+        Stop::Breakpoint(a) => outln!("breakpoint at {a:#x}")?,
     }
     let instructions = replay.icount();
-    println!(
+    outln!(
         "replayed {} events, {} instructions in {:.2} s ({:.1} MIPS), divergences: {}{}",
         replay.events_consumed(),
         instructions,
@@ -186,10 +187,19 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         instructions as f64 / elapsed.max(1e-9) / 1e6,
         divergences,
         ended
-    );
+    )?;
+    let problem = replay.recording_problem().map(str::to_string);
+    if let Some(p) = &problem
+        && !args.verify
+    {
+        eprintln!("krr-tui: the recording is incomplete or damaged: {p}");
+    }
     if args.verify {
         if divergences > 0 {
             bail!("the replay diverged");
+        }
+        if let Some(p) = problem {
+            bail!("the recording is incomplete or damaged, so it was not verified to its end: {p}");
         }
         if args.goto.is_none() && !replay.fully_consumed() {
             bail!(

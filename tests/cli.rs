@@ -688,3 +688,141 @@ fn the_output_file_is_never_replaced_by_accident() {
     assert!(!refused.status.success());
     assert!(err.contains("cut short"), "{err}");
 }
+
+/// A copy of the fixture with one bit flipped inside the payload of its `n`-th event
+/// chunk (found by its section header: magic `KRRS`, kind 5).
+fn fixture_with_damaged_chunk(dir: &Path, n: usize) -> (PathBuf, usize) {
+    let mut bytes = std::fs::read(fixture()).unwrap();
+    let chunks: Vec<usize> = bytes
+        .windows(8)
+        .enumerate()
+        .filter(|(_, w)| w[..4] == *b"KRRS" && w[4..8] == 5u32.to_le_bytes())
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        chunks.len() > n + 1,
+        "the fixture has {} chunks",
+        chunks.len()
+    );
+    let at = chunks[n] + 72 + 16;
+    bytes[at] ^= 0x10;
+    let path = dir.join("damaged.krr");
+    std::fs::write(&path, bytes).unwrap();
+    (path, chunks[n])
+}
+
+/// A finished recording with a damaged chunk: `info` says so with the offset (not
+/// "complete"), replay replays every event before it, and `--verify` fails with a
+/// clear last line while a plain replay says so and exits 0.
+#[test]
+fn a_damaged_chunk_is_reported_and_the_events_before_it_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, offset) = fixture_with_damaged_chunk(dir.path(), 3);
+    let out = krr().arg("info").arg(&file).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("DAMAGED"), "{text}");
+    assert!(text.contains(&format!("offset {offset}")), "{text}");
+    assert!(!text.contains("Recording: complete"), "{text}");
+    let out = krr().args(["info", "--json"]).arg(&file).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["damage"]
+            .as_str()
+            .is_some_and(|d| d.contains("event chunk")),
+        "{v}"
+    );
+
+    let out = krr()
+        .args(["replay", "--headless", "--quiet"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("divergences: 0"), "{stdout}");
+    assert!(stderr.contains("incomplete or damaged"), "{stderr}");
+    let replayed: u64 = stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        replayed > 100,
+        "the events before the damage replay: {stdout}"
+    );
+
+    let out = krr()
+        .args(["replay", "--headless", "--quiet", "--verify"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("incomplete or damaged"), "{stderr}");
+}
+
+/// A recording cut short replays its prefix; `--verify` does not call that a success.
+#[test]
+fn verify_fails_on_a_recording_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixture()).unwrap();
+    let file = dir.path().join("short.krr");
+    std::fs::write(&file, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let out = krr()
+        .args(["replay", "--headless", "--quiet", "--verify"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .contains("incomplete"),
+        "{stderr}"
+    );
+}
+
+/// A closed standard output ends `info` quietly; an I/O error is said once.
+#[test]
+fn closed_stdout_and_io_errors_are_plain() {
+    use std::process::Stdio;
+    for args in [vec!["info"], vec!["info", "--json"]] {
+        let mut child = krr()
+            .args(&args)
+            .arg(fixture())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the pipe before it writes (it reads and checks the file first).
+        drop(child.stdout.take());
+        let out = wait_with_timeout_stderr(&mut child);
+        assert!(out.0.success(), "{args:?}: {}", out.1);
+        assert!(!out.1.contains("panicked"), "{args:?}: {}", out.1);
+    }
+    let out = krr().arg("info").arg("/").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+}
+
+fn wait_with_timeout_stderr(child: &mut Child) -> (std::process::ExitStatus, String) {
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (child.wait().unwrap(), err)
+}

@@ -119,6 +119,8 @@ pub struct Replay {
     position_base: Icount,
     finished: Option<End>,
     initial: Initial,
+    /// [`Replay::recording_problem`].
+    problem: Option<Arc<str>>,
 }
 
 impl Replay {
@@ -135,14 +137,37 @@ impl Replay {
         let snapshot = reader.snapshot()?;
         let mem = GuestMemory::from_snapshot(&header.machine, &snapshot)?;
         let cpu = Cpu::new(snapshot.cpu.clone(), header.cpuid.clone());
-        let events = reader.events_from(0).collect::<Result<Vec<_>, _>>()?;
+        // Every event before the first damage: a bad chunk loses what follows it, not
+        // the recording.
+        let mut events = Vec::new();
+        let mut problem = reader.recovery().reason.clone();
+        for e in reader.events_from(0) {
+            match e {
+                Ok(e) => events.push(e),
+                Err(TraceError::Io(e)) => return Err(TraceError::Io(e).into()),
+                Err(damage) => {
+                    problem = Some(format!(
+                        "{damage} ({} events before it are replayed)",
+                        events.len()
+                    ));
+                    break;
+                }
+            }
+        }
         // Where a complete recording ends: its final icount, or without a counter the
         // ordinal of its last deterministic exit (see crate::icount).
-        let final_icount = reader
-            .recovery()
-            .complete
+        let final_icount = problem
+            .is_none()
             .then(|| reader.stats().kernel_instructions);
-        Ok(Self::new(header, cpu, mem, events, final_icount))
+        let mut r = Self::new(header, cpu, mem, events, final_icount);
+        r.problem = problem.map(Arc::from);
+        Ok(r)
+    }
+
+    /// Why the recording does not replay to its end, where it is incomplete (cut short)
+    /// or damaged: the replay then stops after the events before the damage.
+    pub fn recording_problem(&self) -> Option<&str> {
+        self.problem.as_deref()
     }
 
     fn new(
@@ -187,6 +212,7 @@ impl Replay {
             position_base: 0,
             finished: None,
             initial,
+            problem: None,
         };
         r.find_next_interrupt();
         r

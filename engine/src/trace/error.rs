@@ -2,11 +2,19 @@
 
 use std::io;
 
+impl From<io::Error> for TraceError {
+    fn from(e: io::Error) -> Self {
+        TraceError::Io(e)
+    }
+}
+
 /// What went wrong reading or writing a recording.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
+    /// The message includes the I/O error's, so it is not also given as the source
+    /// (a report that prints the chain would say it twice).
     #[error("I/O error: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
 
     /// The file does not start with the recording magic.
     #[error("not a krr-tui recording: bad magic bytes {found:02x?} at offset 0")]
