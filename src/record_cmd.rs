@@ -213,7 +213,7 @@ fn run_recording(
             o.kernel_instructions,
             o.duration.as_secs_f64(),
         ),
-        Err(e) => (format!("error: {e}"), 0, 0.0),
+        Err(e) => (format!("error: {}", error_chain(e)), 0, 0.0),
     };
     let stats = sink.writer.finish(FinishInfo {
         kernel_instructions,
@@ -296,6 +296,18 @@ pub fn record_with_ui(args: &RecordArgs, stop: Arc<AtomicBool>) -> Result<Record
         .map_err(|_| anyhow::anyhow!("the recorder thread panicked"))?;
     ui.context("the recording view needs a terminal (or use --headless)")?;
     result
+}
+
+/// `e` and its sources, joined as anyhow's `{:#}` joins them.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 fn console_bytes(event: &Event) -> Option<Vec<u8>> {

@@ -12,8 +12,9 @@
 //! the replay icount is defined once, in `krr_engine::icount`.
 
 use crate::RecorderError;
-use crate::vm::Vm;
 use krr_engine::state::CounterSourceKind;
+use krr_kvm::stats::{StatDescriptor, Stats};
+use krr_kvm::{Vm, long_mode};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// A source of instruction (or branch) counts for the vCPU.
@@ -36,69 +37,10 @@ impl CounterSource for NoCounter {
     }
 }
 
-/// One statistic of a KVM binary statistics file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatDescriptor {
-    pub name: String,
-    /// Absolute file offset of the statistic's first u64.
-    pub offset: u64,
-    pub size: u16,
-}
-
-/// Largest statistics header we accept (names, descriptors): the file is the kernel's,
-/// but the parser still bounds what it allocates.
-const MAX_STATS_NAME: u32 = 256;
-const MAX_STATS_DESCS: u32 = 4096;
-
-/// Parses the header and descriptors of a KVM binary statistics file (the layout of
-/// `struct kvm_stats_header` and `struct kvm_stats_desc`).
-pub fn parse_stats(read_at: &dyn Fn(u64, &mut [u8]) -> bool) -> Option<Vec<StatDescriptor>> {
-    let mut h = [0u8; 24];
-    if !read_at(0, &mut h) {
-        return None;
-    }
-    let word = |i: usize| u32::from_le_bytes(h[i * 4..i * 4 + 4].try_into().unwrap_or_default());
-    let (name_size, num_desc, desc_offset, data_offset) = (word(1), word(2), word(4), word(5));
-    if name_size == 0 || name_size > MAX_STATS_NAME || num_desc > MAX_STATS_DESCS {
-        return None;
-    }
-    let desc_size = 16 + name_size as usize;
-    let mut descs = vec![0u8; desc_size * num_desc as usize];
-    if !read_at(desc_offset as u64, &mut descs) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(num_desc as usize);
-    for d in descs.chunks_exact(desc_size) {
-        let size = u16::from_le_bytes([d[6], d[7]]);
-        let offset = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
-        let name = &d[16..];
-        let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-        out.push(StatDescriptor {
-            name: String::from_utf8_lossy(&name[..len]).into_owned(),
-            offset: data_offset as u64 + offset as u64,
-            size,
-        });
-    }
-    Some(out)
-}
-
-fn pread(fd: &OwnedFd, offset: u64, buf: &mut [u8]) -> bool {
-    // SAFETY: `buf` is valid for `buf.len()` bytes of writes; the fd is open.
-    let n = unsafe {
-        libc::pread(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            offset as libc::off_t,
-        )
-    };
-    n == buf.len() as isize
-}
-
 /// KVM's `insn_emulation` statistic.
 pub struct KvmInsnEmulation {
-    fd: OwnedFd,
-    offset: u64,
+    stats: Stats,
+    stat: StatDescriptor,
 }
 
 /// Instructions the calibration loop executes at ring 0: `mov ecx, N`, N x (`dec ecx`,
@@ -109,16 +51,12 @@ const CALIBRATION_INSTRUCTIONS: u64 = 1 + 2 * CALIBRATION_ITERATIONS as u64 + 1;
 impl KvmInsnEmulation {
     /// Opens the statistic of `vm`'s vCPU, if it exists.
     pub fn open(vm: &Vm) -> Option<KvmInsnEmulation> {
-        let fd = vm.stats_fd()?;
-        let descs = parse_stats(&|off, buf| pread(&fd, off, buf))?;
-        let d = descs.into_iter().find(|d| d.name == "insn_emulation")?;
-        if d.size != 1 {
+        let stats = Stats::open(vm).ok()?;
+        let stat = stats.find("insn_emulation")?.clone();
+        if stat.size != 1 {
             return None;
         }
-        Some(KvmInsnEmulation {
-            fd,
-            offset: d.offset,
-        })
+        Some(KvmInsnEmulation { stats, stat })
     }
 
     /// Whether this host's `insn_emulation` counts every ring-0 instruction: runs a
@@ -126,7 +64,7 @@ impl KvmInsnEmulation {
     /// instructions it executed. On hosts that run ring-0 code natively (VT-x) the
     /// statistic stays near zero and this returns false.
     pub fn host_counts_ring0() -> Result<bool, RecorderError> {
-        let mut vm = Vm::new(2 << 20)?;
+        let mut vm = Vm::with_ram(2 << 20)?;
         let Some(mut counter) = KvmInsnEmulation::open(&vm) else {
             return Ok(false);
         };
@@ -137,9 +75,9 @@ impl KvmInsnEmulation {
             0x75, 0xfc, // jnz -4
             0xe6, 0x80, // out 0x80, al
         ];
-        crate::loader::load_flat_code(&mut vm, &code)?;
+        long_mode::load_flat_code(&mut vm, &code)?;
         let before = counter.read()?;
-        vm.run_until_out(0x80, "calibration loop")?;
+        vm.run_to_port(0x80, "calibration loop")?;
         let delta = counter.read()? - before;
         tracing::debug!(
             delta,
@@ -155,13 +93,7 @@ impl CounterSource for KvmInsnEmulation {
         CounterSourceKind::KvmInsnEmulation
     }
     fn read(&mut self) -> Result<u64, RecorderError> {
-        let mut b = [0u8; 8];
-        if !pread(&self.fd, self.offset, &mut b) {
-            return Err(RecorderError::Counter(
-                "reading insn_emulation from the KVM statistics file failed".into(),
-            ));
-        }
-        Ok(u64::from_le_bytes(b))
+        Ok(self.stats.read(&self.stat)?)
     }
 }
 
@@ -309,45 +241,5 @@ mod tests {
             assert_eq!(ext.extend(raw), truth, "after a step of {step}");
         }
         assert!(truth > 1 << 48, "the test must cross at least one wrap");
-    }
-
-    #[test]
-    fn stats_parser_finds_a_named_statistic_and_bounds_sizes() {
-        // Header: flags, name_size=48, num_desc=2, id_offset=24, desc_offset=80,
-        // data_offset=200.
-        let mut file = vec![0u8; 256];
-        for (i, v) in [0u32, 48, 2, 24, 80, 200].iter().enumerate() {
-            file[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
-        }
-        let desc = |file: &mut Vec<u8>, at: usize, offset: u32, name: &str| {
-            file[at + 6..at + 8].copy_from_slice(&1u16.to_le_bytes());
-            file[at + 8..at + 12].copy_from_slice(&offset.to_le_bytes());
-            file[at + 16..at + 16 + name.len()].copy_from_slice(name.as_bytes());
-        };
-        desc(&mut file, 80, 0, "exits");
-        desc(&mut file, 80 + 64, 8, "insn_emulation");
-        file[208..216].copy_from_slice(&12345u64.to_le_bytes());
-        let read = |off: u64, buf: &mut [u8]| {
-            let Some(src) = file.get(off as usize..off as usize + buf.len()) else {
-                return false;
-            };
-            buf.copy_from_slice(src);
-            true
-        };
-        let descs = parse_stats(&read).unwrap();
-        let d = descs.iter().find(|d| d.name == "insn_emulation").unwrap();
-        assert_eq!(d.offset, 208);
-
-        // A header claiming four billion descriptors is rejected without allocating.
-        let mut bad = file.clone();
-        bad[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        let read_bad = |off: u64, buf: &mut [u8]| {
-            let Some(src) = bad.get(off as usize..off as usize + buf.len()) else {
-                return false;
-            };
-            buf.copy_from_slice(src);
-            true
-        };
-        assert!(parse_stats(&read_bad).is_none());
     }
 }

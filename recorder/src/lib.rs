@@ -1,20 +1,20 @@
 //! krr-tui recorder: a single-vCPU KVM virtual machine that runs a guest and captures
 //! every non-deterministic input the guest kernel sees (DESIGN.md sections 1 and 3).
 //!
-//! * [`vm`]: the KVM machine (memory, vCPU, state conversion).
-//! * [`loader`]: ELF and bzImage loading, the long-mode entry state.
+//! * [`vm`]: the recording machine's memory map on a [`krr_kvm::Vm`].
+//! * [`loader`]: ELF and bzImage loading into the long-mode environment.
 //! * [`devices`]: serial port, PIC, PIT, fw_cfg (the DMA block device).
 //! * [`agent_ring`]: the guest agent ABI and its ring reader.
 //! * [`counter`]: instruction-counter sources.
-//! * [`cpuid`]: the CPUID values the guest observes (recorded for replay).
-//! * [`quirks`]: how the host executes guest kernel code unlike a hardware CPU.
+//! * [`cpuid`]: the CPU the recording runs on and the CPUID values the guest observes
+//!   there (recorded for replay).
+//! * [`quirks`]: how the host executes guest kernel code where CPUID does not say.
 //! * [`record`]: the recording loop and the injection policy.
 
 pub mod agent_ring;
 pub mod counter;
 pub mod cpuid;
 pub mod devices;
-pub mod kick;
 pub mod loader;
 pub mod quirks;
 pub mod record;
@@ -28,12 +28,8 @@ pub use record::{
 /// Errors of the recorder.
 #[derive(Debug, thiserror::Error)]
 pub enum RecorderError {
-    #[error("KVM: {op}: {source}")]
-    Kvm {
-        op: &'static str,
-        #[source]
-        source: kvm_ioctls::Error,
-    },
+    #[error("KVM")]
+    Kvm(#[from] krr_kvm::Error),
     #[error("configuration: {0}")]
     Config(String),
     #[error("kernel image: {0}")]
@@ -50,18 +46,11 @@ pub enum RecorderError {
 
 impl RecorderError {
     pub fn kvm(op: &'static str, source: kvm_ioctls::Error) -> Self {
-        RecorderError::Kvm { op, source }
+        RecorderError::Kvm(krr_kvm::Error::kvm(op, source))
     }
 }
 
 /// Whether this machine can record: /dev/kvm exists and opens.
 pub fn kvm_available() -> Result<(), String> {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => Ok(()),
-        Err(e) => Err(format!("/dev/kvm: {e}")),
-    }
+    krr_kvm::available().map_err(|e| format!("/dev/kvm: {e}"))
 }

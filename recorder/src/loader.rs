@@ -1,41 +1,23 @@
 //! Loading a guest kernel: a 64-bit ELF (direct entry in long mode, the demo kernel) or a
-//! Linux bzImage (the 64-bit boot protocol), both through linux-loader, and the initial
-//! long-mode state the recorder starts them in.
+//! Linux bzImage (the 64-bit boot protocol), both through linux-loader, entered in the
+//! long-mode environment of [`krr_kvm::long_mode`].
 
 use crate::RecorderError;
-use crate::vm::{Vm, segment_to_kvm};
-use krr_engine::state::Segment;
-use kvm_bindings::{kvm_regs, kvm_sregs};
+use krr_kvm::{Vm, long_mode};
 use linux_loader::configurator::{BootConfigurator, BootParams, linux::LinuxBootConfigurator};
 use linux_loader::loader::bootparam::boot_params;
 use linux_loader::loader::{KernelLoader, bzimage::BzImage, elf::Elf};
 use std::io::Cursor;
 use vm_memory::{Address, GuestAddress};
 
-/// Guest-physical layout of what the recorder builds below 1 MiB.
-const GDT_GPA: u64 = 0x500;
-const PML4_GPA: u64 = 0x1000;
-const PDPT_LOW_GPA: u64 = 0x2000;
-const PD_GPA: u64 = 0x3000; // four pages: 0..4 GiB in 2 MiB pages
-const PDPT_HIGH_GPA: u64 = 0x7000;
-const BOOT_STACK_TOP: u64 = 0x8_f000;
+/// Guest-physical layout of what the loader writes below 1 MiB, above the long-mode
+/// environment (which ends at [`long_mode::END`]) and its stack
+/// ([`long_mode::STACK_TOP`]).
 const ZERO_PAGE_GPA: u64 = 0x9_0000;
 const CMDLINE_GPA: u64 = 0x9_8000;
 const CMDLINE_MAX: usize = 0x800;
 /// Where a bzImage's protected-mode kernel is loaded.
 const BZIMAGE_LOAD_GPA: u64 = 0x100_0000;
-
-const CR0_PE: u64 = 1;
-const CR0_MP: u64 = 1 << 1;
-const CR0_ET: u64 = 1 << 4;
-const CR0_NE: u64 = 1 << 5;
-const CR0_WP: u64 = 1 << 16;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const EFER_SCE: u64 = 1;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_NXE: u64 = 1 << 11;
 
 /// The format of a kernel image, recognised from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,27 +103,27 @@ pub fn load_kernel(
     cmdline: &str,
 ) -> Result<LoadedKernel, RecorderError> {
     let format = detect_format(image)?;
-    build_page_tables(vm)?;
-    build_gdt(vm)?;
+    long_mode::build(vm)?;
     let loaded = match format {
         KernelFormat::Elf64 => {
             // Say plainly when the kernel does not fit (the loader's own error does not).
             if let Some(end) = elf_load_end(image)
-                && end > vm.ram_size
+                && end > vm.ram_size()
             {
                 return Err(RecorderError::Kernel(format!(
                     "the kernel's segments end at {end:#x}, beyond the guest's RAM \
                      ({:#x}): give --memory at least {} MiB",
-                    vm.ram_size,
+                    vm.ram_size(),
                     end.div_ceil(1 << 20)
                 )));
             }
-            let r = Elf::load(&vm.mem, None, &mut Cursor::new(image), None)
+            let r = Elf::load(vm.memory(), None, &mut Cursor::new(image), None)
                 .map_err(|e| RecorderError::Kernel(format!("ELF: {e}")))?;
-            if r.kernel_end > vm.ram_size {
+            if r.kernel_end > vm.ram_size() {
                 return Err(RecorderError::Kernel(format!(
                     "the kernel ends at {:#x}, beyond RAM ({:#x})",
-                    r.kernel_end, vm.ram_size
+                    r.kernel_end,
+                    vm.ram_size()
                 )));
             }
             LoadedKernel {
@@ -152,7 +134,7 @@ pub fn load_kernel(
         }
         KernelFormat::BzImage => {
             let r = BzImage::load(
-                &vm.mem,
+                vm.memory(),
                 Some(GuestAddress(BZIMAGE_LOAD_GPA)),
                 &mut Cursor::new(image),
                 None,
@@ -171,10 +153,10 @@ pub fn load_kernel(
             params.hdr.type_of_loader = 0xff;
             params.hdr.cmd_line_ptr = CMDLINE_GPA as u32;
             params.hdr.cmdline_size = c.len() as u32;
-            add_e820(&mut params, vm.ram_size);
+            add_e820(&mut params, vm.ram_size());
             LinuxBootConfigurator::write_bootparams::<vm_memory::GuestMemoryMmap>(
                 &BootParams::new::<boot_params>(&params, GuestAddress(ZERO_PAGE_GPA)),
-                &vm.mem,
+                vm.memory(),
             )
             .map_err(|e| RecorderError::Kernel(format!("boot parameters: {e}")))?;
             // The 64-bit entry point is 0x200 past the protected-mode kernel.
@@ -185,22 +167,12 @@ pub fn load_kernel(
             }
         }
     };
-    let (regs, sregs) = long_mode_entry_state(loaded.entry, format)?;
-    vm.set_entry_state(&regs, &sregs)?;
+    let mut entry = long_mode::entry_state(loaded.entry);
+    if format == KernelFormat::BzImage {
+        entry.gpr[krr_engine::state::gpr::RSI] = ZERO_PAGE_GPA;
+    }
+    vm.set_cpu_state(&entry)?;
     Ok(loaded)
-}
-
-/// Where [`load_flat_code`] places its code.
-pub const FLAT_CODE_GPA: u64 = 0x10_0000;
-
-/// Places raw 64-bit code at [`FLAT_CODE_GPA`] and starts the vCPU there in long mode
-/// (used for calibration and tests).
-pub fn load_flat_code(vm: &mut Vm, code: &[u8]) -> Result<(), RecorderError> {
-    build_page_tables(vm)?;
-    build_gdt(vm)?;
-    vm.write(FLAT_CODE_GPA, code)?;
-    let (regs, sregs) = long_mode_entry_state(FLAT_CODE_GPA, KernelFormat::Elf64)?;
-    vm.set_entry_state(&regs, &sregs)
 }
 
 fn add_e820(params: &mut boot_params, ram_size: u64) {
@@ -215,108 +187,4 @@ fn add_e820(params: &mut boot_params, ram_size: u64) {
         params.e820_table[i].r#type = E820_RAM;
     }
     params.e820_entries = entries.len() as u8;
-}
-
-/// Identity-maps 0..4 GiB and maps the top 2 GiB (the -mcmodel=kernel range) to
-/// physical 0..2 GiB, with 2 MiB pages.
-fn build_page_tables(vm: &Vm) -> Result<(), RecorderError> {
-    const PRESENT_RW: u64 = 0x3;
-    const HUGE: u64 = 0x80;
-    vm.write(PML4_GPA, &(PDPT_LOW_GPA | PRESENT_RW).to_le_bytes())?;
-    vm.write(
-        PML4_GPA + 511 * 8,
-        &(PDPT_HIGH_GPA | PRESENT_RW).to_le_bytes(),
-    )?;
-    for i in 0..4u64 {
-        let pd = PD_GPA + i * 0x1000;
-        vm.write(PDPT_LOW_GPA + i * 8, &(pd | PRESENT_RW).to_le_bytes())?;
-        let mut table = vec![0u8; 4096];
-        for j in 0..512u64 {
-            let pa = (i * 512 + j) << 21;
-            table[j as usize * 8..j as usize * 8 + 8]
-                .copy_from_slice(&(pa | PRESENT_RW | HUGE).to_le_bytes());
-        }
-        vm.write(pd, &table)?;
-    }
-    // 0xffff_ffff_8000_0000 is PDPT entry 510 of PML4 entry 511.
-    vm.write(
-        PDPT_HIGH_GPA + 510 * 8,
-        &(PD_GPA | PRESENT_RW).to_le_bytes(),
-    )?;
-    vm.write(
-        PDPT_HIGH_GPA + 511 * 8,
-        &((PD_GPA + 0x1000) | PRESENT_RW).to_le_bytes(),
-    )?;
-    Ok(())
-}
-
-const CODE64: Segment = Segment {
-    selector: 0x08,
-    base: 0,
-    limit: 0xffff_ffff,
-    // type 0xb (execute/read, accessed), S, P, L, G
-    attr: 0xb | 1 << 4 | 1 << 7 | 1 << 13 | 1 << 15,
-};
-const DATA: Segment = Segment {
-    selector: 0x10,
-    base: 0,
-    limit: 0xffff_ffff,
-    // type 0x3 (read/write, accessed), S, P, D/B, G
-    attr: 0x3 | 1 << 4 | 1 << 7 | 1 << 14 | 1 << 15,
-};
-
-fn build_gdt(vm: &Vm) -> Result<(), RecorderError> {
-    let gdt: [u64; 4] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0];
-    for (i, d) in gdt.iter().enumerate() {
-        vm.write(GDT_GPA + 8 * i as u64, &d.to_le_bytes())?;
-    }
-    Ok(())
-}
-
-fn long_mode_entry_state(
-    entry: u64,
-    format: KernelFormat,
-) -> Result<(kvm_regs, kvm_sregs), RecorderError> {
-    let data = segment_to_kvm(&DATA);
-    let mut sregs = kvm_sregs {
-        cs: segment_to_kvm(&CODE64),
-        ds: data,
-        es: data,
-        fs: data,
-        gs: data,
-        ss: data,
-        ..Default::default()
-    };
-    let mut tr = segment_to_kvm(&Segment {
-        selector: 0,
-        base: 0,
-        limit: 0xffff,
-        attr: 0xb | 1 << 7, // busy 64-bit TSS, present
-    });
-    tr.s = 0;
-    sregs.tr = tr;
-    sregs.ldt = segment_to_kvm(&Segment {
-        selector: 0,
-        base: 0,
-        limit: 0xffff,
-        attr: 0x2 | 1 << 7,
-    });
-    sregs.gdt.base = GDT_GPA;
-    sregs.gdt.limit = 4 * 8 - 1;
-    sregs.idt.base = 0;
-    sregs.idt.limit = 0;
-    sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
-    sregs.cr3 = PML4_GPA;
-    sregs.cr4 = CR4_PAE;
-    sregs.efer = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE;
-    let mut regs = kvm_regs {
-        rip: entry,
-        rflags: 0x2,
-        rsp: BOOT_STACK_TOP,
-        ..Default::default()
-    };
-    if format == KernelFormat::BzImage {
-        regs.rsi = ZERO_PAGE_GPA;
-    }
-    Ok((regs, sregs))
 }

@@ -16,9 +16,7 @@ use crate::agent_ring::{
 use crate::counter::{CounterSource, KvmInsnEmulation, NoCounter};
 use crate::devices::fw_cfg::{DmaMemory, FwCfg};
 use crate::devices::{pic::Pic, pit::Pit, serial::Serial};
-use crate::kick::{Kicker, VcpuThreadGuard};
 use crate::loader::{self, LoadedKernel};
-use crate::vm::{Vm, gprs};
 use crate::{RecorderError, symbols};
 use krr_engine::event::{
     ConsoleOutput, Digest, DigestRegisters, Event, EventKind, InjectionPoint, KernelInterrupt,
@@ -30,6 +28,9 @@ use krr_engine::state::{
     STACK_DIGEST_BYTES, Snapshot, SnapshotPage, Symbol, regs_digest, stack_digest,
     stack_digest_len,
 };
+use krr_kvm::Vm;
+use krr_kvm::kick::Kicker;
+use krr_kvm::regs::gprs;
 use kvm_ioctls::VcpuExit;
 use sha2::{Digest as _, Sha256};
 use std::sync::Arc;
@@ -156,12 +157,12 @@ struct GuestRam<'a>(&'a Vm);
 
 impl DmaMemory for GuestRam<'_> {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        self.0.is_ram(gpa, buf.len() as u64) && self.0.read(gpa, buf).is_ok()
+        self.0.contains(gpa, buf.len() as u64) && self.0.read(gpa, buf).is_ok()
     }
     fn writable(&self, gpa: u64, len: u64) -> bool {
         // Only ordinary RAM: a device never writes the agent ring.
         gpa.checked_add(len)
-            .is_some_and(|end| end <= self.0.ram_size)
+            .is_some_and(|end| end <= self.0.ram_size())
     }
 }
 
@@ -205,8 +206,8 @@ impl Recorder {
         // What the guest observes through CPUID depends on the host CPU it runs on:
         // probe and record on one CPU, and run the vCPU there.
         let cpu = crate::cpuid::pin_current_thread()?;
-        let mut vm = Vm::new(config.memory)?;
-        let observed_cpuid = crate::cpuid::observe(&vm.cpuid)?;
+        let mut vm = crate::vm::create(config.memory)?;
+        let observed_cpuid = crate::cpuid::observe(vm.cpuid())?;
         let quirks = crate::quirks::measure(&observed_cpuid)?;
         let loaded = loader::load_kernel(&mut vm, &config.kernel, &config.cmdline)?;
         vm.write(RING_GPA, &agent_ring::initial_header().to_bytes())?;
@@ -279,8 +280,8 @@ impl Recorder {
         let embed = self.config.kernel.len() <= self.config.embed_kernel_limit;
         Ok(RecordStart {
             machine: MachineConfig {
-                regions: self.vm.regions(),
-                tsc_khz: self.vm.vcpu.get_tsc_khz().ok(),
+                regions: self.vm.regions().to_vec(),
+                tsc_khz: self.vm.vcpu().get_tsc_khz().ok(),
                 counter: self.counter.kind(),
                 quirks: self.quirks.clone(),
             },
@@ -305,9 +306,7 @@ impl Recorder {
     ) -> Result<RecordOutcome, RecorderError> {
         let started = Instant::now();
         crate::cpuid::pin_thread(self.cpu)?;
-        let run_ptr: *mut kvm_bindings::kvm_run = self.vm.vcpu.get_kvm_run();
-        let _guard = VcpuThreadGuard::new(run_ptr);
-        let kicker = Kicker::for_current_thread();
+        let kicker = self.vm.accept_kicks();
         let deadline = Arc::new(AtomicU64::new(u64::MAX));
         let done = Arc::new(AtomicBool::new(false));
         let base = Instant::now();
@@ -358,7 +357,7 @@ impl Recorder {
             self.tick_timer(base, deadline);
             self.inject_pending(last)?;
             self.drain_pending(sink)?;
-            let exit = self.vm.vcpu.run();
+            let exit = self.vm.vcpu_mut().run();
             self.exits += 1;
             let kind = match exit {
                 Ok(VcpuExit::IoOut(port, data)) => {
@@ -405,12 +404,12 @@ impl Recorder {
                     ExitKind::Window
                 }
                 Ok(VcpuExit::Intr) => {
-                    self.vm.vcpu.set_kvm_immediate_exit(0);
+                    self.vm.clear_kick();
                     self.sync_position()?;
                     ExitKind::Async
                 }
                 Err(e) if e.errno() == libc::EINTR => {
-                    self.vm.vcpu.set_kvm_immediate_exit(0);
+                    self.vm.clear_kick();
                     self.sync_position()?;
                     ExitKind::Async
                 }
@@ -418,7 +417,7 @@ impl Recorder {
                     self.sync_position()?;
                     return Ok(EndReason::GuestError(format!(
                         "triple fault (shutdown) at rip {:#x}",
-                        self.vm.vcpu.sync_regs().regs.rip
+                        self.vm.vcpu().sync_regs().regs.rip
                     )));
                 }
                 Ok(VcpuExit::InternalError) => {
@@ -430,7 +429,7 @@ impl Recorder {
                     self.sync_position()?;
                     return Ok(EndReason::GuestError(format!(
                         "unexpected VM exit {what} at rip {:#x}",
-                        self.vm.vcpu.sync_regs().regs.rip
+                        self.vm.vcpu().sync_regs().regs.rip
                     )));
                 }
                 Err(e) => return Err(RecorderError::kvm("KVM_RUN", e)),
@@ -441,7 +440,7 @@ impl Recorder {
 
     /// Writes the value of a pending `in` into kvm_run (the exit's data area).
     fn fill_io_data(&mut self, value: u32, size: usize) {
-        let run = self.vm.vcpu.get_kvm_run();
+        let run = self.vm.vcpu_mut().get_kvm_run();
         // SAFETY: the last exit was KVM_EXIT_IO in, so the io member of the union is
         // the active one, and data_offset/size/count describe bytes inside the kvm_run
         // mapping, which spans the whole vCPU mmap area.
@@ -648,7 +647,7 @@ impl Recorder {
         deadline: &AtomicU64,
         stop: &AtomicBool,
     ) -> Result<Option<EndReason>, RecorderError> {
-        let rflags = self.vm.vcpu.sync_regs().regs.rflags;
+        let rflags = self.vm.vcpu().sync_regs().regs.rflags;
         if rflags & RFLAGS_IF == 0 && self.pic.pending_vector().is_none() {
             return Ok(Some(EndReason::GuestError(
                 "the guest halted with interrupts disabled".into(),
@@ -694,13 +693,13 @@ impl Recorder {
     /// The injection policy (DESIGN.md section 3).
     fn inject_pending(&mut self, last: ExitKind) -> Result<(), RecorderError> {
         let Some(vector) = self.pic.pending_vector() else {
-            self.vm.vcpu.get_kvm_run().request_interrupt_window = 0;
+            self.vm.vcpu_mut().get_kvm_run().request_interrupt_window = 0;
             self.pending_since = None;
             return Ok(());
         };
-        let regs = self.vm.vcpu.sync_regs();
+        let regs = self.vm.vcpu().sync_regs();
         let user_mode = regs.sregs.cs.dpl == 3;
-        let run = self.vm.vcpu.get_kvm_run();
+        let run = self.vm.vcpu_mut().get_kvm_run();
         let ready = run.ready_for_interrupt_injection != 0 && regs.regs.rflags & RFLAGS_IF != 0;
         if !ready {
             run.request_interrupt_window = 1;
@@ -735,8 +734,8 @@ impl Recorder {
             }
         };
         let vector = self.pic.acknowledge().unwrap_or(vector);
-        self.vm.inject(vector)?;
-        self.vm.vcpu.get_kvm_run().request_interrupt_window = 0;
+        self.vm.inject_interrupt(vector)?;
+        self.vm.vcpu_mut().get_kvm_run().request_interrupt_window = 0;
         self.pending_since = None;
         if let Some(point) = point {
             self.push(Event::KernelInterrupt(KernelInterrupt {
@@ -750,7 +749,7 @@ impl Recorder {
     }
 
     fn digest(&mut self) {
-        let regs = self.vm.vcpu.sync_regs();
+        let regs = self.vm.vcpu().sync_regs();
         if regs.sregs.cs.dpl != 0 {
             return; // user registers: replay does not have them
         }
@@ -773,7 +772,7 @@ impl Recorder {
     /// The digest of the top of the stack at `rsp` (kernel mode), or None where RSP's
     /// page is not mapped or is user memory (which replay does not reproduce).
     fn stack_digest(&self, rsp: u64) -> Option<u64> {
-        let t = self.vm.vcpu.translate_gva(rsp).ok()?;
+        let t = self.vm.vcpu().translate_gva(rsp).ok()?;
         if t.valid == 0 || t.usermode != 0 {
             return None;
         }
@@ -795,8 +794,8 @@ impl Recorder {
     }
 
     fn internal_error(&mut self) -> String {
-        let rip = self.vm.vcpu.sync_regs().regs.rip;
-        let run = self.vm.vcpu.get_kvm_run();
+        let rip = self.vm.vcpu().sync_regs().regs.rip;
+        let run = self.vm.vcpu_mut().get_kvm_run();
         // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so `internal` is the active
         // union member.
         let internal = unsafe { run.__bindgen_anon_1.internal };

@@ -1,8 +1,7 @@
 //! The CPUID table the recorder stores is what a guest executing `cpuid` observes.
 
+use krr_kvm::long_mode::load_flat_code;
 use krr_recorder::cpuid::{observe, pin_current_thread};
-use krr_recorder::loader::load_flat_code;
-use krr_recorder::vm::Vm;
 
 #[test]
 fn recorded_cpuid_is_what_the_guest_observes() {
@@ -11,16 +10,16 @@ fn recorded_cpuid_is_what_the_guest_observes() {
         return;
     }
     pin_current_thread().unwrap();
-    let mut vm = Vm::new(4 << 20).unwrap();
-    let observed = observe(&vm.cpuid).unwrap();
-    assert_eq!(observed.len(), vm.cpuid.len());
+    let mut vm = krr_recorder::vm::create(4 << 20).unwrap();
+    let observed = observe(vm.cpuid()).unwrap();
+    assert_eq!(observed.len(), vm.cpuid().len());
     if std::path::Path::new("/sys/module/kvm_pvm").exists() {
         // Where KVM emulates ring 0 the guest does not see the table it was given, which
         // is why the recorder stores what it observes.
         let leaf1 = |t: &[krr_engine::state::CpuidEntry]| {
             *t.iter().find(|e| e.function == 1).expect("leaf 1")
         };
-        assert_ne!(leaf1(&observed), leaf1(&vm.cpuid));
+        assert_ne!(leaf1(&observed), leaf1(vm.cpuid()));
     }
     // A guest of our own reads leaves 0, 1 and 0x80000001 (EAX..EDX stored at
     // 0x300000 + 16 i, clear of the page tables).
@@ -35,14 +34,7 @@ fn recorded_cpuid_is_what_the_guest_observes() {
     }
     code.extend_from_slice(&[0xe6, 0x80]); // out 0x80, al
     load_flat_code(&mut vm, &code).unwrap();
-    loop {
-        match vm.vcpu.run() {
-            Ok(kvm_ioctls::VcpuExit::IoOut(0x80, _)) => break,
-            Ok(other) => panic!("unexpected exit {other:?}"),
-            Err(e) if e.errno() == libc::EINTR => continue,
-            Err(e) => panic!("KVM_RUN: {e}"),
-        }
-    }
+    vm.run_to_port(0x80, "cpuid test guest").unwrap();
     let mut out = vec![0u8; 16 * leaves.len()];
     vm.read(0x30_0000, &mut out).unwrap();
     for (i, leaf) in leaves.iter().enumerate() {
@@ -72,8 +64,8 @@ fn quirks_probe_measures_this_host() {
         return;
     }
     krr_recorder::cpuid::pin_current_thread().unwrap();
-    let vm = krr_recorder::vm::Vm::new(2 << 20).unwrap();
-    let cpuid = krr_recorder::cpuid::observe(&vm.cpuid).unwrap();
+    let vm = krr_recorder::vm::create(2 << 20).unwrap();
+    let cpuid = krr_recorder::cpuid::observe(vm.cpuid()).unwrap();
     let quirks = krr_recorder::quirks::measure(&cpuid).unwrap();
     for line in quirks.undefined.table() {
         println!("{line}");
