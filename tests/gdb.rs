@@ -596,3 +596,129 @@ fn ctrl_c_interrupts_a_long_continue() {
     assert_eq!(ask(&mut s, b"D"), "OK");
     server.assert_exits_after_detach();
 }
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Expands the protocol's run-length encoding (`c*n`: `n - 29` more `c`).
+fn unrle(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '*' {
+            let n = chars.next().map_or(0, |n| n as usize - 29);
+            let last = out.chars().last().unwrap_or('0');
+            out.extend(std::iter::repeat_n(last, n));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `monitor CMD` over the raw protocol: the console output (`O` packets) it printed,
+/// up to the final `OK` (several packets may arrive in one read).
+fn monitor(s: &mut TcpStream, cmd: &str) -> String {
+    s.write_all(&packet(format!("qRcmd,{}", hex(cmd)).as_bytes()))
+        .unwrap();
+    let mut got: Vec<u8> = Vec::new();
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        // Every complete packet in what arrived so far, in order.
+        while let Some(start) = got.iter().position(|&b| b == b'$') {
+            let Some(hash) = got[start..].iter().position(|&b| b == b'#') else {
+                break;
+            };
+            let end = start + hash + 3;
+            if got.len() < end {
+                break;
+            }
+            let body = String::from_utf8_lossy(&got[start + 1..start + hash]).to_string();
+            got.drain(..end);
+            if body == "OK" {
+                return text;
+            }
+            let h = unrle(
+                body.strip_prefix('O')
+                    .unwrap_or_else(|| panic!("monitor {cmd}: {body}")),
+            );
+            let bytes: Vec<u8> = (0..h.len() / 2)
+                .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
+                .collect();
+            text.push_str(&String::from_utf8_lossy(&bytes));
+            s.write_all(b"+").unwrap();
+        }
+        let n = s.read(&mut buf).expect("a reply to monitor");
+        assert!(n > 0, "monitor {cmd}: connection closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// An idle connection does not lock gdb out: a new connection takes over, and a move
+/// the previous client did not see the end of (it closed the connection, or was taken
+/// over during a continue) leaves the replay where that client last saw it.
+#[test]
+fn a_new_connection_takes_over_and_the_position_is_kept() {
+    let recording = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bench-loop.krr");
+    let server = Server::start_on(&recording);
+    let addr = server.addr.clone();
+
+    // An idle peer, and then a client that works.
+    let _idle = connect(&addr);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut a = connect(&addr);
+    assert!(ask(&mut a, b"?").starts_with(['T', 'S']));
+    let here = monitor(&mut a, "goto-icount 123456");
+    assert!(here.contains("icount: 123456"), "{here}");
+
+    // A continue, and the client goes away at once: the next client finds the replay
+    // where the first one left it, not where the continue would have stopped.
+    a.write_all(&packet(b"c")).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    drop(a);
+    let mut b = connect(&addr);
+    assert!(ask(&mut b, b"?").starts_with(['T', 'S']));
+    let when = monitor(&mut b, "when");
+    assert!(when.contains("icount: 123456,"), "{when}");
+
+    // A continue, and a newer connection arrives: it takes over, the older one is
+    // closed, and the position is again the one before the continue.
+    b.write_all(&packet(b"c")).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let mut c = connect(&addr);
+    assert!(ask(&mut c, b"?").starts_with(['T', 'S']));
+    let when = monitor(&mut c, "when");
+    assert!(when.contains("icount: 123456,"), "{when}");
+    let mut rest = Vec::new();
+    let _ = b.read_to_end(&mut rest);
+    assert_eq!(ask(&mut c, b"D"), "OK");
+    let mut server = server;
+    server.assert_exits_after_detach();
+}
+
+/// A stray `+` sent during a continue does not blind the stub to the Ctrl-C that
+/// follows.
+#[test]
+fn a_stray_ack_does_not_hide_a_ctrl_c() {
+    let recording = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bench-loop.krr");
+    let mut server = Server::start_on(&recording);
+    let addr = server.addr.clone();
+    let mut s = connect(&addr);
+    assert!(ask(&mut s, b"?").starts_with(['T', 'S']));
+    s.write_all(&packet(b"c")).unwrap();
+    std::thread::sleep(Duration::from_millis(10));
+    s.write_all(b"+").unwrap();
+    std::thread::sleep(Duration::from_millis(10));
+    s.write_all(&[0x03]).unwrap();
+    let (reply, closed) = read_reply(&mut s);
+    assert!(!closed);
+    let stop = body(&reply);
+    assert!(
+        stop.starts_with("T02") || stop.starts_with("S02"),
+        "Ctrl-C stops the continue with SIGINT: {stop}"
+    );
+    assert_eq!(ask(&mut s, b"D"), "OK");
+    server.assert_exits_after_detach();
+}

@@ -58,10 +58,7 @@ pub fn export(replay: &Replay) -> Result<(String, std::sync::mpsc::Receiver<Posi
     let addr = listener.local_addr()?.to_string();
     // Full history: from the recording's start, then to where the UI stands.
     let mut tl = Timeline::new(replay.restart(), DEFAULT_CHECKPOINT_BUDGET);
-    tl.goto_icount(replay.icount());
-    if tl.replay().events_consumed() < replay.events_consumed() {
-        tl.goto_event(replay.events_consumed() - 1);
-    }
+    move_to(&mut tl, (replay.icount(), replay.events_consumed()));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("gdb-export".into())
@@ -74,6 +71,11 @@ pub fn export(replay: &Replay) -> Result<(String, std::sync::mpsc::Receiver<Posi
 
 /// Serves `tl` on `listener`. With `follow`, nothing is printed (a terminal UI owns the
 /// screen) and every position gdb moves to is sent there.
+///
+/// One client at a time, but never held by an idle or silent peer: a new connection
+/// takes over from the current one (a move in progress is cancelled), and the replay
+/// stays where the last client left it (a move a client did not see the end of, because
+/// it went away or was taken over, is undone).
 pub fn serve_on(
     tl: Timeline,
     listener: TcpListener,
@@ -93,23 +95,104 @@ pub fn serve_on(
         println!("gdb: listening on {local} (in gdb: target remote {local})");
         std::io::stdout().flush()?;
     }
+    let incoming = Incoming::accept_on(listener)?;
+    let mut next = incoming.wait();
     loop {
-        let (stream, peer) = listener.accept().context("accepting a gdb connection")?;
+        let (stream, peer) = next?;
         if !quiet {
             eprintln!("krr-tui: gdb connected from {peer}");
         }
-        match session(stream, &mut target, follow.as_ref()) {
-            Ok(reason) => {
+        match session(stream, &mut target, follow.as_ref(), &incoming) {
+            Ok(Ended::Client(reason)) => {
                 if !quiet {
                     eprintln!("krr-tui: gdb {}", describe(reason));
                 }
                 return Ok(());
+            }
+            Ok(Ended::TakenOver) => {
+                if !quiet {
+                    eprintln!("krr-tui: gdb connection from {peer} taken over by a new one");
+                }
             }
             Err(e) if !quiet => {
                 eprintln!("krr-tui: gdb connection from {peer} closed: {e:#}; waiting for another")
             }
             Err(_) => {}
         }
+        next = incoming.wait();
+    }
+}
+
+/// Connections accepted on a thread of their own, so that a session sees a newer one
+/// arrive and gives way to it.
+struct Incoming {
+    queue: Arc<std::sync::Mutex<VecDeque<(TcpStream, std::net::SocketAddr)>>>,
+    failed: Arc<std::sync::Mutex<Option<std::io::Error>>>,
+}
+
+impl Incoming {
+    fn accept_on(listener: TcpListener) -> Result<Incoming> {
+        let queue = Arc::new(std::sync::Mutex::new(VecDeque::new()));
+        let failed = Arc::new(std::sync::Mutex::new(None));
+        let (q, f) = (queue.clone(), failed.clone());
+        std::thread::Builder::new()
+            .name("gdb-accept".into())
+            .spawn(move || {
+                loop {
+                    match listener.accept() {
+                        Ok(c) => lock(&q).push_back(c),
+                        Err(e) => {
+                            *lock(&f) = Some(e);
+                            return;
+                        }
+                    }
+                }
+            })
+            .context("starting the gdb accept thread")?;
+        Ok(Incoming { queue, failed })
+    }
+
+    /// Whether a connection is waiting (the current session should give way).
+    fn waiting(&self) -> bool {
+        !lock(&self.queue).is_empty()
+    }
+
+    /// The next connection (the newest: older waiting ones were already overtaken).
+    fn wait(&self) -> Result<(TcpStream, std::net::SocketAddr)> {
+        loop {
+            {
+                let mut q = lock(&self.queue);
+                if let Some(c) = q.pop_back() {
+                    // Older waiting connections were overtaken by this one.
+                    q.clear();
+                    return Ok(c);
+                }
+            }
+            if let Some(e) = lock(&self.failed).take() {
+                return Err(e).context("accepting a gdb connection");
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// How a session ended, other than by an error of its connection.
+enum Ended {
+    /// The client detached or killed the session.
+    Client(DisconnectReason),
+    /// A newer connection took over.
+    TakenOver,
+}
+
+/// Moves `tl` to `pos` (an icount, then the events applied there).
+pub fn move_to(tl: &mut Timeline, pos: Position) {
+    tl.goto_icount(pos.0);
+    if tl.replay().events_consumed() < pos.1 {
+        tl.goto_event(pos.1 - 1);
     }
 }
 
@@ -186,35 +269,47 @@ impl Connection for Conn {
     }
 }
 
-/// The reading side of a session: raw bytes framed into units.
+/// The reading side of a session: raw bytes framed into units. Shared with the thread
+/// that watches for Ctrl-C while a move runs, so that bytes read there (acks, a stray
+/// `+`) are framed and kept, not lost or mistaken.
 struct Input {
     stream: TcpStream,
     framer: Framer,
     units: VecDeque<Unit>,
     /// gdb asked for no-ack mode (and gdbstub agreed).
     no_ack: bool,
+    /// The peer closed the connection.
+    closed: bool,
 }
 
 impl Input {
-    /// The next unit, blocking until one arrives.
-    fn next(&mut self) -> Result<Unit> {
+    /// Reads what the connection has (waiting at most [`POLL`]) into `units`.
+    fn fill(&mut self) -> Result<()> {
         let mut buf = [0u8; 4096];
-        loop {
-            if let Some(u) = self.units.pop_front() {
-                return Ok(u);
+        match self.stream.read(&mut buf) {
+            Ok(0) => {
+                self.closed = true;
+                Err(anyhow!("gdb closed the connection"))
             }
-            match self.stream.read(&mut buf) {
-                Ok(0) => return Err(anyhow!("gdb closed the connection")),
-                Ok(n) => {
-                    for &b in &buf[..n] {
-                        self.framer
-                            .push(b, &mut self.units)
-                            .map_err(|_| anyhow!("gdb sent a packet over {MAX_PACKET} bytes"))?;
-                    }
+            Ok(n) => {
+                for &b in &buf[..n] {
+                    self.framer
+                        .push(b, &mut self.units)
+                        .map_err(|_| anyhow!("gdb sent a packet over {MAX_PACKET} bytes"))?;
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
+                Ok(())
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => {
+                self.closed = true;
+                Err(e.into())
             }
         }
     }
@@ -231,20 +326,36 @@ impl Input {
     }
 }
 
+/// The next unit of the session, or None when a newer connection is waiting.
+fn next_unit(input: &std::sync::Mutex<Input>, incoming: &Incoming) -> Result<Option<Unit>> {
+    loop {
+        let mut i = lock(input);
+        if let Some(u) = i.units.pop_front() {
+            return Ok(Some(u));
+        }
+        if incoming.waiting() {
+            return Ok(None);
+        }
+        i.fill()?;
+    }
+}
+
 fn session(
     stream: TcpStream,
     target: &mut ReplayTarget,
     follow: Option<&std::sync::mpsc::Sender<Position>>,
-) -> Result<DisconnectReason> {
+    incoming: &Incoming,
+) -> Result<Ended> {
     let position = |t: &ReplayTarget| (t.tl.icount(), t.tl.replay().events_consumed());
     let mut reported = position(target);
     stream.set_read_timeout(Some(POLL))?;
-    let mut input = Input {
+    let input = Arc::new(std::sync::Mutex::new(Input {
         stream: stream.try_clone()?,
         framer: Framer::new(MAX_PACKET),
         units: VecDeque::new(),
         no_ack: false,
-    };
+        closed: false,
+    }));
     let conn = Conn {
         stream,
         out: Vec::new(),
@@ -258,24 +369,26 @@ fn session(
         .map_err(|e| anyhow!("gdbstub: {e}"))?;
     loop {
         sm = match sm {
-            GdbStubStateMachine::Idle(gdb) => match input.next()? {
-                Unit::Ack(b) => gdb.incoming_data(target, b),
+            GdbStubStateMachine::Idle(gdb) => match next_unit(&input, incoming)? {
+                None => return Ok(Ended::TakenOver),
+                Some(Unit::Ack(b)) => gdb.incoming_data(target, b),
                 // Ctrl-C while stopped: nothing runs, nothing to interrupt.
-                Unit::Interrupt => Ok(GdbStubStateMachine::Idle(gdb)),
-                Unit::BadChecksum => {
-                    if !input.no_ack {
-                        Write::write_all(&mut input.stream, b"-")?;
+                Some(Unit::Interrupt) => Ok(GdbStubStateMachine::Idle(gdb)),
+                Some(Unit::BadChecksum) => {
+                    let mut i = lock(&input);
+                    if !i.no_ack {
+                        Write::write_all(&mut i.stream, b"-")?;
                     }
                     Ok(GdbStubStateMachine::Idle(gdb))
                 }
-                Unit::Packet(p) => {
+                Some(Unit::Packet(p)) => {
                     if framing::memory_read_ok(&p, MAX_READ) == Some(false) {
-                        input.reply(b"E16")?;
+                        lock(&input).reply(b"E16")?;
                         // gdbstub still owes nothing: the packet never reached it.
                         Ok(GdbStubStateMachine::Idle(gdb))
                     } else {
                         if p.starts_with(b"$QStartNoAckMode#") {
-                            input.no_ack = true;
+                            lock(&input).no_ack = true;
                         }
                         let mut state = Ok(GdbStubStateMachine::Idle(gdb));
                         for &b in &p {
@@ -289,13 +402,23 @@ fn session(
                 }
             },
             GdbStubStateMachine::Running(gdb) => {
-                let reason = run_move(target, &input.stream)?;
+                let before = position(target);
+                let (reason, left) = run_move(target, &input, incoming)?;
+                if let Some(left) = left {
+                    // The client will not see where this move ended: leave the replay
+                    // where it last saw it.
+                    move_to(&mut target.tl, before);
+                    return match left {
+                        Left::Closed => Err(anyhow!("gdb closed the connection during a move")),
+                        Left::TakenOver => Ok(Ended::TakenOver),
+                    };
+                }
                 gdb.report_stop(target, reason)
             }
             GdbStubStateMachine::CtrlCInterrupt(gdb) => {
                 gdb.interrupt_handled(target, None::<target::StopReason>)
             }
-            GdbStubStateMachine::Disconnected(gdb) => return Ok(gdb.get_reason()),
+            GdbStubStateMachine::Disconnected(gdb) => return Ok(Ended::Client(gdb.get_reason())),
         }
         .map_err(|e| anyhow!("gdbstub: {e}"))?;
         if let Some(tx) = follow {
@@ -309,48 +432,66 @@ fn session(
     }
 }
 
+/// Why a client is gone in the middle of a move.
+enum Left {
+    Closed,
+    TakenOver,
+}
+
 /// Carries out the move gdb asked for. A continue in either direction runs while a
-/// watcher thread looks for gdb's Ctrl-C (0x03) without consuming anything else.
-fn run_move(target: &mut ReplayTarget, stream: &TcpStream) -> Result<target::StopReason> {
+/// watcher thread reads what gdb sends (framed: acks and packets are kept for the
+/// session) and stops the move on Ctrl-C (0x03), when the connection closes, or when a
+/// newer connection is waiting.
+fn run_move(
+    target: &mut ReplayTarget,
+    input: &Arc<std::sync::Mutex<Input>>,
+    incoming: &Incoming,
+) -> Result<(target::StopReason, Option<Left>)> {
     let cancel = Arc::new(AtomicBool::new(false));
     let interruptible = target.pending().is_some_and(|r| r.interruptible());
     if !interruptible {
-        return Ok(target.execute(&cancel));
+        return Ok((target.execute(&cancel), None));
     }
     let done = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let stream = stream.try_clone()?;
-        let (cancel, done) = (cancel.clone(), done.clone());
-        std::thread::spawn(move || watch_for_interrupt(stream, &cancel, &done))
-    };
-    let reason = target.execute(&cancel);
-    done.store(true, Ordering::SeqCst);
-    // The watcher only ever takes a 0x03, so it may finish on its own time.
-    drop(watcher);
-    Ok(reason)
+    let left = Arc::new(std::sync::Mutex::new(None));
+    let reason = std::thread::scope(|scope| {
+        let (cancel, done, left_w) = (&cancel, &done, &left);
+        let watcher = scope.spawn(move || watch_during_move(input, incoming, cancel, done, left_w));
+        let reason = target.execute(cancel);
+        done.store(true, Ordering::SeqCst);
+        let _ = watcher.join();
+        reason
+    });
+    let left = lock(&left).take();
+    Ok((reason, left))
 }
 
-fn watch_for_interrupt(mut stream: TcpStream, cancel: &AtomicBool, done: &AtomicBool) {
-    let mut byte = [0u8; 1];
+fn watch_during_move(
+    input: &std::sync::Mutex<Input>,
+    incoming: &Incoming,
+    cancel: &AtomicBool,
+    done: &AtomicBool,
+    left: &std::sync::Mutex<Option<Left>>,
+) {
     while !done.load(Ordering::SeqCst) {
-        match stream.peek(&mut byte) {
-            Ok(0) => {
-                // gdb went away: stop the move, the session loop sees the close.
-                cancel.store(true, Ordering::SeqCst);
-                return;
+        if incoming.waiting() {
+            *lock(left) = Some(Left::TakenOver);
+            cancel.store(true, Ordering::SeqCst);
+            return;
+        }
+        let mut i = lock(input);
+        if i.fill().is_err() {
+            if i.closed {
+                *lock(left) = Some(Left::Closed);
             }
-            Ok(_) if byte[0] == 0x03 => {
-                if done.load(Ordering::SeqCst) {
-                    return;
-                }
-                let _ = stream.read(&mut byte);
-                cancel.store(true, Ordering::SeqCst);
-                return;
-            }
-            // Anything else belongs to the session loop.
-            Ok(_) => return,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => return,
+            cancel.store(true, Ordering::SeqCst);
+            return;
+        }
+        let before = i.units.len();
+        i.units.retain(|u| *u != Unit::Interrupt);
+        if i.units.len() != before {
+            cancel.store(true, Ordering::SeqCst);
+            return;
         }
     }
 }
