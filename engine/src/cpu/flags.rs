@@ -1,4 +1,5 @@
-//! RFLAGS bits and the exact flag results of the integer ALU.
+//! The exact flag results of the integer ALU (and the RFLAGS bits, from
+//! [`crate::arch::rflags`]).
 //!
 //! Every function takes and returns values masked to the operand size in bytes (1, 2,
 //! 4 or 8). Flags that the architecture leaves undefined follow the recording host's
@@ -6,30 +7,7 @@
 
 use super::undefined::{Family, UndefinedRules, WideDoubleShift};
 
-pub const CF: u64 = 1 << 0;
-pub const FIXED1: u64 = 1 << 1;
-pub const PF: u64 = 1 << 2;
-pub const AF: u64 = 1 << 4;
-pub const ZF: u64 = 1 << 6;
-pub const SF: u64 = 1 << 7;
-pub const TF: u64 = 1 << 8;
-pub const IF: u64 = 1 << 9;
-pub const DF: u64 = 1 << 10;
-pub const OF: u64 = 1 << 11;
-pub const IOPL: u64 = 3 << 12;
-pub const NT: u64 = 1 << 14;
-pub const RF: u64 = 1 << 16;
-pub const VM: u64 = 1 << 17;
-pub const AC: u64 = 1 << 18;
-pub const VIF: u64 = 1 << 19;
-pub const VIP: u64 = 1 << 20;
-pub const ID: u64 = 1 << 21;
-
-/// The six arithmetic status flags.
-pub const STATUS: u64 = CF | PF | AF | ZF | SF | OF;
-
-/// Bits of RFLAGS that software can change at CPL0 with `popf`/`iret`.
-pub const WRITABLE: u64 = STATUS | TF | IF | DF | IOPL | NT | RF | AC | VIF | VIP | ID;
+pub use crate::arch::rflags::*;
 
 #[inline]
 pub fn mask(size: usize) -> u64 {

@@ -17,6 +17,7 @@ use super::{
     FLAGS, Family, FlagRule, UndefinedBehaviour, Unmodelled, WideDoubleShift,
     ZeroSourceDestination, size_index,
 };
+use crate::arch::{cr0, cr4, efer, pte, rflags, seg_attr};
 use crate::cpu::flags::STATUS;
 use crate::cpu::{Cpu, Exit};
 use crate::memory::GuestMemory;
@@ -827,10 +828,10 @@ fn machine_with(code: &[u8]) -> Result<(CpuState, GuestMemory), String> {
             .map(u64::to_le_bytes)
             .concat(),
     );
-    put(PML4, &(PDPT | 3).to_le_bytes());
-    put(PDPT, &(PD | 3).to_le_bytes());
+    put(PML4, &(PDPT | pte::P | pte::W).to_le_bytes());
+    put(PDPT, &(PD | pte::P | pte::W).to_le_bytes());
     let pd: Vec<u8> = (0..512u64)
-        .flat_map(|i| ((i << 21) | 0x83).to_le_bytes())
+        .flat_map(|i| ((i << 21) | pte::P | pte::W | pte::PS).to_le_bytes())
         .collect();
     put(PD, &pd);
     let pages = image
@@ -848,31 +849,38 @@ fn machine_with(code: &[u8]) -> Result<(CpuState, GuestMemory), String> {
         limit: 0xffff_ffff,
         attr,
     };
-    let data = seg(0x10, 0xc093);
+    let data = seg(0x10, seg_attr::KERNEL_DATA);
     let state = CpuState {
         rip: CODE,
-        rflags: 2,
-        seg: [data, seg(0x08, 0xa09b), data, data, data, data],
+        rflags: rflags::FIXED1,
+        seg: [
+            data,
+            seg(0x08, seg_attr::KERNEL_CODE64),
+            data,
+            data,
+            data,
+            data,
+        ],
         tr: Segment {
             selector: 0,
             base: 0,
             limit: 0xffff,
-            attr: 0x8b,
+            attr: seg_attr::P | seg_attr::TYPE_TSS64_BUSY,
         },
         ldtr: Segment {
             selector: 0,
             base: 0,
             limit: 0xffff,
-            attr: 0x82,
+            attr: seg_attr::P | seg_attr::TYPE_LDT,
         },
         gdtr: DescriptorTable {
             base: GDT,
             limit: 0x17,
         },
-        cr0: 0x8000_0033,
+        cr0: cr0::PG | cr0::NE | cr0::ET | cr0::MP | cr0::PE,
         cr3: PML4,
-        cr4: 0x20,
-        efer: 0x500,
+        cr4: cr4::PAE,
+        efer: efer::LME | efer::LMA,
         ..Default::default()
     };
     let config = MachineConfig {
