@@ -4,6 +4,7 @@
 
 use crate::RecorderError;
 use crate::vm::{Vm, segment_to_kvm};
+use krr_engine::arch::{cr0, cr4, efer, pte, rflags, seg_attr};
 use krr_engine::state::Segment;
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use linux_loader::configurator::{BootConfigurator, BootParams, linux::LinuxBootConfigurator};
@@ -24,18 +25,6 @@ const CMDLINE_GPA: u64 = 0x9_8000;
 const CMDLINE_MAX: usize = 0x800;
 /// Where a bzImage's protected-mode kernel is loaded.
 const BZIMAGE_LOAD_GPA: u64 = 0x100_0000;
-
-const CR0_PE: u64 = 1;
-const CR0_MP: u64 = 1 << 1;
-const CR0_ET: u64 = 1 << 4;
-const CR0_NE: u64 = 1 << 5;
-const CR0_WP: u64 = 1 << 16;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const EFER_SCE: u64 = 1;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_NXE: u64 = 1 << 11;
 
 /// The format of a kernel image, recognised from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,8 +209,8 @@ fn add_e820(params: &mut boot_params, ram_size: u64) {
 /// Identity-maps 0..4 GiB and maps the top 2 GiB (the -mcmodel=kernel range) to
 /// physical 0..2 GiB, with 2 MiB pages.
 fn build_page_tables(vm: &Vm) -> Result<(), RecorderError> {
-    const PRESENT_RW: u64 = 0x3;
-    const HUGE: u64 = 0x80;
+    const PRESENT_RW: u64 = pte::P | pte::W;
+    const HUGE: u64 = pte::PS;
     vm.write(PML4_GPA, &(PDPT_LOW_GPA | PRESENT_RW).to_le_bytes())?;
     vm.write(
         PML4_GPA + 511 * 8,
@@ -254,15 +243,13 @@ const CODE64: Segment = Segment {
     selector: 0x08,
     base: 0,
     limit: 0xffff_ffff,
-    // type 0xb (execute/read, accessed), S, P, L, G
-    attr: 0xb | 1 << 4 | 1 << 7 | 1 << 13 | 1 << 15,
+    attr: seg_attr::KERNEL_CODE64,
 };
 const DATA: Segment = Segment {
     selector: 0x10,
     base: 0,
     limit: 0xffff_ffff,
-    // type 0x3 (read/write, accessed), S, P, D/B, G
-    attr: 0x3 | 1 << 4 | 1 << 7 | 1 << 14 | 1 << 15,
+    attr: seg_attr::KERNEL_DATA,
 };
 
 fn build_gdt(vm: &Vm) -> Result<(), RecorderError> {
@@ -291,7 +278,7 @@ fn long_mode_entry_state(
         selector: 0,
         base: 0,
         limit: 0xffff,
-        attr: 0xb | 1 << 7, // busy 64-bit TSS, present
+        attr: seg_attr::TYPE_TSS64_BUSY | seg_attr::P,
     });
     tr.s = 0;
     sregs.tr = tr;
@@ -299,19 +286,19 @@ fn long_mode_entry_state(
         selector: 0,
         base: 0,
         limit: 0xffff,
-        attr: 0x2 | 1 << 7,
+        attr: seg_attr::TYPE_LDT | seg_attr::P,
     });
     sregs.gdt.base = GDT_GPA;
     sregs.gdt.limit = 4 * 8 - 1;
     sregs.idt.base = 0;
     sregs.idt.limit = 0;
-    sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
+    sregs.cr0 = cr0::PE | cr0::MP | cr0::ET | cr0::NE | cr0::WP | cr0::PG;
     sregs.cr3 = PML4_GPA;
-    sregs.cr4 = CR4_PAE;
-    sregs.efer = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE;
+    sregs.cr4 = cr4::PAE;
+    sregs.efer = efer::SCE | efer::LME | efer::LMA | efer::NXE;
     let mut regs = kvm_regs {
         rip: entry,
-        rflags: 0x2,
+        rflags: rflags::FIXED1,
         rsp: BOOT_STACK_TOP,
         ..Default::default()
     };
