@@ -45,10 +45,11 @@
 //! the family modules of `exec/` (`arith`, `muldiv`, `shift_rotate`, `bit`, `data`,
 //! `stack`, `control`, `string`, `system`, `io`). The fast handlers take their semantics
 //! from the same family functions (the ALU's `ArithOp` types in `exec/arith.rs`, the stack
-//! and branch primitives). Straight-line runs of fast forms in one code
-//! page are cached as blocks (`block.rs`) and run without the per-instruction work of
-//! the step loop wherever stepping would do nothing more (see there); both paths give
-//! the same results, instruction for instruction.
+//! and branch primitives), and engine/tests/cpu_fast_forms.rs runs every fast form
+//! through both paths on random inputs. Straight-line runs of fast forms in one code page
+//! are cached as blocks (`block.rs`) and run without the per-instruction work of the step
+//! loop wherever stepping would do nothing more (see there); both paths give the same
+//! results, instruction for instruction.
 //!
 //! Registers are named by [`crate::state::gpr`] and architectural bits by
 //! [`crate::arch`].
@@ -170,6 +171,12 @@ pub enum CpuError {
 }
 
 pub use crate::state::Quirks;
+
+/// For tests: whether `ins` (decoded at IP 0) has a fast form.
+#[doc(hidden)]
+pub fn has_fast_form(ins: &Instruction) -> bool {
+    exec::classify(ins).handler.is_some()
+}
 
 /// An instruction waiting for a value from the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,6 +335,9 @@ pub struct Cpu {
     quirks: std::sync::Arc<Quirks>,
     /// The recording host's undefined results, compiled from `quirks`.
     undefined: std::sync::Arc<undefined::UndefinedRules>,
+    /// Whether instructions get their fast forms (off only in tests that compare the
+    /// two paths: see [`Cpu::set_fast_forms`]).
+    fast_forms: bool,
 }
 
 impl Clone for Cpu {
@@ -361,6 +371,7 @@ impl Clone for Cpu {
             has_tzcnt: self.has_tzcnt,
             quirks: self.quirks.clone(),
             undefined: self.undefined.clone(),
+            fast_forms: self.fast_forms,
         }
     }
 }
@@ -420,7 +431,17 @@ impl Cpu {
             has_tzcnt,
             quirks: Default::default(),
             undefined: Default::default(),
+            fast_forms: true,
         }
+    }
+
+    /// For tests: with `false`, every instruction decoded from now on takes the general
+    /// path (no fast forms, so no blocks either), which must give the same results
+    /// (engine/tests/cpu_fast_forms.rs compares them). Drops the decoded instructions.
+    #[doc(hidden)]
+    pub fn set_fast_forms(&mut self, on: bool) {
+        self.fast_forms = on;
+        self.flush_decode_cache();
     }
 
     /// Reproduce the recording host's deviations (the recording's [`Quirks`]).
@@ -911,7 +932,11 @@ impl Cpu {
             return Ok(Some(FETCHED_UNCACHED));
         }
         mem.mark_code(gpa, ins.len());
-        let op = exec::classify(&ins);
+        let op = if self.fast_forms {
+            exec::classify(&ins)
+        } else {
+            exec::FastOp::generic(ins.len())
+        };
         let mut decoded = 0;
         if op.handler.is_none() {
             if self.decoded.len() >= MAX_DECODED {

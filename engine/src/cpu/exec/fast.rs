@@ -10,6 +10,7 @@
 //! [`extend`], and the stack and control-transfer primitives ([`Cpu::push`],
 //! [`Cpu::pop`], [`Cpu::call_near`], [`Cpu::ret_near`], [`Cpu::jump_relative_if`]).
 //! What is theirs alone is reading the pre-classified operands.
+//! engine/tests/cpu_fast_forms.rs runs every form through both paths on random inputs.
 
 use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
