@@ -185,6 +185,14 @@ pub mod descriptor {
     pub const TRAP_GATE: u64 = 0xf;
 }
 
+/// Offsets in the 64-bit TSS.
+pub mod tss {
+    /// The stack pointer for CPL0 (RSP1 and RSP2 follow).
+    pub const RSP0: u64 = 0x4;
+    /// The first interrupt stack table entry (IST2..IST7 follow).
+    pub const IST1: u64 = 0x24;
+}
+
 /// Exception vectors.
 pub mod vector {
     pub const DE: u8 = 0;

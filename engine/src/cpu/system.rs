@@ -6,7 +6,7 @@ use crate::arch::seg_attr::{
     self, KERNEL_CODE64 as KERNEL_CODE64_ATTR, KERNEL_DATA as KERNEL_DATA_ATTR,
     USER_CODE32 as USER_CODE32_ATTR, USER_CODE64 as USER_CODE64_ATTR, USER_DATA as USER_DATA_ATTR,
 };
-use crate::arch::{cpuid as cpuid_bits, cr0, cr4, descriptor, efer};
+use crate::arch::{cpuid as cpuid_bits, cr0, cr4, descriptor, efer, tss};
 use crate::event::{EntryKind, UserEntry};
 use crate::memory::GuestMemory;
 use crate::state::gpr::{R11, RCX, RSP};
@@ -175,9 +175,9 @@ impl Cpu {
             return Err(exc(vector::GP, sel_err));
         }
         let mut rsp = if ist != 0 {
-            self.read_tss(mem, 0x24 + (ist - 1) * 8)?
+            self.read_tss(mem, tss::IST1 + (ist - 1) * 8)?
         } else if new_cpl < old_cpl {
-            self.read_tss(mem, 4 + new_cpl as u64 * 8)?
+            self.read_tss(mem, tss::RSP0 + new_cpl as u64 * 8)?
         } else {
             self.st.gpr[RSP]
         };
