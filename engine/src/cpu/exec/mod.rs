@@ -27,13 +27,13 @@ use super::flags::ShiftOp;
 use super::{Cpu, R, Retired, ud};
 use crate::memory::GuestMemory;
 
-pub(crate) mod arith;
+mod arith;
 mod bit;
-pub(crate) mod control;
+mod control;
 mod data;
 mod fast;
 mod io;
-pub(crate) mod muldiv;
+mod muldiv;
 mod operand;
 mod shift_rotate;
 mod stack;
