@@ -10,7 +10,14 @@
 //! * [`timeline`]: checkpoints and moves in both directions.
 //! * [`cpu`]: the software x86-64 CPU that replays ring-0 code.
 //! * [`memory`]: guest-physical memory with copy-on-write pages.
+//! * [`arch`]: x86-64 architectural constants (control registers, RFLAGS, page tables,
+//!   segments), shared with the recorder.
+//!
+//! The engine has no `unsafe` code.
 
+#![forbid(unsafe_code)]
+
+pub mod arch;
 pub mod cpu;
 pub mod event;
 pub mod icount;

@@ -6,15 +6,8 @@ mod cpu_common;
 
 use cpu_common::*;
 use iced_x86::code_asm::*;
+use krr_engine::arch::rflags::{AF, CF, OF, PF, SF, STATUS, ZF};
 use krr_engine::cpu::Exit;
-
-const CF: u64 = 1;
-const PF: u64 = 4;
-const AF: u64 = 0x10;
-const ZF: u64 = 0x40;
-const SF: u64 = 0x80;
-const OF: u64 = 0x800;
-const STATUS: u64 = CF | PF | AF | ZF | SF | OF;
 
 /// Runs `build` (followed by the end marker) and returns (gprs, rflags).
 fn run(build: impl FnOnce(&mut CodeAssembler)) -> Outcome {

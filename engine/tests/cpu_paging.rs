@@ -5,10 +5,8 @@ mod cpu_common;
 
 use cpu_common::*;
 use iced_x86::code_asm::*;
+use krr_engine::arch::pte::{A, D};
 use krr_engine::cpu::{Access, Exit, PageFault};
-
-const A: u64 = 1 << 5;
-const D: u64 = 1 << 6;
 
 fn build(img: &mut Image, f: impl FnOnce(&mut CodeAssembler)) {
     let mut a = asm();

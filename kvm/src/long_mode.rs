@@ -5,6 +5,7 @@
 //! [`GDT_GPA`]..[`END`]; the entry stack is below [`STACK_TOP`].
 
 use crate::{Result, Vm};
+use krr_engine::arch::{cr0, cr4, efer, pte, seg_attr};
 use krr_engine::state::{CpuState, DescriptorTable, Segment};
 
 pub const GDT_GPA: u64 = 0x500;
@@ -19,37 +20,23 @@ pub const END: u64 = PDPT_HIGH_GPA + 0x1000;
 /// RSP at entry.
 pub const STACK_TOP: u64 = 0x8_f000;
 
-const CR0_PE: u64 = 1;
-const CR0_MP: u64 = 1 << 1;
-const CR0_ET: u64 = 1 << 4;
-const CR0_NE: u64 = 1 << 5;
-const CR0_WP: u64 = 1 << 16;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const EFER_SCE: u64 = 1;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_NXE: u64 = 1 << 11;
-
 const CODE64: Segment = Segment {
     selector: 0x08,
     base: 0,
     limit: 0xffff_ffff,
-    // type 0xb (execute/read, accessed), S, P, L, G
-    attr: 0xb | 1 << 4 | 1 << 7 | 1 << 13 | 1 << 15,
+    attr: seg_attr::KERNEL_CODE64,
 };
 const DATA: Segment = Segment {
     selector: 0x10,
     base: 0,
     limit: 0xffff_ffff,
-    // type 0x3 (read/write, accessed), S, P, D/B, G
-    attr: 0x3 | 1 << 4 | 1 << 7 | 1 << 14 | 1 << 15,
+    attr: seg_attr::KERNEL_DATA,
 };
 
 /// Writes the page tables and the GDT into `vm`'s memory.
 pub fn build(vm: &Vm) -> Result<()> {
-    const PRESENT_RW: u64 = 0x3;
-    const HUGE: u64 = 0x80;
+    const PRESENT_RW: u64 = pte::P | pte::W;
+    const HUGE: u64 = pte::PS;
     vm.write(PML4_GPA, &(PDPT_LOW_GPA | PRESENT_RW).to_le_bytes())?;
     vm.write(
         PML4_GPA + 511 * 8,
@@ -94,23 +81,23 @@ pub fn entry_state(rip: u64) -> CpuState {
             selector: 0,
             base: 0,
             limit: 0xffff,
-            attr: 0xb | 1 << 7,
+            attr: seg_attr::TYPE_TSS64_BUSY | seg_attr::P,
         },
         ldtr: Segment {
             selector: 0,
             base: 0,
             limit: 0xffff,
-            attr: 0x2 | 1 << 7,
+            attr: seg_attr::TYPE_LDT | seg_attr::P,
         },
         gdtr: DescriptorTable {
             base: GDT_GPA,
             limit: (GDT_ENTRIES * 8 - 1) as u16,
         },
         idtr: DescriptorTable { base: 0, limit: 0 },
-        cr0: CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG,
+        cr0: cr0::PE | cr0::MP | cr0::ET | cr0::NE | cr0::WP | cr0::PG,
         cr3: PML4_GPA,
-        cr4: CR4_PAE,
-        efer: EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE,
+        cr4: cr4::PAE,
+        efer: efer::SCE | efer::LME | efer::LMA | efer::NXE,
         ..Default::default()
     };
     st.gpr[krr_engine::state::gpr::RSP] = STACK_TOP;

@@ -10,8 +10,7 @@
 use krr_engine::state::{CpuState, DescriptorTable, Segment};
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 
-/// The present bit of [`Segment::attr`].
-const ATTR_P: u16 = 1 << 7;
+use krr_engine::arch::seg_attr::P as ATTR_P;
 
 pub fn segment_to_kvm(s: &Segment) -> kvm_segment {
     let a = s.attr;

@@ -1,4 +1,5 @@
-//! RFLAGS bits and the exact flag results of the integer ALU.
+//! The exact flag results of the integer ALU (and the RFLAGS bits, from
+//! [`crate::arch::rflags`]).
 //!
 //! Every function takes and returns values masked to the operand size in bytes (1, 2,
 //! 4 or 8). Flags that the architecture leaves undefined follow the recording host's
@@ -6,30 +7,7 @@
 
 use super::undefined::{Family, UndefinedRules, WideDoubleShift};
 
-pub const CF: u64 = 1 << 0;
-pub const FIXED1: u64 = 1 << 1;
-pub const PF: u64 = 1 << 2;
-pub const AF: u64 = 1 << 4;
-pub const ZF: u64 = 1 << 6;
-pub const SF: u64 = 1 << 7;
-pub const TF: u64 = 1 << 8;
-pub const IF: u64 = 1 << 9;
-pub const DF: u64 = 1 << 10;
-pub const OF: u64 = 1 << 11;
-pub const IOPL: u64 = 3 << 12;
-pub const NT: u64 = 1 << 14;
-pub const RF: u64 = 1 << 16;
-pub const VM: u64 = 1 << 17;
-pub const AC: u64 = 1 << 18;
-pub const VIF: u64 = 1 << 19;
-pub const VIP: u64 = 1 << 20;
-pub const ID: u64 = 1 << 21;
-
-/// The six arithmetic status flags.
-pub const STATUS: u64 = CF | PF | AF | ZF | SF | OF;
-
-/// Bits of RFLAGS that software can change at CPL0 with `popf`/`iret`.
-pub const WRITABLE: u64 = STATUS | TF | IF | DF | IOPL | NT | RF | AC | VIF | VIP | ID;
+pub use crate::arch::rflags::*;
 
 #[inline]
 pub fn mask(size: usize) -> u64 {
@@ -148,6 +126,188 @@ fn cf_if(b: u64) -> u64 {
     b & 1
 }
 
+/// Bit `bits - 1` (the sign) of `v`.
+#[inline(always)]
+fn msb(v: u64, bits: u32) -> u64 {
+    (v >> (bits - 1)) & 1
+}
+
+/// Bit `bits - 2` of `v`.
+#[inline(always)]
+fn below_msb(v: u64, bits: u32) -> u64 {
+    (v >> (bits - 2)) & 1
+}
+
+/// A shift or rotate by a non-zero count before the rules pick its undefined flags:
+/// the result, its family, the flags as defined (OF as the first one-bit step sets it,
+/// AF 0, CF for counts past the width as the last bit out), the undefined ones, and the
+/// OF of the last one-bit step.
+struct Shifted {
+    r: u64,
+    family: Family,
+    natural: u64,
+    undefined: u64,
+    last: u64,
+}
+
+/// The flags a shift leaves undefined: AF, OF for counts above 1, and for `shl`/`shr`
+/// CF for counts from the width on.
+#[inline(always)]
+fn shift_undefined(count: u32, bits: u32, cf_too: bool) -> u64 {
+    AF | if count > 1 { OF } else { 0 } | if cf_too && count >= bits { CF } else { 0 }
+}
+
+#[inline(always)]
+fn shl(a: u64, count: u32, size: usize) -> Shifted {
+    let bits = size as u32 * 8;
+    // Counts below the width (every count of 32- and 64-bit operands) stay in u64
+    // arithmetic; 8- and 16-bit operands can be shifted by up to 31.
+    let (wide, cf) = if count < bits {
+        (a << count, (a >> (bits - count)) & 1)
+    } else {
+        let cf = if count == bits { a & 1 } else { 0 };
+        (((a as u128) << count.min(127)) as u64, cf)
+    };
+    let r = wide & mask(size);
+    Shifted {
+        r,
+        family: Family::Shl,
+        natural: szp(r, size) | cf_if(cf) | of_if(msb(a, bits) ^ below_msb(a, bits)),
+        undefined: shift_undefined(count, bits, true),
+        last: of_if(msb(r, bits) ^ cf),
+    }
+}
+
+#[inline(always)]
+fn shr(a: u64, count: u32, size: usize) -> Shifted {
+    let bits = size as u32 * 8;
+    let r = if count >= 64 { 0 } else { a >> count };
+    let cf = if count <= bits {
+        (a >> (count - 1)) & 1
+    } else {
+        0
+    };
+    Shifted {
+        r,
+        family: Family::Shr,
+        natural: szp(r, size) | cf_if(cf) | of_if(msb(a, bits)),
+        undefined: shift_undefined(count, bits, true),
+        last: of_if(msb(a >> (count - 1).min(63), bits)),
+    }
+}
+
+#[inline(always)]
+fn sar(a: u64, count: u32, size: usize) -> Shifted {
+    let s = sext(a, size) as i64;
+    let c = count.min(63);
+    let r = ((s >> c) as u64) & mask(size);
+    let cf = ((s >> (c - 1).min(63)) & 1) as u64;
+    Shifted {
+        r,
+        family: Family::Sar,
+        natural: szp(r, size) | cf_if(cf),
+        undefined: shift_undefined(count, size as u32 * 8, false),
+        last: 0,
+    }
+}
+
+/// `rol` (`left`) or `ror`; `old` holds the status flags before it.
+#[inline(always)]
+fn rotate(left: bool, a: u64, count: u32, size: usize, old: u64) -> Shifted {
+    let bits = size as u32 * 8;
+    let c = count % bits;
+    let r = if c == 0 {
+        a
+    } else if left {
+        ((a << c) | (a >> (bits - c))) & mask(size)
+    } else {
+        ((a >> c) | (a << (bits - c))) & mask(size)
+    };
+    let (family, cf, first, last) = if left {
+        (
+            Family::Rol,
+            r,
+            of_if(msb(a, bits) ^ below_msb(a, bits)),
+            of_if(msb(r, bits) ^ r),
+        )
+    } else {
+        (
+            Family::Ror,
+            msb(r, bits),
+            of_if(a ^ msb(a, bits)),
+            of_if(msb(r, bits) ^ below_msb(r, bits)),
+        )
+    };
+    Shifted {
+        r,
+        family,
+        natural: (old & !(CF | OF)) | cf_if(cf) | first,
+        undefined: if count > 1 { OF } else { 0 },
+        last,
+    }
+}
+
+/// `rcl` (`left`) or `rcr` by `count`, which turns the value by `c` bits (not a
+/// multiple of the width plus one).
+#[inline(always)]
+fn rotate_through_carry(left: bool, a: u64, count: u32, c: u32, size: usize, old: u64) -> Shifted {
+    let bits = size as u32 * 8;
+    // Rotate the (bits+1)-bit value CF:a.
+    let w = bits + 1;
+    let v = (((old & CF) as u128) << bits) | a as u128;
+    let wm = (1u128 << w) - 1;
+    let rv = if left {
+        ((v << c) | (v >> (w - c))) & wm
+    } else {
+        ((v >> c) | (v << (w - c))) & wm
+    };
+    let r = (rv as u64) & mask(size);
+    let cf = ((rv >> bits) & 1) as u64;
+    let (family, first, last) = if left {
+        (
+            Family::Rcl,
+            of_if(below_msb(a, bits) ^ msb(a, bits)),
+            of_if(msb(r, bits) ^ cf),
+        )
+    } else {
+        (
+            Family::Rcr,
+            of_if((old & CF) ^ msb(a, bits)),
+            of_if(msb(r, bits) ^ below_msb(r, bits)),
+        )
+    };
+    Shifted {
+        r,
+        family,
+        natural: (old & !(CF | OF)) | cf_if(cf) | first,
+        undefined: if count > 1 { OF } else { 0 },
+        last,
+    }
+}
+
+/// The status flags of a full turn of `rcl` (`left`) or `rcr` through CF: the value and
+/// CF come back unchanged; only OF is in question.
+#[inline(always)]
+fn full_turn_flags(left: bool, a: u64, size: usize, old: u64, rules: &UndefinedRules) -> u64 {
+    let bits = size as u32 * 8;
+    let cf_in = old & CF;
+    let (family, first, last) = if left {
+        (
+            Family::RclFullTurn,
+            of_if(below_msb(a, bits) ^ msb(a, bits)),
+            of_if(msb(a, bits) ^ cf_in),
+        )
+    } else {
+        (
+            Family::RcrFullTurn,
+            of_if(cf_in ^ msb(a, bits)),
+            of_if(msb(a, bits) ^ below_msb(a, bits)),
+        )
+    };
+    let natural = (old & !OF) | first;
+    rules.masks(family, size).resolve(OF, old, natural, last, 0)
+}
+
 /// Shifts/rotates `a` by `count` (already masked to 5 or 6 bits). Returns the result and
 /// the new RFLAGS (only status bits change). A zero count changes nothing.
 ///
@@ -164,146 +324,31 @@ pub fn shift(
     rules: &UndefinedRules,
 ) -> (u64, u64) {
     let bits = size as u32 * 8;
-    let m = mask(size);
-    let a = a & m;
+    let a = a & mask(size);
     if count == 0 {
         return (a, rflags);
     }
-    let msb = |v: u64| (v >> (bits - 1)) & 1;
-    let below_msb = |v: u64| (v >> (bits - 2)) & 1;
-    let cf_in = rflags & CF;
     let old = rflags & STATUS;
-    // Per op: result, family, the flags as defined (OF as the first one-bit step sets
-    // it, AF 0, CF for counts past the width as the last bit out), the undefined ones,
-    // and the OF of the last one-bit step.
-    let (r, family, natural, undefined, last) = match op {
-        ShiftOp::Shl => {
-            // Counts below the width (every count of 32- and 64-bit operands) stay in
-            // u64 arithmetic; 8- and 16-bit operands can be shifted by up to 31.
-            let (wide, cf) = if count < bits {
-                (a << count, (a >> (bits - count)) & 1)
-            } else {
-                let cf = if count == bits { a & 1 } else { 0 };
-                (((a as u128) << count.min(127)) as u64, cf)
-            };
-            let r = wide & m;
-            let first = of_if(msb(a) ^ below_msb(a));
-            let undefined =
-                AF | if count > 1 { OF } else { 0 } | if count >= bits { CF } else { 0 };
-            let last = of_if(msb(r) ^ cf);
-            (
-                r,
-                Family::Shl,
-                szp(r, size) | cf_if(cf) | first,
-                undefined,
-                last,
-            )
-        }
-        ShiftOp::Shr => {
-            let r = if count >= 64 { 0 } else { a >> count };
-            let cf = if count <= bits {
-                (a >> (count - 1)) & 1
-            } else {
-                0
-            };
-            let first = of_if(msb(a));
-            let undefined =
-                AF | if count > 1 { OF } else { 0 } | if count >= bits { CF } else { 0 };
-            let last = of_if(msb(a >> (count - 1).min(63)));
-            (
-                r,
-                Family::Shr,
-                szp(r, size) | cf_if(cf) | first,
-                undefined,
-                last,
-            )
-        }
-        ShiftOp::Sar => {
-            let s = sext(a, size) as i64;
-            let c = count.min(63);
-            let r = ((s >> c) as u64) & m;
-            let cf = ((s >> (c - 1).min(63)) & 1) as u64;
-            let undefined = AF | if count > 1 { OF } else { 0 };
-            (r, Family::Sar, szp(r, size) | cf_if(cf), undefined, 0)
-        }
-        ShiftOp::Rol => {
-            let c = count % bits;
-            let r = if c == 0 {
-                a
-            } else {
-                ((a << c) | (a >> (bits - c))) & m
-            };
-            let first = of_if(msb(a) ^ below_msb(a));
-            let undefined = if count > 1 { OF } else { 0 };
-            let last = of_if(msb(r) ^ r);
-            let natural = (old & !(CF | OF)) | cf_if(r) | first;
-            (r, Family::Rol, natural, undefined, last)
-        }
-        ShiftOp::Ror => {
-            let c = count % bits;
-            let r = if c == 0 {
-                a
-            } else {
-                ((a >> c) | (a << (bits - c))) & m
-            };
-            let first = of_if(a ^ msb(a));
-            let undefined = if count > 1 { OF } else { 0 };
-            let last = of_if(msb(r) ^ below_msb(r));
-            let natural = (old & !(CF | OF)) | cf_if(msb(r)) | first;
-            (r, Family::Ror, natural, undefined, last)
-        }
+    let s = match op {
+        ShiftOp::Shl => shl(a, count, size),
+        ShiftOp::Shr => shr(a, count, size),
+        ShiftOp::Sar => sar(a, count, size),
+        ShiftOp::Rol | ShiftOp::Ror => rotate(op == ShiftOp::Rol, a, count, size, old),
         ShiftOp::Rcl | ShiftOp::Rcr => {
             let left = op == ShiftOp::Rcl;
             let c = if bits < 32 { count % (bits + 1) } else { count };
-            let first = if left {
-                of_if(below_msb(a) ^ msb(a))
-            } else {
-                of_if(cf_in ^ msb(a))
-            };
             if c == 0 {
-                // A full turn through CF: the value and CF come back unchanged; only OF
-                // is in question.
-                let last = if left {
-                    of_if(msb(a) ^ cf_in)
-                } else {
-                    of_if(msb(a) ^ below_msb(a))
-                };
-                let family = if left {
-                    Family::RclFullTurn
-                } else {
-                    Family::RcrFullTurn
-                };
-                let natural = (old & !OF) | first;
-                let f = rules.masks(family, size).resolve(OF, old, natural, last, 0);
+                let f = full_turn_flags(left, a, size, old, rules);
                 return (a, (rflags & !STATUS) | f);
             }
-            // Rotate the (bits+1)-bit value CF:a.
-            let w = bits + 1;
-            let v = ((cf_in as u128) << bits) | a as u128;
-            let wm = (1u128 << w) - 1;
-            let rv = if left {
-                ((v << c) | (v >> (w - c))) & wm
-            } else {
-                ((v >> c) | (v << (w - c))) & wm
-            };
-            let r = (rv as u64) & m;
-            let cf = ((rv >> bits) & 1) as u64;
-            let last = if left {
-                of_if(msb(r) ^ cf)
-            } else {
-                of_if(msb(r) ^ below_msb(r))
-            };
-            let undefined = if count > 1 { OF } else { 0 };
-            let natural = (old & !(CF | OF)) | cf_if(cf) | first;
-            let family = if left { Family::Rcl } else { Family::Rcr };
-            (r, family, natural, undefined, last)
+            rotate_through_carry(left, a, count, c, size, old)
         }
     };
-    let sign = of_if(msb(r) ^ msb(a));
+    let sign = of_if(msb(s.r, bits) ^ msb(a, bits));
     let f = rules
-        .masks(family, size)
-        .resolve(undefined, old, natural, last, sign);
-    (r, (rflags & !STATUS) | f)
+        .masks(s.family, size)
+        .resolve(s.undefined, old, s.natural, s.last, sign);
+    (s.r, (rflags & !STATUS) | f)
 }
 
 /// `shld`/`shrd` of `dst` with bits from `src` by `count` (already masked). Returns the

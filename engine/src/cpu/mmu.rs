@@ -1,6 +1,10 @@
 //! Linear-address translation (4-level paging), the TLB, and linear memory accesses.
 
 use super::{Cpu, CpuError, Exception, Exit, Fault, R, exit, flags, vector};
+use crate::arch::pf_error::{I as PF_I, P as PF_P, RSVD as PF_RSVD, W as PF_W};
+use crate::arch::pte::{A as PTE_A, D as PTE_D, G as PTE_G, NX as PTE_NX, P as PTE_P};
+use crate::arch::pte::{PS as PTE_PS, U as PTE_U, W as PTE_W};
+use crate::arch::{cr0, cr4, efer, pte};
 use crate::memory::GuestMemory;
 
 /// The kind of a memory access.
@@ -21,20 +25,6 @@ pub enum PageFault {
     /// A paging-structure entry lies outside RAM.
     TableNotRam { linear: u64, gpa: u64 },
 }
-
-pub(crate) const PF_P: u32 = 1;
-pub(crate) const PF_W: u32 = 2;
-pub(crate) const PF_RSVD: u32 = 8;
-pub(crate) const PF_I: u32 = 16;
-
-const PTE_P: u64 = 1;
-const PTE_W: u64 = 2;
-const PTE_U: u64 = 4;
-const PTE_A: u64 = 1 << 5;
-const PTE_D: u64 = 1 << 6;
-const PTE_PS: u64 = 1 << 7;
-const PTE_G: u64 = 1 << 8;
-const PTE_NX: u64 = 1 << 63;
 
 // TLB entry permission bits.
 const T_W: u8 = 1;
@@ -143,12 +133,12 @@ impl Cpu {
         let st = &self.st;
         match acc {
             Access::Fetch => {
-                (bits & T_NX != 0 && st.efer & (1 << 11) != 0)
-                    || (bits & T_U != 0 && st.cr4 & (1 << 20) != 0)
+                (bits & T_NX != 0 && st.efer & efer::NXE != 0)
+                    || (bits & T_U != 0 && st.cr4 & cr4::SMEP != 0)
             }
             Access::Read | Access::Write => {
-                let smap = bits & T_U != 0 && st.cr4 & (1 << 21) != 0 && st.rflags & flags::AC == 0;
-                smap || (acc == Access::Write && bits & T_W == 0 && st.cr0 & (1 << 16) != 0)
+                let smap = bits & T_U != 0 && st.cr4 & cr4::SMAP != 0 && st.rflags & flags::AC == 0;
+                smap || (acc == Access::Write && bits & T_W == 0 && st.cr0 & cr0::WP != 0)
             }
         }
     }
@@ -162,7 +152,7 @@ impl Cpu {
         check: bool,
     ) -> Result<Walk, PageFault> {
         let st = &self.st;
-        let nxe = st.efer & (1 << 11) != 0;
+        let nxe = st.efer & efer::NXE != 0;
         let addr_mask = ((1u64 << self.max_phys_bits) - 1) & !0xfff;
         // Bits between MAXPHYADDR and 51 are reserved in every entry; bit 63 without NXE.
         let mut rsvd = !((1u64 << self.max_phys_bits) - 1) & ((1u64 << 52) - 1);
@@ -176,7 +166,7 @@ impl Cpu {
             entries: [(0, 0); 4],
             n: 0,
         };
-        let fetch_flag = if acc == Access::Fetch && (nxe || st.cr4 & (1 << 20) != 0) {
+        let fetch_flag = if acc == Access::Fetch && (nxe || st.cr4 & cr4::SMEP != 0) {
             PF_I
         } else {
             0
@@ -205,10 +195,10 @@ impl Cpu {
                 if !self.has_1g_pages {
                     r |= PTE_PS;
                 } else {
-                    r |= 0x3fff_e000;
+                    r |= pte::RESERVED_1G;
                 }
             } else if large && level == 2 {
-                r |= 0x1f_e000;
+                r |= pte::RESERVED_2M;
             }
             if e & r != 0 {
                 return Err(PageFault::Fault {
@@ -232,7 +222,7 @@ impl Cpu {
                 if e & PTE_D != 0 {
                     w.bits |= T_D;
                 }
-                if e & PTE_G != 0 && st.cr4 & (1 << 7) != 0 {
+                if e & PTE_G != 0 && st.cr4 & cr4::PGE != 0 {
                     w.bits |= T_G;
                 }
                 if check && self.perm_fault(w.bits, acc) {
@@ -249,7 +239,7 @@ impl Cpu {
     }
 
     fn paging_enabled(&self) -> bool {
-        self.st.cr0 & (1 << 31) != 0
+        self.st.cr0 & cr0::PG != 0
     }
 
     /// Translates a linear address without side effects (no A/D updates, no TLB fill).

@@ -41,10 +41,18 @@
 //! Decoded instructions are cached by guest-physical address (code is tracked per
 //! 64-byte line: a write to a line drops the instructions decoded from it). The
 //! commonest forms get a specialised handler at decode time (`exec/fast.rs`); everything
-//! else goes through the general dispatch (`exec.rs`). Straight-line runs of fast forms
-//! in one code page are cached as blocks (`block.rs`) and run without the per-instruction
-//! work of the step loop wherever stepping would do nothing more (see there); both
-//! paths give the same results, instruction for instruction.
+//! else goes through the general dispatch (`exec/mod.rs`), one line per mnemonic into
+//! the family modules of `exec/` (`arith`, `muldiv`, `shift_rotate`, `bit`, `data`,
+//! `stack`, `control`, `string`, `system`, `io`). The fast handlers take their semantics
+//! from the same family functions (the ALU's `ArithOp` types in `exec/arith.rs`, the stack
+//! and branch primitives), and engine/tests/cpu_fast_forms.rs runs every fast form
+//! through both paths on random inputs. Straight-line runs of fast forms in one code page
+//! are cached as blocks (`block.rs`) and run without the per-instruction work of the step
+//! loop wherever stepping would do nothing more (see there); both paths give the same
+//! results, instruction for instruction.
+//!
+//! Registers are named by [`crate::state::gpr`] and architectural bits by
+//! [`crate::arch`].
 //!
 //! # Paging
 //!
@@ -107,11 +115,12 @@ use std::collections::HashSet;
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction};
 use thiserror::Error;
 
+use crate::arch::{cpuid as cpuid_bits, efer};
 use crate::memory::{GuestMemory, line_bit};
+use crate::state::gpr::{RAX, RDX};
 use crate::state::{CpuState, CpuidEntry};
 
 pub use mmu::{Access, PageFault};
-pub use system::{KERNEL_CODE64_ATTR, KERNEL_DATA_ATTR, USER_CODE64_ATTR, USER_DATA_ATTR};
 
 /// Why [`Cpu::run`] returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +171,12 @@ pub enum CpuError {
 }
 
 pub use crate::state::Quirks;
+
+/// For tests: whether `ins` (decoded at IP 0) has a fast form.
+#[doc(hidden)]
+pub fn has_fast_form(ins: &Instruction) -> bool {
+    exec::classify(ins).handler.is_some()
+}
 
 /// An instruction waiting for a value from the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,16 +234,7 @@ impl From<Exception> for Fault {
 
 pub(crate) type R<T> = Result<T, Fault>;
 
-pub(crate) mod vector {
-    pub const DE: u8 = 0;
-    pub const UD: u8 = 6;
-    pub const DF: u8 = 8;
-    pub const TS: u8 = 10;
-    pub const NP: u8 = 11;
-    pub const SS: u8 = 12;
-    pub const GP: u8 = 13;
-    pub const PF: u8 = 14;
-}
+pub(crate) use crate::arch::vector;
 
 pub(crate) fn exc(vector: u8, error_code: Option<u32>) -> Fault {
     Fault::Exc(Exception {
@@ -329,6 +335,9 @@ pub struct Cpu {
     quirks: std::sync::Arc<Quirks>,
     /// The recording host's undefined results, compiled from `quirks`.
     undefined: std::sync::Arc<undefined::UndefinedRules>,
+    /// Whether instructions get their fast forms (off only in tests that compare the
+    /// two paths: see [`Cpu::set_fast_forms`]).
+    fast_forms: bool,
 }
 
 impl Clone for Cpu {
@@ -362,6 +371,7 @@ impl Clone for Cpu {
             has_tzcnt: self.has_tzcnt,
             quirks: self.quirks.clone(),
             undefined: self.undefined.clone(),
+            fast_forms: self.fast_forms,
         }
     }
 }
@@ -389,9 +399,9 @@ impl Cpu {
             .filter(|&b| (32..=52).contains(&b))
             .unwrap_or(46);
         let ext1 = find(0x8000_0001);
-        let has_1g_pages = ext1.is_some_and(|e| e.edx & (1 << 26) != 0);
-        let has_lzcnt = ext1.is_some_and(|e| e.ecx & (1 << 5) != 0);
-        let has_tzcnt = find(7).is_some_and(|e| e.ebx & (1 << 3) != 0);
+        let has_1g_pages = ext1.is_some_and(|e| e.edx & cpuid_bits::EXT1_EDX_PDPE1GB != 0);
+        let has_lzcnt = ext1.is_some_and(|e| e.ecx & cpuid_bits::EXT1_ECX_ABM != 0);
+        let has_tzcnt = find(7).is_some_and(|e| e.ebx & cpuid_bits::LEAF7_EBX_BMI1 != 0);
         Cpu {
             st: state,
             cpuid,
@@ -421,7 +431,17 @@ impl Cpu {
             has_tzcnt,
             quirks: Default::default(),
             undefined: Default::default(),
+            fast_forms: true,
         }
+    }
+
+    /// For tests: with `false`, every instruction decoded from now on takes the general
+    /// path (no fast forms, so no blocks either), which must give the same results
+    /// (engine/tests/cpu_fast_forms.rs compares them). Drops the decoded instructions.
+    #[doc(hidden)]
+    pub fn set_fast_forms(&mut self, on: bool) {
+        self.fast_forms = on;
+        self.flush_decode_cache();
     }
 
     /// Reproduce the recording host's deviations (the recording's [`Quirks`]).
@@ -571,16 +591,17 @@ impl Cpu {
         match p {
             Pending::PortIn { size, next_rip, .. } => {
                 let v = value & flags::mask(size as usize);
-                match size {
-                    1 => self.st.gpr[0] = (self.st.gpr[0] & !0xff) | v,
-                    2 => self.st.gpr[0] = (self.st.gpr[0] & !0xffff) | v,
-                    _ => self.st.gpr[0] = v & 0xffff_ffff,
-                }
+                let rax = &mut self.st.gpr[RAX];
+                *rax = match size {
+                    1 => (*rax & !0xff) | v,
+                    2 => (*rax & !0xffff) | v,
+                    _ => v & 0xffff_ffff,
+                };
                 self.retire_pending(next_rip);
             }
             Pending::EdxEax { next_rip } => {
-                self.st.gpr[0] = value & 0xffff_ffff;
-                self.st.gpr[2] = value >> 32;
+                self.st.gpr[RAX] = value & 0xffff_ffff;
+                self.st.gpr[RDX] = value >> 32;
                 self.retire_pending(next_rip);
             }
             Pending::Random {
@@ -671,7 +692,7 @@ impl Cpu {
     /// An error if the CPU is not in 64-bit ring 0 (the only mode replayed).
     fn mode_error(&self) -> Option<Exit> {
         let cs = &self.st.seg[crate::state::seg::CS];
-        if self.st.cpl() != 0 || !cs.long_mode() || self.st.efer & (1 << 10) == 0 {
+        if self.st.cpl() != 0 || !cs.long_mode() || self.st.efer & efer::LMA == 0 {
             return Some(Exit::Error(CpuError::NotRing0 {
                 rip: self.st.rip,
                 cpl: self.st.cpl(),
@@ -911,7 +932,11 @@ impl Cpu {
             return Ok(Some(FETCHED_UNCACHED));
         }
         mem.mark_code(gpa, ins.len());
-        let op = exec::classify(&ins);
+        let op = if self.fast_forms {
+            exec::classify(&ins)
+        } else {
+            exec::FastOp::generic(ins.len())
+        };
         let mut decoded = 0;
         if op.handler.is_none() {
             if self.decoded.len() >= MAX_DECODED {

@@ -2,26 +2,27 @@
 //! returns to user mode, descriptor tables and segments, MSRs and CPUID.
 
 use super::{Cpu, CpuError, Exception, Exit, Fault, R, Retired, exc, flags, gp0, vector};
+use crate::arch::seg_attr::{
+    self, KERNEL_CODE64 as KERNEL_CODE64_ATTR, KERNEL_DATA as KERNEL_DATA_ATTR,
+    USER_CODE32 as USER_CODE32_ATTR, USER_CODE64 as USER_CODE64_ATTR, USER_DATA as USER_DATA_ATTR,
+};
+use crate::arch::{cpuid as cpuid_bits, cr0, cr4, descriptor, efer, tss};
 use crate::event::{EntryKind, UserEntry};
 use crate::memory::GuestMemory;
+use crate::state::gpr::{R11, RCX, RSP};
 use crate::state::{Segment, msr, seg};
 
-/// User-mode 64-bit code segment attributes (type 0xb, S, DPL 3, P, L, G).
-pub const USER_CODE64_ATTR: u16 = 0xa0fb;
-/// User-mode data segment attributes (type 3, S, DPL 3, P, D/B, G).
-pub const USER_DATA_ATTR: u16 = 0xc0f3;
-/// Kernel 64-bit code segment attributes (type 0xb, S, DPL 0, P, L, G).
-pub const KERNEL_CODE64_ATTR: u16 = 0xa09b;
-/// Kernel data segment attributes (type 3, S, DPL 0, P, D/B, G).
-pub const KERNEL_DATA_ATTR: u16 = 0xc093;
-/// User compatibility-mode code segment attributes (type 0xb, S, DPL 3, P, D/B, G).
-const USER_CODE32_ATTR: u16 = 0xc0fb;
+/// Type bits of a code segment's attributes (S and the code bit).
+const CODE_SEGMENT: u16 = seg_attr::S | seg_attr::CODE;
+
+/// The RFLAGS bits `sysret` loads from R11 (the SDM's 3C7FD7H).
+const SYSRET_RFLAGS: u64 = (flags::WRITABLE & !flags::RF) | flags::FIXED1;
 
 /// Segment-register state that a descriptor describes.
 pub(crate) fn segment_from_descriptor(selector: u16, d: u64) -> Segment {
     let mut limit = ((d & 0xffff) | ((d >> 32) & 0xf_0000)) as u32;
     let attr = (((d >> 40) & 0xff) | (((d >> 52) & 0xf) << 12)) as u16;
-    if attr & 0x8000 != 0 {
+    if attr & seg_attr::G != 0 {
         limit = (limit << 12) | 0xfff;
     }
     let base = ((d >> 16) & 0xff_ffff) | (((d >> 56) & 0xff) << 24);
@@ -136,10 +137,10 @@ impl Cpu {
         let lo = self.read_lin(mem, base, 8, false)?;
         let hi = self.read_lin(mem, base.wrapping_add(8), 8, false)?;
         let gate_type = (lo >> 40) & 0xf;
-        if gate_type != 0xe && gate_type != 0xf {
+        if gate_type != descriptor::INTERRUPT_GATE && gate_type != descriptor::TRAP_GATE {
             return Err(exc(vector::GP, idt_err));
         }
-        if (lo >> 47) & 1 == 0 {
+        if lo & descriptor::PRESENT == 0 {
             return Err(exc(vector::NP, idt_err));
         }
         let target = (lo & 0xffff) | ((lo >> 32) & 0xffff_0000) | ((hi & 0xffff_ffff) << 32);
@@ -161,10 +162,11 @@ impl Cpu {
         };
         let cs = segment_from_descriptor(sel, d);
         // A present 64-bit code segment, not more privileged-than-allowed.
-        if cs.attr & 0x18 != 0x18 || !cs.long_mode() || cs.attr & (1 << 14) != 0 {
+        if cs.attr & CODE_SEGMENT != CODE_SEGMENT || !cs.long_mode() || cs.attr & seg_attr::DB != 0
+        {
             return Err(exc(vector::GP, sel_err));
         }
-        if cs.attr & 0x80 == 0 {
+        if cs.attr & seg_attr::P == 0 {
             return Err(exc(vector::NP, sel_err));
         }
         let old_cpl = self.st.cpl();
@@ -173,18 +175,18 @@ impl Cpu {
             return Err(exc(vector::GP, sel_err));
         }
         let mut rsp = if ist != 0 {
-            self.read_tss(mem, 0x24 + (ist - 1) * 8)?
+            self.read_tss(mem, tss::IST1 + (ist - 1) * 8)?
         } else if new_cpl < old_cpl {
-            self.read_tss(mem, 4 + new_cpl as u64 * 8)?
+            self.read_tss(mem, tss::RSP0 + new_cpl as u64 * 8)?
         } else {
-            self.st.gpr[4]
+            self.st.gpr[RSP]
         };
         rsp &= !0xf;
         let old_ss = self.st.seg[seg::SS].selector as u64;
         let old_cs = self.st.seg[seg::CS].selector as u64;
         let frame = [
             old_ss,
-            self.st.gpr[4],
+            self.st.gpr[RSP],
             if fault {
                 self.st.rflags | flags::RF
             } else {
@@ -216,10 +218,10 @@ impl Cpu {
                 attr: 0,
             };
         }
-        self.st.gpr[4] = new_rsp;
+        self.st.gpr[RSP] = new_rsp;
         self.st.rip = target;
         self.st.rflags &= !(flags::TF | flags::NT | flags::RF | flags::VM);
-        if gate_type == 0xe {
+        if gate_type == descriptor::INTERRUPT_GATE {
             self.st.rflags &= !flags::IF;
         }
         self.st.interrupt_shadow = false;
@@ -229,7 +231,7 @@ impl Cpu {
 
     fn read_tss(&mut self, mem: &mut GuestMemory, off: u64) -> R<u64> {
         let tr = self.st.tr;
-        if tr.attr & 0x80 == 0 || off + 7 > tr.limit as u64 {
+        if tr.attr & seg_attr::P == 0 || off + 7 > tr.limit as u64 {
             return Err(exc(vector::TS, Some(tr.selector as u32 & !3)));
         }
         self.read_lin(mem, tr.base.wrapping_add(off), 8, false)
@@ -256,7 +258,7 @@ impl Cpu {
     /// Reads the 8-byte descriptor `sel` selects (GDT or LDT). #GP(sel) beyond the limit.
     pub(crate) fn read_descriptor(&mut self, mem: &mut GuestMemory, sel: u16) -> R<u64> {
         let (base, limit) = if sel & 4 != 0 {
-            if self.st.ldtr.attr & 0x80 == 0 {
+            if self.st.ldtr.attr & seg_attr::P == 0 {
                 return Err(exc(vector::GP, Some(sel as u32 & !3)));
             }
             (self.st.ldtr.base, self.st.ldtr.limit as u64)
@@ -272,7 +274,7 @@ impl Cpu {
 
     /// Sets the accessed bit of a code/data descriptor in its table.
     fn mark_descriptor_accessed(&mut self, mem: &mut GuestMemory, sel: u16, d: u64) -> R<()> {
-        if d & (1 << 40) != 0 {
+        if d & descriptor::ACCESSED != 0 {
             return Ok(());
         }
         let base = if sel & 4 != 0 {
@@ -284,7 +286,7 @@ impl Cpu {
             mem,
             base.wrapping_add((sel & !7) as u64),
             8,
-            d | (1 << 40),
+            d | descriptor::ACCESSED,
             false,
         )
     }
@@ -312,29 +314,29 @@ impl Cpu {
         }
         let d = self.read_descriptor(mem, sel)?;
         let mut s = segment_from_descriptor(sel, d);
-        let code = s.attr & 8 != 0;
-        if s.attr & 0x10 == 0 {
+        let code = s.attr & seg_attr::CODE != 0;
+        if s.attr & seg_attr::S == 0 {
             return Err(exc(vector::GP, err));
         }
         if idx == seg::SS {
             // A writable data segment with DPL = RPL = CPL.
-            if code || s.attr & 2 == 0 || s.dpl() != 0 || sel & 3 != 0 {
+            if code || s.attr & seg_attr::WRITABLE == 0 || s.dpl() != 0 || sel & 3 != 0 {
                 return Err(exc(vector::GP, err));
             }
-            if s.attr & 0x80 == 0 {
+            if s.attr & seg_attr::P == 0 {
                 return Err(exc(vector::SS, err));
             }
         } else {
-            if code && s.attr & 2 == 0 {
+            if code && s.attr & seg_attr::READABLE == 0 {
                 return Err(exc(vector::GP, err));
             }
-            if s.attr & 0x80 == 0 {
+            if s.attr & seg_attr::P == 0 {
                 return Err(exc(vector::NP, err));
             }
         }
         if mark_accessed {
             self.mark_descriptor_accessed(mem, sel, d)?;
-            s.attr |= 1;
+            s.attr |= seg_attr::ACCESSED;
         }
         self.st.seg[idx] = s;
         if idx == seg::SS {
@@ -357,13 +359,13 @@ impl Cpu {
         }
         let d = self.read_descriptor(mem, sel)?;
         let s = segment_from_descriptor(sel, d);
-        if s.attr & 0x18 != 0x18 {
+        if s.attr & CODE_SEGMENT != CODE_SEGMENT {
             return Err(exc(vector::GP, err));
         }
-        if s.attr & 0x80 == 0 {
+        if s.attr & seg_attr::P == 0 {
             return Err(exc(vector::NP, err));
         }
-        if s.dpl() != (sel & 3) as u8 && s.attr & 4 == 0 {
+        if s.dpl() != (sel & 3) as u8 && s.attr & seg_attr::CONFORMING == 0 {
             return Err(exc(vector::GP, err));
         }
         if mark_accessed {
@@ -374,7 +376,7 @@ impl Cpu {
 
     /// `iretq` (and its 16/32-bit operand-size forms).
     pub(crate) fn iret(&mut self, mem: &mut GuestMemory, size: usize) -> R<Retired> {
-        let rsp = self.st.gpr[4];
+        let rsp = self.st.gpr[RSP];
         let mut v = [0u64; 5];
         for (i, x) in v.iter_mut().enumerate() {
             *x = self.read_lin(mem, rsp.wrapping_add((i * size) as u64), size, true)?;
@@ -408,7 +410,7 @@ impl Cpu {
             }
             self.st.seg[seg::CS] = cs;
             self.st.rflags = new_flags;
-            self.st.gpr[4] = new_rsp;
+            self.st.gpr[RSP] = new_rsp;
             self.next_rip = rip;
             // An interrupt shadow set by loading SS does not apply to iret.
             self.st.interrupt_shadow = false;
@@ -421,7 +423,7 @@ impl Cpu {
         let ss = if ss_sel & !3 != 0 {
             let d = self.read_descriptor(mem, ss_sel)?;
             let mut s = segment_from_descriptor(ss_sel, d);
-            s.attr |= 1;
+            s.attr |= seg_attr::ACCESSED;
             s
         } else {
             return Err(exc(vector::GP, Some(0)));
@@ -429,17 +431,17 @@ impl Cpu {
         self.st.seg[seg::CS] = cs;
         self.st.seg[seg::SS] = ss;
         self.st.rflags = new_flags;
-        self.st.gpr[4] = new_rsp;
+        self.st.gpr[RSP] = new_rsp;
         self.next_rip = rip;
         Ok(Retired::ReturnToUser)
     }
 
     /// `sysret`: to 64-bit user mode with REX.W, to compatibility mode without.
     pub(crate) fn sysret(&mut self, wide: bool) -> R<Retired> {
-        if self.st.efer & 1 == 0 {
+        if self.st.efer & efer::SCE == 0 {
             return Err(super::ud());
         }
-        let rcx = self.st.gpr[1];
+        let rcx = self.st.gpr[RCX];
         if wide && !super::mmu::canonical(rcx) {
             return Err(gp0());
         }
@@ -462,7 +464,7 @@ impl Cpu {
             limit: 0xffff_ffff,
             attr: USER_DATA_ATTR,
         };
-        self.st.rflags = (self.st.gpr[11] & 0x3c_7fd7) | flags::FIXED1;
+        self.st.rflags = (self.st.gpr[R11] & SYSRET_RFLAGS) | flags::FIXED1;
         self.next_rip = rip;
         Ok(Retired::ReturnToUser)
     }
@@ -471,8 +473,8 @@ impl Cpu {
     fn do_syscall(&mut self, rip_after: u64, rflags: u64) {
         let star = self.msr_value(msr::IA32_STAR);
         let sel = ((star >> 32) & 0xfffc) as u16;
-        self.st.gpr[1] = rip_after;
-        self.st.gpr[11] = rflags;
+        self.st.gpr[RCX] = rip_after;
+        self.st.gpr[R11] = rflags;
         self.st.seg[seg::CS] = Segment {
             selector: sel,
             base: 0,
@@ -492,7 +494,7 @@ impl Cpu {
 
     /// `syscall` executed by kernel code.
     pub(crate) fn syscall(&mut self) -> R<()> {
-        if self.st.efer & 1 == 0 {
+        if self.st.efer & efer::SCE == 0 {
             return Err(super::ud());
         }
         self.do_syscall(self.next_rip, self.st.rflags);
@@ -531,7 +533,7 @@ impl Cpu {
         self.st.interrupt_shadow = false;
         match entry.kind {
             EntryKind::Syscall => {
-                if self.st.efer & 1 == 0 {
+                if self.st.efer & efer::SCE == 0 {
                     return Err(CpuError::BadEntry("syscall with EFER.SCE clear".into()));
                 }
                 self.do_syscall(r.rip, self.st.rflags);
@@ -630,14 +632,14 @@ impl Cpu {
             msr::IA32_TSC => return Err(self.unsupported("wrmsr to IA32_TSC")),
             msr::IA32_EFER => {
                 // SCE, LME, NXE are writable; LMA is read-only; the rest is reserved.
-                let writable = 1 | (1 << 8) | (1 << 11);
-                if v & !(writable | (1 << 10)) != 0 {
+                let writable = efer::SCE | efer::LME | efer::NXE;
+                if v & !(writable | efer::LMA) != 0 {
                     return Err(gp0());
                 }
-                if (v ^ self.st.efer) & (1 << 8) != 0 && self.st.cr0 & (1 << 31) != 0 {
+                if (v ^ self.st.efer) & efer::LME != 0 && self.st.cr0 & cr0::PG != 0 {
                     return Err(gp0());
                 }
-                self.st.efer = (self.st.efer & (1 << 10)) | (v & writable);
+                self.st.efer = (self.st.efer & efer::LMA) | (v & writable);
                 self.tlb_flush(true);
             }
             msr::IA32_FS_BASE => self.st.seg[seg::FS].base = v,
@@ -687,21 +689,14 @@ impl Cpu {
             Some(e) => [e.eax, e.ebx, e.ecx, e.edx],
             None => [0; 4],
         };
+        let mirror = |reg: u32, bit: u32, on: bool| (reg & !bit) | if on { bit } else { 0 };
         if l == 1 {
-            out[2] = (out[2] & !(1 << 27))
-                | if self.st.cr4 & (1 << 18) != 0 {
-                    1 << 27
-                } else {
-                    0
-                };
+            let on = self.st.cr4 & cr4::OSXSAVE != 0;
+            out[2] = mirror(out[2], cpuid_bits::LEAF1_ECX_OSXSAVE, on);
         }
         if l == 7 && s == 0 {
-            out[2] = (out[2] & !(1 << 4))
-                | if self.st.cr4 & (1 << 22) != 0 {
-                    1 << 4
-                } else {
-                    0
-                };
+            let on = self.st.cr4 & cr4::PKE != 0;
+            out[2] = mirror(out[2], cpuid_bits::LEAF7_ECX_OSPKE, on);
         }
         out
     }

@@ -2,38 +2,28 @@
 //! [`FastOp`] that carries everything the instruction needs (registers, immediate,
 //! memory operand) and a handler specialised for its operation and operand size, so
 //! that executing them is one indirect call into straight-line code that neither copies
-//! nor consults the decoded `Instruction`. Every handler does exactly what [`Cpu::exec`]
-//! does for its instructions; anything else has no handler and goes through the general
-//! dispatch.
+//! nor consults the decoded `Instruction`. Anything else has no handler and goes
+//! through the general dispatch ([`Cpu::exec`]).
+//!
+//! The handlers take their semantics from the instruction families, as the general path
+//! does: [`ArithOp`] and [`UnaryOp`] for the ALU, [`imul_truncated`], [`flags::shift`],
+//! [`extend`], and the stack and control-transfer primitives ([`Cpu::push`],
+//! [`Cpu::pop`], [`Cpu::call_near`], [`Cpu::ret_near`], [`Cpu::jump_relative_if`]).
+//! What is theirs alone is reading the pre-classified operands.
+//! engine/tests/cpu_fast_forms.rs runs every form through both paths on random inputs.
 
 use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
-use super::super::flags::{self, CF, ShiftOp, mask, sext};
+use super::super::flags::{self, ShiftOp, mask};
 use super::super::undefined::Family;
 use super::super::{Cpu, Fault, R};
-use super::{AL, EAX, R15, R15L, RAX};
+use super::arith::XorOp;
+use super::arith::{AddOp, AndOp, ArithOp, CmpOp, DecOp, IncOp, OrOp, SubOp, TestOp, UnaryOp};
+use super::data::extend;
+use super::muldiv::imul_truncated;
+use super::operand::{REG_AH, REG_AL, REG_AX, REG_EAX, REG_R15, REG_R15L, REG_RAX, REG_SPL};
 use crate::memory::GuestMemory;
-
-/// ALU operations with a fast path (the handlers' `OP` parameter).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum AluOp {
-    Add,
-    Or,
-    And,
-    Sub,
-    Xor,
-    Cmp,
-    Test,
-}
-
-const ADD: u8 = AluOp::Add as u8;
-const OR: u8 = AluOp::Or as u8;
-const AND: u8 = AluOp::And as u8;
-const SUB: u8 = AluOp::Sub as u8;
-const XOR: u8 = AluOp::Xor as u8;
-const CMP: u8 = AluOp::Cmp as u8;
-const TEST: u8 = AluOp::Test as u8;
+use crate::state::seg;
 
 /// What a handler returns: the fault is boxed so that the result fits in a register
 /// (faults are rare; every instruction returns).
@@ -83,7 +73,7 @@ impl MemOperand {
         let gpr64 = |r: Register| match r {
             Register::None => Some(NO_REG),
             Register::RIP => Some(BASE_RIP),
-            r if (RAX..=R15).contains(&(r as u32)) => Some((r as u32 - RAX) as u8),
+            r if (REG_RAX..=REG_R15).contains(&(r as u32)) => Some((r as u32 - REG_RAX) as u8),
             _ => None,
         };
         let base = gpr64(ins.memory_base())?;
@@ -149,8 +139,8 @@ impl FastOp {
 /// The index and size of a 32- or 64-bit GPR.
 fn gpr32_64(r: Register) -> Option<(u8, u8)> {
     match r as u32 {
-        v @ EAX..RAX => Some(((v - EAX) as u8, 4)),
-        v @ RAX..=R15 => Some(((v - RAX) as u8, 8)),
+        v @ REG_EAX..REG_RAX => Some(((v - REG_EAX) as u8, 4)),
+        v @ REG_RAX..=REG_R15 => Some(((v - REG_RAX) as u8, 8)),
         _ => None,
     }
 }
@@ -158,21 +148,18 @@ fn gpr32_64(r: Register) -> Option<(u8, u8)> {
 /// The index and size of a GPR usable as the source of a zero or sign extension: an
 /// 8-bit register other than AH, CH, DH, BH, or a 16- or 32-bit register.
 fn gpr_extend_source(r: Register) -> Option<(u8, u8)> {
-    const AH: u32 = Register::AH as u32;
-    const SPL: u32 = Register::SPL as u32;
-    const AX: u32 = Register::AX as u32;
     match r as u32 {
-        v @ AL..AH => Some(((v - AL) as u8, 1)),
-        v @ SPL..=R15L => Some(((v - AL - 4) as u8, 1)),
-        v @ AX..EAX => Some(((v - AX) as u8, 2)),
-        v @ EAX..RAX => Some(((v - EAX) as u8, 4)),
+        v @ REG_AL..REG_AH => Some(((v - REG_AL) as u8, 1)),
+        v @ REG_SPL..=REG_R15L => Some(((v - REG_AL - 4) as u8, 1)),
+        v @ REG_AX..REG_EAX => Some(((v - REG_AX) as u8, 2)),
+        v @ REG_EAX..REG_RAX => Some(((v - REG_EAX) as u8, 4)),
         _ => None,
     }
 }
 
 /// Picks `$f::<..., SIZE>` for a register operand size of 4 or 8.
 macro_rules! by_size48 {
-    ($size:expr, $f:ident $(, $c:expr)*) => {
+    ($size:expr, $f:ident $(, $c:tt)*) => {
         if $size == 4 {
             $f::<$($c,)* 4> as Handler
         } else {
@@ -183,7 +170,7 @@ macro_rules! by_size48 {
 
 /// Picks `$f::<..., SIZE>` for a memory operand size of 1, 2, 4 or 8.
 macro_rules! by_size {
-    ($size:expr, $f:ident $(, $c:expr)*) => {
+    ($size:expr, $f:ident $(, $c:tt)*) => {
         match $size {
             1 => $f::<$($c,)* 1> as Handler,
             2 => $f::<$($c,)* 2> as Handler,
@@ -193,17 +180,17 @@ macro_rules! by_size {
     };
 }
 
-/// Picks `$f::<OP, SIZE>` over the ALU operations.
+/// Picks `$f::<Op, SIZE>` for the ALU operation of mnemonic `$m`.
 macro_rules! by_alu_op {
-    ($op:expr, $pick:ident, $size:expr, $f:ident) => {
-        match $op {
-            AluOp::Add => $pick!($size, $f, ADD),
-            AluOp::Or => $pick!($size, $f, OR),
-            AluOp::And => $pick!($size, $f, AND),
-            AluOp::Sub => $pick!($size, $f, SUB),
-            AluOp::Xor => $pick!($size, $f, XOR),
-            AluOp::Cmp => $pick!($size, $f, CMP),
-            AluOp::Test => $pick!($size, $f, TEST),
+    ($m:expr, $pick:ident, $size:expr, $f:ident) => {
+        match $m {
+            Mnemonic::Add => $pick!($size, $f, AddOp),
+            Mnemonic::Or => $pick!($size, $f, OrOp),
+            Mnemonic::And => $pick!($size, $f, AndOp),
+            Mnemonic::Sub => $pick!($size, $f, SubOp),
+            Mnemonic::Xor => $pick!($size, $f, XorOp),
+            Mnemonic::Cmp => $pick!($size, $f, CmpOp),
+            _ => $pick!($size, $f, TestOp),
         }
     };
 }
@@ -313,18 +300,26 @@ pub(crate) fn classify(ins: &Instruction) -> FastOp {
     }
 }
 
-fn classify_form(ins: &Instruction) -> Option<Form> {
-    use Mnemonic as M;
-    let reg = |n: u32| {
-        if ins.op_kind(n) == OpKind::Register {
-            gpr32_64(ins.op_register(n))
+/// The operands of an instruction as the fast forms see them.
+struct Operands<'a> {
+    ins: &'a Instruction,
+    /// The memory operand's size in bytes.
+    msize: usize,
+}
+
+impl Operands<'_> {
+    /// Operand `n` as a 32- or 64-bit GPR (index, size).
+    fn reg(&self, n: u32) -> Option<(u8, u8)> {
+        if self.ins.op_kind(n) == OpKind::Register {
+            gpr32_64(self.ins.op_register(n))
         } else {
             None
         }
-    };
-    let imm = |n: u32| {
+    }
+
+    fn imm(&self, n: u32) -> bool {
         matches!(
-            ins.op_kind(n),
+            self.ins.op_kind(n),
             OpKind::Immediate8
                 | OpKind::Immediate16
                 | OpKind::Immediate32
@@ -333,134 +328,49 @@ fn classify_form(ins: &Instruction) -> Option<Form> {
                 | OpKind::Immediate8to64
                 | OpKind::Immediate32to64
         )
+    }
+
+    fn mem(&self, n: u32) -> bool {
+        self.ins.op_kind(n) == OpKind::Memory
+    }
+
+    /// A memory operand of a size the handlers have.
+    fn mem_sized(&self) -> bool {
+        matches!(self.msize, 1 | 2 | 4 | 8)
+    }
+
+    /// Operand 1's immediate masked to `size` bytes.
+    fn imm1(&self, size: usize) -> u64 {
+        self.ins.immediate(1) & mask(size)
+    }
+}
+
+fn classify_form(ins: &Instruction) -> Option<Form> {
+    use Mnemonic as M;
+    let o = Operands {
+        ins,
+        msize: ins.memory_size().size(),
     };
-    let memop = |n: u32| ins.op_kind(n) == OpKind::Memory;
-    let msize = ins.memory_size().size();
-    let mem_sized = matches!(msize, 1 | 2 | 4 | 8);
-    let imm1 = |size: usize| ins.immediate(1) & mask(size);
     let m = ins.mnemonic();
     let two = ins.op_count() == 2;
     match m {
         M::Nop | M::Pause | M::Endbr64 => form(nop, NO_REG, NO_REG, 0),
-        M::Mov if two => match (reg(0), reg(1)) {
-            (Some((d, a)), Some((s, b))) if a == b => form(by_size48!(a, mov_rr), d, s, 0),
-            (Some((d, size)), None) if imm(1) => {
-                form(by_size48!(size, mov_ri), d, NO_REG, imm1(size as usize))
-            }
-            (Some((d, size)), None) if memop(1) && msize == size as usize => {
-                form(by_size48!(size, mov_rm), d, NO_REG, 0)
-            }
-            (None, Some((s, size))) if memop(0) && msize == size as usize => {
-                form(by_size48!(size, mov_mr), NO_REG, s, 0)
-            }
-            (None, None) if memop(0) && imm(1) && mem_sized => {
-                form(by_size!(msize, mov_mi), NO_REG, NO_REG, imm1(msize))
-            }
-            _ => None,
-        },
-        M::Movzx | M::Movsx | M::Movsxd if two => {
-            let (d, size) = reg(0)?;
-            let (s, src_size) = match ins.op_kind(1) {
-                OpKind::Register => gpr_extend_source(ins.op_register(1))?,
-                OpKind::Memory if matches!(msize, 1 | 2 | 4) => (NO_REG, msize as u8),
-                _ => return None,
-            };
-            let signed = if m == M::Movzx { 0 } else { EXTEND_SIGNED };
-            Some(Form {
-                handler: by_size48!(size, extend),
-                d,
-                s,
-                aux: src_size | signed,
-                imm: 0,
-            })
-        }
-        M::Add | M::Or | M::And | M::Sub | M::Xor | M::Cmp | M::Test if two => {
-            let op = match m {
-                M::Add => AluOp::Add,
-                M::Or => AluOp::Or,
-                M::And => AluOp::And,
-                M::Sub => AluOp::Sub,
-                M::Xor => AluOp::Xor,
-                M::Cmp => AluOp::Cmp,
-                _ => AluOp::Test,
-            };
-            match (reg(0), reg(1)) {
-                (Some((d, a)), Some((s, b))) if a == b => {
-                    form(by_alu_op!(op, by_size48, a, alu_rr), d, s, 0)
-                }
-                (Some((d, size)), None) if imm(1) => form(
-                    by_alu_op!(op, by_size48, size, alu_ri),
-                    d,
-                    NO_REG,
-                    imm1(size as usize),
-                ),
-                (Some((d, size)), None) if memop(1) && msize == size as usize => {
-                    form(by_alu_op!(op, by_size48, size, alu_rm), d, NO_REG, 0)
-                }
-                (None, Some((s, size))) if memop(0) && msize == size as usize => {
-                    form(by_alu_op!(op, by_size, size, alu_mr), NO_REG, s, 0)
-                }
-                (None, None) if memop(0) && imm(1) && mem_sized => form(
-                    by_alu_op!(op, by_size, msize, alu_mi),
-                    NO_REG,
-                    NO_REG,
-                    imm1(msize),
-                ),
-                _ => None,
-            }
-        }
-        M::Imul if matches!(ins.op_count(), 2 | 3) => {
-            let (d, size) = reg(0)?;
-            let s = match ins.op_kind(1) {
-                OpKind::Register => match reg(1)? {
-                    (s, sz) if sz == size => s,
-                    _ => return None,
-                },
-                OpKind::Memory if msize == size as usize => NO_REG,
-                _ => return None,
-            };
-            let with_imm = ins.op_count() == 3;
-            if with_imm && !imm(2) {
-                return None;
-            }
-            Some(Form {
-                handler: by_size48!(size, imul),
-                d,
-                s,
-                aux: with_imm as u8,
-                imm: if with_imm {
-                    ins.immediate(2) & mask(size as usize)
-                } else {
-                    0
-                },
-            })
-        }
+        M::Mov if two => mov_form(&o),
+        M::Movzx | M::Movsx | M::Movsxd if two => extend_form(&o, m != M::Movzx),
+        M::Add | M::Or | M::And | M::Sub | M::Xor | M::Cmp | M::Test if two => alu_form(&o, m),
+        M::Imul if matches!(ins.op_count(), 2 | 3) => imul_form(&o),
         M::Inc | M::Dec if ins.op_count() == 1 => {
-            let (d, size) = reg(0)?;
+            let (d, size) = o.reg(0)?;
             let h = if m == M::Inc {
-                by_size48!(size, inc_dec, true)
+                by_size48!(size, unary_r, IncOp)
             } else {
-                by_size48!(size, inc_dec, false)
+                by_size48!(size, unary_r, DecOp)
             };
             form(h, d, NO_REG, 0)
         }
-        M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror if two => {
-            let (d, size) = reg(0)?;
-            if ins.op_kind(1) != OpKind::Immediate8 {
-                return None;
-            }
-            let count = (ins.immediate(1) & 0xff) & if size == 8 { 63 } else { 31 };
-            let h = match m {
-                M::Shl | M::Sal => by_size48!(size, shift_ri, SHL),
-                M::Shr => by_size48!(size, shift_ri, SHR),
-                M::Sar => by_size48!(size, shift_ri, SAR),
-                M::Rol => by_size48!(size, shift_ri, ROL),
-                _ => by_size48!(size, shift_ri, ROR),
-            };
-            form(h, d, NO_REG, count)
-        }
+        M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror if two => shift_form(&o, m),
         M::Lea => {
-            let (d, size) = reg(0)?;
+            let (d, size) = o.reg(0)?;
             form(by_size48!(size, lea), d, NO_REG, 0)
         }
         _ if ins.is_jcc_short_or_near() => form(
@@ -476,11 +386,11 @@ fn classify_form(ins: &Instruction) -> Option<Form> {
             form(call_rel, NO_REG, NO_REG, ins.near_branch64())
         }
         M::Ret if ins.code() == Code::Retnq => form(ret, NO_REG, NO_REG, 0),
-        M::Push if ins.code() == Code::Push_r64 => match reg(0)? {
+        M::Push if ins.code() == Code::Push_r64 => match o.reg(0)? {
             (s, 8) => form(push, NO_REG, s, 0),
             _ => None,
         },
-        M::Pop if ins.code() == Code::Pop_r64 => match reg(0)? {
+        M::Pop if ins.code() == Code::Pop_r64 => match o.reg(0)? {
             (d, 8) => form(pop, d, NO_REG, 0),
             _ => None,
         },
@@ -488,7 +398,120 @@ fn classify_form(ins: &Instruction) -> Option<Form> {
     }
 }
 
-/// [`FastOp::aux`] of [`extend`]: the source size in bytes, and this bit for a sign
+fn mov_form(o: &Operands) -> Option<Form> {
+    let msize = o.msize;
+    match (o.reg(0), o.reg(1)) {
+        (Some((d, a)), Some((s, b))) if a == b => form(by_size48!(a, mov_rr), d, s, 0),
+        (Some((d, size)), None) if o.imm(1) => {
+            form(by_size48!(size, mov_ri), d, NO_REG, o.imm1(size as usize))
+        }
+        (Some((d, size)), None) if o.mem(1) && msize == size as usize => {
+            form(by_size48!(size, mov_rm), d, NO_REG, 0)
+        }
+        (None, Some((s, size))) if o.mem(0) && msize == size as usize => {
+            form(by_size48!(size, mov_mr), NO_REG, s, 0)
+        }
+        (None, None) if o.mem(0) && o.imm(1) && o.mem_sized() => {
+            form(by_size!(msize, mov_mi), NO_REG, NO_REG, o.imm1(msize))
+        }
+        _ => None,
+    }
+}
+
+/// `movzx` and (`signed`) `movsx`, `movsxd`.
+fn extend_form(o: &Operands, signed: bool) -> Option<Form> {
+    let (d, size) = o.reg(0)?;
+    let (s, src_size) = match o.ins.op_kind(1) {
+        OpKind::Register => gpr_extend_source(o.ins.op_register(1))?,
+        OpKind::Memory if matches!(o.msize, 1 | 2 | 4) => (NO_REG, o.msize as u8),
+        _ => return None,
+    };
+    Some(Form {
+        handler: by_size48!(size, extend_r),
+        d,
+        s,
+        aux: src_size | if signed { EXTEND_SIGNED } else { 0 },
+        imm: 0,
+    })
+}
+
+/// `add`, `or`, `and`, `sub`, `xor`, `cmp`, `test` (mnemonic `m`).
+fn alu_form(o: &Operands, m: Mnemonic) -> Option<Form> {
+    let msize = o.msize;
+    match (o.reg(0), o.reg(1)) {
+        (Some((d, a)), Some((s, b))) if a == b => {
+            form(by_alu_op!(m, by_size48, a, alu_rr), d, s, 0)
+        }
+        (Some((d, size)), None) if o.imm(1) => form(
+            by_alu_op!(m, by_size48, size, alu_ri),
+            d,
+            NO_REG,
+            o.imm1(size as usize),
+        ),
+        (Some((d, size)), None) if o.mem(1) && msize == size as usize => {
+            form(by_alu_op!(m, by_size48, size, alu_rm), d, NO_REG, 0)
+        }
+        (None, Some((s, size))) if o.mem(0) && msize == size as usize => {
+            form(by_alu_op!(m, by_size, size, alu_mr), NO_REG, s, 0)
+        }
+        (None, None) if o.mem(0) && o.imm(1) && o.mem_sized() => form(
+            by_alu_op!(m, by_size, msize, alu_mi),
+            NO_REG,
+            NO_REG,
+            o.imm1(msize),
+        ),
+        _ => None,
+    }
+}
+
+/// `imul` with two or three operands.
+fn imul_form(o: &Operands) -> Option<Form> {
+    let ins = o.ins;
+    let (d, size) = o.reg(0)?;
+    let s = match ins.op_kind(1) {
+        OpKind::Register => match o.reg(1)? {
+            (s, sz) if sz == size => s,
+            _ => return None,
+        },
+        OpKind::Memory if o.msize == size as usize => NO_REG,
+        _ => return None,
+    };
+    let with_imm = ins.op_count() == 3;
+    if with_imm && !o.imm(2) {
+        return None;
+    }
+    Some(Form {
+        handler: by_size48!(size, imul),
+        d,
+        s,
+        aux: with_imm as u8,
+        imm: if with_imm {
+            ins.immediate(2) & mask(size as usize)
+        } else {
+            0
+        },
+    })
+}
+
+/// Shifts and rotates of a register by an immediate (mnemonic `m`).
+fn shift_form(o: &Operands, m: Mnemonic) -> Option<Form> {
+    use Mnemonic as M;
+    let (d, size) = o.reg(0)?;
+    if o.ins.op_kind(1) != OpKind::Immediate8 {
+        return None;
+    }
+    let count = (o.ins.immediate(1) & 0xff) & if size == 8 { 63 } else { 31 };
+    let h = match m {
+        M::Shl | M::Sal => by_size48!(size, shift_ri, SHL),
+        M::Shr => by_size48!(size, shift_ri, SHR),
+        M::Sar => by_size48!(size, shift_ri, SAR),
+        M::Rol => by_size48!(size, shift_ri, ROL),
+        _ => by_size48!(size, shift_ri, ROR),
+    };
+    form(h, d, NO_REG, count)
+}
+
+/// [`FastOp::aux`] of [`extend_r`]: the source size in bytes, and this bit for a sign
 /// extension.
 const EXTEND_SIGNED: u8 = 0x80;
 
@@ -503,31 +526,6 @@ fn set_gpr<const SIZE: usize>(cpu: &mut Cpu, i: u8, v: u64) {
 #[inline(always)]
 fn gpr<const SIZE: usize>(cpu: &Cpu, i: u8) -> u64 {
     cpu.st.gpr[i as usize & 15] & mask(SIZE)
-}
-
-/// The result and status flags of an ALU operation (`rflags` and the CPU's rules for
-/// the undefined AF of the logical ones).
-#[inline(always)]
-fn alu_result<const OP: u8, const SIZE: usize>(cpu: &Cpu, a: u64, b: u64) -> (u64, u64) {
-    let logic = |family, r| {
-        (
-            r,
-            flags::logic(family, r, SIZE, cpu.st.rflags, &cpu.undefined),
-        )
-    };
-    match OP {
-        ADD => flags::add(a, b, false, SIZE),
-        SUB | CMP => flags::sub(a, b, false, SIZE),
-        AND => logic(Family::And, a & b),
-        TEST => logic(Family::Test, a & b),
-        OR => logic(Family::Or, a | b),
-        _ => logic(Family::Xor, a ^ b),
-    }
-}
-
-/// Whether the ALU operation writes its destination (`cmp` and `test` do not).
-const fn alu_writes(op: u8) -> bool {
-    op != CMP && op != TEST
 }
 
 impl Cpu {
@@ -552,8 +550,8 @@ impl Cpu {
         let a = self.fast_ea(m);
         match m.seg {
             SEG_FLAT => a,
-            SEG_FS => a.wrapping_add(self.st.seg[crate::state::seg::FS].base),
-            _ => a.wrapping_add(self.st.seg[crate::state::seg::GS].base),
+            SEG_FS => a.wrapping_add(self.st.seg[seg::FS].base),
+            _ => a.wrapping_add(self.st.seg[seg::GS].base),
         }
     }
 
@@ -598,28 +596,24 @@ fn mov_mi<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) 
 
 /// movzx/movsx/movsxd: `aux` holds the source size and [`EXTEND_SIGNED`]; the source
 /// is register `s` or memory.
-fn extend<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
+fn extend_r<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     let src_size = (op.aux & !EXTEND_SIGNED) as usize;
     let v = if op.s == NO_REG {
         cpu.fast_read(mem, &op.mem, src_size)?
     } else {
         cpu.st.gpr[op.s as usize & 15] & mask(src_size)
     };
-    let v = if op.aux & EXTEND_SIGNED != 0 {
-        sext(v, src_size)
-    } else {
-        v
-    };
-    set_gpr::<SIZE>(cpu, op.d, v);
+    set_gpr::<SIZE>(cpu, op.d, extend(v, src_size, op.aux & EXTEND_SIGNED != 0));
     Ok(())
 }
 
 /// `d op= b` for a register destination.
 #[inline(always)]
-fn alu_to_reg<const OP: u8, const SIZE: usize>(cpu: &mut Cpu, d: u8, b: u64) -> HandlerResult {
-    let (r, f) = alu_result::<OP, SIZE>(cpu, gpr::<SIZE>(cpu, d), b);
+fn alu_to_reg<Op: ArithOp, const SIZE: usize>(cpu: &mut Cpu, d: u8, b: u64) -> HandlerResult {
+    let a = gpr::<SIZE>(cpu, d);
+    let (r, f) = Op::apply(a, b, SIZE, cpu.st.rflags, &cpu.undefined);
     cpu.set_status(f);
-    if alu_writes(OP) {
+    if Op::WRITES {
         set_gpr::<SIZE>(cpu, d, r);
     }
     Ok(())
@@ -627,7 +621,7 @@ fn alu_to_reg<const OP: u8, const SIZE: usize>(cpu: &mut Cpu, d: u8, b: u64) -> 
 
 /// `[mem] op= b` (any operand size).
 #[inline(always)]
-fn alu_to_mem<const OP: u8, const SIZE: usize>(
+fn alu_to_mem<Op: ArithOp, const SIZE: usize>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
     op: &FastOp,
@@ -635,56 +629,56 @@ fn alu_to_mem<const OP: u8, const SIZE: usize>(
 ) -> HandlerResult {
     let la = cpu.fast_la(&op.mem);
     let a = cpu.read_lin(mem, la, SIZE, op.mem.ss)?;
-    let (r, f) = alu_result::<OP, SIZE>(cpu, a, b);
-    if alu_writes(OP) {
+    let (r, f) = Op::apply(a, b, SIZE, cpu.st.rflags, &cpu.undefined);
+    if Op::WRITES {
         cpu.write_lin(mem, la, SIZE, r, op.mem.ss)?;
     }
     cpu.set_status(f);
     Ok(())
 }
 
-fn alu_rr<const OP: u8, const SIZE: usize>(
+fn alu_rr<Op: ArithOp, const SIZE: usize>(
     cpu: &mut Cpu,
     _: &mut GuestMemory,
     op: &FastOp,
 ) -> HandlerResult {
     let b = gpr::<SIZE>(cpu, op.s);
-    alu_to_reg::<OP, SIZE>(cpu, op.d, b)
+    alu_to_reg::<Op, SIZE>(cpu, op.d, b)
 }
 
-fn alu_ri<const OP: u8, const SIZE: usize>(
+fn alu_ri<Op: ArithOp, const SIZE: usize>(
     cpu: &mut Cpu,
     _: &mut GuestMemory,
     op: &FastOp,
 ) -> HandlerResult {
-    alu_to_reg::<OP, SIZE>(cpu, op.d, op.imm)
+    alu_to_reg::<Op, SIZE>(cpu, op.d, op.imm)
 }
 
-fn alu_rm<const OP: u8, const SIZE: usize>(
+fn alu_rm<Op: ArithOp, const SIZE: usize>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
     op: &FastOp,
 ) -> HandlerResult {
     let b = cpu.fast_read(mem, &op.mem, SIZE)?;
-    alu_to_reg::<OP, SIZE>(cpu, op.d, b)
+    alu_to_reg::<Op, SIZE>(cpu, op.d, b)
 }
 
 /// op [mem], reg (any operand size: the register's low bytes).
-fn alu_mr<const OP: u8, const SIZE: usize>(
+fn alu_mr<Op: ArithOp, const SIZE: usize>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
     op: &FastOp,
 ) -> HandlerResult {
     let b = gpr::<SIZE>(cpu, op.s);
-    alu_to_mem::<OP, SIZE>(cpu, mem, op, b)
+    alu_to_mem::<Op, SIZE>(cpu, mem, op, b)
 }
 
-fn alu_mi<const OP: u8, const SIZE: usize>(
+fn alu_mi<Op: ArithOp, const SIZE: usize>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
     op: &FastOp,
 ) -> HandlerResult {
-    alu_to_mem::<OP, SIZE>(cpu, mem, op, op.imm)
+    alu_to_mem::<Op, SIZE>(cpu, mem, op, op.imm)
 }
 
 /// imul reg, reg or [mem] (`s` = [`NO_REG`]), times the immediate if `aux` is 1, else
@@ -700,27 +694,22 @@ fn imul<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) ->
     } else {
         gpr::<SIZE>(cpu, op.d)
     };
-    let p = (sext(a, SIZE) as i64 as i128) * (sext(b, SIZE) as i64 as i128);
-    let r = (p as u64) & mask(SIZE);
-    let overflow = sext(r, SIZE) as i64 as i128 != p;
+    let (r, overflow) = imul_truncated(a, b, SIZE);
     set_gpr::<SIZE>(cpu, op.d, r);
     cpu.set_mul_flags(Family::ImulMultiOperand, r, SIZE, overflow);
     Ok(())
 }
 
-fn inc_dec<const INC: bool, const SIZE: usize>(
+/// `inc` and `dec` of a register.
+fn unary_r<Op: UnaryOp, const SIZE: usize>(
     cpu: &mut Cpu,
     _: &mut GuestMemory,
     op: &FastOp,
 ) -> HandlerResult {
     let a = gpr::<SIZE>(cpu, op.d);
-    let (r, f) = if INC {
-        flags::add(a, 1, false, SIZE)
-    } else {
-        flags::sub(a, 1, false, SIZE)
-    };
+    let (r, f) = Op::apply(a, SIZE, cpu.st.rflags);
     set_gpr::<SIZE>(cpu, op.d, r);
-    cpu.set_status((f & !CF) | (cpu.st.rflags & CF));
+    cpu.set_status(f);
     Ok(())
 }
 
@@ -751,29 +740,22 @@ fn lea<const SIZE: usize>(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> Ha
 }
 
 fn jcc<const CC: u8>(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> HandlerResult {
-    if cpu.cond(CONDITIONS[CC as usize]) {
-        cpu.next_rip = cpu.st.rip.wrapping_add(op.imm);
-    }
+    cpu.jump_relative_if(CONDITIONS[CC as usize], op.imm);
     Ok(())
 }
 
 fn jmp_rel(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> HandlerResult {
-    cpu.next_rip = cpu.st.rip.wrapping_add(op.imm);
+    cpu.jump_relative(op.imm);
     Ok(())
 }
 
 fn call_rel(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     let t = cpu.st.rip.wrapping_add(op.imm);
-    cpu.push(mem, cpu.next_rip, 8)?;
-    cpu.next_rip = t;
-    Ok(())
+    Ok(cpu.call_near(mem, t)?)
 }
 
 fn ret(cpu: &mut Cpu, mem: &mut GuestMemory, _: &FastOp) -> HandlerResult {
-    let t = cpu.peek(mem, 0, 8)?;
-    cpu.jump(t)?;
-    cpu.st.gpr[4] = cpu.st.gpr[4].wrapping_add(8);
-    Ok(())
+    Ok(cpu.ret_near(mem, 0)?)
 }
 
 fn push(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
@@ -782,8 +764,7 @@ fn push(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
 }
 
 fn pop(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
-    let v = cpu.peek(mem, 0, 8)?;
-    cpu.st.gpr[4] = cpu.st.gpr[4].wrapping_add(8);
+    let v = cpu.pop(mem, 8)?;
     cpu.st.gpr[op.d as usize & 15] = v;
     Ok(())
 }

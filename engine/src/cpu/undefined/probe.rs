@@ -11,12 +11,15 @@
 //! the host in every case. A last run with the fitted rules must reproduce every case;
 //! what does not becomes [`Unmodelled`].
 
+use std::ops::Range;
+
 use iced_x86::{Code, Encoder, Instruction, MemoryOperand, Register};
 
 use super::{
     FLAGS, Family, FlagRule, UndefinedBehaviour, Unmodelled, WideDoubleShift,
     ZeroSourceDestination, size_index,
 };
+use crate::arch::{cr0, cr4, efer, pte, rflags, seg_attr};
 use crate::cpu::flags::STATUS;
 use crate::cpu::{Cpu, Exit};
 use crate::memory::GuestMemory;
@@ -578,30 +581,7 @@ impl ProbeProgram {
             done_port: machine::DONE_PORT,
         });
         let machine = machine_with(&code).map_err(ProbeError::Replay)?;
-        let run = |quirks: &Quirks| self.replay(&machine, quirks, cpuid);
-        // Candidate rules under variants of the undefined results: first the results
-        // (rule-independent) under every variant, then every rule under the variants
-        // that groups chose, each run once.
-        let variant = |rule: FlagRule, v: usize| {
-            let (ignores_rep, zero_source, wide) = VARIANTS[v];
-            let mut u = UndefinedBehaviour::uniform(rule);
-            u.zero_source = [[zero_source; 4]; 2];
-            u.wide_double_shift = [wide; 2];
-            Quirks {
-                bit_scan_ignores_rep: ignores_rep,
-                undefined: u,
-            }
-        };
-        let mut runs: Runs = vec![vec![None; RULES.len()]; VARIANTS.len()];
-        for (v, row) in runs.iter_mut().enumerate() {
-            row[rule_index(FlagRule::Keep)] = Some(run(&variant(FlagRule::Keep, v))?);
-        }
-
-        let mut fitted = UndefinedBehaviour::uniform(FlagRule::Clear);
-        fitted.zero_source = [[ZeroSourceDestination::Unchanged; 4]; 2];
-        fitted.wide_double_shift = [WideDoubleShift::DstSrcSrc; 2];
-        let mut unmodelled = Vec::new();
-        let mut ignores_rep: Option<bool> = None;
+        let mut fit = Fitting::new(self, &machine, cpuid, host)?;
         let mut start = 0;
         while start < self.cases.len() {
             let (family, size) = (self.cases[start].family, self.cases[start].size);
@@ -610,148 +590,10 @@ impl ProbeProgram {
                     .iter()
                     .take_while(|c| c.family == family && c.size == size)
                     .count();
-            let group = start..end;
+            fit.group(start..end)?;
             start = end;
-            let si = size_index(size);
-            // The results: which variants reproduce RAX and RDX. Bit scans choose the
-            // zero-source rule, 16-bit double shifts the wide one, tzcnt and lzcnt
-            // whether they count (as bit scans, with the zero-source rule fitted for
-            // bsf and bsr).
-            let results_match = |v: usize| {
-                let o = outcome_of(&runs, FlagRule::Keep, v);
-                group
-                    .clone()
-                    .all(|i| (o[i].rax, o[i].rdx) == (host[i].rax, host[i].rdx))
-            };
-            let allowed = |v: usize| {
-                let (rep, zs, _) = VARIANTS[v];
-                match family {
-                    Family::Tzcnt | Family::Lzcnt => {
-                        let scan = (family == Family::Lzcnt) as usize;
-                        ignores_rep.is_none_or(|r| r == rep)
-                            && (!rep || zs == fitted.zero_source[scan][si])
-                    }
-                    _ => true,
-                }
-            };
-            let chosen = (0..VARIANTS.len()).find(|&v| allowed(v) && results_match(v));
-            let v = match chosen {
-                Some(v) => v,
-                None => {
-                    let o = outcome_of(&runs, FlagRule::Keep, 0);
-                    let i = group
-                        .clone()
-                        .find(|&i| (o[i].rax, o[i].rdx) != (host[i].rax, host[i].rdx))
-                        .unwrap_or(group.start);
-                    unmodelled.push(Unmodelled {
-                        family,
-                        size: size as u8,
-                        flags: 0,
-                        detail: format!(
-                            "result: host rax={:#x} rdx={:#x}, replay rax={:#x} rdx={:#x} after {}",
-                            host[i].rax,
-                            host[i].rdx,
-                            o[i].rax,
-                            o[i].rdx,
-                            self.cases[i].describe()
-                        ),
-                    });
-                    0
-                }
-            };
-            let (rep, zs, wide) = VARIANTS[v];
-            match family {
-                Family::Bsf => fitted.zero_source[0][si] = zs,
-                Family::Bsr => fitted.zero_source[1][si] = zs,
-                Family::Shld if size == 2 => fitted.wide_double_shift[0] = wide,
-                Family::Shrd if size == 2 => fitted.wide_double_shift[1] = wide,
-                Family::Tzcnt | Family::Lzcnt if chosen.is_some() => ignores_rep = Some(rep),
-                _ => {}
-            }
-            // The flags, one at a time, under the chosen variant.
-            for r in RULES {
-                let ri = rule_index(r);
-                if runs[v][ri].is_none() {
-                    runs[v][ri] = Some(run(&variant(r, v))?);
-                }
-            }
-            let under_v: Vec<&[Outcome]> = RULES.iter().map(|&r| outcome_of(&runs, r, v)).collect();
-            for (flag, _) in FLAGS {
-                let candidates = family.candidates(flag);
-                let bit_matches = |r: FlagRule| {
-                    let o = under_v[rule_index(r)];
-                    group
-                        .clone()
-                        .filter(|&i| (o[i].rflags ^ host[i].rflags) & flag == 0)
-                        .count()
-                };
-                if candidates.is_empty() {
-                    continue;
-                }
-                let best = candidates
-                    .iter()
-                    .copied()
-                    .find(|&r| bit_matches(r) == group.len())
-                    .unwrap_or_else(|| {
-                        candidates
-                            .iter()
-                            .copied()
-                            .max_by_key(|&r| bit_matches(r))
-                            .expect("candidates are not empty")
-                    });
-                fitted.set_rule(family, size, flag, best);
-            }
         }
-
-        let quirks = Quirks {
-            bit_scan_ignores_rep: ignores_rep.unwrap_or(false),
-            undefined: fitted,
-        };
-        // The fitted rules must reproduce every case.
-        let last = run(&quirks)?;
-        let mut reported: Vec<(Family, usize)> = unmodelled
-            .iter()
-            .map(|u| (u.family, u.size as usize))
-            .collect();
-        for (i, c) in self.cases.iter().enumerate() {
-            let (o, h) = (last[i], host[i]);
-            let flags = (o.rflags ^ h.rflags) & STATUS;
-            if (o.rax, o.rdx) == (h.rax, h.rdx) && flags == 0 {
-                continue;
-            }
-            if reported.contains(&(c.family, c.size)) {
-                continue;
-            }
-            reported.push((c.family, c.size));
-            let names: Vec<&str> = FLAGS
-                .iter()
-                .filter(|(f, _)| flags & f != 0)
-                .map(|(_, n)| *n)
-                .collect();
-            unmodelled.push(Unmodelled {
-                family: c.family,
-                size: c.size as u8,
-                flags,
-                detail: format!(
-                    "{} differ: host rax={:#x} rdx={:#x} rflags={:#x}, replay rax={:#x} rdx={:#x} rflags={:#x} after {}",
-                    if names.is_empty() {
-                        "results".to_string()
-                    } else {
-                        names.join(", ")
-                    },
-                    h.rax,
-                    h.rdx,
-                    h.rflags,
-                    o.rax,
-                    o.rdx,
-                    o.rflags,
-                    c.describe()
-                ),
-            });
-        }
-        let mut quirks = quirks;
-        quirks.undefined.unmodelled = unmodelled;
-        Ok(quirks)
+        fit.finish()
     }
 
     /// Runs the program in the replay CPU with `quirks` and returns every case's outcome.
@@ -783,6 +625,249 @@ impl ProbeProgram {
 
 /// Outcomes of the fit's runs, by variant and rule (run on demand).
 type Runs = Vec<Vec<Option<Vec<Outcome>>>>;
+
+/// The quirks of variant `v` (of [`VARIANTS`]) with `rule` for every flag.
+fn variant(rule: FlagRule, v: usize) -> Quirks {
+    let (ignores_rep, zero_source, wide) = VARIANTS[v];
+    let mut u = UndefinedBehaviour::uniform(rule);
+    u.zero_source = [[zero_source; 4]; 2];
+    u.wide_double_shift = [wide; 2];
+    Quirks {
+        bit_scan_ignores_rep: ignores_rep,
+        undefined: u,
+    }
+}
+
+/// A fit in progress (see [`ProbeProgram::fit`]): the runs made so far and what has
+/// been fitted.
+struct Fitting<'a> {
+    program: &'a ProbeProgram,
+    machine: &'a (CpuState, GuestMemory),
+    cpuid: &'a [CpuidEntry],
+    /// What the host did in every case.
+    host: Vec<Outcome>,
+    /// Candidate rules under variants of the undefined results: first the results
+    /// (rule-independent) under every variant, then every rule under the variants
+    /// that groups chose, each run once.
+    runs: Runs,
+    fitted: UndefinedBehaviour,
+    unmodelled: Vec<Unmodelled>,
+    ignores_rep: Option<bool>,
+}
+
+impl<'a> Fitting<'a> {
+    fn new(
+        program: &'a ProbeProgram,
+        machine: &'a (CpuState, GuestMemory),
+        cpuid: &'a [CpuidEntry],
+        host: Vec<Outcome>,
+    ) -> Result<Self, ProbeError> {
+        let mut fitted = UndefinedBehaviour::uniform(FlagRule::Clear);
+        fitted.zero_source = [[ZeroSourceDestination::Unchanged; 4]; 2];
+        fitted.wide_double_shift = [WideDoubleShift::DstSrcSrc; 2];
+        let mut fit = Fitting {
+            program,
+            machine,
+            cpuid,
+            host,
+            runs: vec![vec![None; RULES.len()]; VARIANTS.len()],
+            fitted,
+            unmodelled: Vec::new(),
+            ignores_rep: None,
+        };
+        for v in 0..VARIANTS.len() {
+            fit.ensure_run(FlagRule::Keep, v)?;
+        }
+        Ok(fit)
+    }
+
+    fn run(&self, quirks: &Quirks) -> Result<Vec<Outcome>, ProbeError> {
+        self.program.replay(self.machine, quirks, self.cpuid)
+    }
+
+    /// Runs `rule` under variant `v` unless that was done.
+    fn ensure_run(&mut self, rule: FlagRule, v: usize) -> Result<(), ProbeError> {
+        let ri = rule_index(rule);
+        if self.runs[v][ri].is_none() {
+            self.runs[v][ri] = Some(self.run(&variant(rule, v))?);
+        }
+        Ok(())
+    }
+
+    /// Fits the cases `group` (one family and size): the variant of the results, then
+    /// each flag's rule under it.
+    fn group(&mut self, group: Range<usize>) -> Result<(), ProbeError> {
+        let v = self.fit_results(group.clone());
+        // The flags, one at a time, under the chosen variant.
+        for r in RULES {
+            self.ensure_run(r, v)?;
+        }
+        self.fit_flags(group, v);
+        Ok(())
+    }
+
+    /// The results: which variants reproduce RAX and RDX. Bit scans choose the
+    /// zero-source rule, 16-bit double shifts the wide one, tzcnt and lzcnt whether they
+    /// count (as bit scans, with the zero-source rule fitted for bsf and bsr). Returns
+    /// the variant chosen (the first, with the group listed as unmodelled, if none
+    /// reproduces it).
+    fn fit_results(&mut self, group: Range<usize>) -> usize {
+        let case = &self.program.cases[group.start];
+        let (family, size) = (case.family, case.size);
+        let si = size_index(size);
+        let host = &self.host;
+        let results_match = |v: usize| {
+            let o = outcome_of(&self.runs, FlagRule::Keep, v);
+            group
+                .clone()
+                .all(|i| (o[i].rax, o[i].rdx) == (host[i].rax, host[i].rdx))
+        };
+        let allowed = |v: usize| {
+            let (rep, zs, _) = VARIANTS[v];
+            match family {
+                Family::Tzcnt | Family::Lzcnt => {
+                    let scan = (family == Family::Lzcnt) as usize;
+                    self.ignores_rep.is_none_or(|r| r == rep)
+                        && (!rep || zs == self.fitted.zero_source[scan][si])
+                }
+                _ => true,
+            }
+        };
+        let chosen = (0..VARIANTS.len()).find(|&v| allowed(v) && results_match(v));
+        let v = chosen.unwrap_or_else(|| {
+            self.results_unmodelled(group);
+            0
+        });
+        let (rep, zs, wide) = VARIANTS[v];
+        match family {
+            Family::Bsf => self.fitted.zero_source[0][si] = zs,
+            Family::Bsr => self.fitted.zero_source[1][si] = zs,
+            Family::Shld if size == 2 => self.fitted.wide_double_shift[0] = wide,
+            Family::Shrd if size == 2 => self.fitted.wide_double_shift[1] = wide,
+            Family::Tzcnt | Family::Lzcnt if chosen.is_some() => self.ignores_rep = Some(rep),
+            _ => {}
+        }
+        v
+    }
+
+    /// Lists `group` as unmodelled: no variant reproduces its results.
+    fn results_unmodelled(&mut self, group: Range<usize>) {
+        let (host, cases) = (&self.host, &self.program.cases);
+        let o = outcome_of(&self.runs, FlagRule::Keep, 0);
+        let i = group
+            .clone()
+            .find(|&i| (o[i].rax, o[i].rdx) != (host[i].rax, host[i].rdx))
+            .unwrap_or(group.start);
+        self.unmodelled.push(Unmodelled {
+            family: cases[i].family,
+            size: cases[i].size as u8,
+            flags: 0,
+            detail: format!(
+                "result: host rax={:#x} rdx={:#x}, replay rax={:#x} rdx={:#x} after {}",
+                host[i].rax,
+                host[i].rdx,
+                o[i].rax,
+                o[i].rdx,
+                cases[i].describe()
+            ),
+        });
+    }
+
+    /// Each flag's rule for `group` under variant `v`: the first candidate that
+    /// reproduces every case, else the one that reproduces most.
+    fn fit_flags(&mut self, group: Range<usize>, v: usize) {
+        let case = &self.program.cases[group.start];
+        let (family, size) = (case.family, case.size);
+        let under_v: Vec<&[Outcome]> = RULES
+            .iter()
+            .map(|&r| outcome_of(&self.runs, r, v))
+            .collect();
+        for (flag, _) in FLAGS {
+            let candidates = family.candidates(flag);
+            let bit_matches = |r: FlagRule| {
+                let o = under_v[rule_index(r)];
+                group
+                    .clone()
+                    .filter(|&i| (o[i].rflags ^ self.host[i].rflags) & flag == 0)
+                    .count()
+            };
+            if candidates.is_empty() {
+                continue;
+            }
+            let best = candidates
+                .iter()
+                .copied()
+                .find(|&r| bit_matches(r) == group.len())
+                .unwrap_or_else(|| {
+                    candidates
+                        .iter()
+                        .copied()
+                        .max_by_key(|&r| bit_matches(r))
+                        .expect("candidates are not empty")
+                });
+            self.fitted.set_rule(family, size, flag, best);
+        }
+    }
+
+    /// The fitted rules must reproduce every case: runs them, and lists each family
+    /// and size where they do not (once) as unmodelled.
+    fn finish(mut self) -> Result<Quirks, ProbeError> {
+        let mut quirks = Quirks {
+            bit_scan_ignores_rep: self.ignores_rep.unwrap_or(false),
+            undefined: self.fitted.clone(),
+        };
+        let last = self.run(&quirks)?;
+        let mut reported: Vec<(Family, usize)> = self
+            .unmodelled
+            .iter()
+            .map(|u| (u.family, u.size as usize))
+            .collect();
+        for (i, c) in self.program.cases.iter().enumerate() {
+            let (o, h) = (last[i], self.host[i]);
+            let flags = (o.rflags ^ h.rflags) & STATUS;
+            if (o.rax, o.rdx) == (h.rax, h.rdx) && flags == 0 {
+                continue;
+            }
+            if reported.contains(&(c.family, c.size)) {
+                continue;
+            }
+            reported.push((c.family, c.size));
+            self.unmodelled.push(Unmodelled {
+                family: c.family,
+                size: c.size as u8,
+                flags,
+                detail: mismatch(c, flags, h, o),
+            });
+        }
+        quirks.undefined.unmodelled = self.unmodelled;
+        Ok(quirks)
+    }
+}
+
+/// What differs between the host's outcome `h` and replay's `o` of case `c` (`flags`:
+/// the status flags that differ).
+fn mismatch(c: &Case, flags: u64, h: Outcome, o: Outcome) -> String {
+    let names: Vec<&str> = FLAGS
+        .iter()
+        .filter(|(f, _)| flags & f != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    format!(
+        "{} differ: host rax={:#x} rdx={:#x} rflags={:#x}, replay rax={:#x} rdx={:#x} rflags={:#x} after {}",
+        if names.is_empty() {
+            "results".to_string()
+        } else {
+            names.join(", ")
+        },
+        h.rax,
+        h.rdx,
+        h.rflags,
+        o.rax,
+        o.rdx,
+        o.rflags,
+        c.describe()
+    )
+}
 
 fn rule_index(r: FlagRule) -> usize {
     RULES
@@ -827,10 +912,10 @@ fn machine_with(code: &[u8]) -> Result<(CpuState, GuestMemory), String> {
             .map(u64::to_le_bytes)
             .concat(),
     );
-    put(PML4, &(PDPT | 3).to_le_bytes());
-    put(PDPT, &(PD | 3).to_le_bytes());
+    put(PML4, &(PDPT | pte::P | pte::W).to_le_bytes());
+    put(PDPT, &(PD | pte::P | pte::W).to_le_bytes());
     let pd: Vec<u8> = (0..512u64)
-        .flat_map(|i| ((i << 21) | 0x83).to_le_bytes())
+        .flat_map(|i| ((i << 21) | pte::P | pte::W | pte::PS).to_le_bytes())
         .collect();
     put(PD, &pd);
     let pages = image
@@ -848,31 +933,38 @@ fn machine_with(code: &[u8]) -> Result<(CpuState, GuestMemory), String> {
         limit: 0xffff_ffff,
         attr,
     };
-    let data = seg(0x10, 0xc093);
+    let data = seg(0x10, seg_attr::KERNEL_DATA);
     let state = CpuState {
         rip: CODE,
-        rflags: 2,
-        seg: [data, seg(0x08, 0xa09b), data, data, data, data],
+        rflags: rflags::FIXED1,
+        seg: [
+            data,
+            seg(0x08, seg_attr::KERNEL_CODE64),
+            data,
+            data,
+            data,
+            data,
+        ],
         tr: Segment {
             selector: 0,
             base: 0,
             limit: 0xffff,
-            attr: 0x8b,
+            attr: seg_attr::P | seg_attr::TYPE_TSS64_BUSY,
         },
         ldtr: Segment {
             selector: 0,
             base: 0,
             limit: 0xffff,
-            attr: 0x82,
+            attr: seg_attr::P | seg_attr::TYPE_LDT,
         },
         gdtr: DescriptorTable {
             base: GDT,
             limit: 0x17,
         },
-        cr0: 0x8000_0033,
+        cr0: cr0::PG | cr0::NE | cr0::ET | cr0::MP | cr0::PE,
         cr3: PML4,
-        cr4: 0x20,
-        efer: 0x500,
+        cr4: cr4::PAE,
+        efer: efer::LME | efer::LMA,
         ..Default::default()
     };
     let config = MachineConfig {
