@@ -3,7 +3,9 @@
 //!
 //! * Every ring-0 instruction that retires counts 1 when it completes.
 //! * An instruction that raises an exception counts 1 although it does not retire
-//!   ([`FAULTING_INSTRUCTION_COUNTS`]); the exception delivery does not count.
+//!   (measured under KVM: a load that page-faults counts once per attempt, before and
+//!   after the handler fixes the page; engine/tests/cpu_vs_kvm.rs,
+//!   `faulting_instruction_count`); the exception delivery does not count.
 //! * A `rep` string instruction counts per chunk of iterations ([`REP_CHUNK`]).
 //! * An interrupt is taken after `icount` instructions have retired: the event's icount
 //!   is the count before the first handler instruction.
@@ -94,9 +96,3 @@ pub fn signature_search_limit(ns: u64) -> u64 {
     ns.saturating_mul(MAX_INSTRUCTIONS_PER_NS)
         .saturating_add(SIGNATURE_SEARCH_FLOOR)
 }
-
-/// An instruction that raises an exception counts 1 (measured under KVM: a load that
-/// page-faults counts once per attempt, before and after the handler fixes the page;
-/// engine/tests/cpu_vs_kvm.rs, `faulting_instruction_count`). The delivery itself does
-/// not count.
-pub const FAULTING_INSTRUCTION_COUNTS: bool = true;

@@ -261,7 +261,10 @@ pub struct Quirks {
 pub enum CounterSourceKind {
     /// KVM's per-vCPU `insn_emulation` statistic (hosts that emulate ring-0 code).
     KvmInsnEmulation,
-    /// A guest-kernel-only hardware performance counter.
+    /// A guest-kernel-only hardware performance counter of retired branches (for VT-x
+    /// hosts with a PMU, DESIGN.md section 3). No recorder writes it yet, and replay
+    /// refuses a recording that claims it (its positions would not be instruction
+    /// counts).
     PerfGuestKernel,
     /// No counter: kernel-mode interrupts only at deterministic exits or by signature.
     None,

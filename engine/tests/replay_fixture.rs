@@ -58,9 +58,19 @@ fn goto_event_stops_right_after_it_and_continues_identically() {
 /// Writes a copy of the fixture with its events changed by `edit` (in the current
 /// format: the fixture is format 2).
 fn corrupted(edit: impl FnOnce(&mut Vec<Event>)) -> tempfile::NamedTempFile {
+    rewritten(|_| {}, edit)
+}
+
+/// Writes a copy of the fixture with its header and events changed (in the current
+/// format).
+fn rewritten(
+    edit_header: impl FnOnce(&mut krr_engine::trace::Header),
+    edit: impl FnOnce(&mut Vec<Event>),
+) -> tempfile::NamedTempFile {
     let mut r = RecordingReader::open(fixture()).unwrap();
     let mut header = r.header().clone();
     header.format_version = krr_engine::trace::FORMAT_VERSION;
+    edit_header(&mut header);
     let snapshot = r.snapshot().unwrap();
     let stats = r.stats().clone();
     let mut events: Vec<Event> = r.events_from(0).map(Result::unwrap).collect();
@@ -211,4 +221,39 @@ fn a_format_2_recording_reads_with_the_legacy_rules() {
             .iter()
             .all(|d| matches!(d, DigestRegisters::Hash(_)))
     );
+}
+
+/// What this build cannot replay faithfully is refused with a clear message, never
+/// replayed wrongly: page-table-entry reads (no recorder produces them yet), and
+/// positions from a branch counter.
+#[test]
+fn what_replay_cannot_apply_is_refused() {
+    use krr_engine::event::PteRead;
+    use krr_engine::replay::ReplayError;
+    use krr_engine::state::CounterSourceKind;
+    let file = corrupted(|events| {
+        let icount = events[10].icount();
+        events.insert(
+            10,
+            Event::PteRead(PteRead {
+                icount,
+                addr: 0xffff_8880_0000_1000,
+                value: 0x8000_0000_0123_4067,
+            }),
+        );
+    });
+    match Replay::open(file.path()) {
+        Err(ReplayError::Unsupported(why)) => assert!(why.contains("page-table-entry"), "{why}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a PTE read was accepted"),
+    }
+    let file = rewritten(
+        |h| h.machine.counter = CounterSourceKind::PerfGuestKernel,
+        |_| {},
+    );
+    match Replay::open(file.path()) {
+        Err(ReplayError::Unsupported(why)) => assert!(why.contains("branches"), "{why}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a branch-counted recording was accepted"),
+    }
 }

@@ -837,9 +837,8 @@ impl Cpu {
     fn handle_fault(&mut self, mem: &mut GuestMemory, f: Fault) -> Option<Exit> {
         match f {
             Fault::Exc(e) => {
-                if crate::icount::FAULTING_INSTRUCTION_COUNTS {
-                    self.icount += 1;
-                }
+                // The faulting instruction counts 1 (crate::icount).
+                self.icount += 1;
                 match self.deliver_exception(mem, e) {
                     Ok(()) => None,
                     Err(err) => Some(Exit::Error(err)),

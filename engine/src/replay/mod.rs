@@ -39,6 +39,10 @@ pub enum ReplayError {
     Trace(#[from] TraceError),
     #[error("the recording's snapshot does not fit its machine: {0}")]
     Memory(#[from] crate::memory::MemoryError),
+    /// The recording holds something this build cannot replay faithfully: refused
+    /// rather than replayed wrongly.
+    #[error("this build cannot replay the recording: {0}")]
+    Unsupported(String),
 }
 
 /// Where to stop.
@@ -134,6 +138,13 @@ impl Replay {
         reader: &mut RecordingReader<R>,
     ) -> Result<Replay, ReplayError> {
         let header = reader.header().clone();
+        if header.machine.counter == CounterSourceKind::PerfGuestKernel {
+            return Err(ReplayError::Unsupported(
+                "its positions come from a performance counter of retired branches, and \
+                 replay counts instructions"
+                    .into(),
+            ));
+        }
         let snapshot = reader.snapshot()?;
         let mem = GuestMemory::from_snapshot(&header.machine, &snapshot)?;
         let cpu = Cpu::new(snapshot.cpu.clone(), header.cpuid.clone());
@@ -143,6 +154,14 @@ impl Replay {
         let mut problem = reader.recovery().reason.clone();
         for e in reader.events_from(0) {
             match e {
+                Ok(Event::PteRead(p)) => {
+                    return Err(ReplayError::Unsupported(format!(
+                        "event {} is a page-table-entry read (at {:#x}), which replay does \
+                         not apply yet",
+                        events.len(),
+                        p.addr
+                    )));
+                }
                 Ok(e) => events.push(e),
                 Err(TraceError::Io(e)) => return Err(TraceError::Io(e).into()),
                 Err(damage) => {
