@@ -3,7 +3,8 @@
 use anyhow::{Context, Result, bail};
 use krr_engine::event::Event;
 use krr_engine::trace::{FinishInfo, Header, RecordingWriter};
-use krr_recorder::{CounterChoice, EndReason, EventSink, RecordConfig, Recorder, RecorderError};
+use krr_recorder::image::{self, DiskImage};
+use krr_recorder::{CounterChoice, EndReason, EventSink, RecordConfig, Recorder, SinkError};
 use krr_ui::record::RecordMsg;
 use std::fs::File;
 use std::io::{IsTerminal, Write};
@@ -102,16 +103,12 @@ struct TraceSink<'a> {
 const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 
 impl EventSink for TraceSink<'_> {
-    fn event(&mut self, event: Event) -> Result<(), RecorderError> {
+    fn event(&mut self, event: Event) -> Result<(), SinkError> {
         (self.observe)(&event);
-        self.writer
-            .push(event)
-            .map_err(|e| RecorderError::Sink(e.to_string()))?;
+        self.writer.push(event)?;
         if self.last_flush.elapsed() >= FLUSH_INTERVAL {
             self.last_flush = Instant::now();
-            self.writer
-                .flush_events()
-                .map_err(|e| RecorderError::Sink(e.to_string()))?;
+            self.writer.flush_events()?;
         }
         Ok(())
     }
@@ -123,6 +120,8 @@ pub struct Recorded {
     pub end_reason: String,
     /// The event statistics, as `krr-tui info` prints them.
     pub stats: String,
+    /// Something the user should know about how the recording went.
+    pub note: Option<String>,
     /// The guest or the recorder failed (everything before the failure is recorded).
     pub error: Option<anyhow::Error>,
 }
@@ -156,18 +155,15 @@ fn start_recording(
     args: &RecordArgs,
     output: &RecordingOutput,
 ) -> Result<(Recorder, RecordingWriter<File>)> {
+    // The kernel is read whole, but never beyond the guest's memory; the disk where the
+    // guest reads it.
     let (image, name) = match &args.kernel {
-        Some(p) => (
-            std::fs::read(p).with_context(|| format!("reading kernel {}", p.display()))?,
-            p.display().to_string(),
-        ),
+        Some(p) => (image::read_kernel(p, args.memory)?, p.display().to_string()),
         None => (krr_guest::DEMO_KERNEL.to_vec(), "builtin:demo".to_string()),
     };
     let disk = match (&args.disk, &args.kernel) {
-        (Some(p), _) => {
-            Some(std::fs::read(p).with_context(|| format!("reading disk {}", p.display()))?)
-        }
-        (None, None) => Some(krr_guest::demo_disk()),
+        (Some(p), _) => Some(DiskImage::open(p)?),
+        (None, None) => Some(DiskImage::from(krr_guest::demo_disk())),
         (None, Some(_)) => None,
     };
     let mut config = RecordConfig::new(image, name);
@@ -220,6 +216,10 @@ fn run_recording(
         duration_s,
         end_reason: end_reason.clone(),
     })?;
+    let note = match &outcome {
+        Ok(o) => cpu_wait_note(o),
+        Err(_) => None,
+    };
     let error = match outcome {
         Ok(o) => match o.end {
             EndReason::GuestError(e) => Some(anyhow::anyhow!(
@@ -232,9 +232,29 @@ fn run_recording(
     Ok(Recorded {
         end_reason,
         stats: stats.to_string(),
+        note,
         error,
     })
 }
+
+/// Says so when the vCPU thread spent much of the recording waiting for its CPU: the
+/// guest then ran slowly (fewer events in the same time), though nothing was lost.
+fn cpu_wait_note(o: &krr_recorder::RecordOutcome) -> Option<String> {
+    let wait = o.cpu_wait?;
+    (wait.as_secs_f64() > o.duration.as_secs_f64() * CPU_WAIT_NOTE_SHARE).then(|| {
+        format!(
+            "the guest ran slowly: the recording thread waited {:.1} s of {:.1} s for CPU {}, \
+             which it is pinned to (other work on that CPU); nothing is lost",
+            wait.as_secs_f64(),
+            o.duration.as_secs_f64(),
+            o.cpu
+        )
+    })
+}
+
+/// Share of the recording's time waiting for the CPU above which [`cpu_wait_note`] speaks
+/// (unloaded, about 3%).
+const CPU_WAIT_NOTE_SHARE: f64 = 0.25;
 
 pub fn run(args: RecordArgs) -> Result<()> {
     if let Err(why) = krr_recorder::kvm_available() {
@@ -263,6 +283,9 @@ pub fn run(args: RecordArgs) -> Result<()> {
         args.output.display()
     );
     eprintln!("{}", recorded.stats);
+    if let Some(note) = &recorded.note {
+        eprintln!("krr-tui: {note}");
+    }
     match recorded.error {
         Some(e) => Err(e),
         None => Ok(()),

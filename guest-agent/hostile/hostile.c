@@ -10,6 +10,8 @@
 #define DOORBELL_NONSENSE 3
 #define NO_POWEROFF 4
 #define TRIPLE_FAULT 5
+#define PARTIAL_LINE 6
+#define PARTIAL_LINE_SILENT 7
 
 #ifndef HOSTILE_KIND
 #error "HOSTILE_KIND must be defined"
@@ -130,6 +132,24 @@ void kmain(void)
 			;
 		hlt();
 	}
+#elif HOSTILE_KIND == PARTIAL_LINE
+	kprintf("hostile partial-line: a line without its end, then timer ticks\n");
+	pic_init();
+	pit_init(TIMER_HZ);
+	kprintf("no newline yet");
+	sti();
+	/* As no-poweroff: every tick's EOI is a port write. */
+	for (;;) {
+		for (volatile u64 spins = 0; spins < 20000; spins++)
+			;
+		hlt();
+	}
+#elif HOSTILE_KIND == PARTIAL_LINE_SILENT
+	kprintf("hostile partial-line-silent: a line without its end, then no exit at all\n");
+	kprintf("never ended");
+	/* Interrupts off and no timer: after this the guest never exits by itself. */
+	for (volatile u64 spins = 0;; spins++)
+		;
 #elif HOSTILE_KIND == TRIPLE_FAULT
 	kprintf("hostile triple-fault: empty IDT, then ud2\n");
 	idt_load_empty();

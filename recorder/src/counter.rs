@@ -11,17 +11,31 @@
 //! A source returns raw, monotonically increasing readings; how a raw reading relates to
 //! the replay icount is defined once, in `krr_engine::icount`.
 
-use crate::RecorderError;
 use krr_engine::state::CounterSourceKind;
 use krr_kvm::stats::{StatDescriptor, Stats};
 use krr_kvm::{Vm, long_mode};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+/// Why a counter could not be set up or read.
+#[derive(Debug, thiserror::Error)]
+pub enum CounterError {
+    #[error("running the insn_emulation calibration loop")]
+    Calibration(#[source] krr_kvm::Error),
+    #[error("insn_emulation vanished after calibration")]
+    Vanished,
+    #[error("reading insn_emulation")]
+    ReadStat(#[source] krr_kvm::Error),
+    #[error("perf_event_open (guest kernel branches)")]
+    PerfOpen(#[source] std::io::Error),
+    #[error("reading the perf counter")]
+    PerfRead(#[source] std::io::Error),
+}
+
 /// A source of instruction (or branch) counts for the vCPU.
 pub trait CounterSource: Send {
     fn kind(&self) -> CounterSourceKind;
     /// The raw count now. Called only while the vCPU is stopped.
-    fn read(&mut self) -> Result<u64, RecorderError>;
+    fn read(&mut self) -> Result<u64, CounterError>;
 }
 
 /// No counter at all.
@@ -32,7 +46,7 @@ impl CounterSource for NoCounter {
     fn kind(&self) -> CounterSourceKind {
         CounterSourceKind::None
     }
-    fn read(&mut self) -> Result<u64, RecorderError> {
+    fn read(&mut self) -> Result<u64, CounterError> {
         Ok(0)
     }
 }
@@ -63,8 +77,8 @@ impl KvmInsnEmulation {
     /// calibration loop in a scratch VM and compares the count with the exact number of
     /// instructions it executed. On hosts that run ring-0 code natively (VT-x) the
     /// statistic stays near zero and this returns false.
-    pub fn host_counts_ring0() -> Result<bool, RecorderError> {
-        let mut vm = Vm::with_ram(2 << 20)?;
+    pub fn host_counts_ring0() -> Result<bool, CounterError> {
+        let mut vm = Vm::with_ram(2 << 20).map_err(CounterError::Calibration)?;
         let Some(mut counter) = KvmInsnEmulation::open(&vm) else {
             return Ok(false);
         };
@@ -75,9 +89,10 @@ impl KvmInsnEmulation {
             0x75, 0xfc, // jnz -4
             0xe6, 0x80, // out 0x80, al
         ];
-        long_mode::load_flat_code(&mut vm, &code)?;
+        long_mode::load_flat_code(&mut vm, &code).map_err(CounterError::Calibration)?;
         let before = counter.read()?;
-        vm.run_to_port(0x80, "calibration loop")?;
+        vm.run_to_port(0x80, "calibration loop")
+            .map_err(CounterError::Calibration)?;
         let delta = counter.read()? - before;
         tracing::debug!(
             delta,
@@ -92,8 +107,8 @@ impl CounterSource for KvmInsnEmulation {
     fn kind(&self) -> CounterSourceKind {
         CounterSourceKind::KvmInsnEmulation
     }
-    fn read(&mut self) -> Result<u64, RecorderError> {
-        Ok(self.stats.read(&self.stat)?)
+    fn read(&mut self) -> Result<u64, CounterError> {
+        self.stats.read(&self.stat).map_err(CounterError::ReadStat)
     }
 }
 
@@ -148,7 +163,7 @@ const PERF_COUNTER_WIDTH: u32 = 48;
 impl PerfGuestKernel {
     /// Opens the counter on the calling thread (which must be the vCPU thread).
     /// Fails on hosts without a PMU.
-    pub fn open_on_current_thread() -> Result<PerfGuestKernel, RecorderError> {
+    pub fn open_on_current_thread() -> Result<PerfGuestKernel, CounterError> {
         // struct perf_event_attr, version 5 layout (112 bytes): type, size, config,
         // sample_period, sample_type, read_format, flag bits, ...
         let mut attr = [0u8; 112];
@@ -174,10 +189,7 @@ impl PerfGuestKernel {
             )
         };
         if fd < 0 {
-            return Err(RecorderError::Counter(format!(
-                "perf_event_open (guest kernel branches): {}",
-                std::io::Error::last_os_error()
-            )));
+            return Err(CounterError::PerfOpen(std::io::Error::last_os_error()));
         }
         // SAFETY: fd is a new descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
@@ -188,14 +200,16 @@ impl PerfGuestKernel {
         })
     }
 
-    fn read_raw(fd: &OwnedFd) -> Result<u64, RecorderError> {
+    fn read_raw(fd: &OwnedFd) -> Result<u64, CounterError> {
         let mut b = [0u8; 8];
         // SAFETY: reads 8 bytes into a valid buffer.
         let n = unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
         if n != 8 {
-            return Err(RecorderError::Counter(
-                "reading the perf counter failed".into(),
-            ));
+            return Err(CounterError::PerfRead(if n < 0 {
+                std::io::Error::last_os_error()
+            } else {
+                std::io::Error::from(std::io::ErrorKind::UnexpectedEof)
+            }));
         }
         Ok(u64::from_le_bytes(b))
     }
@@ -205,7 +219,7 @@ impl CounterSource for PerfGuestKernel {
     fn kind(&self) -> CounterSourceKind {
         CounterSourceKind::PerfGuestKernel
     }
-    fn read(&mut self) -> Result<u64, RecorderError> {
+    fn read(&mut self) -> Result<u64, CounterError> {
         let raw = Self::read_raw(&self.fd)?;
         Ok(self.extender.extend(raw))
     }
