@@ -18,12 +18,13 @@ use crate::RecorderError;
 use crate::agent_ring::{self, HEAD_OFFSET, RING_GPA, RING_REGION_SIZE, RingReader};
 use crate::counter::CounterSource;
 use crate::record::EventSink;
+use krr_engine::arch::vector;
 use krr_engine::event::{
-    ConsoleOutput, Digest, DigestRegisters, Event, EventKind, InjectionPoint, KernelInterrupt,
-    MemoryWrite, MmioRead, PortIn, WriteSource,
+    ConsoleOutput, Digest, DigestRegisters, EntryKind, Event, EventKind, InjectionPoint,
+    KernelInterrupt, MemoryWrite, MmioRead, PortIn, UserEntry, WriteSource,
 };
 use krr_engine::icount::KvmCounterModel;
-use krr_engine::state::CounterSourceKind;
+use krr_engine::state::{CounterSourceKind, PAGE_SIZE};
 use krr_kvm::Vm;
 use std::time::{Duration, Instant};
 
@@ -146,7 +147,8 @@ impl Capture {
             .poll(&self.ring_buf, self.icount, &mut self.pending)?;
         for e in &self.pending[first..] {
             if let Event::UserEntry(entry) = e {
-                self.model.observe_entry(entry);
+                self.model
+                    .observe_entry(entry, &entry_instruction(vm, entry));
             }
         }
         Ok(())
@@ -257,6 +259,37 @@ impl Capture {
             sink.event(e).map_err(RecorderError::Sink)?;
         }
         Ok(())
+    }
+}
+
+/// The bytes at a #UD entry's RIP, which tell the counter model whether the host
+/// emulated the instruction (`int n`, [`krr_engine::icount::counter_extra_for_entry`]):
+/// read through the page tables the vCPU has now (the entry's, unless the kernel
+/// switched address spaces before this exit), at most up to the end of the page; empty
+/// for other entries and where the address does not translate.
+fn entry_instruction(vm: &Vm, entry: &UserEntry) -> Vec<u8> {
+    const MAX_INSTRUCTION: u64 = 15;
+    if !matches!(
+        entry.kind,
+        EntryKind::Exception {
+            vector: vector::UD,
+            ..
+        }
+    ) {
+        return Vec::new();
+    }
+    let rip = entry.regs.rip;
+    let Ok(t) = vm.vcpu().translate_gva(rip) else {
+        return Vec::new();
+    };
+    if t.valid == 0 {
+        return Vec::new();
+    }
+    let len = MAX_INSTRUCTION.min(PAGE_SIZE as u64 - (rip & (PAGE_SIZE as u64 - 1)));
+    let mut bytes = vec![0u8; len as usize];
+    match vm.read(t.physical_address, &mut bytes) {
+        Ok(()) => bytes,
+        Err(_) => Vec::new(),
     }
 }
 

@@ -256,7 +256,11 @@ mod tests {
         let mut effects = Vec::new();
         let ram = Ram(vec![0; 0x10000].into());
         let mut data = vec![0xaa; len];
-        d.port_in(port, &mut data, &mut Io::new(Instant::now(), &ram, &mut effects));
+        d.port_in(
+            port,
+            &mut data,
+            &mut Io::new(Instant::now(), &ram, &mut effects),
+        );
         (data, effects)
     }
 
@@ -299,7 +303,11 @@ mod tests {
         let mut effects = Vec::new();
         let ram = Ram(vec![0; 16].into());
         let mut data = [0u8; 8];
-        d.mmio_read(0xfee0_0000, &mut data, &mut Io::new(Instant::now(), &ram, &mut effects));
+        d.mmio_read(
+            0xfee0_0000,
+            &mut data,
+            &mut Io::new(Instant::now(), &ram, &mut effects),
+        );
         assert_eq!(data, [0xff; 8]);
         // The UART at offset 0 transmits; its line status (offset 5) says it is idle.
         assert_eq!(port_out(&d, PORT_COM1, b"A"), [Effect::Console(b'A')]);
@@ -331,7 +339,13 @@ mod tests {
         port_out(&d, PORT_PIT, &[0x00]);
         port_out(&d, PORT_PIT, &[0x10]);
         assert!(d.timer_deadline().is_some());
-        for (port, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0x21, 0)] {
+        for (port, v) in [
+            (0x20, 0x11),
+            (0x21, 0x20),
+            (0x21, 0x04),
+            (0x21, 0x01),
+            (0x21, 0),
+        ] {
             port_out(&d, port, &[v]);
         }
         d.pic().raise(IRQ_TIMER);
