@@ -2,91 +2,20 @@
 //! replay and info on the checked-in fixture (everywhere), signals, kill -9, hostile
 //! guests.
 
+mod common;
+
+use common::{
+    krr, kvm, recorded_console, replay_verify, run_with_timeout, wait_with_timeout, write_guest,
+};
 use krr_engine::cpu::undefined::{Family, UndefinedBehaviour};
 use krr_engine::trace::RecordingReader;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-fn krr() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_krr-tui"))
-}
+use std::process::{Child, Stdio};
+use std::time::Duration;
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/demo.krr")
-}
-
-fn kvm() -> bool {
-    match krr_recorder::kvm_available() {
-        Ok(()) => true,
-        Err(why) => {
-            println!("skipped: {why}");
-            false
-        }
-    }
-}
-
-/// Runs a command to completion, failing the test if it takes longer than `limit`.
-fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("krr-tui starts");
-    wait_with_timeout(&mut child, limit)
-}
-
-fn wait_with_timeout(child: &mut Child, limit: Duration) -> Output {
-    let start = Instant::now();
-    // Drain pipes on threads so a chatty child never blocks.
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stdout = t_out.join().unwrap();
-            let stderr = t_err.join().unwrap();
-            panic!(
-                "krr-tui did not finish within {limit:?}; it printed:\n{}{}",
-                String::from_utf8_lossy(&stdout),
-                String::from_utf8_lossy(&stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: t_out.join().unwrap(),
-        stderr: t_err.join().unwrap(),
-    }
-}
-
-fn recorded_console(path: &Path) -> Vec<u8> {
-    RecordingReader::open(path).unwrap().console().unwrap()
-}
-
-fn replay_verify(path: &Path) -> Output {
-    let mut cmd = krr();
-    cmd.arg("replay")
-        .arg(path)
-        .arg("--headless")
-        .arg("--verify");
-    run_with_timeout(cmd, Duration::from_secs(300))
 }
 
 #[test]
@@ -439,14 +368,21 @@ fn fresh_recordings_replay_without_divergence() {
     }
 }
 
-fn write_guest(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.elf"));
-    std::fs::write(
-        &path,
-        krr_guest::hostile_guest(name).expect("hostile guest exists"),
-    )
-    .unwrap();
-    path
+/// Starts `krr-tui record --headless` of `kernel` into `file`, its output piped.
+fn start_recording(kernel: &Path, file: &Path, no_counter: bool, args: &[&str]) -> Child {
+    let mut cmd = krr();
+    cmd.args(["record", "--headless", "--kernel"])
+        .arg(kernel)
+        .arg("-o")
+        .arg(file)
+        .args(args);
+    if no_counter {
+        cmd.arg("--no-counter");
+    }
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 #[test]
@@ -464,19 +400,7 @@ fn signals_end_the_recording_with_a_complete_file() {
         (libc::SIGTERM, true),
     ] {
         let file = dir.path().join(format!("sig{signal}-{no_counter}.krr"));
-        let mut cmd = krr();
-        cmd.args(["record", "--headless", "--quiet", "--kernel"])
-            .arg(&kernel)
-            .arg("-o")
-            .arg(&file);
-        if no_counter {
-            cmd.arg("--no-counter");
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = start_recording(&kernel, &file, no_counter, &["--quiet"]);
         // Let it record for a while (set-up included) even on a loaded machine.
         std::thread::sleep(Duration::from_secs(3));
         // SAFETY: sending a signal to our own child process.
@@ -542,19 +466,7 @@ fn a_stop_with_a_console_line_pending_leaves_a_recording_that_verifies() {
         for no_counter in [false, true] {
             let what = format!("{guest}, no counter: {no_counter}");
             let file = dir.path().join(format!("{guest}-{no_counter}.krr"));
-            let mut cmd = krr();
-            cmd.args(["record", "--headless", "--kernel"])
-                .arg(&kernel)
-                .arg("-o")
-                .arg(&file);
-            if no_counter {
-                cmd.arg("--no-counter");
-            }
-            let mut child = cmd
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
+            let mut child = start_recording(&kernel, &file, no_counter, &[]);
             // The guest's first line is echoed once complete; the pending bytes follow it
             // at once.
             let mut first = String::new();
@@ -590,6 +502,87 @@ fn a_stop_with_a_console_line_pending_leaves_a_recording_that_verifies() {
             assert!(stdout.contains(pending), "{what}: replay printed {stdout}");
         }
     }
+}
+
+/// Pins the calling thread (or, in `pre_exec`, the process) to `cpu`.
+fn pin_to(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity
+    // read and write only that set (both async-signal-safe).
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Why a SIGINT a few seconds into a recording can keep few events: on a busy machine
+/// the set-up (the host probes run in scratch VMs) and the guest wait for the one CPU
+/// the recording thread is pinned to. Two busy threads on that CPU: the recording keeps
+/// everything the guest did (it verifies to its end) and `record` says the machine was
+/// busy.
+#[test]
+fn a_busy_cpu_slows_the_recording_and_record_says_so() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !kvm() {
+        return;
+    }
+    const CPU: usize = 0;
+    let done = Arc::new(AtomicBool::new(false));
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                pin_to(CPU).unwrap();
+                while !done.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("busy.krr");
+    let mut cmd = krr();
+    cmd.args(["record", "--headless", "-o"]).arg(&file);
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // sched_setaffinity, which is async-signal-safe.
+    unsafe { cmd.pre_exec(|| pin_to(CPU)) };
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = wait_with_timeout(&mut child, Duration::from_secs(60));
+    done.store(true, Ordering::Relaxed);
+    for s in spinners {
+        s.join().unwrap();
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the machine was busy") && stderr.contains(&format!("for CPU {CPU}")),
+        "{stderr}"
+    );
+    let out = replay_verify(&file);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("divergences: 0 (end of recording)"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -5,6 +5,9 @@
 //! rusage) under an address-space limit, so that a run reading without bound fails here
 //! instead of exhausting the machine.
 
+mod common;
+
+use common::{krr, kvm, replay_verify};
 use krr_engine::event::EventKind;
 use krr_engine::trace::RecordingReader;
 use std::io::{BufRead, BufReader, Read};
@@ -13,20 +16,6 @@ use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn krr() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_krr-tui"))
-}
-
-fn kvm() -> bool {
-    match krr_recorder::kvm_available() {
-        Ok(()) => true,
-        Err(why) => {
-            println!("skipped: {why}");
-            false
-        }
-    }
-}
 
 /// Address space a recording gets here: room for its 64 MiB guest and more, far less
 /// than reading a large image whole takes.
@@ -267,14 +256,10 @@ fn a_big_sparse_disk_is_read_where_the_guest_reads_it() {
         dma > 20,
         "only {dma} DMA writes: the guest did not read the disk"
     );
-    let out = krr()
-        .args(["replay", "--headless", "--verify", "--quiet"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = replay_verify(&file);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success(),
+        out.status.success() && stdout.contains("divergences: 0 (end of recording)"),
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -164,7 +164,8 @@ pub fn lock<T: ?Sized>(device: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::{DmaMemory, Effect};
+    use crate::devices::Effect;
+    use crate::devices::test_memory::NoMemory;
     use std::time::Instant;
 
     /// Records every access as (offset, length), and reads back its offset.
@@ -182,16 +183,6 @@ mod tests {
         fn write(&mut self, offset: u64, data: &[u8], io: &mut Io<'_>) {
             self.writes.push((offset, data.to_vec()));
             io.request(Effect::Irq(offset as u8));
-        }
-    }
-
-    struct NoMemory;
-    impl DmaMemory for NoMemory {
-        fn read(&self, _gpa: u64, _buf: &mut [u8]) -> bool {
-            false
-        }
-        fn writable(&self, _gpa: u64, _len: u64) -> bool {
-            false
         }
     }
 

@@ -214,32 +214,16 @@ impl Device for FwCfg {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
+    use crate::devices::test_memory::Ram;
 
-    struct Mem(RefCell<Vec<u8>>);
-    impl DmaMemory for Mem {
-        fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
-            let m = self.0.borrow();
-            let Some(src) = m.get(gpa as usize..gpa as usize + buf.len()) else {
-                return false;
-            };
-            buf.copy_from_slice(src);
-            true
-        }
-        fn writable(&self, gpa: u64, len: u64) -> bool {
-            gpa.checked_add(len)
-                .is_some_and(|end| end <= self.0.borrow().len() as u64)
-        }
-    }
-
-    fn request(mem: &Mem, at: usize, control: u32, length: u32, address: u64) {
+    fn request(mem: &Ram, at: usize, control: u32, length: u32, address: u64) {
         let mut m = mem.0.borrow_mut();
         m[at..at + 4].copy_from_slice(&control.to_be_bytes());
         m[at + 4..at + 8].copy_from_slice(&length.to_be_bytes());
         m[at + 8..at + 16].copy_from_slice(&address.to_be_bytes());
     }
 
-    fn run(dev: &mut FwCfg, mem: &Mem, at: u64) -> Vec<DmaWrite> {
+    fn run(dev: &mut FwCfg, mem: &Ram, at: u64) -> Vec<DmaWrite> {
         dev.write_dma(0, ((at >> 32) as u32).to_be_bytes(), mem);
         let w = dev.write_dma(4, (at as u32).to_be_bytes(), mem);
         for x in &w {
@@ -253,7 +237,7 @@ mod tests {
     fn directory_lookup_then_dma_read_with_skip() {
         let disk: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
         let mut dev = FwCfg::new(vec![("opt/krr/disk".into(), disk.clone().into())]);
-        let mem = Mem(RefCell::new(vec![0u8; 0x10000]));
+        let mem = Ram::new(0x10000);
 
         // Signature through the data port.
         dev.select(FW_CFG_SIGNATURE);
@@ -301,7 +285,7 @@ mod tests {
     #[test]
     fn a_read_outside_ram_sets_the_error_bit_and_writes_nothing_else() {
         let mut dev = FwCfg::new(vec![("opt/krr/disk".into(), vec![1; 64].into())]);
-        let mem = Mem(RefCell::new(vec![0u8; 0x1000]));
+        let mem = Ram::new(0x1000);
         request(
             &mem,
             0,
@@ -328,7 +312,7 @@ mod tests {
         f.as_file().set_len(3 << 30).unwrap();
         let disk = DiskImage::open(f.path()).unwrap();
         let mut dev = FwCfg::new(vec![("opt/krr/disk".into(), disk)]);
-        let mem = Mem(RefCell::new(vec![0u8; 0x10000]));
+        let mem = Ram::new(0x10000);
         // Skip to the marker in 32-bit steps (the DMA length field is 32 bits), read it.
         let sel = 0x20u32;
         let mut skipped = 0u64;

@@ -23,7 +23,7 @@ pub mod pit;
 pub mod serial;
 
 use crate::image::DiskImage;
-use bus::{Bus, BusError, BusRange, lock};
+use bus::{Bus, BusError, BusRange, SharedDevice, lock};
 use krr_engine::machine::{
     PORT_COM1, PORT_DOORBELL, PORT_FW_CFG, PORT_PIC_MASTER, PORT_PIC_SLAVE, PORT_PIT, PORT_POWEROFF,
 };
@@ -111,6 +111,11 @@ impl<'a> Io<'a> {
     }
 }
 
+/// `device`, as a bus holds it.
+fn shared(device: impl Device + 'static) -> SharedDevice {
+    Arc::new(Mutex::new(device))
+}
+
 /// Standard PC interrupt line of the PIT.
 pub const IRQ_TIMER: u8 = 0;
 
@@ -135,42 +140,45 @@ impl Devices {
         let files = disk
             .map(|d| vec![(crate::agent_ring::DISK_FW_CFG_NAME.to_string(), d)])
             .unwrap_or_default();
+        // Every device of the machine, by port range.
+        let port_devices: [(u16, u16, &'static str, SharedDevice); 7] = [
+            (
+                PORT_COM1,
+                serial::PORTS,
+                "COM1 (16550 UART)",
+                shared(serial::Serial::new()),
+            ),
+            (
+                PORT_PIC_MASTER,
+                pic::PORTS,
+                "master 8259A PIC",
+                pic.master(),
+            ),
+            (PORT_PIC_SLAVE, pic::PORTS, "slave 8259A PIC", pic.slave()),
+            (PORT_PIT, pit::PORTS, "8254 PIT", pit.clone()),
+            (
+                PORT_FW_CFG,
+                fw_cfg::PORTS,
+                "fw_cfg",
+                shared(fw_cfg::FwCfg::new(files)),
+            ),
+            (
+                PORT_POWEROFF,
+                1,
+                "power-off port",
+                shared(control::PowerOff),
+            ),
+            (
+                PORT_DOORBELL,
+                1,
+                "agent doorbell",
+                shared(control::AgentDoorbell),
+            ),
+        ];
         let mut ports = Bus::new();
-        ports.insert(
-            BusRange::ports(PORT_COM1, serial::PORTS),
-            "COM1 (16550 UART)",
-            Arc::new(Mutex::new(serial::Serial::new())),
-        )?;
-        ports.insert(
-            BusRange::ports(PORT_PIC_MASTER, pic::PORTS),
-            "master 8259A PIC",
-            pic.master(),
-        )?;
-        ports.insert(
-            BusRange::ports(PORT_PIC_SLAVE, pic::PORTS),
-            "slave 8259A PIC",
-            pic.slave(),
-        )?;
-        ports.insert(
-            BusRange::ports(PORT_PIT, pit::PORTS),
-            "8254 PIT",
-            pit.clone(),
-        )?;
-        ports.insert(
-            BusRange::ports(PORT_FW_CFG, fw_cfg::PORTS),
-            "fw_cfg",
-            Arc::new(Mutex::new(fw_cfg::FwCfg::new(files))),
-        )?;
-        ports.insert(
-            BusRange::ports(PORT_POWEROFF, 1),
-            "power-off port",
-            Arc::new(Mutex::new(control::PowerOff)),
-        )?;
-        ports.insert(
-            BusRange::ports(PORT_DOORBELL, 1),
-            "agent doorbell",
-            Arc::new(Mutex::new(control::AgentDoorbell)),
-        )?;
+        for (port, len, name, device) in port_devices {
+            ports.insert(BusRange::ports(port, len), name, device)?;
+        }
         let mmio = Bus::new();
         Ok(Devices {
             ports,
@@ -230,31 +238,57 @@ impl Devices {
     }
 }
 
+/// Guest memories for the devices' tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_memory {
+    use super::DmaMemory;
+    use std::cell::RefCell;
 
-    /// Guest memory of 64 KiB, all RAM.
-    struct Ram(std::cell::RefCell<Vec<u8>>);
-    impl DmaMemory for Ram {
-        fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
-            let m = self.0.borrow();
-            match m.get(gpa as usize..gpa as usize + buf.len()) {
-                Some(src) => {
-                    buf.copy_from_slice(src);
-                    true
-                }
-                None => false,
-            }
-        }
-        fn writable(&self, gpa: u64, len: u64) -> bool {
-            gpa + len <= self.0.borrow().len() as u64
+    /// Guest memory that is all RAM, as large as its bytes.
+    pub struct Ram(pub RefCell<Vec<u8>>);
+
+    impl Ram {
+        pub fn new(size: usize) -> Ram {
+            Ram(RefCell::new(vec![0; size]))
         }
     }
 
+    impl DmaMemory for Ram {
+        fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+            let m = self.0.borrow();
+            let Some(src) = m.get(gpa as usize..gpa as usize + buf.len()) else {
+                return false;
+            };
+            buf.copy_from_slice(src);
+            true
+        }
+        fn writable(&self, gpa: u64, len: u64) -> bool {
+            gpa.checked_add(len)
+                .is_some_and(|end| end <= self.0.borrow().len() as u64)
+        }
+    }
+
+    /// No guest memory at all.
+    pub struct NoMemory;
+
+    impl DmaMemory for NoMemory {
+        fn read(&self, _gpa: u64, _buf: &mut [u8]) -> bool {
+            false
+        }
+        fn writable(&self, _gpa: u64, _len: u64) -> bool {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_memory::Ram;
+    use super::*;
+
     fn port_in(d: &Devices, port: u16, len: usize) -> (Vec<u8>, Vec<Effect>) {
         let mut effects = Vec::new();
-        let ram = Ram(vec![0; 0x10000].into());
+        let ram = Ram::new(0x10000);
         let mut data = vec![0xaa; len];
         d.port_in(
             port,
@@ -266,7 +300,7 @@ mod tests {
 
     fn port_out(d: &Devices, port: u16, data: &[u8]) -> Vec<Effect> {
         let mut effects = Vec::new();
-        let ram = Ram(vec![0; 0x10000].into());
+        let ram = Ram::new(0x10000);
         d.port_out(port, data, &mut Io::new(Instant::now(), &ram, &mut effects));
         effects
     }
@@ -301,7 +335,7 @@ mod tests {
         assert_eq!(port_in(&d, 0x80, 4).0, [0xff; 4]);
         assert!(port_out(&d, 0x80, &[1]).is_empty());
         let mut effects = Vec::new();
-        let ram = Ram(vec![0; 16].into());
+        let ram = Ram::new(16);
         let mut data = [0u8; 8];
         d.mmio_read(
             0xfee0_0000,

@@ -185,19 +185,10 @@ impl Pic {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::Effect;
     use crate::devices::bus::{Bus, BusRange};
-    use crate::devices::{DmaMemory, Effect};
+    use crate::devices::test_memory::NoMemory;
     use std::time::Instant;
-
-    struct NoMemory;
-    impl DmaMemory for NoMemory {
-        fn read(&self, _gpa: u64, _buf: &mut [u8]) -> bool {
-            false
-        }
-        fn writable(&self, _gpa: u64, _len: u64) -> bool {
-            false
-        }
-    }
 
     /// The pair on a port bus at the PC's addresses.
     struct Machine {
