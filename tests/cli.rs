@@ -585,6 +585,32 @@ fn a_busy_cpu_slows_the_recording_and_record_says_so() {
     );
 }
 
+/// Events are written at least every half second even when the guest stops producing
+/// them: a guest that prints a line and then computes without an exit keeps that line
+/// through a kill -9 (it was lost: events were written only when a newer one came).
+#[test]
+fn kill_9_keeps_what_a_silent_guest_did() {
+    use std::io::BufRead;
+    if !kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write_guest(dir.path(), "partial-line-silent");
+    let file = dir.path().join("silent.krr");
+    let mut child = start_recording(&kernel, &file, false, &[]);
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("partial-line-silent"), "{first}");
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = dir.path().join("silent.krr.partial");
+    let console = String::from_utf8_lossy(&recorded_console(&partial)).into_owned();
+    assert_eq!(console, first, "what the guest printed before the kill");
+}
+
 #[test]
 fn kill_9_leaves_a_recording_whose_complete_chunks_replay() {
     if !kvm() {

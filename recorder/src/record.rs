@@ -26,7 +26,6 @@ use krr_kvm::kick::Kicker;
 use krr_kvm::regs::gprs;
 use krr_kvm::{Exit, Vm};
 use sha2::{Digest as _, Sha256};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -99,6 +98,14 @@ pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
 /// Where events go (the trace writer, or a vector in tests).
 pub trait EventSink {
     fn event(&mut self, event: Event) -> Result<(), SinkError>;
+
+    /// Every event captured so far has been handed over. Called at every exit, and at
+    /// least every [`CAUGHT_UP_INTERVAL`] while the guest runs (a guest that stops
+    /// exiting is kicked for it), so that a sink can write what it buffers although no
+    /// new event comes.
+    fn caught_up(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 impl EventSink for Vec<Event> {
@@ -180,6 +187,10 @@ pub struct Recorder {
     /// When the loop first saw the stop request.
     stop_seen: Option<Instant>,
 }
+
+/// Longest the recorder leaves its sink without a word ([`EventSink::caught_up`]) while
+/// the guest runs: a vCPU that has not exited for this long is kicked.
+pub const CAUGHT_UP_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Longest a stop request waits for the guest's next port write when console bytes wait
 /// for the end of their line: replay compares console output only at a port write, so
@@ -278,16 +289,11 @@ impl Recorder {
         crate::cpuid::pin_thread(self.host.cpu)?;
         let wait_before = crate::cpuid::thread_run_delay();
         let kicker = self.vm.accept_kicks();
-        let deadline = Arc::new(AtomicU64::new(u64::MAX));
-        let done = Arc::new(AtomicBool::new(false));
-        let base = Instant::now();
+        let clock = LoopClock::new();
+        let done = AtomicBool::new(false);
         let end = std::thread::scope(|scope| {
-            let timer = {
-                let deadline = deadline.clone();
-                let done = done.clone();
-                scope.spawn(move || timer_thread(kicker, base, &deadline, &done, stop))
-            };
-            let r = self.run_loop(sink, stop, base, &deadline);
+            let timer = scope.spawn(|| timer_thread(kicker, &clock, &done, stop));
+            let r = self.run_loop(sink, stop, &clock);
             done.store(true, Ordering::SeqCst);
             let _ = timer.join();
             r
@@ -317,8 +323,7 @@ impl Recorder {
         &mut self,
         sink: &mut dyn EventSink,
         stop: &AtomicBool,
-        base: Instant,
-        deadline: &AtomicU64,
+        clock: &LoopClock,
     ) -> Result<EndReason, RecorderError> {
         self.capture.start()?;
         self.stop_seen = None;
@@ -327,9 +332,11 @@ impl Recorder {
             if self.may_stop(stop) {
                 return Ok(EndReason::Stopped);
             }
-            self.tick_timer(base, deadline);
+            self.tick_timer(clock);
             self.inject_pending(last)?;
             self.capture.drain(sink)?;
+            sink.caught_up().map_err(RecorderError::Sink)?;
+            clock.caught_up();
             let exit = self.vm.run().map_err(RecorderError::Run)?;
             self.exits += 1;
             last = match exit {
@@ -375,7 +382,7 @@ impl Recorder {
                 }
                 Exit::Hlt => {
                     self.capture.at_deterministic_exit(&self.vm)?;
-                    if let Some(end) = self.on_hlt(base, deadline, stop)? {
+                    if let Some(end) = self.on_hlt(clock, stop)? {
                         return Ok(end);
                     }
                     ExitKind::Deterministic
@@ -545,8 +552,7 @@ impl Recorder {
 
     fn on_hlt(
         &mut self,
-        base: Instant,
-        deadline: &AtomicU64,
+        clock: &LoopClock,
         stop: &AtomicBool,
     ) -> Result<Option<EndReason>, RecorderError> {
         let rflags = self.vm.vcpu().sync_regs().regs.rflags;
@@ -569,24 +575,19 @@ impl Recorder {
             if next > now {
                 std::thread::sleep((next - now).min(Duration::from_millis(20)));
             }
-            self.tick_timer(base, deadline);
+            self.tick_timer(clock);
         }
         Ok(None)
     }
 
     /// Raises IRQ0 when the PIT period elapsed and publishes the next deadline for the
     /// timer thread.
-    fn tick_timer(&mut self, base: Instant, deadline: &AtomicU64) {
+    fn tick_timer(&mut self, clock: &LoopClock) {
         let now = Instant::now();
         if self.devices.timer_due(now) {
             self.devices.pic().raise(IRQ_TIMER);
         }
-        let next = self
-            .devices
-            .timer_deadline()
-            .map(|d| d.saturating_duration_since(base).as_nanos() as u64)
-            .unwrap_or(u64::MAX);
-        deadline.store(next, Ordering::SeqCst);
+        clock.set_deadline(self.devices.timer_deadline());
         if self.devices.pic().pending_vector().is_some() {
             self.capture.policy().interrupt_pending(now);
         }
@@ -662,19 +663,50 @@ impl Recorder {
     }
 }
 
-/// Kicks the vCPU when a timer deadline passes or a stop is requested, so that the
-/// recorder gets control while the guest computes without exits. After a stop it kicks
-/// again every [`STOP_KICK_INTERVAL`] until the loop ends (a stop may wait for the
-/// guest, at most [`STOP_GRACE`]).
-fn timer_thread(
-    kicker: Kicker,
+/// What the recording loop tells the timer thread: the next timer deadline, and when
+/// it last handed everything to the sink; in nanoseconds from `base`.
+struct LoopClock {
     base: Instant,
-    deadline: &AtomicU64,
-    done: &AtomicBool,
-    stop: &AtomicBool,
-) {
+    /// `u64::MAX` when no timer runs.
+    deadline: AtomicU64,
+    caught_up: AtomicU64,
+}
+
+impl LoopClock {
+    fn new() -> LoopClock {
+        LoopClock {
+            base: Instant::now(),
+            deadline: AtomicU64::new(u64::MAX),
+            caught_up: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn set_deadline(&self, next: Option<Instant>) {
+        let next = next.map_or(u64::MAX, |d| {
+            u64::try_from(d.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+        });
+        self.deadline.store(next, Ordering::SeqCst);
+    }
+
+    fn caught_up(&self) {
+        self.caught_up.store(self.now(), Ordering::Relaxed);
+    }
+}
+
+/// Kicks the vCPU when a timer deadline passes, when the loop has not come back to its
+/// sink for [`CAUGHT_UP_INTERVAL`], or when a stop is requested, so that the recorder
+/// gets control while the guest computes without exits. After a stop it kicks again
+/// every [`STOP_KICK_INTERVAL`] until the loop ends (a stop may wait for the guest, at
+/// most [`STOP_GRACE`]).
+fn timer_thread(kicker: Kicker, clock: &LoopClock, done: &AtomicBool, stop: &AtomicBool) {
     let mut kicked_for = u64::MAX;
+    let mut kicked_quiet_since = u64::MAX;
     let mut stop_kicked: Option<Instant> = None;
+    let quiet = u64::try_from(CAUGHT_UP_INTERVAL.as_nanos()).unwrap_or(u64::MAX);
     while !done.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_micros(500));
         if stop.load(Ordering::SeqCst)
@@ -684,10 +716,15 @@ fn timer_thread(
             kicker.kick();
             continue;
         }
-        let d = deadline.load(Ordering::SeqCst);
-        let now = base.elapsed().as_nanos() as u64;
+        let now = clock.now();
+        let d = clock.deadline.load(Ordering::SeqCst);
         if d != u64::MAX && now >= d && kicked_for != d {
             kicked_for = d;
+            kicker.kick();
+        }
+        let caught_up = clock.caught_up.load(Ordering::Relaxed);
+        if now.saturating_sub(caught_up) >= quiet && kicked_quiet_since != caught_up {
+            kicked_quiet_since = caught_up;
             kicker.kick();
         }
     }
