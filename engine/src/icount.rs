@@ -45,8 +45,9 @@
 //!   the gate allows ring 3 or not;
 //! * `syscall` (a page fault at LSTAR here), `int3`, `ud2`, #DE, page faults and
 //!   interrupts taken in user mode count nothing;
-//! * port I/O from ring 3 that the TSS allows counts 1 (a VM exit in user mode, not an
-//!   entry: replay does not reproduce it, see the recorder).
+//! * port I/O from ring 3 that the TSS allows counts 1. It is a VM exit in user mode,
+//!   not an entry, and replay does not reproduce user-mode port I/O at all: the guests
+//!   recorded here do their port I/O in the kernel.
 //!
 //! [`KvmCounterModel`] turns raw readings into icounts: it is the one place that knows
 //! those extra counts ([`counter_extra_for_entry`]).
