@@ -5,7 +5,8 @@
 mod common;
 
 use common::{
-    krr, kvm, recorded_console, replay_verify, run_with_timeout, wait_with_timeout, write_guest,
+    assert_verifies_to_its_end, first_line, krr, kvm, recorded_console, replay_verify,
+    run_with_timeout, wait_with_timeout, write_guest,
 };
 use krr_engine::cpu::undefined::{Family, UndefinedBehaviour};
 use krr_engine::trace::RecordingReader;
@@ -432,17 +433,7 @@ fn signals_end_the_recording_with_a_complete_file() {
         );
         eprintln!("{what}");
         assert!(interrupts > 10, "{what}: {interrupts} kernel interrupts");
-        let out = replay_verify(&file);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "signal {signal}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            stdout.contains("divergences: 0 (end of recording)"),
-            "{stdout}"
-        );
+        assert_verifies_to_its_end(&file, &format!("signal {signal}"));
     }
 }
 
@@ -453,7 +444,6 @@ fn signals_end_the_recording_with_a_complete_file() {
 /// found a line pending, and such a recording failed `replay --verify`.
 #[test]
 fn a_stop_with_a_console_line_pending_leaves_a_recording_that_verifies() {
-    use std::io::BufRead;
     if !kvm() {
         return;
     }
@@ -469,10 +459,7 @@ fn a_stop_with_a_console_line_pending_leaves_a_recording_that_verifies() {
             let mut child = start_recording(&kernel, &file, no_counter, &[]);
             // The guest's first line is echoed once complete; the pending bytes follow it
             // at once.
-            let mut first = String::new();
-            std::io::BufReader::new(child.stdout.as_mut().unwrap())
-                .read_line(&mut first)
-                .unwrap();
+            let first = first_line(&mut child);
             assert!(first.contains(guest), "{what}: {first}");
             std::thread::sleep(Duration::from_millis(300));
             // SAFETY: sending a signal to our own child process.
@@ -492,13 +479,7 @@ fn a_stop_with_a_console_line_pending_leaves_a_recording_that_verifies() {
                     "{what}: {stderr}"
                 );
             }
-            let out = replay_verify(&file);
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success() && stdout.contains("divergences: 0 (end of recording)"),
-                "{what}: {stdout}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let stdout = assert_verifies_to_its_end(&file, &what);
             assert!(stdout.contains(pending), "{what}: replay printed {stdout}");
         }
     }
@@ -509,7 +490,6 @@ fn a_stop_with_a_console_line_pending_leaves_a_recording_that_verifies() {
 /// through a kill -9 (it was lost: events were written only when a newer one came).
 #[test]
 fn kill_9_keeps_what_a_silent_guest_did() {
-    use std::io::BufRead;
     if !kvm() {
         return;
     }
@@ -517,10 +497,7 @@ fn kill_9_keeps_what_a_silent_guest_did() {
     let kernel = write_guest(dir.path(), "partial-line-silent");
     let file = dir.path().join("silent.krr");
     let mut child = start_recording(&kernel, &file, false, &[]);
-    let mut first = String::new();
-    std::io::BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    let first = first_line(&mut child);
     assert!(first.contains("partial-line-silent"), "{first}");
     std::thread::sleep(Duration::from_millis(1500));
     child.kill().unwrap();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{krr, kvm, replay_verify, wait_with_timeout};
+use common::{assert_verifies_to_its_end, first_line, krr, kvm, wait_with_timeout};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -32,7 +32,6 @@ fn pin_to(cpu: usize) -> std::io::Result<()> {
 /// console lines where an idle host keeps about 1,900 and 30: the host was loaded.)
 #[test]
 fn a_busy_cpu_slows_the_recording_and_record_says_so() {
-    use std::io::BufRead;
     use std::os::unix::process::CommandExt;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,10 +63,7 @@ fn a_busy_cpu_slows_the_recording_and_record_says_so() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    std::io::BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    first_line(&mut child);
     std::thread::sleep(Duration::from_secs(1));
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -82,10 +78,5 @@ fn a_busy_cpu_slows_the_recording_and_record_says_so() {
         stderr.contains("the machine was busy") && stderr.contains(&format!("for CPU {CPU}")),
         "{stderr}"
     );
-    let out = replay_verify(&file);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("divergences: 0 (end of recording)"),
-        "{stdout}"
-    );
+    assert_verifies_to_its_end(&file, "busy CPU");
 }

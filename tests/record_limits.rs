@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{krr, kvm, replay_verify};
+use common::{assert_verifies_to_its_end, krr, kvm};
 use krr_engine::event::EventKind;
 use krr_engine::trace::RecordingReader;
 use std::io::{BufRead, BufReader, Read};
@@ -256,11 +256,5 @@ fn a_big_sparse_disk_is_read_where_the_guest_reads_it() {
         dma > 20,
         "only {dma} DMA writes: the guest did not read the disk"
     );
-    let out = replay_verify(&file);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("divergences: 0 (end of recording)"),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_verifies_to_its_end(&file, "sparse disk");
 }

@@ -105,6 +105,22 @@ __attribute__((unused)) static void doorbell_nonsense(void)
 	doorbell(0xffffffffu);
 }
 
+/*
+ * Interrupts on, then forever bursts of spinning, each followed by a wait for the next
+ * timer interrupt. Where KVM emulates ring-0 code a burst outlasts several ticks, so
+ * interrupts land at arbitrary instructions; where ring 0 runs natively the hlt bounds
+ * the instruction count, and with it the replay time, by the tick rate.
+ */
+__attribute__((unused)) static void spin_with_ticks(void)
+{
+	sti();
+	for (;;) {
+		for (volatile u64 spins = 0; spins < 20000; spins++)
+			;
+		hlt();
+	}
+}
+
 void kmain(void)
 {
 	uart_init();
@@ -120,30 +136,14 @@ void kmain(void)
 	kprintf("hostile no-poweroff: spinning forever in kernel mode, interrupts on\n");
 	pic_init();
 	pit_init(TIMER_HZ);
-	sti();
-	/*
-	 * Bursts of spinning, each followed by a wait for the next timer interrupt. Where
-	 * KVM emulates ring-0 code a burst outlasts several ticks, so interrupts land at
-	 * arbitrary instructions; where ring 0 runs natively the hlt bounds the instruction
-	 * count, and with it the replay time, by the tick rate.
-	 */
-	for (;;) {
-		for (volatile u64 spins = 0; spins < 20000; spins++)
-			;
-		hlt();
-	}
+	spin_with_ticks();
 #elif HOSTILE_KIND == PARTIAL_LINE
 	kprintf("hostile partial-line: a line without its end, then timer ticks\n");
 	pic_init();
 	pit_init(TIMER_HZ);
 	kprintf("no newline yet");
-	sti();
-	/* As no-poweroff: every tick's EOI is a port write. */
-	for (;;) {
-		for (volatile u64 spins = 0; spins < 20000; spins++)
-			;
-		hlt();
-	}
+	/* Every tick's EOI is a port write. */
+	spin_with_ticks();
 #elif HOSTILE_KIND == PARTIAL_LINE_SILENT
 	kprintf("hostile partial-line-silent: a line without its end, then no exit at all\n");
 	kprintf("never ended");

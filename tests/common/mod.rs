@@ -93,3 +93,26 @@ pub fn write_guest(dir: &Path, name: &str) -> PathBuf {
     .unwrap();
     path
 }
+
+/// Replays `path` with `--verify` and asserts it verifies to the end of the recording
+/// with no divergence (`what` names the case); returns what replay printed.
+pub fn assert_verifies_to_its_end(path: &Path, what: &str) -> String {
+    let out = replay_verify(path);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.contains("divergences: 0 (end of recording)"),
+        "{what}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The first line `child` writes to its (piped) standard output.
+pub fn first_line(child: &mut Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("reading the child's output");
+    line
+}
