@@ -388,8 +388,65 @@ impl InjectionPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use krr_engine::event::UserRegs;
+    use krr_engine::icount::counter_extra_for_entry;
 
     const DELAY: Duration = Duration::from_millis(5);
+
+    fn entry_at(rip: u64, kind: EntryKind) -> UserEntry {
+        UserEntry {
+            icount: 0,
+            kind,
+            regs: UserRegs {
+                gpr: [0; 16],
+                rip,
+                rflags: 0x202,
+                cs: 0x33,
+                ss: 0x2b,
+                fs_base: 0,
+                gs_base: 0,
+            },
+        }
+    }
+
+    /// The counter model learns whether a #UD came from `int n` from the bytes the
+    /// recorder reads at the entry's RIP through the vCPU's page tables.
+    #[test]
+    fn a_ud_entry_is_read_at_its_rip_for_the_counter_model() {
+        if let Err(why) = crate::kvm_available() {
+            println!("skipped: {why}");
+            return;
+        }
+        let mut vm = Vm::with_ram(4 << 20).unwrap();
+        krr_kvm::long_mode::load_flat_code(&mut vm, &[0xf4]).unwrap();
+        // `int 0x80` at the end of a page: only what lies in that page is read.
+        let (int_80, page_end) = (0x20_0000u64, 0x20_0ffeu64);
+        vm.write(int_80, &[0xcd, 0x80]).unwrap();
+        vm.write(page_end, &[0xcd, 0x80]).unwrap();
+        let ud = |rip| {
+            entry_at(
+                rip,
+                EntryKind::Exception {
+                    vector: vector::UD,
+                    error_code: None,
+                    cr2: 0,
+                },
+            )
+        };
+        let read = entry_instruction(&vm, &ud(int_80));
+        assert_eq!(read.len(), 15);
+        assert_eq!(read[..2], [0xcd, 0x80]);
+        assert_eq!(entry_instruction(&vm, &ud(page_end)), [0xcd, 0x80]);
+        assert_eq!(counter_extra_for_entry(&ud(int_80), &read), 1);
+        // Other entries read nothing; nor does an address that does not translate.
+        let gp = EntryKind::Exception {
+            vector: vector::GP,
+            error_code: Some(0),
+            cr2: 0,
+        };
+        assert!(entry_instruction(&vm, &entry_at(int_80, gp)).is_empty());
+        assert!(entry_instruction(&vm, &ud(0x7fff_0000_0000)).is_empty());
+    }
 
     #[test]
     fn with_a_counter_every_interrupt_goes_in_at_once() {
