@@ -91,6 +91,8 @@ const HOSTILE: &[(&str, u32)] = &[
     ("doorbell-nonsense", 3),
     ("no-poweroff", 4),
     ("triple-fault", 5),
+    ("partial-line", 6),
+    ("partial-line-silent", 7),
 ];
 
 /// Iterations of the replay-speed benchmark loop (26 instructions each, bench/bench.h).

@@ -3,7 +3,8 @@
 use anyhow::{Context, Result, bail};
 use krr_engine::event::Event;
 use krr_engine::trace::{FinishInfo, Header, RecordingWriter};
-use krr_recorder::{CounterChoice, EndReason, EventSink, RecordConfig, Recorder, RecorderError};
+use krr_recorder::image::{self, DiskImage};
+use krr_recorder::{CounterChoice, EndReason, EventSink, RecordConfig, Recorder, SinkError};
 use krr_ui::record::RecordMsg;
 use std::fs::File;
 use std::io::{IsTerminal, Write};
@@ -102,16 +103,19 @@ struct TraceSink<'a> {
 const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 
 impl EventSink for TraceSink<'_> {
-    fn event(&mut self, event: Event) -> Result<(), RecorderError> {
+    fn event(&mut self, event: Event) -> Result<(), SinkError> {
         (self.observe)(&event);
-        self.writer
-            .push(event)
-            .map_err(|e| RecorderError::Sink(e.to_string()))?;
+        self.writer.push(event)?;
+        Ok(())
+    }
+
+    /// Writes the buffered events every [`FLUSH_INTERVAL`], whether or not new events
+    /// come (the recorder calls this at every exit, and kicks a guest that stops
+    /// exiting).
+    fn caught_up(&mut self) -> Result<(), SinkError> {
         if self.last_flush.elapsed() >= FLUSH_INTERVAL {
             self.last_flush = Instant::now();
-            self.writer
-                .flush_events()
-                .map_err(|e| RecorderError::Sink(e.to_string()))?;
+            self.writer.flush_events()?;
         }
         Ok(())
     }
@@ -123,6 +127,8 @@ pub struct Recorded {
     pub end_reason: String,
     /// The event statistics, as `krr-tui info` prints them.
     pub stats: String,
+    /// Something the user should know about how the recording went.
+    pub note: Option<String>,
     /// The guest or the recorder failed (everything before the failure is recorded).
     pub error: Option<anyhow::Error>,
 }
@@ -138,9 +144,11 @@ pub fn record(
         bail!("recording needs KVM: {why}");
     }
     let output = RecordingOutput::create(&args.output, args.force)?;
+    let set_up = Timed::start();
     match start_recording(args, &output) {
         Ok((recorder, writer)) => {
-            let recorded = run_recording(recorder, writer, stop, observe);
+            let set_up = set_up.end();
+            let recorded = run_recording(recorder, writer, set_up, stop, observe);
             output.commit()?;
             recorded
         }
@@ -156,18 +164,15 @@ fn start_recording(
     args: &RecordArgs,
     output: &RecordingOutput,
 ) -> Result<(Recorder, RecordingWriter<File>)> {
+    // The kernel is read whole, but never beyond the guest's memory; the disk where the
+    // guest reads it.
     let (image, name) = match &args.kernel {
-        Some(p) => (
-            std::fs::read(p).with_context(|| format!("reading kernel {}", p.display()))?,
-            p.display().to_string(),
-        ),
+        Some(p) => (image::read_kernel(p, args.memory)?, p.display().to_string()),
         None => (krr_guest::DEMO_KERNEL.to_vec(), "builtin:demo".to_string()),
     };
     let disk = match (&args.disk, &args.kernel) {
-        (Some(p), _) => {
-            Some(std::fs::read(p).with_context(|| format!("reading disk {}", p.display()))?)
-        }
-        (None, None) => Some(krr_guest::demo_disk()),
+        (Some(p), _) => Some(DiskImage::open(p)?),
+        (None, None) => Some(DiskImage::from(krr_guest::demo_disk())),
         (None, Some(_)) => None,
     };
     let mut config = RecordConfig::new(image, name);
@@ -195,6 +200,7 @@ fn start_recording(
 fn run_recording(
     mut recorder: Recorder,
     writer: RecordingWriter<File>,
+    set_up: Waited,
     stop: &AtomicBool,
     observe: &mut dyn FnMut(&Event),
 ) -> Result<Recorded> {
@@ -220,6 +226,10 @@ fn run_recording(
         duration_s,
         end_reason: end_reason.clone(),
     })?;
+    let note = match &outcome {
+        Ok(o) => cpu_wait_note(set_up, o),
+        Err(_) => None,
+    };
     let error = match outcome {
         Ok(o) => match o.end {
             EndReason::GuestError(e) => Some(anyhow::anyhow!(
@@ -232,9 +242,68 @@ fn run_recording(
     Ok(Recorded {
         end_reason,
         stats: stats.to_string(),
+        note,
         error,
     })
 }
+
+/// Wall time, and the part of it the calling thread spent ready to run but waiting for
+/// a CPU, of one phase of the recording.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Waited {
+    took: Duration,
+    cpu_wait: Option<Duration>,
+}
+
+/// A phase being timed.
+struct Timed {
+    started: Instant,
+    wait_before: Option<Duration>,
+}
+
+impl Timed {
+    fn start() -> Timed {
+        Timed {
+            started: Instant::now(),
+            wait_before: krr_recorder::cpuid::thread_run_delay(),
+        }
+    }
+
+    fn end(self) -> Waited {
+        Waited {
+            took: self.started.elapsed(),
+            cpu_wait: krr_recorder::cpuid::thread_run_delay()
+                .zip(self.wait_before)
+                .map(|(after, before)| after.saturating_sub(before)),
+        }
+    }
+}
+
+/// Says so when the recording thread spent much of the set-up (the host probes, the
+/// snapshot) and of the run waiting for its CPU: the guest then started late and ran
+/// slowly (fewer events by any given time), though nothing was lost. On a loaded
+/// machine the set-up alone can take seconds instead of half a second.
+fn cpu_wait_note(set_up: Waited, o: &krr_recorder::RecordOutcome) -> Option<String> {
+    let wait = set_up.cpu_wait? + o.cpu_wait?;
+    let total = set_up.took + o.duration;
+    (wait >= CPU_WAIT_NOTE_MIN && wait.as_secs_f64() > total.as_secs_f64() * CPU_WAIT_NOTE_SHARE)
+        .then(|| {
+            format!(
+                "the machine was busy: the recording thread waited {:.1} s of {:.1} s for \
+                 CPU {}, which it is pinned to (other work on that CPU); the guest started \
+                 {:.1} s after the recorder and ran slower, but nothing is lost",
+                wait.as_secs_f64(),
+                total.as_secs_f64(),
+                o.cpu,
+                set_up.took.as_secs_f64(),
+            )
+        })
+}
+
+/// Share of the time waiting for the CPU above which [`cpu_wait_note`] speaks (unloaded,
+/// about 3%), and the least wait it speaks of.
+const CPU_WAIT_NOTE_SHARE: f64 = 0.25;
+const CPU_WAIT_NOTE_MIN: Duration = Duration::from_millis(500);
 
 pub fn run(args: RecordArgs) -> Result<()> {
     if let Err(why) = krr_recorder::kvm_available() {
@@ -263,6 +332,9 @@ pub fn run(args: RecordArgs) -> Result<()> {
         args.output.display()
     );
     eprintln!("{}", recorded.stats);
+    if let Some(note) = &recorded.note {
+        eprintln!("krr-tui: {note}");
+    }
     match recorded.error {
         Some(e) => Err(e),
         None => Ok(()),
@@ -319,7 +391,55 @@ fn console_bytes(event: &Event) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{Waited, cpu_wait_note, parse_size};
+    use krr_recorder::{EndReason, RecordOutcome};
+    use std::time::Duration;
+
+    fn outcome(duration: f64, cpu_wait: Option<f64>) -> RecordOutcome {
+        RecordOutcome {
+            end: EndReason::Stopped,
+            kernel_instructions: 0,
+            duration: Duration::from_secs_f64(duration),
+            exits: 0,
+            counts: Default::default(),
+            cpu: 1,
+            cpu_wait: cpu_wait.map(Duration::from_secs_f64),
+        }
+    }
+
+    fn set_up(took: f64, cpu_wait: Option<f64>) -> Waited {
+        Waited {
+            took: Duration::from_secs_f64(took),
+            cpu_wait: cpu_wait.map(Duration::from_secs_f64),
+        }
+    }
+
+    #[test]
+    fn a_busy_cpu_is_noted_with_the_set_up_it_delayed() {
+        // A loaded machine: the set-up took 3 s, 2.4 of them waiting, then the run waited
+        // half of its time.
+        let note = cpu_wait_note(set_up(3.0, Some(2.4)), &outcome(2.0, Some(1.0))).unwrap();
+        assert!(
+            note.contains("waited 3.4 s of 5.0 s for CPU 1")
+                && note.contains("started 3.0 s after"),
+            "{note}"
+        );
+        // Unloaded: a few percent.
+        assert_eq!(
+            cpu_wait_note(set_up(0.5, Some(0.01)), &outcome(5.0, Some(0.15))),
+            None
+        );
+        // A short recording that waited most of its few milliseconds says nothing.
+        assert_eq!(
+            cpu_wait_note(set_up(0.4, Some(0.1)), &outcome(0.05, Some(0.04))),
+            None
+        );
+        // Where the kernel does not report the wait, nothing either.
+        assert_eq!(
+            cpu_wait_note(set_up(3.0, None), &outcome(2.0, Some(1.0))),
+            None
+        );
+    }
 
     #[test]
     fn sizes_parse_with_suffixes_and_reject_garbage() {

@@ -34,11 +34,26 @@
 //!
 //! On hosts whose KVM emulates guest ring-0 code, the per-vCPU statistic
 //! `insn_emulation` grows by one for every ring-0 instruction KVM emulates, which is
-//! every ring-0 instruction. It also counts some work KVM does on behalf of ring 3 (a
-//! user `syscall` that faults, port I/O from user mode). [`KvmCounterModel`] turns raw
-//! readings into icounts: it is the one place that knows those extra counts.
+//! every ring-0 instruction. Ring-3 code runs natively and counts nothing, except an
+//! instruction that raises a general-protection fault in the host, which KVM emulates
+//! (counting 1) before it delivers the guest's exception. Measured from ring 3
+//! (engine/tests/cpu_vs_kvm.rs, `user_mode_entries_count_only_ring0_instructions`):
+//!
+//! * every #GP the guest receives counts 1 (`hlt`, `cli`, `rdmsr`, `mov` from CR0, `in`
+//!   from a port the TSS does not allow, a non-canonical address);
+//! * `int n` (n other than 3 and 4), which these hosts refuse with #UD, counts 1, whether
+//!   the gate allows ring 3 or not;
+//! * `syscall` (a page fault at LSTAR here), `int3`, `ud2`, #DE, page faults and
+//!   interrupts taken in user mode count nothing;
+//! * port I/O from ring 3 that the TSS allows counts 1. It is a VM exit in user mode,
+//!   not an entry, and replay does not reproduce user-mode port I/O at all: the guests
+//!   recorded here do their port I/O in the kernel.
+//!
+//! [`KvmCounterModel`] turns raw readings into icounts: it is the one place that knows
+//! those extra counts ([`counter_extra_for_entry`]).
 
-use crate::event::UserEntry;
+use crate::arch::vector;
+use crate::event::{EntryKind, UserEntry};
 
 /// Converts raw `insn_emulation` readings into icounts.
 #[derive(Debug, Clone, Default)]
@@ -54,9 +69,11 @@ impl KvmCounterModel {
         KvmCounterModel { start, bias: 0 }
     }
 
-    /// Accounts for a kernel entry from user mode seen in the recording.
-    pub fn observe_entry(&mut self, entry: &UserEntry) {
-        self.bias += counter_extra_for_entry(entry);
+    /// Accounts for a kernel entry from user mode seen in the recording; `instruction`
+    /// is what the recorder could read at the entry's RIP (see
+    /// [`counter_extra_for_entry`]).
+    pub fn observe_entry(&mut self, entry: &UserEntry, instruction: &[u8]) {
+        self.bias += counter_extra_for_entry(entry, instruction);
     }
 
     /// The icount corresponding to a raw reading.
@@ -65,9 +82,35 @@ impl KvmCounterModel {
     }
 }
 
-/// Raw counts an entry from user mode adds besides ring-0 instructions.
-pub fn counter_extra_for_entry(_entry: &UserEntry) -> u64 {
-    0
+/// Raw counts an entry from user mode adds besides ring-0 instructions: 1 for the user
+/// instruction KVM emulated when the host saw a general-protection fault (a #GP, or the
+/// #UD these hosts give `int n`), 0 otherwise (module documentation). A #UD is told
+/// apart by its instruction: `instruction` holds the bytes at the entry's RIP as far as
+/// the recorder could read them (empty if it could not: counted as not `int n`).
+pub fn counter_extra_for_entry(entry: &UserEntry, instruction: &[u8]) -> u64 {
+    match entry.kind {
+        EntryKind::Exception {
+            vector: vector::GP, ..
+        } => 1,
+        EntryKind::Exception {
+            vector: vector::UD, ..
+        } if is_int_n(instruction) => 1,
+        _ => 0,
+    }
+}
+
+/// Whether `bytes` start with `int imm8` (opcode 0xcd), after any prefixes.
+fn is_int_n(bytes: &[u8]) -> bool {
+    let opcode = bytes.iter().find(|&&b| !is_prefix(b));
+    opcode == Some(&0xcd)
+}
+
+/// Legacy prefixes and REX.
+fn is_prefix(b: u8) -> bool {
+    matches!(
+        b,
+        0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3 | 0x40..=0x4f
+    )
 }
 
 /// A `rep` string instruction retires in chunks, as KVM's instruction emulator runs it:
@@ -95,4 +138,65 @@ pub const SIGNATURE_SEARCH_FLOOR: u64 = 1 << 24;
 pub fn signature_search_limit(ns: u64) -> u64 {
     ns.saturating_mul(MAX_INSTRUCTIONS_PER_NS)
         .saturating_add(SIGNATURE_SEARCH_FLOOR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::UserRegs;
+
+    fn entry(kind: EntryKind) -> UserEntry {
+        UserEntry {
+            icount: 0,
+            kind,
+            regs: UserRegs {
+                gpr: [0; 16],
+                rip: 0x40_1000,
+                rflags: 0x202,
+                cs: 0x33,
+                ss: 0x2b,
+                fs_base: 0,
+                gs_base: 0,
+            },
+        }
+    }
+
+    fn exception(vector: u8) -> EntryKind {
+        EntryKind::Exception {
+            vector,
+            error_code: None,
+            cr2: 0,
+        }
+    }
+
+    #[test]
+    fn general_protection_faults_and_int_n_count_one_each() {
+        let int_80 = [0xcd, 0x80];
+        let ud2 = [0x0f, 0x0b];
+        let mut model = KvmCounterModel::new(1000);
+        for (kind, instruction, extra) in [
+            (exception(vector::GP), &[][..], 1),
+            (exception(vector::UD), &int_80[..], 1),
+            // Prefixes do not hide it.
+            (exception(vector::UD), &[0x66, 0x48, 0xcd, 0x81][..], 1),
+            (exception(vector::UD), &ud2[..], 0),
+            // Unread: not counted.
+            (exception(vector::UD), &[][..], 0),
+            (exception(vector::PF), &int_80[..], 0),
+            (exception(vector::BP), &[0xcc][..], 0),
+            (EntryKind::Interrupt { vector: 0x20 }, &int_80[..], 0),
+            (EntryKind::Syscall, &[0x0f, 0x05][..], 0),
+        ] {
+            let e = entry(kind);
+            assert_eq!(
+                counter_extra_for_entry(&e, instruction),
+                extra,
+                "{kind:?} {instruction:x?}"
+            );
+            model.observe_entry(&e, instruction);
+        }
+        // Three extra counts so far: raw 1010 is icount 7.
+        assert_eq!(model.icount(1010), 7);
+        assert_eq!(model.icount(1000), 0, "never below zero");
+    }
 }

@@ -262,7 +262,7 @@ pub enum CounterSourceKind {
     /// KVM's per-vCPU `insn_emulation` statistic (hosts that emulate ring-0 code).
     KvmInsnEmulation,
     /// A guest-kernel-only hardware performance counter of retired branches (for VT-x
-    /// hosts with a PMU, DESIGN.md section 3). No recorder writes it yet, and replay
+    /// hosts with a PMU, DESIGN.md section 3). The recorder does not implement it, and replay
     /// refuses a recording that claims it (its positions would not be instruction
     /// counts).
     PerfGuestKernel,

@@ -1758,3 +1758,243 @@ fn injected_interrupt_and_hlt() {
         "instruction count with an interrupt and hlt"
     );
 }
+
+/// Where the user-mode tests below place their code and stack (user pages).
+const USER_CODE: u64 = 0x1e_0000;
+const USER_STACK_TOP: u64 = 0x1f_0000;
+/// Port user code may use (the TSS I/O bitmap allows ports below 0x100).
+const USER_PORT: u16 = 0x70;
+
+/// The standard image, with ring 3 reachable: the user code and stack pages (and the
+/// tables above them) user-accessible, and a TSS I/O bitmap that lets ring 3 use ports
+/// below 0x100. Ring 0 runs `iretq` to `user` with RFLAGS `rflags`: 11 instructions.
+fn user_mode_image(user: &mut CodeAssembler, rflags: u64) -> Image {
+    const RING0_INSTRUCTIONS: u64 = 11;
+    let mut img = image();
+    for table in [PML4, PDPT, PD] {
+        img.write_u64(table, img.read_u64(table) | 4);
+    }
+    for page in [USER_CODE, USER_STACK_TOP - 0x1000] {
+        let pte = Image::pte_addr(page);
+        img.write_u64(pte, img.read_u64(pte) | 4);
+    }
+    // I/O bitmap right after the 0x68-byte TSS: 32 zero bytes (ports 0-0xff allowed),
+    // then the terminating 0xff byte, all inside the TSS limit.
+    let limit = 0x68 + 32;
+    img.write(TSS + 0x66, &0x68u16.to_le_bytes());
+    img.write(TSS + 0x68 + 32, &[0xff]);
+    let tss_lo = (limit & 0xffff)
+        | ((TSS & 0xff_ffff) << 16)
+        | (0x89u64 << 40)
+        | (((TSS >> 24) & 0xff) << 56);
+    img.write_u64(GDT + 0x18, tss_lo);
+    img.state.tr.limit = limit as u32;
+    // `int3` and `int 0x80` are allowed from ring 3 (gate DPL 3), as a kernel sets them.
+    for v in [3u64, 0x80] {
+        let gate = IDT + 16 * v;
+        img.write_u64(gate, img.read_u64(gate) | (3 << 45));
+    }
+    // LSTAR: a ring-0 stub like the exception stubs (an architectural `syscall` lands
+    // there; on hosts that turn it into a page fault at LSTAR, vector 14's stub runs).
+    let mut s = asm();
+    s.mov(eax, 0x100u32).unwrap();
+    s.out(EXC_PORT as u32, eax).unwrap();
+    img.load_at(HANDLERS, &mut s);
+    let bytes = user.assemble(USER_CODE).expect("assemble");
+    img.write(USER_CODE, &bytes);
+    let mut a = asm();
+    for v in [
+        (u64::from(USER_BASE_SEL) + 8) | 3, // SS
+        USER_STACK_TOP,
+        rflags,
+        (u64::from(USER_BASE_SEL) + 16) | 3, // CS
+        USER_CODE,
+    ] {
+        a.mov(rax, v).unwrap();
+        a.push(rax).unwrap();
+    }
+    a.iretq().unwrap();
+    assert_eq!(
+        a.instructions().len() as u64,
+        RING0_INSTRUCTIONS,
+        "ring-0 instructions before user mode"
+    );
+    img.load_code(&mut a);
+    img
+}
+
+/// What an entry from user mode adds to KVM's `insn_emulation` is what
+/// [`krr_engine::icount::counter_extra_for_entry`] says: each kind of entry is made from
+/// ring 3 and the counter's growth compared with the ring-0 instructions run (the 11
+/// that enter user mode, the 2 of the stub that handles the entry) plus the model's
+/// extra for the entry as the agent would record it, and 1 for each port instruction
+/// ring 3 runs.
+#[test]
+fn user_mode_entries_count_only_ring0_instructions() {
+    use krr_engine::event::{EntryKind, UserEntry, UserRegs};
+    use krr_engine::icount::counter_extra_for_entry;
+    if !available() {
+        return;
+    }
+    const ENTER: u64 = 11;
+    const STUB: u64 = 2;
+    const INTERRUPT: u8 = 0x30;
+    let exception = |vector: u8| {
+        Some(EntryKind::Exception {
+            vector,
+            error_code: None,
+            cr2: 0,
+        })
+    };
+    type Build = fn(&mut CodeAssembler);
+    // (name, set-up, the instruction that enters the kernel, the entry as recorded, port
+    // instructions run at ring 3)
+    let cases: Vec<(&str, Build, Build, Option<EntryKind>, u64)> = vec![
+        (
+            "syscall",
+            |_| {},
+            |u| u.syscall().unwrap(),
+            exception(14),
+            0,
+        ),
+        ("int3", |_| {}, |u| u.int3().unwrap(), exception(3), 0),
+        (
+            "int 0x80",
+            |_| {},
+            |u| u.int(0x80).unwrap(),
+            exception(6),
+            0,
+        ),
+        (
+            "int 0x81 (gate DPL 0)",
+            |_| {},
+            |u| u.int(0x81).unwrap(),
+            exception(6),
+            0,
+        ),
+        ("ud2", |_| {}, |u| u.ud2().unwrap(), exception(6), 0),
+        (
+            "div by zero",
+            |_| {},
+            |u| u.div(rbx).unwrap(),
+            exception(0),
+            0,
+        ),
+        (
+            "page fault",
+            |_| {},
+            |u| u.mov(qword_ptr(0xdead_0000u64), rax).unwrap(),
+            exception(14),
+            0,
+        ),
+        ("hlt", |_| {}, |u| u.hlt().unwrap(), exception(13), 0),
+        ("cli", |_| {}, |u| u.cli().unwrap(), exception(13), 0),
+        ("rdmsr", |_| {}, |u| u.rdmsr().unwrap(), exception(13), 0),
+        (
+            "mov from cr0",
+            |_| {},
+            |u| u.mov(rax, cr0).unwrap(),
+            exception(13),
+            0,
+        ),
+        (
+            "in from a port the TSS refuses",
+            |u| u.mov(edx, 0x300u32).unwrap(),
+            |u| u.in_(al, dx).unwrap(),
+            exception(13),
+            0,
+        ),
+        (
+            "non-canonical load",
+            |u| u.mov(rbx, 0x8000_0000_0000_0000u64).unwrap(),
+            |u| u.mov(rax, qword_ptr(rbx)).unwrap(),
+            exception(13),
+            0,
+        ),
+        (
+            "out from ring 3 (a VM exit)",
+            |_| {},
+            |u| u.out(END_PORT as u32, al).unwrap(),
+            None,
+            1,
+        ),
+        (
+            "interrupt in user mode",
+            |u| u.out(USER_PORT as u32, al).unwrap(),
+            |u| {
+                let mut spin = u.create_label();
+                u.set_label(&mut spin).unwrap();
+                u.jmp(spin).unwrap();
+            },
+            Some(EntryKind::Interrupt { vector: INTERRUPT }),
+            1,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, setup, enter, kind, ring3_io) in cases {
+        let mut user = asm();
+        setup(&mut user);
+        let mut instruction = asm();
+        enter(&mut instruction);
+        let instruction = instruction.assemble(0).unwrap();
+        for &b in &instruction {
+            user.db(&[b]).unwrap();
+        }
+        let img = user_mode_image(&mut user, 0x202);
+        let mut km = KvmMachine::new(&img);
+        if matches!(kind, Some(EntryKind::Interrupt { .. })) {
+            km.inject_on_port = Some((USER_PORT, INTERRUPT));
+        }
+        let k = km.run(100);
+        let (expected_port, expected_value) = match kind {
+            Some(EntryKind::Exception { vector, .. }) => (EXC_PORT, u32::from(vector)),
+            Some(EntryKind::Interrupt { vector }) => (EXC_PORT, u32::from(vector)),
+            _ => (END_PORT, 0),
+        };
+        // The syscall stub at LSTAR reports 0x100 where `syscall` enters ring 0.
+        assert!(
+            k.exit
+                == KvmExit::Out {
+                    port: expected_port,
+                    value: expected_value
+                }
+                || (name == "syscall"
+                    && k.exit
+                        == KvmExit::Out {
+                            port: EXC_PORT,
+                            value: 0x100
+                        }),
+            "{name}: {:?}",
+            k.exit
+        );
+        let model = kind.map_or(0, |kind| {
+            let entry = UserEntry {
+                icount: 0,
+                kind,
+                regs: UserRegs {
+                    gpr: [0; 16],
+                    rip: USER_CODE,
+                    rflags: 0x202,
+                    cs: 0x33,
+                    ss: 0x2b,
+                    fs_base: 0,
+                    gs_base: 0,
+                },
+            };
+            counter_extra_for_entry(&entry, &instruction)
+        });
+        let ring0 = ENTER + if kind.is_some() { STUB } else { 0 };
+        let expected = ring0 + model + ring3_io;
+        println!(
+            "{name}: insn_emulation {}, ring-0 instructions {ring0}, model's extra {model}",
+            k.insn_delta
+        );
+        if k.insn_delta != expected {
+            wrong.push(format!(
+                "{name}: counted {} expected {expected}",
+                k.insn_delta
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -10,6 +10,8 @@
 #define DOORBELL_NONSENSE 3
 #define NO_POWEROFF 4
 #define TRIPLE_FAULT 5
+#define PARTIAL_LINE 6
+#define PARTIAL_LINE_SILENT 7
 
 #ifndef HOSTILE_KIND
 #error "HOSTILE_KIND must be defined"
@@ -103,6 +105,22 @@ __attribute__((unused)) static void doorbell_nonsense(void)
 	doorbell(0xffffffffu);
 }
 
+/*
+ * Interrupts on, then forever bursts of spinning, each followed by a wait for the next
+ * timer interrupt. Where KVM emulates ring-0 code a burst outlasts several ticks, so
+ * interrupts land at arbitrary instructions; where ring 0 runs natively the hlt bounds
+ * the instruction count, and with it the replay time, by the tick rate.
+ */
+__attribute__((unused)) static void spin_with_ticks(void)
+{
+	sti();
+	for (;;) {
+		for (volatile u64 spins = 0; spins < 20000; spins++)
+			;
+		hlt();
+	}
+}
+
 void kmain(void)
 {
 	uart_init();
@@ -118,18 +136,20 @@ void kmain(void)
 	kprintf("hostile no-poweroff: spinning forever in kernel mode, interrupts on\n");
 	pic_init();
 	pit_init(TIMER_HZ);
-	sti();
-	/*
-	 * Bursts of spinning, each followed by a wait for the next timer interrupt. Where
-	 * KVM emulates ring-0 code a burst outlasts several ticks, so interrupts land at
-	 * arbitrary instructions; where ring 0 runs natively the hlt bounds the instruction
-	 * count, and with it the replay time, by the tick rate.
-	 */
-	for (;;) {
-		for (volatile u64 spins = 0; spins < 20000; spins++)
-			;
-		hlt();
-	}
+	spin_with_ticks();
+#elif HOSTILE_KIND == PARTIAL_LINE
+	kprintf("hostile partial-line: a line without its end, then timer ticks\n");
+	pic_init();
+	pit_init(TIMER_HZ);
+	kprintf("no newline yet");
+	/* Every tick's EOI is a port write. */
+	spin_with_ticks();
+#elif HOSTILE_KIND == PARTIAL_LINE_SILENT
+	kprintf("hostile partial-line-silent: a line without its end, then no exit at all\n");
+	kprintf("never ended");
+	/* Interrupts off and no timer: after this the guest never exits by itself. */
+	for (volatile u64 spins = 0;; spins++)
+		;
 #elif HOSTILE_KIND == TRIPLE_FAULT
 	kprintf("hostile triple-fault: empty IDT, then ud2\n");
 	idt_load_empty();

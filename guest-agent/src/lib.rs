@@ -130,6 +130,11 @@ pub mod console {
 /// * `no-poweroff`: prints, then runs forever in kernel mode with interrupts enabled: bursts
 ///   of spinning, each followed by `hlt` until the next timer interrupt.
 /// * `triple-fault`: prints, loads an empty IDT and executes `ud2`.
+/// * `partial-line`: prints, then `no newline yet` without a line end, then runs as
+///   `no-poweroff` (a stop finds a console line pending, and timer ticks whose EOI is a
+///   port write).
+/// * `partial-line-silent`: prints, then `never ended` without a line end, then spins
+///   with interrupts off and no timer: it never exits again by itself.
 pub const HOSTILE_GUESTS: &[(&str, &[u8])] = &[
     (
         "ring-garbage",
@@ -150,6 +155,14 @@ pub const HOSTILE_GUESTS: &[(&str, &[u8])] = &[
     (
         "triple-fault",
         include_bytes!(concat!(env!("OUT_DIR"), "/hostile-triple-fault.elf")),
+    ),
+    (
+        "partial-line",
+        include_bytes!(concat!(env!("OUT_DIR"), "/hostile-partial-line.elf")),
+    ),
+    (
+        "partial-line-silent",
+        include_bytes!(concat!(env!("OUT_DIR"), "/hostile-partial-line-silent.elf")),
     ),
 ];
 
@@ -283,7 +296,7 @@ mod tests {
 
     #[test]
     fn hostile_guests_are_elf_and_distinct() {
-        assert_eq!(HOSTILE_GUESTS.len(), 5);
+        assert_eq!(HOSTILE_GUESTS.len(), 7);
         for (name, elf) in HOSTILE_GUESTS {
             assert_eq!(&elf[..4], b"\x7fELF", "{name}");
             assert_eq!(hostile_guest(name), Some(*elf));

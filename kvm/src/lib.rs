@@ -2,7 +2,8 @@
 //! virtual machine with guest RAM and one vCPU, whose state is the engine's
 //! [`CpuState`](krr_engine::state::CpuState).
 //!
-//! * [`Vm`]: guest RAM regions, the vCPU, its state in and out, interrupt injection, kicks.
+//! * [`Vm`]: guest RAM regions, the vCPU, its state in and out, running it to its next
+//!   [`Exit`] and completing that exit's input, interrupt injection, kicks.
 //! * [`regs`]: KVM's register structures to and from the engine's state, with one
 //!   convention for unusable segments.
 //! * [`stats`]: the vCPU's binary statistics (KVM_GET_STATS_FD), read by name.
@@ -11,6 +12,7 @@
 //! * [`probe`]: programs run in scratch VMs to measure this host: the CPUID a guest
 //!   observes, and the results the architecture leaves undefined.
 
+mod exit;
 pub mod kick;
 pub mod long_mode;
 pub mod probe;
@@ -18,6 +20,7 @@ pub mod regs;
 pub mod stats;
 mod vm;
 
+pub use exit::Exit;
 pub use vm::Vm;
 
 /// Errors of the KVM layer.
@@ -50,6 +53,10 @@ pub enum Error {
         count: usize,
         refused: u32,
     },
+    /// [`Vm::complete_io_in`] or [`Vm::complete_mmio_read`] called when the vCPU did not
+    /// stop at such an input.
+    #[error("the vCPU is not stopped at {0}")]
+    NoPendingInput(&'static str),
     /// A scratch VM's program stopped otherwise than by writing its port.
     #[error("{what}: unexpected exit {exit}")]
     UnexpectedExit { what: &'static str, exit: String },

@@ -1,11 +1,15 @@
 //! The virtual machine: guest RAM regions, one vCPU, and its state as the engine's
 //! [`CpuState`].
 
+use crate::exit::Exit;
 use crate::kick::{self, Kicker};
 use crate::regs;
 use crate::{Error, Result};
 use krr_engine::state::{CpuState, CpuidEntry, MemoryRegion, RegionKind, msr};
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry, kvm_userspace_memory_region};
+use kvm_bindings::{
+    KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_MMIO, KVM_MAX_CPUID_ENTRIES,
+    Msrs, kvm_msr_entry, kvm_run, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use std::mem::ManuallyDrop;
 use std::os::fd::AsRawFd;
@@ -261,6 +265,109 @@ impl Vm {
             return Err(Error::kvm("KVM_INTERRUPT", kvm_ioctls::Error::last()));
         }
         Ok(())
+    }
+
+    /// Runs the vCPU until its next exit. A pending `in` or MMIO read must have been
+    /// completed ([`Vm::complete_io_in`], [`Vm::complete_mmio_read`]) before; whatever
+    /// was not completed reads as the bytes left in `kvm_run`.
+    pub fn run(&mut self) -> Result<Exit> {
+        let exit = match self.vcpu.run() {
+            Ok(VcpuExit::IoOut(port, data)) => Exit::IoOut {
+                port,
+                data: data.to_vec(),
+            },
+            Ok(VcpuExit::IoIn(port, data)) => Exit::IoIn {
+                port,
+                len: data.len(),
+            },
+            Ok(VcpuExit::MmioRead(gpa, data)) => Exit::MmioRead {
+                gpa,
+                len: data.len(),
+            },
+            Ok(VcpuExit::MmioWrite(gpa, data)) => Exit::MmioWrite {
+                gpa,
+                data: data.to_vec(),
+            },
+            Ok(VcpuExit::Hlt) => Exit::Hlt,
+            Ok(VcpuExit::IrqWindowOpen) => Exit::IrqWindowOpen,
+            Ok(VcpuExit::Intr) => Exit::Interrupted,
+            Ok(VcpuExit::Shutdown) => Exit::Shutdown,
+            Ok(VcpuExit::InternalError) => self.internal_error(),
+            Ok(other) => Exit::Other(format!("{other:?}")),
+            Err(e) if e.errno() == libc::EINTR => Exit::Interrupted,
+            Err(e) => return Err(Error::kvm("KVM_RUN", e)),
+        };
+        Ok(exit)
+    }
+
+    /// The sub-error and data of the KVM_EXIT_INTERNAL_ERROR the vCPU just stopped at.
+    fn internal_error(&mut self) -> Exit {
+        let run = self.vcpu.get_kvm_run();
+        if run.exit_reason != KVM_EXIT_INTERNAL_ERROR {
+            return Exit::Other("InternalError".into());
+        }
+        // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the active
+        // member of the exit union.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        Exit::InternalError {
+            suberror: internal.suberror,
+            data: internal.data[..n].to_vec(),
+        }
+    }
+
+    /// Completes the `in` the vCPU stopped at ([`Exit::IoIn`]): its first bytes are
+    /// `data` (at most the access's length). An error if the last exit was not an `in`.
+    pub fn complete_io_in(&mut self, data: &[u8]) -> Result<()> {
+        let run = self.vcpu.get_kvm_run();
+        if run.exit_reason != KVM_EXIT_IO {
+            return Err(Error::NoPendingInput("an in"));
+        }
+        // SAFETY: exit_reason is KVM_EXIT_IO, so `io` is the active member of the union.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        if u32::from(io.direction) != KVM_EXIT_IO_IN {
+            return Err(Error::NoPendingInput("an in"));
+        }
+        let len = data.len().min(io.size as usize * io.count as usize);
+        let base = (run as *mut kvm_run).cast::<u8>();
+        // SAFETY: the kernel places the `in`'s size × count data bytes at data_offset
+        // inside the kvm_run mapping, which spans the vCPU's whole mmap area (kvm-ioctls
+        // builds its IoIn slice from the same fields); `len` is at most that many, and
+        // `data` is a separate buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(io.data_offset as usize), len);
+        }
+        Ok(())
+    }
+
+    /// Completes the MMIO read the vCPU stopped at ([`Exit::MmioRead`]) with `data` (at
+    /// most the access's length). An error if the last exit was not an MMIO read.
+    pub fn complete_mmio_read(&mut self, data: &[u8]) -> Result<()> {
+        let run = self.vcpu.get_kvm_run();
+        if run.exit_reason != KVM_EXIT_MMIO {
+            return Err(Error::NoPendingInput("an MMIO read"));
+        }
+        // SAFETY: exit_reason is KVM_EXIT_MMIO, so `mmio` is the active member of the
+        // union.
+        let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
+        if mmio.is_write != 0 {
+            return Err(Error::NoPendingInput("an MMIO read"));
+        }
+        let len = data.len().min(mmio.len as usize).min(mmio.data.len());
+        mmio.data[..len].copy_from_slice(&data[..len]);
+        Ok(())
+    }
+
+    /// Asks KVM to stop the vCPU with [`Exit::IrqWindowOpen`] as soon as the guest can
+    /// take an interrupt (`on`), or stops asking.
+    pub fn request_interrupt_window(&mut self, on: bool) {
+        self.vcpu.get_kvm_run().request_interrupt_window = u8::from(on);
+    }
+
+    /// Whether KVM can inject an interrupt now (`kvm_run.ready_for_interrupt_injection`;
+    /// the guest's RFLAGS.IF is a separate condition).
+    pub fn ready_for_interrupt(&mut self) -> bool {
+        self.vcpu.get_kvm_run().ready_for_interrupt_injection != 0
     }
 
     /// Runs until the guest writes to `port`; any other exit is an error naming `what`,

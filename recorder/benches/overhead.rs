@@ -6,7 +6,7 @@
 
 use krr_engine::event::Event;
 use krr_engine::trace::{FinishInfo, Header, RecordingWriter};
-use krr_recorder::{EventSink, RecordConfig, Recorder, RecorderError};
+use krr_recorder::{EventSink, RecordConfig, Recorder, SinkError};
 use std::fs::File;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -14,16 +14,14 @@ use std::time::{Duration, Instant};
 struct FileSink(RecordingWriter<File>);
 
 impl EventSink for FileSink {
-    fn event(&mut self, e: Event) -> Result<(), RecorderError> {
-        self.0
-            .push(e)
-            .map_err(|e| RecorderError::Sink(e.to_string()))
+    fn event(&mut self, e: Event) -> Result<(), SinkError> {
+        Ok(self.0.push(e)?)
     }
 }
 
 fn config(capture: bool) -> RecordConfig {
     let mut c = RecordConfig::new(krr_guest::DEMO_KERNEL.to_vec(), "builtin:demo");
-    c.disk = Some(krr_guest::demo_disk());
+    c.disk = Some(krr_guest::demo_disk().into());
     c.capture = capture;
     c
 }

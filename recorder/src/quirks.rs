@@ -12,7 +12,7 @@ use krr_engine::state::{CpuidEntry, Quirks};
 /// count in replay). What the rules cannot reproduce is listed in
 /// [`krr_engine::cpu::undefined::UndefinedBehaviour::unmodelled`] and logged.
 pub fn measure(cpuid: &[CpuidEntry]) -> Result<Quirks, RecorderError> {
-    let quirks = krr_kvm::probe::undefined_results(cpuid)?;
+    let quirks = krr_kvm::probe::undefined_results(cpuid).map_err(RecorderError::MeasureQuirks)?;
     for u in &quirks.undefined.unmodelled {
         tracing::warn!(
             family = u.family.name(),

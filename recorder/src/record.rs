@@ -1,39 +1,31 @@
-//! The recording loop: runs the guest, services its devices, decides when interrupts
-//! are injected, and captures every non-deterministic input as an [`Event`].
+//! The recorder: the machine (a [`Vm`], its [`Devices`]) and the recording loop that
+//! runs the guest, routes each exit to the device bus, and hands what it captures
+//! ([`Capture`]) to an [`EventSink`].
 //!
-//! Where each event is recorded:
-//! * port input, MMIO reads: [`Recorder::on_port_in`], [`Recorder::on_mmio_read`];
-//! * DMA and VMM memory writes: [`Recorder::on_port_out`] (fw_cfg DMA, ring reset);
-//! * kernel-mode interrupts: [`Recorder::inject_pending`];
-//! * agent ring records (user entries, user reads, rdtsc...): [`Recorder::poll_ring`];
-//! * console output and digests: [`Recorder::on_port_out`], [`Recorder::digest`].
+//! Each exit is one lookup on a bus ([`Devices::port_in`] and its siblings); what a
+//! device asks of the machine ([`Effect`]) is carried out here: console bytes, DMA
+//! writes (applied and recorded), interrupt lines, power-off, the agent's doorbell.
+//! Where each event is made is listed in [`crate::capture`].
 
-use crate::agent_ring::{
-    self, DOORBELL_FLUSH, DOORBELL_FULL, HEAD_OFFSET, PORT_COM1, PORT_DOORBELL, PORT_FW_CFG,
-    PORT_FW_CFG_DATA, PORT_FW_CFG_DMA, PORT_PIC_MASTER, PORT_PIC_SLAVE, PORT_PIT, PORT_POWEROFF,
-    RING_GPA, RING_REGION_SIZE, RingReader,
-};
-use crate::counter::{CounterSource, KvmInsnEmulation, NoCounter};
-use crate::devices::fw_cfg::{DmaMemory, FwCfg};
-use crate::devices::{pic::Pic, pit::Pit, serial::Serial};
+use crate::agent_ring::{self, DOORBELL_FLUSH, DOORBELL_FULL, RING_GPA};
+use crate::capture::{Capture, ExitKind, Injection};
+use crate::counter::{CounterError, CounterSource, KvmInsnEmulation, NoCounter};
+use crate::devices::{Devices, DmaMemory, Doorbell, Effect, IRQ_TIMER, Io};
+use crate::image::DiskImage;
 use crate::loader::{self, LoadedKernel};
 use crate::{RecorderError, symbols};
 use krr_engine::event::{
-    ConsoleOutput, Digest, DigestRegisters, Event, EventKind, InjectionPoint, KernelInterrupt,
-    MemoryWrite, MmioRead, PortIn, RFLAGS_IF, WriteSource,
+    DigestRegisters, Event, EventKind, InjectionPoint, RFLAGS_IF, WriteSource,
 };
-use krr_engine::icount::KvmCounterModel;
 use krr_engine::state::{
     CounterSourceKind, CpuidEntry, KernelIdentity, MachineConfig, PAGE_SIZE, Quirks,
     STACK_DIGEST_BYTES, Snapshot, SnapshotPage, Symbol, regs_digest, stack_digest,
     stack_digest_len,
 };
-use krr_kvm::Vm;
 use krr_kvm::kick::Kicker;
 use krr_kvm::regs::gprs;
-use kvm_ioctls::VcpuExit;
+use krr_kvm::{Exit, Vm};
 use sha2::{Digest as _, Sha256};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -53,8 +45,9 @@ pub struct RecordConfig {
     /// How the kernel is named in the recording ("builtin:demo" or a file name).
     pub kernel_name: String,
     pub cmdline: String,
-    /// Disk image exposed as the fw_cfg file `opt/krr/disk`.
-    pub disk: Option<Vec<u8>>,
+    /// Disk image exposed as the fw_cfg file `opt/krr/disk` (read where the guest reads
+    /// it).
+    pub disk: Option<DiskImage>,
     pub memory: u64,
     pub counter: CounterChoice,
     /// Longest a pending interrupt waits for a deterministic exit while the guest runs
@@ -98,13 +91,25 @@ pub struct RecordStart {
     pub snapshot: Snapshot,
 }
 
+/// Why a sink refused an event: its own error, kept as the source of
+/// [`RecorderError::Sink`].
+pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Where events go (the trace writer, or a vector in tests).
 pub trait EventSink {
-    fn event(&mut self, event: Event) -> Result<(), RecorderError>;
+    fn event(&mut self, event: Event) -> Result<(), SinkError>;
+
+    /// Every event captured so far has been handed over. Called at every exit, and at
+    /// least every [`CAUGHT_UP_INTERVAL`] while the guest runs (a guest that stops
+    /// exiting is kicked for it), so that a sink can write what it buffers although no
+    /// new event comes.
+    fn caught_up(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 impl EventSink for Vec<Event> {
-    fn event(&mut self, event: Event) -> Result<(), RecorderError> {
+    fn event(&mut self, event: Event) -> Result<(), SinkError> {
         self.push(event);
         Ok(())
     }
@@ -140,19 +145,14 @@ pub struct RecordOutcome {
     pub duration: Duration,
     pub exits: u64,
     pub counts: [u64; EventKind::ALL.len()],
+    /// The CPU the vCPU thread was pinned to.
+    pub cpu: usize,
+    /// How long the vCPU thread was ready to run but waited for that CPU (other work
+    /// there slows the guest down, nothing else), where the kernel reports it.
+    pub cpu_wait: Option<Duration>,
 }
 
-/// The exit the vCPU stopped at, for the injection policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ExitKind {
-    /// A port or MMIO access, or `hlt`: a point replay finds by itself.
-    Deterministic,
-    /// A kick from another thread: the guest stopped at an arbitrary instruction.
-    Async,
-    /// KVM reports the guest can take an interrupt now.
-    Window,
-}
-
+/// Guest RAM as devices see it for DMA.
 struct GuestRam<'a>(&'a Vm);
 
 impl DmaMemory for GuestRam<'_> {
@@ -166,39 +166,36 @@ impl DmaMemory for GuestRam<'_> {
     }
 }
 
-pub struct Recorder {
-    vm: Vm,
-    config: RecordConfig,
-    loaded: LoadedKernel,
-    counter: Box<dyn CounterSource>,
-    model: KvmCounterModel,
-    pic: Pic,
-    pit: Pit,
-    serial: Serial,
-    fw_cfg: FwCfg,
-    ring: RingReader,
-    ring_buf: Vec<u8>,
-    console_line: Vec<u8>,
-    pending: Vec<Event>,
-    counts: [u64; EventKind::ALL.len()],
-    exits: u64,
-    /// Port and MMIO accesses and `hlt` exits so far (the position without a counter).
-    deterministic_exits: u64,
-    icount: u64,
-    /// When the oldest undelivered interrupt became pending.
-    pending_since: Option<Instant>,
-    symbols: Vec<Symbol>,
-    /// The CPU the vCPU thread is pinned to, and the CPUID values a guest observes there.
+/// The CPU the recording runs on, and what a guest observes there.
+struct Host {
+    /// The CPU the vCPU thread is pinned to.
     cpu: usize,
-    observed_cpuid: Vec<CpuidEntry>,
+    /// The CPUID values a guest observes on it.
+    cpuid: Vec<CpuidEntry>,
     quirks: Quirks,
-    /// When the vCPU was last at a recorded position (a deterministic exit or a
-    /// signature-placed interrupt): bounds replay's search for the next signature.
-    last_position: Instant,
 }
 
-/// Standard PC interrupt line of the PIT.
-const IRQ_TIMER: u8 = 0;
+pub struct Recorder {
+    vm: Vm,
+    devices: Devices,
+    capture: Capture,
+    config: RecordConfig,
+    loaded: LoadedKernel,
+    symbols: Vec<Symbol>,
+    host: Host,
+    exits: u64,
+    /// When the loop first saw the stop request.
+    stop_seen: Option<Instant>,
+}
+
+/// Longest the recorder leaves its sink without a word ([`EventSink::caught_up`]) while
+/// the guest runs: a vCPU that has not exited for this long is kicked.
+pub const CAUGHT_UP_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Longest a stop request waits for the guest's next port write when console bytes wait
+/// for the end of their line: replay compares console output only at a port write, so
+/// the recording ends there (else the bytes are left out of it).
+pub const STOP_GRACE: Duration = Duration::from_millis(100);
 
 impl Recorder {
     /// Creates the machine and loads the kernel. Nothing runs yet.
@@ -207,53 +204,35 @@ impl Recorder {
         // probe and record on one CPU, and run the vCPU there.
         let cpu = crate::cpuid::pin_current_thread()?;
         let mut vm = crate::vm::create(config.memory)?;
-        let observed_cpuid = crate::cpuid::observe(vm.cpuid())?;
-        let quirks = crate::quirks::measure(&observed_cpuid)?;
+        let cpuid = crate::cpuid::observe(vm.cpuid())?;
+        let quirks = crate::quirks::measure(&cpuid)?;
         let loaded = loader::load_kernel(&mut vm, &config.kernel, &config.cmdline)?;
-        vm.write(RING_GPA, &agent_ring::initial_header().to_bytes())?;
+        vm.write(RING_GPA, &agent_ring::initial_header().to_bytes())
+            .map_err(RecorderError::WriteRingHeader)?;
         let symbols = symbols::kernel_symbols(&config.kernel);
         let counter: Box<dyn CounterSource> = match config.counter {
             CounterChoice::Auto if KvmInsnEmulation::host_counts_ring0()? => {
-                Box::new(KvmInsnEmulation::open(&vm).ok_or_else(|| {
-                    RecorderError::Counter("insn_emulation vanished after calibration".into())
-                })?)
+                Box::new(KvmInsnEmulation::open(&vm).ok_or(CounterError::Vanished)?)
             }
             _ => Box::new(NoCounter),
         };
-        let files = config
-            .disk
-            .clone()
-            .map(|d| vec![(agent_ring::DISK_FW_CFG_NAME.to_string(), d)])
-            .unwrap_or_default();
+        let devices = Devices::new(config.disk.clone())?;
+        let capture = Capture::new(counter, config.capture, config.max_kernel_delay);
         Ok(Recorder {
             vm,
+            devices,
+            capture,
             loaded,
-            counter,
-            model: KvmCounterModel::default(),
-            pic: Pic::new(),
-            pit: Pit::new(),
-            serial: Serial::new(),
-            fw_cfg: FwCfg::new(files),
-            ring: RingReader::new(),
-            ring_buf: vec![0u8; RING_REGION_SIZE as usize],
-            console_line: Vec::new(),
-            pending: Vec::new(),
-            counts: [0; EventKind::ALL.len()],
-            exits: 0,
-            deterministic_exits: 0,
-            icount: 0,
-            pending_since: None,
             symbols,
-            cpu,
-            observed_cpuid,
-            quirks,
-            last_position: Instant::now(),
+            host: Host { cpu, cpuid, quirks },
+            exits: 0,
+            stop_seen: None,
             config,
         })
     }
 
     pub fn counter_kind(&self) -> CounterSourceKind {
-        self.counter.kind()
+        self.capture.counter_kind()
     }
 
     pub fn kernel_entry(&self) -> u64 {
@@ -262,12 +241,14 @@ impl Recorder {
 
     /// The header contents and the initial snapshot (all non-zero pages).
     pub fn start(&self) -> Result<RecordStart, RecorderError> {
-        let cpu = self.vm.cpu_state()?;
+        let cpu = self.vm.cpu_state().map_err(RecorderError::Snapshot)?;
         let mut pages = Vec::new();
         let mut page = vec![0u8; PAGE_SIZE];
         for region in self.vm.regions() {
             for gpa in (region.gpa..region.gpa + region.size).step_by(PAGE_SIZE) {
-                self.vm.read(gpa, &mut page)?;
+                self.vm
+                    .read(gpa, &mut page)
+                    .map_err(RecorderError::Snapshot)?;
                 if page.iter().any(|&b| b != 0) {
                     pages.push(SnapshotPage {
                         gpa,
@@ -282,10 +263,10 @@ impl Recorder {
             machine: MachineConfig {
                 regions: self.vm.regions().to_vec(),
                 tsc_khz: self.vm.vcpu().get_tsc_khz().ok(),
-                counter: self.counter.kind(),
-                quirks: self.quirks.clone(),
+                counter: self.capture.counter_kind(),
+                quirks: self.host.quirks.clone(),
             },
-            cpuid: self.observed_cpuid.clone(),
+            cpuid: self.host.cpuid.clone(),
             kernel: KernelIdentity {
                 name: self.config.kernel_name.clone(),
                 size: self.config.kernel.len() as u64,
@@ -305,18 +286,14 @@ impl Recorder {
         stop: &AtomicBool,
     ) -> Result<RecordOutcome, RecorderError> {
         let started = Instant::now();
-        crate::cpuid::pin_thread(self.cpu)?;
+        crate::cpuid::pin_thread(self.host.cpu)?;
+        let wait_before = crate::cpuid::thread_run_delay();
         let kicker = self.vm.accept_kicks();
-        let deadline = Arc::new(AtomicU64::new(u64::MAX));
-        let done = Arc::new(AtomicBool::new(false));
-        let base = Instant::now();
+        let clock = LoopClock::new();
+        let done = AtomicBool::new(false);
         let end = std::thread::scope(|scope| {
-            let timer = {
-                let deadline = deadline.clone();
-                let done = done.clone();
-                scope.spawn(move || timer_thread(kicker, base, &deadline, &done, stop))
-            };
-            let r = self.run_loop(sink, stop, base, &deadline);
+            let timer = scope.spawn(|| timer_thread(kicker, &clock, &done, stop));
+            let r = self.run_loop(sink, stop, &clock);
             done.store(true, Ordering::SeqCst);
             let _ = timer.join();
             r
@@ -324,18 +301,21 @@ impl Recorder {
         let end = match end {
             Ok(e) => e,
             Err(RecorderError::Ring(e)) => EndReason::GuestError(format!("agent ring: {e}")),
-            Err(RecorderError::Guest(e)) => EndReason::GuestError(e),
             Err(e) => return Err(e),
         };
         // Whatever the reason, flush what the guest already produced.
-        self.flush_console();
-        self.drain_pending(sink)?;
+        self.capture.flush_console();
+        self.capture.drain(sink)?;
         Ok(RecordOutcome {
             end,
-            kernel_instructions: self.icount,
+            kernel_instructions: self.capture.icount(),
             duration: started.elapsed(),
             exits: self.exits,
-            counts: self.counts,
+            counts: self.capture.counts(),
+            cpu: self.host.cpu,
+            cpu_wait: crate::cpuid::thread_run_delay()
+                .zip(wait_before)
+                .map(|(after, before)| after.saturating_sub(before)),
         })
     }
 
@@ -343,28 +323,33 @@ impl Recorder {
         &mut self,
         sink: &mut dyn EventSink,
         stop: &AtomicBool,
-        base: Instant,
-        deadline: &AtomicU64,
+        clock: &LoopClock,
     ) -> Result<EndReason, RecorderError> {
-        let start_raw = self.counter.read()?;
-        self.last_position = Instant::now();
-        self.model = KvmCounterModel::new(start_raw);
+        self.capture.start()?;
+        self.stop_seen = None;
         let mut last = ExitKind::Deterministic;
         loop {
-            if stop.load(Ordering::SeqCst) {
+            if self.may_stop(stop) {
                 return Ok(EndReason::Stopped);
             }
-            self.tick_timer(base, deadline);
+            self.tick_timer(clock);
             self.inject_pending(last)?;
-            self.drain_pending(sink)?;
-            let exit = self.vm.vcpu_mut().run();
+            self.capture.drain(sink)?;
+            sink.caught_up().map_err(RecorderError::Sink)?;
+            clock.caught_up();
+            let exit = self.vm.run().map_err(RecorderError::Run)?;
             self.exits += 1;
-            let kind = match exit {
-                Ok(VcpuExit::IoOut(port, data)) => {
-                    let data = data.to_vec();
-                    self.at_deterministic_exit()?;
-                    if let Some(end) = self.on_port_out(port, &data)? {
+            last = match exit {
+                Exit::IoOut { port, data } => {
+                    self.capture.at_deterministic_exit(&self.vm)?;
+                    if let Some(end) = self.port_out(port, &data)? {
                         return Ok(end);
+                    }
+                    if stop.load(Ordering::SeqCst) {
+                        // A console line still pending is recorded at this write, where
+                        // replay compares it.
+                        self.capture.flush_console();
+                        return Ok(EndReason::Stopped);
                     }
                     // Digests only where the instruction has completed (after an `out`
                     // RIP is past it; at an `in` it is not yet), so replay sees the
@@ -374,291 +359,214 @@ impl Recorder {
                     }
                     ExitKind::Deterministic
                 }
-                Ok(VcpuExit::IoIn(port, data)) => {
-                    let size = data.len();
-                    self.at_deterministic_exit()?;
-                    let value = self.on_port_in(port, size)?;
-                    self.fill_io_data(value, size);
-                    ExitKind::Deterministic
-                }
-                Ok(VcpuExit::MmioRead(gpa, data)) => {
-                    let size = data.len();
-                    data.fill(0xff);
-                    self.at_deterministic_exit()?;
-                    self.on_mmio_read(gpa, size)?;
-                    ExitKind::Deterministic
-                }
-                Ok(VcpuExit::MmioWrite(..)) => {
-                    self.at_deterministic_exit()?;
-                    ExitKind::Deterministic
-                }
-                Ok(VcpuExit::Hlt) => {
-                    self.at_deterministic_exit()?;
-                    if let Some(end) = self.on_hlt(base, deadline, stop)? {
+                Exit::IoIn { port, len } => {
+                    self.capture.at_deterministic_exit(&self.vm)?;
+                    if let Some(end) = self.port_in(port, len)? {
                         return Ok(end);
                     }
                     ExitKind::Deterministic
                 }
-                Ok(VcpuExit::IrqWindowOpen) => {
-                    self.sync_position()?;
+                Exit::MmioRead { gpa, len } => {
+                    self.capture.at_deterministic_exit(&self.vm)?;
+                    if let Some(end) = self.mmio_read(gpa, len)? {
+                        return Ok(end);
+                    }
+                    ExitKind::Deterministic
+                }
+                Exit::MmioWrite { gpa, data } => {
+                    self.capture.at_deterministic_exit(&self.vm)?;
+                    if let Some(end) = self.mmio_write(gpa, &data)? {
+                        return Ok(end);
+                    }
+                    ExitKind::Deterministic
+                }
+                Exit::Hlt => {
+                    self.capture.at_deterministic_exit(&self.vm)?;
+                    if let Some(end) = self.on_hlt(clock, stop)? {
+                        return Ok(end);
+                    }
+                    ExitKind::Deterministic
+                }
+                Exit::IrqWindowOpen => {
+                    self.capture.sync(&self.vm)?;
                     ExitKind::Window
                 }
-                Ok(VcpuExit::Intr) => {
+                Exit::Interrupted => {
                     self.vm.clear_kick();
-                    self.sync_position()?;
+                    self.capture.sync(&self.vm)?;
                     ExitKind::Async
                 }
-                Err(e) if e.errno() == libc::EINTR => {
-                    self.vm.clear_kick();
-                    self.sync_position()?;
-                    ExitKind::Async
-                }
-                Ok(VcpuExit::Shutdown) => {
-                    self.sync_position()?;
+                Exit::Shutdown => {
+                    self.capture.sync(&self.vm)?;
                     return Ok(EndReason::GuestError(format!(
                         "triple fault (shutdown) at rip {:#x}",
-                        self.vm.vcpu().sync_regs().regs.rip
+                        self.rip()
                     )));
                 }
-                Ok(VcpuExit::InternalError) => {
-                    self.sync_position()?;
-                    return Ok(EndReason::GuestError(self.internal_error()));
+                Exit::InternalError { suberror, data } => {
+                    self.capture.sync(&self.vm)?;
+                    return Ok(EndReason::GuestError(format!(
+                        "KVM internal error (suberror {suberror}) at rip {:#x}, data \
+                         {data:x?}: the guest used an instruction this host cannot run at \
+                         ring 0",
+                        self.rip()
+                    )));
                 }
-                Ok(other) => {
-                    let what = format!("{other:?}");
-                    self.sync_position()?;
+                Exit::Other(what) => {
+                    self.capture.sync(&self.vm)?;
                     return Ok(EndReason::GuestError(format!(
                         "unexpected VM exit {what} at rip {:#x}",
-                        self.vm.vcpu().sync_regs().regs.rip
+                        self.rip()
                     )));
                 }
-                Err(e) => return Err(RecorderError::kvm("KVM_RUN", e)),
             };
-            last = kind;
         }
     }
 
-    /// Writes the value of a pending `in` into kvm_run (the exit's data area).
-    fn fill_io_data(&mut self, value: u32, size: usize) {
-        let run = self.vm.vcpu_mut().get_kvm_run();
-        // SAFETY: the last exit was KVM_EXIT_IO in, so the io member of the union is
-        // the active one, and data_offset/size/count describe bytes inside the kvm_run
-        // mapping, which spans the whole vCPU mmap area.
-        unsafe {
-            let io = run.__bindgen_anon_1.io;
-            let len = (io.size as usize * io.count as usize)
-                .min(size.max(1))
-                .min(4);
-            let p = (run as *mut kvm_bindings::kvm_run as *mut u8).add(io.data_offset as usize);
-            let bytes = value.to_le_bytes();
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, len);
+    /// Whether the recording ends now on a stop request: at once, unless console bytes
+    /// wait for the end of their line; those wait (at most [`STOP_GRACE`]) for the
+    /// guest's next port write, which ends it where replay can compare them.
+    fn may_stop(&mut self, stop: &AtomicBool) -> bool {
+        if !stop.load(Ordering::SeqCst) {
+            return false;
         }
-    }
-
-    /// An exit that replay meets at the same instruction: a recorded position.
-    fn at_deterministic_exit(&mut self) -> Result<(), RecorderError> {
-        self.deterministic_exits += 1;
-        self.last_position = Instant::now();
-        self.sync_position()
-    }
-
-    /// Reads the counter and collects the agent's new ring records: done at every exit,
-    /// so events stay in execution order.
-    fn sync_position(&mut self) -> Result<(), RecorderError> {
-        if !self.config.capture {
-            return Ok(());
+        if !self.capture.console_pending() {
+            return true;
         }
-        let raw = self.counter.read()?;
-        let first = self.pending.len();
-        self.poll_ring()?;
-        // Entries collected now happened before this exit, so they count for this
-        // reading too; the collected events are stamped with this exit's position.
-        self.icount = if self.counter.kind() == CounterSourceKind::None {
-            self.deterministic_exits
-        } else {
-            self.model.icount(raw)
-        };
-        for e in &mut self.pending[first..] {
-            e.set_icount(self.icount);
+        let seen = *self.stop_seen.get_or_insert_with(Instant::now);
+        if seen.elapsed() < STOP_GRACE {
+            return false;
         }
-        Ok(())
+        let dropped = self.capture.discard_console_line();
+        tracing::warn!(
+            "the guest wrote no port within {STOP_GRACE:?} of the stop: the last {} console \
+             bytes ({:?}, a line without its end) are not in the recording (replay still \
+             shows them)",
+            dropped.len(),
+            String::from_utf8_lossy(&dropped)
+        );
+        true
     }
 
-    fn poll_ring(&mut self) -> Result<(), RecorderError> {
-        // The header, then only the records appended since the last poll: this runs at
-        // every exit, and the region is a megabyte.
-        let header = agent_ring::RING_HEADER_SIZE;
-        self.vm.read(RING_GPA, &mut self.ring_buf[..header])?;
-        let unread = self.ring.unread(&self.ring_buf)?;
-        if !unread.is_empty() {
-            self.vm
-                .read(RING_GPA + unread.start as u64, &mut self.ring_buf[unread])?;
-        }
-        let first = self.pending.len();
-        self.ring
-            .poll(&self.ring_buf, self.icount, &mut self.pending)?;
-        for e in &self.pending[first..] {
-            if let Event::UserEntry(entry) = e {
-                self.model.observe_entry(entry);
-            }
-        }
-        Ok(())
+    fn rip(&self) -> u64 {
+        self.vm.vcpu().sync_regs().regs.rip
     }
 
-    fn push(&mut self, e: Event) {
-        if self.config.capture {
-            self.pending.push(e);
-        }
+    /// One access to the devices, now: what it asks of the machine.
+    fn access(&self, f: impl FnOnce(&Devices, &mut Io<'_>)) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let ram = GuestRam(&self.vm);
+        f(
+            &self.devices,
+            &mut Io::new(Instant::now(), &ram, &mut effects),
+        );
+        effects
     }
 
-    fn drain_pending(&mut self, sink: &mut dyn EventSink) -> Result<(), RecorderError> {
-        for e in self.pending.drain(..) {
-            self.counts[e.kind().index()] += 1;
-            sink.event(e)?;
-        }
-        Ok(())
+    /// An `in`: the device's value is recorded and completes the instruction.
+    fn port_in(&mut self, port: u16, len: usize) -> Result<Option<EndReason>, RecorderError> {
+        // One to four bytes (longer string inputs are given their first four).
+        let mut data = [0u8; 4];
+        let n = if len <= 2 { len } else { 4 };
+        let effects = self.access(|d, io| d.port_in(port, &mut data[..n], io));
+        let value = u32::from_le_bytes(data);
+        self.capture.port_in(port, len, value);
+        self.vm
+            .complete_io_in(&data[..len.min(4)])
+            .map_err(RecorderError::CompleteInput)?;
+        self.apply(effects)
     }
 
-    fn on_port_in(&mut self, port: u16, size: usize) -> Result<u32, RecorderError> {
-        let now = Instant::now();
-        let value: u32 = match port {
-            p if (PORT_COM1..PORT_COM1 + 8).contains(&p) => self.serial.read(p - PORT_COM1) as u32,
-            p if p == PORT_PIC_MASTER
-                || p == PORT_PIC_MASTER + 1
-                || p == PORT_PIC_SLAVE
-                || p == PORT_PIC_SLAVE + 1 =>
-            {
-                self.pic.read(p) as u32
-            }
-            p if (PORT_PIT..PORT_PIT + 4).contains(&p) => self.pit.read(p, now) as u32,
-            PORT_FW_CFG_DATA => self.fw_cfg.read_data() as u32,
-            // Absent devices read as all ones.
-            _ => u32::MAX,
-        };
-        let value = match size {
-            1 => value & 0xff,
-            2 => value & 0xffff,
-            _ => value,
-        };
-        self.push(Event::PortIn(PortIn {
-            icount: self.icount,
-            port,
-            size: size as u8,
-            value,
-        }));
-        Ok(value)
+    /// An `out`; returns the end of the recording if the guest asked for it.
+    fn port_out(&mut self, port: u16, data: &[u8]) -> Result<Option<EndReason>, RecorderError> {
+        let effects = self.access(|d, io| d.port_out(port, data, io));
+        self.apply(effects)
     }
 
-    fn on_mmio_read(&mut self, gpa: u64, size: usize) -> Result<(), RecorderError> {
-        let value = if size >= 8 {
-            u64::MAX
-        } else {
-            (1u64 << (size * 8)) - 1
-        };
-        self.push(Event::MmioRead(MmioRead {
-            icount: self.icount,
-            gpa,
-            size: size as u8,
-            value,
-        }));
-        Ok(())
+    /// A read outside RAM: the device's value is recorded and completes the
+    /// instruction.
+    fn mmio_read(&mut self, gpa: u64, len: usize) -> Result<Option<EndReason>, RecorderError> {
+        let mut data = [0u8; 8];
+        let n = len.min(8);
+        let effects = self.access(|d, io| d.mmio_read(gpa, &mut data[..n], io));
+        self.capture.mmio_read(gpa, len, u64::from_le_bytes(data));
+        self.vm
+            .complete_mmio_read(&data[..n])
+            .map_err(RecorderError::CompleteInput)?;
+        self.apply(effects)
     }
 
-    /// Handles an `out`; returns the end of the recording if the guest asked for it.
-    fn on_port_out(&mut self, port: u16, data: &[u8]) -> Result<Option<EndReason>, RecorderError> {
-        let byte = data.first().copied().unwrap_or(0);
-        match port {
-            PORT_POWEROFF => {
-                self.flush_console();
-                return Ok(Some(EndReason::PowerOff));
-            }
-            PORT_DOORBELL => return self.on_doorbell(data),
-            p if (PORT_COM1..PORT_COM1 + 8).contains(&p) => {
-                if let Some(b) = self.serial.write(p - PORT_COM1, byte) {
-                    self.console_line.push(b);
-                    if b == b'\n' || self.console_line.len() >= 256 {
-                        self.flush_console();
+    /// A write outside RAM.
+    fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> Result<Option<EndReason>, RecorderError> {
+        let effects = self.access(|d, io| d.mmio_write(gpa, data, io));
+        self.apply(effects)
+    }
+
+    /// Carries out what an access asked of the machine, in order; returns the end of
+    /// the recording if the guest asked for it.
+    fn apply(&mut self, effects: Vec<Effect>) -> Result<Option<EndReason>, RecorderError> {
+        for effect in effects {
+            match effect {
+                Effect::Console(byte) => self.capture.console(byte),
+                Effect::MemoryWrite(w) => {
+                    self.vm
+                        .write(w.gpa, &w.data)
+                        .map_err(|source| RecorderError::Dma {
+                            gpa: w.gpa,
+                            len: w.data.len(),
+                            source,
+                        })?;
+                    self.capture.memory_write(w.gpa, WriteSource::Dma, w.data);
+                }
+                Effect::Irq(line) => self.devices.pic().raise(line),
+                Effect::PowerOff => {
+                    self.capture.flush_console();
+                    return Ok(Some(EndReason::PowerOff));
+                }
+                Effect::Doorbell(rung) => {
+                    if let Some(end) = self.on_doorbell(rung)? {
+                        return Ok(Some(end));
                     }
                 }
             }
-            p if p == PORT_PIC_MASTER
-                || p == PORT_PIC_MASTER + 1
-                || p == PORT_PIC_SLAVE
-                || p == PORT_PIC_SLAVE + 1 =>
-            {
-                self.pic.write(p, byte)
-            }
-            p if (PORT_PIT..PORT_PIT + 4).contains(&p) => self.pit.write(p, byte, Instant::now()),
-            PORT_FW_CFG if data.len() == 2 => {
-                self.fw_cfg.select(u16::from_le_bytes([data[0], data[1]]));
-            }
-            p if (PORT_FW_CFG_DMA..PORT_FW_CFG_DMA + 8).contains(&p) && data.len() == 4 => {
-                let raw = [data[0], data[1], data[2], data[3]];
-                let writes = self
-                    .fw_cfg
-                    .write_dma(p - PORT_FW_CFG_DMA, raw, &GuestRam(&self.vm));
-                for w in writes {
-                    self.vm.write(w.gpa, &w.data)?;
-                    self.push(Event::MemoryWrite(MemoryWrite {
-                        icount: self.icount,
-                        gpa: w.gpa,
-                        source: WriteSource::Dma,
-                        data: w.data,
-                    }));
-                }
-            }
-            _ => {}
         }
         Ok(None)
     }
 
-    fn on_doorbell(&mut self, data: &[u8]) -> Result<Option<EndReason>, RecorderError> {
-        if data.len() != 4 {
-            return Ok(Some(EndReason::GuestError(format!(
-                "agent doorbell written with a {}-byte access (expected 4)",
-                data.len()
-            ))));
-        }
-        let code = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
-        match code {
-            DOORBELL_FULL | DOORBELL_FLUSH => {
-                // Records up to the doorbell were collected by sync_position; reset the
-                // ring as a recorded VMM write so replay resets it at the same point.
-                self.vm.write(RING_GPA + HEAD_OFFSET, &0u64.to_le_bytes())?;
-                self.ring.reset();
-                self.push(Event::MemoryWrite(MemoryWrite {
-                    icount: self.icount,
-                    gpa: RING_GPA + HEAD_OFFSET,
-                    source: WriteSource::Vmm,
-                    data: 0u64.to_le_bytes().to_vec(),
-                }));
+    fn on_doorbell(&mut self, rung: Doorbell) -> Result<Option<EndReason>, RecorderError> {
+        match rung {
+            Doorbell::Code(DOORBELL_FULL | DOORBELL_FLUSH) => {
+                // Records up to the doorbell were collected at this exit.
+                self.capture.reset_ring(&self.vm)?;
                 self.digest();
                 Ok(None)
             }
-            other => Ok(Some(EndReason::GuestError(format!(
+            Doorbell::Code(other) => Ok(Some(EndReason::GuestError(format!(
                 "agent doorbell rung with unknown code {other:#x}"
+            )))),
+            Doorbell::BadSize(len) => Ok(Some(EndReason::GuestError(format!(
+                "agent doorbell written with a {len}-byte access (expected 4)"
             )))),
         }
     }
 
     fn on_hlt(
         &mut self,
-        base: Instant,
-        deadline: &AtomicU64,
+        clock: &LoopClock,
         stop: &AtomicBool,
     ) -> Result<Option<EndReason>, RecorderError> {
         let rflags = self.vm.vcpu().sync_regs().regs.rflags;
-        if rflags & RFLAGS_IF == 0 && self.pic.pending_vector().is_none() {
+        if rflags & RFLAGS_IF == 0 && self.devices.pic().pending_vector().is_none() {
             return Ok(Some(EndReason::GuestError(
                 "the guest halted with interrupts disabled".into(),
             )));
         }
         // Wait for the next interrupt source.
-        while self.pic.pending_vector().is_none() {
-            if stop.load(Ordering::SeqCst) {
+        while self.devices.pic().pending_vector().is_none() {
+            if self.may_stop(stop) {
                 return Ok(Some(EndReason::Stopped));
             }
-            let Some(next) = self.pit.next_deadline() else {
+            let Some(next) = self.devices.timer_deadline() else {
                 return Ok(Some(EndReason::GuestError(
                     "the guest halted with no interrupt source programmed".into(),
                 )));
@@ -667,83 +575,63 @@ impl Recorder {
             if next > now {
                 std::thread::sleep((next - now).min(Duration::from_millis(20)));
             }
-            self.tick_timer(base, deadline);
+            self.tick_timer(clock);
         }
         Ok(None)
     }
 
     /// Raises IRQ0 when the PIT period elapsed and publishes the next deadline for the
     /// timer thread.
-    fn tick_timer(&mut self, base: Instant, deadline: &AtomicU64) {
+    fn tick_timer(&mut self, clock: &LoopClock) {
         let now = Instant::now();
-        if self.pit.due(now) {
-            self.pic.raise(IRQ_TIMER);
+        if self.devices.timer_due(now) {
+            self.devices.pic().raise(IRQ_TIMER);
         }
-        let next = self
-            .pit
-            .next_deadline()
-            .map(|d| d.saturating_duration_since(base).as_nanos() as u64)
-            .unwrap_or(u64::MAX);
-        deadline.store(next, Ordering::SeqCst);
-        if self.pic.pending_vector().is_some() {
-            self.pending_since.get_or_insert(now);
+        clock.set_deadline(self.devices.timer_deadline());
+        if self.devices.pic().pending_vector().is_some() {
+            self.capture.policy().interrupt_pending(now);
         }
     }
 
-    /// The injection policy (DESIGN.md section 3).
+    /// Injects the pending interrupt where the policy ([`crate::capture::InjectionPolicy`])
+    /// allows, and records where.
     fn inject_pending(&mut self, last: ExitKind) -> Result<(), RecorderError> {
-        let Some(vector) = self.pic.pending_vector() else {
-            self.vm.vcpu_mut().get_kvm_run().request_interrupt_window = 0;
-            self.pending_since = None;
+        let Some(vector) = self.devices.pic().pending_vector() else {
+            self.vm.request_interrupt_window(false);
+            self.capture.policy().no_interrupt_pending();
             return Ok(());
         };
         let regs = self.vm.vcpu().sync_regs();
         let user_mode = regs.sregs.cs.dpl == 3;
-        let run = self.vm.vcpu_mut().get_kvm_run();
-        let ready = run.ready_for_interrupt_injection != 0 && regs.regs.rflags & RFLAGS_IF != 0;
+        let ready = self.vm.ready_for_interrupt() && regs.regs.rflags & RFLAGS_IF != 0;
         if !ready {
-            run.request_interrupt_window = 1;
+            self.vm.request_interrupt_window(true);
             return Ok(());
         }
-        let has_counter = self.counter.kind() != CounterSourceKind::None;
-        let waited = self.pending_since.map(|t| t.elapsed()).unwrap_or_default();
-        let point = if user_mode {
+        let point = match self
+            .capture
+            .policy()
+            .decide(last, user_mode, Instant::now())
+        {
+            Injection::Wait => return Ok(()),
             // Becomes an entry from user mode, recorded by the agent.
-            None
-        } else {
-            match (last, has_counter) {
-                (_, true) => Some(InjectionPoint::Icount),
-                (ExitKind::Deterministic, false) => Some(InjectionPoint::AfterExit),
-                (ExitKind::Async | ExitKind::Window, false)
-                    if waited >= self.config.max_kernel_delay =>
-                {
-                    let now = Instant::now();
-                    let since = now.duration_since(self.last_position);
-                    self.last_position = now;
-                    let (rsp, regs_digest) = (
-                        regs.regs.rsp,
-                        regs_digest(&gprs(&regs.regs), regs.regs.rflags),
-                    );
-                    Some(InjectionPoint::Signature {
-                        regs_digest,
-                        stack_digest: self.stack_digest(rsp),
-                        since_position_ns: u64::try_from(since.as_nanos()).unwrap_or(u64::MAX),
-                    })
-                }
-                _ => return Ok(()), // wait for a deterministic exit
-            }
+            Injection::User => None,
+            Injection::Icount => Some(InjectionPoint::Icount),
+            Injection::AfterExit => Some(InjectionPoint::AfterExit),
+            Injection::Signature { since_position } => Some(InjectionPoint::Signature {
+                regs_digest: regs_digest(&gprs(&regs.regs), regs.regs.rflags),
+                stack_digest: self.stack_digest(regs.regs.rsp),
+                since_position_ns: u64::try_from(since_position.as_nanos()).unwrap_or(u64::MAX),
+            }),
         };
-        let vector = self.pic.acknowledge().unwrap_or(vector);
-        self.vm.inject_interrupt(vector)?;
-        self.vm.vcpu_mut().get_kvm_run().request_interrupt_window = 0;
-        self.pending_since = None;
+        let vector = self.devices.pic().acknowledge().unwrap_or(vector);
+        self.vm
+            .inject_interrupt(vector)
+            .map_err(|source| RecorderError::Inject { vector, source })?;
+        self.vm.request_interrupt_window(false);
+        self.capture.policy().no_interrupt_pending();
         if let Some(point) = point {
-            self.push(Event::KernelInterrupt(KernelInterrupt {
-                icount: self.icount,
-                vector,
-                rip: regs.regs.rip,
-                point,
-            }));
+            self.capture.kernel_interrupt(vector, regs.regs.rip, point);
         }
         Ok(())
     }
@@ -753,20 +641,12 @@ impl Recorder {
         if regs.sregs.cs.dpl != 0 {
             return; // user registers: replay does not have them
         }
-        let (rip, rsp, registers) = (
-            regs.regs.rip,
-            regs.regs.rsp,
-            DigestRegisters::Full {
-                gpr: gprs(&regs.regs),
-                rflags: regs.regs.rflags,
-            },
-        );
-        self.push(Event::Digest(Digest {
-            icount: self.icount,
-            rip,
-            registers,
-            stack: self.stack_digest(rsp),
-        }));
+        let registers = DigestRegisters::Full {
+            gpr: gprs(&regs.regs),
+            rflags: regs.regs.rflags,
+        };
+        let stack = self.stack_digest(regs.regs.rsp);
+        self.capture.digest(regs.regs.rip, registers, stack);
     }
 
     /// The digest of the top of the stack at `rsp` (kernel mode), or None where RSP's
@@ -781,57 +661,74 @@ impl Recorder {
         self.vm.read(t.physical_address, top).ok()?;
         Some(stack_digest(top))
     }
+}
 
-    fn flush_console(&mut self) {
-        if self.console_line.is_empty() {
-            return;
+/// What the recording loop tells the timer thread: the next timer deadline, and when
+/// it last handed everything to the sink; in nanoseconds from `base`.
+struct LoopClock {
+    base: Instant,
+    /// `u64::MAX` when no timer runs.
+    deadline: AtomicU64,
+    caught_up: AtomicU64,
+}
+
+impl LoopClock {
+    fn new() -> LoopClock {
+        LoopClock {
+            base: Instant::now(),
+            deadline: AtomicU64::new(u64::MAX),
+            caught_up: AtomicU64::new(0),
         }
-        let bytes = std::mem::take(&mut self.console_line);
-        self.push(Event::Console(ConsoleOutput {
-            icount: self.icount,
-            bytes,
-        }));
     }
 
-    fn internal_error(&mut self) -> String {
-        let rip = self.vm.vcpu().sync_regs().regs.rip;
-        let run = self.vm.vcpu_mut().get_kvm_run();
-        // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so `internal` is the active
-        // union member.
-        let internal = unsafe { run.__bindgen_anon_1.internal };
-        let n = (internal.ndata as usize).min(internal.data.len());
-        format!(
-            "KVM internal error (suberror {}) at rip {rip:#x}, data {:x?}: the guest used an \
-             instruction this host cannot run at ring 0",
-            internal.suberror,
-            &internal.data[..n]
-        )
+    fn now(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn set_deadline(&self, next: Option<Instant>) {
+        let next = next.map_or(u64::MAX, |d| {
+            u64::try_from(d.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+        });
+        self.deadline.store(next, Ordering::SeqCst);
+    }
+
+    fn caught_up(&self) {
+        self.caught_up.store(self.now(), Ordering::Relaxed);
     }
 }
 
-/// Kicks the vCPU when a timer deadline passes or a stop is requested, so that the
-/// recorder gets control while the guest computes without exits.
-fn timer_thread(
-    kicker: Kicker,
-    base: Instant,
-    deadline: &AtomicU64,
-    done: &AtomicBool,
-    stop: &AtomicBool,
-) {
+/// Kicks the vCPU when a timer deadline passes, when the loop has not come back to its
+/// sink for [`CAUGHT_UP_INTERVAL`], or when a stop is requested, so that the recorder
+/// gets control while the guest computes without exits. After a stop it kicks again
+/// every [`STOP_KICK_INTERVAL`] until the loop ends (a stop may wait for the guest, at
+/// most [`STOP_GRACE`]).
+fn timer_thread(kicker: Kicker, clock: &LoopClock, done: &AtomicBool, stop: &AtomicBool) {
     let mut kicked_for = u64::MAX;
-    let mut stop_kicked = false;
+    let mut kicked_quiet_since = u64::MAX;
+    let mut stop_kicked: Option<Instant> = None;
+    let quiet = u64::try_from(CAUGHT_UP_INTERVAL.as_nanos()).unwrap_or(u64::MAX);
     while !done.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_micros(500));
-        if stop.load(Ordering::SeqCst) && !stop_kicked {
-            stop_kicked = true;
+        if stop.load(Ordering::SeqCst)
+            && stop_kicked.is_none_or(|t| t.elapsed() >= STOP_KICK_INTERVAL)
+        {
+            stop_kicked = Some(Instant::now());
             kicker.kick();
             continue;
         }
-        let d = deadline.load(Ordering::SeqCst);
-        let now = base.elapsed().as_nanos() as u64;
+        let now = clock.now();
+        let d = clock.deadline.load(Ordering::SeqCst);
         if d != u64::MAX && now >= d && kicked_for != d {
             kicked_for = d;
             kicker.kick();
         }
+        let caught_up = clock.caught_up.load(Ordering::Relaxed);
+        if now.saturating_sub(caught_up) >= quiet && kicked_quiet_since != caught_up {
+            kicked_quiet_since = caught_up;
+            kicker.kick();
+        }
     }
 }
+
+/// How often the timer thread kicks a vCPU whose recording is asked to stop.
+const STOP_KICK_INTERVAL: Duration = Duration::from_millis(20);

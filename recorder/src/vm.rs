@@ -11,11 +11,12 @@ pub const MAX_RAM: u64 = RING_GPA;
 /// Creates a VM with `ram_size` bytes of RAM at 0 and the agent ring region.
 pub fn create(ram_size: u64) -> Result<krr_kvm::Vm, RecorderError> {
     if ram_size == 0 || ram_size > MAX_RAM || !ram_size.is_multiple_of(4096) {
-        return Err(RecorderError::Config(format!(
-            "memory size {ram_size:#x} must be a positive multiple of 4 KiB below {MAX_RAM:#x}"
-        )));
+        return Err(RecorderError::MemorySize {
+            size: ram_size,
+            max: MAX_RAM,
+        });
     }
-    Ok(krr_kvm::Vm::new(&[
+    krr_kvm::Vm::new(&[
         MemoryRegion {
             gpa: 0,
             size: ram_size,
@@ -26,5 +27,6 @@ pub fn create(ram_size: u64) -> Result<krr_kvm::Vm, RecorderError> {
             size: RING_REGION_SIZE,
             kind: RegionKind::AgentRing,
         },
-    ])?)
+    ])
+    .map_err(RecorderError::CreateVm)
 }

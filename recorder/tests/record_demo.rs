@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 fn demo_config() -> RecordConfig {
     let mut c = RecordConfig::new(krr_guest::DEMO_KERNEL.to_vec(), "builtin:demo");
-    c.disk = Some(krr_guest::demo_disk());
+    c.disk = Some(krr_guest::demo_disk().into());
     c
 }
 

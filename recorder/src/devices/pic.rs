@@ -1,11 +1,21 @@
 //! A pair of cascaded 8259A interrupt controllers (master at 0x20, slave at 0xa0).
 //!
 //! Edge-triggered, fully nested mode: what a kernel programs with the usual ICW1-4
-//! sequence. The recorder asks [`Pic::pending_vector`] when it may inject and calls
-//! [`Pic::acknowledge`] when it injects, as the CPU's INTA cycle would.
+//! sequence. Each chip is a device at its two ports (offset 0: command, 1: data); the
+//! pair, [`Pic`], is the cascade the recorder drives: it asks [`Pic::pending_vector`]
+//! when it may inject and calls [`Pic::acknowledge`] when it injects, as the CPU's INTA
+//! cycle would.
 
+use super::bus::lock;
+use super::{Device, Io};
+use std::sync::{Arc, Mutex};
+
+/// Ports of each chip: command (offset 0) and data (offset 1).
+pub const PORTS: u16 = 2;
+
+/// One 8259A.
 #[derive(Debug, Default, Clone)]
-struct Chip {
+pub struct Chip {
     irr: u8,
     isr: u8,
     imr: u8,
@@ -81,11 +91,32 @@ impl Chip {
     }
 }
 
+impl Device for Chip {
+    fn read(&mut self, offset: u64, data: &mut [u8], _io: &mut Io<'_>) {
+        if let Some(d) = data.first_mut() {
+            *d = if offset == 0 {
+                self.read_command()
+            } else {
+                self.imr
+            };
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8], _io: &mut Io<'_>) {
+        let value = data.first().copied().unwrap_or(0);
+        if offset == 0 {
+            self.write_command(value)
+        } else {
+            self.write_data(value)
+        }
+    }
+}
+
 /// The master/slave pair; the slave is cascaded on master line 2.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Pic {
-    master: Chip,
-    slave: Chip,
+    master: Arc<Mutex<Chip>>,
+    slave: Arc<Mutex<Chip>>,
 }
 
 const CASCADE_LINE: u8 = 2;
@@ -95,76 +126,101 @@ impl Pic {
         Self::default()
     }
 
-    /// Port access: `port` is 0x20, 0x21, 0xa0 or 0xa1.
-    pub fn read(&mut self, port: u16) -> u8 {
-        let chip = if port & 0x80 != 0 {
-            &self.slave
-        } else {
-            &self.master
-        };
-        if port & 1 == 0 {
-            chip.read_command()
-        } else {
-            chip.imr
-        }
+    /// The master chip, to register at its ports.
+    pub fn master(&self) -> Arc<Mutex<Chip>> {
+        self.master.clone()
     }
 
-    pub fn write(&mut self, port: u16, value: u8) {
-        let chip = if port & 0x80 != 0 {
-            &mut self.slave
-        } else {
-            &mut self.master
-        };
-        if port & 1 == 0 {
-            chip.write_command(value)
-        } else {
-            chip.write_data(value)
-        }
+    /// The slave chip, to register at its ports.
+    pub fn slave(&self) -> Arc<Mutex<Chip>> {
+        self.slave.clone()
     }
 
     /// Raises an edge on interrupt line `irq` (0-15).
-    pub fn raise(&mut self, irq: u8) {
+    pub fn raise(&self, irq: u8) {
+        let mut master = lock(&self.master);
         if irq < 8 {
-            self.master.irr |= 1 << irq;
+            master.irr |= 1 << irq;
         } else if irq < 16 {
-            self.slave.irr |= 1 << (irq - 8);
-            self.master.irr |= 1 << CASCADE_LINE;
+            lock(&self.slave).irr |= 1 << (irq - 8);
+            master.irr |= 1 << CASCADE_LINE;
         }
     }
 
     /// The vector the CPU would receive if it acknowledged now.
     pub fn pending_vector(&self) -> Option<u8> {
-        let line = self.master.pending_line()?;
-        if line == CASCADE_LINE && self.slave.irr != 0 {
-            let sl = self.slave.pending_line()?;
-            return Some(self.slave.vector_base.wrapping_add(sl));
+        let master = lock(&self.master);
+        let line = master.pending_line()?;
+        if line == CASCADE_LINE {
+            let slave = lock(&self.slave);
+            if slave.irr != 0 {
+                let sl = slave.pending_line()?;
+                return Some(slave.vector_base.wrapping_add(sl));
+            }
         }
-        Some(self.master.vector_base.wrapping_add(line))
+        Some(master.vector_base.wrapping_add(line))
     }
 
     /// Acknowledges the pending interrupt and returns its vector.
-    pub fn acknowledge(&mut self) -> Option<u8> {
-        let line = self.master.pending_line()?;
-        if line == CASCADE_LINE && self.slave.irr != 0 {
-            let sl = self.slave.pending_line()?;
-            self.slave.acknowledge(sl);
-            self.master.acknowledge(line);
-            if self.slave.irr == 0 {
-                self.master.irr &= !(1 << CASCADE_LINE);
+    pub fn acknowledge(&self) -> Option<u8> {
+        let mut master = lock(&self.master);
+        let line = master.pending_line()?;
+        if line == CASCADE_LINE {
+            let mut slave = lock(&self.slave);
+            if slave.irr != 0 {
+                let sl = slave.pending_line()?;
+                slave.acknowledge(sl);
+                master.acknowledge(line);
+                if slave.irr == 0 {
+                    master.irr &= !(1 << CASCADE_LINE);
+                }
+                return Some(slave.vector_base.wrapping_add(sl));
             }
-            return Some(self.slave.vector_base.wrapping_add(sl));
         }
-        self.master.acknowledge(line);
-        Some(self.master.vector_base.wrapping_add(line))
+        master.acknowledge(line);
+        Some(master.vector_base.wrapping_add(line))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::Effect;
+    use crate::devices::bus::{Bus, BusRange};
+    use crate::devices::test_memory::NoMemory;
+    use std::time::Instant;
 
-    fn initialised() -> Pic {
-        let mut p = Pic::new();
+    /// The pair on a port bus at the PC's addresses.
+    struct Machine {
+        pic: Pic,
+        ports: Bus,
+    }
+
+    impl Machine {
+        fn write(&self, port: u16, value: u8) {
+            let mut effects: Vec<Effect> = Vec::new();
+            let mut io = Io::new(Instant::now(), &NoMemory, &mut effects);
+            assert!(self.ports.write(port.into(), &[value], &mut io));
+        }
+        fn read(&self, port: u16) -> u8 {
+            let mut effects: Vec<Effect> = Vec::new();
+            let mut io = Io::new(Instant::now(), &NoMemory, &mut effects);
+            let mut data = [0];
+            assert!(self.ports.read(port.into(), &mut data, &mut io));
+            data[0]
+        }
+    }
+
+    fn initialised() -> Machine {
+        let pic = Pic::new();
+        let mut ports = Bus::new();
+        ports
+            .insert(BusRange::ports(0x20, PORTS), "master", pic.master())
+            .unwrap();
+        ports
+            .insert(BusRange::ports(0xa0, PORTS), "slave", pic.slave())
+            .unwrap();
+        let m = Machine { pic, ports };
         for (port, v) in [
             (0x20, 0x11),
             (0xa0, 0x11),
@@ -177,14 +233,15 @@ mod tests {
             (0x21, 0x00),
             (0xa1, 0x00),
         ] {
-            p.write(port, v);
+            m.write(port, v);
         }
-        p
+        m
     }
 
     #[test]
     fn remapped_timer_interrupt_and_eoi() {
-        let mut p = initialised();
+        let m = initialised();
+        let p = &m.pic;
         assert_eq!(p.pending_vector(), None);
         p.raise(0);
         assert_eq!(p.pending_vector(), Some(0x20));
@@ -192,26 +249,28 @@ mod tests {
         // In service: a second edge waits for the EOI.
         p.raise(0);
         assert_eq!(p.pending_vector(), None);
-        p.write(0x20, 0x20);
+        m.write(0x20, 0x20);
         assert_eq!(p.pending_vector(), Some(0x20));
     }
 
     #[test]
     fn mask_priority_and_slave_cascade() {
-        let mut p = initialised();
-        p.write(0x21, 0x01); // mask IRQ0
+        let m = initialised();
+        let p = &m.pic;
+        m.write(0x21, 0x01); // mask IRQ0
+        assert_eq!(m.read(0x21), 0x01);
         p.raise(0);
         assert_eq!(p.pending_vector(), None);
         p.raise(12);
         assert_eq!(p.pending_vector(), Some(0x2c));
         assert_eq!(p.acknowledge(), Some(0x2c));
-        p.write(0x21, 0x00);
+        m.write(0x21, 0x00);
         // IRQ0 has priority over the in-service cascade line.
         assert_eq!(p.pending_vector(), Some(0x20));
         // OCW3 selects ISR for command-port reads.
-        p.write(0xa0, 0x0b);
-        assert_eq!(p.read(0xa0), 1 << 4);
-        p.write(0xa0, 0x0a);
-        assert_eq!(p.read(0xa0), 0);
+        m.write(0xa0, 0x0b);
+        assert_eq!(m.read(0xa0), 1 << 4);
+        m.write(0xa0, 0x0a);
+        assert_eq!(m.read(0xa0), 0);
     }
 }

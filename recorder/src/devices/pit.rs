@@ -2,9 +2,14 @@
 //!
 //! The guest programs a reload value; the recorder polls [`Pit::due`] and raises IRQ0
 //! for each period that elapsed. Reads of the counter return a value computed from host
-//! time, which the recorder records like every port input.
+//! time, which the recorder records like every port input. Ports, by offset: 0 channel
+//! 0's counter, 3 the mode/command register (1 and 2, channels 1 and 2, do nothing).
 
+use super::{Device, Io};
 use std::time::{Duration, Instant};
+
+/// Ports: the three counters and the command register.
+pub const PORTS: u16 = 4;
 
 /// The 8254 input clock.
 pub const PIT_HZ: u64 = 1_193_182;
@@ -78,8 +83,9 @@ impl Pit {
         true
     }
 
-    pub fn write(&mut self, port: u16, value: u8, now: Instant) {
-        match port & 3 {
+    /// A write to the register at `offset` (0-3).
+    pub fn write(&mut self, offset: u16, value: u8, now: Instant) {
+        match offset & 3 {
             3 => {
                 let channel = value >> 6;
                 let access = (value >> 4) & 3;
@@ -107,8 +113,9 @@ impl Pit {
         }
     }
 
-    pub fn read(&mut self, port: u16, now: Instant) -> u8 {
-        if port & 3 != 0 {
+    /// A read of the register at `offset` (0-3).
+    pub fn read(&mut self, offset: u16, now: Instant) -> u8 {
+        if offset & 3 != 0 {
             return 0;
         }
         let count = self.latched.unwrap_or_else(|| self.current_count(now));
@@ -147,6 +154,19 @@ impl Pit {
     }
 }
 
+impl Device for Pit {
+    fn read(&mut self, offset: u64, data: &mut [u8], io: &mut Io<'_>) {
+        if let Some(d) = data.first_mut() {
+            *d = Pit::read(self, offset as u16, io.now);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8], io: &mut Io<'_>) {
+        let value = data.first().copied().unwrap_or(0);
+        Pit::write(self, offset as u16, value, io.now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,9 +177,9 @@ mod tests {
         let mut pit = Pit::new();
         assert!(!pit.due(t0 + Duration::from_secs(1)), "not programmed yet");
         let divisor = (PIT_HZ / 100) as u16;
-        pit.write(0x43, 0x34, t0); // channel 0, lobyte/hibyte, mode 2
-        pit.write(0x40, divisor as u8, t0);
-        pit.write(0x40, (divisor >> 8) as u8, t0);
+        pit.write(3, 0x34, t0); // channel 0, lobyte/hibyte, mode 2
+        pit.write(0, divisor as u8, t0);
+        pit.write(0, (divisor >> 8) as u8, t0);
         let p = pit.period().unwrap();
         assert!(p > Duration::from_micros(9_990) && p < Duration::from_micros(10_010));
         assert!(!pit.due(t0 + Duration::from_millis(5)));
@@ -175,12 +195,12 @@ mod tests {
     fn latched_count_reads_low_then_high() {
         let t0 = Instant::now();
         let mut pit = Pit::new();
-        pit.write(0x43, 0x34, t0);
-        pit.write(0x40, 0x00, t0);
-        pit.write(0x40, 0x10, t0); // reload 0x1000
-        pit.write(0x43, 0x00, t0); // latch at t0: full count
-        let lo = pit.read(0x40, t0 + Duration::from_millis(1));
-        let hi = pit.read(0x40, t0 + Duration::from_millis(1));
+        pit.write(3, 0x34, t0);
+        pit.write(0, 0x00, t0);
+        pit.write(0, 0x10, t0); // reload 0x1000
+        pit.write(3, 0x00, t0); // latch at t0: full count
+        let lo = pit.read(0, t0 + Duration::from_millis(1));
+        let hi = pit.read(0, t0 + Duration::from_millis(1));
         assert_eq!((hi as u16) << 8 | lo as u16, 0x1000);
     }
 }

@@ -1,5 +1,11 @@
-//! A 16550 UART with no input: the guest console. Output bytes go to the console sink;
-//! the line status always reports an empty transmitter so the guest never waits.
+//! A 16550 UART with no input: the guest console. Transmitted bytes go to the console
+//! ([`Effect::Console`]); the line status always reports an empty transmitter so the
+//! guest never waits.
+
+use super::{Device, Effect, Io};
+
+/// Registers, one port each.
+pub const PORTS: u16 = 8;
 
 /// Line status: transmitter holding register empty, transmitter empty.
 const LSR_IDLE: u8 = 0x60;
@@ -56,6 +62,21 @@ impl Serial {
             _ => {}
         }
         None
+    }
+}
+
+impl Device for Serial {
+    fn read(&mut self, offset: u64, data: &mut [u8], _io: &mut Io<'_>) {
+        if let Some(d) = data.first_mut() {
+            *d = Serial::read(self, offset as u16);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8], io: &mut Io<'_>) {
+        let value = data.first().copied().unwrap_or(0);
+        if let Some(b) = Serial::write(self, offset as u16, value) {
+            io.request(Effect::Console(b));
+        }
     }
 }
 

@@ -1,0 +1,284 @@
+//! The images a recording starts from, read with limits: a kernel image is read whole
+//! but never beyond the guest's memory (a larger file is refused by its size, before
+//! it is read); a disk image is read where the guest reads it, never whole.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Largest disk image: fw_cfg gives a file's size in 32 bits.
+pub const MAX_DISK_SIZE: u64 = u32::MAX as u64;
+
+/// Why an image cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("opening {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `size` is None where the file has no size of its own (a pipe, a character
+    /// device) and more than `limit` bytes were read from it.
+    #[error(
+        "kernel {} is {}, more than the guest's memory ({} MiB): a kernel must fit in \
+         it (give --memory at least its size)",
+        path.display(),
+        size.map_or(format!("longer than {limit} bytes"), |s| format!("{s} bytes")),
+        limit >> 20
+    )]
+    KernelTooLarge {
+        path: PathBuf,
+        size: Option<u64>,
+        limit: u64,
+    },
+    #[error(
+        "disk {} is {kind}: a disk image must be a regular file or a block device (its \
+         size must be known)",
+        path.display()
+    )]
+    DiskNotAFile { path: PathBuf, kind: &'static str },
+    #[error(
+        "disk {} is {size} bytes: fw_cfg gives a file's size in 32 bits, so a disk image \
+         holds at most {MAX_DISK_SIZE} bytes",
+        path.display()
+    )]
+    DiskTooLarge { path: PathBuf, size: u64 },
+}
+
+/// Reads the kernel image at `path`, refusing one larger than `limit` bytes (the
+/// guest's memory): a regular file by its size, before reading it; a file without a
+/// size of its own (a pipe) once more than `limit` bytes were read from it.
+pub fn read_kernel(path: &Path, limit: u64) -> Result<Vec<u8>, ImageError> {
+    let open = |source| ImageError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let read = |source| ImageError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(open)?;
+    let meta = file.metadata().map_err(read)?;
+    let size = meta.is_file().then_some(meta.len());
+    let too_large = |size| ImageError::KernelTooLarge {
+        path: path.to_path_buf(),
+        size,
+        limit,
+    };
+    if size.is_some_and(|s| s > limit) {
+        return Err(too_large(size));
+    }
+    let mut image = Vec::with_capacity(size.unwrap_or(0) as usize);
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut image)
+        .map_err(read)?;
+    if image.len() as u64 > limit {
+        return Err(too_large(None));
+    }
+    Ok(image)
+}
+
+/// A disk image: bytes in memory, or a file read where the guest reads it. Cloning
+/// shares it.
+#[derive(Debug, Clone)]
+pub struct DiskImage {
+    source: Source,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
+    Bytes(Arc<[u8]>),
+    File { file: Arc<File>, len: u64 },
+}
+
+impl DiskImage {
+    /// The regular file or block device at `path`, of at most [`MAX_DISK_SIZE`] bytes;
+    /// nothing is read yet.
+    pub fn open(path: &Path) -> Result<DiskImage, ImageError> {
+        let mut file = File::open(path).map_err(|source| ImageError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let read = |source| ImageError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = file.metadata().map_err(read)?;
+        let kind = meta.file_type();
+        let len = if kind.is_file() {
+            meta.len()
+        } else if kind.is_block_device() {
+            file.seek(SeekFrom::End(0)).map_err(read)?
+        } else {
+            let kind = if kind.is_dir() {
+                "a directory"
+            } else if kind.is_char_device() {
+                "a character device"
+            } else if kind.is_fifo() {
+                "a pipe"
+            } else if kind.is_socket() {
+                "a socket"
+            } else {
+                "not a regular file"
+            };
+            return Err(ImageError::DiskNotAFile {
+                path: path.to_path_buf(),
+                kind,
+            });
+        };
+        if len > MAX_DISK_SIZE {
+            return Err(ImageError::DiskTooLarge {
+                path: path.to_path_buf(),
+                size: len,
+            });
+        }
+        Ok(DiskImage {
+            source: Source::File {
+                file: Arc::new(file),
+                len,
+            },
+        })
+    }
+
+    /// An image held in memory.
+    pub fn from_bytes(bytes: Vec<u8>) -> DiskImage {
+        DiskImage {
+            source: Source::Bytes(bytes.into()),
+        }
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> u64 {
+        match &self.source {
+            Source::Bytes(b) => b.len() as u64,
+            Source::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fills `buf` with the bytes from `offset`; what lies past the end of the image
+    /// (or of a file that shrank since it was opened) reads as zeros.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        match &self.source {
+            Source::Bytes(b) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
+                let n = (b.len() - start).min(buf.len());
+                buf[..n].copy_from_slice(&b[start..start + n]);
+                buf[n..].fill(0);
+                Ok(())
+            }
+            Source::File { file, .. } => {
+                let mut done = 0;
+                while done < buf.len() {
+                    match file.read_at(&mut buf[done..], offset + done as u64) {
+                        Ok(0) => break,
+                        Ok(n) => done += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                buf[done..].fill(0);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl From<Vec<u8>> for DiskImage {
+    fn from(bytes: Vec<u8>) -> DiskImage {
+        DiskImage::from_bytes(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_kernel_larger_than_the_limit_is_refused_by_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        std::fs::write(&path, vec![7u8; 5000]).unwrap();
+        assert_eq!(read_kernel(&path, 5000).unwrap().len(), 5000);
+        let err = read_kernel(&path, 4999).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::KernelTooLarge {
+                    size: Some(5000),
+                    limit: 4999,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_kernel_stream_is_read_no_further_than_the_limit() {
+        let err = read_kernel(Path::new("/dev/zero"), 1 << 20).unwrap_err();
+        assert!(
+            matches!(err, ImageError::KernelTooLarge { size: None, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("longer than 1048576 bytes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_disk_must_have_a_size() {
+        for (path, kind) in [("/dev/zero", "a character device"), ("/", "a directory")] {
+            let err = DiskImage::open(Path::new(path)).unwrap_err();
+            assert!(
+                matches!(err, ImageError::DiskNotAFile { kind: k, .. } if k == kind),
+                "{path}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_disk_file_is_read_where_asked_and_zeros_past_its_end() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 13) as u8).collect();
+        f.write_all(&data).unwrap();
+        let disk = DiskImage::open(f.path()).unwrap();
+        assert_eq!(disk.len(), 10_000);
+        let mut buf = [0xaau8; 100];
+        disk.read_at(5000, &mut buf).unwrap();
+        assert_eq!(buf[..], data[5000..5100]);
+        disk.read_at(9950, &mut buf).unwrap();
+        assert_eq!(buf[..50], data[9950..]);
+        assert!(buf[50..].iter().all(|&b| b == 0));
+        let mem = DiskImage::from(data.clone());
+        mem.read_at(9950, &mut buf).unwrap();
+        assert_eq!(buf[..50], data[9950..]);
+        assert!(buf[50..].iter().all(|&b| b == 0));
+        mem.read_at(u64::MAX, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_sparse_disk_larger_than_fw_cfg_sizes_is_refused() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(MAX_DISK_SIZE + 1).unwrap();
+        let err = DiskImage::open(f.path()).unwrap_err();
+        assert!(matches!(err, ImageError::DiskTooLarge { .. }), "{err}");
+        f.as_file().set_len(MAX_DISK_SIZE).unwrap();
+        assert_eq!(DiskImage::open(f.path()).unwrap().len(), MAX_DISK_SIZE);
+    }
+}
