@@ -8,9 +8,10 @@ use crate::event::Event;
 use crate::state::{CounterSourceKind, CpuState, PAGE_SIZE, Snapshot, SnapshotPage};
 
 use super::error::{Result, TraceError};
+use super::limits::MAX_CHUNK_EVENTS;
 use super::section::{
-    FILE_MAGIC, FOOTER_LEN, PREAMBLE_LEN, SectionDecoder, SectionHeader, SectionKind, decode_exact,
-    decode_footer,
+    FILE_MAGIC, FOOTER_LEN, PREAMBLE_LEN, SECTION_HEADER_LEN, SectionDecoder, SectionHeader,
+    SectionKind, decode_exact, decode_footer,
 };
 use super::stats::{KindCounts, Stats, StoredStats};
 use super::{ChunkInfo, FORMAT_VERSION, Header, PAGES_PER_SECTION, v2};
@@ -322,6 +323,39 @@ impl<R: Read + Seek> RecordingReader<R> {
         Ok(())
     }
 
+    /// The events of chunk `i` of the index, decoded and checked.
+    pub fn chunk(&mut self, i: usize) -> Result<Vec<Event>> {
+        if i >= self.index.len() {
+            return Err(TraceError::EventOutOfRange {
+                index: self
+                    .index
+                    .get(i)
+                    .map_or(self.event_count(), |c| c.first_event),
+                count: self.event_count(),
+            });
+        }
+        self.read_chunk(i)
+    }
+
+    /// Number of sections the snapshot's pages are stored in.
+    pub fn snapshot_section_count(&self) -> usize {
+        self.page_sections.len()
+    }
+
+    /// The pages of snapshot section `i`, decoded and checked.
+    pub fn snapshot_section(&mut self, i: usize) -> Result<Vec<SnapshotPage>> {
+        let mut it = SnapshotPages {
+            reader: self,
+            section: i,
+            pages: Vec::new().into_iter(),
+            done: false,
+        };
+        if i >= it.reader.page_sections.len() {
+            return Ok(Vec::new());
+        }
+        it.load()
+    }
+
     fn chunk_of(&self, n: u64) -> Result<usize> {
         let count = self.event_count();
         if n >= count {
@@ -398,7 +432,7 @@ impl<R: Read + Seek> RecordingReader<R> {
                 ));
             }
             next_event = c.end_event();
-            min_offset = c.offset + super::section::SECTION_HEADER_LEN;
+            min_offset = c.offset + SECTION_HEADER_LEN;
         }
         if stored.total_events != next_event || stored.counts.sum() != Some(next_event) {
             return Err(format!(
@@ -440,7 +474,26 @@ impl<R: Read + Seek> RecordingReader<R> {
             ));
         }
         let payload = self.dec.read_payload(&mut self.r, &h, at, what)?;
-        decode_exact(payload, at, what)
+        // Every chunk of the index is at least a section header before the trailer.
+        let max_chunks = at / SECTION_HEADER_LEN;
+        let mut b = payload;
+        let count = take_varint(&mut b).map_err(|p| TraceError::corrupt(at, what, p))?;
+        if count > max_chunks {
+            return Err(TraceError::corrupt(
+                at,
+                what,
+                format!("index claims {count} chunks before offset {at}"),
+            ));
+        }
+        let mut index = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let (c, rest) = postcard::take_from_bytes::<ChunkInfo>(b).map_err(|e| {
+                TraceError::corrupt(at, what, format!("cannot decode payload: {e}"))
+            })?;
+            index.push(c);
+            b = rest;
+        }
+        Ok((index, decode_exact(b, at, what)?))
     }
 
     /// Rebuilds the index by reading every chunk from `events_start` until the first
@@ -607,12 +660,12 @@ fn check_chunk_header(h: &SectionHeader, at: u64, what: &str, first_event: u64) 
             format!("starts at event {first}, expected {first_event}"),
         ));
     }
-    if count == 0 || count > u64::from(u32::MAX) || count > h.uncompressed_len {
+    if count == 0 || count > MAX_CHUNK_EVENTS || count > h.uncompressed_len {
         return Err(TraceError::corrupt(
             at,
             what,
             format!(
-                "claims {count} events in a {}-byte payload",
+                "claims {count} events in a {}-byte payload (at most {MAX_CHUNK_EVENTS} per chunk)",
                 h.uncompressed_len
             ),
         ));
@@ -630,20 +683,36 @@ fn decode_chunk<R: Read + Seek>(
     version: u32,
 ) -> Result<Vec<Event>> {
     let payload = dec.read_payload(r, h, at, what)?;
-    let events: Vec<Event> = if version == v2::VERSION {
-        decode_exact::<Vec<v2::Event>>(payload, at, what)?
-            .into_iter()
-            .map(Event::from)
-            .collect()
-    } else {
-        decode_exact(payload, at, what)?
-    };
     let [_, count, first_icount, last_icount] = h.meta;
-    if events.len() as u64 != count {
+    // The count was checked against MAX_CHUNK_EVENTS; the payload's own count must
+    // agree before anything is allocated for its events.
+    let mut b = payload;
+    let stored = take_varint(&mut b).map_err(|p| TraceError::corrupt(at, what, p))?;
+    if stored != count {
         return Err(TraceError::corrupt(
             at,
             what,
-            format!("header says {count} events, payload has {}", events.len()),
+            format!("header says {count} events, payload has {stored}"),
+        ));
+    }
+    let mut events = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let decoded = if version == v2::VERSION {
+            postcard::take_from_bytes::<v2::Event>(b).map(|(e, rest)| (Event::from(e), rest))
+        } else {
+            postcard::take_from_bytes::<Event>(b)
+        };
+        let (e, rest) = decoded.map_err(|e| {
+            TraceError::corrupt(at, what, format!("cannot decode event {i} of {count}: {e}"))
+        })?;
+        events.push(e);
+        b = rest;
+    }
+    if !b.is_empty() {
+        return Err(TraceError::corrupt(
+            at,
+            what,
+            format!("{} bytes left over after the payload", b.len()),
         ));
     }
     let (first, last) = (events[0].icount(), events[events.len() - 1].icount());

@@ -1,0 +1,204 @@
+//! Recordings that claim more than they hold: the reader refuses them, or reads them, with
+//! memory bounded by what it verified (measured here by a counting allocator), and fast.
+//! The files are built by the tests (tests/craft), not checked in.
+
+mod craft;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use krr_engine::trace::limits::{MAX_CHUNK_EVENTS, MAX_SYMBOLS};
+use krr_engine::trace::section::SectionKind;
+use krr_engine::trace::{RecordingReader, TraceError};
+
+/// Counts the bytes allocated now and the most at any time.
+struct Counting;
+
+static NOW: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = NOW.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(p, layout) };
+        NOW.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+        let q = unsafe { System.realloc(p, layout, new) };
+        if !q.is_null() {
+            if new > layout.size() {
+                let now =
+                    NOW.fetch_add(new - layout.size(), Ordering::Relaxed) + new - layout.size();
+                PEAK.fetch_max(now, Ordering::Relaxed);
+            } else {
+                NOW.fetch_sub(layout.size() - new, Ordering::Relaxed);
+            }
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// One measurement at a time (the tests run on several threads).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The most bytes allocated at once while `f` ran, beyond what was allocated before.
+fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let base = NOW.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let t = f();
+    (t, PEAK.load(Ordering::Relaxed) - base)
+}
+
+const MIB: usize = 1 << 20;
+
+/// Opens `bytes`, reads every event and verifies, as `info` does.
+fn read_all(bytes: Vec<u8>) -> Result<(u64, Option<String>), TraceError> {
+    let mut r = RecordingReader::from_bytes(bytes)?;
+    let mut n = 0;
+    for e in r.events_from(0) {
+        if e.is_err() {
+            break;
+        }
+        n += 1;
+    }
+    let damage = r.verify().err().map(|e| e.to_string());
+    Ok((n, damage.or(r.recovery().reason.clone())))
+}
+
+#[test]
+fn a_chunk_that_expands_to_22_million_events_is_refused() {
+    for (name, bytes) in [
+        ("cut short", craft::chunk_bomb()),
+        ("finished", craft::chunk_bomb_finished()),
+    ] {
+        assert!(bytes.len() < 100 << 10, "{name}: {} bytes", bytes.len());
+        let start = Instant::now();
+        let (r, peak) = peak_during(|| read_all(bytes));
+        let (events, problem) = r.expect("opens");
+        assert_eq!(events, 0, "{name}");
+        let problem = problem.expect("damage reported");
+        assert!(
+            problem.contains(&format!("at most {MAX_CHUNK_EVENTS} per chunk")),
+            "{name}: {problem}"
+        );
+        assert!(peak < 16 * MIB, "{name}: peak {peak} bytes");
+        assert!(start.elapsed() < Duration::from_secs(5), "{name}");
+    }
+}
+
+#[test]
+fn millions_of_events_are_read_one_chunk_at_a_time() {
+    for n in [1_000_000u64, 4_000_000] {
+        let bytes = craft::many_events(n, MAX_CHUNK_EVENTS);
+        let (r, peak) = peak_during(|| read_all(bytes));
+        let (events, problem) = r.expect("opens");
+        assert_eq!((events, problem), (n, None));
+        // One decoded chunk (65,536 events) and its payload at a time.
+        assert!(peak < 48 * MIB, "{n} events: peak {} MiB", peak / MIB);
+    }
+}
+
+#[test]
+fn a_trailer_index_larger_than_the_file_is_refused() {
+    let bytes = craft::trailer_bomb();
+    let (r, peak) = peak_during(|| RecordingReader::from_bytes(bytes));
+    let r = r.expect("recovered by scanning");
+    assert!(!r.recovery().complete);
+    assert_eq!(r.event_count(), 1);
+    let reason = r.recovery().reason.clone().unwrap();
+    assert!(reason.contains("index claims"), "{reason}");
+    // The 64 MiB payload itself, nothing per claimed entry.
+    assert!(peak < 80 * MIB, "peak {} MiB", peak / MIB);
+}
+
+#[test]
+fn a_header_with_millions_of_symbols_is_refused() {
+    let bytes = craft::symbol_bomb();
+    let (r, peak) = peak_during(|| RecordingReader::from_bytes(bytes));
+    let err = r.err().expect("refused").to_string();
+    assert!(
+        err.contains(&format!("at most {MAX_SYMBOLS} symbols")),
+        "{err}"
+    );
+    assert!(peak < 80 * MIB, "peak {} MiB", peak / MIB);
+}
+
+#[test]
+fn a_payload_larger_than_its_header_says_is_cut_off_while_decompressing() {
+    // A frame without a content size (streamed), expanding to 32 MiB, in a section whose
+    // header says 1,000 bytes.
+    let big = zstd::stream::encode_all(std::io::repeat(0).take_bytes(32 << 20), 3).unwrap();
+    assert_eq!(
+        zstd::zstd_safe::get_frame_content_size(&big).unwrap(),
+        None,
+        "a streamed frame has no content size"
+    );
+    let mut c = craft::start(&[craft::RAM]);
+    let at = c.bytes.len();
+    c.chunk(1, &craft::console_events(1));
+    // Replace the chunk's payload and lengths, fixing the checksums.
+    let mut file = c.bytes[..at].to_vec();
+    let header = raw_header(SectionKind::EventChunk, &big, 1000, [0, 1, 0, 0]);
+    file.extend_from_slice(&header);
+    file.extend_from_slice(&big);
+    let (r, peak) = peak_during(|| read_all(file));
+    let (_, problem) = r.unwrap();
+    let problem = problem.unwrap();
+    assert!(
+        problem.contains("more than the 1000 bytes the header says"),
+        "{problem}"
+    );
+    assert!(peak < 2 * MIB, "peak {peak} bytes");
+
+    // A frame whose content size disagrees with the header is refused before it is
+    // decompressed.
+    let sized = zstd::bulk::compress(&vec![0u8; 8 << 20], 3).unwrap();
+    let mut file = c.bytes[..at].to_vec();
+    file.extend_from_slice(&raw_header(
+        SectionKind::EventChunk,
+        &sized,
+        1000,
+        [0, 1, 0, 0],
+    ));
+    file.extend_from_slice(&sized);
+    let (r, peak) = peak_during(|| read_all(file));
+    let problem = r.unwrap().1.unwrap();
+    assert!(
+        problem.contains("its zstd frame declares 8388608 bytes, the section header 1000"),
+        "{problem}"
+    );
+    assert!(peak < MIB, "peak {peak} bytes");
+}
+
+trait TakeBytes: std::io::Read + Sized {
+    fn take_bytes(self, n: u64) -> std::io::Take<Self> {
+        self.take(n)
+    }
+}
+impl<R: std::io::Read> TakeBytes for R {}
+
+/// A section header for `payload` with these lengths and a valid checksum.
+fn raw_header(kind: SectionKind, payload: &[u8], uncompressed: u64, meta: [u64; 4]) -> [u8; 72] {
+    use krr_engine::trace::section::{SectionHeader, checksum};
+    SectionHeader {
+        kind,
+        compressed_len: payload.len() as u64,
+        uncompressed_len: uncompressed,
+        meta,
+        payload_checksum: checksum(payload),
+    }
+    .encode()
+}
