@@ -5,8 +5,8 @@
 mod craft;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use krr_engine::trace::limits::{MAX_CHUNK_EVENTS, MAX_SYMBOLS};
@@ -50,12 +50,17 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// One measurement at a time (the tests run on several threads).
+/// One test at a time: the counters are global, and another test building its file
+/// while one measures would count in its peak.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// The most bytes allocated at once while `f` ran, beyond what was allocated before.
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The most bytes allocated at once while `f` ran, beyond what was allocated before
+/// (the caller holds [`serial`]).
 fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let base = NOW.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
     let t = f();
@@ -80,6 +85,7 @@ fn read_all(bytes: Vec<u8>) -> Result<(u64, Option<String>), TraceError> {
 
 #[test]
 fn a_chunk_that_expands_to_22_million_events_is_refused() {
+    let _serial = serial();
     for (name, bytes) in [
         ("cut short", craft::chunk_bomb()),
         ("finished", craft::chunk_bomb_finished()),
@@ -101,6 +107,7 @@ fn a_chunk_that_expands_to_22_million_events_is_refused() {
 
 #[test]
 fn millions_of_events_are_read_one_chunk_at_a_time() {
+    let _serial = serial();
     for n in [1_000_000u64, 4_000_000] {
         let bytes = craft::many_events(n, MAX_CHUNK_EVENTS);
         let (r, peak) = peak_during(|| read_all(bytes));
@@ -113,6 +120,7 @@ fn millions_of_events_are_read_one_chunk_at_a_time() {
 
 #[test]
 fn a_trailer_index_larger_than_the_file_is_refused() {
+    let _serial = serial();
     let bytes = craft::trailer_bomb();
     let (r, peak) = peak_during(|| RecordingReader::from_bytes(bytes));
     let r = r.expect("recovered by scanning");
@@ -126,11 +134,14 @@ fn a_trailer_index_larger_than_the_file_is_refused() {
 
 #[test]
 fn a_header_with_millions_of_symbols_is_refused() {
+    let _serial = serial();
     let bytes = craft::symbol_bomb();
     let (r, peak) = peak_during(|| RecordingReader::from_bytes(bytes));
     let err = r.err().expect("refused").to_string();
     assert!(
-        err.contains(&format!("at most {MAX_SYMBOLS} symbols")),
+        err.contains(&format!(
+            "symbols, more than the {MAX_SYMBOLS} a recording may hold"
+        )),
         "{err}"
     );
     assert!(peak < 80 * MIB, "peak {} MiB", peak / MIB);
@@ -138,6 +149,7 @@ fn a_header_with_millions_of_symbols_is_refused() {
 
 #[test]
 fn a_payload_larger_than_its_header_says_is_cut_off_while_decompressing() {
+    let _serial = serial();
     // A frame without a content size (streamed), expanding to 32 MiB, in a section whose
     // header says 1,000 bytes.
     let big = zstd::stream::encode_all(std::io::repeat(0).take_bytes(32 << 20), 3).unwrap();

@@ -36,6 +36,23 @@ pub const MAX_UNMODELLED: usize = 1 << 12;
 /// Largest zstd window the reader accepts (64 MiB: a section's largest payload).
 pub const MAX_WINDOW_LOG: u32 = 26;
 
+thread_local! {
+    /// The limit the last refused vector ran into on this thread: postcard reports a
+    /// deserializer's own error without its message, so the reader picks it up here.
+    static REFUSED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Takes the reason the last decode on this thread refused a vector, if it did.
+pub(crate) fn take_refusal() -> Option<String> {
+    REFUSED.with(|r| r.borrow_mut().take())
+}
+
+fn refuse<E: Error>(n: usize, max: usize, what: &str) -> E {
+    let problem = format!("{n} {what}, more than the {max} a recording may hold");
+    REFUSED.with(|r| *r.borrow_mut() = Some(problem.clone()));
+    E::custom(problem)
+}
+
 /// A `Vec` of at most `max` elements: a longer one is an error before anything is
 /// allocated for it.
 fn bounded_vec<'de, D, T>(d: D, max: usize, what: &'static str) -> Result<Vec<T>, D::Error>
@@ -58,12 +75,12 @@ where
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
             let claimed = seq.size_hint().unwrap_or(0);
             if claimed > self.max {
-                return Err(A::Error::invalid_length(claimed, &self));
+                return Err(refuse(claimed, self.max, self.what));
             }
             let mut v = Vec::with_capacity(claimed.min(1024));
             while let Some(x) = seq.next_element()? {
                 if v.len() == self.max {
-                    return Err(A::Error::invalid_length(v.len() + 1, &self));
+                    return Err(refuse(v.len() + 1, self.max, self.what));
                 }
                 v.push(x);
             }

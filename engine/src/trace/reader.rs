@@ -766,6 +766,8 @@ impl<R: Read + Seek> Iterator for EventsFrom<'_, R> {
             self.done = true;
             return None;
         }
+        // The spent chunk goes before the next is decoded: one chunk held at a time.
+        self.chunk = None;
         let loaded = self.reader.chunk_of(self.next).and_then(|i| {
             let first = self.reader.index[i].first_event;
             self.reader.read_chunk(i).map(|ev| (ev, first))

@@ -450,8 +450,12 @@ pub fn decode_exact<'a, T: serde::Deserialize<'a>>(
     offset: u64,
     what: &str,
 ) -> Result<T> {
-    let (v, rest) = postcard::take_from_bytes::<T>(bytes)
-        .map_err(|e| TraceError::corrupt(offset, what, format!("cannot decode payload: {e}")))?;
+    super::limits::take_refusal();
+    let (v, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| {
+        let problem =
+            super::limits::take_refusal().unwrap_or_else(|| format!("cannot decode payload: {e}"));
+        TraceError::corrupt(offset, what, problem)
+    })?;
     if !rest.is_empty() {
         return Err(TraceError::corrupt(
             offset,
