@@ -1,5 +1,6 @@
-//! Recordings that claim more than they hold: the reader refuses them, or reads them, with
-//! memory bounded by what it verified (measured here by a counting allocator), and fast.
+//! Recordings that claim more than they hold: the reader and replay refuse them, or read
+//! them, with memory bounded by what they verified (measured here by a counting
+//! allocator), and fast.
 //! The files are built by the tests (tests/craft), not checked in.
 
 mod craft;
@@ -9,9 +10,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use krr_engine::trace::limits::{MAX_CHUNK_EVENTS, MAX_SYMBOLS};
+use krr_engine::event::Event;
+use krr_engine::memory::MAX_REGIONS;
+use krr_engine::replay::{DEFAULT_RECORDING_MEMORY, Replay, ReplayLimits};
+use krr_engine::trace::limits::{MAX_CHUNK_EVENTS, MAX_SYMBOLS, MAX_ZSTD_LEVEL};
 use krr_engine::trace::section::SectionKind;
-use krr_engine::trace::{RecordingReader, TraceError};
+use krr_engine::trace::{RecordingReader, RecordingWriter, TraceError, WriterConfig};
 
 /// Counts the bytes allocated now and the most at any time.
 struct Counting;
@@ -213,4 +217,166 @@ fn raw_header(kind: SectionKind, payload: &[u8], uncompressed: u64, meta: [u64; 
         payload_checksum: checksum(payload),
     }
     .encode()
+}
+
+#[test]
+fn replay_holds_events_up_to_its_budget() {
+    let _serial = serial();
+    let event = std::mem::size_of::<Event>();
+    // Within the budget: every event, no problem.
+    let bytes = craft::many_events(100_000, 4096);
+    let r = Replay::from_reader(
+        RecordingReader::from_bytes(bytes.clone()).unwrap(),
+        ReplayLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(r.events().len(), 100_000);
+    assert_eq!(r.recording_problem(), None);
+    // Over it: the events that fit, and the replay says why the rest are not replayed.
+    let limits = ReplayLimits {
+        recording_memory: 1 << 20,
+    };
+    let r = Replay::from_reader(RecordingReader::from_bytes(bytes).unwrap(), limits).unwrap();
+    // The snapshot is empty: its map is the region table (a few bytes).
+    let held = r.events().len() * event;
+    assert!(held <= 1 << 20 && held > (1 << 20) - 2 * event, "{held}");
+    let problem = r.recording_problem().expect("a problem");
+    assert!(problem.contains("--recording-memory"), "{problem}");
+
+    // Four million events: held up to the default budget, and nothing else of size.
+    let bytes = craft::many_events(4_000_000, MAX_CHUNK_EVENTS);
+    let (r, peak) = peak_during(|| {
+        Replay::from_reader(
+            RecordingReader::from_bytes(bytes).unwrap(),
+            ReplayLimits::default(),
+        )
+    });
+    let r = r.unwrap();
+    let held = (r.events().len() * event) as u64;
+    assert!(
+        held <= DEFAULT_RECORDING_MEMORY && held > DEFAULT_RECORDING_MEMORY - 2 * event as u64,
+        "{held}"
+    );
+    assert!(r.recording_problem().is_some());
+    assert!(
+        (peak as u64) < DEFAULT_RECORDING_MEMORY + 32 * MIB as u64,
+        "peak {} MiB",
+        peak / MIB
+    );
+}
+
+#[test]
+fn snapshot_pages_are_read_when_first_touched() {
+    let _serial = serial();
+    // 1 GiB of snapshot pages (filled with ones) in a file of about 1 MB.
+    let bytes = craft::snapshot_bomb(256);
+    assert!(bytes.len() < 2 << 20, "{} bytes", bytes.len());
+    let (r, peak) = peak_during(|| {
+        Replay::from_reader(
+            RecordingReader::from_bytes(bytes).unwrap(),
+            ReplayLimits::default(),
+        )
+    });
+    let r = r.unwrap();
+    // A section being decoded and the map: a leaf (about 560 bytes) per page, since no
+    // two pages share one here. Not the pages.
+    assert!(peak < 160 * MIB, "peak {} MiB", peak / MIB);
+    // Paging is off in the snapshot's CPU state: addresses are physical.
+    let stride = ((60u64 << 30) >> 12) / (256 * 1024);
+    let mut page = [0u8; 4096];
+    for n in [0u64, 1, 1023, 1024, 256 * 1024 - 1] {
+        r.read_memory((n * stride) << 12, &mut page).unwrap();
+        assert!(page.iter().all(|&b| b == 1), "snapshot page {n}");
+    }
+    r.read_memory(4096, &mut page).unwrap();
+    assert!(
+        page.iter().all(|&b| b == 0),
+        "a page the snapshot does not hold"
+    );
+    assert_eq!(r.recording_problem(), None);
+
+    // The map counts against the budget: one too large is refused while it is built.
+    let bytes = craft::snapshot_bomb(64);
+    let limits = ReplayLimits {
+        recording_memory: 16 << 20,
+    };
+    let (r, peak) =
+        peak_during(|| Replay::from_reader(RecordingReader::from_bytes(bytes).unwrap(), limits));
+    let err = r.err().expect("refused").to_string();
+    assert!(err.contains("--recording-memory"), "{err}");
+    assert!(peak < 48 * MIB, "peak {} MiB", peak / MIB);
+}
+
+#[test]
+fn memory_regions_are_bounded_and_cost_nothing_until_used() {
+    let _serial = serial();
+    // Extra 64 GiB regions: more than the largest guest replay takes.
+    let bytes = craft::region_bomb(16, 64 << 30);
+    assert!(
+        RecordingReader::from_bytes(bytes.clone()).is_ok(),
+        "info reads it"
+    );
+    let (r, peak) = peak_during(|| {
+        Replay::from_reader(
+            RecordingReader::from_bytes(bytes).unwrap(),
+            ReplayLimits::default(),
+        )
+    });
+    let err = r.err().expect("refused").to_string();
+    assert!(err.contains("replay takes at most"), "{err}");
+    assert!(peak < MIB, "peak {peak} bytes");
+    // Up to the limit: 62 regions of 1 GiB open at once, and nothing is allocated for them.
+    let bytes = craft::region_bomb(62, 1 << 30);
+    let (r, peak) = peak_during(|| {
+        Replay::from_reader(
+            RecordingReader::from_bytes(bytes).unwrap(),
+            ReplayLimits::default(),
+        )
+    });
+    r.unwrap();
+    assert!(peak < MIB, "peak {peak} bytes");
+    // One region too many.
+    let bytes = craft::region_bomb(MAX_REGIONS as u64, 1 << 20);
+    let err = RecordingReader::from_bytes(bytes)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("memory regions, more than the"), "{err}");
+}
+
+#[test]
+fn a_frame_with_a_window_over_8_mib_is_refused_and_never_written() {
+    let _serial = serial();
+    // zstd level 22 on 16 MiB uses a 32 MiB window.
+    let data: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let frame = zstd::bulk::compress(&data, 22).unwrap();
+    let mut c = craft::start(&[craft::RAM]);
+    let at = c.bytes.len();
+    let mut file = c.bytes[..at].to_vec();
+    file.extend_from_slice(&raw_header(
+        SectionKind::EventChunk,
+        &frame,
+        data.len() as u64,
+        [0, 1, 0, 0],
+    ));
+    file.extend_from_slice(&frame);
+    drop(data);
+    let (r, peak) = peak_during(|| read_all(file));
+    let problem = r.unwrap().1.unwrap();
+    assert!(
+        problem.contains("zstd: Frame requires too much memory"),
+        "{problem}"
+    );
+    assert!(peak < 2 * MIB, "peak {peak} bytes");
+
+    let cfg = WriterConfig {
+        zstd_level: MAX_ZSTD_LEVEL + 1,
+        ..WriterConfig::default()
+    };
+    let err = RecordingWriter::with_config(Vec::new(), cfg)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("zstd level"), "{err}");
 }

@@ -7,11 +7,15 @@
 //! |---|---|
 //! | one section's payload, compressed | [`super::section::MAX_SECTION_COMPRESSED`] and the bytes left in the file |
 //! | one section's payload, decompressed | [`super::section::MAX_SECTION_UNCOMPRESSED`] (64 MiB), checked against the zstd frame's content size and enforced while decompressing: the output grows only as zstd produces it |
-//! | zstd window | 2^[`MAX_WINDOW_LOG`] bytes |
+//! | zstd window | 2^[`MAX_WINDOW_LOG`] bytes (the writer uses levels up to [`MAX_ZSTD_LEVEL`]) |
 //! | events in one chunk | [`MAX_CHUNK_EVENTS`], and one byte of payload each |
 //! | chunks in the trailer's index | one section header (72 bytes) of the file each |
 //! | symbols, CPUID entries, MSRs, unmodelled undefined results | [`MAX_SYMBOLS`], [`MAX_CPUID_ENTRIES`], [`MAX_MSRS`], [`MAX_UNMODELLED`] |
 //! | memory regions, guest size | [`crate::memory::MAX_REGIONS`], [`crate::memory::MAX_GUEST_MEMORY`] (checked when replay builds the memory; regions are allocated lazily) |
+//!
+//! Replay holds more than one section at a time: it maps the snapshot's pages to where
+//! they are in the file (read when first touched) and holds the decoded events, the map
+//! and the events together within [`crate::replay::ReplayLimits`].
 
 use std::marker::PhantomData;
 
@@ -33,8 +37,11 @@ pub const MAX_CPUID_ENTRIES: usize = 1 << 12;
 pub const MAX_MSRS: usize = 1 << 12;
 /// Most unmodelled undefined results in a header.
 pub const MAX_UNMODELLED: usize = 1 << 12;
-/// Largest zstd window the reader accepts (64 MiB: a section's largest payload).
-pub const MAX_WINDOW_LOG: u32 = 26;
+/// Largest zstd window the reader accepts (8 MiB): what zstd levels up to
+/// [`MAX_ZSTD_LEVEL`] use, and what the decoder allocates at most for a frame.
+pub const MAX_WINDOW_LOG: u32 = 23;
+/// Highest zstd level the writer takes (levels above 19 use windows over 8 MiB).
+pub const MAX_ZSTD_LEVEL: i32 = 19;
 
 thread_local! {
     /// The limit the last refused vector ran into on this thread: postcard reports a

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::state::{CpuidEntry, KernelIdentity, MachineConfig, Symbol};
 
 pub use error::{Result, TraceError};
-pub use reader::{EventsFrom, RecordingReader, Recovery, SnapshotPages};
+pub use reader::{EventsFrom, RecordingReader, Recovery, SnapshotPages, SnapshotSource};
 pub use stats::Stats;
 pub use writer::{FinishInfo, RecordingWriter, WriterConfig};
 

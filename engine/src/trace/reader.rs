@@ -1,10 +1,13 @@
 //! Reading a recording, finished or cut short.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Mutex;
 
 use crate::event::Event;
+use crate::memory::{Page, PageSource};
 use crate::state::{CounterSourceKind, CpuState, PAGE_SIZE, Snapshot, SnapshotPage};
 
 use super::error::{Result, TraceError};
@@ -342,18 +345,57 @@ impl<R: Read + Seek> RecordingReader<R> {
         self.page_sections.len()
     }
 
-    /// The pages of snapshot section `i`, decoded and checked.
-    pub fn snapshot_section(&mut self, i: usize) -> Result<Vec<SnapshotPage>> {
-        let mut it = SnapshotPages {
-            reader: self,
-            section: i,
-            pages: Vec::new().into_iter(),
-            done: false,
-        };
-        if i >= it.reader.page_sections.len() {
-            return Ok(Vec::new());
+    /// The address and [`SnapshotSource`] location of every page of snapshot section
+    /// `i`, whose payload is decoded and checked (its pages are not kept).
+    pub fn snapshot_section_locations(&mut self, i: usize) -> Result<Vec<(u64, u64)>> {
+        let (_, pages) = self.snapshot_section_payload(i)?;
+        let base = i as u64 * PAGES_PER_SECTION as u64;
+        Ok(pages
+            .iter()
+            .enumerate()
+            .map(|(k, &(gpa, _))| (gpa, base + k as u64))
+            .collect())
+    }
+
+    /// Turns the reader into the source of the snapshot pages located by
+    /// [`Self::snapshot_section_locations`], for a lazily mapped guest memory.
+    pub fn into_page_source(self) -> SnapshotSource<R> {
+        SnapshotSource {
+            state: Mutex::new(SourceState {
+                reader: self,
+                sections: VecDeque::new(),
+            }),
         }
-        it.load()
+    }
+
+    /// The decompressed payload of snapshot section `i` and (address, offset in the
+    /// payload) of each of its pages, checked against the section's header.
+    fn snapshot_section_payload(&mut self, i: usize) -> Result<(&[u8], Vec<(u64, usize)>)> {
+        let Some(&s) = self.page_sections.get(i) else {
+            return Err(TraceError::corrupt(
+                self.snapshot_begin.0,
+                "snapshot",
+                format!("has no pages section {i}"),
+            ));
+        };
+        let what = format!("snapshot pages section {i}");
+        let payload = self
+            .dec
+            .read_payload(&mut self.r, &s.header, s.offset, &what)?;
+        let pages = page_offsets(payload)
+            .map_err(|problem| TraceError::corrupt(s.offset, &what, problem))?;
+        if pages.len() as u64 != s.header.meta[0] {
+            return Err(TraceError::corrupt(
+                s.offset,
+                what,
+                format!(
+                    "header says {} pages, payload has {}",
+                    s.header.meta[0],
+                    pages.len()
+                ),
+            ));
+        }
+        Ok((payload, pages))
     }
 
     fn chunk_of(&self, n: u64) -> Result<usize> {
@@ -798,40 +840,14 @@ pub struct SnapshotPages<'a, R> {
 
 impl<R: Read + Seek> SnapshotPages<'_, R> {
     fn load(&mut self) -> Result<Vec<SnapshotPage>> {
-        let s = self.reader.page_sections[self.section];
-        let what = format!("snapshot pages section {}", self.section);
-        let payload =
-            self.reader
-                .dec
-                .read_payload(&mut self.reader.r, &s.header, s.offset, &what)?;
-        let pages = decode_pages(payload)
-            .map_err(|problem| TraceError::corrupt(s.offset, &what, problem))?;
-        if pages.len() as u64 != s.header.meta[0] {
-            return Err(TraceError::corrupt(
-                s.offset,
-                what,
-                format!(
-                    "header says {} pages, payload has {}",
-                    s.header.meta[0],
-                    pages.len()
-                ),
-            ));
-        }
-        if let Some(p) = pages
-            .iter()
-            .find(|p| p.data.len() != PAGE_SIZE || !p.gpa.is_multiple_of(PAGE_SIZE as u64))
-        {
-            return Err(TraceError::corrupt(
-                s.offset,
-                what,
-                format!(
-                    "page at {:#x} has {} bytes or is not page aligned",
-                    p.gpa,
-                    p.data.len()
-                ),
-            ));
-        }
-        Ok(pages)
+        let (payload, pages) = self.reader.snapshot_section_payload(self.section)?;
+        Ok(pages
+            .into_iter()
+            .map(|(gpa, at)| SnapshotPage {
+                gpa,
+                data: payload[at..at + PAGE_SIZE].to_vec(),
+            })
+            .collect())
     }
 }
 
@@ -864,9 +880,11 @@ impl<R: Read + Seek> Iterator for SnapshotPages<'_, R> {
     }
 }
 
-/// Decodes the postcard `Vec<SnapshotPage>` of a pages section. Done by hand because
-/// serde decodes a `Vec<u8>` byte by byte; the encoding is the same.
-fn decode_pages(mut b: &[u8]) -> std::result::Result<Vec<SnapshotPage>, String> {
+/// Where the pages of a pages section's payload (the postcard `Vec<SnapshotPage>`) are:
+/// (address, offset of its 4 KiB). Done by hand because serde decodes a `Vec<u8>` byte
+/// by byte; the encoding is the same.
+fn page_offsets(payload: &[u8]) -> std::result::Result<Vec<(u64, usize)>, String> {
+    let mut b = payload;
     let count = take_varint(&mut b)?;
     if count > PAGES_PER_SECTION as u64 {
         return Err(format!(
@@ -883,17 +901,67 @@ fn decode_pages(mut b: &[u8]) -> std::result::Result<Vec<SnapshotPage>, String> 
                 b.len()
             ));
         }
-        let (data, rest) = b.split_at(PAGE_SIZE);
-        pages.push(SnapshotPage {
-            gpa,
-            data: data.to_vec(),
-        });
-        b = rest;
+        if !gpa.is_multiple_of(PAGE_SIZE as u64) {
+            return Err(format!("page {i} at {gpa:#x} is not page aligned"));
+        }
+        pages.push((gpa, payload.len() - b.len()));
+        b = &b[PAGE_SIZE..];
     }
     if !b.is_empty() {
         return Err(format!("{} bytes left over after the pages", b.len()));
     }
     Ok(pages)
+}
+
+/// Decompressed snapshot sections a [`SnapshotSource`] keeps (4 MiB each at most).
+const SOURCE_SECTIONS: usize = 4;
+
+/// The snapshot's pages, read from the recording when a lazily mapped guest memory first
+/// touches them ([`RecordingReader::into_page_source`]). Keeps the last few sections it
+/// decompressed, since a kernel touches neighbouring pages together.
+pub struct SnapshotSource<R> {
+    state: Mutex<SourceState<R>>,
+}
+
+struct SourceState<R> {
+    reader: RecordingReader<R>,
+    /// (section, payload, offset of each page in it), the most recently used first.
+    sections: VecDeque<(usize, Vec<u8>, Vec<usize>)>,
+}
+
+impl<R: Read + Seek + Send> PageSource for SnapshotSource<R> {
+    fn read_page(&self, loc: u64, out: &mut Page) -> std::result::Result<(), String> {
+        let section = (loc / PAGES_PER_SECTION as u64) as usize;
+        let k = (loc % PAGES_PER_SECTION as u64) as usize;
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let st = &mut *st;
+        match st.sections.iter().position(|(i, ..)| *i == section) {
+            Some(0) => {}
+            Some(j) => {
+                let hit = st.sections.remove(j).expect("position found");
+                st.sections.push_front(hit);
+            }
+            None => {
+                let (payload, pages) = st
+                    .reader
+                    .snapshot_section_payload(section)
+                    .map_err(|e| e.to_string())?;
+                let payload = payload.to_vec();
+                st.sections.truncate(SOURCE_SECTIONS - 1);
+                st.sections.push_front((
+                    section,
+                    payload,
+                    pages.into_iter().map(|p| p.1).collect(),
+                ));
+            }
+        }
+        let (_, payload, offsets) = &st.sections[0];
+        let at = *offsets
+            .get(k)
+            .ok_or_else(|| format!("snapshot pages section {section} has no page {k}"))?;
+        out.copy_from_slice(&payload[at..at + PAGE_SIZE]);
+        Ok(())
+    }
 }
 
 /// A postcard varint (LEB128, at most 10 bytes for a u64).

@@ -373,6 +373,10 @@ impl SectionDecoder {
             ));
         }
         self.decompress(h.uncompressed_len, offset, what)?;
+        // Not held while the caller decodes the payload.
+        if self.compressed.capacity() > RETAINED_BUFFER {
+            self.compressed = Vec::new();
+        }
         Ok(&self.payload)
     }
 

@@ -111,6 +111,13 @@ impl<W: Write> RecordingWriter<W> {
 
     pub fn with_config(out: W, cfg: WriterConfig) -> Result<Self> {
         let max_bytes = (MAX_SECTION_UNCOMPRESSED / 2) as usize;
+        if cfg.zstd_level > limits::MAX_ZSTD_LEVEL {
+            return Err(TraceError::Usage(format!(
+                "zstd level {} is above {}, whose window the reader takes",
+                cfg.zstd_level,
+                limits::MAX_ZSTD_LEVEL
+            )));
+        }
         if cfg.chunk_events == 0
             || cfg.chunk_events as u64 > MAX_CHUNK_EVENTS
             || cfg.chunk_bytes == 0

@@ -265,7 +265,7 @@ pub fn symbol_bomb() -> Vec<u8> {
 }
 
 /// A snapshot of `sections` sections of 1024 pages filled with ones (4 MiB each,
-/// compressing to a few hundred bytes), spread over a 60 GiB guest.
+/// compressing to about 4.5 KB with their addresses), spread over a 60 GiB guest.
 pub fn snapshot_bomb(sections: u64) -> Vec<u8> {
     let size = 60u64 << 30;
     let mut c = Craft::new();
