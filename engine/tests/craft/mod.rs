@@ -176,6 +176,27 @@ pub fn many_events(n: u64, per_chunk: u64) -> Vec<u8> {
     c.bytes
 }
 
+/// `chunks` chunks of 65,536 console events of 1,000 zero bytes each: 64 MiB payloads
+/// (the largest a section holds) that compress to about 64 KB each.
+pub fn big_console_chunks(chunks: u64) -> Vec<u8> {
+    let n = 65_536u64;
+    let one = postcard::to_allocvec(&Event::Console(ConsoleOutput {
+        icount: 0,
+        bytes: vec![0; 1000],
+    }))
+    .unwrap();
+    let mut payload = vec![0x80, 0x80, 0x04]; // 65,536
+    for _ in 0..n {
+        payload.extend_from_slice(&one);
+    }
+    let mut c = start(&[RAM]);
+    for _ in 0..chunks {
+        c.chunk(n, &payload);
+    }
+    c.finish();
+    c.bytes
+}
+
 /// One event chunk whose payload expands to 64 MiB of 3-byte console events (about
 /// 22 M of them), cut short (no trailer): the file is about 68 KB.
 pub fn chunk_bomb() -> Vec<u8> {
