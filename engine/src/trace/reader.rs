@@ -913,8 +913,9 @@ fn page_offsets(payload: &[u8]) -> std::result::Result<Vec<(u64, usize)>, String
     Ok(pages)
 }
 
-/// Decompressed snapshot sections a [`SnapshotSource`] keeps (4 MiB each at most).
-const SOURCE_SECTIONS: usize = 4;
+/// Decompressed snapshot sections a [`SnapshotSource`] keeps (4 MiB each at most): a
+/// kernel touches a few areas at once (its text, data, page tables, boot data).
+const SOURCE_SECTIONS: usize = 8;
 
 /// The snapshot's pages, read from the recording when a lazily mapped guest memory first
 /// touches them ([`RecordingReader::into_page_source`]). Keeps the last few sections it
