@@ -54,6 +54,10 @@ fn run_limited(args: &[&str], file: &Path) -> Run {
             Ok(())
         });
     }
+    #[expect(
+        clippy::zombie_processes,
+        reason = "reaped below by wait4, which also gives its resource usage"
+    )]
     let mut child = cmd.spawn().expect("krr-tui starts");
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
@@ -82,6 +86,7 @@ fn run_limited(args: &[&str], file: &Path) -> Run {
         }
         if start.elapsed() > Duration::from_secs(120) {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("krr-tui {args:?} {} ran over 2 minutes", file.display());
         }
         std::thread::sleep(Duration::from_millis(10));

@@ -370,7 +370,7 @@ impl<R: Read + Seek> RecordingReader<R> {
 
     /// The decompressed payload of snapshot section `i` and (address, offset in the
     /// payload) of each of its pages, checked against the section's header.
-    fn snapshot_section_payload(&mut self, i: usize) -> Result<(&[u8], Vec<(u64, usize)>)> {
+    fn snapshot_section_payload(&mut self, i: usize) -> Result<(&[u8], PageOffsets)> {
         let Some(&s) = self.page_sections.get(i) else {
             return Err(TraceError::corrupt(
                 self.snapshot_begin.0,
@@ -880,10 +880,13 @@ impl<R: Read + Seek> Iterator for SnapshotPages<'_, R> {
     }
 }
 
+/// (address, offset in the payload) of each page of a pages section.
+type PageOffsets = Vec<(u64, usize)>;
+
 /// Where the pages of a pages section's payload (the postcard `Vec<SnapshotPage>`) are:
 /// (address, offset of its 4 KiB). Done by hand because serde decodes a `Vec<u8>` byte
 /// by byte; the encoding is the same.
-fn page_offsets(payload: &[u8]) -> std::result::Result<Vec<(u64, usize)>, String> {
+fn page_offsets(payload: &[u8]) -> std::result::Result<PageOffsets, String> {
     let mut b = payload;
     let count = take_varint(&mut b)?;
     if count > PAGES_PER_SECTION as u64 {

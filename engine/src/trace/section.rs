@@ -411,12 +411,13 @@ impl SectionDecoder {
             }
             let before = (input.pos(), self.payload.len());
             let pos = self.payload.len();
-            let mut out = zstd::stream::raw::OutBuffer::around_pos(&mut self.payload, pos);
-            let remaining = self
-                .dctx
-                .run(&mut input, &mut out)
-                .map_err(|e| bad(format!("zstd: {e}")))?;
-            drop(out);
+            // The output buffer sets the payload's length to what zstd wrote.
+            let remaining = {
+                let mut out = zstd::stream::raw::OutBuffer::around_pos(&mut self.payload, pos);
+                self.dctx
+                    .run(&mut input, &mut out)
+                    .map_err(|e| bad(format!("zstd: {e}")))?
+            };
             if self.payload.len() > limit {
                 return Err(bad(format!(
                     "payload decompresses to more than the {declared} bytes the header says"
