@@ -99,9 +99,14 @@ fn run_limited(args: &[&str], file: &Path) -> Run {
     }
 }
 
+/// One run at a time: each may take hundreds of MiB, and the tests run on several
+/// threads.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs `info` and `replay --headless --quiet` on `bytes`; both end normally (exit 0 or
 /// a clear error, never killed or aborted) within the limit. Returns their runs.
 fn check(name: &str, bytes: &[u8]) -> (Run, Run) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(format!("{name}.krr"));
     std::fs::write(&file, bytes).unwrap();
