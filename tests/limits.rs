@@ -9,7 +9,9 @@
 //! mark is then read from `wait4`'s resource usage (`ru_maxrss`): exact, kept by the
 //! kernel after the child exits (unlike `VmHWM` in /proc, gone once it has exited), and
 //! of that child alone. Both are plain system calls on any Linux: no cgroup, no
-//! `prlimit`, no privileges.
+//! `prlimit`, no privileges. The child starts as a copy of the test process (fork, then
+//! exec), and `ru_maxrss` counts that copy too, so the tests run one at a time and hold
+//! nothing large when they start one (the crafted bytes are written and dropped first).
 
 #[path = "../engine/tests/craft/mod.rs"]
 mod craft;
@@ -99,23 +101,27 @@ fn run_limited(args: &[&str], file: &Path) -> Run {
     }
 }
 
-/// One run at a time: each may take hundreds of MiB, and the tests run on several
-/// threads.
+/// One test at a time (they run on several threads): a run may take hundreds of MiB, and
+/// another test building its recording while one starts krr-tui would count in its peak.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Runs `info` and `replay --headless --quiet` on `bytes`; both end normally (exit 0 or
 /// a clear error, never killed or aborted) within the limit. Returns their runs.
-fn check(name: &str, bytes: &[u8]) -> (Run, Run) {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+fn check(name: &str, bytes: Vec<u8>) -> (Run, Run) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(format!("{name}.krr"));
-    std::fs::write(&file, bytes).unwrap();
+    std::fs::write(&file, &bytes).unwrap();
+    let size = bytes.len();
+    drop(bytes);
     let info = run_limited(&["info"], &file);
     let replay = run_limited(&["replay", "--headless", "--quiet"], &file);
     for (what, run) in [("info", &info), ("replay", &replay)] {
         println!(
-            "{name} ({} bytes): {what} exit {:?}, peak resident {} MiB",
-            bytes.len(),
+            "{name} ({size} bytes): {what} exit {:?}, peak resident {} MiB",
             run.status.code(),
             run.max_rss >> 20
         );
@@ -153,12 +159,13 @@ fn reports_offset(info: &Run, what: &str) {
 
 #[test]
 fn a_chunk_of_a_few_kb_that_expands_to_64_mib_of_events() {
+    let _one = one_at_a_time();
     for (name, bytes) in [
         ("chunk-bomb-cut-short", craft::chunk_bomb()),
         ("chunk-bomb-finished", craft::chunk_bomb_finished()),
     ] {
         assert!(bytes.len() < 100 << 10, "{name}: {} bytes", bytes.len());
-        let (info, replay) = check(name, &bytes);
+        let (info, replay) = check(name, bytes);
         reports_offset(&info, "events in a");
         assert!(
             replay.status.success() && replay.stderr.contains("incomplete or damaged"),
@@ -171,13 +178,22 @@ fn a_chunk_of_a_few_kb_that_expands_to_64_mib_of_events() {
 
 #[test]
 fn millions_of_small_events() {
+    let _one = one_at_a_time();
     for n in [1_000_000u64, 4_000_000] {
         let bytes = craft::many_events(n, 65_536);
-        let (info, replay) = check(&format!("{n}-events"), &bytes);
+        let (info, replay) = check(&format!("{n}-events"), bytes);
         assert!(
             info.stdout.contains(&n.to_string()) && !info.stdout.contains("DAMAGED"),
             "{}",
             info.stdout
+        );
+        // info decodes one chunk (65,536 events of 200 bytes) at a time; replay holds
+        // the events within its 256 MiB budget and decodes one chunk more.
+        assert!(info.max_rss < 32 << 20, "info {} MiB", info.max_rss >> 20);
+        assert!(
+            replay.max_rss < (256 + 48) << 20,
+            "replay {} MiB",
+            replay.max_rss >> 20
         );
         // Four million events of 200 bytes each do not fit the default budget.
         if n == 4_000_000 {
@@ -192,9 +208,10 @@ fn millions_of_small_events() {
 
 #[test]
 fn chunks_of_64_mib_payloads() {
+    let _one = one_at_a_time();
     // 256 MiB of console bytes in four chunks: past the budget in the fourth.
     let bytes = craft::big_console_chunks(4);
-    let (info, replay) = check("big-chunks", &bytes);
+    let (info, replay) = check("big-chunks", bytes);
     assert!(info.stdout.contains("262144"), "{}", info.stdout);
     assert!(
         replay.stderr.contains("--recording-memory"),
@@ -205,8 +222,9 @@ fn chunks_of_64_mib_payloads() {
 
 #[test]
 fn a_header_that_declares_64_gib_regions() {
+    let _one = one_at_a_time();
     let bytes = craft::region_bomb(16, 64 << 30);
-    let (info, replay) = check("region-bomb", &bytes);
+    let (info, replay) = check("region-bomb", bytes);
     assert!(info.status.success(), "{}", info.stderr);
     assert!(
         !replay.status.success() && replay.stderr.contains("replay takes at most"),
@@ -215,15 +233,16 @@ fn a_header_that_declares_64_gib_regions() {
     );
     // The most a guest may have, in the most regions: nothing allocated for it.
     let bytes = craft::region_bomb(62, 1 << 30);
-    let (_, replay) = check("largest-guest", &bytes);
+    let (_, replay) = check("largest-guest", bytes);
     assert!(replay.max_rss < 64 << 20, "{} MiB", replay.max_rss >> 20);
 }
 
 #[test]
 fn a_trailer_index_and_a_symbol_table_that_claim_millions() {
-    let (info, _) = check("trailer-bomb", &craft::trailer_bomb());
+    let _one = one_at_a_time();
+    let (info, _) = check("trailer-bomb", craft::trailer_bomb());
     reports_offset(&info, "index claims");
-    let (info, replay) = check("symbol-bomb", &craft::symbol_bomb());
+    let (info, replay) = check("symbol-bomb", craft::symbol_bomb());
     for run in [&info, &replay] {
         assert!(
             !run.status.success() && run.stderr.contains("a recording may hold"),
@@ -235,7 +254,8 @@ fn a_trailer_index_and_a_symbol_table_that_claim_millions() {
 
 #[test]
 fn a_gibibyte_of_snapshot_in_a_megabyte() {
-    let (info, replay) = check("snapshot-bomb", &craft::snapshot_bomb(256));
+    let _one = one_at_a_time();
+    let (info, replay) = check("snapshot-bomb", craft::snapshot_bomb(256));
     assert!(info.status.success(), "{}", info.stderr);
     assert!(replay.status.code().is_some(), "{}", replay.stderr);
 }
