@@ -3,7 +3,7 @@
 use crate::record_cmd::RecordArgs;
 use crate::stdout::outln;
 use anyhow::{Context, Result, bail};
-use krr_engine::replay::{End, Replay, Stop, Target};
+use krr_engine::replay::{DEFAULT_RECORDING_MEMORY, End, Replay, ReplayLimits, Stop, Target};
 use krr_engine::symbols::Symbols;
 use krr_engine::timeline::Timeline;
 use krr_ui::{App, Keymap};
@@ -37,6 +37,11 @@ pub struct ReplayArgs {
     /// Memory budget for the checkpoints of the terminal UI, e.g. 512M or 2G.
     #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = crate::record_cmd::parse_size)]
     pub checkpoint_memory: u64,
+    /// Memory budget for what replay holds of the recording: its decoded events and the
+    /// map of its snapshot's pages (the pages themselves are read when first touched).
+    /// Events past it are not replayed, as for a recording cut short.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = crate::record_cmd::parse_size)]
+    pub recording_memory: u64,
     /// The guest kernel ELF with symbols and DWARF lines (default: the image embedded in
     /// the recording, else its symbol list).
     #[arg(long, visible_alias = "vmlinux", value_name = "PATH")]
@@ -45,6 +50,14 @@ pub struct ReplayArgs {
     /// the DWARF information.
     #[arg(long, value_name = "DIR")]
     pub source_dir: Vec<PathBuf>,
+}
+
+impl ReplayArgs {
+    fn limits(&self) -> ReplayLimits {
+        ReplayLimits {
+            recording_memory: self.recording_memory,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -92,6 +105,7 @@ pub fn run_demo(args: DemoArgs) -> Result<()> {
         gdb: None,
         quiet: false,
         checkpoint_memory: args.checkpoint_memory,
+        recording_memory: DEFAULT_RECORDING_MEMORY,
         kernel: None,
         source_dir: Vec::new(),
     };
@@ -104,7 +118,8 @@ pub fn run_demo(args: DemoArgs) -> Result<()> {
 
 /// Opens the recording in the terminal UI.
 pub fn tui(args: &ReplayArgs) -> Result<()> {
-    let replay = Replay::open(&args.file).with_context(|| format!("{}", args.file.display()))?;
+    let replay = Replay::open_with(&args.file, args.limits())
+        .with_context(|| format!("{}", args.file.display()))?;
     let keymap = Keymap::load()?;
     let mut timeline = Timeline::new(replay, args.checkpoint_memory);
     if let Some(p) = &args.kernel {
@@ -131,13 +146,13 @@ pub fn tui(args: &ReplayArgs) -> Result<()> {
 
 pub fn run(args: ReplayArgs) -> Result<()> {
     if let Some(addr) = &args.gdb {
-        return crate::gdb::serve(&args.file, addr);
+        return crate::gdb::serve(&args.file, args.limits(), addr);
     }
     if !args.headless {
         return tui(&args);
     }
-    let mut replay =
-        Replay::open(&args.file).with_context(|| format!("{}", args.file.display()))?;
+    let mut replay = Replay::open_with(&args.file, args.limits())
+        .with_context(|| format!("{}", args.file.display()))?;
     let target = match args.goto {
         Some(n) => {
             let total = replay.events().len() as u64;

@@ -156,6 +156,17 @@ impl Event {
         }
     }
 
+    /// Bytes the event takes in memory: the event and the bytes it carries.
+    pub fn memory_bytes(&self) -> u64 {
+        let carried = match self {
+            Event::MemoryWrite(w) => w.data.capacity(),
+            Event::UserRead(u) => u.data.capacity(),
+            Event::Console(c) => c.bytes.capacity(),
+            _ => 0,
+        };
+        (std::mem::size_of::<Event>() + carried) as u64
+    }
+
     /// Sets the position (the recorder stamps agent events with the exit that
     /// collected them).
     pub fn set_icount(&mut self, icount: Icount) {

@@ -109,6 +109,7 @@ pub struct CpuState {
     pub cr8: u64,
     pub efer: u64,
     pub xcr0: u64,
+    #[serde(deserialize_with = "crate::trace::limits::msrs")]
     pub msrs: Vec<(u32, u64)>,
     /// Interrupt shadow after `sti` or `mov ss` (no interrupt before the next instruction).
     pub interrupt_shadow: bool,
@@ -232,6 +233,7 @@ pub struct MemoryRegion {
 /// How the machine was configured.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineConfig {
+    #[serde(deserialize_with = "crate::trace::limits::regions")]
     pub regions: Vec<MemoryRegion>,
     /// Guest TSC frequency in kHz, if known.
     pub tsc_khz: Option<u32>,

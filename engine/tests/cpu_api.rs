@@ -316,6 +316,9 @@ fn clones_replay_identically_and_share_pages() {
         a.out(END_PORT as u32, al).unwrap();
     });
     assert_eq!(cpu.run(&mut mem, 7000), Exit::Limit);
+    // As a checkpoint does: the pages the write cache owns go back into the tree first,
+    // so that the clone shares them too.
+    mem.flush();
     let (cpu2, mem2) = (cpu.clone(), mem.clone());
     let s = mem.stats();
     assert_eq!(

@@ -1,5 +1,9 @@
 //! Writes small valid recordings into `corpus/reader/` (run from `fuzz/`):
-//! `cargo run --bin make_seeds`.
+//! `cargo run --bin make_seeds`; and some of the engine tests' crafted recordings (those
+//! that decode quickly), so the fuzzer starts at the reader's limits.
+
+#[path = "../../engine/tests/craft/mod.rs"]
+mod craft;
 
 use krr_engine::event::*;
 use krr_engine::state::*;
@@ -90,6 +94,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             b.truncate(b.len() - 10);
             b
         };
+        std::fs::write(dir.join(name), bytes)?;
+    }
+    for (name, bytes) in [
+        ("crafted-chunk-bomb", craft::chunk_bomb()),
+        ("crafted-events", craft::many_events(300, 64)),
+        ("crafted-regions", craft::region_bomb(3, 1 << 30)),
+        ("crafted-snapshot", craft::snapshot_bomb(1)),
+    ] {
         std::fs::write(dir.join(name), bytes)?;
     }
     Ok(())

@@ -16,7 +16,7 @@ use framing::{Framer, Unit};
 use gdbstub::conn::Connection;
 use gdbstub::stub::state_machine::GdbStubStateMachine;
 use gdbstub::stub::{DisconnectReason, GdbStub};
-use krr_engine::replay::Replay;
+use krr_engine::replay::{Replay, ReplayLimits};
 use krr_engine::timeline::{DEFAULT_CHECKPOINT_BUDGET, Timeline};
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -40,8 +40,8 @@ pub type Position = (u64, u64);
 
 /// Serves the recording at `path` to gdb on `addr` until gdb detaches or kills it.
 /// A connection that breaks or speaks garbage is closed and the next one accepted.
-pub fn serve(path: &Path, addr: &str) -> Result<()> {
-    let replay = Replay::open(path).with_context(|| format!("{}", path.display()))?;
+pub fn serve(path: &Path, limits: ReplayLimits, addr: &str) -> Result<()> {
+    let replay = Replay::open_with(path, limits).with_context(|| format!("{}", path.display()))?;
     let listener = TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
     serve_on(
         Timeline::new(replay, DEFAULT_CHECKPOINT_BUDGET),

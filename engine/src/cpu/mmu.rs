@@ -382,8 +382,8 @@ impl Cpu {
     // ---- physical and linear accesses ----
 
     #[inline]
-    fn phys_read(&mut self, mem: &GuestMemory, gpa: u64, size: usize) -> R<u64> {
-        if let Some(v) = mem.read_in_page(gpa, size) {
+    fn phys_read(&mut self, mem: &mut GuestMemory, gpa: u64, size: usize) -> R<u64> {
+        if let Some(v) = mem.load_in_page(gpa, size) {
             return Ok(v);
         }
         match self.mmio_input {
@@ -441,7 +441,7 @@ impl Cpu {
         if (la & 0xfff) as usize + size <= 4096
             && (!ss || canonical(la))
             && let Some(gpa) = self.tlb_fast(la, false)
-            && let Some(v) = mem.read_in_page(gpa, size)
+            && let Some(v) = mem.load_in_page(gpa, size)
         {
             return Ok(v);
         }

@@ -360,6 +360,7 @@ pub struct UndefinedBehaviour {
     /// 16-bit `shld` and `shrd` by counts above 16.
     pub wide_double_shift: [WideDoubleShift; 2],
     /// What the probe could not fit (empty for a host the replay CPU models fully).
+    #[serde(deserialize_with = "crate::trace::limits::unmodelled")]
     pub unmodelled: Vec<Unmodelled>,
 }
 

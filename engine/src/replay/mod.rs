@@ -43,6 +43,9 @@ pub enum ReplayError {
     /// rather than replayed wrongly.
     #[error("this build cannot replay the recording: {0}")]
     Unsupported(String),
+    /// The recording needs more memory than replay may hold of it ([`ReplayLimits`]).
+    #[error("the recording is too large to replay: {0}")]
+    OverBudget(String),
 }
 
 /// Where to stop.
@@ -89,7 +92,7 @@ pub struct Replay {
     pub(crate) cpu: Cpu,
     pub(crate) mem: GuestMemory,
     header: Arc<Header>,
-    events: Arc<[Event]>,
+    events: Arc<Vec<Event>>,
     /// Index of the next event to consume.
     next: usize,
     /// Index of the next kernel-mode interrupt at or after `next`.
@@ -127,15 +130,48 @@ pub struct Replay {
     problem: Option<Arc<str>>,
 }
 
+/// What replay may hold of a recording by default ([`ReplayLimits::recording_memory`]):
+/// about 1.3 million events of the largest kind. With the decoding of one chunk at a
+/// time (at most a 64 MiB payload and its events), a replay opens in under 512 MiB.
+pub const DEFAULT_RECORDING_MEMORY: u64 = 256 << 20;
+
+/// What replay holds of a recording in memory. The snapshot's pages are mapped to where
+/// they are in the file and read when first touched, so they cost what the guest uses,
+/// not what the file holds; the map itself and the decoded events are held up to a
+/// budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayLimits {
+    /// Most bytes the map of the snapshot's pages and the decoded events
+    /// ([`Event::memory_bytes`]) may take. A snapshot whose map takes more is refused;
+    /// events past it are not replayed, as if the recording stopped there, and
+    /// [`Replay::recording_problem`] says so.
+    pub recording_memory: u64,
+}
+
+impl Default for ReplayLimits {
+    fn default() -> Self {
+        ReplayLimits {
+            recording_memory: DEFAULT_RECORDING_MEMORY,
+        }
+    }
+}
+
 impl Replay {
-    /// Opens a recording and restores its initial state.
+    /// Opens a recording and restores its initial state, with the default limits.
     pub fn open(path: impl AsRef<Path>) -> Result<Replay, ReplayError> {
-        let mut reader = RecordingReader::open(path)?;
-        Self::from_reader(&mut reader)
+        Self::open_with(path, ReplayLimits::default())
     }
 
-    pub fn from_reader<R: std::io::Read + std::io::Seek>(
-        reader: &mut RecordingReader<R>,
+    /// Opens a recording and restores its initial state.
+    pub fn open_with(path: impl AsRef<Path>, limits: ReplayLimits) -> Result<Replay, ReplayError> {
+        Self::from_reader(RecordingReader::open(path)?, limits)
+    }
+
+    /// Restores the recording's initial state; the reader stays with the replay, to read
+    /// the snapshot's pages as they are first touched.
+    pub fn from_reader<R: std::io::Read + std::io::Seek + Send + 'static>(
+        mut reader: RecordingReader<R>,
+        limits: ReplayLimits,
     ) -> Result<Replay, ReplayError> {
         let header = reader.header().clone();
         if header.machine.counter == CounterSourceKind::PerfGuestKernel {
@@ -145,12 +181,41 @@ impl Replay {
                     .into(),
             ));
         }
-        let snapshot = reader.snapshot()?;
-        let mem = GuestMemory::from_snapshot(&header.machine, &snapshot)?;
-        let cpu = Cpu::new(snapshot.cpu.clone(), header.cpuid.clone());
+        let cpu_state = reader.snapshot_cpu()?;
+        // Every page is mapped to where it is in the file (each section is decoded and
+        // checked on the way, one at a time) and read when first touched. The map's
+        // size is checked as it doubles, since measuring it walks it.
+        let mut mem = GuestMemory::new(&header.machine)?;
+        let budget = limits.recording_memory;
+        let (mut mapped, mut check_at) = (0u64, 1u64 << 16);
+        let sections = reader.snapshot_section_count();
+        for i in 0..sections {
+            for (gpa, loc) in reader.snapshot_section_locations(i)? {
+                mem.map_lazy(gpa, loc)?;
+                mapped += 1;
+            }
+            if mapped >= check_at || i + 1 == sections {
+                check_at = mapped * 2;
+                let map = mem.heap_bytes_not_in(None);
+                if map > budget {
+                    return Err(ReplayError::OverBudget(format!(
+                        "the map of its snapshot's pages takes more than the {} MiB replay \
+                         may hold of a recording (--recording-memory): {} MiB for the first \
+                         {mapped} of {} pages",
+                        budget >> 20,
+                        map >> 20,
+                        reader.snapshot_page_count()
+                    )));
+                }
+            }
+        }
+        let mut held = mem.heap_bytes_not_in(None);
+        let cpu = Cpu::new(cpu_state, header.cpuid.clone());
         // Every event before the first damage: a bad chunk loses what follows it, not
-        // the recording.
-        let mut events = Vec::new();
+        // the recording. The events' array grows at most to the budget.
+        let most_events =
+            (budget.saturating_sub(held) / std::mem::size_of::<Event>() as u64) as usize;
+        let mut events: Vec<Event> = Vec::new();
         let mut problem = reader.recovery().reason.clone();
         for e in reader.events_from(0) {
             match e {
@@ -162,7 +227,25 @@ impl Replay {
                         p.addr
                     )));
                 }
-                Ok(e) => events.push(e),
+                Ok(e) => {
+                    held += e.memory_bytes();
+                    if held > budget {
+                        problem = Some(format!(
+                            "its events take more than the {} MiB replay may hold of a \
+                             recording (--recording-memory): the {} events before event {} \
+                             are replayed",
+                            budget >> 20,
+                            events.len(),
+                            events.len()
+                        ));
+                        break;
+                    }
+                    if events.len() == events.capacity() {
+                        let more = events.len().max(4096).min(most_events - events.len());
+                        events.reserve_exact(more);
+                    }
+                    events.push(e);
+                }
                 Err(TraceError::Io(e)) => return Err(TraceError::Io(e).into()),
                 Err(damage) => {
                     problem = Some(format!(
@@ -178,6 +261,7 @@ impl Replay {
         let final_icount = problem
             .is_none()
             .then(|| reader.stats().kernel_instructions);
+        mem.set_source(Arc::new(reader.into_page_source()));
         let mut r = Self::new(header, cpu, mem, events, final_icount);
         r.problem = problem.map(Arc::from);
         Ok(r)
@@ -186,7 +270,7 @@ impl Replay {
     /// Why the recording does not replay to its end, where it is incomplete (cut short)
     /// or damaged: the replay then stops after the events before the damage.
     pub fn recording_problem(&self) -> Option<&str> {
-        self.problem.as_deref()
+        self.problem.as_deref().or(self.mem.source_error())
     }
 
     fn new(
@@ -214,7 +298,7 @@ impl Replay {
             cpu,
             mem,
             header: Arc::new(header),
-            events: events.into(),
+            events: Arc::new(events),
             next: 0,
             next_interrupt: 0,
             hook_user_read,

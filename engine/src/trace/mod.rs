@@ -24,6 +24,7 @@
 //! reading the old one through a module of its types as they were ([`v2`]).
 
 mod error;
+pub mod limits;
 mod reader;
 pub mod section;
 mod stats;
@@ -35,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::state::{CpuidEntry, KernelIdentity, MachineConfig, Symbol};
 
 pub use error::{Result, TraceError};
-pub use reader::{EventsFrom, RecordingReader, Recovery, SnapshotPages};
+pub use reader::{EventsFrom, RecordingReader, Recovery, SnapshotPages, SnapshotSource};
 pub use stats::Stats;
 pub use writer::{FinishInfo, RecordingWriter, WriterConfig};
 
@@ -51,8 +52,10 @@ pub struct Header {
     /// Always [`FORMAT_VERSION`] when written; checked against the preamble when read.
     pub format_version: u32,
     pub machine: MachineConfig,
+    #[serde(deserialize_with = "limits::cpuid")]
     pub cpuid: Vec<CpuidEntry>,
     pub kernel: KernelIdentity,
+    #[serde(deserialize_with = "limits::symbols")]
     pub symbols: Vec<Symbol>,
     /// The kernel ELF image itself, for small kernels (the built-in demo), so replay can
     /// show symbols and source without the original file.

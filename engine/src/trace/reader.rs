@@ -1,16 +1,20 @@
 //! Reading a recording, finished or cut short.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Mutex;
 
 use crate::event::Event;
+use crate::memory::{Page, PageSource};
 use crate::state::{CounterSourceKind, CpuState, PAGE_SIZE, Snapshot, SnapshotPage};
 
 use super::error::{Result, TraceError};
+use super::limits::MAX_CHUNK_EVENTS;
 use super::section::{
-    FILE_MAGIC, FOOTER_LEN, PREAMBLE_LEN, SectionDecoder, SectionHeader, SectionKind, decode_exact,
-    decode_footer,
+    FILE_MAGIC, FOOTER_LEN, PREAMBLE_LEN, SECTION_HEADER_LEN, SectionDecoder, SectionHeader,
+    SectionKind, decode_exact, decode_footer,
 };
 use super::stats::{KindCounts, Stats, StoredStats};
 use super::{ChunkInfo, FORMAT_VERSION, Header, PAGES_PER_SECTION, v2};
@@ -322,6 +326,78 @@ impl<R: Read + Seek> RecordingReader<R> {
         Ok(())
     }
 
+    /// The events of chunk `i` of the index, decoded and checked.
+    pub fn chunk(&mut self, i: usize) -> Result<Vec<Event>> {
+        if i >= self.index.len() {
+            return Err(TraceError::EventOutOfRange {
+                index: self
+                    .index
+                    .get(i)
+                    .map_or(self.event_count(), |c| c.first_event),
+                count: self.event_count(),
+            });
+        }
+        self.read_chunk(i)
+    }
+
+    /// Number of sections the snapshot's pages are stored in.
+    pub fn snapshot_section_count(&self) -> usize {
+        self.page_sections.len()
+    }
+
+    /// The address and [`SnapshotSource`] location of every page of snapshot section
+    /// `i`, whose payload is decoded and checked (its pages are not kept).
+    pub fn snapshot_section_locations(&mut self, i: usize) -> Result<Vec<(u64, u64)>> {
+        let (_, pages) = self.snapshot_section_payload(i)?;
+        let base = i as u64 * PAGES_PER_SECTION as u64;
+        Ok(pages
+            .iter()
+            .enumerate()
+            .map(|(k, &(gpa, _))| (gpa, base + k as u64))
+            .collect())
+    }
+
+    /// Turns the reader into the source of the snapshot pages located by
+    /// [`Self::snapshot_section_locations`], for a lazily mapped guest memory.
+    pub fn into_page_source(self) -> SnapshotSource<R> {
+        SnapshotSource {
+            state: Mutex::new(SourceState {
+                reader: self,
+                sections: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// The decompressed payload of snapshot section `i` and (address, offset in the
+    /// payload) of each of its pages, checked against the section's header.
+    fn snapshot_section_payload(&mut self, i: usize) -> Result<(&[u8], PageOffsets)> {
+        let Some(&s) = self.page_sections.get(i) else {
+            return Err(TraceError::corrupt(
+                self.snapshot_begin.0,
+                "snapshot",
+                format!("has no pages section {i}"),
+            ));
+        };
+        let what = format!("snapshot pages section {i}");
+        let payload = self
+            .dec
+            .read_payload(&mut self.r, &s.header, s.offset, &what)?;
+        let pages = page_offsets(payload)
+            .map_err(|problem| TraceError::corrupt(s.offset, &what, problem))?;
+        if pages.len() as u64 != s.header.meta[0] {
+            return Err(TraceError::corrupt(
+                s.offset,
+                what,
+                format!(
+                    "header says {} pages, payload has {}",
+                    s.header.meta[0],
+                    pages.len()
+                ),
+            ));
+        }
+        Ok((payload, pages))
+    }
+
     fn chunk_of(&self, n: u64) -> Result<usize> {
         let count = self.event_count();
         if n >= count {
@@ -398,7 +474,7 @@ impl<R: Read + Seek> RecordingReader<R> {
                 ));
             }
             next_event = c.end_event();
-            min_offset = c.offset + super::section::SECTION_HEADER_LEN;
+            min_offset = c.offset + SECTION_HEADER_LEN;
         }
         if stored.total_events != next_event || stored.counts.sum() != Some(next_event) {
             return Err(format!(
@@ -440,7 +516,26 @@ impl<R: Read + Seek> RecordingReader<R> {
             ));
         }
         let payload = self.dec.read_payload(&mut self.r, &h, at, what)?;
-        decode_exact(payload, at, what)
+        // Every chunk of the index is at least a section header before the trailer.
+        let max_chunks = at / SECTION_HEADER_LEN;
+        let mut b = payload;
+        let count = take_varint(&mut b).map_err(|p| TraceError::corrupt(at, what, p))?;
+        if count > max_chunks {
+            return Err(TraceError::corrupt(
+                at,
+                what,
+                format!("index claims {count} chunks before offset {at}"),
+            ));
+        }
+        let mut index = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let (c, rest) = postcard::take_from_bytes::<ChunkInfo>(b).map_err(|e| {
+                TraceError::corrupt(at, what, format!("cannot decode payload: {e}"))
+            })?;
+            index.push(c);
+            b = rest;
+        }
+        Ok((index, decode_exact(b, at, what)?))
     }
 
     /// Rebuilds the index by reading every chunk from `events_start` until the first
@@ -607,12 +702,12 @@ fn check_chunk_header(h: &SectionHeader, at: u64, what: &str, first_event: u64) 
             format!("starts at event {first}, expected {first_event}"),
         ));
     }
-    if count == 0 || count > u64::from(u32::MAX) || count > h.uncompressed_len {
+    if count == 0 || count > MAX_CHUNK_EVENTS || count > h.uncompressed_len {
         return Err(TraceError::corrupt(
             at,
             what,
             format!(
-                "claims {count} events in a {}-byte payload",
+                "claims {count} events in a {}-byte payload (at most {MAX_CHUNK_EVENTS} per chunk)",
                 h.uncompressed_len
             ),
         ));
@@ -630,20 +725,36 @@ fn decode_chunk<R: Read + Seek>(
     version: u32,
 ) -> Result<Vec<Event>> {
     let payload = dec.read_payload(r, h, at, what)?;
-    let events: Vec<Event> = if version == v2::VERSION {
-        decode_exact::<Vec<v2::Event>>(payload, at, what)?
-            .into_iter()
-            .map(Event::from)
-            .collect()
-    } else {
-        decode_exact(payload, at, what)?
-    };
     let [_, count, first_icount, last_icount] = h.meta;
-    if events.len() as u64 != count {
+    // The count was checked against MAX_CHUNK_EVENTS; the payload's own count must
+    // agree before anything is allocated for its events.
+    let mut b = payload;
+    let stored = take_varint(&mut b).map_err(|p| TraceError::corrupt(at, what, p))?;
+    if stored != count {
         return Err(TraceError::corrupt(
             at,
             what,
-            format!("header says {count} events, payload has {}", events.len()),
+            format!("header says {count} events, payload has {stored}"),
+        ));
+    }
+    let mut events = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let decoded = if version == v2::VERSION {
+            postcard::take_from_bytes::<v2::Event>(b).map(|(e, rest)| (Event::from(e), rest))
+        } else {
+            postcard::take_from_bytes::<Event>(b)
+        };
+        let (e, rest) = decoded.map_err(|e| {
+            TraceError::corrupt(at, what, format!("cannot decode event {i} of {count}: {e}"))
+        })?;
+        events.push(e);
+        b = rest;
+    }
+    if !b.is_empty() {
+        return Err(TraceError::corrupt(
+            at,
+            what,
+            format!("{} bytes left over after the payload", b.len()),
         ));
     }
     let (first, last) = (events[0].icount(), events[events.len() - 1].icount());
@@ -697,6 +808,8 @@ impl<R: Read + Seek> Iterator for EventsFrom<'_, R> {
             self.done = true;
             return None;
         }
+        // The spent chunk goes before the next is decoded: one chunk held at a time.
+        self.chunk = None;
         let loaded = self.reader.chunk_of(self.next).and_then(|i| {
             let first = self.reader.index[i].first_event;
             self.reader.read_chunk(i).map(|ev| (ev, first))
@@ -727,40 +840,14 @@ pub struct SnapshotPages<'a, R> {
 
 impl<R: Read + Seek> SnapshotPages<'_, R> {
     fn load(&mut self) -> Result<Vec<SnapshotPage>> {
-        let s = self.reader.page_sections[self.section];
-        let what = format!("snapshot pages section {}", self.section);
-        let payload =
-            self.reader
-                .dec
-                .read_payload(&mut self.reader.r, &s.header, s.offset, &what)?;
-        let pages = decode_pages(payload)
-            .map_err(|problem| TraceError::corrupt(s.offset, &what, problem))?;
-        if pages.len() as u64 != s.header.meta[0] {
-            return Err(TraceError::corrupt(
-                s.offset,
-                what,
-                format!(
-                    "header says {} pages, payload has {}",
-                    s.header.meta[0],
-                    pages.len()
-                ),
-            ));
-        }
-        if let Some(p) = pages
-            .iter()
-            .find(|p| p.data.len() != PAGE_SIZE || !p.gpa.is_multiple_of(PAGE_SIZE as u64))
-        {
-            return Err(TraceError::corrupt(
-                s.offset,
-                what,
-                format!(
-                    "page at {:#x} has {} bytes or is not page aligned",
-                    p.gpa,
-                    p.data.len()
-                ),
-            ));
-        }
-        Ok(pages)
+        let (payload, pages) = self.reader.snapshot_section_payload(self.section)?;
+        Ok(pages
+            .into_iter()
+            .map(|(gpa, at)| SnapshotPage {
+                gpa,
+                data: payload[at..at + PAGE_SIZE].to_vec(),
+            })
+            .collect())
     }
 }
 
@@ -793,9 +880,14 @@ impl<R: Read + Seek> Iterator for SnapshotPages<'_, R> {
     }
 }
 
-/// Decodes the postcard `Vec<SnapshotPage>` of a pages section. Done by hand because
-/// serde decodes a `Vec<u8>` byte by byte; the encoding is the same.
-fn decode_pages(mut b: &[u8]) -> std::result::Result<Vec<SnapshotPage>, String> {
+/// (address, offset in the payload) of each page of a pages section.
+type PageOffsets = Vec<(u64, usize)>;
+
+/// Where the pages of a pages section's payload (the postcard `Vec<SnapshotPage>`) are:
+/// (address, offset of its 4 KiB). Done by hand because serde decodes a `Vec<u8>` byte
+/// by byte; the encoding is the same.
+fn page_offsets(payload: &[u8]) -> std::result::Result<PageOffsets, String> {
+    let mut b = payload;
     let count = take_varint(&mut b)?;
     if count > PAGES_PER_SECTION as u64 {
         return Err(format!(
@@ -812,17 +904,68 @@ fn decode_pages(mut b: &[u8]) -> std::result::Result<Vec<SnapshotPage>, String> 
                 b.len()
             ));
         }
-        let (data, rest) = b.split_at(PAGE_SIZE);
-        pages.push(SnapshotPage {
-            gpa,
-            data: data.to_vec(),
-        });
-        b = rest;
+        if !gpa.is_multiple_of(PAGE_SIZE as u64) {
+            return Err(format!("page {i} at {gpa:#x} is not page aligned"));
+        }
+        pages.push((gpa, payload.len() - b.len()));
+        b = &b[PAGE_SIZE..];
     }
     if !b.is_empty() {
         return Err(format!("{} bytes left over after the pages", b.len()));
     }
     Ok(pages)
+}
+
+/// Decompressed snapshot sections a [`SnapshotSource`] keeps (4 MiB each at most): a
+/// kernel touches a few areas at once (its text, data, page tables, boot data).
+const SOURCE_SECTIONS: usize = 8;
+
+/// The snapshot's pages, read from the recording when a lazily mapped guest memory first
+/// touches them ([`RecordingReader::into_page_source`]). Keeps the last few sections it
+/// decompressed, since a kernel touches neighbouring pages together.
+pub struct SnapshotSource<R> {
+    state: Mutex<SourceState<R>>,
+}
+
+struct SourceState<R> {
+    reader: RecordingReader<R>,
+    /// (section, payload, offset of each page in it), the most recently used first.
+    sections: VecDeque<(usize, Vec<u8>, Vec<usize>)>,
+}
+
+impl<R: Read + Seek + Send> PageSource for SnapshotSource<R> {
+    fn read_page(&self, loc: u64, out: &mut Page) -> std::result::Result<(), String> {
+        let section = (loc / PAGES_PER_SECTION as u64) as usize;
+        let k = (loc % PAGES_PER_SECTION as u64) as usize;
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let st = &mut *st;
+        match st.sections.iter().position(|(i, ..)| *i == section) {
+            Some(0) => {}
+            Some(j) => {
+                let hit = st.sections.remove(j).expect("position found");
+                st.sections.push_front(hit);
+            }
+            None => {
+                let (payload, pages) = st
+                    .reader
+                    .snapshot_section_payload(section)
+                    .map_err(|e| e.to_string())?;
+                let payload = payload.to_vec();
+                st.sections.truncate(SOURCE_SECTIONS - 1);
+                st.sections.push_front((
+                    section,
+                    payload,
+                    pages.into_iter().map(|p| p.1).collect(),
+                ));
+            }
+        }
+        let (_, payload, offsets) = &st.sections[0];
+        let at = *offsets
+            .get(k)
+            .ok_or_else(|| format!("snapshot pages section {section} has no page {k}"))?;
+        out.copy_from_slice(&payload[at..at + PAGE_SIZE]);
+        Ok(())
+    }
 }
 
 /// A postcard varint (LEB128, at most 10 bytes for a u64).

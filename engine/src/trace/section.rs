@@ -18,6 +18,8 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
+use zstd::stream::raw::Operation;
+
 use crate::state::Fnv1a;
 
 use super::error::{Result, TraceError};
@@ -284,18 +286,26 @@ impl SectionEncoder {
     }
 }
 
+/// Buffers larger than this are freed after use instead of kept for the next section.
+const RETAINED_BUFFER: usize = 8 << 20;
+
 /// Reads sections with bounded allocations. Keeps its zstd context and buffers between
-/// sections, so at most one compressed and one decompressed payload are held.
+/// sections, so at most one compressed and one decompressed payload are held (buffers
+/// that a big section grew are given back).
 pub struct SectionDecoder {
-    decompressor: zstd::bulk::Decompressor<'static>,
+    dctx: zstd::stream::raw::Decoder<'static>,
     compressed: Vec<u8>,
     payload: Vec<u8>,
 }
 
 impl SectionDecoder {
     pub fn new() -> Result<Self> {
+        let mut dctx = zstd::stream::raw::Decoder::new()?;
+        dctx.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(
+            super::limits::MAX_WINDOW_LOG,
+        ))?;
         Ok(SectionDecoder {
-            decompressor: zstd::bulk::Decompressor::new()?,
+            dctx,
             compressed: Vec::new(),
             payload: Vec::new(),
         })
@@ -335,7 +345,14 @@ impl SectionDecoder {
         offset: u64,
         what: &str,
     ) -> Result<&[u8]> {
-        // Both lengths were checked against the limits and the file size by decode().
+        if self.compressed.capacity() > RETAINED_BUFFER {
+            self.compressed = Vec::new();
+        }
+        if self.payload.capacity() > RETAINED_BUFFER {
+            self.payload = Vec::new();
+        }
+        // Both lengths were checked against the limits and the file size by decode():
+        // the compressed bytes are present in the file.
         self.compressed.clear();
         self.compressed.resize(h.compressed_len as usize, 0);
         r.seek(SeekFrom::Start(offset + SECTION_HEADER_LEN))?;
@@ -355,23 +372,80 @@ impl SectionDecoder {
                 ),
             ));
         }
-        self.payload.clear();
-        self.payload.reserve_exact(h.uncompressed_len as usize);
-        self.decompressor
-            .decompress_to_buffer(&self.compressed[..], &mut self.payload)
-            .map_err(|e| TraceError::corrupt(offset, what, format!("zstd: {e}")))?;
-        if self.payload.len() as u64 != h.uncompressed_len {
-            return Err(TraceError::corrupt(
-                offset,
-                what,
-                format!(
-                    "payload decompresses to {} bytes, header says {}",
-                    self.payload.len(),
-                    h.uncompressed_len
-                ),
-            ));
+        self.decompress(h.uncompressed_len, offset, what)?;
+        // Not held while the caller decodes the payload.
+        if self.compressed.capacity() > RETAINED_BUFFER {
+            self.compressed = Vec::new();
         }
         Ok(&self.payload)
+    }
+
+    /// Decompresses `self.compressed` (one zstd frame) into `self.payload`, which must
+    /// come to `declared` bytes: the frame's own content size must agree, and the output
+    /// grows only as zstd produces it, never past `declared`.
+    fn decompress(&mut self, declared: u64, offset: u64, what: &str) -> Result<()> {
+        let bad = |problem: String| TraceError::corrupt(offset, what, problem);
+        match zstd::zstd_safe::get_frame_content_size(&self.compressed) {
+            Ok(Some(n)) if n != declared => {
+                return Err(bad(format!(
+                    "its zstd frame declares {n} bytes, the section header {declared}"
+                )));
+            }
+            Ok(_) => {}
+            Err(_) => return Err(bad("payload is not a zstd frame".into())),
+        }
+        // declared <= MAX_SECTION_UNCOMPRESSED (checked by SectionHeader::decode).
+        let limit = declared as usize;
+        self.payload.clear();
+        self.dctx.reinit().map_err(|e| bad(format!("zstd: {e}")))?;
+        let mut input = zstd::stream::raw::InBuffer::around(&self.compressed);
+        loop {
+            if self.payload.len() == self.payload.capacity() {
+                // One byte past the declared size shows a frame that is longer.
+                let room = self
+                    .payload
+                    .len()
+                    .max(64 << 10)
+                    .min(limit + 1 - self.payload.len());
+                self.payload.reserve_exact(room);
+            }
+            let before = (input.pos(), self.payload.len());
+            let pos = self.payload.len();
+            // The output buffer sets the payload's length to what zstd wrote.
+            let remaining = {
+                let mut out = zstd::stream::raw::OutBuffer::around_pos(&mut self.payload, pos);
+                self.dctx
+                    .run(&mut input, &mut out)
+                    .map_err(|e| bad(format!("zstd: {e}")))?
+            };
+            if self.payload.len() > limit {
+                return Err(bad(format!(
+                    "payload decompresses to more than the {declared} bytes the header says"
+                )));
+            }
+            if remaining == 0 {
+                break;
+            }
+            // No progress with room to write: the input ran out inside the frame.
+            if (input.pos(), self.payload.len()) == before
+                && self.payload.len() < self.payload.capacity()
+            {
+                return Err(bad("zstd: the frame ends early".into()));
+            }
+        }
+        if input.pos() != self.compressed.len() {
+            return Err(bad(format!(
+                "{} bytes after the zstd frame",
+                self.compressed.len() - input.pos()
+            )));
+        }
+        if self.payload.len() != limit {
+            return Err(bad(format!(
+                "payload decompresses to {} bytes, header says {declared}",
+                self.payload.len()
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -381,8 +455,12 @@ pub fn decode_exact<'a, T: serde::Deserialize<'a>>(
     offset: u64,
     what: &str,
 ) -> Result<T> {
-    let (v, rest) = postcard::take_from_bytes::<T>(bytes)
-        .map_err(|e| TraceError::corrupt(offset, what, format!("cannot decode payload: {e}")))?;
+    super::limits::take_refusal();
+    let (v, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| {
+        let problem =
+            super::limits::take_refusal().unwrap_or_else(|| format!("cannot decode payload: {e}"));
+        TraceError::corrupt(offset, what, problem)
+    })?;
     if !rest.is_empty() {
         return Err(TraceError::corrupt(
             offset,

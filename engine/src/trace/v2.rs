@@ -19,8 +19,10 @@ pub const VERSION: u32 = 2;
 pub struct Header {
     format_version: u32,
     machine: MachineConfig,
+    #[serde(deserialize_with = "super::limits::cpuid")]
     cpuid: Vec<CpuidEntry>,
     kernel: KernelIdentity,
+    #[serde(deserialize_with = "super::limits::symbols")]
     symbols: Vec<Symbol>,
     kernel_image: Option<Vec<u8>>,
     command_line: String,
@@ -30,6 +32,7 @@ pub struct Header {
 
 #[derive(Deserialize)]
 struct MachineConfig {
+    #[serde(deserialize_with = "super::limits::regions")]
     regions: Vec<MemoryRegion>,
     tsc_khz: Option<u32>,
     counter: CounterSourceKind,

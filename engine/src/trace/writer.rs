@@ -10,6 +10,7 @@ use crate::event::{Event, Icount};
 use crate::state::{CpuState, PAGE_SIZE, Snapshot};
 
 use super::error::{Result, TraceError};
+use super::limits::{self, MAX_CHUNK_EVENTS};
 use super::section::{
     MAX_SECTION_UNCOMPRESSED, SectionEncoder, SectionKind, encode_footer, encode_preamble,
 };
@@ -110,16 +111,21 @@ impl<W: Write> RecordingWriter<W> {
 
     pub fn with_config(out: W, cfg: WriterConfig) -> Result<Self> {
         let max_bytes = (MAX_SECTION_UNCOMPRESSED / 2) as usize;
+        if cfg.zstd_level > limits::MAX_ZSTD_LEVEL {
+            return Err(TraceError::Usage(format!(
+                "zstd level {} is above {}, whose window the reader takes",
+                cfg.zstd_level,
+                limits::MAX_ZSTD_LEVEL
+            )));
+        }
         if cfg.chunk_events == 0
-            || cfg.chunk_events > u32::MAX as usize
+            || cfg.chunk_events as u64 > MAX_CHUNK_EVENTS
             || cfg.chunk_bytes == 0
             || cfg.chunk_bytes > max_bytes
         {
             return Err(TraceError::Usage(format!(
-                "chunk limits must be 1..={} events and 1..={max_bytes} bytes, got {} and {}",
-                u32::MAX,
-                cfg.chunk_events,
-                cfg.chunk_bytes
+                "chunk limits must be 1..={MAX_CHUNK_EVENTS} events and 1..={max_bytes} bytes, got {} and {}",
+                cfg.chunk_events, cfg.chunk_bytes
             )));
         }
         let mut chunk = Vec::with_capacity(PREFIX + cfg.chunk_bytes + 4096);
@@ -153,6 +159,39 @@ impl<W: Write> RecordingWriter<W> {
             return Err(TraceError::Usage(format!(
                 "header.format_version is {}, this writer writes version {FORMAT_VERSION}",
                 header.format_version
+            )));
+        }
+        // What the reader would refuse is refused here, before anything is written.
+        let counts = [
+            ("symbols", header.symbols.len(), limits::MAX_SYMBOLS),
+            (
+                "CPUID entries",
+                header.cpuid.len(),
+                limits::MAX_CPUID_ENTRIES,
+            ),
+            (
+                "memory regions",
+                header.machine.regions.len(),
+                crate::memory::MAX_REGIONS,
+            ),
+        ];
+        for (what, n, max) in counts {
+            if n > max {
+                return Err(TraceError::Usage(format!(
+                    "the header has {n} {what}, more than the {max} a recording may hold"
+                )));
+            }
+        }
+        let guest: u128 = header
+            .machine
+            .regions
+            .iter()
+            .map(|r| u128::from(r.size))
+            .sum();
+        if guest > u128::from(crate::memory::MAX_GUEST_MEMORY) {
+            return Err(TraceError::Usage(format!(
+                "the guest has {guest} bytes of memory, more than the {} replay takes",
+                crate::memory::MAX_GUEST_MEMORY
             )));
         }
         self.counted = header.machine.counter != crate::state::CounterSourceKind::None;
