@@ -14,6 +14,9 @@
 //!   - [`Exit::MmioRead`]: the instruction is pending. `complete_input(value, _)` stores
 //!     the value; the instruction is executed again with it as the first thing the next
 //!     `run` does (it then retires there, or raises an exception, or exits again).
+//!   - [`Exit::PortInString`]: an `ins` chunk is pending; [`Cpu::complete_string_input`]
+//!     supplies its `count` values, and the chunk executes with them as the first thing
+//!     the next `run` does, as after an MMIO read.
 //!   - [`Exit::PortOut`], [`Exit::MmioWrite`]: the instruction has retired.
 //!   - [`Exit::Hlt`]: `hlt` retired and the CPU is halted; `run` returns `Hlt` again at
 //!     once until [`Cpu::inject_interrupt`] clears `halted`.
@@ -106,6 +109,7 @@
 mod block;
 mod exec;
 pub mod flags;
+mod fpu;
 mod mmu;
 mod system;
 pub mod undefined;
@@ -120,6 +124,7 @@ use crate::memory::{GuestMemory, line_bit};
 use crate::state::gpr::{RAX, RDX};
 use crate::state::{CpuState, CpuidEntry};
 
+pub use fpu::{FpuState, FxsaveImage};
 pub use mmu::{Access, PageFault};
 
 /// Why [`Cpu::run`] returned.
@@ -127,6 +132,8 @@ pub use mmu::{Access, PageFault};
 pub enum Exit {
     Limit,
     PortIn { port: u16, size: u8 },
+    /// `ins`: `count` values of `size` bytes from `port`, in the order it gives them.
+    PortInString { port: u16, size: u8, count: u32 },
     PortOut { port: u16, size: u8, value: u32 },
     MmioRead { gpa: u64, size: u8 },
     MmioWrite { gpa: u64, size: u8, value: u64 },
@@ -142,11 +149,16 @@ pub enum Exit {
 /// What the replay CPU cannot do. Never a panic: guest input only ever yields these.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum CpuError {
-    #[error("unimplemented instruction {mnemonic} at {rip:#x} (bytes {bytes:02x?})")]
+    /// An instruction the replay CPU does not execute: a divergence, never a guess.
+    #[error("unimplemented instruction {mnemonic} at {rip:#x}: {instruction} (bytes {bytes:02x?})")]
     Unimplemented {
         rip: u64,
         bytes: Vec<u8>,
+        /// As a disassembler names it (`fld1`, `xsave64`); `(invalid)` for bytes that
+        /// decode to nothing.
         mnemonic: String,
+        /// The whole instruction in Intel syntax.
+        instruction: String,
     },
     #[error("triple fault at {rip:#x} (exception {vector} while delivering a double fault)")]
     TripleFault { rip: u64, vector: u8 },
@@ -164,6 +176,8 @@ pub enum CpuError {
     },
     #[error("no instruction is waiting for input")]
     NoPendingInput,
+    #[error("the pending input instruction takes {expected} values, not {given}")]
+    InputCount { expected: u32, given: usize },
     #[error("unsupported operation at {rip:#x}: {what}")]
     Unsupported { rip: u64, what: String },
     #[error("user-entry event cannot be performed: {0}")]
@@ -194,6 +208,8 @@ enum Pending {
     },
     /// A load from MMIO: re-execute with the value.
     Mmio { gpa: u64, size: u8 },
+    /// An `ins` chunk: re-execute with its values (`Cpu::string_input`).
+    StringIn { port: u16, size: u8, count: u32 },
 }
 
 /// An exception raised while executing.
@@ -303,6 +319,8 @@ pub struct Cpu {
     pending: Option<Pending>,
     mmio_input: Option<(u64, u8, u64)>,
     mmio_write: Option<(u64, u8, u64)>,
+    /// The bytes of a pending `ins` chunk, once the driver supplied them.
+    string_input: Option<Vec<u8>>,
     /// RIP after the instruction being executed (instructions that jump change it).
     next_rip: u64,
     /// Set by `iret`, which loads RF; every other retiring instruction clears RF.
@@ -349,6 +367,7 @@ impl Clone for Cpu {
             pending: self.pending,
             mmio_input: self.mmio_input,
             mmio_write: self.mmio_write,
+            string_input: self.string_input.clone(),
             next_rip: self.next_rip,
             keep_rf: false,
             dr: self.dr,
@@ -409,6 +428,7 @@ impl Cpu {
             pending: None,
             mmio_input: None,
             mmio_write: None,
+            string_input: None,
             next_rip: 0,
             keep_rf: false,
             dr: [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400],
@@ -625,7 +645,31 @@ impl Cpu {
                 }
                 self.mmio_input = Some((gpa, size, value & flags::mask(size as usize)));
             }
+            Pending::StringIn { .. } => return Err(CpuError::NoPendingInput),
         }
+        Ok(())
+    }
+
+    /// Supplies the values a pending `ins` chunk waits for ([`Exit::PortInString`]), one
+    /// per element in the order the port gave them.
+    pub fn complete_string_input(&mut self, values: &[u32]) -> Result<(), CpuError> {
+        let Some(Pending::StringIn { size, count, .. }) = self.pending else {
+            return Err(CpuError::NoPendingInput);
+        };
+        if self.string_input.is_some() {
+            return Err(CpuError::NoPendingInput);
+        }
+        if values.len() != count as usize {
+            return Err(CpuError::InputCount {
+                expected: count,
+                given: values.len(),
+            });
+        }
+        let bytes = values
+            .iter()
+            .flat_map(|v| v.to_le_bytes()[..size as usize].to_vec())
+            .collect();
+        self.string_input = Some(bytes);
         Ok(())
     }
 
@@ -717,7 +761,16 @@ impl Cpu {
                     }
                 }
                 Pending::Mmio { gpa, size } => return Exit::MmioRead { gpa, size },
-                Pending::PortIn { .. } | Pending::EdxEax { .. } | Pending::Random { .. } => {
+                Pending::StringIn { .. } if self.string_input.is_some() => {
+                    self.pending = None;
+                    if let Some(e) = self.step(mem) {
+                        return e;
+                    }
+                }
+                Pending::PortIn { .. }
+                | Pending::EdxEax { .. }
+                | Pending::Random { .. }
+                | Pending::StringIn { .. } => {
                     return self.pending_exit(p);
                 }
             }
@@ -766,6 +819,7 @@ impl Cpu {
             Pending::Random { seed: false, .. } => Exit::Rdrand,
             Pending::Random { seed: true, .. } => Exit::Rdseed,
             Pending::Mmio { gpa, size } => Exit::MmioRead { gpa, size },
+            Pending::StringIn { port, size, count } => Exit::PortInString { port, size, count },
         }
     }
 
@@ -954,16 +1008,24 @@ impl Cpu {
 
     /// An error for an instruction the CPU does not implement.
     pub(crate) fn unimplemented(&self, mem: &GuestMemory, ins: &Instruction) -> Fault {
+        use iced_x86::Formatter;
         let mut bytes = vec![0u8; ins.len()];
         let _ = self.read_virtual(mem, self.st.rip, &mut bytes);
+        let mut formatter = iced_x86::IntelFormatter::new();
+        formatter.options_mut().set_rip_relative_addresses(true);
+        let (mut mnemonic, mut instruction) = (String::new(), String::new());
+        if ins.code() == Code::INVALID {
+            mnemonic.push_str("(invalid)");
+            instruction.push_str("(invalid)");
+        } else {
+            formatter.format_mnemonic(ins, &mut mnemonic);
+            formatter.format(ins, &mut instruction);
+        }
         exit(Exit::Error(CpuError::Unimplemented {
             rip: self.st.rip,
             bytes,
-            mnemonic: if ins.code() == Code::INVALID {
-                "(invalid)".to_string()
-            } else {
-                format!("{:?}", ins.code())
-            },
+            mnemonic,
+            instruction,
         }))
     }
 

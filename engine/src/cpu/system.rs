@@ -511,6 +511,7 @@ impl Cpu {
         self.skip_breakpoint_at = None;
         self.pending = None;
         self.mmio_input = None;
+        self.string_input = None;
         let r = &entry.regs;
         self.st.gpr = r.gpr;
         self.st.rip = r.rip;
