@@ -28,7 +28,8 @@ pub struct FpuState {
     /// The last x87 instruction and data pointers.
     pub fip: u64,
     pub fdp: u64,
-    /// The eight 80-bit x87/MMX registers, physical order.
+    /// The eight 80-bit x87/MMX registers R0-R7, in physical order: ST(i) is
+    /// R((TOP + i) mod 8), TOP being FSW bits 11-13.
     pub st: [[u8; 10]; 8],
     pub xmm: [u128; 16],
     pub mxcsr: u32,
@@ -77,6 +78,11 @@ impl FpuState {
         self.fdp = 0;
     }
 
+    /// The top-of-stack register number (FSW.TOP).
+    pub fn top(&self) -> usize {
+        ((self.fsw >> 11) & 7) as usize
+    }
+
     /// Whether an unmasked x87 exception is pending (FSW.ES).
     pub fn x87_error_pending(&self) -> bool {
         self.fsw & FSW_ES != 0
@@ -96,7 +102,9 @@ impl FpuState {
         b[FDP..FDP + 4].copy_from_slice(&(self.fdp as u32).to_le_bytes());
         b[MXCSR..MXCSR + 4].copy_from_slice(&self.mxcsr.to_le_bytes());
         b[MXCSR_MASK_AT..MXCSR_MASK_AT + 4].copy_from_slice(&MXCSR_MASK.to_le_bytes());
-        for (i, r) in self.st.iter().enumerate() {
+        // The image holds the stack, ST(0) first.
+        for i in 0..8 {
+            let r = &self.st[(self.top() + i) % 8];
             b[ST0 + 16 * i..ST0 + 16 * i + 10].copy_from_slice(r);
         }
         for (i, x) in self.xmm.iter().enumerate() {
@@ -131,8 +139,9 @@ impl FpuState {
         self.fip = u32_at(FIP) as u64;
         self.fdp = u32_at(FDP) as u64;
         self.mxcsr = Self::image_mxcsr(image);
-        for (i, r) in self.st.iter_mut().enumerate() {
-            r.copy_from_slice(&image[ST0 + 16 * i..ST0 + 16 * i + 10]);
+        let top = self.top();
+        for i in 0..8 {
+            self.st[(top + i) % 8].copy_from_slice(&image[ST0 + 16 * i..ST0 + 16 * i + 10]);
         }
         for (i, x) in self.xmm.iter_mut().enumerate() {
             let at = XMM0 + 16 * i;
@@ -210,5 +219,29 @@ mod tests {
         f.init_x87();
         assert_eq!(f.fsw, 0);
         assert_eq!(f.fcw, FCW_INIT);
+    }
+
+    /// The image holds ST(0)..ST(7); `fninit` sets TOP to 0 without moving the
+    /// registers, so a save after it shows them rotated (measured under KVM: with TOP 1
+    /// the first register saved after `fninit` is the image's ST(7)).
+    #[test]
+    fn the_image_holds_the_stack_from_top() {
+        for top in 0..8u16 {
+            let mut image = [0u8; FXSAVE_SIZE];
+            image[FSW..FSW + 2].copy_from_slice(&(top << 11).to_le_bytes());
+            image[MXCSR..MXCSR + 4].copy_from_slice(&0x1f80u32.to_le_bytes());
+            for i in 0..8 {
+                image[ST0 + 16 * i] = 0xa0 + i as u8;
+            }
+            let mut f = FpuState::default();
+            f.load_fxsave_image(&image);
+            assert_eq!(f.to_fxsave_image()[ST0..XMM0], image[ST0..XMM0], "top {top}");
+            f.init_x87();
+            let b = f.to_fxsave_image();
+            for i in 0..8 {
+                let from = (i + 8 - top as usize) % 8;
+                assert_eq!(b[ST0 + 16 * i], 0xa0 + from as u8, "top {top} st{i}");
+            }
+        }
     }
 }
