@@ -49,9 +49,17 @@ fn lar_follows_the_sdm() {
         }
     }
     let slot = DATA + 0x400;
-    assert_eq!(read(slot), (BEFORE & !0xffff) | 0xfa00, "lar ax: bits 8-15 only");
+    assert_eq!(
+        read(slot),
+        (BEFORE & !0xffff) | 0xfa00,
+        "lar ax: bits 8-15 only"
+    );
     assert_eq!(read(slot + 8), 0x00af_fa00, "lar rax");
-    assert_eq!((read(slot + 16), read(slot + 24) as u8), (0xe900, 1), "lar r9d, m16");
+    assert_eq!(
+        (read(slot + 16), read(slot + 24) as u8),
+        (0xe900, 1),
+        "lar r9d, m16"
+    );
 }
 
 /// Each case: what to change in the image, the code, and the vector it must raise
@@ -245,7 +253,8 @@ fn an_ins_chunk_waits_for_its_values() {
         })
     );
     assert_eq!(cpu.run(&mut mem, 100), exit, "still waiting");
-    cpu.complete_string_input(&[0x1111, 0x2222, 0x3333]).unwrap();
+    cpu.complete_string_input(&[0x1111, 0x2222, 0x3333])
+        .unwrap();
     assert_eq!(
         cpu.run(&mut mem, 100),
         Exit::PortInString {
@@ -270,7 +279,10 @@ fn an_ins_chunk_waits_for_its_values() {
     assert_eq!(cpu.icount(), 3 + 2 + 1 + 1);
     let mut b = [0u8; 10];
     mem.read(DATA + 0xffd, &mut b).unwrap();
-    assert_eq!(b, [0x11, 0x11, 0x22, 0x22, 0x33, 0x33, 0x44, 0x44, 0x55, 0x55]);
+    assert_eq!(
+        b,
+        [0x11, 0x11, 0x22, 0x22, 0x33, 0x33, 0x44, 0x44, 0x55, 0x55]
+    );
     assert_eq!(cpu.state().gpr[7], DATA + 0xffd + 10);
 }
 
@@ -350,8 +362,127 @@ fn an_unimplemented_instruction_is_a_divergence_naming_it() {
     };
     assert_eq!((d.event, d.icount), (0, 4));
     assert!(
-        d.actual.contains("element 1 of 3 of string input from port 0x60 (size 1)"),
+        d.actual
+            .contains("element 1 of 3 of string input from port 0x60 (size 1)"),
         "{}",
         d.actual
     );
+}
+
+/// `rdmsr` and `wrmsr` of MSRs the CPU does not model follow the recording host's
+/// measurements when the recording has them: values, #GP, writes ignored or kept, and
+/// an error naming an MSR the table does not cover; without a table both raise #GP.
+#[test]
+fn msrs_the_cpu_does_not_model_follow_the_msr_table() {
+    use krr_engine::cpu::{MsrBehaviour, MsrRead, MsrTable, MsrWrite};
+    let table = MsrTable::new([
+        (
+            0x10a,
+            MsrBehaviour {
+                read: MsrRead::Value(0x0c00_e16d),
+                write: MsrWrite::Faults,
+            },
+        ),
+        (
+            0x8b,
+            MsrBehaviour {
+                read: MsrRead::Value(0x1_0000_0000),
+                write: MsrWrite::Ignored,
+            },
+        ),
+        (
+            0x140,
+            MsrBehaviour {
+                read: MsrRead::Value(0),
+                write: MsrWrite::Kept,
+            },
+        ),
+        (
+            0x3a,
+            MsrBehaviour {
+                read: MsrRead::Faults,
+                write: MsrWrite::Faults,
+            },
+        ),
+    ]);
+    // Reads RCX, stores EDX:EAX at DATA + 8 * slot.
+    fn read_msr(a: &mut CodeAssembler, msr: u32, slot: u64) {
+        a.mov(ecx, msr).unwrap();
+        a.rdmsr().unwrap();
+        a.shl(rdx, 32).unwrap();
+        a.or(rax, rdx).unwrap();
+        a.mov(qword_ptr(DATA + 8 * slot), rax).unwrap();
+    }
+    fn write_msr(a: &mut CodeAssembler, msr: u32, value: u64) {
+        a.mov(ecx, msr).unwrap();
+        a.mov(eax, value as u32).unwrap();
+        a.mov(edx, (value >> 32) as u32).unwrap();
+        a.wrmsr().unwrap();
+    }
+    let run_with = |table: Option<&MsrTable>, build: &dyn Fn(&mut CodeAssembler)| {
+        let mut img = image();
+        let mut a = asm();
+        build(&mut a);
+        a.out(END_PORT as u32, al).unwrap();
+        img.load_code(&mut a);
+        let mut mem = img.memory();
+        let mut cpu = Cpu::new(img.state.clone(), default_cpuid());
+        if let Some(t) = table {
+            cpu.set_msr_table(t.clone());
+        }
+        let exit = run_cpu(&mut cpu, &mut mem, 1000);
+        let mut b = [0u8; 32];
+        mem.read(DATA, &mut b).unwrap();
+        let slots: Vec<u64> = b
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        (exit, slots)
+    };
+    let out = |port: u16, value: u32| Exit::PortOut {
+        port,
+        size: 4,
+        value,
+    };
+    let (exit, slots) = run_with(Some(&table), &|a| {
+        read_msr(a, 0x10a, 0);
+        write_msr(a, 0x8b, 0);
+        read_msr(a, 0x8b, 1);
+        write_msr(a, 0x140, 1);
+        read_msr(a, 0x140, 2);
+    });
+    assert!(
+        matches!(exit, Exit::PortOut { port: END_PORT, .. }),
+        "{exit:?}"
+    );
+    assert_eq!(slots[..3], [0x0c00_e16d, 0x1_0000_0000, 1]);
+    for (name, build) in [
+        (
+            "rdmsr 0x3a",
+            &(|a: &mut CodeAssembler| read_msr(a, 0x3a, 0)) as &dyn Fn(&mut CodeAssembler),
+        ),
+        ("wrmsr 0x10a", &|a: &mut CodeAssembler| {
+            write_msr(a, 0x10a, 0)
+        }),
+    ] {
+        let (exit, _) = run_with(Some(&table), build);
+        assert_eq!(exit, out(EXC_PORT, 13), "{name}");
+    }
+    let (exit, _) = run_with(Some(&table), &|a| read_msr(a, 0x1a0, 0));
+    assert!(
+        matches!(&exit, Exit::Error(CpuError::Unsupported { what, .. }) if what.contains("rdmsr of MSR 0x1a0")),
+        "{exit:?}"
+    );
+    let (exit, _) = run_with(Some(&table), &|a| write_msr(a, 0x1a1, 0));
+    assert!(
+        matches!(&exit, Exit::Error(CpuError::Unsupported { what, .. }) if what.contains("wrmsr of MSR 0x1a1")),
+        "{exit:?}"
+    );
+    for build in [
+        &(|a: &mut CodeAssembler| read_msr(a, 0x10a, 0)) as &dyn Fn(&mut CodeAssembler),
+        &|a: &mut CodeAssembler| write_msr(a, 0x8b, 0),
+    ] {
+        let (exit, _) = run_with(None, build);
+        assert_eq!(exit, out(EXC_PORT, 13), "without a table");
+    }
 }

@@ -461,9 +461,18 @@ fn compare_at_ring3(name: &str, build: impl FnOnce(&mut Image, &mut CodeAssemble
             .step_by(8)
             .filter(|&i| ours[i..i + 8] != kvm[i..i + 8])
             .take(8)
-            .map(|i| format!("UDATA+{i:#x}: ours {:02x?} host {:02x?}", &ours[i..i + 8], &kvm[i..i + 8]))
+            .map(|i| {
+                format!(
+                    "UDATA+{i:#x}: ours {:02x?} host {:02x?}",
+                    &ours[i..i + 8],
+                    &kvm[i..i + 8]
+                )
+            })
             .collect();
-        panic!("{name}: the replay CPU differs from the host CPU:\n  {}", diffs.join("\n  "));
+        panic!(
+            "{name}: the replay CPU differs from the host CPU:\n  {}",
+            diffs.join("\n  ")
+        );
     }
     ours
 }
@@ -476,10 +485,18 @@ fn x87_and_mxcsr_control() {
     if !available() {
         return;
     }
-    let cases: [(u16, u16); 4] = [(0x300b, 0x7a55), (0x037f, 0xb8bf), (0x037b, 0x0004), (0x1f40, 0xffff)];
+    let cases: [(u16, u16); 4] = [
+        (0x300b, 0x7a55),
+        (0x037f, 0xb8bf),
+        (0x037b, 0x0004),
+        (0x1f40, 0xffff),
+    ];
     for (i, &(fcw, fsw)) in cases.iter().enumerate() {
         let saved = compare_at_ring3(&format!("fnclex fcw {fcw:#x} fsw {fsw:#x}"), |img, a| {
-            img.write(UDATA + 0x200, &fx_image_low_pointers(i as u64, fcw, fsw, 0x1f80));
+            img.write(
+                UDATA + 0x200,
+                &fx_image_low_pointers(i as u64, fcw, fsw, 0x1f80),
+            );
             a.mov(rsi, UDATA + 0x200).unwrap();
             a.fxrstor64(ptr(rsi)).unwrap();
             a.mov(eax, 0xffff_ffffu32).unwrap();
@@ -511,7 +528,10 @@ fn x87_and_mxcsr_control() {
     }
     // fwait with an unmasked exception pending: #MF at the fwait.
     let saved = compare_at_ring3("fwait with an error pending", |img, a| {
-        img.write(UDATA + 0x200, &fx_image_low_pointers(9, 0x037b, 0x0004, 0x1f80));
+        img.write(
+            UDATA + 0x200,
+            &fx_image_low_pointers(9, 0x037b, 0x0004, 0x1f80),
+        );
         a.mov(rsi, UDATA + 0x200).unwrap();
         a.fxrstor64(ptr(rsi)).unwrap();
         a.mov(dword_ptr(UDATA), 1u32).unwrap();

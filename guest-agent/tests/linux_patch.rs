@@ -56,7 +56,10 @@ fn the_ring_layout_comes_from_the_abi_header() {
 #[test]
 fn hooks_have_the_demo_agents_names() {
     for hook in ["krr_agent_rdtsc", "krr_agent_rdrand", "krr_agent_rdseed"] {
-        assert!(DEMO_AGENT.contains(&format!(" {hook}(")), "{hook} in the demo");
+        assert!(
+            DEMO_AGENT.contains(&format!(" {hook}(")),
+            "{hook} in the demo"
+        );
         assert!(
             added().any(|l| l.starts_with("noinstr ") && l.contains(&format!(" {hook}("))),
             "{hook} defined out of line in the Linux agent"

@@ -183,8 +183,8 @@ mod tests {
         assert_eq!(
             b[..32],
             [
-                0x4b, 0x10, 0xd5, 0xfa, 0x9f, 0x00, 0xe9, 0x06, 0x33, 0x58, 0x7d, 0xa2, 0, 0, 0,
-                0, 0x5b, 0x80, 0xa5, 0xca, 0, 0, 0, 0, 0x80, 0x1f, 0, 0, 0xff, 0xff, 0, 0
+                0x4b, 0x10, 0xd5, 0xfa, 0x9f, 0x00, 0xe9, 0x06, 0x33, 0x58, 0x7d, 0xa2, 0, 0, 0, 0,
+                0x5b, 0x80, 0xa5, 0xca, 0, 0, 0, 0, 0x80, 0x1f, 0, 0, 0xff, 0xff, 0, 0
             ]
         );
         for i in 0..8 {
@@ -235,7 +235,11 @@ mod tests {
             }
             let mut f = FpuState::default();
             f.load_fxsave_image(&image);
-            assert_eq!(f.to_fxsave_image()[ST0..XMM0], image[ST0..XMM0], "top {top}");
+            assert_eq!(
+                f.to_fxsave_image()[ST0..XMM0],
+                image[ST0..XMM0],
+                "top {top}"
+            );
             f.init_x87();
             let b = f.to_fxsave_image();
             for i in 0..8 {

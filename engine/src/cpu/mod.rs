@@ -111,6 +111,7 @@ mod exec;
 pub mod flags;
 mod fpu;
 mod mmu;
+mod msr_table;
 mod system;
 pub mod undefined;
 
@@ -126,17 +127,36 @@ use crate::state::{CpuState, CpuidEntry};
 
 pub use fpu::{FpuState, FxsaveImage};
 pub use mmu::{Access, PageFault};
+pub use msr_table::{MsrBehaviour, MsrRead, MsrTable, MsrWrite};
 
 /// Why [`Cpu::run`] returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
     Limit,
-    PortIn { port: u16, size: u8 },
+    PortIn {
+        port: u16,
+        size: u8,
+    },
     /// `ins`: `count` values of `size` bytes from `port`, in the order it gives them.
-    PortInString { port: u16, size: u8, count: u32 },
-    PortOut { port: u16, size: u8, value: u32 },
-    MmioRead { gpa: u64, size: u8 },
-    MmioWrite { gpa: u64, size: u8, value: u64 },
+    PortInString {
+        port: u16,
+        size: u8,
+        count: u32,
+    },
+    PortOut {
+        port: u16,
+        size: u8,
+        value: u32,
+    },
+    MmioRead {
+        gpa: u64,
+        size: u8,
+    },
+    MmioWrite {
+        gpa: u64,
+        size: u8,
+        value: u64,
+    },
     Rdtsc,
     Rdrand,
     Rdseed,
@@ -351,6 +371,9 @@ pub struct Cpu {
     has_lzcnt: bool,
     has_tzcnt: bool,
     quirks: std::sync::Arc<Quirks>,
+    /// What `rdmsr` of MSRs it does not model returned on the recording host, when
+    /// known (see [`Cpu::set_msr_table`]).
+    msr_table: Option<std::sync::Arc<MsrTable>>,
     /// The recording host's undefined results, compiled from `quirks`.
     undefined: std::sync::Arc<undefined::UndefinedRules>,
     /// Whether instructions get their fast forms (off only in tests that compare the
@@ -389,6 +412,7 @@ impl Clone for Cpu {
             has_lzcnt: self.has_lzcnt,
             has_tzcnt: self.has_tzcnt,
             quirks: self.quirks.clone(),
+            msr_table: self.msr_table.clone(),
             undefined: self.undefined.clone(),
             fast_forms: self.fast_forms,
         }
@@ -450,6 +474,7 @@ impl Cpu {
             has_lzcnt,
             has_tzcnt,
             quirks: Default::default(),
+            msr_table: None,
             undefined: Default::default(),
             fast_forms: true,
         }
@@ -472,6 +497,16 @@ impl Cpu {
 
     pub fn quirks(&self) -> &Quirks {
         &self.quirks
+    }
+
+    /// Answer `rdmsr` and `wrmsr` of the MSRs the CPU does not model from `table`, the
+    /// recording host's measurements: a read returns the value the guest wrote where
+    /// the host keeps writes, else the measured value or #GP; a write faults, is
+    /// ignored or is kept as the host did. An MSR the table does not cover is an
+    /// [`Exit::Error`]: replay cannot know what the host did. Without a table
+    /// (recordings made before the recorder measured MSRs) both raise #GP.
+    pub fn set_msr_table(&mut self, table: MsrTable) {
+        self.msr_table = Some(std::sync::Arc::new(table));
     }
 
     pub fn state(&self) -> &CpuState {

@@ -381,9 +381,7 @@ impl Replay {
                 | Exit::Rdtsc
                 | Exit::Rdrand
                 | Exit::Rdseed => self.on_input(&exit),
-                Exit::PortInString { port, size, count } => {
-                    self.on_string_input(port, size, count)
-                }
+                Exit::PortInString { port, size, count } => self.on_string_input(port, size, count),
                 Exit::PortOut { port, value, .. } => self.on_port_out(port, value),
                 Exit::MmioWrite { .. } => self.after_exit(),
                 Exit::Hlt => self.on_hlt(),

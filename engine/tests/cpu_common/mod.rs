@@ -5,8 +5,8 @@
 #![allow(dead_code)]
 
 pub mod compare;
-pub mod lar;
 pub mod kvm;
+pub mod lar;
 
 use std::collections::HashMap;
 

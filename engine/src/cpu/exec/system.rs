@@ -276,11 +276,14 @@ impl Cpu {
         } else {
             matches!(
                 ty,
-                seg_attr::TYPE_TSS64_AVAILABLE | seg_attr::TYPE_TSS64_BUSY | seg_attr::TYPE_CALL_GATE64
+                seg_attr::TYPE_TSS64_AVAILABLE
+                    | seg_attr::TYPE_TSS64_BUSY
+                    | seg_attr::TYPE_CALL_GATE64
             )
         };
         let conforming_code = attr & seg_attr::S != 0
-            && ty & (seg_attr::CODE | seg_attr::CONFORMING) == seg_attr::CODE | seg_attr::CONFORMING;
+            && ty & (seg_attr::CODE | seg_attr::CONFORMING)
+                == seg_attr::CODE | seg_attr::CONFORMING;
         let dpl = ((attr & seg_attr::DPL) >> seg_attr::DPL_SHIFT) as u8;
         let rpl = (sel & 3) as u8;
         if !valid || (!conforming_code && (self.st.cpl() > dpl || rpl > dpl)) {
