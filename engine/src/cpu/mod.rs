@@ -3,7 +3,8 @@
 //!
 //! # Interface (used by the replay driver)
 //!
-//! * [`Cpu::new`]`(state, cpuid)`, [`Cpu::state`] / [`Cpu::state_mut`], [`Cpu::icount`] /
+//! * [`Cpu::new`]`(state, cpuid)`, [`Cpu::set_quirks`], [`Cpu::set_msr_table`],
+//!   [`Cpu::state`] / [`Cpu::state_mut`], [`Cpu::icount`] /
 //!   [`Cpu::set_icount`]. `Cpu: Clone`; a clone starts with empty caches. After changing
 //!   paging or segment state through `state_mut`, call [`Cpu::flush_caches`].
 //! * [`Cpu::run`]`(mem, limit) -> `[`Exit`] executes until `icount == limit` or an exit:
@@ -78,11 +79,15 @@
 //! # Deviations copied from the recording host
 //!
 //! The recordings come from KVM's instruction emulator, which differs from hardware in
-//! a few places; replay follows the emulator (each is checked by engine/tests/cpu_vs_kvm.rs):
+//! a few places; replay follows the emulator (each is checked by engine/tests/cpu_vs_kvm.rs
+//! or cpu_vs_kvm_linux.rs):
 //! a page-crossing write commits its first page before the second may fault; any fault
 //! during exception delivery becomes #DF without writing CR2; delivery and `iret` do not
 //! set descriptor accessed bits (`mov sreg`, far `jmp` and `lret` do); `lzcnt`/`tzcnt`
-//! are bit scans ([`Quirks`]); CPUID must be the table the guest observed, which
+//! are bit scans ([`Quirks`]); `fxsave` writes the 32-bit-pointer image with zeros at
+//! bytes 416-511 whatever REX.W says, and the `fxsave` family does not check alignment
+//! ([`FpuState::to_fxsave_image`], `exec/fpu.rs`); a `rep ins` chunk is one port read of
+//! up to 1024 bytes ([`crate::icount::string_input_chunk`]); CPUID must be the table the guest observed, which
 //! differs from the one KVM was given (leaf 1 EBX[31:24] even varies with the host CPU).
 //! Flags and results the architecture leaves undefined are the recording host's, as
 //! its recorder measured them ([`undefined`]).
@@ -102,9 +107,15 @@
 //! cli/sti (with the interrupt shadow), lgdt/lidt/sgdt/sidt, ltr/str/lldt/sldt,
 //! smsw/lmsw/clts, mov to and from CR0/2/3/4/8 and DR0-7, invlpg, invpcid, rdmsr/wrmsr,
 //! swapgs, syscall, sysret, iret (to CPL0 and CPL3), cpuid, in/out (immediate and DX
-//! ports), rdtsc, rdrand, rdseed, hlt, ud0/ud1/ud2, mov to segment registers (DS, ES,
-//! FS, GS, SS). `int n`, `int3`, `into`, `int1`, x87, SSE/AVX, xsave/fxsave, ins/outs
-//! and anything else give [`Exit::Error`].
+//! ports), ins/outs (rep, both directions, 32-bit addressing), rdtsc, rdrand, rdseed,
+//! hlt, ud0/ud1/ud2, mov to segment registers (DS, ES, FS, GS, SS), lar, serialize; the
+//! x87/SSE state ([`FpuState`], part of [`CpuState`], so of every clone and checkpoint):
+//! fninit, fnclex, fwait, fnstcw, fnstsw, ldmxcsr, stmxcsr, fxsave/fxrstor and their
+//! 64-bit forms. `int n`, `int3`, `into`, `int1` give [`CpuError::Unsupported`]; x87
+//! arithmetic, SSE/AVX, the xsave family and anything else give
+//! [`CpuError::Unimplemented`], which names the instruction and its address: replay
+//! reports it as a divergence, never a guess. MSRs the CPU does not model are answered
+//! from the recording host's [`MsrTable`] once one is set.
 
 mod block;
 mod exec;

@@ -5,6 +5,8 @@
 //! * user entries: [`Replay::on_return_to_user`] (when the kernel returns to user mode);
 //! * kernel-mode interrupts: [`Replay::apply_due`] (at their icount);
 //! * port input, MMIO reads, rdtsc/rdrand/rdseed: [`Replay::on_input`] (at the instruction);
+//!   an `ins` chunk takes one port-input event per element, all recorded at its exit:
+//!   [`Replay::on_string_input`];
 //! * DMA and VMM writes, console output, digests: [`Replay::after_exit`] (at the exit);
 //! * user-memory data: [`Replay::on_breakpoint`] (at the agent hook).
 //!
