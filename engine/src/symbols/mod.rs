@@ -417,27 +417,56 @@ mod tests {
         }
         put(&mut b, STRTAB, b"\0startup_64\0start_kernel\0");
         put(&mut b, SHSTRTAB, b"\0.text\0.symtab\0.strtab\0.shstrtab\0");
-        // Section headers: name, type, flags, addr, offset, size, link, info, align, entsize.
-        let sections: [(u32, u32, u64, u64, usize, u64, u32, u32, u64); 4] = [
-            (1, 1, 6, vaddr, TEXT, 0x100, 0, 0, 16),
-            (7, 2, 0, 0, SYMTAB, 72, 3, 1, 24),
-            (15, 3, 0, 0, STRTAB, 26, 0, 0, 0),
-            (23, 3, 0, 0, SHSTRTAB, 33, 0, 0, 0),
+        // Section headers after the null one: .text, .symtab, .strtab, .shstrtab.
+        struct Section {
+            name: u32,
+            ty: u32,
+            flags: u64,
+            addr: u64,
+            offset: usize,
+            size: u64,
+            link: u32,
+            info: u32,
+            entsize: u64,
+        }
+        let section = |name, ty, offset, size| Section {
+            name,
+            ty,
+            flags: 0,
+            addr: 0,
+            offset,
+            size,
+            link: 0,
+            info: 0,
+            entsize: 0,
+        };
+        let sections = [
+            Section {
+                flags: 6,
+                addr: vaddr,
+                ..section(1, 1, TEXT, 0x100)
+            },
+            Section {
+                link: 3,
+                info: 1,
+                entsize: 24,
+                ..section(7, 2, SYMTAB, 72)
+            },
+            section(15, 3, STRTAB, 26),
+            section(23, 3, SHSTRTAB, 33),
         ];
-        for (i, &(name, ty, flags, addr, offset, size, link, info, entsize)) in
-            sections.iter().enumerate()
-        {
+        for (i, sec) in sections.iter().enumerate() {
             let at = SHDRS + 64 * (i + 1);
-            put(&mut b, at, &name.to_le_bytes());
-            put(&mut b, at + 4, &ty.to_le_bytes());
-            put(&mut b, at + 8, &flags.to_le_bytes());
-            put(&mut b, at + 16, &addr.to_le_bytes());
-            put(&mut b, at + 24, &(offset as u64).to_le_bytes());
-            put(&mut b, at + 32, &size.to_le_bytes());
-            put(&mut b, at + 40, &link.to_le_bytes());
-            put(&mut b, at + 44, &info.to_le_bytes());
+            put(&mut b, at, &sec.name.to_le_bytes());
+            put(&mut b, at + 4, &sec.ty.to_le_bytes());
+            put(&mut b, at + 8, &sec.flags.to_le_bytes());
+            put(&mut b, at + 16, &sec.addr.to_le_bytes());
+            put(&mut b, at + 24, &(sec.offset as u64).to_le_bytes());
+            put(&mut b, at + 32, &sec.size.to_le_bytes());
+            put(&mut b, at + 40, &sec.link.to_le_bytes());
+            put(&mut b, at + 44, &sec.info.to_le_bytes());
             put(&mut b, at + 48, &1u64.to_le_bytes());
-            put(&mut b, at + 56, &entsize.to_le_bytes());
+            put(&mut b, at + 56, &sec.entsize.to_le_bytes());
         }
         b
     }
