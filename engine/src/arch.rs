@@ -1,7 +1,8 @@
 //! x86-64 architectural constants, defined once for the replay CPU, the recorder and the
 //! tests: control-register, EFER and RFLAGS bits, page-table entries and page-fault
-//! error codes, segment attributes and descriptors, exception vectors and the CPUID
-//! feature bits the replay CPU reads. MSR numbers are in [`crate::state::msr`].
+//! error codes, segment attributes and descriptors, exception vectors, x87 and SSE
+//! control and status bits, and the CPUID feature bits the replay CPU reads. MSR numbers
+//! are in [`crate::state::msr`].
 
 /// CR0 bits.
 pub mod cr0 {
@@ -151,6 +152,7 @@ pub mod seg_attr {
     pub const TYPE_LDT: u16 = 0x2;
     pub const TYPE_TSS64_AVAILABLE: u16 = 0x9;
     pub const TYPE_TSS64_BUSY: u16 = 0xb;
+    pub const TYPE_CALL_GATE64: u16 = 0xc;
     /// The bit that tells a busy TSS from an available one.
     pub const TSS_BUSY: u16 = 1 << 1;
 
@@ -199,16 +201,53 @@ pub mod vector {
     pub const DB: u8 = 1;
     pub const BP: u8 = 3;
     pub const UD: u8 = 6;
+    /// Device not available (x87/SSE with CR0.TS or CR0.EM).
+    pub const NM: u8 = 7;
     pub const DF: u8 = 8;
     pub const TS: u8 = 10;
     pub const NP: u8 = 11;
     pub const SS: u8 = 12;
     pub const GP: u8 = 13;
     pub const PF: u8 = 14;
+    /// x87 floating-point error (a pending unmasked x87 exception, CR0.NE set).
+    pub const MF: u8 = 16;
+}
+
+/// x87 FPU and SSE control and status registers.
+pub mod fpu {
+    /// FCW at reset and after `fninit`: every exception masked, 64-bit precision, round to
+    /// nearest.
+    pub const FCW_INIT: u16 = 0x037f;
+    /// The FCW bits that hold state (exception masks, precision, rounding, infinity
+    /// control); of the others bit 6 always reads 1 and the rest 0.
+    pub const FCW_BITS: u16 = 0x1f3f;
+    pub const FCW_ONE: u16 = 1 << 6;
+    /// The exception flags of FSW (IE, DE, ZE, OE, UE, PE), and the masks of FCW at the
+    /// same positions.
+    pub const EXCEPTIONS: u16 = 0x3f;
+    /// FSW: exception summary, set while an unmasked exception is pending.
+    pub const FSW_ES: u16 = 1 << 7;
+    /// FSW: busy, a copy of ES.
+    pub const FSW_B: u16 = 1 << 15;
+    /// What `fnclex` clears: the exception flags, the stack fault, ES and B.
+    pub const FSW_CLEARED_BY_FNCLEX: u16 = 0x80ff;
+    /// The bits of the last x87 opcode (FOP).
+    pub const FOP_BITS: u16 = 0x7ff;
+    /// MXCSR at reset: every SIMD exception masked, round to nearest.
+    pub const MXCSR_INIT: u32 = 0x1f80;
+    /// The MXCSR bits that can be set (DAZ included), as `fxsave` reports it in
+    /// MXCSR_MASK; loading any other bit is #GP.
+    pub const MXCSR_MASK: u32 = 0xffff;
+    /// Size of the `fxsave` image.
+    pub const FXSAVE_SIZE: usize = 512;
 }
 
 /// CPUID feature bits the replay CPU reads, by leaf and register.
 pub mod cpuid {
+    /// Leaf 1 EDX: FXSR (`fxsave`, `fxrstor`).
+    pub const LEAF1_EDX_FXSR: u32 = 1 << 24;
+    /// Leaf 1 EDX: SSE (`ldmxcsr`, `stmxcsr`).
+    pub const LEAF1_EDX_SSE: u32 = 1 << 25;
     /// Leaf 1 ECX: OSXSAVE (mirrors CR4.OSXSAVE).
     pub const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
     /// Leaf 7 sub-leaf 0 EBX: BMI1 (`tzcnt`).

@@ -6,7 +6,8 @@
 //!   (measured under KVM: a load that page-faults counts once per attempt, before and
 //!   after the handler fixes the page; engine/tests/cpu_vs_kvm.rs,
 //!   `faulting_instruction_count`); the exception delivery does not count.
-//! * A `rep` string instruction counts per chunk of iterations ([`REP_CHUNK`]).
+//! * A `rep` string instruction counts per chunk of iterations ([`REP_CHUNK`]; for
+//!   `rep ins` and `rep outs` see [`string_input_chunk`]).
 //! * An interrupt is taken after `icount` instructions have retired: the event's icount
 //!   is the count before the first handler instruction.
 //! * `hlt` counts 1 when it executes; the wait does not count. `in`, `out`, MMIO
@@ -123,6 +124,32 @@ fn is_prefix(b: u8) -> bool {
 /// and `repe cmpsb` ending early counts 1 per chunk started
 /// (engine/tests/cpu_vs_kvm.rs, `rep_string_counts`).
 pub const REP_CHUNK: u64 = 1024;
+
+/// The chunks of the string port instructions, as KVM's emulator runs them: every
+/// element of `rep outs` is a chunk of its own (one port write, one exit), and a chunk
+/// of `rep ins` is the elements one port read returns, `string_input_chunk(rdi, size,
+/// rcx, df)` of them (one exit). Each chunk counts 1 and retires with RIP still on the
+/// instruction, which completes when it is executed with RCX = 0 (count 1): `rep outs`
+/// with RCX = n counts `n + 1`, `rep ins` one more than its chunks. Without `rep` they
+/// count 1. Measured under KVM (engine/tests/cpu_vs_kvm_linux.rs, `string_port_io`).
+///
+/// The elements of a `rep ins` chunk: the bytes left in RDI's page (below RDI going
+/// down), compared as a number of elements as the emulator does, at most 1024 bytes'
+/// worth and at most RCX, and at least one.
+pub fn string_input_chunk(rdi: u64, size: usize, rcx: u64, down: bool) -> u64 {
+    let in_page = if down {
+        rdi & 0xfff
+    } else {
+        0x1000 - (rdi & 0xfff)
+    };
+    in_page
+        .min(STRING_INPUT_BYTES / size.max(1) as u64)
+        .min(rcx)
+        .max(1)
+}
+
+/// The most bytes one `rep ins` chunk reads from the port (KVM's read-ahead buffer).
+pub const STRING_INPUT_BYTES: u64 = 1024;
 
 /// More instructions per nanosecond than any core retires (today's fastest retire a few
 /// per cycle at about 6 GHz, under 40 per ns).

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cpu::FpuState;
 use crate::cpu::undefined::UndefinedBehaviour;
 
 /// Size of a guest page, the unit of snapshots and copy-on-write checkpoints.
@@ -115,6 +116,10 @@ pub struct CpuState {
     pub interrupt_shadow: bool,
     /// The vCPU is halted, waiting for an interrupt.
     pub halted: bool,
+    /// The x87 and SSE registers. Not stored in recordings: every recording starts from
+    /// a new vCPU, whose state is the reset state ([`FpuState::default`]).
+    #[serde(skip)]
+    pub fpu: FpuState,
 }
 
 impl CpuState {

@@ -220,6 +220,8 @@ fn cpu_state() -> impl Strategy<Value = CpuState> {
                 msrs,
                 interrupt_shadow,
                 halted,
+                // Not stored in recordings.
+                fpu: Default::default(),
             },
         )
 }

@@ -113,8 +113,10 @@ pub fn sregs_from_state(st: &CpuState) -> kvm_sregs {
     }
 }
 
-/// The state in `regs` and `sregs`; XCR0 is 1 (x87 only) and there are no MSRs: the
-/// caller reads those separately.
+/// The state in `regs` and `sregs`; XCR0 is 1 (x87 only), there are no MSRs (the
+/// caller reads those separately) and the x87/SSE registers are the reset state (KVM's
+/// KVM_GET_FPU does not report MXCSR on the recording hosts; recordings start from a
+/// new vCPU, whose state that is).
 pub fn state_from(regs: &kvm_regs, sregs: &kvm_sregs) -> CpuState {
     CpuState {
         gpr: gprs(regs),
@@ -144,6 +146,7 @@ pub fn state_from(regs: &kvm_regs, sregs: &kvm_sregs) -> CpuState {
         msrs: Vec::new(),
         interrupt_shadow: false,
         halted: false,
+        fpu: Default::default(),
     }
 }
 

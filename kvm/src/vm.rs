@@ -186,8 +186,8 @@ impl Vm {
 
     /// Sets the vCPU's state: the general registers, RIP, RFLAGS, segments, descriptor
     /// tables, control registers, EFER and every MSR of `st.msrs` (all must be accepted).
-    /// XCR0, the interrupt shadow and the halted state are left as they are; the APIC
-    /// base is 0 (see [`regs::sregs_from_state`]).
+    /// XCR0, the x87/SSE registers, the interrupt shadow and the halted state are left
+    /// as they are; the APIC base is 0 (see [`regs::sregs_from_state`]).
     pub fn set_cpu_state(&mut self, st: &CpuState) -> Result<()> {
         self.vcpu
             .set_sregs(&regs::sregs_from_state(st))
@@ -220,8 +220,8 @@ impl Vm {
             .map_err(|e| Error::kvm("KVM_SET_REGS", e))
     }
 
-    /// The vCPU's complete architectural state: registers, [`STATE_MSRS`] and XCR0
-    /// (several ioctls).
+    /// The vCPU's architectural state: registers, [`STATE_MSRS`] and XCR0 (several
+    /// ioctls); the x87/SSE registers are the reset state ([`regs::state_from`]).
     pub fn cpu_state(&self) -> Result<CpuState> {
         let r = self
             .vcpu

@@ -539,6 +539,47 @@ impl Cpu {
         self.phys_write(mem, g2, size - n1, v >> (n1 * 8))
     }
 
+    /// Reads `buf.len()` bytes at a linear address (a block such as an `fxrstor` image
+    /// or a string input batch), page by page; RAM only.
+    pub(crate) fn read_block(&mut self, mem: &mut GuestMemory, la: u64, buf: &mut [u8]) -> R<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let a = la.wrapping_add(done as u64);
+            let n = (4096 - (a & 0xfff) as usize).min(buf.len() - done);
+            let gpa = self.translate_access(mem, a, Access::Read)?;
+            if mem.read(gpa, &mut buf[done..done + n]).is_err() {
+                return Err(self.block_not_ram(gpa));
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at a linear address, page by page: as the recording host's
+    /// emulator splits a page-crossing write, a page is written before the next one is
+    /// translated (which may fault). RAM only.
+    pub(crate) fn write_block(&mut self, mem: &mut GuestMemory, la: u64, data: &[u8]) -> R<()> {
+        let mut done = 0;
+        while done < data.len() {
+            let a = la.wrapping_add(done as u64);
+            let n = (4096 - (a & 0xfff) as usize).min(data.len() - done);
+            let gpa = self.translate_access(mem, a, Access::Write)?;
+            if mem.write(gpa, &data[done..done + n]).is_err() {
+                return Err(self.block_not_ram(gpa));
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn block_not_ram(&self, gpa: u64) -> Fault {
+        exit(Exit::Error(CpuError::UnsupportedMmio {
+            rip: self.st.rip,
+            gpa,
+            what: "a block access (fxsave, fxrstor, ins) to MMIO",
+        }))
+    }
+
     /// Checks that `size` bytes at `la` are writable (translating, setting A/D bits)
     /// without writing them.
     pub(crate) fn probe_write(&mut self, mem: &mut GuestMemory, la: u64, size: usize) -> R<()> {

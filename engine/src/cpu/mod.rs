@@ -3,7 +3,8 @@
 //!
 //! # Interface (used by the replay driver)
 //!
-//! * [`Cpu::new`]`(state, cpuid)`, [`Cpu::state`] / [`Cpu::state_mut`], [`Cpu::icount`] /
+//! * [`Cpu::new`]`(state, cpuid)`, [`Cpu::set_quirks`], [`Cpu::set_msr_table`],
+//!   [`Cpu::state`] / [`Cpu::state_mut`], [`Cpu::icount`] /
 //!   [`Cpu::set_icount`]. `Cpu: Clone`; a clone starts with empty caches. After changing
 //!   paging or segment state through `state_mut`, call [`Cpu::flush_caches`].
 //! * [`Cpu::run`]`(mem, limit) -> `[`Exit`] executes until `icount == limit` or an exit:
@@ -14,6 +15,9 @@
 //!   - [`Exit::MmioRead`]: the instruction is pending. `complete_input(value, _)` stores
 //!     the value; the instruction is executed again with it as the first thing the next
 //!     `run` does (it then retires there, or raises an exception, or exits again).
+//!   - [`Exit::PortInString`]: an `ins` chunk is pending; [`Cpu::complete_string_input`]
+//!     supplies its `count` values, and the chunk executes with them as the first thing
+//!     the next `run` does, as after an MMIO read.
 //!   - [`Exit::PortOut`], [`Exit::MmioWrite`]: the instruction has retired.
 //!   - [`Exit::Hlt`]: `hlt` retired and the CPU is halted; `run` returns `Hlt` again at
 //!     once until [`Cpu::inject_interrupt`] clears `halted`.
@@ -75,11 +79,15 @@
 //! # Deviations copied from the recording host
 //!
 //! The recordings come from KVM's instruction emulator, which differs from hardware in
-//! a few places; replay follows the emulator (each is checked by engine/tests/cpu_vs_kvm.rs):
+//! a few places; replay follows the emulator (each is checked by engine/tests/cpu_vs_kvm.rs
+//! or cpu_vs_kvm_linux.rs):
 //! a page-crossing write commits its first page before the second may fault; any fault
 //! during exception delivery becomes #DF without writing CR2; delivery and `iret` do not
 //! set descriptor accessed bits (`mov sreg`, far `jmp` and `lret` do); `lzcnt`/`tzcnt`
-//! are bit scans ([`Quirks`]); CPUID must be the table the guest observed, which
+//! are bit scans ([`Quirks`]); `fxsave` writes the 32-bit-pointer image with zeros at
+//! bytes 416-511 whatever REX.W says, and the `fxsave` family does not check alignment
+//! ([`FpuState::to_fxsave_image`], `exec/fpu.rs`); a `rep ins` chunk is one port read of
+//! up to 1024 bytes ([`crate::icount::string_input_chunk`]); CPUID must be the table the guest observed, which
 //! differs from the one KVM was given (leaf 1 EBX[31:24] even varies with the host CPU).
 //! Flags and results the architecture leaves undefined are the recording host's, as
 //! its recorder measured them ([`undefined`]).
@@ -99,14 +107,22 @@
 //! cli/sti (with the interrupt shadow), lgdt/lidt/sgdt/sidt, ltr/str/lldt/sldt,
 //! smsw/lmsw/clts, mov to and from CR0/2/3/4/8 and DR0-7, invlpg, invpcid, rdmsr/wrmsr,
 //! swapgs, syscall, sysret, iret (to CPL0 and CPL3), cpuid, in/out (immediate and DX
-//! ports), rdtsc, rdrand, rdseed, hlt, ud0/ud1/ud2, mov to segment registers (DS, ES,
-//! FS, GS, SS). `int n`, `int3`, `into`, `int1`, x87, SSE/AVX, xsave/fxsave, ins/outs
-//! and anything else give [`Exit::Error`].
+//! ports), ins/outs (rep, both directions, 32-bit addressing), rdtsc, rdrand, rdseed,
+//! hlt, ud0/ud1/ud2, mov to segment registers (DS, ES, FS, GS, SS), lar, serialize; the
+//! x87/SSE state ([`FpuState`], part of [`CpuState`], so of every clone and checkpoint):
+//! fninit, fnclex, fwait, fnstcw, fnstsw, ldmxcsr, stmxcsr, fxsave/fxrstor and their
+//! 64-bit forms. `int n`, `int3`, `into`, `int1` give [`CpuError::Unsupported`]; x87
+//! arithmetic, SSE/AVX, the xsave family and anything else give
+//! [`CpuError::Unimplemented`], which names the instruction and its address: replay
+//! reports it as a divergence, never a guess. MSRs the CPU does not model are answered
+//! from the recording host's [`MsrTable`] once one is set.
 
 mod block;
 mod exec;
 pub mod flags;
+mod fpu;
 mod mmu;
+mod msr_table;
 mod system;
 pub mod undefined;
 
@@ -120,16 +136,38 @@ use crate::memory::{GuestMemory, line_bit};
 use crate::state::gpr::{RAX, RDX};
 use crate::state::{CpuState, CpuidEntry};
 
+pub use fpu::{FpuState, FxsaveImage};
 pub use mmu::{Access, PageFault};
+pub use msr_table::{MsrBehaviour, MsrRead, MsrTable, MsrWrite};
 
 /// Why [`Cpu::run`] returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
     Limit,
-    PortIn { port: u16, size: u8 },
-    PortOut { port: u16, size: u8, value: u32 },
-    MmioRead { gpa: u64, size: u8 },
-    MmioWrite { gpa: u64, size: u8, value: u64 },
+    PortIn {
+        port: u16,
+        size: u8,
+    },
+    /// `ins`: `count` values of `size` bytes from `port`, in the order it gives them.
+    PortInString {
+        port: u16,
+        size: u8,
+        count: u32,
+    },
+    PortOut {
+        port: u16,
+        size: u8,
+        value: u32,
+    },
+    MmioRead {
+        gpa: u64,
+        size: u8,
+    },
+    MmioWrite {
+        gpa: u64,
+        size: u8,
+        value: u64,
+    },
     Rdtsc,
     Rdrand,
     Rdseed,
@@ -142,11 +180,16 @@ pub enum Exit {
 /// What the replay CPU cannot do. Never a panic: guest input only ever yields these.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum CpuError {
-    #[error("unimplemented instruction {mnemonic} at {rip:#x} (bytes {bytes:02x?})")]
+    /// An instruction the replay CPU does not execute: a divergence, never a guess.
+    #[error("unimplemented instruction {mnemonic} at {rip:#x}: {instruction} (bytes {bytes:02x?})")]
     Unimplemented {
         rip: u64,
         bytes: Vec<u8>,
+        /// As a disassembler names it (`fld1`, `xsave64`); `(invalid)` for bytes that
+        /// decode to nothing.
         mnemonic: String,
+        /// The whole instruction in Intel syntax.
+        instruction: String,
     },
     #[error("triple fault at {rip:#x} (exception {vector} while delivering a double fault)")]
     TripleFault { rip: u64, vector: u8 },
@@ -164,6 +207,8 @@ pub enum CpuError {
     },
     #[error("no instruction is waiting for input")]
     NoPendingInput,
+    #[error("the pending input instruction takes {expected} values, not {given}")]
+    InputCount { expected: u32, given: usize },
     #[error("unsupported operation at {rip:#x}: {what}")]
     Unsupported { rip: u64, what: String },
     #[error("user-entry event cannot be performed: {0}")]
@@ -194,6 +239,8 @@ enum Pending {
     },
     /// A load from MMIO: re-execute with the value.
     Mmio { gpa: u64, size: u8 },
+    /// An `ins` chunk: re-execute with its values (`Cpu::string_input`).
+    StringIn { port: u16, size: u8, count: u32 },
 }
 
 /// An exception raised while executing.
@@ -303,6 +350,8 @@ pub struct Cpu {
     pending: Option<Pending>,
     mmio_input: Option<(u64, u8, u64)>,
     mmio_write: Option<(u64, u8, u64)>,
+    /// The bytes of a pending `ins` chunk, once the driver supplied them.
+    string_input: Option<Vec<u8>>,
     /// RIP after the instruction being executed (instructions that jump change it).
     next_rip: u64,
     /// Set by `iret`, which loads RF; every other retiring instruction clears RF.
@@ -333,6 +382,9 @@ pub struct Cpu {
     has_lzcnt: bool,
     has_tzcnt: bool,
     quirks: std::sync::Arc<Quirks>,
+    /// What `rdmsr` of MSRs it does not model returned on the recording host, when
+    /// known (see [`Cpu::set_msr_table`]).
+    msr_table: Option<std::sync::Arc<MsrTable>>,
     /// The recording host's undefined results, compiled from `quirks`.
     undefined: std::sync::Arc<undefined::UndefinedRules>,
     /// Whether instructions get their fast forms (off only in tests that compare the
@@ -349,6 +401,7 @@ impl Clone for Cpu {
             pending: self.pending,
             mmio_input: self.mmio_input,
             mmio_write: self.mmio_write,
+            string_input: self.string_input.clone(),
             next_rip: self.next_rip,
             keep_rf: false,
             dr: self.dr,
@@ -370,6 +423,7 @@ impl Clone for Cpu {
             has_lzcnt: self.has_lzcnt,
             has_tzcnt: self.has_tzcnt,
             quirks: self.quirks.clone(),
+            msr_table: self.msr_table.clone(),
             undefined: self.undefined.clone(),
             fast_forms: self.fast_forms,
         }
@@ -409,6 +463,7 @@ impl Cpu {
             pending: None,
             mmio_input: None,
             mmio_write: None,
+            string_input: None,
             next_rip: 0,
             keep_rf: false,
             dr: [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400],
@@ -430,6 +485,7 @@ impl Cpu {
             has_lzcnt,
             has_tzcnt,
             quirks: Default::default(),
+            msr_table: None,
             undefined: Default::default(),
             fast_forms: true,
         }
@@ -452,6 +508,16 @@ impl Cpu {
 
     pub fn quirks(&self) -> &Quirks {
         &self.quirks
+    }
+
+    /// Answer `rdmsr` and `wrmsr` of the MSRs the CPU does not model from `table`, the
+    /// recording host's measurements: a read returns the value the guest wrote where
+    /// the host keeps writes, else the measured value or #GP; a write faults, is
+    /// ignored or is kept as the host did. An MSR the table does not cover is an
+    /// [`Exit::Error`]: replay cannot know what the host did. Without a table
+    /// (recordings made before the recorder measured MSRs) both raise #GP.
+    pub fn set_msr_table(&mut self, table: MsrTable) {
+        self.msr_table = Some(std::sync::Arc::new(table));
     }
 
     pub fn state(&self) -> &CpuState {
@@ -625,7 +691,31 @@ impl Cpu {
                 }
                 self.mmio_input = Some((gpa, size, value & flags::mask(size as usize)));
             }
+            Pending::StringIn { .. } => return Err(CpuError::NoPendingInput),
         }
+        Ok(())
+    }
+
+    /// Supplies the values a pending `ins` chunk waits for ([`Exit::PortInString`]), one
+    /// per element in the order the port gave them.
+    pub fn complete_string_input(&mut self, values: &[u32]) -> Result<(), CpuError> {
+        let Some(Pending::StringIn { size, count, .. }) = self.pending else {
+            return Err(CpuError::NoPendingInput);
+        };
+        if self.string_input.is_some() {
+            return Err(CpuError::NoPendingInput);
+        }
+        if values.len() != count as usize {
+            return Err(CpuError::InputCount {
+                expected: count,
+                given: values.len(),
+            });
+        }
+        let bytes = values
+            .iter()
+            .flat_map(|v| v.to_le_bytes()[..size as usize].to_vec())
+            .collect();
+        self.string_input = Some(bytes);
         Ok(())
     }
 
@@ -717,7 +807,16 @@ impl Cpu {
                     }
                 }
                 Pending::Mmio { gpa, size } => return Exit::MmioRead { gpa, size },
-                Pending::PortIn { .. } | Pending::EdxEax { .. } | Pending::Random { .. } => {
+                Pending::StringIn { .. } if self.string_input.is_some() => {
+                    self.pending = None;
+                    if let Some(e) = self.step(mem) {
+                        return e;
+                    }
+                }
+                Pending::PortIn { .. }
+                | Pending::EdxEax { .. }
+                | Pending::Random { .. }
+                | Pending::StringIn { .. } => {
                     return self.pending_exit(p);
                 }
             }
@@ -766,6 +865,7 @@ impl Cpu {
             Pending::Random { seed: false, .. } => Exit::Rdrand,
             Pending::Random { seed: true, .. } => Exit::Rdseed,
             Pending::Mmio { gpa, size } => Exit::MmioRead { gpa, size },
+            Pending::StringIn { port, size, count } => Exit::PortInString { port, size, count },
         }
     }
 
@@ -954,16 +1054,24 @@ impl Cpu {
 
     /// An error for an instruction the CPU does not implement.
     pub(crate) fn unimplemented(&self, mem: &GuestMemory, ins: &Instruction) -> Fault {
+        use iced_x86::Formatter;
         let mut bytes = vec![0u8; ins.len()];
         let _ = self.read_virtual(mem, self.st.rip, &mut bytes);
+        let mut formatter = iced_x86::IntelFormatter::new();
+        formatter.options_mut().set_rip_relative_addresses(true);
+        let (mut mnemonic, mut instruction) = (String::new(), String::new());
+        if ins.code() == Code::INVALID {
+            mnemonic.push_str("(invalid)");
+            instruction.push_str("(invalid)");
+        } else {
+            formatter.format_mnemonic(ins, &mut mnemonic);
+            formatter.format(ins, &mut instruction);
+        }
         exit(Exit::Error(CpuError::Unimplemented {
             rip: self.st.rip,
             bytes,
-            mnemonic: if ins.code() == Code::INVALID {
-                "(invalid)".to_string()
-            } else {
-                format!("{:?}", ins.code())
-            },
+            mnemonic,
+            instruction,
         }))
     }
 

@@ -1,7 +1,10 @@
 //! Exceptions and interrupts (IDT delivery, double and triple faults), entries from and
 //! returns to user mode, descriptor tables and segments, MSRs and CPUID.
 
-use super::{Cpu, CpuError, Exception, Exit, Fault, R, Retired, exc, flags, gp0, vector};
+use super::{
+    Cpu, CpuError, Exception, Exit, Fault, MsrBehaviour, MsrRead, MsrWrite, R, Retired, exc, flags,
+    gp0, vector,
+};
 use crate::arch::seg_attr::{
     self, KERNEL_CODE64 as KERNEL_CODE64_ATTR, KERNEL_DATA as KERNEL_DATA_ATTR,
     USER_CODE32 as USER_CODE32_ATTR, USER_CODE64 as USER_CODE64_ATTR, USER_DATA as USER_DATA_ATTR,
@@ -511,6 +514,7 @@ impl Cpu {
         self.skip_breakpoint_at = None;
         self.pending = None;
         self.mmio_input = None;
+        self.string_input = None;
         let r = &entry.regs;
         self.st.gpr = r.gpr;
         self.st.rip = r.rip;
@@ -609,9 +613,30 @@ impl Cpu {
             i if Self::named_msr(i) => self.msr_value(i),
             i => match self.st.msr(i) {
                 Some(v) => v,
-                None => return Err(gp0()),
+                None => return self.rdmsr_measured(i).map(Some),
             },
         }))
+    }
+
+    /// What the recording host does with an MSR the CPU does not model: #GP without a
+    /// table, an error for an MSR the table does not cover.
+    fn measured_msr(&self, index: u32, what: &str) -> R<MsrBehaviour> {
+        let Some(table) = &self.msr_table else {
+            return Err(gp0());
+        };
+        table.get(index).ok_or_else(|| {
+            self.unsupported(format!(
+                "{what} of MSR {index:#x}, which the recording host's MSR table does not cover"
+            ))
+        })
+    }
+
+    /// `rdmsr` of an MSR the CPU does not model: the recording host's answer.
+    fn rdmsr_measured(&self, index: u32) -> R<u64> {
+        match self.measured_msr(index, "rdmsr")?.read {
+            MsrRead::Value(v) => Ok(v),
+            MsrRead::Faults => Err(gp0()),
+        }
     }
 
     pub(crate) fn wrmsr(&mut self, index: u32, v: u64) -> R<()> {
@@ -657,7 +682,11 @@ impl Cpu {
                 self.st.set_msr(index, v);
             }
             i if Self::named_msr(i) || self.st.msr(i).is_some() => self.st.set_msr(i, v),
-            _ => return Err(gp0()),
+            i => match self.measured_msr(i, "wrmsr")?.write {
+                MsrWrite::Faults => return Err(gp0()),
+                MsrWrite::Ignored => {}
+                MsrWrite::Kept => self.st.set_msr(i, v),
+            },
         }
         Ok(())
     }

@@ -5,6 +5,8 @@
 //! * user entries: [`Replay::on_return_to_user`] (when the kernel returns to user mode);
 //! * kernel-mode interrupts: [`Replay::apply_due`] (at their icount);
 //! * port input, MMIO reads, rdtsc/rdrand/rdseed: [`Replay::on_input`] (at the instruction);
+//!   an `ins` chunk takes one port-input event per element, all recorded at its exit:
+//!   [`Replay::on_string_input`];
 //! * DMA and VMM writes, console output, digests: [`Replay::after_exit`] (at the exit);
 //! * user-memory data: [`Replay::on_breakpoint`] (at the agent hook).
 //!
@@ -465,6 +467,7 @@ impl Replay {
                 | Exit::Rdtsc
                 | Exit::Rdrand
                 | Exit::Rdseed => self.on_input(&exit),
+                Exit::PortInString { port, size, count } => self.on_string_input(port, size, count),
                 Exit::PortOut { port, value, .. } => self.on_port_out(port, value),
                 Exit::MmioWrite { .. } => self.after_exit(),
                 Exit::Hlt => self.on_hlt(),
@@ -749,6 +752,50 @@ impl Replay {
         Ok(())
     }
 
+    /// An `ins` chunk: `count` port-input events, recorded at this exit one per element.
+    fn on_string_input(&mut self, port: u16, size: u8, count: u32) -> Result<(), Box<Divergence>> {
+        let here = if self.exact {
+            self.cpu.icount() + 1
+        } else {
+            self.exit_ordinal
+        };
+        let mut values = Vec::with_capacity(count as usize);
+        for k in 0..count as usize {
+            match self.events.get(self.next + k) {
+                Some(Event::PortIn(p)) if p.port == port && p.size == size && p.icount == here => {
+                    values.push(p.value)
+                }
+                Some(e) => {
+                    let e = e.clone();
+                    return Err(self.diverge(
+                        describe(&e),
+                        format!(
+                            "element {} of {count} of string input from port {port:#x} (size {size}) at position {here}",
+                            k + 1
+                        ),
+                    ));
+                }
+                None if k == 0 => {
+                    self.finished = Some(End::EndOfRecording);
+                    return Ok(());
+                }
+                None => {
+                    return Err(self.diverge(
+                        format!("{count} port inputs at position {here}"),
+                        format!("the recording ends after {k}"),
+                    ));
+                }
+            }
+        }
+        if let Err(e) = self.cpu.complete_string_input(&values) {
+            return Err(self.diverge("a string input instruction to complete", e.to_string()));
+        }
+        for _ in 0..count {
+            self.consume();
+        }
+        Ok(())
+    }
+
     /// An agent event's icount is the exit where the recorder collected it: it cannot
     /// have happened later than that.
     fn check_bound(&self, bound: Icount) -> Result<(), Box<Divergence>> {
@@ -975,6 +1022,9 @@ fn describe(e: &Event) -> String {
 fn describe_exit(exit: &Exit) -> String {
     match exit {
         Exit::PortIn { port, size } => format!("port input {port:#x} (size {size})"),
+        Exit::PortInString { port, size, count } => {
+            format!("string input of {count} from port {port:#x} (size {size})")
+        }
         Exit::MmioRead { gpa, .. } => format!("MMIO read at {gpa:#x}"),
         other => format!("{other:?}"),
     }
@@ -986,6 +1036,7 @@ fn is_deterministic_exit(exit: &Exit) -> bool {
     matches!(
         exit,
         Exit::PortIn { .. }
+            | Exit::PortInString { .. }
             | Exit::PortOut { .. }
             | Exit::MmioRead { .. }
             | Exit::MmioWrite { .. }

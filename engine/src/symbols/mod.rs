@@ -4,6 +4,12 @@
 //!
 //! The image comes from the recording header (`kernel_image`, embedded for small kernels
 //! such as the built-in demo) or from a file the user names (`--kernel`).
+//!
+//! A kernel linked at virtual addresses but loaded at physical ones (Linux: its PT_LOAD
+//! segments have p_vaddr 0xffffffff81000000, p_paddr 0x1000000) runs its first
+//! instructions at the physical addresses; an address no symbol covers that falls in
+//! such a segment's physical range is looked up at its virtual address. (A bzImage's
+//! decompressor also runs in that range: its addresses get the vmlinux's names.)
 
 use crate::state::Symbol;
 use crate::trace::Header;
@@ -66,10 +72,21 @@ pub struct SourceLine {
     pub line: u32,
 }
 
+/// A loadable segment of the image whose physical address differs from its virtual
+/// one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LoadSegment {
+    paddr: u64,
+    vaddr: u64,
+    size: u64,
+}
+
 /// The guest's symbols and line tables.
 pub struct Symbols {
     /// Sorted by address, sizes filled in.
     functions: Vec<Function>,
+    /// Where code runs before paging maps it at its link address.
+    load_segments: Vec<LoadSegment>,
     lines: Option<addr2line::Context<Reader>>,
     unwinder: Option<Unwinder>,
 }
@@ -88,6 +105,7 @@ impl Symbols {
     pub fn empty() -> Symbols {
         Symbols {
             functions: Vec::new(),
+            load_segments: Vec::new(),
             lines: None,
             unwinder: None,
         }
@@ -122,6 +140,7 @@ impl Symbols {
         let unwinder = Unwinder::from_object(&file);
         Ok(Symbols {
             functions,
+            load_segments: physical_load_segments(&file),
             lines,
             unwinder,
         })
@@ -150,6 +169,7 @@ impl Symbols {
         finish_functions(&mut functions, None);
         Symbols {
             functions,
+            load_segments: Vec::new(),
             lines: None,
             unwinder: None,
         }
@@ -179,8 +199,23 @@ impl Symbols {
         self.lines.is_some()
     }
 
-    /// The function containing `addr`.
+    /// The function containing `addr` (or, for code running at its physical address,
+    /// its virtual address).
     pub fn lookup(&self, addr: u64) -> Option<Located<'_>> {
+        self.lookup_linked(addr)
+            .or_else(|| self.lookup_linked(self.linked_address(addr)?))
+    }
+
+    /// The address the image links the code at physical address `addr` at, if `addr`
+    /// is in a segment loaded elsewhere than its link address.
+    pub fn linked_address(&self, addr: u64) -> Option<u64> {
+        self.load_segments
+            .iter()
+            .find(|s| addr.wrapping_sub(s.paddr) < s.size)
+            .map(|s| s.vaddr.wrapping_add(addr - s.paddr))
+    }
+
+    fn lookup_linked(&self, addr: u64) -> Option<Located<'_>> {
         let i = self.functions.partition_point(|f| f.addr <= addr);
         let f = self.functions.get(i.checked_sub(1)?)?;
         let offset = addr - f.addr;
@@ -206,14 +241,40 @@ impl Symbols {
             .map(|f| f.addr)
     }
 
-    /// The source line of the instruction at `addr`.
+    /// The source line of the instruction at `addr` (or at its virtual address, as
+    /// [`Symbols::lookup`]).
     pub fn line(&self, addr: u64) -> Option<SourceLine> {
+        self.line_linked(addr)
+            .or_else(|| self.line_linked(self.linked_address(addr)?))
+    }
+
+    fn line_linked(&self, addr: u64) -> Option<SourceLine> {
         let loc = self.lines.as_ref()?.find_location(addr).ok()??;
         Some(SourceLine {
             file: PathBuf::from(loc.file?),
             line: loc.line?,
         })
     }
+}
+
+/// The PT_LOAD segments of an ELF64 image loaded at other physical addresses than their
+/// virtual ones.
+fn physical_load_segments(file: &object::File<'_>) -> Vec<LoadSegment> {
+    use object::read::elf::ProgramHeader;
+    let object::File::Elf64(elf) = file else {
+        return Vec::new();
+    };
+    let endian = elf.endian();
+    elf.elf_program_headers()
+        .iter()
+        .filter(|ph| ph.p_type(endian) == object::elf::PT_LOAD)
+        .map(|ph| LoadSegment {
+            paddr: ph.p_paddr(endian),
+            vaddr: ph.p_vaddr(endian),
+            size: ph.p_memsz(endian),
+        })
+        .filter(|s| s.paddr != s.vaddr && s.size > 0)
+        .collect()
 }
 
 /// Functions, and the untyped labels of assembly code in executable sections.
@@ -307,6 +368,133 @@ mod tests {
         );
         assert_eq!(symbols.describe(1), "0x1");
         assert!(symbols.lookup(0).is_none());
+    }
+
+    /// A minimal ELF64 executable: one PT_LOAD segment of 0x100 bytes linked at `vaddr`
+    /// and loaded at `paddr`, its .text section, and two function symbols in it:
+    /// `startup_64` (0x40 bytes at its start) and `start_kernel` (0x20 bytes at 0x80).
+    fn elf_with_segment(vaddr: u64, paddr: u64) -> Vec<u8> {
+        const TEXT: usize = 0x100;
+        const SYMTAB: usize = 0x200;
+        const STRTAB: usize = 0x260;
+        const SHSTRTAB: usize = 0x280;
+        const SHDRS: usize = 0x300;
+        let mut b = vec![0u8; SHDRS + 5 * 64];
+        let put = |b: &mut Vec<u8>, at: usize, bytes: &[u8]| {
+            b[at..at + bytes.len()].copy_from_slice(bytes)
+        };
+        // ELF header.
+        put(&mut b, 0, &[0x7f, b'E', b'L', b'F', 2, 1, 1]);
+        put(&mut b, 16, &2u16.to_le_bytes()); // ET_EXEC
+        put(&mut b, 18, &62u16.to_le_bytes()); // x86-64
+        put(&mut b, 20, &1u32.to_le_bytes());
+        put(&mut b, 24, &vaddr.to_le_bytes());
+        put(&mut b, 32, &64u64.to_le_bytes()); // e_phoff
+        put(&mut b, 40, &(SHDRS as u64).to_le_bytes());
+        put(&mut b, 52, &64u16.to_le_bytes());
+        put(&mut b, 54, &56u16.to_le_bytes());
+        put(&mut b, 56, &1u16.to_le_bytes());
+        put(&mut b, 58, &64u16.to_le_bytes());
+        put(&mut b, 60, &5u16.to_le_bytes());
+        put(&mut b, 62, &4u16.to_le_bytes()); // .shstrtab
+        // PT_LOAD, R+X.
+        put(&mut b, 64, &1u32.to_le_bytes());
+        put(&mut b, 68, &5u32.to_le_bytes());
+        for (i, v) in [TEXT as u64, vaddr, paddr, 0x100, 0x100, 0x100]
+            .iter()
+            .enumerate()
+        {
+            put(&mut b, 72 + 8 * i, &v.to_le_bytes());
+        }
+        // Symbols: null, startup_64, start_kernel (global functions in section 1).
+        for (i, (name, off, size)) in [(1u32, 0u64, 0x40u64), (12, 0x80, 0x20)].iter().enumerate() {
+            let at = SYMTAB + 24 * (i + 1);
+            put(&mut b, at, &name.to_le_bytes());
+            b[at + 4] = 0x12;
+            put(&mut b, at + 6, &1u16.to_le_bytes());
+            put(&mut b, at + 8, &(vaddr + off).to_le_bytes());
+            put(&mut b, at + 16, &size.to_le_bytes());
+        }
+        put(&mut b, STRTAB, b"\0startup_64\0start_kernel\0");
+        put(&mut b, SHSTRTAB, b"\0.text\0.symtab\0.strtab\0.shstrtab\0");
+        // Section headers after the null one: .text, .symtab, .strtab, .shstrtab.
+        struct Section {
+            name: u32,
+            ty: u32,
+            flags: u64,
+            addr: u64,
+            offset: usize,
+            size: u64,
+            link: u32,
+            info: u32,
+            entsize: u64,
+        }
+        let section = |name, ty, offset, size| Section {
+            name,
+            ty,
+            flags: 0,
+            addr: 0,
+            offset,
+            size,
+            link: 0,
+            info: 0,
+            entsize: 0,
+        };
+        let sections = [
+            Section {
+                flags: 6,
+                addr: vaddr,
+                ..section(1, 1, TEXT, 0x100)
+            },
+            Section {
+                link: 3,
+                info: 1,
+                entsize: 24,
+                ..section(7, 2, SYMTAB, 72)
+            },
+            section(15, 3, STRTAB, 26),
+            section(23, 3, SHSTRTAB, 33),
+        ];
+        for (i, sec) in sections.iter().enumerate() {
+            let at = SHDRS + 64 * (i + 1);
+            put(&mut b, at, &sec.name.to_le_bytes());
+            put(&mut b, at + 4, &sec.ty.to_le_bytes());
+            put(&mut b, at + 8, &sec.flags.to_le_bytes());
+            put(&mut b, at + 16, &sec.addr.to_le_bytes());
+            put(&mut b, at + 24, &(sec.offset as u64).to_le_bytes());
+            put(&mut b, at + 32, &sec.size.to_le_bytes());
+            put(&mut b, at + 40, &sec.link.to_le_bytes());
+            put(&mut b, at + 44, &sec.info.to_le_bytes());
+            put(&mut b, at + 48, &1u64.to_le_bytes());
+            put(&mut b, at + 56, &sec.entsize.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn code_at_its_physical_address_has_its_linked_symbols() {
+        let linux_like = Symbols::from_elf(&elf_with_segment(0xffff_ffff_8100_0000, 0x100_0000))
+            .expect("parses");
+        // At the link address, and at the load address before paging maps it there.
+        assert_eq!(
+            linux_like.describe(0xffff_ffff_8100_0010),
+            "startup_64+0x10"
+        );
+        assert_eq!(linux_like.describe(0x100_0010), "startup_64+0x10");
+        assert_eq!(linux_like.describe(0x100_0080), "start_kernel");
+        assert_eq!(
+            linux_like.linked_address(0x100_00ff),
+            Some(0xffff_ffff_8100_00ff)
+        );
+        // Outside the segment, and in it where no symbol is.
+        assert_eq!(linux_like.linked_address(0x100_0100), None);
+        assert_eq!(linux_like.describe(0x100_0100), "0x1000100");
+        assert_eq!(linux_like.describe(0x100_0060), "0x1000060");
+        assert_eq!(linux_like.describe(0xfff_fff0), "0xffffff0");
+        // An image loaded where it is linked has nothing to map.
+        let identity = Symbols::from_elf(&elf_with_segment(0x10_0000, 0x10_0000)).expect("parses");
+        assert_eq!(identity.describe(0x10_0010), "startup_64+0x10");
+        assert_eq!(identity.linked_address(0x10_0010), None);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Runs a test [`Image`](super::Image) under KVM through krr-kvm: one vCPU, the image as
 //! guest RAM, the same CPU state, and the per-vCPU `insn_emulation` statistic as
 //! instruction counter. Port reads and MMIO loads answer what the replay CPU's runs
-//! answer ([`port_in_value`], [`super::mmio_value`]).
+//! answer ([`PortInput`], [`super::mmio_value`]).
 
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use krr_kvm::kick::TimeLimit;
 use krr_kvm::stats::{StatDescriptor, Stats};
 use kvm_ioctls::VcpuExit;
 
-use super::{END_PORT, EXC_PORT, Image, RAM_SIZE, port_in_value};
+use super::{END_PORT, EXC_PORT, Image, IoLog, PortInput, RAM_SIZE};
 
 /// How long a run may take before the guest is stopped (a guest that loops inside KVM).
 const TIME_LIMIT: Duration = Duration::from_secs(5);
@@ -30,6 +30,7 @@ pub struct KvmOutcome {
     pub exit: KvmExit,
     /// Growth of `insn_emulation` over the run.
     pub insn_delta: u64,
+    pub io: IoLog,
 }
 
 pub struct KvmMachine {
@@ -93,6 +94,8 @@ impl KvmMachine {
         let _limit = TimeLimit::start(self.vm.accept_kicks(), TIME_LIMIT);
         let before = self.insn_emulation();
         let mut exit = KvmExit::Other("exit budget exhausted".into());
+        let mut ports = PortInput::default();
+        let mut io = IoLog::default();
         for _ in 0..max_exits {
             match self.vm.vcpu_mut().run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
@@ -105,6 +108,7 @@ impl KvmMachine {
                         };
                         break;
                     }
+                    io.outputs.push((port, data.to_vec()));
                     if let Some((p, vector)) = self.inject_on_port
                         && p == port
                     {
@@ -112,9 +116,9 @@ impl KvmMachine {
                     }
                 }
                 Ok(VcpuExit::IoIn(port, data)) => {
-                    let v = port_in_value(port).to_le_bytes();
-                    let n = data.len();
-                    data.copy_from_slice(&v[..n]);
+                    // A string input chunk is one exit with all its elements.
+                    io.inputs.push((port, data.len()));
+                    data.copy_from_slice(&ports.take(port, data.len()));
                 }
                 Ok(VcpuExit::MmioRead(gpa, data)) => {
                     let v = super::mmio_value(gpa).to_le_bytes();
@@ -142,6 +146,7 @@ impl KvmMachine {
             ram: self.ram(),
             exit,
             insn_delta: after - before,
+            io,
         }
     }
 }

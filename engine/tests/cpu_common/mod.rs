@@ -1,9 +1,14 @@
 //! A small long-mode ring-0 machine for the replay CPU tests: GDT, IDT with one stub per
 //! vector, TSS, identity page tables (4 KiB pages below 2 MiB, 2 MiB pages up to 1 GiB),
-//! and helpers to run code in the replay CPU. `kvm` runs the same image under KVM.
+//! and helpers to run code in the replay CPU. `kvm` runs the same image under KVM;
+//! `compare` runs it in both and lists what differs.
 #![allow(dead_code)]
 
+pub mod compare;
 pub mod kvm;
+pub mod lar;
+
+use std::collections::HashMap;
 
 use iced_x86::code_asm::CodeAssembler;
 use krr_engine::cpu::{Cpu, Exit, Quirks};
@@ -277,6 +282,41 @@ pub struct Outcome {
     pub cpu: Cpu,
     pub mem: GuestMemory,
     pub exit: Exit,
+    pub io: IoLog,
+}
+
+/// The port accesses of a run, in order: for an input the port and how many bytes the
+/// access (or string-input chunk) read, for an output the port and the bytes written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IoLog {
+    pub inputs: Vec<(u16, usize)>,
+    pub outputs: Vec<(u16, Vec<u8>)>,
+}
+
+/// What the tests' ports deliver, the same under KVM and in the replay CPU: every port
+/// is a stream of bytes, and an access of n bytes (or a string-input chunk of n
+/// bytes) takes the next n of its port.
+#[derive(Debug, Default)]
+pub struct PortInput {
+    taken: HashMap<u16, u64>,
+}
+
+impl PortInput {
+    pub fn take(&mut self, port: u16, n: usize) -> Vec<u8> {
+        let at = self.taken.entry(port).or_insert(0);
+        let bytes = (*at..*at + n as u64)
+            .map(|j| (port as u64 * 0x9d + j * 0x3b + (j >> 8) * 0x11 + 0x5a) as u8)
+            .collect();
+        *at += n as u64;
+        bytes
+    }
+
+    /// The next value of `size` bytes.
+    pub fn value(&mut self, port: u16, size: usize) -> u32 {
+        let mut v = [0u8; 4];
+        v[..size].copy_from_slice(&self.take(port, size));
+        u32::from_le_bytes(v)
+    }
 }
 
 /// Runs the image in the replay CPU until a port write to END_PORT or EXC_PORT, `hlt`,
@@ -297,8 +337,9 @@ pub fn run_replay_with(img: &Image, cpuid: &[CpuidEntry], limit: u64, quirks: Qu
     let mut mem = img.memory();
     let mut cpu = Cpu::new(img.state.clone(), cpuid.to_vec());
     cpu.set_quirks(quirks);
-    let exit = run_cpu(&mut cpu, &mut mem, limit);
-    Outcome { cpu, mem, exit }
+    let mut io = IoLog::default();
+    let exit = run_cpu_logged(&mut cpu, &mut mem, limit, &mut io);
+    Outcome { cpu, mem, exit, io }
 }
 
 pub fn port_in_value(port: u16) -> u64 {
@@ -311,13 +352,34 @@ pub fn mmio_value(gpa: u64) -> u64 {
 }
 
 pub fn run_cpu(cpu: &mut Cpu, mem: &mut GuestMemory, limit: u64) -> Exit {
+    run_cpu_logged(cpu, mem, limit, &mut IoLog::default())
+}
+
+/// Runs until a write to END_PORT or EXC_PORT, `hlt`, or another exit, answering port
+/// reads from a [`PortInput`] and MMIO loads with [`mmio_value`], and logging the port
+/// accesses.
+pub fn run_cpu_logged(cpu: &mut Cpu, mem: &mut GuestMemory, limit: u64, io: &mut IoLog) -> Exit {
+    let mut ports = PortInput::default();
     loop {
         let e = cpu.run(mem, limit);
         match e {
-            Exit::PortIn { port, .. } => cpu.complete_input(port_in_value(port), false).unwrap(),
+            Exit::PortIn { port, size } => {
+                io.inputs.push((port, size as usize));
+                let v = ports.value(port, size as usize);
+                cpu.complete_input(v as u64, false).unwrap()
+            }
+            Exit::PortInString { port, size, count } => {
+                io.inputs.push((port, size as usize * count as usize));
+                let values: Vec<u32> = (0..count)
+                    .map(|_| ports.value(port, size as usize))
+                    .collect();
+                cpu.complete_string_input(&values).unwrap()
+            }
             Exit::MmioRead { gpa, .. } => cpu.complete_input(mmio_value(gpa), false).unwrap(),
             Exit::MmioWrite { .. } => {}
-            Exit::PortOut { port, .. } if port != END_PORT && port != EXC_PORT => {}
+            Exit::PortOut { port, size, value } if port != END_PORT && port != EXC_PORT => io
+                .outputs
+                .push((port, value.to_le_bytes()[..size as usize].to_vec())),
             _ => return e,
         }
     }

@@ -9,10 +9,13 @@
 //! * [`data`]: `mov` and its relatives, `lea`, `xchg`, `cmovcc`, `setcc`, conversions.
 //! * [`stack`]: `push`, `pop`, `pushf`, `popf`, `enter`, `leave`.
 //! * [`control`]: conditions, jumps, calls, returns, loops.
-//! * [`string`]: `movs`, `stos`, `lods`, `cmps`, `scas` with repeat prefixes.
+//! * [`string`]: `movs`, `stos`, `lods`, `cmps`, `scas`, `ins`, `outs` with repeat
+//!   prefixes.
 //! * [`system`]: flag control, descriptor tables, control registers, MSRs, `cpuid`,
-//!   `iret`, `hlt`, no-ops.
+//!   `iret`, `hlt`, `lar`, no-ops.
 //! * [`io`]: `in`, `out`, `rdtsc`, `rdrand`, `rdseed`.
+//! * [`fpu`]: the x87 and SSE state: `fninit`, `fnclex`, `fwait`, `fnstcw`, `fnstsw`,
+//!   `ldmxcsr`, `stmxcsr`, `fxsave`, `fxrstor`.
 //! * [`fast`]: the fast forms, pre-classified at decode time; their handlers call the
 //!   same primitives as the general path.
 //!
@@ -32,6 +35,7 @@ mod bit;
 mod control;
 mod data;
 mod fast;
+mod fpu;
 mod io;
 mod muldiv;
 mod operand;
@@ -127,6 +131,8 @@ impl Cpu {
             M::Cmpsb | M::Cmpsw | M::Cmpsq => self.string(mem, ins, StringOp::Cmps)?,
             M::Scasb | M::Scasw | M::Scasd | M::Scasq => self.string(mem, ins, StringOp::Scas)?,
             M::Movsd | M::Cmpsd => self.string_dword(mem, ins)?,
+            M::Insb | M::Insw | M::Insd => self.port_in_string(mem, ins)?,
+            M::Outsb | M::Outsw | M::Outsd => return self.port_out_string(mem, ins),
             M::Cli => self.cli(),
             M::Sti => self.sti(),
             M::Clc | M::Stc | M::Cmc | M::Cld | M::Std | M::Clac | M::Stac => self.flag_control(m),
@@ -150,6 +156,16 @@ impl Cpu {
             M::Out => return self.port_out(ins),
             M::Rdtsc => return self.rdtsc(),
             M::Rdrand | M::Rdseed => return self.random(ins, m == M::Rdseed),
+            M::Fninit => self.fninit()?,
+            M::Fnclex => self.fnclex()?,
+            M::Wait => self.fwait()?,
+            M::Fnstcw => self.x87_store_word(mem, ins, true)?,
+            M::Fnstsw => self.x87_store_word(mem, ins, false)?,
+            M::Ldmxcsr => self.ldmxcsr(mem, ins)?,
+            M::Stmxcsr => self.stmxcsr(mem, ins)?,
+            M::Fxsave | M::Fxsave64 => self.fxsave(mem, ins)?,
+            M::Fxrstor | M::Fxrstor64 => self.fxrstor(mem, ins)?,
+            M::Lar => self.lar(mem, ins)?,
             M::Hlt => return Ok(self.hlt()),
             M::Ud0 | M::Ud1 | M::Ud2 | M::INVALID => return Err(ud()),
             M::Int | M::Int3 | M::Into | M::Int1 => return self.software_interrupt(),

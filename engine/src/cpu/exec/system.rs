@@ -1,13 +1,13 @@
 //! System instructions: flag control (`cli`, `sti`, `clc` ...), descriptor tables
 //! (`lgdt`, `sidt` ...), `ltr`/`lldt`/`str`/`sldt`, control registers (`mov cr`, `smsw`,
 //! `lmsw`, `clts`), TLB control (`invlpg`, `invpcid`), `rdmsr`/`wrmsr`, `cpuid`, `iret`,
-//! `hlt`, and the instructions that do nothing here (`nop`, fences, prefetches, cache
-//! control). Exception delivery, segment loads, MSRs and CPUID themselves are in
+//! `hlt`, `lar`, and the instructions that do nothing here (`nop`, fences, `serialize`,
+//! prefetches, cache control). Exception delivery, segment loads, MSRs and CPUID themselves are in
 //! `cpu/system.rs`.
 
 use iced_x86::{Instruction, Mnemonic};
 
-use super::super::flags::{AC, CF, DF, IF, mask};
+use super::super::flags::{AC, CF, DF, IF, ZF, mask};
 use super::super::mmu::canonical;
 use super::super::{Cpu, Exit, Pending, R, Retired, exc, exit, gp0, ud, vector};
 use super::operand::op_size;
@@ -70,6 +70,7 @@ pub(super) fn is_nop(m: Mnemonic) -> bool {
             | M::Wbinvd
             | M::Invd
             | M::Endbr64
+            | M::Serialize
     )
 }
 
@@ -228,6 +229,67 @@ impl Cpu {
         };
         self.keep_rf = true;
         self.iret(mem, size)
+    }
+
+    /// `lar`: the access rights of the descriptor a selector names, with ZF set, or ZF
+    /// clear and the destination unchanged when the selector is null, beyond its
+    /// table, names a type not valid in long mode (an LDT, a gate other than a call
+    /// gate, a reserved type), or a non-conforming segment less privileged than CPL
+    /// and RPL allow. Checked against the host CPU at ring 3 in cpu_vs_kvm_linux.rs.
+    pub(super) fn lar(&mut self, mem: &mut GuestMemory, ins: &Instruction) -> R<()> {
+        let sel = self.rd(mem, ins, 1, 2)? as u16;
+        let size = op_size(ins, 0);
+        let rights = match self.lar_rights(mem, sel)? {
+            Some(r) => r,
+            None => {
+                self.st.rflags &= !ZF;
+                return Ok(());
+            }
+        };
+        let v = if size == 2 { rights & 0xff00 } else { rights };
+        self.wr(mem, ins, 0, size, v)?;
+        self.st.rflags |= ZF;
+        Ok(())
+    }
+
+    /// The second doubleword of `sel`'s descriptor masked by 00FFFF00H, if `lar` may
+    /// read it.
+    fn lar_rights(&mut self, mem: &mut GuestMemory, sel: u16) -> R<Option<u64>> {
+        let ldt = sel & 4 != 0;
+        if sel & !3 == 0 || (ldt && self.st.ldtr.attr & seg_attr::P == 0) {
+            return Ok(None);
+        }
+        let (base, limit) = if ldt {
+            (self.st.ldtr.base, self.st.ldtr.limit as u64)
+        } else {
+            (self.st.gdtr.base, self.st.gdtr.limit as u64)
+        };
+        let off = (sel & !7) as u64;
+        if off + 7 > limit {
+            return Ok(None);
+        }
+        let d = self.read_lin(mem, base.wrapping_add(off), 8, false)?;
+        let attr = super::super::system::segment_from_descriptor(sel, d).attr;
+        let ty = attr & seg_attr::TYPE;
+        let valid = if attr & seg_attr::S != 0 {
+            true
+        } else {
+            matches!(
+                ty,
+                seg_attr::TYPE_TSS64_AVAILABLE
+                    | seg_attr::TYPE_TSS64_BUSY
+                    | seg_attr::TYPE_CALL_GATE64
+            )
+        };
+        let conforming_code = attr & seg_attr::S != 0
+            && ty & (seg_attr::CODE | seg_attr::CONFORMING)
+                == seg_attr::CODE | seg_attr::CONFORMING;
+        let dpl = ((attr & seg_attr::DPL) >> seg_attr::DPL_SHIFT) as u8;
+        let rpl = (sel & 3) as u8;
+        if !valid || (!conforming_code && (self.st.cpl() > dpl || rpl > dpl)) {
+            return Ok(None);
+        }
+        Ok(Some((d >> 32) & 0x00ff_ff00))
     }
 
     pub(super) fn hlt(&mut self) -> Retired {
