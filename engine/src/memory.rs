@@ -605,15 +605,18 @@ impl GuestMemory {
     /// [`Self::load_in_page`]).
     #[inline]
     pub fn read_in_page(&self, gpa: u64, size: usize) -> Option<u64> {
+        self.cached_value(gpa, size)
+            .or_else(|| self.read_in_page_uncached(gpa, size))
+    }
+
+    /// The value at `gpa` if its page is in the write cache (the fast path of every
+    /// in-page read).
+    #[inline]
+    fn cached_value(&self, gpa: u64, size: usize) -> Option<u64> {
         debug_assert!((gpa & PAGE_MASK) as usize + size <= PAGE_SIZE);
         let pn = gpa >> PAGE_SHIFT;
-        let off = (gpa & PAGE_MASK) as usize;
-        if let Some(e) = self.cache.get(cache_index(pn))
-            && e.tag == pn
-        {
-            return Some(read_value(e.page.bytes(), off, size));
-        }
-        self.read_in_page_uncached(gpa, size)
+        let e = self.cache.get(cache_index(pn))?;
+        (e.tag == pn).then(|| read_value(e.page.bytes(), (gpa & PAGE_MASK) as usize, size))
     }
 
     #[inline(never)]
@@ -625,13 +628,8 @@ impl GuestMemory {
     /// Like [`Self::read_in_page`], and keeps the page in the cache (the CPU's loads).
     #[inline]
     pub fn load_in_page(&mut self, gpa: u64, size: usize) -> Option<u64> {
-        debug_assert!((gpa & PAGE_MASK) as usize + size <= PAGE_SIZE);
-        let pn = gpa >> PAGE_SHIFT;
-        let off = (gpa & PAGE_MASK) as usize;
-        if let Some(e) = self.cache.get(cache_index(pn))
-            && e.tag == pn
-        {
-            return Some(read_value(e.page.bytes(), off, size));
+        if let Some(v) = self.cached_value(gpa, size) {
+            return Some(v);
         }
         self.load_in_page_miss(gpa, size)
     }
