@@ -4,7 +4,7 @@ use crate::keymap::{Action, Keymap};
 use krr_engine::replay::{End, Replay, format_instruction};
 use krr_engine::state::{CpuState, gpr};
 use krr_engine::symbols::Symbols;
-use krr_engine::timeline::{Moved, Timeline};
+use krr_engine::timeline::{LineStep, Moved, Timeline};
 use ratatui::crossterm::event::{KeyCode, KeyEvent};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -313,18 +313,12 @@ impl App {
                 |t, c| t.reverse_continue(c.cancel, c.progress),
                 ctl,
             ),
-            Action::Finish => {
-                let caller = self.timeline.caller_frame();
-                self.moved("finish", |t, c| t.finish(caller, c.cancel), ctl)
-            }
-            Action::ReverseFinish => {
-                let caller = self.timeline.caller_frame();
-                self.moved(
-                    "reverse-finish",
-                    |t, c| t.reverse_finish(caller, c.cancel, c.progress),
-                    ctl,
-                )
-            }
+            Action::Finish => self.moved("finish", |t, c| t.finish_frame(c.cancel), ctl),
+            Action::ReverseFinish => self.moved(
+                "reverse-finish",
+                |t, c| t.reverse_finish_frame(c.cancel, c.progress),
+                ctl,
+            ),
             Action::Goto => self.prompt(PromptKind::Goto),
             Action::Watch => self.prompt(PromptKind::Watch),
             Action::Command => self.prompt(PromptKind::Command),
@@ -453,15 +447,9 @@ impl App {
         };
     }
 
-    /// The source line at `addr` (or its function when there is no line), which a
-    /// source step leaves.
-    fn line_key(symbols: &Symbols, addr: u64) -> Option<(PathBuf, u32)> {
-        symbols.line(addr).map(|l| (l.file, l.line))
-    }
-
-    /// Source-line moves: `step` (into calls) and `next` (over calls), forward or back.
-    /// Backward they land on the first instruction of the previous line, as gdb does.
-    /// Without line information they move by one instruction.
+    /// Source-line moves: `step` (into calls) and `next` (over calls), forward or back,
+    /// taken as gdb takes them ([`Timeline::line_step`]). Without line information they
+    /// move by one instruction.
     fn line_move(&mut self, over_calls: bool, forward: bool, ctl: &mut MoveCtl<'_>) {
         let what = match (over_calls, forward) {
             (false, true) => "step",
@@ -469,72 +457,21 @@ impl App {
             (true, true) => "next",
             (true, false) => "reverse-next",
         };
-        if !self.symbols().has_lines() {
-            self.prev_regs = self.regs().clone();
-            let t = &mut self.timeline;
-            let m = match (over_calls, forward) {
-                (false, true) => t.stepi(),
-                (false, false) => t.reverse_stepi(),
-                (true, true) => t.next(ctl.cancel),
-                (true, false) => t.reverse_next(ctl.cancel, ctl.progress),
-            };
-            self.after_move(what, m);
+        let how = if over_calls {
+            LineStep::Next
+        } else {
+            LineStep::Step
+        };
+        let lines = self.symbols().has_lines();
+        self.moved(
+            what,
+            |t, c| t.line_step(how, forward, c.cancel, c.progress),
+            ctl,
+        );
+        if !lines {
             self.message
                 .push_str(" (no line information: by instruction)");
-            return;
         }
-        let line_of = |r: &Replay, symbols: &Symbols| Self::line_key(symbols, r.rip());
-        let sp = |r: &Replay| r.regs().gpr[gpr::RSP];
-        let start = line_of(self.timeline.replay(), self.symbols());
-        let sp0 = sp(self.timeline.replay());
-        self.prev_regs = self.regs().clone();
-        let t = &mut self.timeline;
-        let cancelled = || {
-            ctl.cancel
-                .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
-        };
-        let m = if forward && over_calls {
-            loop {
-                let m = t.next(ctl.cancel);
-                if !matches!(m, Moved::Arrived) {
-                    break m;
-                }
-                if cancelled() {
-                    break Moved::Interrupted;
-                }
-                let r = t.replay();
-                if line_of(r, t.symbols()) != start && sp(r) >= sp0 {
-                    break m;
-                }
-            }
-        } else if forward {
-            t.step_until(ctl.cancel, |r, s| line_of(r, s) != start)
-        } else {
-            let m = t.reverse_step_until(ctl.cancel, ctl.progress, &mut |r, s| {
-                line_of(r, s) != start && (!over_calls || sp(r) >= sp0)
-            });
-            if !matches!(m, Moved::Arrived) {
-                m
-            } else {
-                // Now on the last instruction of the previous line: back to its first.
-                let k = t.icount();
-                let line = line_of(t.replay(), t.symbols());
-                let spk = sp(t.replay());
-                let before = t.reverse_step_until(ctl.cancel, ctl.progress, &mut |r, s| {
-                    line_of(r, s) != line && (!over_calls || sp(r) >= spk)
-                });
-                match before {
-                    Moved::Arrived if over_calls => t.next(ctl.cancel),
-                    Moved::Arrived => t.stepi(),
-                    Moved::Start => t.goto_icount(0),
-                    _ => {
-                        t.goto_icount(k);
-                        Moved::Arrived
-                    }
-                }
-            }
-        };
-        self.after_move(what, m);
     }
 
     // ----- commands -----

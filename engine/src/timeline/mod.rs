@@ -24,8 +24,10 @@
 //! likewise, and keep the last match; watchpoints cost them only a comparison of a
 //! counter per instruction.
 
+mod step;
 mod watch;
 
+pub use step::{FrameId, LineStep};
 pub use watch::{MAX_WATCH_LEN, Watchpoint};
 
 use crate::cpu::PageFault;
@@ -114,6 +116,9 @@ pub struct Timeline {
     watchpoints: BTreeSet<Watchpoint>,
     /// The guest's symbols: set, or read from the recording when first asked for.
     symbols: OnceCell<Symbols>,
+    /// How many inlined calls the position is "before" (at their entry), where the last
+    /// move settled it; otherwise every inlined call entered at pc (see [`LineStep`]).
+    inline_state: Option<step::InlineState>,
 }
 
 impl Timeline {
@@ -134,6 +139,7 @@ impl Timeline {
             breakpoints: BTreeSet::new(),
             watchpoints: BTreeSet::new(),
             symbols: OnceCell::new(),
+            inline_state: None,
         }
     }
 
@@ -251,6 +257,16 @@ impl Timeline {
         })
     }
 
+    /// After a move by instructions (or to a position): the stop is not taken to be
+    /// before any inlined call (gdb skips inlined calls only at the stops of runs and
+    /// source-line steps).
+    pub(super) fn settle_instruction(&mut self) {
+        self.inline_state = Some(step::InlineState {
+            icount: self.icount(),
+            skipped: 0,
+        });
+    }
+
     /// Sets the instruction interval between checkpoints (tests use small ones).
     pub fn set_interval(&mut self, interval: Icount) {
         self.interval = interval.max(1);
@@ -347,6 +363,12 @@ impl Timeline {
     /// reports [`Moved::End`]; reaching `k`, 0 included, is [`Moved::Arrived`] (only a
     /// move that cannot go back at all reports [`Moved::Start`]).
     pub fn goto_icount(&mut self, k: Icount) -> Moved {
+        let moved = self.goto_icount_inner(k);
+        self.settle_instruction();
+        moved
+    }
+
+    fn goto_icount_inner(&mut self, k: Icount) -> Moved {
         if k < self.icount() {
             self.restore_before(|c| c.icount <= k);
         } else {
@@ -357,6 +379,12 @@ impl Timeline {
 
     /// Goes to the position right after event `n` was applied.
     pub fn goto_event(&mut self, n: u64) -> Moved {
+        let moved = self.goto_event_inner(n);
+        self.settle_instruction();
+        moved
+    }
+
+    fn goto_event_inner(&mut self, n: u64) -> Moved {
         if n >= self.now.events().len() as u64 {
             return Moved::End(End::EndOfRecording);
         }
@@ -380,12 +408,24 @@ impl Timeline {
 
     /// Runs forward to the next breakpoint, watched write or the end.
     pub fn continue_forward(&mut self, cancel: Option<&AtomicBool>) -> Moved {
+        let moved = self.continue_forward_inner(cancel);
+        self.inline_state = None;
+        moved
+    }
+
+    fn continue_forward_inner(&mut self, cancel: Option<&AtomicBool>) -> Moved {
         self.forward(Target::End, true, cancel)
     }
 
     /// Steps over a call: like stepi, but a `call` runs until it returns (or a
     /// breakpoint, watchpoint or the end stops it first).
     pub fn next(&mut self, cancel: Option<&AtomicBool>) -> Moved {
+        let moved = self.next_inner(cancel);
+        self.settle_instruction();
+        moved
+    }
+
+    fn next_inner(&mut self, cancel: Option<&AtomicBool>) -> Moved {
         let Some(ins) = self.now.current_instruction() else {
             return self.stepi();
         };
@@ -431,6 +471,12 @@ impl Timeline {
     /// the current stack pointer: a deeper callee's returns run below it, but another
     /// thread's stack that lies above can stop it early.
     pub fn finish(&mut self, caller: Option<CallerFrame>, cancel: Option<&AtomicBool>) -> Moved {
+        let moved = self.finish_inner(caller, cancel);
+        self.inline_state = None;
+        moved
+    }
+
+    fn finish_inner(&mut self, caller: Option<CallerFrame>, cancel: Option<&AtomicBool>) -> Moved {
         if let Some(frame) = caller {
             return self.run_to_frame(frame, cancel);
         }
@@ -448,6 +494,16 @@ impl Timeline {
     /// Back over a call: like reverse-stepi, but when the previous instruction returned
     /// from a call, goes back to that call instruction.
     pub fn reverse_next(
+        &mut self,
+        cancel: Option<&AtomicBool>,
+        progress: &mut dyn FnMut(f64),
+    ) -> Moved {
+        let moved = self.reverse_next_inner(cancel, progress);
+        self.settle_instruction();
+        moved
+    }
+
+    fn reverse_next_inner(
         &mut self,
         cancel: Option<&AtomicBool>,
         progress: &mut dyn FnMut(f64),
@@ -484,6 +540,17 @@ impl Timeline {
         cancel: Option<&AtomicBool>,
         progress: &mut dyn FnMut(f64),
     ) -> Moved {
+        let moved = self.reverse_finish_inner(caller, cancel, progress);
+        self.settle_instruction();
+        moved
+    }
+
+    fn reverse_finish_inner(
+        &mut self,
+        caller: Option<CallerFrame>,
+        cancel: Option<&AtomicBool>,
+        progress: &mut dyn FnMut(f64),
+    ) -> Moved {
         let upper = self.icount();
         if let Some(frame) = caller {
             return self.step_backward_until(upper, cancel, progress, &mut |r: &Replay| {
@@ -510,6 +577,16 @@ impl Timeline {
     /// position, scanning one checkpoint interval at a time from the nearest. `progress`
     /// is told the fraction of the way back to the start that has been scanned.
     pub fn reverse_continue(
+        &mut self,
+        cancel: Option<&AtomicBool>,
+        progress: &mut dyn FnMut(f64),
+    ) -> Moved {
+        let moved = self.reverse_continue_inner(cancel, progress);
+        self.inline_state = None;
+        moved
+    }
+
+    fn reverse_continue_inner(
         &mut self,
         cancel: Option<&AtomicBool>,
         progress: &mut dyn FnMut(f64),
@@ -572,12 +649,33 @@ impl Timeline {
         cancel: Option<&AtomicBool>,
         stop: impl FnMut(&Replay, &Symbols) -> bool,
     ) -> Moved {
+        let moved = self.step_until_inner(cancel, stop);
+        self.inline_state = None;
+        moved
+    }
+
+    fn step_until_inner(
+        &mut self,
+        cancel: Option<&AtomicBool>,
+        stop: impl FnMut(&Replay, &Symbols) -> bool,
+    ) -> Moved {
         self.step_forward_until(cancel, stop)
     }
 
     /// Goes to the last position before the current one where `pred` holds (or a
     /// breakpoint or watchpoint stops it first, scanning backward).
     pub fn reverse_step_until(
+        &mut self,
+        cancel: Option<&AtomicBool>,
+        progress: &mut dyn FnMut(f64),
+        pred: &mut dyn FnMut(&Replay, &Symbols) -> bool,
+    ) -> Moved {
+        let moved = self.reverse_step_until_inner(cancel, progress, pred);
+        self.inline_state = None;
+        moved
+    }
+
+    fn reverse_step_until_inner(
         &mut self,
         cancel: Option<&AtomicBool>,
         progress: &mut dyn FnMut(f64),
