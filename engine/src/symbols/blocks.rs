@@ -97,11 +97,7 @@ impl Blocks {
             units.push((ranges, pieces));
         }
         let map = innermost_map(&blocks);
-        Ok(Blocks {
-            blocks,
-            map,
-            units,
-        })
+        Ok(Blocks { blocks, map, units })
     }
 
     pub fn get(&self, i: usize) -> &Block {
@@ -311,10 +307,11 @@ fn call_files(dwarf: &gimli::Dwarf<Reader>, unit: &gimli::Unit<Reader>) -> Vec<O
         return Vec::new();
     };
     let header = program.header();
-    let comp_dir = unit
-        .comp_dir
-        .as_ref()
-        .and_then(|d| d.to_string_lossy().ok().map(|s| PathBuf::from(s.into_owned())));
+    let comp_dir = unit.comp_dir.as_ref().and_then(|d| {
+        d.to_string_lossy()
+            .ok()
+            .map(|s| PathBuf::from(s.into_owned()))
+    });
     let text = |v: gimli::AttributeValue<Reader>| -> Option<String> {
         let r = dwarf.attr_string(unit, v).ok()?;
         r.to_string_lossy().ok().map(|s| s.into_owned())

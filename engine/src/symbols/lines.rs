@@ -144,7 +144,9 @@ impl LineTable {
             }
             if let Some((bf, br)) = best {
                 let b = unit.files[bf].rows[br].addr;
-                if item < rows.len() && rows[item].addr > b && (best_end == 0 || best_end > rows[item].addr)
+                if item < rows.len()
+                    && rows[item].addr > b
+                    && (best_end == 0 || best_end > rows[item].addr)
                 {
                     best_end = rows[item].addr;
                 }
@@ -201,10 +203,11 @@ fn read_program(
         .name
         .as_ref()
         .and_then(|n| n.to_string_lossy().ok().map(|s| s.into_owned()));
-    let comp_dir = unit
-        .comp_dir
-        .as_ref()
-        .and_then(|d| d.to_string_lossy().ok().map(|s| PathBuf::from(s.into_owned())));
+    let comp_dir = unit.comp_dir.as_ref().and_then(|d| {
+        d.to_string_lossy()
+            .ok()
+            .map(|s| PathBuf::from(s.into_owned()))
+    });
     let index_of = |path: PathBuf, files: &mut Vec<FileTable>| -> usize {
         if let Some(i) = files.iter().position(|f| *f.path == *path) {
             return i;
@@ -246,10 +249,10 @@ fn read_program(
             && !row.is_stmt()
             && stmt_at_address)
             || (!end_sequence && line == 0);
-        if (file_changed && !ignore) || end_sequence {
-            if let Some(lf) = last_file {
-                finish_range(&mut files[lf].rows, address);
-            }
+        if ((file_changed && !ignore) || end_sequence)
+            && let Some(lf) = last_file
+        {
+            finish_range(&mut files[lf].rows, address);
         }
         if !end_sequence && !ignore {
             let record = file_changed || line != last_line || !line_has_non_zero_discriminator;

@@ -363,7 +363,7 @@ fn load_dwarf(file: &object::File<'_>) -> Result<gimli::Dwarf<Reader>, SymbolsEr
         };
         Ok(gimli::EndianArcSlice::new(Arc::from(&*data), endian))
     };
-    Ok(gimli::Dwarf::load(load)?)
+    gimli::Dwarf::load(load)
 }
 
 #[cfg(test)]

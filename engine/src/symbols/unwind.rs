@@ -142,7 +142,10 @@ impl Unwinder {
     }
 
     fn row(&self, pc: u64) -> Option<&Row> {
-        let i = self.rows.partition_point(|r| r.start <= pc).checked_sub(1)?;
+        let i = self
+            .rows
+            .partition_point(|r| r.start <= pc)
+            .checked_sub(1)?;
         let row = &self.rows[i];
         (pc < row.end).then_some(row)
     }

@@ -106,7 +106,10 @@ enum Action {
     /// One more instruction in the step's direction.
     Step,
     /// Run (in the step's direction) to this address, in this frame if one is given.
-    Resume { addr: u64, frame: Option<FrameId> },
+    Resume {
+        addr: u64,
+        frame: Option<FrameId>,
+    },
 }
 
 /// The stop where a step begins: the inlined calls the UI or gdb is "before" there (a
@@ -221,8 +224,8 @@ impl Timeline {
         let here = self.snapshot_now();
         let symbols = self.symbols();
         let pc = here.regs.rip;
-        let Some(entry) = function_range_start(symbols, pc)
-            .map(|f| symbols.line_range(f).map_or(f, |l| l.start))
+        let Some(entry) =
+            function_range_start(symbols, pc).map(|f| symbols.line_range(f).map_or(f, |l| l.start))
         else {
             return self.reverse_stepi();
         };
@@ -336,9 +339,13 @@ impl Timeline {
             let snap = self.snapshot_now();
             let facts = self.facts(&snap);
             action = ctl.decide(self.symbols(), &facts);
-            if std::env::var_os("KRR_STEP_DEBUG").is_some() {
-                eprintln!("STEP {} pc {:#x} {:?} -> {:?} ctl {:?}", snap.icount, facts.pc, facts, action, ctl);
-            }
+            tracing::trace!(
+                icount = snap.icount,
+                ?facts,
+                ?action,
+                ?ctl,
+                "line step forward"
+            );
         }
     }
 
@@ -403,18 +410,20 @@ impl Timeline {
                 // A watched write by this instruction, or a breakpoint here, stops the
                 // step first.
                 if let Some(w) = rec.wrote {
-                    return self.go_to_scanned(Scanned::Found(rec.snap.icount, Moved::Watchpoint(w)));
+                    return self
+                        .go_to_scanned(Scanned::Found(rec.snap.icount, Moved::Watchpoint(w)));
                 }
                 if self.breakpoints.contains(&rec.snap.regs.rip) {
-                    return self
-                        .go_to_scanned(Scanned::Found(rec.snap.icount, Moved::Breakpoint(rec.snap.regs.rip)));
+                    return self.go_to_scanned(Scanned::Found(
+                        rec.snap.icount,
+                        Moved::Breakpoint(rec.snap.regs.rip),
+                    ));
                 }
                 match target {
                     None => break rec,
                     Some((addr, frame)) if rec.snap.regs.rip == addr => {
                         let f = self.facts(&rec.snap);
-                        if frame.is_none() || (f.stack_frame.is_some() && f.stack_frame == frame)
-                        {
+                        if frame.is_none() || (f.stack_frame.is_some() && f.stack_frame == frame) {
                             break rec;
                         }
                     }
@@ -428,9 +437,13 @@ impl Timeline {
                 Some(_) if Some(facts.pc) == facts.func_start => Action::Step,
                 _ => ctl.decide(self.symbols(), &facts),
             };
-            if std::env::var_os("KRR_STEP_DEBUG").is_some() {
-                eprintln!("BACK {} pc {:#x} {:?} -> {:?} ctl {:?}", rec.snap.icount, facts.pc, facts, action, ctl);
-            }
+            tracing::trace!(
+                icount = rec.snap.icount,
+                ?facts,
+                ?action,
+                ?ctl,
+                "line step backward"
+            );
         }
     }
 
@@ -455,11 +468,12 @@ impl Timeline {
         let (caller, caller_pc) = match snap.caller {
             Some(c) if c.rip != 0 => {
                 let lookup = c.rip.wrapping_sub(1);
-                let id = frame_rule(symbols, lookup, c.rip, false, &read_code).map(|rule| FrameId {
-                    stack: rule.cfa(c),
-                    code: function_entry(symbols, lookup).unwrap_or(0),
-                    depth: 0,
-                });
+                let id =
+                    frame_rule(symbols, lookup, c.rip, false, &read_code).map(|rule| FrameId {
+                        stack: rule.cfa(c),
+                        code: function_entry(symbols, lookup).unwrap_or(0),
+                        depth: 0,
+                    });
                 (id, Some(c.rip))
             }
             _ => (None, None),
@@ -467,7 +481,10 @@ impl Timeline {
         let (inlined, skipped) = match symbols.blocks() {
             Some(blocks) => {
                 let inlined = blocks.inlined_at(pc);
-                let skipped = inlined.iter().take_while(|&&b| blocks.enters(b, pc)).count();
+                let skipped = inlined
+                    .iter()
+                    .take_while(|&&b| blocks.enters(b, pc))
+                    .count();
                 (inlined, skipped)
             }
             None => (Vec::new(), 0),
@@ -561,7 +578,7 @@ impl Control {
         }
         // Stepped into a function called from the stepping frame.
         if !same(s.stack_frame, self.step_stack_frame) && same(s.caller, self.step_stack_frame) {
-            return self.into_call(symbols, s);
+            return self.at_call(symbols, s);
         }
         let Some(line) = symbols.line_range(s.pc) else {
             return Action::Stop;
@@ -609,7 +626,7 @@ impl Control {
     }
 
     /// A call from the stepping frame: over it for `next`, into it for `step`.
-    fn into_call(&mut self, symbols: &Symbols, s: &Facts) -> Action {
+    fn at_call(&mut self, symbols: &Symbols, s: &Facts) -> Action {
         match (self.how, self.forward) {
             (LineStep::Next, true) => match s.caller_pc {
                 Some(addr) => Action::Resume {
@@ -788,7 +805,11 @@ fn function_range(symbols: &Symbols, pc: u64) -> Option<(u64, u64)> {
             if block.ranges.len() <= 1 {
                 return Some((block.start(), block.end()));
             }
-            return block.ranges.iter().copied().find(|&(a, b)| a <= pc && pc < b);
+            return block
+                .ranges
+                .iter()
+                .copied()
+                .find(|&(a, b)| a <= pc && pc < b);
         }
     }
     sym.map(|l| (l.function.addr, l.function.addr + l.function.size))
