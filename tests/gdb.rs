@@ -722,3 +722,35 @@ fn a_stray_ack_does_not_hide_a_ctrl_c() {
     assert_eq!(ask(&mut s, b"D"), "OK");
     server.assert_exits_after_detach();
 }
+
+/// `monitor events` lists each event where replay applied it: those the guest agent
+/// writes into its ring carry the exit that collected them only as their bound.
+#[test]
+fn monitor_events_lists_events_where_they_took_effect() {
+    let mut server = Server::start();
+    let mut s = connect(&server.addr);
+    assert!(ask(&mut s, b"?").starts_with(['T', 'S']));
+    // At the breakpoint on syscall_dispatch (after event 216).
+    let here = monitor(&mut s, "goto-icount 317139");
+    assert!(here.contains("Current event: 216 "), "{here}");
+    let events = monitor(&mut s, "events 3");
+    let row = |n: u64| -> String {
+        events
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("#{n} ")))
+            .unwrap_or_else(|| panic!("no #{n}:\n{events}"))
+            .to_string()
+    };
+    for (n, at) in [(215, 312501), (216, 316806), (217, 317168), (218, 317252)] {
+        let r = row(n);
+        assert!(r.contains(&format!("icount {at} ")), "#{n} at {at}: {r}");
+        assert!(r.contains("(bound 320846)"), "#{n}: {r}");
+    }
+    // The position marker sits between the last applied event and the next.
+    let lines: Vec<&str> = events.lines().collect();
+    let here = lines.iter().position(|l| l.contains("(here)")).unwrap();
+    assert!(lines[here - 1].contains("#216 "), "{events}");
+    assert!(lines[here + 1].contains("#217 "), "{events}");
+    assert_eq!(ask(&mut s, b"D"), "OK");
+    server.assert_exits_after_detach();
+}

@@ -167,7 +167,8 @@ pub struct App {
     /// Directories searched first (by file name) for source files.
     pub source_dirs: Vec<PathBuf>,
     sources: RefCell<HashMap<PathBuf, Option<Rc<Vec<String>>>>>,
-    density: RefCell<Option<(usize, Vec<u32>)>>,
+    /// The density strip's columns, for a width and a number of applied events known.
+    density: RefCell<Option<(usize, u64, Vec<u32>)>>,
 }
 
 impl App {
@@ -216,7 +217,10 @@ impl App {
     /// as known.
     pub fn total_position(&self) -> u64 {
         let r = self.replay();
-        let last_event = r.events().last().map(|e| e.icount()).unwrap_or(0);
+        let last_event = (r.events().len() as u64)
+            .checked_sub(1)
+            .and_then(|n| r.event_position(n))
+            .map_or(0, |p| p.0);
         last_event
             .max(r.final_position().unwrap_or(0))
             .max(self.timeline.position().on_event_axis())
@@ -806,22 +810,41 @@ impl App {
         text
     }
 
-    /// Event counts per column over the whole recording.
+    /// Event counts per column over the whole recording, each event where it was
+    /// applied (or its recorded bound, for those not replayed yet).
     pub fn density(&self, columns: usize) -> Vec<u32> {
-        if let Some((c, d)) = &*self.density.borrow()
-            && *c == columns
+        let known = self.replay().events_applied_known();
+        if let Some((c, k, d)) = &*self.density.borrow()
+            && (*c, *k) == (columns, known)
         {
             return d.clone();
         }
         let total = self.total_position();
+        let r = self.replay();
         let mut d = vec![0u32; columns.max(1)];
-        for e in self.replay().events() {
-            let i = (e.icount() as u128 * columns as u128 / (total as u128 + 1)) as usize;
+        for n in 0..r.events().len() as u64 {
+            let p = r.event_position(n).map_or(0, |p| p.0);
+            let i = (p as u128 * columns as u128 / (total as u128 + 1)) as usize;
             let i = i.min(d.len() - 1);
             d[i] = d[i].saturating_add(1);
         }
-        *self.density.borrow_mut() = Some((columns, d.clone()));
+        *self.density.borrow_mut() = Some((columns, known, d.clone()));
         d
+    }
+
+    /// An event's position for display: where it was applied; for an event whose
+    /// recorded position is only an upper bound, that bound too (`≤N` alone where it
+    /// has not been replayed yet).
+    pub fn event_position_text(&self, n: u64) -> (String, Option<u64>) {
+        let r = self.replay();
+        let Some(e) = r.events().get(n as usize) else {
+            return (String::new(), None);
+        };
+        match r.event_position(n) {
+            Some((p, true)) => (format!("≤{p}"), None),
+            Some((p, false)) => (p.to_string(), e.position_is_bound().then_some(e.icount())),
+            None => (String::new(), None),
+        }
     }
 
     /// Serves the replay at the current position to gdb; the UI then follows gdb.

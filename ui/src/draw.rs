@@ -347,7 +347,11 @@ fn event_lines(app: &App, w: usize, h: usize) -> Vec<Line<'static>> {
     let consumed = app.replay().events_consumed() as i64;
     let rows = h.saturating_sub(1) as i64;
     let first = (consumed - 1 - rows / 2 + app.event_scroll).max(0);
-    for n in first..(first + rows).min(events.len() as i64) {
+    let last = (first + rows).min(events.len() as i64);
+    // Where the events listed took effect, as far as replay can learn it cheaply.
+    app.timeline
+        .learn_events_through(last.saturating_sub(1).max(0) as u64);
+    for n in first..last {
         let e = &events[n as usize];
         let mark = if n == consumed - 1 {
             "→"
@@ -356,11 +360,9 @@ fn event_lines(app: &App, w: usize, h: usize) -> Vec<Line<'static>> {
         } else {
             "·"
         };
-        let s = format!(
-            "{mark}#{n:<7} {:<16} {:>12}  {e}",
-            e.kind().name(),
-            e.icount(),
-        );
+        let (at, bound) = app.event_position_text(n as u64);
+        let bound = bound.map(|b| format!(" (bound {b})")).unwrap_or_default();
+        let s = format!("{mark}#{n:<7} {:<16} {at:>12}{bound}  {e}", e.kind().name());
         let selected = app.event_scroll != 0 && app.selected_event() == Some(n as u64);
         out.push(if selected {
             Line::styled(s, Style::default().add_modifier(Modifier::REVERSED))

@@ -99,3 +99,65 @@ fn tiny_terminals_and_collapsed_panes_do_not_panic() {
     keys(&mut a, "?");
     render(&a, None, 5, 5);
 }
+
+/// Events the agent writes into its ring are stamped with the next VM exit (an upper
+/// bound); the pane lists each where replay applied it, so the last applied event (→)
+/// is the status bar's and comes before its position.
+#[test]
+fn events_are_listed_where_they_took_effect() {
+    let mut a = app();
+    keys(&mut a, ":break syscall_dispatch");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, "c");
+    assert!(
+        a.position().starts_with("#216  icount 317139 "),
+        "{}",
+        a.position()
+    );
+    let pane = render(&a, Some(Pane::Events), 130, 16);
+    let row = |n: u64| -> String {
+        pane.lines()
+            .find(|l| l.contains(&format!("#{n} ")))
+            .unwrap_or_else(|| panic!("no row for #{n}:\n{pane}"))
+            .to_string()
+    };
+    assert!(row(216).contains("→#216"), "{pane}");
+    // #215-#218 were all collected at the exit at 320846, and applied before it.
+    for (n, at) in [(215, 312501), (216, 316806), (217, 317168), (218, 317252)] {
+        let r = row(n);
+        assert!(r.contains(&format!(" {at} ")), "#{n} at {at}: {r}");
+        assert!(r.contains("(bound 320846)"), "#{n}: {r}");
+    }
+    // The current position lies between the last applied event and the next.
+    assert!(316806 <= a.timeline.icount() && a.timeline.icount() < 317168);
+}
+
+/// The density strip counts each event in the column where it was applied.
+#[test]
+fn the_density_strip_places_events_where_they_took_effect() {
+    let mut a = app();
+    keys(&mut a, ":goto icount 999999999");
+    key(&mut a, KeyCode::Enter);
+    let r = a.replay();
+    let n = r.events().len() as u64;
+    assert_eq!(
+        r.events_applied_known(),
+        n,
+        "the whole recording was replayed"
+    );
+    let columns = (a.total_position() / 1000) as usize;
+    let d = a.density(columns);
+    let column = |p: u64| (p as u128 * columns as u128 / (a.total_position() as u128 + 1)) as usize;
+    let mut expected = vec![0u32; columns];
+    let mut moved = 0;
+    for i in 0..n {
+        let applied = r.applied_position(i).expect("applied");
+        expected[column(applied).min(columns - 1)] += 1;
+        moved += usize::from(column(applied) != column(r.events()[i as usize].icount()));
+    }
+    assert_eq!(d, expected);
+    assert!(
+        moved > 0,
+        "some events are drawn in another column than their bound's"
+    );
+}

@@ -45,6 +45,9 @@ use watch::{Ran, Watcher};
 pub const DEFAULT_CHECKPOINT_BUDGET: u64 = 1 << 30;
 /// First checkpoint interval, in instructions.
 const INITIAL_INTERVAL: u64 = 250_000;
+/// How far ahead of the position [`Timeline::learn_events_through`] replays to learn
+/// where events were applied (a few milliseconds of replay).
+pub const LEARN_AHEAD: Icount = 1 << 20;
 /// Longest stretch replayed at once with watchpoints set (a stretch that wrote a watched
 /// line is replayed again, in halves).
 const WATCH_SLICE: Icount = 1 << 20;
@@ -165,6 +168,23 @@ impl Timeline {
             exit: (!r.counted()).then(|| r.position()),
             rip: r.rip(),
         }
+    }
+
+    /// Makes sure where the events up to `n` were applied is known
+    /// ([`Replay::applied_position`]): replays a copy of the current position forward
+    /// until event `n` is applied, unless that is more than [`LEARN_AHEAD`]
+    /// instructions ahead (their positions are then shown as recorded until replay
+    /// gets there).
+    pub fn learn_events_through(&self, n: u64) {
+        let n = n.min((self.now.events().len() as u64).saturating_sub(1));
+        if self.now.events_applied_known() > n {
+            return;
+        }
+        let mut ahead = self.now.clone();
+        ahead.set_user_breakpoints(Vec::new());
+        let cap = ahead.icount().saturating_add(LEARN_AHEAD);
+        // Whatever stops it, what it applied on the way is learned.
+        let _ = ahead.run_capped(Target::Event(n), cap);
     }
 
     /// The registers at the current position.
