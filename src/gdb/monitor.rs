@@ -11,8 +11,9 @@ krr-tui monitor commands:
   goto-icount K      go to icount K
   events [N]         the N events (default 5) before and after the current position
   help               this text
-After `goto` or `goto-icount`, run `maint flush register-cache` so that gdb reads the
-new position's registers.";
+After `goto` or `goto-icount`, gdb shows the registers it read before the move until
+`maint flush register-cache`; gdb started with the server's command file (gdb -x, see
+its output) does that after every monitor command.";
 
 /// Runs one monitor command and returns its output.
 pub fn run(t: &mut ReplayTarget, line: &str) -> String {
