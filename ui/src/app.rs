@@ -4,7 +4,7 @@ use crate::keymap::{Action, Keymap};
 use krr_engine::replay::{End, Replay, format_instruction};
 use krr_engine::state::{CpuState, gpr};
 use krr_engine::symbols::Symbols;
-use krr_engine::timeline::{LineStep, Moved, Timeline};
+use krr_engine::timeline::{LineStep, MAX_WATCH_LEN, Moved, Timeline};
 use ratatui::crossterm::event::{KeyCode, KeyEvent};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -160,6 +160,10 @@ pub struct App {
     pub cursor: Option<u64>,
     /// Events list offset from the current event (moved by the cursor keys).
     pub event_scroll: i64,
+    /// First row of the registers pane shown (moved by the cursor keys).
+    pub reg_scroll: usize,
+    /// First line of the help or output popup shown.
+    pub popup_scroll: usize,
     pub mem_at: MemAt,
     /// The status bar message about the last action.
     pub message: String,
@@ -186,6 +190,8 @@ impl App {
             prev_regs,
             cursor: None,
             event_scroll: 0,
+            reg_scroll: 0,
+            popup_scroll: 0,
             mem_at: MemAt::Register(gpr::RSP),
             message: "press ? for help".into(),
             quit: false,
@@ -265,7 +271,25 @@ impl App {
     pub fn press(&mut self, key: KeyEvent, ctl: &mut MoveCtl<'_>) {
         match &mut self.mode {
             Mode::Help | Mode::Output(_) => {
-                self.mode = Mode::Normal;
+                let len = match &self.mode {
+                    Mode::Output(lines) => lines.len(),
+                    _ => crate::draw::help_lines(self).len(),
+                };
+                // Scroll what does not fit; any other key closes.
+                let scroll = match key.code {
+                    KeyCode::Up | KeyCode::Char('k') => self.popup_scroll.saturating_sub(1),
+                    KeyCode::Down | KeyCode::Char('j') => self.popup_scroll + 1,
+                    KeyCode::PageUp => self.popup_scroll.saturating_sub(10),
+                    KeyCode::PageDown => self.popup_scroll + 10,
+                    KeyCode::Home => 0,
+                    KeyCode::End => len,
+                    _ => {
+                        self.mode = Mode::Normal;
+                        self.popup_scroll = 0;
+                        return;
+                    }
+                };
+                self.popup_scroll = scroll.min(len);
             }
             Mode::Prompt { kind, input } => match key.code {
                 KeyCode::Esc => self.mode = Mode::Normal,
@@ -389,6 +413,13 @@ impl App {
                 }
             }
             Pane::Events => self.event_scroll += by,
+            Pane::Registers => {
+                let rows = crate::draw::register_lines(self).len();
+                self.reg_scroll = self
+                    .reg_scroll
+                    .saturating_add_signed(by as isize)
+                    .min(rows.saturating_sub(1));
+            }
             Pane::Memory => {
                 let base = self.memory_address().unwrap_or(0);
                 self.mem_at = MemAt::Addr(base.wrapping_add_signed(by * 16));
@@ -524,7 +555,11 @@ impl App {
 
     fn cmd_break(&mut self, args: &[&str]) -> Result<(), String> {
         let at = match args.first() {
-            Some(a) => self.parse_address(a)?,
+            Some(a) => {
+                let at = self.parse_address(a)?;
+                self.check_code_address(a, at)?;
+                at
+            }
             None => self.cursor.unwrap_or(self.rip()),
         };
         self.timeline.add_breakpoint(at);
@@ -558,6 +593,18 @@ impl App {
             Some(l) => parse_number(l).ok_or_else(|| format!("{l:?} is not a length"))?,
             None => 8,
         };
+        if !(1..=MAX_WATCH_LEN).contains(&len) {
+            return Err(format!(
+                "cannot watch {len} bytes: from 1 to {MAX_WATCH_LEN} at a time"
+            ));
+        }
+        // Every byte watched must be mapped here (a write elsewhere cannot be seen).
+        let mut probe = vec![0u8; len as usize];
+        if self.timeline.read_available(addr, &mut probe) < probe.len() {
+            return Err(format!(
+                "cannot watch {addr:#x} ({len} bytes): not mapped at this position"
+            ));
+        }
         let w = self.timeline.add_watchpoint(addr, len);
         self.message = format!(
             "watchpoint {:#x} ({} bytes): continue and reverse-continue stop where it is written",
@@ -671,6 +718,30 @@ impl App {
             _ => return Err("info breakpoints | checkpoints | registers".into()),
         };
         self.mode = Mode::Output(out);
+        Ok(())
+    }
+
+    /// Refuses a breakpoint address that cannot be code: one past the end of the
+    /// symbol it was given by (`symbol+off`), or one in no function of the guest's
+    /// symbols and not mapped at this position (code loaded later, such as a module's,
+    /// is accepted by its symbol).
+    fn check_code_address(&self, text: &str, at: u64) -> Result<(), String> {
+        if let Some((name, _)) = text.split_once('+')
+            && register_index(name).is_none()
+            && let Some(f) = self.symbols().functions().iter().find(|f| f.name == name)
+            && at.wrapping_sub(f.addr) >= f.size
+        {
+            return Err(format!(
+                "no breakpoint at {text}: {name} is {:#x} bytes long",
+                f.size
+            ));
+        }
+        if self.timeline.instruction_at(at).is_none() && self.symbols().lookup(at).is_none() {
+            return Err(format!(
+                "no breakpoint at {text} ({at:#x}): in no function, and no code mapped there \
+                 at this position"
+            ));
+        }
         Ok(())
     }
 

@@ -329,3 +329,33 @@ fn the_source_line_at_a_functions_entry_is_gdbs() {
     assert!(line.file.ends_with("syscall.c"), "{line:?}");
     assert_eq!(line.line, 70);
 }
+
+#[test]
+fn bad_breakpoint_and_watch_addresses_are_refused() {
+    let mut a = app();
+    keys(&mut a, ":goto event 300");
+    key(&mut a, KeyCode::Enter);
+    for (cmd, says) in [
+        (":break 0x1234", "no breakpoint at 0x1234"),
+        (
+            ":break syscall_dispatch+0x10000000",
+            "syscall_dispatch is 0x",
+        ),
+        ("w0 8", "cannot watch 0x0 (8 bytes): not mapped"),
+        ("w$rsp 0", "cannot watch 0 bytes"),
+        ("w$rsp 100000", "cannot watch 100000 bytes"),
+    ] {
+        keys(&mut a, cmd);
+        key(&mut a, KeyCode::Enter);
+        assert!(a.message.contains(says), "{cmd}: {}", a.message);
+    }
+    assert!(a.timeline.breakpoints().is_empty());
+    assert!(a.timeline.watchpoints().is_empty());
+    // Good ones still work.
+    keys(&mut a, ":break syscall_dispatch+0x10");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.timeline.breakpoints().len(), 1, "{}", a.message);
+    keys(&mut a, "w$rsp 8");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.timeline.watchpoints().len(), 1, "{}", a.message);
+}
