@@ -845,7 +845,7 @@ impl App {
         if !self.symbols().has_lines() {
             return SourceView::NoLines;
         }
-        let Some(line) = self.symbols().line(self.rip()) else {
+        let Some(line) = self.timeline.source_line() else {
             return SourceView::NoLine;
         };
         let text = self.source_text(&line.file);

@@ -359,3 +359,27 @@ fn bad_breakpoint_and_watch_addresses_are_refused() {
     key(&mut a, KeyCode::Enter);
     assert_eq!(a.timeline.watchpoints().len(), 1, "{}", a.message);
 }
+
+/// At an inlined call's entry where a source-line step stopped, `s` and `S` enter the
+/// inlined call without moving, as gdb's step and reverse-step do; the next `s` steps
+/// in it (gdb: 153651, 153651, 153657 in uart_init's first outb calls).
+#[test]
+fn step_at_an_inlined_calls_entry_enters_it_without_moving() {
+    let mut a = app();
+    assert_eq!(from_icount(&mut a, 153642, "n"), 153651);
+    assert_eq!(a.symbols().describe(a.rip()), "uart_init+0x19");
+    // Before the call, the source pane shows the call, as gdb does.
+    let line = |a: &krr_ui::App| match a.source() {
+        krr_ui::app::SourceView::Text { file, line, .. }
+        | krr_ui::app::SourceView::Missing { file, line } => {
+            format!("{}:{line}", file.file_name().unwrap().to_string_lossy())
+        }
+        other => format!("{other:?}"),
+    };
+    assert_eq!(line(&a), "uart.c:13");
+    keys(&mut a, "S");
+    assert_eq!(a.timeline.icount(), 153651, "reverse-step entered the call");
+    assert_eq!(line(&a), "kernel.h:33", "in the inlined outb");
+    keys(&mut a, "s");
+    assert_eq!(a.timeline.icount(), 153657);
+}

@@ -148,8 +148,9 @@ impl Timeline {
             facts.skipped = s.skipped.min(facts.inlined.len());
             facts.frame = facts.frame_at(self.symbols(), 0);
         }
-        // `step` at an inlined call's entry goes into the call without moving.
-        if how == LineStep::Step && forward && facts.skipped > 0 {
+        // `step` (either way) at an inlined call's entry goes into the call without
+        // moving.
+        if how == LineStep::Step && facts.skipped > 0 {
             let skipped = facts.skipped - 1;
             self.inline_state = Some(InlineState {
                 icount: start.icount,
@@ -187,6 +188,27 @@ impl Timeline {
         };
         self.inline_state = None;
         moved
+    }
+
+    /// The source line the position shows, as gdb shows it: at the entry of an inlined
+    /// call the position is taken to be before (after a run or a source-line step
+    /// stopped there), the line of the call; otherwise the line at RIP.
+    pub fn source_line(&self) -> Option<crate::symbols::SourceLine> {
+        let symbols = self.symbols();
+        symbols.line_table()?;
+        let snap = self.snapshot_now();
+        let mut facts = self.facts(&snap);
+        if let Some(s) = self.inline_state
+            && s.icount == snap.icount
+        {
+            facts.skipped = s.skipped.min(facts.inlined.len());
+        }
+        let sal = frame_sal(symbols, &facts);
+        Some(crate::symbols::SourceLine {
+            file: sal.file?.to_path_buf(),
+            line: sal.line,
+        })
+        .filter(|l| l.line != 0)
     }
 
     /// Runs until the current function returns, as gdb's `finish`: out of an inlined
