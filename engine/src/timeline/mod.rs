@@ -119,6 +119,9 @@ pub struct Timeline {
     watchpoints: BTreeSet<Watchpoint>,
     /// The guest's symbols: set, or read from the recording when first asked for.
     symbols: OnceCell<Symbols>,
+    /// The last [`Timeline::learn_events_through`] that could not learn all it was
+    /// asked: its position and event.
+    learn_tried: std::cell::Cell<Option<(Icount, u64)>>,
     /// How many inlined calls the position is "before" (at their entry), where the last
     /// move settled it; otherwise every inlined call entered at pc (see [`LineStep`]).
     inline_state: Option<step::InlineState>,
@@ -142,6 +145,7 @@ impl Timeline {
             breakpoints: BTreeSet::new(),
             watchpoints: BTreeSet::new(),
             symbols: OnceCell::new(),
+            learn_tried: std::cell::Cell::new(None),
             inline_state: None,
         }
     }
@@ -180,6 +184,16 @@ impl Timeline {
         if self.now.events_applied_known() > n {
             return;
         }
+        // Not again from here for as much (the pane is drawn over and over).
+        let attempt = (self.icount(), n);
+        if self
+            .learn_tried
+            .get()
+            .is_some_and(|(k, m)| k == attempt.0 && m >= n)
+        {
+            return;
+        }
+        self.learn_tried.set(Some(attempt));
         let mut ahead = self.now.clone();
         ahead.set_user_breakpoints(Vec::new());
         let cap = ahead.icount().saturating_add(LEARN_AHEAD);
