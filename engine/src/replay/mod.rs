@@ -163,6 +163,9 @@ impl Default for ReplayLimits {
 }
 /// An event not applied yet by any replay of the recording.
 const NOT_APPLIED: u64 = u64::MAX;
+/// The least an event takes in memory: itself and where it was applied.
+const EVENT_HELD_BYTES: u64 =
+    (std::mem::size_of::<Event>() + std::mem::size_of::<AtomicU64>()) as u64;
 
 impl Replay {
     /// Opens a recording and restores its initial state, with the default limits.
@@ -221,8 +224,7 @@ impl Replay {
         let cpu = Cpu::new(cpu_state, header.cpuid.clone());
         // Every event before the first damage: a bad chunk loses what follows it, not
         // the recording. The events' array grows at most to the budget.
-        let most_events =
-            (budget.saturating_sub(held) / std::mem::size_of::<Event>() as u64) as usize;
+        let most_events = (budget.saturating_sub(held) / EVENT_HELD_BYTES) as usize;
         let mut events: Vec<Event> = Vec::new();
         let mut problem = reader.recovery().reason.clone();
         for e in reader.events_from(0) {
@@ -236,7 +238,8 @@ impl Replay {
                     )));
                 }
                 Ok(e) => {
-                    held += e.memory_bytes();
+                    // The event, and where it was applied (see `Replay::applied`).
+                    held += e.memory_bytes() + std::mem::size_of::<AtomicU64>() as u64;
                     if held > budget {
                         problem = Some(format!(
                             "its events take more than the {} MiB replay may hold of a \
