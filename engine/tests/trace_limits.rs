@@ -240,7 +240,10 @@ fn replay_holds_events_up_to_its_budget() {
     // The snapshot is empty: its map is the region table (a few bytes). Each event
     // also has where it was applied (8 bytes).
     let held = std::mem::size_of_val(r.events()) + r.events().len() * 8;
-    assert!(held <= 1 << 20 && held > (1 << 20) - 2 * (event + 8), "{held}");
+    assert!(
+        held <= 1 << 20 && held > (1 << 20) - 2 * (event + 8),
+        "{held}"
+    );
     let problem = r.recording_problem().expect("a problem");
     assert!(problem.contains("--recording-memory"), "{problem}");
 
