@@ -146,7 +146,7 @@ pub fn tui(args: &ReplayArgs) -> Result<()> {
 
 pub fn run(args: ReplayArgs) -> Result<()> {
     if let Some(addr) = &args.gdb {
-        return crate::gdb::serve(&args.file, args.limits(), addr);
+        return crate::gdb::serve(&args.file, args.limits(), addr, args.goto);
     }
     if !args.headless {
         return tui(&args);

@@ -167,6 +167,15 @@ impl Event {
         (std::mem::size_of::<Event>() + carried) as u64
     }
 
+    /// Whether the recorded position is an upper bound (events the guest agent writes
+    /// into its ring, stamped with the exit that collected them) rather than exact.
+    pub fn position_is_bound(&self) -> bool {
+        matches!(
+            self,
+            Event::UserEntry(_) | Event::UserRead(_) | Event::PteRead(_) | Event::Random(_)
+        )
+    }
+
     /// Sets the position (the recorder stamps agent events with the exit that
     /// collected them).
     pub fn set_icount(&mut self, icount: Icount) {

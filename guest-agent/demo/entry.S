@@ -98,8 +98,13 @@ trap_common:
 	cld
 	movq %rsp, %rdi
 	call trap
-	.globl trap_return
-trap_return:
+	/*
+	 * No symbol at the return address: gdb names a frame by the symbol at its pc (here
+	 * the return address) but the caller's frame, when it sets `finish`'s breakpoint,
+	 * by the symbol before the return address (trap_common); a label here makes the
+	 * two differ, and `finish` from trap() or syscall_dispatch() never stops.
+	 */
+.Ltrap_return:
 	popq %r15
 	popq %r14
 	popq %r13
@@ -121,7 +126,7 @@ trap_return:
 /* A new process's first run: swtch returns here with RSP at its initial trap frame. */
 	.globl proc_first_return
 proc_first_return:
-	jmp trap_return
+	jmp .Ltrap_return
 
 /* void swtch(u64 *save_sp, u64 new_sp): switch kernel stacks, callee-saved registers only. */
 	.globl swtch

@@ -104,7 +104,6 @@ void idt_load_empty(void);
 
 /* entry.S */
 void syscall_entry(void);
-void trap_return(void);
 void proc_first_return(void);
 void swtch(u64 *save_sp, u64 new_sp);
 void gdt_reload_segments(void);

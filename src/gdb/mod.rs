@@ -11,7 +11,7 @@ mod framing;
 mod monitor;
 mod target;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use framing::{Framer, Unit};
 use gdbstub::conn::Connection;
 use gdbstub::stub::state_machine::GdbStubStateMachine;
@@ -38,16 +38,21 @@ const POLL: Duration = Duration::from_millis(20);
 /// moves to).
 pub type Position = (u64, u64);
 
-/// Serves the recording at `path` to gdb on `addr` until gdb detaches or kills it.
-/// A connection that breaks or speaks garbage is closed and the next one accepted.
-pub fn serve(path: &Path, limits: ReplayLimits, addr: &str) -> Result<()> {
+/// Serves the recording at `path` to gdb on `addr` until gdb detaches or kills it,
+/// starting right after event `goto` if given. A connection that breaks or speaks
+/// garbage is closed and the next one accepted.
+pub fn serve(path: &Path, limits: ReplayLimits, addr: &str, goto: Option<u64>) -> Result<()> {
     let replay = Replay::open_with(path, limits).with_context(|| format!("{}", path.display()))?;
+    let mut tl = Timeline::new(replay, DEFAULT_CHECKPOINT_BUDGET);
+    if let Some(n) = goto {
+        let total = tl.replay().events().len() as u64;
+        if n >= total {
+            bail!("event {n} does not exist: the recording has {total} events");
+        }
+        tl.goto_event(n);
+    }
     let listener = TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
-    serve_on(
-        Timeline::new(replay, DEFAULT_CHECKPOINT_BUDGET),
-        listener,
-        None,
-    )
+    serve_on(tl, listener, None)
 }
 
 /// Exports `replay` at its current position to gdb: a server on a free port of
@@ -82,16 +87,20 @@ pub fn serve_on(
     follow: Option<std::sync::mpsc::Sender<Position>>,
 ) -> Result<()> {
     let quiet = follow.is_some();
-    let kernel = write_kernel_image(tl.replay())?;
-    let mut target = ReplayTarget::new(tl);
     let local = listener.local_addr()?;
-    if let Some(k) = &kernel {
-        target.set_exec_file(k.path());
+    let files = write_gdb_files(tl.replay(), &local.to_string())?;
+    let mut target = ReplayTarget::new(tl);
+    if let Some(k) = &files.kernel {
+        target.set_exec_file(k);
         if !quiet {
-            println!("gdb: kernel ELF with symbols: {}", k.path().display());
+            println!("gdb: kernel ELF with symbols: {}", k.display());
         }
     }
     if !quiet {
+        println!(
+            "gdb: commands that connect gdb and keep it in step with monitor moves: gdb -x {}",
+            files.script.display()
+        );
         println!("gdb: listening on {local} (in gdb: target remote {local})");
         std::io::stdout().flush()?;
     }
@@ -196,32 +205,49 @@ pub fn move_to(tl: &mut Timeline, pos: Position) {
     }
 }
 
-/// The kernel ELF embedded in the recording, written out for gdb's `file` command while
-/// the server runs.
-fn write_kernel_image(replay: &Replay) -> Result<Option<KernelFile>> {
-    let Some(image) = &replay.header().kernel_image else {
-        return Ok(None);
-    };
+/// What the server writes for gdb while it runs (removed when it ends): the kernel ELF
+/// embedded in the recording, offered to gdb as the executable, and a command file that
+/// connects gdb and keeps it in step with moves gdb does not see.
+struct GdbFiles {
+    dir: std::path::PathBuf,
+    kernel: Option<std::path::PathBuf>,
+    script: std::path::PathBuf,
+}
+
+/// gdb keeps the registers (and frames) it read until the target reports a stop, and a
+/// `monitor goto` moves the replay without one: as rr's gdb commands do after its own
+/// moves, this hook makes gdb read them again after every `monitor` command.
+const GDB_COMMANDS: &str = "\
+# krr-tui: gdb commands for a replay served to gdb (gdb -x THIS_FILE).
+# A `monitor goto` or `monitor goto-icount` moves the replay without a stop gdb sees;
+# gdb reads the registers again after every `monitor` command.
+define hookpost-monitor
+maintenance flush register-cache
+end
+";
+
+fn write_gdb_files(replay: &Replay, addr: &str) -> Result<GdbFiles> {
     let dir = std::env::temp_dir().join(format!("krr-gdb-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
-    let path = dir.join("kernel.elf");
-    std::fs::write(&path, image).with_context(|| format!("{}", path.display()))?;
-    Ok(Some(KernelFile { dir, path }))
+    let kernel = match &replay.header().kernel_image {
+        Some(image) => {
+            let path = dir.join("kernel.elf");
+            std::fs::write(&path, image).with_context(|| format!("{}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
+    let script = dir.join("krr.gdb");
+    std::fs::write(&script, format!("{GDB_COMMANDS}target remote {addr}\n"))
+        .with_context(|| format!("{}", script.display()))?;
+    Ok(GdbFiles {
+        dir,
+        kernel,
+        script,
+    })
 }
 
-/// A kernel image written for gdb, removed when the server ends.
-struct KernelFile {
-    dir: std::path::PathBuf,
-    path: std::path::PathBuf,
-}
-
-impl KernelFile {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for KernelFile {
+impl Drop for GdbFiles {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -11,8 +11,9 @@ krr-tui monitor commands:
   goto-icount K      go to icount K
   events [N]         the N events (default 5) before and after the current position
   help               this text
-After `goto` or `goto-icount`, run `maint flush register-cache` so that gdb reads the
-new position's registers.";
+After `goto` or `goto-icount`, gdb shows the registers it read before the move until
+`maint flush register-cache`; gdb started with the server's command file (gdb -x, see
+its output) does that after every monitor command.";
 
 /// Runs one monitor command and returns its output.
 pub fn run(t: &mut ReplayTarget, line: &str) -> String {
@@ -100,14 +101,26 @@ fn events(t: &ReplayTarget, n: u64) -> String {
     let next = replay.events_consumed() as usize;
     let from = next.saturating_sub(n as usize);
     let to = (next + n as usize).min(all.len());
+    t.tl.learn_events_through(to.saturating_sub(1) as u64);
     let mut out = String::new();
     for (i, e) in all.iter().enumerate().take(to).skip(from) {
         if i == next {
             out.push_str(&format!("   --> icount {} (here)\n", t.icount()));
         }
+        // Where replay applied it; for an event stamped with the exit that collected it,
+        // that exit's position is only an upper bound, shown as such.
+        let at = match replay.event_position(i as u64) {
+            Some((p, true)) => format!("<={p}"),
+            Some((p, false)) => p.to_string(),
+            None => String::new(),
+        };
+        let bound = if e.position_is_bound() && replay.applied_position(i as u64).is_some() {
+            format!(" (bound {})", e.icount())
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "  #{i:<8} icount {:<12} {}\n",
-            e.icount(),
+            "  #{i:<8} icount {at:<12} {}{bound}\n",
             e.kind().name()
         ));
     }

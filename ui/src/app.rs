@@ -4,7 +4,7 @@ use crate::keymap::{Action, Keymap};
 use krr_engine::replay::{End, Replay, format_instruction};
 use krr_engine::state::{CpuState, gpr};
 use krr_engine::symbols::Symbols;
-use krr_engine::timeline::{Moved, Timeline};
+use krr_engine::timeline::{LineStep, MAX_WATCH_LEN, Moved, Timeline};
 use ratatui::crossterm::event::{KeyCode, KeyEvent};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -160,6 +160,10 @@ pub struct App {
     pub cursor: Option<u64>,
     /// Events list offset from the current event (moved by the cursor keys).
     pub event_scroll: i64,
+    /// First row of the registers pane shown (moved by the cursor keys).
+    pub reg_scroll: usize,
+    /// First line of the help or output popup shown.
+    pub popup_scroll: usize,
     pub mem_at: MemAt,
     /// The status bar message about the last action.
     pub message: String,
@@ -167,7 +171,8 @@ pub struct App {
     /// Directories searched first (by file name) for source files.
     pub source_dirs: Vec<PathBuf>,
     sources: RefCell<HashMap<PathBuf, Option<Rc<Vec<String>>>>>,
-    density: RefCell<Option<(usize, Vec<u32>)>>,
+    /// The density strip's columns, for a width and a number of applied events known.
+    density: RefCell<Option<(usize, u64, Vec<u32>)>>,
 }
 
 impl App {
@@ -185,6 +190,8 @@ impl App {
             prev_regs,
             cursor: None,
             event_scroll: 0,
+            reg_scroll: 0,
+            popup_scroll: 0,
             mem_at: MemAt::Register(gpr::RSP),
             message: "press ? for help".into(),
             quit: false,
@@ -216,7 +223,10 @@ impl App {
     /// as known.
     pub fn total_position(&self) -> u64 {
         let r = self.replay();
-        let last_event = r.events().last().map(|e| e.icount()).unwrap_or(0);
+        let last_event = (r.events().len() as u64)
+            .checked_sub(1)
+            .and_then(|n| r.event_position(n))
+            .map_or(0, |p| p.0);
         last_event
             .max(r.final_position().unwrap_or(0))
             .max(self.timeline.position().on_event_axis())
@@ -261,7 +271,25 @@ impl App {
     pub fn press(&mut self, key: KeyEvent, ctl: &mut MoveCtl<'_>) {
         match &mut self.mode {
             Mode::Help | Mode::Output(_) => {
-                self.mode = Mode::Normal;
+                let len = match &self.mode {
+                    Mode::Output(lines) => lines.len(),
+                    _ => crate::draw::help_lines(self).len(),
+                };
+                // Scroll what does not fit; any other key closes.
+                let scroll = match key.code {
+                    KeyCode::Up | KeyCode::Char('k') => self.popup_scroll.saturating_sub(1),
+                    KeyCode::Down | KeyCode::Char('j') => self.popup_scroll + 1,
+                    KeyCode::PageUp => self.popup_scroll.saturating_sub(10),
+                    KeyCode::PageDown => self.popup_scroll + 10,
+                    KeyCode::Home => 0,
+                    KeyCode::End => len,
+                    _ => {
+                        self.mode = Mode::Normal;
+                        self.popup_scroll = 0;
+                        return;
+                    }
+                };
+                self.popup_scroll = scroll.min(len);
             }
             Mode::Prompt { kind, input } => match key.code {
                 KeyCode::Esc => self.mode = Mode::Normal,
@@ -313,18 +341,12 @@ impl App {
                 |t, c| t.reverse_continue(c.cancel, c.progress),
                 ctl,
             ),
-            Action::Finish => {
-                let caller = self.timeline.caller_frame();
-                self.moved("finish", |t, c| t.finish(caller, c.cancel), ctl)
-            }
-            Action::ReverseFinish => {
-                let caller = self.timeline.caller_frame();
-                self.moved(
-                    "reverse-finish",
-                    |t, c| t.reverse_finish(caller, c.cancel, c.progress),
-                    ctl,
-                )
-            }
+            Action::Finish => self.moved("finish", |t, c| t.finish_frame(c.cancel), ctl),
+            Action::ReverseFinish => self.moved(
+                "reverse-finish",
+                |t, c| t.reverse_finish_frame(c.cancel, c.progress),
+                ctl,
+            ),
             Action::Goto => self.prompt(PromptKind::Goto),
             Action::Watch => self.prompt(PromptKind::Watch),
             Action::Command => self.prompt(PromptKind::Command),
@@ -391,6 +413,13 @@ impl App {
                 }
             }
             Pane::Events => self.event_scroll += by,
+            Pane::Registers => {
+                let rows = crate::draw::register_lines(self).len();
+                self.reg_scroll = self
+                    .reg_scroll
+                    .saturating_add_signed(by as isize)
+                    .min(rows.saturating_sub(1));
+            }
             Pane::Memory => {
                 let base = self.memory_address().unwrap_or(0);
                 self.mem_at = MemAt::Addr(base.wrapping_add_signed(by * 16));
@@ -453,15 +482,9 @@ impl App {
         };
     }
 
-    /// The source line at `addr` (or its function when there is no line), which a
-    /// source step leaves.
-    fn line_key(symbols: &Symbols, addr: u64) -> Option<(PathBuf, u32)> {
-        symbols.line(addr).map(|l| (l.file, l.line))
-    }
-
-    /// Source-line moves: `step` (into calls) and `next` (over calls), forward or back.
-    /// Backward they land on the first instruction of the previous line, as gdb does.
-    /// Without line information they move by one instruction.
+    /// Source-line moves: `step` (into calls) and `next` (over calls), forward or back,
+    /// taken as gdb takes them ([`Timeline::line_step`]). Without line information they
+    /// move by one instruction.
     fn line_move(&mut self, over_calls: bool, forward: bool, ctl: &mut MoveCtl<'_>) {
         let what = match (over_calls, forward) {
             (false, true) => "step",
@@ -469,72 +492,21 @@ impl App {
             (true, true) => "next",
             (true, false) => "reverse-next",
         };
-        if !self.symbols().has_lines() {
-            self.prev_regs = self.regs().clone();
-            let t = &mut self.timeline;
-            let m = match (over_calls, forward) {
-                (false, true) => t.stepi(),
-                (false, false) => t.reverse_stepi(),
-                (true, true) => t.next(ctl.cancel),
-                (true, false) => t.reverse_next(ctl.cancel, ctl.progress),
-            };
-            self.after_move(what, m);
+        let how = if over_calls {
+            LineStep::Next
+        } else {
+            LineStep::Step
+        };
+        let lines = self.symbols().has_lines();
+        self.moved(
+            what,
+            |t, c| t.line_step(how, forward, c.cancel, c.progress),
+            ctl,
+        );
+        if !lines {
             self.message
                 .push_str(" (no line information: by instruction)");
-            return;
         }
-        let line_of = |r: &Replay, symbols: &Symbols| Self::line_key(symbols, r.rip());
-        let sp = |r: &Replay| r.regs().gpr[gpr::RSP];
-        let start = line_of(self.timeline.replay(), self.symbols());
-        let sp0 = sp(self.timeline.replay());
-        self.prev_regs = self.regs().clone();
-        let t = &mut self.timeline;
-        let cancelled = || {
-            ctl.cancel
-                .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
-        };
-        let m = if forward && over_calls {
-            loop {
-                let m = t.next(ctl.cancel);
-                if !matches!(m, Moved::Arrived) {
-                    break m;
-                }
-                if cancelled() {
-                    break Moved::Interrupted;
-                }
-                let r = t.replay();
-                if line_of(r, t.symbols()) != start && sp(r) >= sp0 {
-                    break m;
-                }
-            }
-        } else if forward {
-            t.step_until(ctl.cancel, |r, s| line_of(r, s) != start)
-        } else {
-            let m = t.reverse_step_until(ctl.cancel, ctl.progress, &mut |r, s| {
-                line_of(r, s) != start && (!over_calls || sp(r) >= sp0)
-            });
-            if !matches!(m, Moved::Arrived) {
-                m
-            } else {
-                // Now on the last instruction of the previous line: back to its first.
-                let k = t.icount();
-                let line = line_of(t.replay(), t.symbols());
-                let spk = sp(t.replay());
-                let before = t.reverse_step_until(ctl.cancel, ctl.progress, &mut |r, s| {
-                    line_of(r, s) != line && (!over_calls || sp(r) >= spk)
-                });
-                match before {
-                    Moved::Arrived if over_calls => t.next(ctl.cancel),
-                    Moved::Arrived => t.stepi(),
-                    Moved::Start => t.goto_icount(0),
-                    _ => {
-                        t.goto_icount(k);
-                        Moved::Arrived
-                    }
-                }
-            }
-        };
-        self.after_move(what, m);
     }
 
     // ----- commands -----
@@ -583,7 +555,11 @@ impl App {
 
     fn cmd_break(&mut self, args: &[&str]) -> Result<(), String> {
         let at = match args.first() {
-            Some(a) => self.parse_address(a)?,
+            Some(a) => {
+                let at = self.parse_address(a)?;
+                self.check_code_address(a, at)?;
+                at
+            }
             None => self.cursor.unwrap_or(self.rip()),
         };
         self.timeline.add_breakpoint(at);
@@ -617,6 +593,18 @@ impl App {
             Some(l) => parse_number(l).ok_or_else(|| format!("{l:?} is not a length"))?,
             None => 8,
         };
+        if !(1..=MAX_WATCH_LEN).contains(&len) {
+            return Err(format!(
+                "cannot watch {len} bytes: from 1 to {MAX_WATCH_LEN} at a time"
+            ));
+        }
+        // Every byte watched must be mapped here (a write elsewhere cannot be seen).
+        let mut probe = vec![0u8; len as usize];
+        if self.timeline.read_available(addr, &mut probe) < probe.len() {
+            return Err(format!(
+                "cannot watch {addr:#x} ({len} bytes): not mapped at this position"
+            ));
+        }
         let w = self.timeline.add_watchpoint(addr, len);
         self.message = format!(
             "watchpoint {:#x} ({} bytes): continue and reverse-continue stop where it is written",
@@ -733,6 +721,30 @@ impl App {
         Ok(())
     }
 
+    /// Refuses a breakpoint address that cannot be code: one past the end of the
+    /// symbol it was given by (`symbol+off`), or one in no function of the guest's
+    /// symbols and not mapped at this position (code loaded later, such as a module's,
+    /// is accepted by its symbol).
+    fn check_code_address(&self, text: &str, at: u64) -> Result<(), String> {
+        if let Some((name, _)) = text.split_once('+')
+            && register_index(name).is_none()
+            && let Some(f) = self.symbols().functions().iter().find(|f| f.name == name)
+            && at.wrapping_sub(f.addr) >= f.size
+        {
+            return Err(format!(
+                "no breakpoint at {text}: {name} is {:#x} bytes long",
+                f.size
+            ));
+        }
+        if self.timeline.instruction_at(at).is_none() && self.symbols().lookup(at).is_none() {
+            return Err(format!(
+                "no breakpoint at {text} ({at:#x}): in no function, and no code mapped there \
+                 at this position"
+            ));
+        }
+        Ok(())
+    }
+
     /// `0x...`, decimal, `$reg`, `symbol` or `symbol+off`.
     pub fn parse_address(&self, s: &str) -> Result<u64, String> {
         if let Some(r) = register_index(s) {
@@ -833,7 +845,7 @@ impl App {
         if !self.symbols().has_lines() {
             return SourceView::NoLines;
         }
-        let Some(line) = self.symbols().line(self.rip()) else {
+        let Some(line) = self.timeline.source_line() else {
             return SourceView::NoLine;
         };
         let text = self.source_text(&line.file);
@@ -869,22 +881,41 @@ impl App {
         text
     }
 
-    /// Event counts per column over the whole recording.
+    /// Event counts per column over the whole recording, each event where it was
+    /// applied (or its recorded bound, for those not replayed yet).
     pub fn density(&self, columns: usize) -> Vec<u32> {
-        if let Some((c, d)) = &*self.density.borrow()
-            && *c == columns
+        let known = self.replay().events_applied_known();
+        if let Some((c, k, d)) = &*self.density.borrow()
+            && (*c, *k) == (columns, known)
         {
             return d.clone();
         }
         let total = self.total_position();
+        let r = self.replay();
         let mut d = vec![0u32; columns.max(1)];
-        for e in self.replay().events() {
-            let i = (e.icount() as u128 * columns as u128 / (total as u128 + 1)) as usize;
+        for n in 0..r.events().len() as u64 {
+            let p = r.event_position(n).map_or(0, |p| p.0);
+            let i = (p as u128 * columns as u128 / (total as u128 + 1)) as usize;
             let i = i.min(d.len() - 1);
             d[i] = d[i].saturating_add(1);
         }
-        *self.density.borrow_mut() = Some((columns, d.clone()));
+        *self.density.borrow_mut() = Some((columns, known, d.clone()));
         d
+    }
+
+    /// An event's position for display: where it was applied; for an event whose
+    /// recorded position is only an upper bound, that bound too (`≤N` alone where it
+    /// has not been replayed yet).
+    pub fn event_position_text(&self, n: u64) -> (String, Option<u64>) {
+        let r = self.replay();
+        let Some(e) = r.events().get(n as usize) else {
+            return (String::new(), None);
+        };
+        match r.event_position(n) {
+            Some((p, true)) => (format!("≤{p}"), None),
+            Some((p, false)) => (p.to_string(), e.position_is_bound().then_some(e.icount())),
+            None => (String::new(), None),
+        }
     }
 
     /// Serves the replay at the current position to gdb; the UI then follows gdb.

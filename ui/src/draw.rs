@@ -20,6 +20,9 @@ const RIGHT: [Pane; 4] = [
     Pane::Checkpoints,
 ];
 
+/// The registers pane's least height: rip, rflags, cs and cr3, and its borders.
+const REGISTERS_MIN_HEIGHT: u16 = 6;
+
 /// Draws the whole screen.
 pub fn draw(f: &mut Frame<'_>, app: &App) {
     let [main, status, prompt] = Layout::vertical([
@@ -60,11 +63,19 @@ pub fn draw(f: &mut Frame<'_>, app: &App) {
         let areas = Layout::horizontal(widths).split(top);
         for (col, area) in cols.iter().zip(areas.iter()) {
             let visible: Vec<Pane> = col.iter().copied().filter(|p| app.is_visible(*p)).collect();
-            let heights: Vec<Constraint> = visible
+            let mut heights: Vec<Constraint> = visible
                 .iter()
                 .map(|p| Constraint::Fill(app.weights[p.index()]))
                 .collect();
-            let rows = Layout::vertical(heights).split(*area);
+            let mut rows = Layout::vertical(heights.clone()).split(*area);
+            // The registers pane keeps room for the registers that say where the kernel
+            // is (rip, rflags, cs, cr3: its first rows), however small the screen.
+            if let Some(i) = visible.iter().position(|p| *p == Pane::Registers)
+                && rows[i].height < REGISTERS_MIN_HEIGHT
+            {
+                heights[i] = Constraint::Length(REGISTERS_MIN_HEIGHT.min(area.height));
+                rows = Layout::vertical(heights).split(*area);
+            }
             for (p, r) in visible.iter().zip(rows.iter()) {
                 render_pane(f, app, *p, *r);
             }
@@ -74,7 +85,7 @@ pub fn draw(f: &mut Frame<'_>, app: &App) {
     render_prompt(f, app, prompt);
     match &app.mode {
         Mode::Help => render_help(f, app),
-        Mode::Output(lines) => render_popup(f, "output (any key closes)", lines),
+        Mode::Output(lines) => render_popup(f, "output (any key closes)", lines, app.popup_scroll),
         _ => {}
     }
 }
@@ -99,19 +110,7 @@ pub fn render_pane(f: &mut Frame<'_>, app: &App, pane: Pane, area: Rect) {
     f.render_widget(b, area);
     let h = inner.height as usize;
     let lines: Vec<Line<'static>> = match pane {
-        Pane::Registers => register_lines(app)
-            .into_iter()
-            .map(|(l, changed)| {
-                if changed {
-                    Line::styled(
-                        l,
-                        Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
-                    )
-                } else {
-                    Line::raw(l)
-                }
-            })
-            .collect(),
+        Pane::Registers => register_grid(app, inner.width as usize, h),
         Pane::Disassembly => disassembly_lines(app, h),
         Pane::Source => source_lines(app, h),
         Pane::Events => event_lines(app, inner.width as usize, h),
@@ -177,44 +176,104 @@ pub fn render_pane(f: &mut Frame<'_>, app: &App, pane: Pane, area: Rect) {
     f.render_widget(Paragraph::new(lines), inner);
 }
 
-/// Register lines and whether each changed in the last move.
+/// Register lines and whether each changed in the last move, most telling first: where
+/// the kernel is (rip, rflags, cs and the privilege level, the address space in cr3,
+/// the stack), then the general registers, then the other control registers.
 pub fn register_lines(app: &App) -> Vec<(String, bool)> {
     let now = app.regs();
     let before = &app.prev_regs;
-    let mut v: Vec<(String, bool)> = (0..16)
-        .map(|i| {
-            (
-                format!("{:<6} {:#018x}", gpr::NAMES[i], now.gpr[i]),
-                now.gpr[i] != before.gpr[i],
-            )
-        })
-        .collect();
-    v.push((
-        format!("{:<6} {:#018x}", "rip", now.rip),
-        now.rip != before.rip,
-    ));
-    v.push((
-        format!("{:<6} {:#018x} {}", "rflags", now.rflags, flags(now.rflags)),
-        now.rflags != before.rflags,
-    ));
+    let mut v: Vec<(String, bool)> = vec![
+        (
+            format!("{:<6} {:#018x}", "rip", now.rip),
+            now.rip != before.rip,
+        ),
+        (
+            format!("{:<6} {:#018x} {}", "rflags", now.rflags, flags(now.rflags)),
+            now.rflags != before.rflags,
+        ),
+        (
+            format!(
+                "{:<6} {:#06x}  cpl {}",
+                "cs",
+                now.seg[1].selector,
+                now.cpl()
+            ),
+            now.seg[1].selector != before.seg[1].selector,
+        ),
+        (
+            format!("{:<6} {:#018x}", "cr3", now.cr3),
+            now.cr3 != before.cr3,
+        ),
+    ];
+    let order = [
+        gpr::RSP,
+        gpr::RAX,
+        gpr::RBX,
+        gpr::RCX,
+        gpr::RDX,
+        gpr::RSI,
+        gpr::RDI,
+        gpr::RBP,
+        8,
+        9,
+        10,
+        11,
+        12,
+        13,
+        14,
+        15,
+    ];
+    v.extend(order.iter().map(|&i| {
+        (
+            format!("{:<6} {:#018x}", gpr::NAMES[i], now.gpr[i]),
+            now.gpr[i] != before.gpr[i],
+        )
+    }));
     for (name, a, b) in [
         ("cr0", now.cr0, before.cr0),
         ("cr2", now.cr2, before.cr2),
-        ("cr3", now.cr3, before.cr3),
         ("cr4", now.cr4, before.cr4),
     ] {
         v.push((format!("{name:<6} {a:#018x}"), a != b));
     }
-    v.push((
-        format!(
-            "{:<6} {:#06x}  cpl {}",
-            "cs",
-            now.seg[1].selector,
-            now.cpl()
-        ),
-        now.seg[1].selector != before.seg[1].selector,
-    ));
     v
+}
+
+/// The registers pane: [`register_lines`] in as many columns as the width holds, row
+/// by row, from the row the pane is scrolled to (the cursor keys scroll it).
+fn register_grid(app: &App, w: usize, h: usize) -> Vec<Line<'static>> {
+    let regs = register_lines(app);
+    let cell = regs
+        .iter()
+        .map(|(l, _)| l.chars().count())
+        .max()
+        .unwrap_or(1)
+        + 2;
+    // The last column needs no space after it.
+    let columns = ((w + 2) / cell).max(1);
+    let rows = regs.len().div_ceil(columns);
+    let first = app.reg_scroll.min(rows.saturating_sub(h.max(1)));
+    regs.chunks(columns)
+        .skip(first)
+        .take(h)
+        .map(|row| {
+            let spans: Vec<Span<'static>> = row
+                .iter()
+                .map(|(l, changed)| {
+                    let text = format!("{l:<cell$}");
+                    if *changed {
+                        Span::styled(
+                            text,
+                            Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+                        )
+                    } else {
+                        Span::raw(text)
+                    }
+                })
+                .collect();
+            Line::from(spans)
+        })
+        .collect()
 }
 
 fn flags(rf: u64) -> String {
@@ -347,7 +406,11 @@ fn event_lines(app: &App, w: usize, h: usize) -> Vec<Line<'static>> {
     let consumed = app.replay().events_consumed() as i64;
     let rows = h.saturating_sub(1) as i64;
     let first = (consumed - 1 - rows / 2 + app.event_scroll).max(0);
-    for n in first..(first + rows).min(events.len() as i64) {
+    let last = (first + rows).min(events.len() as i64);
+    // Where the events listed took effect, as far as replay can learn it cheaply.
+    app.timeline
+        .learn_events_through(last.saturating_sub(1).max(0) as u64);
+    for n in first..last {
         let e = &events[n as usize];
         let mark = if n == consumed - 1 {
             "→"
@@ -356,11 +419,9 @@ fn event_lines(app: &App, w: usize, h: usize) -> Vec<Line<'static>> {
         } else {
             "·"
         };
-        let s = format!(
-            "{mark}#{n:<7} {:<16} {:>12}  {e}",
-            e.kind().name(),
-            e.icount(),
-        );
+        let (at, bound) = app.event_position_text(n as u64);
+        let bound = bound.map(|b| format!(" (bound {b})")).unwrap_or_default();
+        let s = format!("{mark}#{n:<7} {:<16} {at:>12}{bound}  {e}", e.kind().name());
         let selected = app.event_scroll != 0 && app.selected_event() == Some(n as u64);
         out.push(if selected {
             Line::styled(s, Style::default().add_modifier(Modifier::REVERSED))
@@ -436,28 +497,39 @@ fn centered(area: Rect, w: u16, h: u16) -> Rect {
     )
 }
 
-fn render_popup(f: &mut Frame<'_>, title: &str, lines: &[String]) {
+/// A popup over the screen; where its lines do not fit, it shows them from `scroll` on
+/// and says which (the cursor keys scroll it).
+fn render_popup(f: &mut Frame<'_>, title: &str, lines: &[String], scroll: usize) {
     let w = lines
         .iter()
         .map(|l| l.chars().count())
         .max()
         .unwrap_or(10)
-        .max(title.len()) as u16
+        .max(title.len() + 30) as u16
         + 4;
     let area = centered(f.area(), w, lines.len() as u16 + 2);
+    let rows = area.height.saturating_sub(2) as usize;
+    let first = scroll.min(lines.len().saturating_sub(rows));
+    let title = if rows < lines.len() {
+        format!(
+            " {title} (lines {}-{} of {}: up/down, page up/down scroll) ",
+            first + 1,
+            (first + rows).min(lines.len()),
+            lines.len()
+        )
+    } else {
+        format!(" {title} ")
+    };
     f.render_widget(Clear, area);
     f.render_widget(
         Paragraph::new(
             lines
                 .iter()
+                .skip(first)
                 .map(|l| Line::raw(l.clone()))
                 .collect::<Vec<_>>(),
         )
-        .block(
-            Block::default()
-                .borders(Borders::ALL)
-                .title(format!(" {title} ")),
-        ),
+        .block(Block::default().borders(Borders::ALL).title(title)),
         area,
     );
 }
@@ -474,10 +546,13 @@ pub fn help_lines(app: &App) -> Vec<String> {
     v.push(String::new());
     v.extend(
         [
-            ":break ADDR|SYMBOL[+OFF]   :delete [ADDR]   :watch ADDR [LEN]   :unwatch ADDR",
+            ":break ADDR|SYMBOL[+OFF]   :delete [ADDR]",
+            ":watch ADDR [LEN]   :unwatch ADDR",
             ":goto event N | icount K   :x ADDR|$REG [ROWS]",
-            ":info breakpoints|checkpoints|registers   :stepi :next :continue :finish (reverse-*)",
-            "keys file: $KRR_TUI_KEYS or ~/.config/krr-tui/keys.toml   any key closes",
+            ":info breakpoints|checkpoints|registers",
+            ":stepi :next :continue :finish and their reverse-*",
+            "keys file: $KRR_TUI_KEYS or ~/.config/krr-tui/keys.toml",
+            "up/down, page up/down scroll; other keys close",
         ]
         .map(String::from),
     );
@@ -485,7 +560,7 @@ pub fn help_lines(app: &App) -> Vec<String> {
 }
 
 fn render_help(f: &mut Frame<'_>, app: &App) {
-    render_popup(f, "keys", &help_lines(app));
+    render_popup(f, "keys", &help_lines(app), app.popup_scroll);
 }
 
 /// A progress box for long moves (drawn alone while the move runs).

@@ -33,6 +33,7 @@ use crate::state::{CounterSourceKind, gpr};
 use crate::trace::{Header, RecordingReader, TraceError};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Errors opening a replay.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +131,9 @@ pub struct Replay {
     initial: Initial,
     /// [`Replay::recording_problem`].
     problem: Option<Arc<str>>,
+    /// Where each event was applied (see [`Replay::applied_position`]); shared by every
+    /// clone, since every replay of a recording applies its events at the same places.
+    applied: Arc<[AtomicU64]>,
 }
 
 /// What replay may hold of a recording by default ([`ReplayLimits::recording_memory`]):
@@ -157,6 +161,11 @@ impl Default for ReplayLimits {
         }
     }
 }
+/// An event not applied yet by any replay of the recording.
+const NOT_APPLIED: u64 = u64::MAX;
+/// The least an event takes in memory: itself and where it was applied.
+const EVENT_HELD_BYTES: u64 =
+    (std::mem::size_of::<Event>() + std::mem::size_of::<AtomicU64>()) as u64;
 
 impl Replay {
     /// Opens a recording and restores its initial state, with the default limits.
@@ -215,8 +224,7 @@ impl Replay {
         let cpu = Cpu::new(cpu_state, header.cpuid.clone());
         // Every event before the first damage: a bad chunk loses what follows it, not
         // the recording. The events' array grows at most to the budget.
-        let most_events =
-            (budget.saturating_sub(held) / std::mem::size_of::<Event>() as u64) as usize;
+        let most_events = (budget.saturating_sub(held) / EVENT_HELD_BYTES) as usize;
         let mut events: Vec<Event> = Vec::new();
         let mut problem = reader.recovery().reason.clone();
         for e in reader.events_from(0) {
@@ -230,7 +238,8 @@ impl Replay {
                     )));
                 }
                 Ok(e) => {
-                    held += e.memory_bytes();
+                    // The event, and where it was applied (see `Replay::applied`).
+                    held += e.memory_bytes() + std::mem::size_of::<AtomicU64>() as u64;
                     if held > budget {
                         problem = Some(format!(
                             "its events take more than the {} MiB replay may hold of a \
@@ -296,6 +305,7 @@ impl Replay {
             cpu: cpu.clone(),
             mem: mem.clone(),
         };
+        let applied = events.iter().map(|_| AtomicU64::new(NOT_APPLIED)).collect();
         let mut r = Replay {
             cpu,
             mem,
@@ -318,6 +328,7 @@ impl Replay {
             finished: None,
             initial,
             problem: None,
+            applied,
         };
         r.find_next_interrupt();
         r
@@ -349,6 +360,37 @@ impl Replay {
     /// Number of events consumed so far.
     pub fn events_consumed(&self) -> u64 {
         self.next as u64
+    }
+
+    /// Where replay applied event `n`, on the axis of the recording's event positions
+    /// (the first position at which it has taken effect), once any replay of this
+    /// recording has got that far. For most events it is the recorded position; for
+    /// those the guest agent writes into its ring (see
+    /// [`Event::position_is_bound`]) the recorded position is only an upper bound, and
+    /// this is where the kernel really saw them.
+    pub fn applied_position(&self, n: u64) -> Option<Icount> {
+        let a = self.applied.get(usize::try_from(n).ok()?)?;
+        match a.load(Ordering::Relaxed) {
+            NOT_APPLIED => None,
+            p => Some(p),
+        }
+    }
+
+    /// How many events (from the first) some replay of this recording has applied,
+    /// so that [`Replay::applied_position`] knows them (events apply in order).
+    pub fn events_applied_known(&self) -> u64 {
+        self.applied
+            .partition_point(|a| a.load(Ordering::Relaxed) != NOT_APPLIED) as u64
+    }
+
+    /// The position to show for event `n`: where it was applied, else its recorded
+    /// position; and whether that is only the recorded upper bound.
+    pub fn event_position(&self, n: u64) -> Option<(Icount, bool)> {
+        let e = self.events.get(usize::try_from(n).ok()?)?;
+        Some(match self.applied_position(n) {
+            Some(p) => (p, false),
+            None => (e.icount(), e.position_is_bound()),
+        })
     }
 
     pub fn icount(&self) -> Icount {
@@ -400,6 +442,9 @@ impl Replay {
     }
 
     fn consume(&mut self) {
+        if let Some(a) = self.applied.get(self.next) {
+            a.store(self.position(), Ordering::Relaxed);
+        }
         self.next += 1;
         if self.next > self.next_interrupt {
             self.find_next_interrupt();

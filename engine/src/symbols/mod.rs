@@ -20,9 +20,13 @@ use std::sync::Arc;
 
 type Reader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
 
+mod blocks;
+mod lines;
 mod unwind;
 
-pub use unwind::{Frame, MAX_FRAMES, Unwinder};
+pub use blocks::{Block, BlockKind, Blocks};
+pub use lines::{LineRange, LineTable};
+pub use unwind::{CfaBase, Frame, FrameRule, MAX_FRAMES, SavedRbp, Unwinder};
 
 /// Errors reading a guest image.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +92,12 @@ pub struct Symbols {
     /// Where code runs before paging maps it at its link address.
     load_segments: Vec<LoadSegment>,
     lines: Option<addr2line::Context<Reader>>,
+    /// The line tables as gdb reads them (source-line steps and the current line),
+    /// built when first asked for.
+    line_table: std::sync::OnceLock<Option<LineTable>>,
+    /// Functions and inlined calls, built when first asked for.
+    blocks: std::sync::OnceLock<Option<Blocks>>,
+    dwarf: Option<Arc<gimli::Dwarf<Reader>>>,
     unwinder: Option<Unwinder>,
 }
 
@@ -107,6 +117,9 @@ impl Symbols {
             functions: Vec::new(),
             load_segments: Vec::new(),
             lines: None,
+            line_table: std::sync::OnceLock::new(),
+            blocks: std::sync::OnceLock::new(),
+            dwarf: None,
             unwinder: None,
         }
     }
@@ -132,16 +145,21 @@ impl Symbols {
             .map(|s| s.address().saturating_add(s.size()))
             .max();
         finish_functions(&mut functions, text_end);
-        let lines = if file.section_by_name(".debug_line").is_some() {
-            Some(load_dwarf(&file)?)
+        let (lines, dwarf) = if file.section_by_name(".debug_line").is_some() {
+            let dwarf = load_dwarf(&file)?;
+            let context = addr2line::Context::from_dwarf(load_dwarf(&file)?)?;
+            (Some(context), Some(Arc::new(dwarf)))
         } else {
-            None
+            (None, None)
         };
         let unwinder = Unwinder::from_object(&file);
         Ok(Symbols {
             functions,
             load_segments: physical_load_segments(&file),
             lines,
+            line_table: std::sync::OnceLock::new(),
+            blocks: std::sync::OnceLock::new(),
+            dwarf,
             unwinder,
         })
     }
@@ -171,6 +189,9 @@ impl Symbols {
             functions,
             load_segments: Vec::new(),
             lines: None,
+            line_table: std::sync::OnceLock::new(),
+            blocks: std::sync::OnceLock::new(),
+            dwarf: None,
             unwinder: None,
         }
     }
@@ -242,18 +263,42 @@ impl Symbols {
     }
 
     /// The source line of the instruction at `addr` (or at its virtual address, as
-    /// [`Symbols::lookup`]).
+    /// [`Symbols::lookup`]), as gdb gives it (of the rows at one address, a statement's
+    /// line: see [`LineTable`]).
     pub fn line(&self, addr: u64) -> Option<SourceLine> {
-        self.line_linked(addr)
-            .or_else(|| self.line_linked(self.linked_address(addr)?))
+        let l = self.line_range(addr)?;
+        Some(SourceLine {
+            file: l.file.to_path_buf(),
+            line: l.line,
+        })
     }
 
-    fn line_linked(&self, addr: u64) -> Option<SourceLine> {
-        let loc = self.lines.as_ref()?.find_location(addr).ok()??;
-        Some(SourceLine {
-            file: PathBuf::from(loc.file?),
-            line: loc.line?,
-        })
+    /// The line at `addr` and the addresses it covers there (gdb's `find_pc_line`); for
+    /// code running at its physical address, the line of its virtual address (whose
+    /// range is then in virtual addresses).
+    pub fn line_range(&self, addr: u64) -> Option<LineRange> {
+        let table = self.line_table()?;
+        table
+            .find(addr)
+            .or_else(|| table.find(self.linked_address(addr)?))
+    }
+
+    /// The image's functions and inlined calls from its DWARF information.
+    pub fn blocks(&self) -> Option<&Blocks> {
+        self.blocks
+            .get_or_init(|| Blocks::from_dwarf(self.dwarf.as_ref()?).ok())
+            .as_ref()
+    }
+
+    /// The image's line tables as gdb reads them (None without DWARF lines, or where
+    /// they do not parse).
+    pub fn line_table(&self) -> Option<&LineTable> {
+        self.line_table
+            .get_or_init(|| {
+                let dwarf = self.dwarf.as_ref()?;
+                LineTable::from_dwarf(dwarf).ok()
+            })
+            .as_ref()
     }
 }
 
@@ -305,7 +350,7 @@ fn finish_functions(functions: &mut Vec<Function>, text_end: Option<u64>) {
     }
 }
 
-fn load_dwarf(file: &object::File<'_>) -> Result<addr2line::Context<Reader>, SymbolsError> {
+fn load_dwarf(file: &object::File<'_>) -> Result<gimli::Dwarf<Reader>, SymbolsError> {
     let endian = if file.is_little_endian() {
         gimli::RunTimeEndian::Little
     } else {
@@ -318,8 +363,7 @@ fn load_dwarf(file: &object::File<'_>) -> Result<addr2line::Context<Reader>, Sym
         };
         Ok(gimli::EndianArcSlice::new(Arc::from(&*data), endian))
     };
-    let dwarf = gimli::Dwarf::load(load)?;
-    Ok(addr2line::Context::from_dwarf(dwarf)?)
+    gimli::Dwarf::load(load)
 }
 
 #[cfg(test)]

@@ -1,6 +1,10 @@
 //! Call-frame unwinding from the guest image's DWARF call-frame information
 //! (`.debug_frame`, or `.eh_frame`): the backtrace of a kernel built without frame
-//! pointers.
+//! pointers, and the frames source-line steps compare.
+//!
+//! The tables are read once into rows (an address range and its rules), so that looking
+//! up the rule at an instruction is a binary search: source-line steps ask at every
+//! instruction they step.
 
 use gimli::{
     BaseAddresses, CfaRule, DebugFrame, EhFrame, RegisterRule, UnwindContext, UnwindSection, X86_64,
@@ -19,20 +23,74 @@ pub struct Frame {
     pub rbp: u64,
 }
 
-enum Section {
-    Debug(DebugFrame<Reader>),
-    Eh(EhFrame<Reader>),
+/// The register a canonical frame address is computed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CfaBase {
+    Rsp,
+    Rbp,
+}
+
+/// Where the caller's RBP is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SavedRbp {
+    /// Unchanged in this frame.
+    Same,
+    /// Saved at this offset from the canonical frame address.
+    At(i64),
+}
+
+/// How to find a frame's caller at one instruction: the canonical frame address (CFA,
+/// the stack pointer before the call) is `base + cfa_offset`, the return address is
+/// saved at `CFA + ra_offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRule {
+    pub base: CfaBase,
+    pub cfa_offset: i64,
+    pub ra_offset: i64,
+    pub rbp: SavedRbp,
+}
+
+impl FrameRule {
+    /// The canonical frame address of `frame` under this rule.
+    pub fn cfa(&self, frame: Frame) -> u64 {
+        let base = match self.base {
+            CfaBase::Rsp => frame.rsp,
+            CfaBase::Rbp => frame.rbp,
+        };
+        base.wrapping_add(self.cfa_offset as u64)
+    }
+
+    /// The caller's frame (its return address, stack pointer and RBP), reading the
+    /// saved values from the stack.
+    pub fn caller(&self, frame: Frame, read_u64: &dyn Fn(u64) -> Option<u64>) -> Option<Frame> {
+        let cfa = self.cfa(frame);
+        let rip = read_u64(cfa.wrapping_add(self.ra_offset as u64))?;
+        let rbp = match self.rbp {
+            SavedRbp::Same => frame.rbp,
+            SavedRbp::At(o) => read_u64(cfa.wrapping_add(o as u64))?,
+        };
+        Some(Frame { rip, rsp: cfa, rbp })
+    }
+}
+
+/// A row of the tables: the rule for `[start, end)` (None where it uses rules this
+/// unwinder does not follow, such as DWARF expressions).
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    start: u64,
+    end: u64,
+    rule: Option<FrameRule>,
 }
 
 /// The call-frame tables of one image.
 pub struct Unwinder {
-    section: Section,
-    bases: BaseAddresses,
+    /// Sorted by start address.
+    rows: Vec<Row>,
 }
 
 impl std::fmt::Debug for Unwinder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Unwinder")
+        write!(f, "Unwinder({} rows)", self.rows.len())
     }
 }
 
@@ -57,23 +115,39 @@ impl Unwinder {
                 )
             })
         };
-        if let Some((r, _)) = data(".debug_frame") {
+        let mut rows = if let Some((r, _)) = data(".debug_frame") {
             let mut s = DebugFrame::from(r);
             s.set_address_size(8);
-            return Some(Unwinder {
-                section: Section::Debug(s),
-                bases: BaseAddresses::default(),
-            });
-        }
-        let (r, addr) = data(".eh_frame")?;
-        let mut bases = BaseAddresses::default().set_eh_frame(addr);
-        if let Some(text) = file.section_by_name(".text") {
-            bases = bases.set_text(text.address());
-        }
-        Some(Unwinder {
-            section: Section::Eh(EhFrame::from(r)),
-            bases,
-        })
+            read_rows(&s, &BaseAddresses::default())
+        } else {
+            let (r, addr) = data(".eh_frame")?;
+            let mut bases = BaseAddresses::default().set_eh_frame(addr);
+            if let Some(text) = file.section_by_name(".text") {
+                bases = bases.set_text(text.address());
+            }
+            read_rows(&EhFrame::from(r), &bases)
+        };
+        rows.sort_by_key(|r| r.start);
+        Some(Unwinder { rows })
+    }
+
+    /// Whether the tables describe the instruction at `pc` (whatever their rule).
+    pub fn covers(&self, pc: u64) -> bool {
+        self.row(pc).is_some()
+    }
+
+    /// The rule at `pc`, if the tables describe it with rules this unwinder follows.
+    pub fn rule(&self, pc: u64) -> Option<FrameRule> {
+        self.row(pc)?.rule
+    }
+
+    fn row(&self, pc: u64) -> Option<&Row> {
+        let i = self
+            .rows
+            .partition_point(|r| r.start <= pc)
+            .checked_sub(1)?;
+        let row = &self.rows[i];
+        (pc < row.end).then_some(row)
     }
 
     /// The caller's frame of `frame`, or None where the tables say nothing (outside any
@@ -92,45 +166,7 @@ impl Unwinder {
         } else {
             frame.rip.wrapping_sub(1)
         };
-        let mut ctx = Box::new(UnwindContext::new());
-        let row = match &self.section {
-            Section::Debug(s) => s
-                .unwind_info_for_address(&self.bases, &mut ctx, pc, DebugFrame::cie_from_offset)
-                .ok()?
-                .clone(),
-            Section::Eh(s) => s
-                .unwind_info_for_address(&self.bases, &mut ctx, pc, EhFrame::cie_from_offset)
-                .ok()?
-                .clone(),
-        };
-        let cfa = match row.cfa() {
-            CfaRule::RegisterAndOffset { register, offset } => {
-                let base = match *register {
-                    X86_64::RSP => frame.rsp,
-                    X86_64::RBP => frame.rbp,
-                    _ => return None,
-                };
-                base.wrapping_add(*offset as u64)
-            }
-            CfaRule::Expression(_) => return None,
-        };
-        let restore = |reg, current: u64| -> Option<u64> {
-            match row.register(reg) {
-                RegisterRule::Undefined | RegisterRule::SameValue => Some(current),
-                RegisterRule::Offset(o) => read_u64(cfa.wrapping_add(o as u64)),
-                RegisterRule::ValOffset(o) => Some(cfa.wrapping_add(o as u64)),
-                _ => None,
-            }
-        };
-        let rip = match row.register(X86_64::RA) {
-            RegisterRule::Offset(o) => read_u64(cfa.wrapping_add(o as u64))?,
-            _ => return None,
-        };
-        Some(Frame {
-            rip,
-            rsp: cfa,
-            rbp: restore(X86_64::RBP, frame.rbp)?,
-        })
+        self.rule(pc)?.caller(frame, read_u64)
     }
 
     /// Return addresses from `frame` outwards (the current rip first).
@@ -152,4 +188,56 @@ impl Unwinder {
         }
         out
     }
+}
+
+/// Every row of every FDE in the section.
+fn read_rows<S: UnwindSection<Reader>>(section: &S, bases: &BaseAddresses) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut ctx = Box::new(UnwindContext::new());
+    let mut entries = section.entries(bases);
+    while let Ok(Some(entry)) = entries.next() {
+        let gimli::CieOrFde::Fde(partial) = entry else {
+            continue;
+        };
+        let Ok(fde) = partial.parse(S::cie_from_offset) else {
+            continue;
+        };
+        let Ok(mut table) = fde.rows(section, bases, &mut ctx) else {
+            continue;
+        };
+        while let Ok(Some(row)) = table.next_row() {
+            rows.push(Row {
+                start: row.start_address(),
+                end: row.end_address(),
+                rule: rule_of(row),
+            });
+        }
+    }
+    rows
+}
+
+fn rule_of(row: &gimli::UnwindTableRow<usize>) -> Option<FrameRule> {
+    let (base, cfa_offset) = match row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset } => match *register {
+            X86_64::RSP => (CfaBase::Rsp, *offset),
+            X86_64::RBP => (CfaBase::Rbp, *offset),
+            _ => return None,
+        },
+        CfaRule::Expression(_) => return None,
+    };
+    let ra_offset = match row.register(X86_64::RA) {
+        RegisterRule::Offset(o) => o,
+        _ => return None,
+    };
+    let rbp = match row.register(X86_64::RBP) {
+        RegisterRule::Undefined | RegisterRule::SameValue => SavedRbp::Same,
+        RegisterRule::Offset(o) => SavedRbp::At(o),
+        _ => return None,
+    };
+    Some(FrameRule {
+        base,
+        cfa_offset,
+        ra_offset,
+        rbp,
+    })
 }

@@ -24,8 +24,10 @@
 //! likewise, and keep the last match; watchpoints cost them only a comparison of a
 //! counter per instruction.
 
+mod step;
 mod watch;
 
+pub use step::{FrameId, LineStep};
 pub use watch::{MAX_WATCH_LEN, Watchpoint};
 
 use crate::cpu::PageFault;
@@ -43,6 +45,9 @@ use watch::{Ran, Watcher};
 pub const DEFAULT_CHECKPOINT_BUDGET: u64 = 1 << 30;
 /// First checkpoint interval, in instructions.
 const INITIAL_INTERVAL: u64 = 250_000;
+/// How far ahead of the position [`Timeline::learn_events_through`] replays to learn
+/// where events were applied (a few milliseconds of replay).
+pub const LEARN_AHEAD: Icount = 1 << 20;
 /// Longest stretch replayed at once with watchpoints set (a stretch that wrote a watched
 /// line is replayed again, in halves).
 const WATCH_SLICE: Icount = 1 << 20;
@@ -114,6 +119,12 @@ pub struct Timeline {
     watchpoints: BTreeSet<Watchpoint>,
     /// The guest's symbols: set, or read from the recording when first asked for.
     symbols: OnceCell<Symbols>,
+    /// The last [`Timeline::learn_events_through`] that could not learn all it was
+    /// asked: its position and event.
+    learn_tried: std::cell::Cell<Option<(Icount, u64)>>,
+    /// How many inlined calls the position is "before" (at their entry), where the last
+    /// move settled it; otherwise every inlined call entered at pc (see [`LineStep`]).
+    inline_state: Option<step::InlineState>,
 }
 
 impl Timeline {
@@ -134,6 +145,8 @@ impl Timeline {
             breakpoints: BTreeSet::new(),
             watchpoints: BTreeSet::new(),
             symbols: OnceCell::new(),
+            learn_tried: std::cell::Cell::new(None),
+            inline_state: None,
         }
     }
 
@@ -159,6 +172,33 @@ impl Timeline {
             exit: (!r.counted()).then(|| r.position()),
             rip: r.rip(),
         }
+    }
+
+    /// Makes sure where the events up to `n` were applied is known
+    /// ([`Replay::applied_position`]): replays a copy of the current position forward
+    /// until event `n` is applied, unless that is more than [`LEARN_AHEAD`]
+    /// instructions ahead (their positions are then shown as recorded until replay
+    /// gets there).
+    pub fn learn_events_through(&self, n: u64) {
+        let n = n.min((self.now.events().len() as u64).saturating_sub(1));
+        if self.now.events_applied_known() > n {
+            return;
+        }
+        // Not again from here for as much (the pane is drawn over and over).
+        let attempt = (self.icount(), n);
+        if self
+            .learn_tried
+            .get()
+            .is_some_and(|(k, m)| k == attempt.0 && m >= n)
+        {
+            return;
+        }
+        self.learn_tried.set(Some(attempt));
+        let mut ahead = self.now.clone();
+        ahead.set_user_breakpoints(Vec::new());
+        let cap = ahead.icount().saturating_add(LEARN_AHEAD);
+        // Whatever stops it, what it applied on the way is learned.
+        let _ = ahead.run_capped(Target::Event(n), cap);
     }
 
     /// The registers at the current position.
@@ -249,6 +289,16 @@ impl Timeline {
             self.instruction_at(ret.wrapping_sub(back))
                 .is_some_and(|ins| ins.len() as u64 == back && is_call(&ins))
         })
+    }
+
+    /// After a move by instructions (or to a position): the stop is not taken to be
+    /// before any inlined call (gdb skips inlined calls only at the stops of runs and
+    /// source-line steps).
+    pub(super) fn settle_instruction(&mut self) {
+        self.inline_state = Some(step::InlineState {
+            icount: self.icount(),
+            skipped: 0,
+        });
     }
 
     /// Sets the instruction interval between checkpoints (tests use small ones).
@@ -347,6 +397,12 @@ impl Timeline {
     /// reports [`Moved::End`]; reaching `k`, 0 included, is [`Moved::Arrived`] (only a
     /// move that cannot go back at all reports [`Moved::Start`]).
     pub fn goto_icount(&mut self, k: Icount) -> Moved {
+        let moved = self.goto_icount_inner(k);
+        self.settle_instruction();
+        moved
+    }
+
+    fn goto_icount_inner(&mut self, k: Icount) -> Moved {
         if k < self.icount() {
             self.restore_before(|c| c.icount <= k);
         } else {
@@ -357,6 +413,12 @@ impl Timeline {
 
     /// Goes to the position right after event `n` was applied.
     pub fn goto_event(&mut self, n: u64) -> Moved {
+        let moved = self.goto_event_inner(n);
+        self.settle_instruction();
+        moved
+    }
+
+    fn goto_event_inner(&mut self, n: u64) -> Moved {
         if n >= self.now.events().len() as u64 {
             return Moved::End(End::EndOfRecording);
         }
@@ -380,12 +442,24 @@ impl Timeline {
 
     /// Runs forward to the next breakpoint, watched write or the end.
     pub fn continue_forward(&mut self, cancel: Option<&AtomicBool>) -> Moved {
+        let moved = self.continue_forward_inner(cancel);
+        self.inline_state = None;
+        moved
+    }
+
+    fn continue_forward_inner(&mut self, cancel: Option<&AtomicBool>) -> Moved {
         self.forward(Target::End, true, cancel)
     }
 
     /// Steps over a call: like stepi, but a `call` runs until it returns (or a
     /// breakpoint, watchpoint or the end stops it first).
     pub fn next(&mut self, cancel: Option<&AtomicBool>) -> Moved {
+        let moved = self.next_inner(cancel);
+        self.settle_instruction();
+        moved
+    }
+
+    fn next_inner(&mut self, cancel: Option<&AtomicBool>) -> Moved {
         let Some(ins) = self.now.current_instruction() else {
             return self.stepi();
         };
@@ -431,6 +505,12 @@ impl Timeline {
     /// the current stack pointer: a deeper callee's returns run below it, but another
     /// thread's stack that lies above can stop it early.
     pub fn finish(&mut self, caller: Option<CallerFrame>, cancel: Option<&AtomicBool>) -> Moved {
+        let moved = self.finish_inner(caller, cancel);
+        self.inline_state = None;
+        moved
+    }
+
+    fn finish_inner(&mut self, caller: Option<CallerFrame>, cancel: Option<&AtomicBool>) -> Moved {
         if let Some(frame) = caller {
             return self.run_to_frame(frame, cancel);
         }
@@ -448,6 +528,16 @@ impl Timeline {
     /// Back over a call: like reverse-stepi, but when the previous instruction returned
     /// from a call, goes back to that call instruction.
     pub fn reverse_next(
+        &mut self,
+        cancel: Option<&AtomicBool>,
+        progress: &mut dyn FnMut(f64),
+    ) -> Moved {
+        let moved = self.reverse_next_inner(cancel, progress);
+        self.settle_instruction();
+        moved
+    }
+
+    fn reverse_next_inner(
         &mut self,
         cancel: Option<&AtomicBool>,
         progress: &mut dyn FnMut(f64),
@@ -484,6 +574,17 @@ impl Timeline {
         cancel: Option<&AtomicBool>,
         progress: &mut dyn FnMut(f64),
     ) -> Moved {
+        let moved = self.reverse_finish_inner(caller, cancel, progress);
+        self.settle_instruction();
+        moved
+    }
+
+    fn reverse_finish_inner(
+        &mut self,
+        caller: Option<CallerFrame>,
+        cancel: Option<&AtomicBool>,
+        progress: &mut dyn FnMut(f64),
+    ) -> Moved {
         let upper = self.icount();
         if let Some(frame) = caller {
             return self.step_backward_until(upper, cancel, progress, &mut |r: &Replay| {
@@ -510,6 +611,16 @@ impl Timeline {
     /// position, scanning one checkpoint interval at a time from the nearest. `progress`
     /// is told the fraction of the way back to the start that has been scanned.
     pub fn reverse_continue(
+        &mut self,
+        cancel: Option<&AtomicBool>,
+        progress: &mut dyn FnMut(f64),
+    ) -> Moved {
+        let moved = self.reverse_continue_inner(cancel, progress);
+        self.inline_state = None;
+        moved
+    }
+
+    fn reverse_continue_inner(
         &mut self,
         cancel: Option<&AtomicBool>,
         progress: &mut dyn FnMut(f64),
@@ -572,12 +683,33 @@ impl Timeline {
         cancel: Option<&AtomicBool>,
         stop: impl FnMut(&Replay, &Symbols) -> bool,
     ) -> Moved {
+        let moved = self.step_until_inner(cancel, stop);
+        self.inline_state = None;
+        moved
+    }
+
+    fn step_until_inner(
+        &mut self,
+        cancel: Option<&AtomicBool>,
+        stop: impl FnMut(&Replay, &Symbols) -> bool,
+    ) -> Moved {
         self.step_forward_until(cancel, stop)
     }
 
     /// Goes to the last position before the current one where `pred` holds (or a
     /// breakpoint or watchpoint stops it first, scanning backward).
     pub fn reverse_step_until(
+        &mut self,
+        cancel: Option<&AtomicBool>,
+        progress: &mut dyn FnMut(f64),
+        pred: &mut dyn FnMut(&Replay, &Symbols) -> bool,
+    ) -> Moved {
+        let moved = self.reverse_step_until_inner(cancel, progress, pred);
+        self.inline_state = None;
+        moved
+    }
+
+    fn reverse_step_until_inner(
         &mut self,
         cancel: Option<&AtomicBool>,
         progress: &mut dyn FnMut(f64),

@@ -1,0 +1,333 @@
+//! The DWARF blocks of the guest's code as gdb forms them: functions (with the parts a
+//! compiler split off, such as `.cold` sections) and the inlined calls within them.
+//!
+//! Source-line steps need both: a frame is named by its function's entry, and gdb
+//! treats an inlined call as a frame of its own, entered where its block starts.
+
+use super::Reader;
+use gimli::Reader as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What a block is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockKind {
+    /// A function compiled out of line.
+    Function,
+    /// A call inlined here: the file and line of the call.
+    Inlined {
+        call_file: Option<Arc<Path>>,
+        call_line: u32,
+    },
+}
+
+/// A function or an inlined call.
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub kind: BlockKind,
+    pub name: Option<String>,
+    /// Address ranges, in the order the DWARF information lists them.
+    pub ranges: Vec<(u64, u64)>,
+    /// The enclosing block (None for a function).
+    pub parent: Option<usize>,
+    /// Inlined calls between this block and its function (0 for a function).
+    pub depth: u32,
+}
+
+impl Block {
+    /// Where gdb takes the block to begin: its start, or for a block in several
+    /// pieces the first piece's.
+    pub fn entry(&self) -> u64 {
+        if self.ranges.len() > 1 {
+            self.ranges[0].0
+        } else {
+            self.start()
+        }
+    }
+
+    /// The lowest address of the block.
+    pub fn start(&self) -> u64 {
+        self.ranges.iter().map(|r| r.0).min().unwrap_or(0)
+    }
+
+    /// The end of the block's highest range.
+    pub fn end(&self) -> u64 {
+        self.ranges.iter().map(|r| r.1).max().unwrap_or(0)
+    }
+
+    pub fn contains(&self, pc: u64) -> bool {
+        self.ranges.iter().any(|&(a, b)| a <= pc && pc < b)
+    }
+
+    pub fn is_inlined(&self) -> bool {
+        matches!(self.kind, BlockKind::Inlined { .. })
+    }
+}
+
+/// All functions and inlined calls of an image, with a map from address to the
+/// innermost block there.
+#[derive(Debug, Default)]
+pub struct Blocks {
+    blocks: Vec<Block>,
+    /// Sorted, non-overlapping: from each start address, the innermost block (None:
+    /// none).
+    map: Vec<(u64, Option<usize>)>,
+    /// Per unit: its address ranges and whether any of its blocks is in several pieces
+    /// (gdb keeps an exact address map only for such units).
+    units: Vec<(Vec<(u64, u64)>, bool)>,
+}
+
+impl Blocks {
+    pub fn from_dwarf(dwarf: &gimli::Dwarf<Reader>) -> Result<Blocks, gimli::Error> {
+        let mut blocks = Vec::new();
+        let mut units = Vec::new();
+        let mut headers = dwarf.units();
+        while let Some(header) = headers.next()? {
+            let unit = dwarf.unit(header)?;
+            let first = blocks.len();
+            read_unit(dwarf, &unit, &mut blocks)?;
+            let mut ranges = Vec::new();
+            let mut iter = dwarf.unit_ranges(&unit)?;
+            while let Some(r) = iter.next()? {
+                if r.begin < r.end {
+                    ranges.push((r.begin, r.end));
+                }
+            }
+            let pieces = blocks[first..].iter().any(|b: &Block| b.ranges.len() > 1);
+            units.push((ranges, pieces));
+        }
+        let map = innermost_map(&blocks);
+        Ok(Blocks { blocks, map, units })
+    }
+
+    pub fn get(&self, i: usize) -> &Block {
+        &self.blocks[i]
+    }
+
+    /// The innermost function or inlined call containing `pc`.
+    pub fn innermost(&self, pc: u64) -> Option<usize> {
+        let i = self.map.partition_point(|&(a, _)| a <= pc).checked_sub(1)?;
+        self.map[i].1
+    }
+
+    /// The function (not inlined) containing `pc`.
+    pub fn function(&self, pc: u64) -> Option<usize> {
+        let mut b = self.innermost(pc)?;
+        while self.blocks[b].is_inlined() {
+            b = self.blocks[b].parent?;
+        }
+        Some(b)
+    }
+
+    /// The inlined calls containing `pc`, innermost first.
+    pub fn inlined_at(&self, pc: u64) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut b = self.innermost(pc);
+        while let Some(i) = b {
+            if !self.blocks[i].is_inlined() {
+                break;
+            }
+            out.push(i);
+            b = self.blocks[i].parent;
+        }
+        out
+    }
+
+    /// Whether execution at `pc` enters inlined block `b` there (gdb's test for an
+    /// inlined call it "skips" at a stop, so that the stop shows the call site): `pc` is
+    /// the block's entry, or, where gdb keeps an exact address map, the address before
+    /// `pc` is outside the block.
+    pub fn enters(&self, b: usize, pc: u64) -> bool {
+        let block = &self.blocks[b];
+        if block.entry() == pc {
+            return true;
+        }
+        let exact = self
+            .units
+            .iter()
+            .find(|(r, _)| r.iter().any(|&(a, e)| a <= pc && pc < e))
+            .is_some_and(|u| u.1);
+        if !exact {
+            return false;
+        }
+        let Some(before) = pc.checked_sub(1).and_then(|p| self.innermost(p)) else {
+            return true;
+        };
+        !self.contained_in(before, b)
+    }
+
+    /// Whether block `a` is `b` or nested in it without crossing a function compiled out
+    /// of line.
+    fn contained_in(&self, mut a: usize, b: usize) -> bool {
+        loop {
+            if a == b {
+                return true;
+            }
+            if !self.blocks[a].is_inlined() {
+                return false;
+            }
+            match self.blocks[a].parent {
+                Some(p) => a = p,
+                None => return false,
+            }
+        }
+    }
+}
+
+/// For every stretch of addresses, the deepest block that contains it.
+fn innermost_map(blocks: &[Block]) -> Vec<(u64, Option<usize>)> {
+    let mut points: Vec<u64> = blocks
+        .iter()
+        .flat_map(|b| b.ranges.iter().flat_map(|&(a, e)| [a, e]))
+        .collect();
+    points.sort_unstable();
+    points.dedup();
+    // Each range, deepest last, painted over the points it covers.
+    let mut order: Vec<usize> = (0..blocks.len()).collect();
+    order.sort_by_key(|&i| blocks[i].depth);
+    let mut owner: Vec<Option<usize>> = vec![None; points.len()];
+    for &i in &order {
+        for &(a, e) in &blocks[i].ranges {
+            let from = points.partition_point(|&p| p < a);
+            let to = points.partition_point(|&p| p < e);
+            for o in &mut owner[from..to] {
+                *o = Some(i);
+            }
+        }
+    }
+    let mut map: Vec<(u64, Option<usize>)> = Vec::new();
+    for (p, o) in points.into_iter().zip(owner) {
+        if map.last().is_none_or(|l| l.1 != o) {
+            map.push((p, o));
+        }
+    }
+    map
+}
+
+fn read_unit(
+    dwarf: &gimli::Dwarf<Reader>,
+    unit: &gimli::Unit<Reader>,
+    blocks: &mut Vec<Block>,
+) -> Result<(), gimli::Error> {
+    let files = call_files(dwarf, unit);
+    let mut tree = unit.entries_tree(None)?;
+    let root = tree.root()?;
+    walk(dwarf, unit, &files, root, None, 0, blocks)
+}
+
+/// Visits a DIE's children: functions and inlined calls become blocks; other DIEs
+/// (lexical blocks among them) are looked into.
+fn walk(
+    dwarf: &gimli::Dwarf<Reader>,
+    unit: &gimli::Unit<Reader>,
+    files: &[Option<Arc<Path>>],
+    node: gimli::EntriesTreeNode<'_, '_, '_, Reader>,
+    parent: Option<usize>,
+    depth: u32,
+    blocks: &mut Vec<Block>,
+) -> Result<(), gimli::Error> {
+    let mut children = node.children();
+    while let Some(child) = children.next()? {
+        let entry = child.entry();
+        let tag = entry.tag();
+        let kind = match tag {
+            gimli::DW_TAG_subprogram => Some(BlockKind::Function),
+            gimli::DW_TAG_inlined_subroutine => {
+                let call_file = match entry.attr_value(gimli::DW_AT_call_file)? {
+                    Some(gimli::AttributeValue::FileIndex(i)) => {
+                        files.get(i as usize).cloned().flatten()
+                    }
+                    Some(v) => v
+                        .udata_value()
+                        .and_then(|i| files.get(i as usize).cloned().flatten()),
+                    None => None,
+                };
+                let call_line = entry
+                    .attr_value(gimli::DW_AT_call_line)?
+                    .and_then(|v| v.udata_value())
+                    .map_or(0, |l| u32::try_from(l).unwrap_or(0));
+                Some(BlockKind::Inlined {
+                    call_file,
+                    call_line,
+                })
+            }
+            _ => None,
+        };
+        let mut next_parent = parent;
+        let mut next_depth = depth;
+        if let Some(kind) = kind {
+            let mut ranges = Vec::new();
+            let mut iter = dwarf.die_ranges(unit, entry)?;
+            while let Some(r) = iter.next()? {
+                if r.begin < r.end {
+                    ranges.push((r.begin, r.end));
+                }
+            }
+            if !ranges.is_empty() {
+                let inlined = matches!(kind, BlockKind::Inlined { .. });
+                let block_depth = if inlined { depth + 1 } else { 0 };
+                blocks.push(Block {
+                    kind,
+                    name: die_name(dwarf, unit, entry),
+                    ranges,
+                    parent: if inlined { parent } else { None },
+                    depth: block_depth,
+                });
+                next_parent = Some(blocks.len() - 1);
+                next_depth = block_depth;
+            }
+        }
+        walk(dwarf, unit, files, child, next_parent, next_depth, blocks)?;
+    }
+    Ok(())
+}
+
+/// The name of a DIE, following `DW_AT_abstract_origin` and `DW_AT_specification`.
+fn die_name(
+    dwarf: &gimli::Dwarf<Reader>,
+    unit: &gimli::Unit<Reader>,
+    entry: &gimli::DebuggingInformationEntry<'_, '_, Reader>,
+) -> Option<String> {
+    if let Some(v) = entry.attr_value(gimli::DW_AT_name).ok()? {
+        let s = dwarf.attr_string(unit, v).ok()?;
+        return s.to_string_lossy().ok().map(|s| s.into_owned());
+    }
+    for attr in [gimli::DW_AT_abstract_origin, gimli::DW_AT_specification] {
+        if let Some(gimli::AttributeValue::UnitRef(offset)) = entry.attr_value(attr).ok()? {
+            let origin = unit.entry(offset).ok()?;
+            return die_name(dwarf, unit, &origin);
+        }
+    }
+    None
+}
+
+/// The unit's file table as paths (indexed as `DW_AT_call_file` counts).
+fn call_files(dwarf: &gimli::Dwarf<Reader>, unit: &gimli::Unit<Reader>) -> Vec<Option<Arc<Path>>> {
+    let Some(program) = &unit.line_program else {
+        return Vec::new();
+    };
+    let header = program.header();
+    let comp_dir = unit.comp_dir.as_ref().and_then(|d| {
+        d.to_string_lossy()
+            .ok()
+            .map(|s| PathBuf::from(s.into_owned()))
+    });
+    let text = |v: gimli::AttributeValue<Reader>| -> Option<String> {
+        let r = dwarf.attr_string(unit, v).ok()?;
+        r.to_string_lossy().ok().map(|s| s.into_owned())
+    };
+    // DWARF 5 counts files from 0; earlier versions from 1 (index 0 unused).
+    let base = if header.version() >= 5 { 0 } else { 1 };
+    let mut out = vec![None; base];
+    for file in header.file_names() {
+        let mut path = comp_dir.clone().unwrap_or_default();
+        if let Some(dir) = file.directory(header).and_then(text) {
+            path.push(dir);
+        }
+        out.push(text(file.path_name()).map(|n| {
+            path.push(n);
+            Arc::from(path.as_path())
+        }));
+    }
+    out
+}
