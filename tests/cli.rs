@@ -609,7 +609,11 @@ fn interrupts_at_port_reads_and_string_input_replay_exactly() {
         .arg("-o")
         .arg(&file);
     let out = run_with_timeout(cmd, Duration::from_secs(120));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let console = String::from_utf8_lossy(&recorded_console(&file)).into_owned();
     assert!(
         console.contains("port-input: signature QEMU, fw_cfg checksum")

@@ -82,8 +82,10 @@ impl Channel {
     /// Input clock ticks counted since the counter was loaded (or triggered).
     fn ticks(&self, now: Instant) -> u64 {
         let running = self.since.map_or(0, |s| {
-            u64::try_from(now.saturating_duration_since(s).as_nanos() * PIT_HZ as u128 / 1_000_000_000)
-                .unwrap_or(u64::MAX)
+            u64::try_from(
+                now.saturating_duration_since(s).as_nanos() * PIT_HZ as u128 / 1_000_000_000,
+            )
+            .unwrap_or(u64::MAX)
         });
         self.counted.saturating_add(running)
     }
@@ -269,7 +271,8 @@ impl Pit {
     /// The period of channel 0, once the guest programmed it.
     pub fn period(&self) -> Option<Duration> {
         let c = &self.channels[0];
-        c.loaded.then(|| Duration::from_nanos(c.reload as u64 * 1_000_000_000 / PIT_HZ))
+        c.loaded
+            .then(|| Duration::from_nanos(c.reload as u64 * 1_000_000_000 / PIT_HZ))
     }
 
     /// The instant the next tick is due, if the timer runs.
@@ -509,7 +512,10 @@ mod tests {
         assert!((0xffff - 1001..=0xffff - 999).contains(&held), "{held:#x}");
         pit.write_port_b(PORT_B_GATE2, at(5000));
         let later = read_count(&mut pit, 2, at(6000));
-        assert!((0xffff - 2001..=0xffff - 1999).contains(&later), "{later:#x}");
+        assert!(
+            (0xffff - 2001..=0xffff - 1999).contains(&later),
+            "{later:#x}"
+        );
     }
 
     #[test]
@@ -528,7 +534,11 @@ mod tests {
         assert_eq!(pit.read_port_b(at(99)) & PORT_B_OUT2, 0, "low at count 1");
         // Read-back of channel 2's status and count (0xc0 | count and status | ch 2).
         pit.write(3, 0xc8, at(40));
-        assert_eq!(pit.read(2, at(50)), 0x80 | 0x10 | 2 << 1, "out high, LSB, mode 2");
+        assert_eq!(
+            pit.read(2, at(50)),
+            0x80 | 0x10 | 2 << 1,
+            "out high, LSB, mode 2"
+        );
         assert_eq!(pit.read(2, at(50)), 60, "the count latched at 40 ticks");
     }
 

@@ -95,7 +95,7 @@ impl DateTime {
 }
 
 fn to_bcd(v: u8) -> u8 {
-    (v / 10) << 4 | v % 10
+    ((v / 10) << 4) | (v % 10)
 }
 
 impl Rtc {
@@ -205,7 +205,9 @@ mod tests {
         assert_eq!((leap.hour, leap.minute, leap.second), (23, 59, 59));
         let t = DateTime::from_unix(1_796_280_607);
         assert_eq!(
-            (t.year, t.month, t.day, t.weekday, t.hour, t.minute, t.second),
+            (
+                t.year, t.month, t.day, t.weekday, t.hour, t.minute, t.second
+            ),
             (2026, 12, 3, 5, 6, 50, 7)
         );
     }

@@ -370,7 +370,10 @@ mod tests {
     fn the_irq_line_is_gated_by_out2_and_raised_on_its_edges() {
         let mut s = Serial::new();
         assert!(write(&mut s, IER, IER_ETBEI).is_empty(), "OUT2 off: no IRQ");
-        assert_eq!(write(&mut s, MCR, MCR_OUT2 | MCR_DTR | MCR_RTS), [Effect::Irq(4)]);
+        assert_eq!(
+            write(&mut s, MCR, MCR_OUT2 | MCR_DTR | MCR_RTS),
+            [Effect::Irq(4)]
+        );
         // Still high: no second edge.
         assert!(write(&mut s, 7, 0x55).is_empty());
         // The IIR read drops the line; a transmitted byte raises it again.
