@@ -590,8 +590,9 @@ fn hostile_guests_end_the_recording_with_a_clear_error() {
 /// (KVM completes an `in` before the guest takes the interrupt, so the interrupt must be
 /// recorded after it), and string input (`insb`, `rep insb`, `rep insw`, up and down,
 /// across pages and KVM's 1 KiB read-ahead): one port-input event per element, each the
-/// device's own value. The recording replays with no divergence, its console (checksums
-/// of what was read) included.
+/// device's own value; and the UART transmitting from its THRE interrupt on IRQ4. The
+/// recording replays with no divergence, its console (checksums of what was read, and
+/// what the interrupt handler sent) included.
 #[test]
 fn interrupts_at_port_reads_and_string_input_replay_exactly() {
     use krr_engine::event::Event;
@@ -620,6 +621,11 @@ fn interrupts_at_port_reads_and_string_input_replay_exactly() {
             && console.contains("powering off"),
         "{console}"
     );
+    // Transmission driven by the UART's THRE interrupt (IRQ4), one byte per interrupt.
+    let message = "port-input: sent byte by byte by the THRE interrupt\n";
+    assert!(console.contains(message), "{console}");
+    let irq4 = format!("port-input: {} IRQ4 interrupts", message.len() + 1);
+    assert!(console.contains(&irq4), "{console}");
     let events: Vec<Event> = RecordingReader::open(&file)
         .unwrap()
         .events_from(0)
