@@ -138,7 +138,8 @@ pub mod console {
 /// * `port-input`: reads ports in a loop with a 1 kHz timer interrupting it (interrupts
 ///   injected at `in` exits), then string input (`insb`, `rep insb`, `rep insw`, up and
 ///   down, across pages and KVM's 1 KiB read-ahead) from fw_cfg and the PIT; prints
-///   checksums of what it read, then powers off.
+///   checksums of what it read; then transmits a line from the UART's THRE interrupt
+///   (IRQ4), one byte per interrupt, and powers off.
 pub const HOSTILE_GUESTS: &[(&str, &[u8])] = &[
     (
         "ring-garbage",
