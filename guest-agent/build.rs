@@ -93,6 +93,7 @@ const HOSTILE: &[(&str, u32)] = &[
     ("triple-fault", 5),
     ("partial-line", 6),
     ("partial-line-silent", 7),
+    ("port-input", 8),
 ];
 
 /// Iterations of the replay-speed benchmark loop (26 instructions each, bench/bench.h).

@@ -586,6 +586,103 @@ fn hostile_guests_end_the_recording_with_a_clear_error() {
     }
 }
 
+/// Port input as Linux does it: timer interrupts injected while the kernel reads ports
+/// (KVM completes an `in` before the guest takes the interrupt, so the interrupt must be
+/// recorded after it), and string input (`insb`, `rep insb`, `rep insw`, up and down,
+/// across pages and KVM's 1 KiB read-ahead): one port-input event per element, each the
+/// device's own value; and the UART transmitting from its THRE interrupt on IRQ4. The
+/// recording replays with no divergence, its console (checksums of what was read, and
+/// what the interrupt handler sent) included.
+#[test]
+fn interrupts_at_port_reads_and_string_input_replay_exactly() {
+    use krr_engine::event::Event;
+    use krr_engine::machine::{PORT_FW_CFG_DATA, PORT_PIT};
+    use std::collections::{BTreeMap, BTreeSet};
+    if !kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write_guest(dir.path(), "port-input");
+    let file = dir.path().join("port-input.krr");
+    let mut cmd = krr();
+    cmd.args(["record", "--headless", "--quiet", "--kernel"])
+        .arg(&kernel)
+        .arg("-o")
+        .arg(&file);
+    let out = run_with_timeout(cmd, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let console = String::from_utf8_lossy(&recorded_console(&file)).into_owned();
+    assert!(
+        console.contains("port-input: signature QEMU, fw_cfg checksum")
+            && console.contains("powering off"),
+        "{console}"
+    );
+    // Transmission driven by the UART's THRE interrupt (IRQ4), one byte per interrupt.
+    let message = "port-input: sent byte by byte by the THRE interrupt\n";
+    assert!(console.contains(message), "{console}");
+    let irq4 = format!("port-input: {} IRQ4 interrupts", message.len() + 1);
+    assert!(console.contains(&irq4), "{console}");
+    let events: Vec<Event> = RecordingReader::open(&file)
+        .unwrap()
+        .events_from(0)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    // Port inputs by (position, port): a string input chunk is one exit, one position.
+    let mut inputs: BTreeMap<(u64, u16), Vec<u32>> = BTreeMap::new();
+    for e in &events {
+        if let Event::PortIn(p) = e {
+            inputs.entry((p.icount, p.port)).or_default().push(p.value);
+        }
+    }
+    let chunk_sizes = |port: u16| -> BTreeSet<usize> {
+        inputs
+            .iter()
+            .filter(|((_, p), _)| *p == port)
+            .map(|(_, v)| v.len())
+            .collect()
+    };
+    // 1500 bytes from 0x100 before a page end: chunks of 256 (to the page end), 1024
+    // (the read-ahead) and 220.
+    let fw_cfg = chunk_sizes(PORT_FW_CFG_DATA);
+    for size in [256, 1024, 220] {
+        assert!(fw_cfg.contains(&size), "fw_cfg chunks {fw_cfg:?}");
+    }
+    // Each element is the device's own value: the signature, byte by byte.
+    assert!(
+        inputs
+            .iter()
+            .any(|((_, p), v)| *p == PORT_FW_CFG_DATA && v.starts_with(&[0x51, 0x45, 0x4d, 0x55])),
+        "no chunk starts with the signature"
+    );
+    // The PIT counter's low and high bytes alternate within a chunk.
+    assert!(
+        inputs
+            .iter()
+            .any(|((_, p), v)| *p == PORT_PIT && v.len() > 2 && v[0] != v[1]),
+        "PIT chunks of one value"
+    );
+    // Interrupts recorded at the position of a port read (the `in` exit they followed).
+    let at_inputs = events
+        .iter()
+        .filter(|e| match e {
+            Event::KernelInterrupt(k) => inputs.keys().any(|(icount, _)| *icount == k.icount),
+            _ => false,
+        })
+        .count();
+    assert!(at_inputs >= 10, "{at_inputs} interrupts at port reads");
+    let out = replay_verify(&file);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("divergences: 0 (guest powered off)"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `record -o FILE` never replaces FILE without `--force`, admits one writer per path,
 /// and keeps the `.partial` file a killed recording left.
 #[test]

@@ -15,6 +15,10 @@ pub const PORT_COM1: u16 = 0x03f8;
 pub const PORT_PIC_MASTER: u16 = 0x0020;
 pub const PORT_PIC_SLAVE: u16 = 0x00a0;
 pub const PORT_PIT: u16 = 0x0040;
+/// The PC's system control port B: the timer's channel 2 gate and output.
+pub const PORT_SYSTEM_CONTROL_B: u16 = 0x0061;
+/// The CMOS real-time clock: index, then data.
+pub const PORT_RTC: u16 = 0x0070;
 pub const PORT_FW_CFG: u16 = 0x0510;
 pub const PORT_FW_CFG_DATA: u16 = 0x0511;
 pub const PORT_FW_CFG_DMA: u16 = 0x0514;
@@ -23,6 +27,10 @@ pub const PORT_FW_CFG_DMA: u16 = 0x0514;
 /// to offset 0 program the divisor instead of transmitting.
 pub const UART_LCR: u16 = 3;
 pub const UART_LCR_DLAB: u8 = 0x80;
+/// UART modem control register offset and its loopback bit: while it is set,
+/// transmitted bytes go back to the UART's receiver, not to the console.
+pub const UART_MCR: u16 = 4;
+pub const UART_MCR_LOOP: u8 = 0x10;
 
 /// The agent hook the replay stops at to supply user-memory data: called by the guest
 /// kernel right after it copied `len` bytes from user memory into `dst`

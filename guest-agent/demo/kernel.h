@@ -125,6 +125,8 @@ extern const u8 user_image_start[], user_image_end[];
 /* pic_pit.c */
 void pic_init(void);
 void pic_eoi(u32 vector);
+/* Called for an interrupt line other than the timer's, before its EOI (weak: nothing). */
+void irq_hook(u32 vector);
 int pic_spurious(u32 vector);
 void pit_init(u32 hz);
 

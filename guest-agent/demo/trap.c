@@ -34,6 +34,9 @@ u64 stat_syscalls_fault, stat_syscalls_arch, stat_user_irqs, stat_demand_faults;
 /* What sysretq would give from R11: no IOPL, interrupts on. */
 static u64 user_rflags_from_r11(u64 r11) { return (r11 & 0x3c7fd7UL & ~0x3000UL) | 0x202UL; }
 
+/* Other interrupt lines have no driver in the demo; a test guest may define one. */
+__attribute__((weak)) void irq_hook(u32 vector) { (void)vector; }
+
 void trap(struct trapframe *tf)
 {
 	int from_user = (tf->cs & 3) == 3;
@@ -68,6 +71,7 @@ void trap(struct trapframe *tf)
 				proc_yield();
 			return;
 		}
+		irq_hook((u32)tf->vector);
 		pic_eoi((u32)tf->vector);
 		return;
 	}

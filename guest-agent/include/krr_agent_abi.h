@@ -43,6 +43,8 @@ typedef unsigned long long krr_u64;
 #define KRR_PORT_PIC_MASTER 0x0020
 #define KRR_PORT_PIC_SLAVE 0x00a0
 #define KRR_PORT_PIT 0x0040       /* 8254, 4 ports */
+#define KRR_PORT_SYSTEM_CONTROL_B 0x0061 /* bit 0: PIT channel 2 gate; bit 5: its output */
+#define KRR_PORT_RTC 0x0070       /* CMOS RTC: index, then data at 0x71 */
 #define KRR_PORT_FW_CFG 0x0510    /* QEMU-compatible fw_cfg: selector (16-bit) */
 #define KRR_PORT_FW_CFG_DATA 0x0511
 #define KRR_PORT_FW_CFG_DMA 0x0514 /* big-endian GPA of a struct krr_fw_cfg_dma_access: high at 0x514, low at 0x518 */

@@ -135,6 +135,11 @@ pub mod console {
 ///   port write).
 /// * `partial-line-silent`: prints, then `never ended` without a line end, then spins
 ///   with interrupts off and no timer: it never exits again by itself.
+/// * `port-input`: reads ports in a loop with a 1 kHz timer interrupting it (interrupts
+///   injected at `in` exits), then string input (`insb`, `rep insb`, `rep insw`, up and
+///   down, across pages and KVM's 1 KiB read-ahead) from fw_cfg and the PIT; prints
+///   checksums of what it read; then transmits a line from the UART's THRE interrupt
+///   (IRQ4), one byte per interrupt, and powers off.
 pub const HOSTILE_GUESTS: &[(&str, &[u8])] = &[
     (
         "ring-garbage",
@@ -163,6 +168,10 @@ pub const HOSTILE_GUESTS: &[(&str, &[u8])] = &[
     (
         "partial-line-silent",
         include_bytes!(concat!(env!("OUT_DIR"), "/hostile-partial-line-silent.elf")),
+    ),
+    (
+        "port-input",
+        include_bytes!(concat!(env!("OUT_DIR"), "/hostile-port-input.elf")),
     ),
 ];
 
@@ -296,7 +305,7 @@ mod tests {
 
     #[test]
     fn hostile_guests_are_elf_and_distinct() {
-        assert_eq!(HOSTILE_GUESTS.len(), 7);
+        assert_eq!(HOSTILE_GUESTS.len(), 8);
         for (name, elf) in HOSTILE_GUESTS {
             assert_eq!(&elf[..4], b"\x7fELF", "{name}");
             assert_eq!(hostile_guest(name), Some(*elf));

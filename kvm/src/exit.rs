@@ -9,9 +9,10 @@
 pub enum Exit {
     /// An `out` to `port`: the bytes written (the access size times the repeat count).
     IoOut { port: u16, data: Vec<u8> },
-    /// An `in` from `port` of `len` bytes (the access size times the repeat count), to be
-    /// completed with [`Vm::complete_io_in`](crate::Vm::complete_io_in).
-    IoIn { port: u16, len: usize },
+    /// An `in` from `port` of `len` bytes: `len / size` elements of `size` bytes (one
+    /// for `in`, a chunk of a string input `ins`/`rep ins`), to be completed with
+    /// [`Vm::complete_io_in`](crate::Vm::complete_io_in).
+    IoIn { port: u16, size: usize, len: usize },
     /// A read of `len` bytes at guest-physical `gpa` outside guest memory, to be
     /// completed with [`Vm::complete_mmio_read`](crate::Vm::complete_mmio_read).
     MmioRead { gpa: u64, len: usize },

@@ -276,10 +276,14 @@ impl Vm {
                 port,
                 data: data.to_vec(),
             },
-            Ok(VcpuExit::IoIn(port, data)) => Exit::IoIn {
-                port,
-                len: data.len(),
-            },
+            Ok(VcpuExit::IoIn(port, data)) => {
+                let len = data.len();
+                Exit::IoIn {
+                    port,
+                    size: self.io_element_size().unwrap_or(len),
+                    len,
+                }
+            }
             Ok(VcpuExit::MmioRead(gpa, data)) => Exit::MmioRead {
                 gpa,
                 len: data.len(),
@@ -313,6 +317,39 @@ impl Vm {
         Exit::InternalError {
             suberror: internal.suberror,
             data: internal.data[..n].to_vec(),
+        }
+    }
+
+    /// The size of one element of the port access the vCPU stopped at, if it stopped at
+    /// one.
+    fn io_element_size(&mut self) -> Option<usize> {
+        let run = self.vcpu.get_kvm_run();
+        if run.exit_reason != KVM_EXIT_IO {
+            return None;
+        }
+        // SAFETY: exit_reason is KVM_EXIT_IO, so `io` is the active member of the union.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        (io.size != 0).then_some(io.size as usize)
+    }
+
+    /// Completes the input the vCPU stopped at (an `in` or an MMIO read, once its data is
+    /// supplied) without running any further guest instruction: KVM finishes such an
+    /// instruction only at the next KVM_RUN, and until then RIP is still on it. A KVM_RUN
+    /// with `immediate_exit` set does exactly that (KVM's API: "re-enter the guest with
+    /// ... the immediate_exit field set to complete pending operations without allowing
+    /// any further instructions to be executed"). A kick already pending stays pending.
+    pub fn complete_pending_input(&mut self) -> Result<()> {
+        let kicked = self.vcpu.get_kvm_run().immediate_exit;
+        self.vcpu.set_kvm_immediate_exit(1);
+        let r = self.vcpu.run().map(|_| ());
+        self.vcpu.set_kvm_immediate_exit(kicked);
+        match r {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Err(e) => Err(Error::kvm("KVM_RUN (completing an input)", e)),
+            Ok(()) => Err(Error::UnexpectedExit {
+                what: "completing an input",
+                exit: "an exit with immediate_exit set".into(),
+            }),
         }
     }
 

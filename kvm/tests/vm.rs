@@ -118,3 +118,56 @@ fn run_to_port_reports_another_exit() {
         "{err:?}"
     );
 }
+
+/// An `in` completed with `complete_pending_input`: RIP moves past it and the value is in
+/// AL, and no further instruction runs (the next exit is the `hlt` right after it). A
+/// string input reports its element size and its chunk's length.
+#[test]
+fn a_pending_input_completes_without_running_on() {
+    if !kvm_here() {
+        return;
+    }
+    let mut vm = Vm::with_ram(2 << 20).unwrap();
+    // in al, 0x80; hlt; mov edi, 0x20000; mov ecx, 6; mov dx, 0x80; rep insw; hlt
+    let code = [
+        0xe4, 0x80, 0xf4, 0xbf, 0x00, 0x00, 0x02, 0x00, 0xb9, 0x06, 0x00, 0x00, 0x00, 0x66, 0xba,
+        0x80, 0x00, 0x66, 0xf3, 0x6d, 0xf4,
+    ];
+    long_mode::load_flat_code(&mut vm, &code).unwrap();
+    let exit = vm.run().unwrap();
+    assert_eq!(
+        exit,
+        krr_kvm::Exit::IoIn {
+            port: 0x80,
+            size: 1,
+            len: 1
+        }
+    );
+    assert_eq!(
+        vm.vcpu().sync_regs().regs.rip,
+        FLAT_CODE_GPA,
+        "not completed yet"
+    );
+    vm.complete_io_in(&[0x42]).unwrap();
+    vm.complete_pending_input().unwrap();
+    let regs = vm.vcpu().sync_regs().regs;
+    assert_eq!((regs.rip, regs.rax & 0xff), (FLAT_CODE_GPA + 2, 0x42));
+    assert_eq!(vm.run().unwrap(), krr_kvm::Exit::Hlt);
+    let exit = vm.run().unwrap();
+    assert_eq!(
+        exit,
+        krr_kvm::Exit::IoIn {
+            port: 0x80,
+            size: 2,
+            len: 12
+        }
+    );
+    let words: Vec<u8> = (1..=12).collect();
+    vm.complete_io_in(&words).unwrap();
+    vm.complete_pending_input().unwrap();
+    let mut written = [0u8; 12];
+    vm.read(0x2_0000, &mut written).unwrap();
+    assert_eq!(written.to_vec(), words);
+    assert_eq!(vm.vcpu().sync_regs().regs.rcx, 0);
+    assert_eq!(vm.run().unwrap(), krr_kvm::Exit::Hlt);
+}

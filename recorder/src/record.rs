@@ -186,6 +186,9 @@ pub struct Recorder {
     exits: u64,
     /// When the loop first saw the stop request.
     stop_seen: Option<Instant>,
+    /// The vCPU stopped at an input (`in`, MMIO read) that KVM completes only at the next
+    /// KVM_RUN: RIP is still on the instruction.
+    input_incomplete: bool,
 }
 
 /// Longest the recorder leaves its sink without a word ([`EventSink::caught_up`]) while
@@ -227,6 +230,7 @@ impl Recorder {
             host: Host { cpu, cpuid, quirks },
             exits: 0,
             stop_seen: None,
+            input_incomplete: false,
             config,
         })
     }
@@ -338,6 +342,7 @@ impl Recorder {
             sink.caught_up().map_err(RecorderError::Sink)?;
             clock.caught_up();
             let exit = self.vm.run().map_err(RecorderError::Run)?;
+            self.input_incomplete = false;
             self.exits += 1;
             last = match exit {
                 Exit::IoOut { port, data } => {
@@ -359,11 +364,12 @@ impl Recorder {
                     }
                     ExitKind::Deterministic
                 }
-                Exit::IoIn { port, len } => {
+                Exit::IoIn { port, size, len } => {
                     self.capture.at_deterministic_exit(&self.vm)?;
-                    if let Some(end) = self.port_in(port, len)? {
+                    if let Some(end) = self.port_in(port, size, len)? {
                         return Ok(end);
                     }
+                    self.input_incomplete = true;
                     ExitKind::Deterministic
                 }
                 Exit::MmioRead { gpa, len } => {
@@ -371,6 +377,7 @@ impl Recorder {
                     if let Some(end) = self.mmio_read(gpa, len)? {
                         return Ok(end);
                     }
+                    self.input_incomplete = true;
                     ExitKind::Deterministic
                 }
                 Exit::MmioWrite { gpa, data } => {
@@ -463,16 +470,30 @@ impl Recorder {
         effects
     }
 
-    /// An `in`: the device's value is recorded and completes the instruction.
-    fn port_in(&mut self, port: u16, len: usize) -> Result<Option<EndReason>, RecorderError> {
-        // One to four bytes (longer string inputs are given their first four).
-        let mut data = [0u8; 4];
-        let n = if len <= 2 { len } else { 4 };
-        let effects = self.access(|d, io| d.port_in(port, &mut data[..n], io));
-        let value = u32::from_le_bytes(data);
-        self.capture.port_in(port, len, value);
+    /// An `in`, or a chunk of `len / size` elements of a string input (`ins`, `rep
+    /// ins`): each element is one read of the device, recorded as its own event (replay
+    /// supplies them one by one), and together they complete the instruction.
+    fn port_in(
+        &mut self,
+        port: u16,
+        size: usize,
+        len: usize,
+    ) -> Result<Option<EndReason>, RecorderError> {
+        let size = size.clamp(1, 4);
+        let mut data = vec![0u8; len];
+        let effects = self.access(|d, io| {
+            for element in data.chunks_mut(size) {
+                d.port_in(port, element, io);
+            }
+        });
+        for element in data.chunks(size) {
+            let mut value = [0u8; 4];
+            value[..element.len()].copy_from_slice(element);
+            self.capture
+                .port_in(port, element.len(), u32::from_le_bytes(value));
+        }
         self.vm
-            .complete_io_in(&data[..len.min(4)])
+            .complete_io_in(&data)
             .map_err(RecorderError::CompleteInput)?;
         self.apply(effects)
     }
@@ -601,6 +622,15 @@ impl Recorder {
             self.capture.policy().no_interrupt_pending();
             return Ok(());
         };
+        if self.input_incomplete {
+            // KVM would complete the input before the guest takes the interrupt: complete
+            // it first, so that the interrupt is recorded where it is taken, after the
+            // instruction (the position of the exit already counts it).
+            self.vm
+                .complete_pending_input()
+                .map_err(RecorderError::CompleteInput)?;
+            self.input_incomplete = false;
+        }
         let regs = self.vm.vcpu().sync_regs();
         let user_mode = regs.sregs.cs.dpl == 3;
         let ready = self.vm.ready_for_interrupt() && regs.regs.rflags & RFLAGS_IF != 0;

@@ -27,7 +27,9 @@ use crate::cpu::{Cpu, Exit};
 use crate::event::{
     DigestRegisters, Event, Icount, InjectionPoint, KernelInterrupt, RandomInstruction,
 };
-use crate::machine::{HOOK_USER_READ, PORT_COM1, PORT_POWEROFF, UART_LCR, UART_LCR_DLAB};
+use crate::machine::{
+    HOOK_USER_READ, PORT_COM1, PORT_POWEROFF, UART_LCR, UART_LCR_DLAB, UART_MCR, UART_MCR_LOOP,
+};
 use crate::memory::GuestMemory;
 use crate::state::{CounterSourceKind, gpr};
 use crate::trace::{Header, RecordingReader, TraceError};
@@ -107,7 +109,10 @@ pub struct Replay {
     /// Console bytes replayed so far, and how many of them were already compared.
     console: ConsoleLog,
     console_checked: usize,
+    /// The UART's line and modem control registers as the guest wrote them: bytes
+    /// written to offset 0 are console output unless the divisor latch or loopback is on.
     uart_lcr: u8,
+    uart_mcr: u8,
     /// Final icount of a complete recording.
     final_icount: Option<Icount>,
     /// The recording's icounts are exact (it was made with an instruction counter).
@@ -318,6 +323,7 @@ impl Replay {
             console: ConsoleLog::default(),
             console_checked: 0,
             uart_lcr: 0,
+            uart_mcr: 0,
             final_icount,
             exact,
             at_exit: false,
@@ -344,6 +350,7 @@ impl Replay {
         r.console.clear();
         r.console_checked = 0;
         r.uart_lcr = 0;
+        r.uart_mcr = 0;
         r.finished = None;
         r.find_next_interrupt();
         r
@@ -857,7 +864,12 @@ impl Replay {
         let byte = value as u8;
         if port == PORT_COM1 + UART_LCR {
             self.uart_lcr = byte;
-        } else if port == PORT_COM1 && self.uart_lcr & UART_LCR_DLAB == 0 {
+        } else if port == PORT_COM1 + UART_MCR {
+            self.uart_mcr = byte;
+        } else if port == PORT_COM1
+            && self.uart_lcr & UART_LCR_DLAB == 0
+            && self.uart_mcr & UART_MCR_LOOP == 0
+        {
             self.console.push(byte);
         }
         self.after_exit()?;

@@ -9,9 +9,11 @@
 //! device up there. To add a device (a second UART, a virtio-mmio console), implement
 //! [`Device`] and register it in [`Devices::new`].
 //!
-//! * [`serial`]: the 16550 UART of the console (COM1).
+//! * [`serial`]: the 16550 UART of the console (COM1), interrupting on IRQ4.
 //! * [`pic`]: the two cascaded 8259A interrupt controllers.
-//! * [`pit`]: the 8254 timer, channel 0.
+//! * [`pit`]: the 8254 timer (channel 0 drives IRQ0) and port 0x61 (channel 2's gate and
+//!   output).
+//! * [`rtc`]: the CMOS real-time clock and its RAM.
 //! * [`fw_cfg`]: QEMU's fw_cfg with DMA, the machine's block device.
 //! * [`control`]: the power-off port and the agent's doorbell.
 
@@ -20,12 +22,14 @@ pub mod control;
 pub mod fw_cfg;
 pub mod pic;
 pub mod pit;
+pub mod rtc;
 pub mod serial;
 
 use crate::image::DiskImage;
 use bus::{Bus, BusError, BusRange, SharedDevice, lock};
 use krr_engine::machine::{
-    PORT_COM1, PORT_DOORBELL, PORT_FW_CFG, PORT_PIC_MASTER, PORT_PIC_SLAVE, PORT_PIT, PORT_POWEROFF,
+    PORT_COM1, PORT_DOORBELL, PORT_FW_CFG, PORT_PIC_MASTER, PORT_PIC_SLAVE, PORT_PIT,
+    PORT_POWEROFF, PORT_RTC, PORT_SYSTEM_CONTROL_B,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -131,8 +135,8 @@ pub struct Devices {
 
 impl Devices {
     /// The recording machine (ports as in `krr_engine::machine`, which replay shares):
-    /// COM1, the PIC pair, the PIT, fw_cfg exposing `disk` as the file `opt/krr/disk`,
-    /// the power-off port and the agent's doorbell. Nothing is mapped for MMIO yet:
+    /// COM1, the PIC pair, the PIT and port 0x61, the RTC, fw_cfg exposing `disk` as the
+    /// file `opt/krr/disk`, the power-off port and the agent's doorbell. Nothing is mapped for MMIO yet:
     /// reads there return all ones.
     pub fn new(disk: Option<DiskImage>) -> Result<Devices, BusError> {
         let pic = pic::Pic::new();
@@ -141,7 +145,7 @@ impl Devices {
             .map(|d| vec![(crate::agent_ring::DISK_FW_CFG_NAME.to_string(), d)])
             .unwrap_or_default();
         // Every device of the machine, by port range.
-        let port_devices: [(u16, u16, &'static str, SharedDevice); 7] = [
+        let port_devices: [(u16, u16, &'static str, SharedDevice); 9] = [
             (
                 PORT_COM1,
                 serial::PORTS,
@@ -156,6 +160,13 @@ impl Devices {
             ),
             (PORT_PIC_SLAVE, pic::PORTS, "slave 8259A PIC", pic.slave()),
             (PORT_PIT, pit::PORTS, "8254 PIT", pit.clone()),
+            (
+                PORT_SYSTEM_CONTROL_B,
+                1,
+                "system control port B",
+                shared(pit::PortB(pit.clone())),
+            ),
+            (PORT_RTC, rtc::PORTS, "CMOS RTC", shared(rtc::Rtc::new())),
             (
                 PORT_FW_CFG,
                 fw_cfg::PORTS,
@@ -318,6 +329,8 @@ mod tests {
             [
                 ("0x20..0x22".to_string(), "master 8259A PIC"),
                 ("0x40..0x44".to_string(), "8254 PIT"),
+                ("0x61..0x62".to_string(), "system control port B"),
+                ("0x70..0x72".to_string(), "CMOS RTC"),
                 ("0xa0..0xa2".to_string(), "slave 8259A PIC"),
                 ("0xf4..0xf5".to_string(), "power-off port"),
                 ("0x3f8..0x400".to_string(), "COM1 (16550 UART)"),
@@ -384,5 +397,13 @@ mod tests {
         }
         d.pic().raise(IRQ_TIMER);
         assert_eq!(d.pic().pending_vector(), Some(0x20));
+        // Port 0x61 keeps channel 2's gate; the RTC's register D says its RAM is valid.
+        assert!(port_out(&d, PORT_SYSTEM_CONTROL_B, &[0x01]).is_empty());
+        assert_eq!(port_in(&d, PORT_SYSTEM_CONTROL_B, 1).0[0] & 0x0f, 0x01);
+        port_out(&d, PORT_RTC, &[0x8d]);
+        assert_eq!(port_in(&d, PORT_RTC + 1, 1).0, [0x80]);
+        // The UART's THRE interrupt reaches the PIC as IRQ4 with OUT2 set.
+        port_out(&d, PORT_COM1 + 4, &[0x08]);
+        assert_eq!(port_out(&d, PORT_COM1 + 1, &[0x02]), [Effect::Irq(4)]);
     }
 }
