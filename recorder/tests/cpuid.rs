@@ -10,7 +10,7 @@ fn recorded_cpuid_is_what_the_guest_observes() {
         return;
     }
     pin_current_thread().unwrap();
-    let mut vm = krr_recorder::vm::create(4 << 20).unwrap();
+    let mut vm = krr_recorder::vm::create(4 << 20, None).unwrap();
     let observed = observe(vm.cpuid()).unwrap();
     assert_eq!(observed.len(), vm.cpuid().len());
     if std::path::Path::new("/sys/module/kvm_pvm").exists() {
@@ -64,7 +64,7 @@ fn quirks_probe_measures_this_host() {
         return;
     }
     krr_recorder::cpuid::pin_current_thread().unwrap();
-    let vm = krr_recorder::vm::create(2 << 20).unwrap();
+    let vm = krr_recorder::vm::create(2 << 20, None).unwrap();
     let cpuid = krr_recorder::cpuid::observe(vm.cpuid()).unwrap();
     let quirks = krr_recorder::quirks::measure(&cpuid).unwrap();
     for line in quirks.undefined.table() {

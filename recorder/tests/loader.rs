@@ -62,7 +62,7 @@ fn bzimage_loads_at_16_mib_with_boot_parameters() {
         return;
     }
     let payload: Vec<u8> = (0..4096u32).map(|i| (i * 13) as u8).collect();
-    let mut vm = krr_recorder::vm::create(64 << 20).unwrap();
+    let mut vm = krr_recorder::vm::create(64 << 20, None).unwrap();
     let loaded = load_kernel(&mut vm, &synthetic_bzimage(&payload), "console=ttyS0").unwrap();
     assert_eq!(loaded.format, KernelFormat::BzImage);
     assert_eq!(loaded.entry, 0x100_0000 + 0x200, "the 64-bit entry point");
@@ -92,7 +92,7 @@ fn a_truncated_elf_is_an_error_not_a_panic() {
         return;
     }
     for len in [5, 64, 200, 1000] {
-        let mut vm = krr_recorder::vm::create(64 << 20).unwrap();
+        let mut vm = krr_recorder::vm::create(64 << 20, None).unwrap();
         let r = load_kernel(&mut vm, &krr_guest::DEMO_KERNEL[..len], "");
         assert!(r.is_err(), "a {len}-byte ELF prefix was accepted");
     }
@@ -104,7 +104,7 @@ fn a_kernel_larger_than_the_memory_is_a_clear_error() {
         println!("skipped: {why}");
         return;
     }
-    let mut vm = krr_recorder::vm::create(1 << 20).unwrap();
+    let mut vm = krr_recorder::vm::create(1 << 20, None).unwrap();
     let err = krr_recorder::loader::load_kernel(&mut vm, krr_guest::DEMO_KERNEL, "")
         .unwrap_err()
         .to_string();
