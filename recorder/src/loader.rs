@@ -494,3 +494,118 @@ fn add_e820(params: &mut boot_params, ram_size: u64) {
     }
     params.e820_entries = entries.len() as u8;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vmlinux_zero_page_has_the_header_a_loader_writes() {
+        let p = linux_boot_params(None, 64 << 20, 42, Some((0x3e1_b000, 1_986_048)));
+        let hdr = p.hdr;
+        assert_eq!({ hdr.boot_flag }, 0xaa55);
+        assert_eq!({ hdr.header }.to_le_bytes(), *b"HdrS");
+        assert_eq!({ hdr.version }, VMLINUX_BOOT_PROTOCOL);
+        assert_eq!(hdr.type_of_loader, 0xff);
+        assert_eq!({ hdr.cmd_line_ptr }, CMDLINE_GPA as u32);
+        assert_eq!({ hdr.cmdline_size }, 42);
+        assert_eq!({ hdr.kernel_alignment }, 0x20_0000);
+        assert_eq!({ hdr.ramdisk_image }, 0x3e1_b000);
+        assert_eq!({ hdr.ramdisk_size }, 1_986_048);
+        assert_eq!(({ p.ext_ramdisk_image }, { p.ext_ramdisk_size }), (0, 0));
+        // e820: low memory below the EBDA, then 1 MiB to the end of RAM.
+        assert_eq!(p.e820_entries, 2);
+        let e = |i: usize| {
+            let x = p.e820_table[i];
+            ({ x.addr }, { x.size }, { x.r#type })
+        };
+        assert_eq!(e(0), (0, 0x9_f000, 1));
+        assert_eq!(e(1), (0x10_0000, (64 << 20) - 0x10_0000, 1));
+    }
+
+    #[test]
+    fn a_bzimage_keeps_its_own_header_with_the_loader_s_fields() {
+        let mut own = setup_header {
+            version: 0x020f,
+            header: u32::from_le_bytes(*b"HdrS"),
+            boot_flag: 0xaa55,
+            init_size: 0x123_4000,
+            xloadflags: 0x7f,
+            type_of_loader: 0,
+            ..Default::default()
+        };
+        own.cmdline_size = 2047;
+        let p = linux_boot_params(Some(own), 128 << 20, 10, None);
+        let hdr = p.hdr;
+        assert_eq!({ hdr.init_size }, 0x123_4000, "the kernel's own field kept");
+        assert_eq!({ hdr.xloadflags }, 0x7f);
+        assert_eq!(hdr.type_of_loader, 0xff);
+        assert_eq!({ hdr.cmdline_size }, 10);
+        assert_eq!(({ hdr.ramdisk_image }, { hdr.ramdisk_size }), (0, 0));
+        assert_eq!({ p.e820_table[1].size }, (128 << 20) - 0x10_0000);
+    }
+
+    #[test]
+    fn the_initrd_goes_high_page_aligned_above_the_kernel() {
+        const MIB: u64 = 1 << 20;
+        // At the end of RAM, aligned down.
+        assert_eq!(
+            place_initrd(10_000, 0x1a1_8000, 64 * MIB, 0x7fff_ffff).unwrap(),
+            64 * MIB - 0x3000
+        );
+        // Below the kernel's limit where RAM goes higher.
+        assert_eq!(
+            place_initrd(MIB, 0x1a1_8000, 2048 * MIB, DEFAULT_INITRD_ADDR_MAX).unwrap(),
+            0x3800_0000 - MIB
+        );
+        // Right above the kernel, and not a page lower.
+        assert_eq!(
+            place_initrd(4096, 0x3ff_f001, 64 * MIB, u64::MAX).unwrap_err().to_string(),
+            LoadError::InitrdNoRoom {
+                size: 4096,
+                kernel_end: 0x3ff_f001,
+                top: 64 * MIB
+            }
+            .to_string()
+        );
+        assert_eq!(
+            place_initrd(4096, 0x3ff_f000, 64 * MIB, u64::MAX).unwrap(),
+            0x3ff_f000
+        );
+        // Larger than RAM.
+        assert!(matches!(
+            place_initrd(65 * MIB, 0, 64 * MIB, u64::MAX),
+            Err(LoadError::InitrdNoRoom { .. })
+        ));
+    }
+
+    #[test]
+    fn bzimage_headers_are_checked_for_the_64_bit_entry() {
+        let mut img = vec![0u8; 0x400];
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        img[0x206..0x208].copy_from_slice(&0x020cu16.to_le_bytes());
+        img[0x236] = 1;
+        img[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+        img[0x260..0x264].copy_from_slice(&0x200_0000u32.to_le_bytes());
+        let h = BzImageHeader::parse(&img).unwrap();
+        assert_eq!(
+            (h.version, h.initrd_addr_max, h.init_size),
+            (0x020c, 0x7fff_ffff, 0x200_0000)
+        );
+        img[0x236] = 2;
+        assert!(matches!(
+            BzImageHeader::parse(&img),
+            Err(LoadError::No64BitEntry { xloadflags: 2 })
+        ));
+        img[0x206] = 0x0b;
+        assert!(matches!(
+            BzImageHeader::parse(&img),
+            Err(LoadError::BootProtocolTooOld { version: 0x020b })
+        ));
+        // A header cut short reads as version 0, refused.
+        assert!(matches!(
+            BzImageHeader::parse(&img[..0x206]),
+            Err(LoadError::BootProtocolTooOld { version: 0 })
+        ));
+    }
+}

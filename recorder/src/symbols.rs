@@ -47,3 +47,24 @@ fn elf_symbols(file: &object::File<'_>) -> Vec<Symbol> {
     out.dedup_by(|a, b| a.addr == b.addr && a.name == b.name);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vmlinux_named_for_symbols_must_be_an_elf() {
+        let err = vmlinux_symbols(b"MZ\x90\x00 not an ELF at all").unwrap_err();
+        assert!(err.to_string().contains("--vmlinux"), "{err}");
+        // The recorder's own test program is an ELF with symbols.
+        let own = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let symbols = vmlinux_symbols(&own).unwrap();
+        assert!(
+            symbols.iter().any(|s| s.name.contains("a_vmlinux_named_for_symbols")),
+            "{} symbols",
+            symbols.len()
+        );
+        // A bzImage given as the kernel has none, and is no error.
+        assert!(kernel_symbols(b"MZ\x90\x00 not an ELF at all").is_empty());
+    }
+}
