@@ -208,7 +208,12 @@ fn linux_boot_files_are_checked_before_the_guest_starts() {
     std::fs::write(path("not-elf"), b"MZ\x90\x00 a PE file, not an ELF").unwrap();
     let cases: [(Vec<String>, &str); 4] = [
         (
-            vec!["--memory".into(), "64M".into(), "--initrd".into(), path("big-initrd")],
+            vec![
+                "--memory".into(),
+                "64M".into(),
+                "--initrd".into(),
+                path("big-initrd"),
+            ],
             "initrd",
         ),
         (vec!["--initrd".into(), path("missing")], "No such file"),

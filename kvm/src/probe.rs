@@ -57,10 +57,7 @@ pub fn observed_cpuid_given(table: &[CpuidEntry]) -> Result<Vec<CpuidEntry>> {
     observe_cpuid(table, Some(table))
 }
 
-fn observe_cpuid(
-    queries: &[CpuidEntry],
-    given: Option<&[CpuidEntry]>,
-) -> Result<Vec<CpuidEntry>> {
+fn observe_cpuid(queries: &[CpuidEntry], given: Option<&[CpuidEntry]>) -> Result<Vec<CpuidEntry>> {
     let code = cpuid_code(queries);
     let results_len = 16 * queries.len();
     if FLAT_CODE_GPA + code.len() as u64 > CPUID_RESULTS_GPA

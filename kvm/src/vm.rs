@@ -7,8 +7,9 @@ use crate::regs;
 use crate::{Error, Result};
 use krr_engine::state::{CpuState, CpuidEntry, MemoryRegion, RegionKind, msr};
 use kvm_bindings::{
-    KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_MMIO, KVM_MAX_CPUID_ENTRIES,
-    CpuId, Msrs, kvm_cpuid_entry2, kvm_msr_entry, kvm_run, kvm_userspace_memory_region,
+    CpuId, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_MMIO,
+    KVM_MAX_CPUID_ENTRIES, Msrs, kvm_cpuid_entry2, kvm_msr_entry, kvm_run,
+    kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use std::mem::ManuallyDrop;

@@ -6,8 +6,8 @@
 //! host cannot run at ring 0 (KVM emulates the guest kernel's code and lacks them: a
 //! KVM internal error ends the recording) or the replay CPU does not implement. The
 //! recorder clears their bits in the table it gives the vCPU (KVM_SET_CPUID2), observes
-//! what a guest then sees ([`krr_kvm::probe::observed_cpuid_given`]), and names on the
-//! command line only the features the guest still observes as present: the table is
+//! what a guest then sees ([`krr_kvm::probe::observed_cpuid_given`]), and names in
+//! `clearcpuid=` only the features the guest still observes as present: the list is
 //! measured on the recording host, not written for one.
 
 use krr_engine::state::CpuidEntry;
@@ -21,15 +21,6 @@ pub enum CpuidReg {
     Edx,
 }
 
-/// How the kernel is told not to use a feature.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TurnOff {
-    /// Its name in `clearcpuid=` (Linux's /proc/cpuinfo name).
-    ClearCpuid,
-    /// A parameter of its own (shorter, and what Linux documents for it).
-    Parameter(&'static str),
-}
-
 /// A CPU feature a Linux guest must not use under this recorder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuestFeature {
@@ -39,7 +30,6 @@ pub struct GuestFeature {
     pub subleaf: u32,
     pub reg: CpuidReg,
     pub bit: u8,
-    pub turn_off: TurnOff,
     /// What fails when the guest uses it.
     pub why: &'static str,
 }
@@ -58,7 +48,6 @@ const fn feature(
         subleaf,
         reg,
         bit,
-        turn_off: TurnOff::ClearCpuid,
         why,
     }
 }
@@ -67,16 +56,18 @@ use CpuidReg::{Ebx, Ecx, Edx};
 
 /// The features a Linux guest must not use here: the one place they are listed.
 pub const UNREPLAYABLE_FEATURES: &[GuestFeature] = &[
-    GuestFeature {
-        name: "xsave",
-        leaf: 1,
-        subleaf: 0,
-        reg: Ecx,
-        bit: 26,
-        turn_off: TurnOff::Parameter("noxsave"),
-        why: "xsave/xrstor (every context switch): a KVM internal error at ring 0 here, \
-              and the replay CPU has no xsave family",
-    },
+    // `clearcpuid=xsave` rather than `noxsave`, which does the same (both clear the
+    // bit in cpu_parse_early_param) but is no registered parameter in 6.1: the kernel
+    // would pass it on to /init as an argument.
+    feature(
+        "xsave",
+        1,
+        0,
+        Ecx,
+        26,
+        "xsave/xrstor (every context switch): a KVM internal error at ring 0 here, \
+         and the replay CPU has no xsave family",
+    ),
     feature(
         "smap",
         7,
@@ -198,7 +189,14 @@ pub const UNREPLAYABLE_FEATURES: &[GuestFeature] = &[
         28,
         "VEX-encoded code (crypto, raid, memcpy variants): not in the replay CPU",
     ),
-    feature("avx2", 7, 0, Ebx, 5, "VEX-encoded code: not in the replay CPU"),
+    feature(
+        "avx2",
+        7,
+        0,
+        Ebx,
+        5,
+        "VEX-encoded code: not in the replay CPU",
+    ),
     feature(
         "avx512f",
         7,
@@ -330,23 +328,14 @@ pub fn host_command_line(observed: &[CpuidEntry]) -> Result<String, CommandLineE
     host_command_line_for(UNREPLAYABLE_FEATURES, observed)
 }
 
-/// [`BASE_PARAMETERS`], then the parameter of each feature of `features` that
-/// `observed` shows and that has one, then `clearcpuid=` with the other observed ones:
-/// by name where the names fit in what Linux reads, else by number.
+/// [`BASE_PARAMETERS`], then `clearcpuid=` with the features of `features` that
+/// `observed` shows: by name where the names fit in what Linux reads, else by number.
 fn host_command_line_for(
     features: &[GuestFeature],
     observed: &[CpuidEntry],
 ) -> Result<String, CommandLineError> {
-    let still: Vec<&GuestFeature> = features.iter().filter(|f| f.present_in(observed)).collect();
+    let cleared: Vec<&GuestFeature> = features.iter().filter(|f| f.present_in(observed)).collect();
     let mut words: Vec<String> = BASE_PARAMETERS.iter().map(|s| s.to_string()).collect();
-    words.extend(still.iter().filter_map(|f| match f.turn_off {
-        TurnOff::Parameter(p) => Some(p.to_string()),
-        TurnOff::ClearCpuid => None,
-    }));
-    let cleared: Vec<&GuestFeature> = still
-        .into_iter()
-        .filter(|f| f.turn_off == TurnOff::ClearCpuid)
-        .collect();
     if !cleared.is_empty() {
         let names = cleared.iter().map(|f| f.name).collect::<Vec<_>>().join(",");
         let value = if names.len() <= CLEARCPUID_MAX {
@@ -433,7 +422,9 @@ mod tests {
         }
         // Leaf 1 ECX: exactly pcid, movbe, popcnt, xsave, avx, rdrand cleared.
         let leaf1 = cleared.iter().find(|e| e.function == 1).unwrap();
-        let taken = [17, 22, 23, 26, 28, 30].iter().fold(0u32, |m, b| m | 1 << b);
+        let taken = [17, 22, 23, 26, 28, 30]
+            .iter()
+            .fold(0u32, |m, b| m | 1 << b);
         assert_eq!(leaf1.ecx, !taken);
         assert_eq!(leaf1.edx, u32::MAX, "leaf 1 EDX untouched");
         // Subleaf 1 of leaf 7 and the vendor leaf are left alone.
@@ -461,7 +452,7 @@ mod tests {
         observed[2].ebx |= 1 << 9;
         assert_eq!(
             host_command_line(&observed).unwrap(),
-            "console=ttyS0 mitigations=off noxsave clearcpuid=popcnt,avx,erms"
+            "console=ttyS0 mitigations=off clearcpuid=xsave,popcnt,avx,erms"
         );
     }
 
@@ -472,14 +463,13 @@ mod tests {
         let value = line.split("clearcpuid=").nth(1).unwrap();
         assert!(value.len() <= CLEARCPUID_MAX, "{} characters", value.len());
         let numbers: Vec<u32> = value.split(',').map(|n| n.parse().unwrap()).collect();
-        assert_eq!(numbers.len(), UNREPLAYABLE_FEATURES.len() - 1, "{value}");
+        assert_eq!(numbers.len(), UNREPLAYABLE_FEATURES.len(), "{value}");
         // Linux's numbers (cpufeatures.h): X86_FEATURE_SMAP is 9*32+20,
         // X86_FEATURE_POPCNT 4*32+23, X86_FEATURE_RDTSCP 1*32+27, X86_FEATURE_FSRM
-        // 18*32+4.
-        for n in [308, 151, 59, 580] {
+        // 18*32+4, X86_FEATURE_XSAVE 4*32+26.
+        for n in [308, 151, 59, 580, 154] {
             assert!(numbers.contains(&n), "{n} in {value}");
         }
-        assert!(line.contains(" noxsave "), "{line}");
     }
 
     #[test]
@@ -503,14 +493,22 @@ mod tests {
         );
         // Ten of them fit by name.
         let line = host_command_line_for(&features[..10], &observed).unwrap();
-        assert!(line.ends_with("clearcpuid=ft000,ft001,ft002,ft003,ft004,ft005,ft006,ft007,ft008,ft009"), "{line}");
+        assert!(
+            line.ends_with(
+                "clearcpuid=ft000,ft001,ft002,ft003,ft004,ft005,ft006,ft007,ft008,ft009"
+            ),
+            "{line}"
+        );
     }
 
     #[test]
     fn the_user_s_words_come_last() {
         assert_eq!(
-            kernel_command_line("console=ttyS0 noxsave", "krr.boot_only console=tty0"),
-            "console=ttyS0 noxsave krr.boot_only console=tty0"
+            kernel_command_line(
+                "console=ttyS0 mitigations=off",
+                "krr.boot_only console=tty0"
+            ),
+            "console=ttyS0 mitigations=off krr.boot_only console=tty0"
         );
         assert_eq!(kernel_command_line("a", "  "), "a");
         assert_eq!(kernel_command_line("", "b"), "b");

@@ -77,9 +77,7 @@ pub enum LoadError {
     BzImage(#[source] linux_loader::loader::Error),
     #[error("the kernel command line is {len} bytes, longer than the {max} the kernel takes")]
     CommandLineTooLong { len: usize, max: usize },
-    #[error(
-        "the ELF has no loadable segment (PT_LOAD) with contents: nothing to boot"
-    )]
+    #[error("the ELF has no loadable segment (PT_LOAD) with contents: nothing to boot")]
     NoLoadableSegment,
     #[error(
         "the ELF's entry point {entry:#x} is in none of its loadable segments' physical \
@@ -108,7 +106,11 @@ pub enum LoadError {
          and {top:#x} (the end of RAM or the highest address the kernel reads an initrd \
          at): give --memory more"
     )]
-    InitrdNoRoom { size: u64, kernel_end: u64, top: u64 },
+    InitrdNoRoom {
+        size: u64,
+        kernel_end: u64,
+        top: u64,
+    },
     #[error("writing the initrd")]
     Initrd(#[source] krr_kvm::Error),
     #[error("writing the kernel command line")]
@@ -560,7 +562,9 @@ mod tests {
         );
         // Right above the kernel, and not a page lower.
         assert_eq!(
-            place_initrd(4096, 0x3ff_f001, 64 * MIB, u64::MAX).unwrap_err().to_string(),
+            place_initrd(4096, 0x3ff_f001, 64 * MIB, u64::MAX)
+                .unwrap_err()
+                .to_string(),
             LoadError::InitrdNoRoom {
                 size: 4096,
                 kernel_end: 0x3ff_f001,

@@ -60,7 +60,9 @@ mod tests {
         let own = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         let symbols = vmlinux_symbols(&own).unwrap();
         assert!(
-            symbols.iter().any(|s| s.name.contains("a_vmlinux_named_for_symbols")),
+            symbols
+                .iter()
+                .any(|s| s.name.contains("a_vmlinux_named_for_symbols")),
             "{} symbols",
             symbols.len()
         );

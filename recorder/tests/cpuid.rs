@@ -93,7 +93,7 @@ fn quirks_probe_measures_this_host() {
 #[test]
 fn a_linux_guest_s_command_line_turns_off_what_it_still_observes() {
     use krr_recorder::linux::{
-        TurnOff, UNREPLAYABLE_FEATURES, host_command_line, without_unreplayable_features,
+        UNREPLAYABLE_FEATURES, host_command_line, without_unreplayable_features,
     };
     if let Err(why) = krr_recorder::kvm_available() {
         println!("skipped: {why}");
@@ -113,11 +113,8 @@ fn a_linux_guest_s_command_line_turns_off_what_it_still_observes() {
         .find_map(|w| w.strip_prefix("clearcpuid="))
         .map_or(Vec::new(), |v| v.split(',').collect());
     for f in UNREPLAYABLE_FEATURES {
-        let named = match f.turn_off {
-            TurnOff::Parameter(p) => line.split_whitespace().any(|w| w == p),
-            // By name here: what this host leaves fits in Linux's 127 characters.
-            TurnOff::ClearCpuid => clear.contains(&f.name),
-        };
+        // By name here: what this host leaves fits in Linux's 127 characters.
+        let named = clear.contains(&f.name);
         assert_eq!(
             named,
             f.present_in(&observed),

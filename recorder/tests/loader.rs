@@ -44,18 +44,19 @@ fn tiny_elf(code: &[u8], paddr: u64, entry: u64, linux_note: bool) -> Vec<u8> {
     f[52..54].copy_from_slice(&(EHDR as u16).to_le_bytes());
     f[54..56].copy_from_slice(&(PHDR as u16).to_le_bytes());
     f[56..58].copy_from_slice(&(phnum as u16).to_le_bytes());
-    let mut phdr = |i: usize, p_type: u32, flags: u32, off: u64, paddr: u64, size: u64, align: u64| {
-        let at = EHDR + PHDR * i;
-        let h = &mut f[at..at + PHDR];
-        h[0..4].copy_from_slice(&p_type.to_le_bytes());
-        h[4..8].copy_from_slice(&flags.to_le_bytes());
-        h[8..16].copy_from_slice(&off.to_le_bytes());
-        h[16..24].copy_from_slice(&(0xffff_ffff_8000_0000 + paddr).to_le_bytes());
-        h[24..32].copy_from_slice(&paddr.to_le_bytes());
-        h[32..40].copy_from_slice(&size.to_le_bytes());
-        h[40..48].copy_from_slice(&size.to_le_bytes());
-        h[48..56].copy_from_slice(&align.to_le_bytes());
-    };
+    let mut phdr =
+        |i: usize, p_type: u32, flags: u32, off: u64, paddr: u64, size: u64, align: u64| {
+            let at = EHDR + PHDR * i;
+            let h = &mut f[at..at + PHDR];
+            h[0..4].copy_from_slice(&p_type.to_le_bytes());
+            h[4..8].copy_from_slice(&flags.to_le_bytes());
+            h[8..16].copy_from_slice(&off.to_le_bytes());
+            h[16..24].copy_from_slice(&(0xffff_ffff_8000_0000 + paddr).to_le_bytes());
+            h[24..32].copy_from_slice(&paddr.to_le_bytes());
+            h[32..40].copy_from_slice(&size.to_le_bytes());
+            h[40..48].copy_from_slice(&size.to_le_bytes());
+            h[48..56].copy_from_slice(&align.to_le_bytes());
+        };
     phdr(0, 1, 5, code_off as u64, paddr, code.len() as u64, 0x1000);
     if linux_note {
         phdr(1, 4, 4, note_off as u64, 0, note.len() as u64, 4);
@@ -139,7 +140,12 @@ fn bzimage_loads_at_16_mib_with_boot_parameters() {
     }
     let payload: Vec<u8> = (0..4096u32).map(|i| (i * 13) as u8).collect();
     let mut vm = krr_recorder::vm::create(64 << 20, None).unwrap();
-    let loaded = load_kernel(&mut vm, &synthetic_bzimage(&payload), cmdline("console=ttyS0")).unwrap();
+    let loaded = load_kernel(
+        &mut vm,
+        &synthetic_bzimage(&payload),
+        cmdline("console=ttyS0"),
+    )
+    .unwrap();
     assert_eq!(loaded.format, KernelFormat::BzImage);
     assert_eq!(loaded.entry, 0x100_0000 + 0x200, "the 64-bit entry point");
     let mut back = vec![0u8; payload.len()];
@@ -288,7 +294,12 @@ fn kernels_the_recorder_cannot_boot_are_refused_before_the_guest_starts() {
         "{err}"
     );
     // An initrd with no room above the kernel (which ends near the top of 32 MiB).
-    let high = tiny_elf(ZERO_PAGE_READER, (32 << 20) - 0x1000, (32 << 20) - 0x1000, true);
+    let high = tiny_elf(
+        ZERO_PAGE_READER,
+        (32 << 20) - 0x1000,
+        (32 << 20) - 0x1000,
+        true,
+    );
     let err = load_kernel(&mut vm(), &high, with_initrd).unwrap_err();
     assert!(matches!(err, LoadError::InitrdNoRoom { .. }), "{err}");
     // A command line longer than the kernel takes.
@@ -296,7 +307,13 @@ fn kernels_the_recorder_cannot_boot_are_refused_before_the_guest_starts() {
     let image = tiny_elf(ZERO_PAGE_READER, 0x100_0000, 0x100_0000, true);
     let err = load_kernel(&mut vm(), &image, cmdline(&long)).unwrap_err();
     assert!(
-        matches!(err, LoadError::CommandLineTooLong { len: 2048, max: 2047 }),
+        matches!(
+            err,
+            LoadError::CommandLineTooLong {
+                len: 2048,
+                max: 2047
+            }
+        ),
         "{err}"
     );
     let mut short = synthetic_bzimage(&[0x90; 16]);
