@@ -61,6 +61,9 @@ pub enum ImageError {
 pub enum FileKind {
     /// The kernel image: loaded into guest RAM, so at most its size.
     Kernel,
+    /// A kernel ELF: its loaded segments must fit in guest RAM (the loader checks),
+    /// but the file also holds symbols and DWARF, so at most [`MAX_SYMBOL_FILE`].
+    KernelElf,
     /// A Linux initrd: loaded into guest RAM, so at most its size (Linux refuses a
     /// larger one too).
     Initrd,
@@ -78,7 +81,7 @@ impl FileKind {
             FileKind::Kernel | FileKind::Initrd => {
                 format!("the guest's memory ({} MiB)", limit >> 20)
             }
-            FileKind::SymbolFile => format!("{} MiB", limit >> 20),
+            FileKind::KernelElf | FileKind::SymbolFile => format!("{} MiB", limit >> 20),
         }
     }
 
@@ -86,7 +89,7 @@ impl FileKind {
         match self {
             FileKind::Kernel => "a kernel must fit in it (give --memory at least its size)",
             FileKind::Initrd => "an initrd must fit in it (give --memory more than its size)",
-            FileKind::SymbolFile => "is it a kernel's ELF?",
+            FileKind::KernelElf | FileKind::SymbolFile => "is it a kernel's ELF?",
         }
     }
 }
@@ -95,22 +98,39 @@ impl std::fmt::Display for FileKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             FileKind::Kernel => "kernel",
+            FileKind::KernelElf => "kernel ELF",
             FileKind::Initrd => "initrd",
             FileKind::SymbolFile => "vmlinux",
         })
     }
 }
 
-/// Reads the kernel image at `path`, refusing one larger than `limit` bytes (the
-/// guest's memory): see [`read_whole`].
-pub fn read_kernel(path: &Path, limit: u64) -> Result<Vec<u8>, ImageError> {
-    read_whole(path, FileKind::Kernel, limit)
+/// Reads the kernel image at `path`: no larger than the guest's memory (`memory`),
+/// unless it is an ELF, whose symbols and DWARF need not fit there (its segments must:
+/// the loader checks them), at most [`MAX_SYMBOL_FILE`] then. See [`read_whole`].
+pub fn read_kernel(path: &Path, memory: u64) -> Result<Vec<u8>, ImageError> {
+    read_with_limit(path, |magic| {
+        if magic == b"\x7fELF" {
+            (FileKind::KernelElf, memory.max(MAX_SYMBOL_FILE))
+        } else {
+            (FileKind::Kernel, memory)
+        }
+    })
 }
 
 /// Reads the file at `path`, refusing one larger than `limit` bytes: a regular file by
 /// its size, before reading it; a file without a size of its own (a pipe) once more
 /// than `limit` bytes were read from it.
 pub fn read_whole(path: &Path, what: FileKind, limit: u64) -> Result<Vec<u8>, ImageError> {
+    read_with_limit(path, |_| (what, limit))
+}
+
+/// As [`read_whole`], with what the file is and its limit decided by its first four
+/// bytes (fewer if it is shorter), which are read first.
+fn read_with_limit(
+    path: &Path,
+    kind: impl FnOnce(&[u8]) -> (FileKind, u64),
+) -> Result<Vec<u8>, ImageError> {
     let open = |source| ImageError::Open {
         path: path.to_path_buf(),
         source,
@@ -119,9 +139,12 @@ pub fn read_whole(path: &Path, what: FileKind, limit: u64) -> Result<Vec<u8>, Im
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(open)?;
+    let mut file = File::open(path).map_err(open)?;
     let meta = file.metadata().map_err(read)?;
     let size = meta.is_file().then_some(meta.len());
+    let mut image = Vec::new();
+    (&mut file).take(4).read_to_end(&mut image).map_err(read)?;
+    let (what, limit) = kind(&image);
     let too_large = |size| ImageError::TooLarge {
         what,
         path: path.to_path_buf(),
@@ -131,8 +154,8 @@ pub fn read_whole(path: &Path, what: FileKind, limit: u64) -> Result<Vec<u8>, Im
     if size.is_some_and(|s| s > limit) {
         return Err(too_large(size));
     }
-    let mut image = Vec::with_capacity(size.unwrap_or(0) as usize);
-    file.take(limit.saturating_add(1))
+    image.reserve(size.unwrap_or(0) as usize);
+    file.take(limit.saturating_add(1) - image.len() as u64)
         .read_to_end(&mut image)
         .map_err(read)?;
     if image.len() as u64 > limit {
@@ -280,6 +303,43 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_kernel_elf_may_be_larger_than_the_memory_its_segments_fit_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmlinux");
+        let mut elf = b"\x7fELF".to_vec();
+        elf.resize(3 << 20, 0xcc);
+        std::fs::write(&path, &elf).unwrap();
+        assert_eq!(read_kernel(&path, 1 << 20).unwrap(), elf);
+        // Not for a bzImage (or anything else), and not beyond the symbol file limit.
+        std::fs::write(&path, &elf[4..]).unwrap();
+        assert!(matches!(
+            read_kernel(&path, 1 << 20),
+            Err(ImageError::TooLarge {
+                what: FileKind::Kernel,
+                ..
+            })
+        ));
+        let f = File::create(&path).unwrap();
+        f.write_all_at(b"\x7fELF", 0).unwrap();
+        f.set_len(MAX_SYMBOL_FILE + 1).unwrap();
+        let err = read_kernel(&path, 1 << 20).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::TooLarge {
+                    what: FileKind::KernelElf,
+                    limit: MAX_SYMBOL_FILE,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Shorter than its magic: read, and left to the loader to refuse.
+        std::fs::write(&path, b"\x7fE").unwrap();
+        assert_eq!(read_kernel(&path, 1 << 20).unwrap(), b"\x7fE");
     }
 
     #[test]
