@@ -214,6 +214,8 @@ fn a_vmlinux_is_told_from_the_demo_kernel_by_its_linux_note() {
     if built.exists() {
         let image = std::fs::read(built).unwrap();
         assert_eq!(detect_format(&image).unwrap(), KernelFormat::LinuxElf);
+    } else {
+        println!("{} not built: only the hand-made ELFs checked", built.display());
     }
 }
 
@@ -323,4 +325,70 @@ fn kernels_the_recorder_cannot_boot_are_refused_before_the_guest_starts() {
         matches!(err, LoadError::CommandLineTooLong { len: 256, max: 255 }),
         "{err}"
     );
+}
+
+/// The whole recorder on a Linux vmlinux: the vCPU is given the CPUID table without the
+/// features a Linux guest must not use, the kernel is given the derived command line
+/// with the user's words last and its initrd, the header holds that command line and
+/// the (small) ELF, and the guest (which reads the zero page, then powers off) runs to
+/// power-off.
+#[test]
+fn a_vmlinux_records_to_power_off_with_the_derived_command_line() {
+    use krr_recorder::{EndReason, RecordConfig, Recorder};
+    if let Err(why) = krr_recorder::kvm_available() {
+        println!("skipped: {why}");
+        return;
+    }
+    let mut code = ZERO_PAGE_READER.to_vec();
+    code.extend_from_slice(&[0x31, 0xc0, 0xe6, 0xf4]); // xor eax, eax; out 0xf4, al
+    let image = tiny_elf(&code, 0x100_0000, 0x100_0000, true);
+    let mut config = RecordConfig::new(image.clone(), "tiny-vmlinux");
+    config.cmdline = "krr.boot_only console=tty0".into();
+    config.initrd = Some(vec![0xa5; 5000]);
+    let mut rec = Recorder::new(config).expect("machine set up");
+    let start = rec.start().expect("snapshot");
+    let line = &start.kernel_command_line;
+    assert!(
+        line.starts_with("console=ttyS0 mitigations=off")
+            && line.ends_with(" krr.boot_only console=tty0"),
+        "{line}"
+    );
+    assert_eq!(
+        start.kernel_image.as_deref(),
+        Some(&image[..]),
+        "a small ELF is embedded"
+    );
+    // What the guest observes is recorded, and it shows none of the features the
+    // command line does not turn off.
+    for f in krr_recorder::linux::UNREPLAYABLE_FEATURES {
+        if f.present_in(&start.cpuid) {
+            assert!(
+                line.contains(f.name),
+                "{} observed but not cleared: {line}",
+                f.name
+            );
+        }
+    }
+    let mut events = Vec::new();
+    let outcome = rec
+        .run(&mut events, &std::sync::atomic::AtomicBool::new(false))
+        .expect("recording runs");
+    assert_eq!(outcome.end, EndReason::PowerOff);
+    // The zero page it read: the kernel's command line, in guest memory.
+    let ptr_at = start
+        .snapshot
+        .pages
+        .iter()
+        .find(|p| p.gpa == 0x9_0000)
+        .map(|p| u32::from_le_bytes(p.data[0x228..0x22c].try_into().unwrap()) as u64)
+        .expect("the zero page in the snapshot");
+    let page = start
+        .snapshot
+        .pages
+        .iter()
+        .find(|p| p.gpa == ptr_at & !0xfff)
+        .expect("the command line's page");
+    let at = (ptr_at & 0xfff) as usize;
+    assert_eq!(&page.data[at..at + line.len()], line.as_bytes());
+    assert_eq!(page.data[at + line.len()], 0);
 }
