@@ -105,7 +105,7 @@ fn pin() -> Result<std::result::Result<usize, String>> {
 /// the guest observes, the quirks for the header, and the counter source.
 fn measure(cpu: usize) -> Result<Measurement> {
     let cpuid = {
-        let vm = krr_recorder::vm::create(2 << 20).context("creating a scratch VM")?;
+        let vm = krr_recorder::vm::create(2 << 20, None).context("creating a scratch VM")?;
         krr_recorder::cpuid::observe(vm.cpuid()).context("observing the guest's CPUID")?
     };
     let quirks =

@@ -49,6 +49,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
             obj.insert("lost_bytes".into(), recovery.lost_bytes.into());
             obj.insert("damage".into(), damage.clone().into());
             obj.insert("format_version".into(), header.format_version.into());
+            obj.insert(
+                "kernel_command_line".into(),
+                header.kernel_command_line.clone().into(),
+            );
             let mut undefined = crate::host_cmd::undefined_json(&header.machine.quirks.undefined);
             if let Some(u) = undefined.as_object_mut() {
                 u.insert(
@@ -76,6 +80,9 @@ pub fn run(args: InfoArgs) -> Result<()> {
         header.kernel.size,
         hex(&header.kernel.sha256[..8])
     )?;
+    if !header.kernel_command_line.is_empty() {
+        outln!("cmdline     {}", header.kernel_command_line)?;
+    }
     outln!("counter     {:?}", header.machine.counter)?;
     if header.machine.quirks.bit_scan_ignores_rep {
         outln!("quirks      tzcnt/lzcnt executed as bsf/bsr on the recording host")?;

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use krr_engine::event::Event;
 use krr_engine::trace::{FinishInfo, Header, RecordingWriter};
-use krr_recorder::image::{self, DiskImage};
+use krr_recorder::image::{self, DiskImage, FileKind};
 use krr_recorder::{CounterChoice, EndReason, EventSink, RecordConfig, Recorder, SinkError};
 use krr_ui::record::RecordMsg;
 use std::fs::File;
@@ -17,9 +17,16 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Clone)]
 pub struct RecordArgs {
-    /// Guest kernel: a 64-bit ELF or a Linux bzImage (default: the built-in demo guest).
+    /// Guest kernel: a 64-bit ELF, a Linux vmlinux (booted directly) or a Linux bzImage
+    /// (default: the built-in demo guest).
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
+    /// Initial RAM disk for a Linux kernel, loaded high in guest RAM.
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
+    /// The ELF to take the kernel's symbols from (a bzImage has none): its vmlinux.
+    #[arg(long, value_name = "FILE")]
+    pub vmlinux: Option<PathBuf>,
     /// Disk image, exposed to the guest as the fw_cfg file opt/krr/disk (default for the
     /// demo guest: its built-in disk).
     #[arg(long, value_name = "IMAGE")]
@@ -27,7 +34,9 @@ pub struct RecordArgs {
     /// Guest RAM, e.g. 64M or 1G.
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
     pub memory: u64,
-    /// Kernel command line (bzImage guests).
+    /// Added to a Linux kernel's command line, after what the recorder gives it (the
+    /// console, and the CPU features this host's guest must not use), so that these
+    /// words win.
     #[arg(long, default_value = "")]
     pub cmdline: String,
     /// Output file (written as FILE.partial, renamed to FILE when the recording ends).
@@ -80,6 +89,8 @@ impl RecordArgs {
     pub fn demo(output: PathBuf, force: bool) -> RecordArgs {
         RecordArgs {
             kernel: None,
+            initrd: None,
+            vmlinux: None,
             disk: None,
             memory: 64 << 20,
             cmdline: String::new(),
@@ -175,10 +186,26 @@ fn start_recording(
         (None, None) => Some(DiskImage::from(krr_guest::demo_disk())),
         (None, Some(_)) => None,
     };
+    // An initrd must fit in the guest's memory, as the kernel's own loader requires;
+    // the symbols' ELF is read, not loaded.
+    let initrd = match &args.initrd {
+        Some(p) => Some(image::read_whole(p, FileKind::Initrd, args.memory)?),
+        None => None,
+    };
+    let vmlinux = match &args.vmlinux {
+        Some(p) => Some(image::read_whole(
+            p,
+            FileKind::SymbolFile,
+            image::MAX_SYMBOL_FILE,
+        )?),
+        None => None,
+    };
     let mut config = RecordConfig::new(image, name);
     config.disk = disk;
     config.memory = args.memory;
     config.cmdline = args.cmdline.clone();
+    config.initrd = initrd;
+    config.vmlinux = vmlinux;
     if args.no_counter {
         config.counter = CounterChoice::None;
     }
@@ -190,6 +217,7 @@ fn start_recording(
     header.cpuid = start.cpuid;
     header.symbols = start.symbols;
     header.kernel_image = start.kernel_image;
+    header.kernel_command_line = start.kernel_command_line;
     header.command_line = std::env::args().collect::<Vec<_>>().join(" ");
     writer.write_header(&header)?;
     writer.write_snapshot(&start.snapshot)?;

@@ -348,6 +348,8 @@ fn fresh_recordings_replay_without_divergence() {
             "{v}"
         );
         assert_eq!(v["undefined"]["source"], "recording host", "{v}");
+        // The demo kernel takes no command line (only Linux is given one).
+        assert_eq!(v["kernel_command_line"], "", "{v}");
         let table: Vec<&str> = v["undefined"]["table"]
             .as_array()
             .expect("undefined.table is an array")

@@ -191,6 +191,52 @@ fn a_kernel_larger_than_the_guest_memory_is_refused_without_reading_it() {
     );
 }
 
+/// An initrd is read with the kernel's limits, and the files that go with a Linux
+/// kernel are checked before the guest starts, each with its own error.
+#[test]
+fn linux_boot_files_are_checked_before_the_guest_starts() {
+    if !kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    // A sparse 1 GiB initrd: refused by its size, not read.
+    std::fs::File::create(path("big-initrd"))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    std::fs::write(path("not-elf"), b"MZ\x90\x00 a PE file, not an ELF").unwrap();
+    let cases: [(Vec<String>, &str); 4] = [
+        (
+            vec![
+                "--memory".into(),
+                "64M".into(),
+                "--initrd".into(),
+                path("big-initrd"),
+            ],
+            "initrd",
+        ),
+        (vec!["--initrd".into(), path("missing")], "No such file"),
+        (vec!["--initrd".into(), path("not-elf")], "not Linux"),
+        (vec!["--vmlinux".into(), path("not-elf")], "--vmlinux"),
+    ];
+    for (args, expected) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let m = run_measured(record(dir.path(), &args), Duration::from_secs(30), None);
+        assert_eq!(m.status.code(), Some(1), "{args:?}: {}", m.stderr);
+        assert!(m.stderr.contains(expected), "{args:?}: {}", m.stderr);
+        assert!(
+            m.peak_rss < 64 * MIB,
+            "{args:?}: peak RSS {} MiB",
+            m.peak_rss / MIB
+        );
+        assert!(
+            !dir.path().join("out.krr").exists(),
+            "{args:?}: a recording was written"
+        );
+    }
+}
+
 #[test]
 fn a_disk_without_a_size_is_refused() {
     if !kvm() {

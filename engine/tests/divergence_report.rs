@@ -18,10 +18,12 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/demo-format3.krr")
 }
 
-/// A copy of the fixture with its header changed by `edit`.
+/// A copy of the fixture, in the current format, with its header changed by `edit`.
 fn with_header(edit: impl FnOnce(&mut Header)) -> tempfile::NamedTempFile {
     let mut r = RecordingReader::open(fixture()).unwrap();
     let mut header = r.header().clone();
+    // The copy is written in the current format.
+    header.format_version = krr_engine::trace::FORMAT_VERSION;
     edit(&mut header);
     let snapshot = r.snapshot().unwrap();
     let stats = r.stats().clone();

@@ -286,6 +286,7 @@ fn header() -> Header {
     }];
     h.kernel_image = Some(vec![0x7f, b'E', b'L', b'F', 2, 1, 1]);
     h.command_line = "krr-tui record --demo".into();
+    h.kernel_command_line = "console=ttyS0 mitigations=off krr.boot_only".into();
     h.created_unix_s = 1_700_000_000;
     h
 }

@@ -47,6 +47,12 @@ pub enum Error {
         #[source]
         source: vmm_sys_util::fam::Error,
     },
+    #[error("CPUID table of {count} entries")]
+    CpuidList {
+        count: usize,
+        #[source]
+        source: vmm_sys_util::fam::Error,
+    },
     #[error("KVM_SET_MSRS: KVM accepted {accepted} of {count} MSRs, not MSR {refused:#x}")]
     MsrRefused {
         accepted: usize,

@@ -7,7 +7,7 @@
 use crate::long_mode::{self, FLAT_CODE_GPA};
 use crate::{Error, Result, Vm};
 use krr_engine::cpu::undefined::probe::{ProbeLayout, ProbeProgram};
-use krr_engine::state::{CpuidEntry, Quirks};
+use krr_engine::state::{CpuidEntry, MemoryRegion, Quirks, RegionKind};
 
 /// The port the probes write when done.
 const DONE_PORT: u16 = 0x80;
@@ -46,6 +46,18 @@ fn cpuid_code(queries: &[CpuidEntry]) -> Vec<u8> {
 /// guest does not observe that table as given (leaf 1 ECX differs, for one), and leaf 1
 /// EBX[31:24] reports the APIC ID of the host CPU the vCPU happens to run on.
 pub fn observed_cpuid(queries: &[CpuidEntry]) -> Result<Vec<CpuidEntry>> {
+    observe_cpuid(queries, None)
+}
+
+/// What a guest whose vCPU is given `table` (KVM_SET_CPUID2) observes for every leaf of
+/// it, run in a scratch VM given that same table on the calling thread's CPU. Where the
+/// table is KVM's supported one this is [`observed_cpuid`] of it; where features were
+/// taken out of it, this says which of them the guest still sees.
+pub fn observed_cpuid_given(table: &[CpuidEntry]) -> Result<Vec<CpuidEntry>> {
+    observe_cpuid(table, Some(table))
+}
+
+fn observe_cpuid(queries: &[CpuidEntry], given: Option<&[CpuidEntry]>) -> Result<Vec<CpuidEntry>> {
     let code = cpuid_code(queries);
     let results_len = 16 * queries.len();
     if FLAT_CODE_GPA + code.len() as u64 > CPUID_RESULTS_GPA
@@ -56,7 +68,15 @@ pub fn observed_cpuid(queries: &[CpuidEntry]) -> Result<Vec<CpuidEntry>> {
             len: code.len() + results_len,
         });
     }
-    let mut vm = Vm::with_ram(CPUID_RAM)?;
+    let ram = [MemoryRegion {
+        gpa: 0,
+        size: CPUID_RAM,
+        kind: RegionKind::Ram,
+    }];
+    let mut vm = match given {
+        None => Vm::new(&ram)?,
+        Some(table) => Vm::with_cpuid(&ram, table)?,
+    };
     long_mode::load_flat_code(&mut vm, &code)?;
     vm.run_to_port(DONE_PORT, "CPUID probe")?;
     let mut results = vec![0u8; results_len];

@@ -7,8 +7,9 @@ use crate::regs;
 use crate::{Error, Result};
 use krr_engine::state::{CpuState, CpuidEntry, MemoryRegion, RegionKind, msr};
 use kvm_bindings::{
-    KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_MMIO, KVM_MAX_CPUID_ENTRIES,
-    Msrs, kvm_msr_entry, kvm_run, kvm_userspace_memory_region,
+    CpuId, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_MMIO,
+    KVM_MAX_CPUID_ENTRIES, Msrs, kvm_cpuid_entry2, kvm_msr_entry, kvm_run,
+    kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use std::mem::ManuallyDrop;
@@ -52,8 +53,29 @@ pub struct Vm {
 
 impl Vm {
     /// Creates a VM with `regions` as guest memory (zeroed; sizes multiples of 4 KiB,
-    /// sorted by address) and one vCPU.
+    /// sorted by address) and one vCPU, given the CPUID table KVM supports.
     pub fn new(regions: &[MemoryRegion]) -> Result<Vm> {
+        Vm::create(regions, None)
+    }
+
+    /// As [`Vm::new`], the vCPU given `cpuid` instead (typically
+    /// [`Vm::supported_cpuid`] with features taken out).
+    pub fn with_cpuid(regions: &[MemoryRegion], cpuid: &[CpuidEntry]) -> Result<Vm> {
+        Vm::create(regions, Some(cpuid))
+    }
+
+    /// The CPUID table KVM supports on this host (KVM_GET_SUPPORTED_CPUID): what
+    /// [`Vm::new`] gives its vCPU.
+    pub fn supported_cpuid() -> Result<Vec<CpuidEntry>> {
+        let kvm = Kvm::new().map_err(|e| Error::kvm("open /dev/kvm", e))?;
+        Ok(supported_cpuid(&kvm)?
+            .as_slice()
+            .iter()
+            .map(entry_from_kvm)
+            .collect())
+    }
+
+    fn create(regions: &[MemoryRegion], cpuid: Option<&[CpuidEntry]>) -> Result<Vm> {
         let kvm = Kvm::new().map_err(|e| Error::kvm("open /dev/kvm", e))?;
         let vm = kvm
             .create_vm()
@@ -89,27 +111,34 @@ impl Vm {
         let mut vcpu = vm
             .create_vcpu(0)
             .map_err(|e| Error::kvm("KVM_CREATE_VCPU", e))?;
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| Error::kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+        let given = match cpuid {
+            None => supported_cpuid(&kvm)?,
+            Some(table) => {
+                let entries: Vec<kvm_cpuid_entry2> = table
+                    .iter()
+                    .map(|e| kvm_cpuid_entry2 {
+                        function: e.function,
+                        index: e.index,
+                        flags: e.flags,
+                        eax: e.eax,
+                        ebx: e.ebx,
+                        ecx: e.ecx,
+                        edx: e.edx,
+                        ..Default::default()
+                    })
+                    .collect();
+                CpuId::from_entries(&entries).map_err(|source| Error::CpuidList {
+                    count: entries.len(),
+                    source,
+                })?
+            }
+        };
         // KVM_SET_CPUID2 must come before KVM_SET_SREGS and KVM_SET_XCRS.
-        vcpu.set_cpuid2(&supported)
+        vcpu.set_cpuid2(&given)
             .map_err(|e| Error::kvm("KVM_SET_CPUID2", e))?;
         vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
         vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::SystemRegister);
-        let cpuid = supported
-            .as_slice()
-            .iter()
-            .map(|e| CpuidEntry {
-                function: e.function,
-                index: e.index,
-                flags: e.flags,
-                eax: e.eax,
-                ebx: e.ebx,
-                ecx: e.ecx,
-                edx: e.edx,
-            })
-            .collect();
+        let cpuid = given.as_slice().iter().map(entry_from_kvm).collect();
         Ok(Vm {
             vcpu: ManuallyDrop::new(vcpu),
             _vm: vm,
@@ -168,7 +197,8 @@ impl Vm {
             .map_err(|source| Error::Memory { gpa, source })
     }
 
-    /// The CPUID table the vCPU was given (what KVM supports, as is). What a guest
+    /// The CPUID table the vCPU was given (what KVM supports, as is, unless
+    /// [`Vm::with_cpuid`] said otherwise). What a guest
     /// observes can differ: see [`crate::probe::observed_cpuid`].
     pub fn cpuid(&self) -> &[CpuidEntry] {
         &self.cpuid
@@ -464,5 +494,22 @@ impl Drop for Vm {
         kick::unregister(self.vcpu.get_kvm_run());
         // SAFETY: `vcpu` is dropped here once and never used afterwards.
         unsafe { ManuallyDrop::drop(&mut self.vcpu) };
+    }
+}
+
+fn supported_cpuid(kvm: &Kvm) -> Result<CpuId> {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| Error::kvm("KVM_GET_SUPPORTED_CPUID", e))
+}
+
+fn entry_from_kvm(e: &kvm_cpuid_entry2) -> CpuidEntry {
+    CpuidEntry {
+        function: e.function,
+        index: e.index,
+        flags: e.flags,
+        eax: e.eax,
+        ebx: e.ebx,
+        ecx: e.ecx,
+        edx: e.edx,
     }
 }

@@ -61,7 +61,7 @@ pub fn thread_run_delay() -> Option<std::time::Duration> {
 }
 
 /// What a guest observes for every leaf of `table` (the table the VM was given), run
-/// in a scratch VM on the calling thread's CPU.
+/// in a scratch VM given the same table on the calling thread's CPU.
 pub fn observe(table: &[CpuidEntry]) -> Result<Vec<CpuidEntry>, RecorderError> {
-    krr_kvm::probe::observed_cpuid(table).map_err(RecorderError::ObserveCpuid)
+    krr_kvm::probe::observed_cpuid_given(table).map_err(RecorderError::ObserveCpuid)
 }

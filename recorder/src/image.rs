@@ -1,6 +1,7 @@
-//! The images a recording starts from, read with limits: a kernel image is read whole
-//! but never beyond the guest's memory (a larger file is refused by its size, before
-//! it is read); a disk image is read where the guest reads it, never whole.
+//! The images a recording starts from, read with limits: a kernel image and an initrd
+//! are read whole but never beyond the guest's memory (a larger file is refused by its
+//! size, before it is read), the ELF named for symbols never beyond
+//! [`MAX_SYMBOL_FILE`]; a disk image is read where the guest reads it, never whole.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -29,13 +30,14 @@ pub enum ImageError {
     /// `size` is None where the file has no size of its own (a pipe, a character
     /// device) and more than `limit` bytes were read from it.
     #[error(
-        "kernel {} is {}, more than the guest's memory ({} MiB): a kernel must fit in \
-         it (give --memory at least its size)",
+        "{what} {} is {}, more than {}: {}",
         path.display(),
         size.map_or(format!("longer than {limit} bytes"), |s| format!("{s} bytes")),
-        limit >> 20
+        what.limit(*limit),
+        what.remedy()
     )]
-    KernelTooLarge {
+    TooLarge {
+        what: FileKind,
         path: PathBuf,
         size: Option<u64>,
         limit: u64,
@@ -54,10 +56,81 @@ pub enum ImageError {
     DiskTooLarge { path: PathBuf, size: u64 },
 }
 
-/// Reads the kernel image at `path`, refusing one larger than `limit` bytes (the
-/// guest's memory): a regular file by its size, before reading it; a file without a
-/// size of its own (a pipe) once more than `limit` bytes were read from it.
-pub fn read_kernel(path: &Path, limit: u64) -> Result<Vec<u8>, ImageError> {
+/// What a file read whole is for, which sets how much of it the recorder reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// The kernel image: loaded into guest RAM, so at most its size.
+    Kernel,
+    /// A kernel ELF: its loaded segments must fit in guest RAM (the loader checks),
+    /// but the file also holds symbols and DWARF, so at most [`MAX_SYMBOL_FILE`].
+    KernelElf,
+    /// A Linux initrd: loaded into guest RAM, so at most its size (Linux refuses a
+    /// larger one too).
+    Initrd,
+    /// The ELF the kernel's symbols come from: read, not loaded; at most
+    /// [`MAX_SYMBOL_FILE`].
+    SymbolFile,
+}
+
+/// Largest ELF read for symbols (a distribution's vmlinux with DWARF is about 600 MB).
+pub const MAX_SYMBOL_FILE: u64 = 2 << 30;
+
+impl FileKind {
+    fn limit(self, limit: u64) -> String {
+        match self {
+            FileKind::Kernel | FileKind::Initrd => {
+                format!("the guest's memory ({} MiB)", limit >> 20)
+            }
+            FileKind::KernelElf | FileKind::SymbolFile => format!("{} MiB", limit >> 20),
+        }
+    }
+
+    fn remedy(self) -> &'static str {
+        match self {
+            FileKind::Kernel => "a kernel must fit in it (give --memory at least its size)",
+            FileKind::Initrd => "an initrd must fit in it (give --memory more than its size)",
+            FileKind::KernelElf | FileKind::SymbolFile => "is it a kernel's ELF?",
+        }
+    }
+}
+
+impl std::fmt::Display for FileKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FileKind::Kernel => "kernel",
+            FileKind::KernelElf => "kernel ELF",
+            FileKind::Initrd => "initrd",
+            FileKind::SymbolFile => "vmlinux",
+        })
+    }
+}
+
+/// Reads the kernel image at `path`: no larger than the guest's memory (`memory`),
+/// unless it is an ELF, whose symbols and DWARF need not fit there (its segments must:
+/// the loader checks them), at most [`MAX_SYMBOL_FILE`] then. See [`read_whole`].
+pub fn read_kernel(path: &Path, memory: u64) -> Result<Vec<u8>, ImageError> {
+    read_with_limit(path, |magic| {
+        if magic == b"\x7fELF" {
+            (FileKind::KernelElf, memory.max(MAX_SYMBOL_FILE))
+        } else {
+            (FileKind::Kernel, memory)
+        }
+    })
+}
+
+/// Reads the file at `path`, refusing one larger than `limit` bytes: a regular file by
+/// its size, before reading it; a file without a size of its own (a pipe) once more
+/// than `limit` bytes were read from it.
+pub fn read_whole(path: &Path, what: FileKind, limit: u64) -> Result<Vec<u8>, ImageError> {
+    read_with_limit(path, |_| (what, limit))
+}
+
+/// As [`read_whole`], with what the file is and its limit decided by its first four
+/// bytes (fewer if it is shorter), which are read first.
+fn read_with_limit(
+    path: &Path,
+    kind: impl FnOnce(&[u8]) -> (FileKind, u64),
+) -> Result<Vec<u8>, ImageError> {
     let open = |source| ImageError::Open {
         path: path.to_path_buf(),
         source,
@@ -66,10 +139,14 @@ pub fn read_kernel(path: &Path, limit: u64) -> Result<Vec<u8>, ImageError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(open)?;
+    let mut file = File::open(path).map_err(open)?;
     let meta = file.metadata().map_err(read)?;
     let size = meta.is_file().then_some(meta.len());
-    let too_large = |size| ImageError::KernelTooLarge {
+    let mut image = Vec::new();
+    (&mut file).take(4).read_to_end(&mut image).map_err(read)?;
+    let (what, limit) = kind(&image);
+    let too_large = |size| ImageError::TooLarge {
+        what,
         path: path.to_path_buf(),
         size,
         limit,
@@ -77,8 +154,8 @@ pub fn read_kernel(path: &Path, limit: u64) -> Result<Vec<u8>, ImageError> {
     if size.is_some_and(|s| s > limit) {
         return Err(too_large(size));
     }
-    let mut image = Vec::with_capacity(size.unwrap_or(0) as usize);
-    file.take(limit.saturating_add(1))
+    image.reserve(size.unwrap_or(0) as usize);
+    file.take(limit.saturating_add(1) - image.len() as u64)
         .read_to_end(&mut image)
         .map_err(read)?;
     if image.len() as u64 > limit {
@@ -217,7 +294,8 @@ mod tests {
         assert!(
             matches!(
                 err,
-                ImageError::KernelTooLarge {
+                ImageError::TooLarge {
+                    what: FileKind::Kernel,
                     size: Some(5000),
                     limit: 4999,
                     ..
@@ -228,15 +306,86 @@ mod tests {
     }
 
     #[test]
+    fn a_kernel_elf_may_be_larger_than_the_memory_its_segments_fit_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmlinux");
+        let mut elf = b"\x7fELF".to_vec();
+        elf.resize(3 << 20, 0xcc);
+        std::fs::write(&path, &elf).unwrap();
+        assert_eq!(read_kernel(&path, 1 << 20).unwrap(), elf);
+        // Not for a bzImage (or anything else), and not beyond the symbol file limit.
+        std::fs::write(&path, &elf[4..]).unwrap();
+        assert!(matches!(
+            read_kernel(&path, 1 << 20),
+            Err(ImageError::TooLarge {
+                what: FileKind::Kernel,
+                ..
+            })
+        ));
+        let f = File::create(&path).unwrap();
+        f.write_all_at(b"\x7fELF", 0).unwrap();
+        f.set_len(MAX_SYMBOL_FILE + 1).unwrap();
+        let err = read_kernel(&path, 1 << 20).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::TooLarge {
+                    what: FileKind::KernelElf,
+                    limit: MAX_SYMBOL_FILE,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Shorter than its magic: read, and left to the loader to refuse.
+        std::fs::write(&path, b"\x7fE").unwrap();
+        assert_eq!(read_kernel(&path, 1 << 20).unwrap(), b"\x7fE");
+    }
+
+    #[test]
     fn a_kernel_stream_is_read_no_further_than_the_limit() {
         let err = read_kernel(Path::new("/dev/zero"), 1 << 20).unwrap_err();
         assert!(
-            matches!(err, ImageError::KernelTooLarge { size: None, .. }),
+            matches!(err, ImageError::TooLarge { size: None, .. }),
             "{err}"
         );
         assert!(
             err.to_string().contains("longer than 1048576 bytes"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn an_initrd_larger_than_the_memory_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("initrd");
+        // Sparse: refused by its size, not by reading 2 MiB.
+        File::create(&path).unwrap().set_len(2 << 20).unwrap();
+        let err = read_whole(&path, FileKind::Initrd, 1 << 20).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::TooLarge {
+                    what: FileKind::Initrd,
+                    size: Some(0x20_0000),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with("initrd ") && text.contains("guest's memory (1 MiB)"),
+            "{text}"
+        );
+        assert_eq!(
+            read_whole(&path, FileKind::Initrd, 2 << 20).unwrap().len(),
+            2 << 20
+        );
+        let missing = read_whole(&dir.path().join("nope"), FileKind::Initrd, 1 << 20);
+        assert!(
+            matches!(missing, Err(ImageError::Open { .. })),
+            "{missing:?}"
         );
     }
 

@@ -3,7 +3,10 @@
 //!
 //! * [`vm`]: the recording machine's memory map on a [`krr_kvm::Vm`].
 //! * [`image`]: the kernel and disk images, read with limits.
-//! * [`loader`]: ELF and bzImage loading into the long-mode environment.
+//! * [`loader`]: ELF, Linux vmlinux and bzImage loading into the long-mode environment,
+//!   the Linux boot parameters and initrd.
+//! * [`linux`]: the CPU features a Linux guest must not use here, and the command line
+//!   that turns off those it still sees.
 //! * [`devices`]: the device trait, the port and MMIO buses, and the devices: serial
 //!   port, PIC, PIT, fw_cfg (the DMA block device), power-off and the agent's doorbell.
 //! * [`capture`]: what is recorded and when: positions, the agent ring, the console,
@@ -21,6 +24,7 @@ pub mod counter;
 pub mod cpuid;
 pub mod devices;
 pub mod image;
+pub mod linux;
 pub mod loader;
 pub mod quirks;
 pub mod record;
@@ -47,6 +51,10 @@ pub enum RecorderError {
     MeasureQuirks(#[source] krr_kvm::Error),
     #[error("loading the kernel")]
     Kernel(#[from] loader::LoadError),
+    #[error("making the Linux kernel's command line")]
+    CommandLine(#[from] linux::CommandLineError),
+    #[error("reading the kernel's symbols")]
+    Symbols(#[from] symbols::SymbolsError),
     #[error("registering the devices")]
     Devices(#[from] devices::bus::BusError),
     #[error("instruction counter")]

@@ -12,7 +12,7 @@ use crate::capture::{Capture, ExitKind, Injection};
 use crate::counter::{CounterError, CounterSource, KvmInsnEmulation, NoCounter};
 use crate::devices::{Devices, DmaMemory, Doorbell, Effect, IRQ_TIMER, Io};
 use crate::image::DiskImage;
-use crate::loader::{self, LoadedKernel};
+use crate::loader::{self, KernelFormat, LoadedKernel};
 use crate::{RecorderError, symbols};
 use krr_engine::event::{
     DigestRegisters, Event, EventKind, InjectionPoint, RFLAGS_IF, WriteSource,
@@ -40,11 +40,18 @@ pub enum CounterChoice {
 
 #[derive(Debug, Clone)]
 pub struct RecordConfig {
-    /// The kernel image (ELF64 or bzImage).
+    /// The kernel image (ELF64, Linux vmlinux or bzImage).
     pub kernel: Vec<u8>,
     /// How the kernel is named in the recording ("builtin:demo" or a file name).
     pub kernel_name: String,
+    /// The user's kernel command line: a Linux kernel gets it after what the host
+    /// needs ([`crate::linux::host_command_line`]); other kernels get none.
     pub cmdline: String,
+    /// A Linux kernel's initial RAM disk.
+    pub initrd: Option<Vec<u8>>,
+    /// The ELF to take the kernel's symbols from when the kernel image has none (a
+    /// bzImage): its vmlinux.
+    pub vmlinux: Option<Vec<u8>>,
     /// Disk image exposed as the fw_cfg file `opt/krr/disk` (read where the guest reads
     /// it).
     pub disk: Option<DiskImage>,
@@ -55,7 +62,8 @@ pub struct RecordConfig {
     pub max_kernel_delay: Duration,
     /// A digest every this many VM exits (and at every doorbell).
     pub digest_interval: u64,
-    /// Embed the kernel image in the recording if it is at most this large.
+    /// Embed the kernel's ELF (the kernel image, or `vmlinux`) in the recording if it
+    /// is at most this large.
     pub embed_kernel_limit: usize,
     /// Capture events. Off, the same machine runs the same guest without reading the
     /// counter, the agent ring or producing events: the baseline of the recording
@@ -69,6 +77,8 @@ impl RecordConfig {
             kernel,
             kernel_name: kernel_name.into(),
             cmdline: String::new(),
+            initrd: None,
+            vmlinux: None,
             disk: None,
             memory: 64 << 20,
             counter: CounterChoice::Auto,
@@ -88,6 +98,8 @@ pub struct RecordStart {
     pub kernel: KernelIdentity,
     pub symbols: Vec<Symbol>,
     pub kernel_image: Option<Vec<u8>>,
+    /// The command line the kernel was given (empty for a kernel that takes none).
+    pub kernel_command_line: String,
     pub snapshot: Snapshot,
 }
 
@@ -181,6 +193,8 @@ pub struct Recorder {
     capture: Capture,
     config: RecordConfig,
     loaded: LoadedKernel,
+    /// The command line the kernel was given.
+    kernel_command_line: String,
     symbols: Vec<Symbol>,
     host: Host,
     exits: u64,
@@ -206,13 +220,40 @@ impl Recorder {
         // What the guest observes through CPUID depends on the host CPU it runs on:
         // probe and record on one CPU, and run the vCPU there.
         let cpu = crate::cpuid::pin_current_thread()?;
-        let mut vm = crate::vm::create(config.memory)?;
+        // Checked before the machine is made: a Linux kernel's vCPU is given a CPUID
+        // table without the features it must not use.
+        let format = loader::detect_format(&config.kernel)?;
+        let symbols = match &config.vmlinux {
+            Some(elf) => symbols::vmlinux_symbols(elf)?,
+            None => symbols::kernel_symbols(&config.kernel),
+        };
+        let given = if format.is_linux() {
+            let supported = krr_kvm::Vm::supported_cpuid().map_err(RecorderError::CreateVm)?;
+            Some(crate::linux::without_unreplayable_features(&supported))
+        } else {
+            None
+        };
+        let mut vm = crate::vm::create(config.memory, given.as_deref())?;
         let cpuid = crate::cpuid::observe(vm.cpuid())?;
         let quirks = crate::quirks::measure(&cpuid)?;
-        let loaded = loader::load_kernel(&mut vm, &config.kernel, &config.cmdline)?;
+        let kernel_command_line = if format.is_linux() {
+            crate::linux::kernel_command_line(
+                &crate::linux::host_command_line(&cpuid)?,
+                &config.cmdline,
+            )
+        } else {
+            String::new()
+        };
+        let loaded = loader::load_kernel(
+            &mut vm,
+            &config.kernel,
+            loader::LinuxBoot {
+                cmdline: &kernel_command_line,
+                initrd: config.initrd.as_deref(),
+            },
+        )?;
         vm.write(RING_GPA, &agent_ring::initial_header().to_bytes())
             .map_err(RecorderError::WriteRingHeader)?;
-        let symbols = symbols::kernel_symbols(&config.kernel);
         let counter: Box<dyn CounterSource> = match config.counter {
             CounterChoice::Auto if KvmInsnEmulation::host_counts_ring0()? => {
                 Box::new(KvmInsnEmulation::open(&vm).ok_or(CounterError::Vanished)?)
@@ -226,6 +267,7 @@ impl Recorder {
             devices,
             capture,
             loaded,
+            kernel_command_line,
             symbols,
             host: Host { cpu, cpuid, quirks },
             exits: 0,
@@ -262,7 +304,14 @@ impl Recorder {
             }
         }
         let sha: [u8; 32] = Sha256::digest(&self.config.kernel).into();
-        let embed = self.config.kernel.len() <= self.config.embed_kernel_limit;
+        // Embedded only where it is an ELF (what replay reads symbols and lines from),
+        // and small: a Linux vmlinux with DWARF is tens of MB, replay is given it.
+        let elf = match (&self.config.vmlinux, self.loaded.format) {
+            (Some(vmlinux), _) => Some(vmlinux),
+            (None, KernelFormat::Elf64 | KernelFormat::LinuxElf) => Some(&self.config.kernel),
+            (None, KernelFormat::BzImage) => None,
+        };
+        let embedded = elf.filter(|e| e.len() <= self.config.embed_kernel_limit);
         Ok(RecordStart {
             machine: MachineConfig {
                 regions: self.vm.regions().to_vec(),
@@ -277,7 +326,8 @@ impl Recorder {
                 sha256: sha,
             },
             symbols: self.symbols.clone(),
-            kernel_image: embed.then(|| self.config.kernel.clone()),
+            kernel_image: embedded.cloned(),
+            kernel_command_line: self.kernel_command_line.clone(),
             snapshot: Snapshot { cpu, pages },
         })
     }

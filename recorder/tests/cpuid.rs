@@ -10,7 +10,7 @@ fn recorded_cpuid_is_what_the_guest_observes() {
         return;
     }
     pin_current_thread().unwrap();
-    let mut vm = krr_recorder::vm::create(4 << 20).unwrap();
+    let mut vm = krr_recorder::vm::create(4 << 20, None).unwrap();
     let observed = observe(vm.cpuid()).unwrap();
     assert_eq!(observed.len(), vm.cpuid().len());
     if std::path::Path::new("/sys/module/kvm_pvm").exists() {
@@ -64,7 +64,7 @@ fn quirks_probe_measures_this_host() {
         return;
     }
     krr_recorder::cpuid::pin_current_thread().unwrap();
-    let vm = krr_recorder::vm::create(2 << 20).unwrap();
+    let vm = krr_recorder::vm::create(2 << 20, None).unwrap();
     let cpuid = krr_recorder::cpuid::observe(vm.cpuid()).unwrap();
     let quirks = krr_recorder::quirks::measure(&cpuid).unwrap();
     for line in quirks.undefined.table() {
@@ -84,4 +84,43 @@ fn quirks_probe_measures_this_host() {
     let host_counts = !emulated && bmi1;
     let replay_counts = guest_bmi1 && !quirks.bit_scan_ignores_rep;
     assert_eq!(replay_counts, host_counts);
+}
+
+/// A Linux guest's vCPU is given the supported table without the features it must not
+/// use; the command line names exactly those of them it still observes (which ones
+/// depends on the host: where KVM emulates ring 0, leaf 1 ECX and leaf 7 EBX show
+/// the host's bits whatever the table says).
+#[test]
+fn a_linux_guest_s_command_line_turns_off_what_it_still_observes() {
+    use krr_recorder::linux::{
+        UNREPLAYABLE_FEATURES, host_command_line, without_unreplayable_features,
+    };
+    if let Err(why) = krr_recorder::kvm_available() {
+        println!("skipped: {why}");
+        return;
+    }
+    krr_recorder::cpuid::pin_current_thread().unwrap();
+    let supported = krr_kvm::Vm::supported_cpuid().unwrap();
+    let given = without_unreplayable_features(&supported);
+    let vm = krr_recorder::vm::create(2 << 20, Some(&given)).unwrap();
+    assert_eq!(vm.cpuid(), &given[..]);
+    let observed = observe(vm.cpuid()).unwrap();
+    let line = host_command_line(&observed).unwrap();
+    println!("{line}");
+    assert!(line.starts_with("console=ttyS0 mitigations=off"), "{line}");
+    let clear: Vec<&str> = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("clearcpuid="))
+        .map_or(Vec::new(), |v| v.split(',').collect());
+    for f in UNREPLAYABLE_FEATURES {
+        // By name here: what this host leaves fits in Linux's 127 characters.
+        let named = clear.contains(&f.name);
+        assert_eq!(
+            named,
+            f.present_in(&observed),
+            "{}: observed {}, command line {line}",
+            f.name,
+            f.present_in(&observed)
+        );
+    }
 }

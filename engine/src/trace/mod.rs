@@ -21,7 +21,7 @@
 //!
 //! postcard is not self-describing: any change to a stored type (including the event
 //! types in [`crate::event`]) needs a new [`FORMAT_VERSION`], and the reader keeps
-//! reading the old one through a module of its types as they were ([`v2`]).
+//! reading the old one through a module of its types as they were ([`v2`], [`v3`]).
 
 mod error;
 pub mod limits;
@@ -29,6 +29,7 @@ mod reader;
 pub mod section;
 mod stats;
 mod v2;
+mod v3;
 mod writer;
 
 use serde::{Deserialize, Serialize};
@@ -40,8 +41,9 @@ pub use reader::{EventsFrom, RecordingReader, Recovery, SnapshotPages, SnapshotS
 pub use stats::Stats;
 pub use writer::{FinishInfo, RecordingWriter, WriterConfig};
 
-/// The format version this build writes. It also reads format 2 ([`v2`]).
-pub const FORMAT_VERSION: u32 = 3;
+/// The format version this build writes. It also reads formats 2 ([`v2`]) and 3
+/// ([`v3`]).
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Most pages in one snapshot section (4 MiB uncompressed).
 pub const PAGES_PER_SECTION: usize = 1024;
@@ -66,6 +68,10 @@ pub struct Header {
     pub created_unix_s: u64,
     /// Version of the program that wrote the recording.
     pub recorder_version: String,
+    /// The command line the guest kernel was given (a Linux kernel: what the recorder
+    /// gives this host's guests, then the user's `--cmdline`); empty for a kernel that
+    /// takes none (the demo) and in format 3 recordings and older.
+    pub kernel_command_line: String,
 }
 
 impl Header {
@@ -84,6 +90,7 @@ impl Header {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             recorder_version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel_command_line: String::new(),
         }
     }
 }

@@ -64,6 +64,7 @@ impl From<Header> for super::Header {
             command_line: h.command_line,
             created_unix_s: h.created_unix_s,
             recorder_version: h.recorder_version,
+            kernel_command_line: String::new(),
         }
     }
 }

@@ -274,6 +274,7 @@ pub fn symbol_bomb() -> Vec<u8> {
             &h.command_line,
             h.created_unix_s,
             &h.recorder_version,
+            &h.kernel_command_line,
         ))
         .unwrap(),
     );
