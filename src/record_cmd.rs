@@ -178,7 +178,15 @@ fn start_recording(
     // The kernel is read whole, but never beyond the guest's memory; the disk where the
     // guest reads it.
     let (image, name) = match &args.kernel {
-        Some(p) => (image::read_kernel(p, args.memory)?, p.display().to_string()),
+        // The absolute path, so that replay finds the kernel's DWARF where it was
+        // recorded (Symbols::from_header) wherever it runs from.
+        Some(p) => (
+            image::read_kernel(p, args.memory)?,
+            std::path::absolute(p)
+                .unwrap_or_else(|_| p.clone())
+                .display()
+                .to_string(),
+        ),
         None => (krr_guest::DEMO_KERNEL.to_vec(), "builtin:demo".to_string()),
     };
     let disk = match (&args.disk, &args.kernel) {

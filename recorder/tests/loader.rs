@@ -215,7 +215,10 @@ fn a_vmlinux_is_told_from_the_demo_kernel_by_its_linux_note() {
         let image = std::fs::read(built).unwrap();
         assert_eq!(detect_format(&image).unwrap(), KernelFormat::LinuxElf);
     } else {
-        println!("{} not built: only the hand-made ELFs checked", built.display());
+        println!(
+            "{} not built: only the hand-made ELFs checked",
+            built.display()
+        );
     }
 }
 

@@ -196,14 +196,33 @@ impl Symbols {
         }
     }
 
-    /// The best the recording offers: its embedded image when it has one and it parses,
-    /// otherwise its symbol list.
+    /// The best the recording offers: its embedded image when it has one and it parses;
+    /// else the kernel file it was recorded from, when that file is still where it was
+    /// and is the same (size and SHA-256; a Linux vmlinux is too large to embed, and
+    /// its DWARF gives source lines); otherwise its symbol list.
     pub fn from_header(header: &Header) -> Symbols {
         header
             .kernel_image
             .as_deref()
             .and_then(|image| Symbols::from_elf(image).ok())
+            .or_else(|| Symbols::from_recorded_kernel_file(header))
             .unwrap_or_else(|| Symbols::from_list(&header.symbols))
+    }
+
+    /// The kernel ELF named in the header, if that file exists and is the one recorded.
+    fn from_recorded_kernel_file(header: &Header) -> Option<Symbols> {
+        use sha2::{Digest as _, Sha256};
+        let path = Path::new(&header.kernel.name);
+        let meta = std::fs::metadata(path).ok()?;
+        if !path.is_absolute() || !meta.is_file() || meta.len() != header.kernel.size {
+            return None;
+        }
+        let image = std::fs::read(path).ok()?;
+        let sha: [u8; 32] = Sha256::digest(&image).into();
+        if sha != header.kernel.sha256 {
+            return None;
+        }
+        Symbols::from_elf(&image).ok()
     }
 
     pub fn functions(&self) -> &[Function] {
