@@ -589,9 +589,13 @@ impl App {
 
     fn cmd_watch(&mut self, args: &[&str]) -> Result<(), String> {
         let addr = self.parse_address(args.first().ok_or("watch ADDR [LEN]")?)?;
+        // Without a length, a variable's own size (its symbol's), else 8 bytes.
         let len = match args.get(1) {
             Some(l) => parse_number(l).ok_or_else(|| format!("{l:?} is not a length"))?,
-            None => 8,
+            None => args
+                .first()
+                .and_then(|name| self.symbols().data_symbol(name))
+                .map_or(8, |d| d.size.clamp(1, MAX_WATCH_LEN)),
         };
         if !(1..=MAX_WATCH_LEN).contains(&len) {
             return Err(format!(
@@ -726,6 +730,14 @@ impl App {
     /// symbols and not mapped at this position (code loaded later, such as a module's,
     /// is accepted by its symbol).
     fn check_code_address(&self, text: &str, at: u64) -> Result<(), String> {
+        let name = text.split_once('+').map_or(text, |(n, _)| n);
+        if self.symbols().data_symbol(name).is_some()
+            && self.symbols().functions().iter().all(|f| f.name != name)
+        {
+            return Err(format!(
+                "no breakpoint at {text}: {name} is a variable (w {name} watches it)"
+            ));
+        }
         if let Some((name, _)) = text.split_once('+')
             && register_index(name).is_none()
             && let Some(f) = self.symbols().functions().iter().find(|f| f.name == name)
@@ -817,11 +829,8 @@ impl App {
         let mut all = Vec::new();
         for ins in self.timeline.instructions(start, len) {
             let mut text = format_instruction(&ins);
-            let target = ins.near_branch_target();
-            if target != 0
-                && let Some(l) = symbols.lookup(target)
-            {
-                text.push_str(&format!("  <{l}>"));
+            if let Some(name) = operand_address(&ins).and_then(|a| symbols.describe_symbol(a)) {
+                text.push_str(&format!("  <{name}>"));
             }
             let label = symbols
                 .lookup(ins.ip())
@@ -977,6 +986,21 @@ impl App {
     pub fn backtrace(&self, max: usize) -> (Vec<u64>, &'static str) {
         self.timeline.backtrace(max)
     }
+}
+
+/// The address an instruction names outright: its branch target, or the address of a
+/// memory operand without base or index registers (absolute or RIP-relative).
+fn operand_address(ins: &iced_x86::Instruction) -> Option<u64> {
+    use iced_x86::{OpKind, Register};
+    let target = ins.near_branch_target();
+    if target != 0 {
+        return Some(target);
+    }
+    let memory = (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory);
+    (memory
+        && matches!(ins.memory_base(), Register::None | Register::RIP)
+        && ins.memory_index() == Register::None)
+        .then(|| ins.memory_displacement64())
 }
 
 fn parse_number(s: &str) -> Option<u64> {

@@ -383,3 +383,48 @@ fn step_at_an_inlined_calls_entry_enters_it_without_moving() {
     keys(&mut a, "s");
     assert_eq!(a.timeline.icount(), 153657);
 }
+
+/// Variables by name: `:x ticks` shows its memory, `w ticks` watches its 8 bytes (the
+/// symbol's size), `sym+off` works for both, a breakpoint on a variable is refused, and
+/// the disassembly names the variable an instruction reads.
+#[test]
+fn data_symbols_in_x_watch_break_and_the_disassembly() {
+    let mut a = app();
+    let ticks = a.symbols().address_of("ticks").expect("ticks");
+    assert_eq!(a.symbols().data_symbol("ticks").map(|d| d.size), Some(8));
+    keys(&mut a, ":goto event 300");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, ":x ticks");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.message, format!("memory at {ticks:#x}"));
+    key(&mut a, KeyCode::Esc);
+    keys(&mut a, ":x ticks+0x8");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.message, format!("memory at {:#x}", ticks + 8));
+    key(&mut a, KeyCode::Esc);
+    keys(&mut a, ":break ticks");
+    key(&mut a, KeyCode::Enter);
+    assert!(a.message.contains("ticks is a variable"), "{}", a.message);
+    assert!(a.timeline.breakpoints().is_empty());
+    keys(&mut a, "wticks");
+    key(&mut a, KeyCode::Enter);
+    let w: Vec<_> = a.timeline.watchpoints().iter().copied().collect();
+    assert_eq!(
+        (w.len(), w[0].addr, w[0].len),
+        (1, ticks, 8),
+        "{}",
+        a.message
+    );
+    keys(&mut a, "c");
+    assert!(a.message.contains("watchpoint"), "{}", a.message);
+    // The write that stopped it was to ticks (in the timer's handler).
+    let at = a.symbols().describe(a.rip());
+    assert!(at.starts_with("sched_timer_tick+"), "{at}");
+    // The instructions around here read or write ticks by its address.
+    let rows = a.disassembly(40);
+    assert!(
+        rows.iter().any(|l| l.text.ends_with("<ticks>")),
+        "{:#?}",
+        rows.iter().map(|l| &l.text).collect::<Vec<_>>()
+    );
+}
