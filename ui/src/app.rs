@@ -554,17 +554,55 @@ impl App {
     }
 
     fn cmd_break(&mut self, args: &[&str]) -> Result<(), String> {
-        let at = match args.first() {
-            Some(a) => {
-                let at = self.parse_address(a)?;
-                self.check_code_address(a, at)?;
-                at
-            }
-            None => self.cursor.unwrap_or(self.rip()),
+        let Some(spec) = args.first() else {
+            let at = self.cursor.unwrap_or(self.rip());
+            self.timeline.add_breakpoint(at);
+            self.message = format!("breakpoint at {}", self.symbols().describe(at));
+            return Ok(());
         };
-        self.timeline.add_breakpoint(at);
-        self.message = format!("breakpoint at {}", self.symbols().describe(at));
+        let (what, at) = self.breakpoint_locations(spec)?;
+        for &a in &at {
+            self.timeline.add_breakpoint(a);
+        }
+        self.message = format!("breakpoint at {what}{}", self.locations_text(&what, &at));
         Ok(())
+    }
+
+    /// ` (disk_read+0x10)` (nothing where that is `what`), or ` (2 locations: a, b)`.
+    fn locations_text(&self, what: &str, at: &[u64]) -> String {
+        let names: Vec<String> = at.iter().map(|&a| self.symbols().describe(a)).collect();
+        match names.as_slice() {
+            [one] if one == what => String::new(),
+            [one] => format!(" ({one})"),
+            _ => format!(" ({} locations: {})", at.len(), names.join(", ")),
+        }
+    }
+
+    /// The addresses a breakpoint specification names, as gdb places them, and how to
+    /// name them: `FILE:LINE` (the line's first address in each function or inlined
+    /// call it has code in; the next line with code where it has none), a function
+    /// (its symbol and every inlined call of it), or an address.
+    fn breakpoint_locations(&self, spec: &str) -> Result<(String, Vec<u64>), String> {
+        if let Some((file, line)) = spec.rsplit_once(':')
+            && let Ok(line) = line.parse::<u32>()
+        {
+            if !self.symbols().has_lines() {
+                return Err(format!("no breakpoint at {spec}: no line information"));
+            }
+            return match self.symbols().line_addresses(file, line) {
+                Some((l, at)) if !at.is_empty() => Ok((format!("{file}:{l}"), at)),
+                _ => Err(format!("no line {line} in a file {file:?} with code")),
+            };
+        }
+        if register_index(spec).is_none() && parse_number(spec).is_none() && !spec.contains('+') {
+            let at = self.symbols().function_addresses(spec);
+            if !at.is_empty() {
+                return Ok((spec.to_string(), at));
+            }
+        }
+        let at = self.parse_address(spec)?;
+        self.check_code_address(spec, at)?;
+        Ok((self.symbols().describe(at), vec![at]))
     }
 
     fn cmd_delete(&mut self, args: &[&str]) -> Result<(), String> {
@@ -576,12 +614,19 @@ impl App {
                 }
                 self.message = format!("{} breakpoints deleted", all.len());
             }
-            Some(a) => {
-                let at = self.parse_address(a)?;
-                if !self.timeline.remove_breakpoint(at) {
-                    return Err(format!("no breakpoint at {}", self.symbols().describe(at)));
+            Some(spec) => {
+                let at = match self.breakpoint_locations(spec) {
+                    Ok((_, at)) => at,
+                    Err(_) => vec![self.parse_address(spec)?],
+                };
+                let removed = at
+                    .iter()
+                    .filter(|&&a| self.timeline.remove_breakpoint(a))
+                    .count();
+                if removed == 0 {
+                    return Err(format!("no breakpoint at {spec}"));
                 }
-                self.message = format!("breakpoint at {} deleted", self.symbols().describe(at));
+                self.message = format!("breakpoint at {spec} deleted");
             }
         }
         Ok(())

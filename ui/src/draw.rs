@@ -546,7 +546,8 @@ pub fn help_lines(app: &App) -> Vec<String> {
     v.push(String::new());
     v.extend(
         [
-            ":break ADDR|SYMBOL[+OFF]   :delete [ADDR]",
+            ":break ADDR|SYMBOL[+OFF]|FILE:LINE|FUNCTION",
+            ":delete [the same]",
             ":watch ADDR [LEN]   :unwatch ADDR",
             ":goto event N | icount K   :x ADDR|$REG [ROWS]",
             ":info breakpoints|checkpoints|registers",

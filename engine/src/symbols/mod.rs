@@ -24,7 +24,7 @@ mod blocks;
 mod lines;
 mod unwind;
 
-pub use blocks::{Block, BlockKind, Blocks};
+pub use blocks::{Block, BlockKind, Blocks, Scope};
 pub use lines::{LineRange, LineTable};
 pub use unwind::{CfaBase, Frame, FrameRule, MAX_FRAMES, SavedRbp, Unwinder};
 
@@ -378,6 +378,61 @@ impl Symbols {
         table
             .find(addr)
             .or_else(|| table.find(self.linked_address(addr)?))
+    }
+
+    /// Where a breakpoint at `file:line` goes, as gdb places it: the line's statement
+    /// addresses (or the next line's with code, see [`LineTable::line_statements`]),
+    /// keeping the first of those in one scope (function, inlined call or lexical
+    /// block: a loop's condition is one location, not one per copy the compiler made). Returns the line used and
+    /// the addresses, sorted; None where no source file or line matches.
+    pub fn line_addresses(&self, file: &str, line: u32) -> Option<(u32, Vec<u64>)> {
+        let (line, candidates) = self.line_table()?.line_statements(file, line)?;
+        let blocks = self.blocks();
+        let innermost = |a: u64| blocks.and_then(|b| b.scope(a));
+        // gdb's filter: for each location in a scope, the next one in the same scope
+        // is dropped.
+        let mut keep = vec![true; candidates.len()];
+        for i in 0..candidates.len() {
+            let Some(b) = innermost(candidates[i]) else {
+                continue;
+            };
+            if let Some(j) =
+                (i + 1..candidates.len()).find(|&j| innermost(candidates[j]) == Some(b))
+            {
+                keep[j] = false;
+            }
+        }
+        let mut out: Vec<u64> = candidates
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(a, k)| k.then_some(a))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        Some((line, out))
+    }
+
+    /// Where a breakpoint on the function `name` goes: its symbol's address, and the
+    /// entry of every call of it the compiler inlined and of every part it split off
+    /// (`name.part.0`), as gdb's `break NAME`. Empty where none exists.
+    pub fn function_addresses(&self, name: &str) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .functions
+            .iter()
+            .filter(|f| f.name == name)
+            .map(|f| f.addr)
+            .collect();
+        if let Some(blocks) = self.blocks() {
+            out.extend(
+                blocks
+                    .iter()
+                    .filter(|b| b.name.as_deref() == Some(name))
+                    .map(|b| b.entry()),
+            );
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// The image's functions and inlined calls from its DWARF information.
