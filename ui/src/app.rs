@@ -4,7 +4,7 @@ use crate::keymap::{Action, Keymap};
 use krr_engine::replay::{End, Replay, format_instruction};
 use krr_engine::state::{CpuState, gpr};
 use krr_engine::symbols::Symbols;
-use krr_engine::timeline::{LineStep, MAX_WATCH_LEN, Moved, Timeline};
+use krr_engine::timeline::{LineStep, MAX_WATCH_LEN, Moved, Timeline, WatchWrite, Writer};
 use ratatui::crossterm::event::{KeyCode, KeyEvent};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -459,16 +459,14 @@ impl App {
             }
             Moved::Arrived => what.to_string(),
             Moved::Breakpoint(a) => format!("{what}: breakpoint at {}", self.symbols().describe(a)),
-            Moved::Watchpoint(w) => format!(
-                "{what}: watchpoint {:#x} ({} bytes) {}",
-                w.addr,
-                w.len,
-                if what.starts_with("reverse") {
-                    "is written by the next instruction"
-                } else {
-                    "was written"
-                }
-            ),
+            Moved::Watchpoint(w) => {
+                let forward = !what.starts_with("reverse");
+                let write = self.timeline.watch_write(w, forward);
+                format!(
+                    "{what}: watchpoint {}",
+                    self.write_text(&write, if forward { "" } else { "next: " })
+                )
+            }
             Moved::Start => format!("{what}: at the start of the recording"),
             Moved::End(End::PowerOff) => {
                 format!("{what}: at the end of the recording (guest powered off)")
@@ -480,6 +478,39 @@ impl App {
                 d.event, d.icount, d.expected, d.actual
             ),
         };
+    }
+
+    /// `ticks (8 bytes): 41 -> 42 by sched_timer_tick+0x19` (`prefix` before `by`), or
+    /// `... by event #12 dma_write`.
+    fn write_text(&self, write: &WatchWrite, prefix: &str) -> String {
+        let w = write.watch;
+        let name = self
+            .symbols()
+            .describe_symbol(w.addr)
+            .unwrap_or_else(|| format!("{:#x}", w.addr));
+        let value = |b: &Option<Vec<u8>>| match b {
+            None => "(unmapped)".to_string(),
+            Some(bytes) => match WatchWrite::value(bytes) {
+                Some(v) if v < 0x10000 => v.to_string(),
+                Some(v) => format!("{v:#0width$x}", width = 2 + 2 * bytes.len()),
+                None => {
+                    let hex: Vec<String> =
+                        bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+                    let more = if bytes.len() > 8 { " …" } else { "" };
+                    format!("{}{more}", hex.join(" "))
+                }
+            },
+        };
+        let by = match &write.by {
+            Writer::Instruction { rip, .. } => self.symbols().describe(*rip),
+            Writer::Event { n, kind } => format!("event #{n} {}", kind.name()),
+        };
+        format!(
+            "{name} ({} bytes): {} -> {}, {prefix}by {by}",
+            w.len,
+            value(&write.old),
+            value(&write.new)
+        )
     }
 
     /// Source-line moves: `step` (into calls) and `next` (over calls), forward or back,

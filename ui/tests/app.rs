@@ -428,3 +428,73 @@ fn data_symbols_in_x_watch_break_and_the_disassembly() {
         rows.iter().map(|l| &l.text).collect::<Vec<_>>()
     );
 }
+
+/// A watchpoint stop gives the old and new value in the watch's width and what wrote
+/// it: forward and backward the instruction (`ticks++`), and a device's DMA write as
+/// the event that replay applied, not the `out` that started it.
+#[test]
+fn watchpoint_stops_say_old_and_new_value_and_name_a_dma_write_as_its_event() {
+    let mut a = app();
+    keys(&mut a, ":goto event 300");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, "wticks");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, "c");
+    let ticks = a.symbols().address_of("ticks").unwrap();
+    let now = a.timeline.read_u64(ticks).unwrap();
+    let by = a.symbols().describe(a.timeline.replay().regs().rip);
+    assert!(
+        a.message.starts_with(&format!(
+            "continue: watchpoint ticks (8 bytes): {} -> {now}, by sched_timer_tick+",
+            now - 1
+        )),
+        "{} (rip {by})",
+        a.message
+    );
+    // Backward: stopped before the write, which the message names.
+    keys(&mut a, "iC");
+    assert!(
+        a.message.starts_with(&format!(
+            "reverse-continue: watchpoint ticks (8 bytes): {} -> {now}, next: by sched_timer_tick+",
+            now - 1
+        )),
+        "{}",
+        a.message
+    );
+    keys(&mut a, ":unwatch ticks");
+    key(&mut a, KeyCode::Enter);
+
+    // fw_cfg's file directory count is written by the device's DMA.
+    let mut a = app();
+    keys(&mut a, ":break disk_init");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, "c");
+    assert!(
+        a.message.contains("breakpoint at disk_init"),
+        "{}",
+        a.message
+    );
+    keys(&mut a, ":delete");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, "wdir_count");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, "c");
+    // The event named is a DMA write replay applied in the step that stopped.
+    let n: u64 = a
+        .message
+        .rsplit_once(", by event #")
+        .and_then(|(_, rest)| rest.strip_suffix(" dma_write"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", a.message));
+    assert_eq!(
+        a.replay().events()[n as usize].kind(),
+        krr_engine::event::EventKind::DmaWrite
+    );
+    assert!(a.replay().events_consumed() > n);
+    assert!(
+        a.message
+            .starts_with("continue: watchpoint dir_count (4 bytes): 0 -> 0x01000000"),
+        "{}",
+        a.message
+    );
+}

@@ -26,9 +26,11 @@
 
 mod step;
 mod watch;
+mod writes;
 
 pub use step::{FrameId, LineStep};
 pub use watch::{MAX_WATCH_LEN, Watchpoint};
+pub use writes::{WatchWrite, Writer};
 
 use crate::cpu::PageFault;
 use crate::event::Icount;
