@@ -120,8 +120,9 @@ fn events(t: &ReplayTarget, n: u64) -> String {
             String::new()
         };
         out.push_str(&format!(
-            "  #{i:<8} icount {at:<12} {}{bound}\n",
-            e.kind().name()
+            "  #{i:<8} icount {at:<12} {:<16} {}{bound}\n",
+            e.kind().name(),
+            t.tl.event_text(e)
         ));
     }
     if next >= to {

@@ -238,14 +238,20 @@ impl App {
         100.0 * self.timeline.position().on_event_axis() as f64 / self.total_position() as f64
     }
 
-    /// `#event  icount  pct  function` for the status bar.
+    /// `#event  icount  pct  function  pid N name` for the status bar.
     pub fn position(&self) -> String {
         let p = self.timeline.position();
         let ev = p.event.map_or("#-".to_string(), |n| format!("#{n}"));
         // Without a counter the events are placed by exit ordinal: show it too.
         let exit = p.exit.map(|e| format!(" (exit {e})")).unwrap_or_default();
+        // The guest's current process, where its kernel is known.
+        let process = self
+            .timeline
+            .current_process()
+            .map(|p| format!("  pid {} {}", p.pid, p.name))
+            .unwrap_or_default();
         format!(
-            "{ev}  icount {}{exit}  {:.1}%  {}",
+            "{ev}  icount {}{exit}  {:.1}%  {}{process}",
             p.icount,
             self.percent(),
             self.symbols().describe(p.rip)

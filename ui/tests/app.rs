@@ -498,3 +498,50 @@ fn watchpoint_stops_say_old_and_new_value_and_name_a_dma_write_as_its_event() {
         a.message
     );
 }
+
+/// A system call that arrived as a page fault at the kernel entry reads as the system
+/// call it is: its number (RAX) and name from the demo kernel's table, and the user RIP
+/// it returns to (RCX), not the kernel entry; the status bar names the current process.
+#[test]
+fn syscall_events_show_number_name_and_user_rip_and_the_status_bar_the_process() {
+    use krr_engine::event::{Event, EventKind};
+    let mut a = app();
+    let events = a.replay().events().to_vec();
+    let mut checked = 0;
+    for (n, e) in events.iter().enumerate() {
+        let Event::UserEntry(u) = e else { continue };
+        if e.kind() != EventKind::Syscall || !u.is_syscall_fault() {
+            continue;
+        }
+        let (nr, rcx) = (u.regs.gpr[0], u.regs.gpr[1]);
+        let name = krr_engine::guest_kernel::DEMO_SYSCALLS[nr as usize];
+        let text = a.timeline.event_text(e);
+        assert!(
+            text.starts_with(&format!(
+                "syscall {nr} ({name}) from user rip {rcx:#x} (as #PF at "
+            )),
+            "#{n}: {text}"
+        );
+        assert!(rcx < 0x8000_0000_0000, "#{n}: user rip {rcx:#x}");
+        checked += 1;
+    }
+    assert!(checked > 10, "{checked} system calls");
+    // In a system call, the process that made it.
+    keys(&mut a, ":break syscall_dispatch");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, "c");
+    let status = a.position();
+    let pid_at = status.find("  pid ").unwrap_or_else(|| panic!("{status}"));
+    let mut words = status[pid_at..].split_whitespace().skip(1);
+    let pid: u64 = words.next().unwrap().parse().unwrap();
+    let name = words.next().unwrap();
+    assert!((1..=8).contains(&pid), "{status}");
+    assert!(
+        ["primes", "disk", "clock", "pager", "crash-ud", "crash-pf"].contains(&name),
+        "{status}"
+    );
+    // At the start no process runs: none is shown.
+    keys(&mut a, ":goto icount 0");
+    key(&mut a, KeyCode::Enter);
+    assert!(!a.position().contains("pid"), "{}", a.position());
+}

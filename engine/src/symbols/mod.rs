@@ -22,10 +22,12 @@ type Reader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
 
 mod blocks;
 mod lines;
+mod types;
 mod unwind;
 
 pub use blocks::{Block, BlockKind, Blocks, Scope};
 pub use lines::{LineRange, LineTable};
+pub use types::Member;
 pub use unwind::{CfaBase, Frame, FrameRule, MAX_FRAMES, SavedRbp, Unwinder};
 
 /// Errors reading a guest image.
@@ -433,6 +435,13 @@ impl Symbols {
         out.sort_unstable();
         out.dedup();
         out
+    }
+
+    /// The member `member` of the structure type `structure` in the DWARF information.
+    pub fn member(&self, structure: &str, member: &str) -> Option<Member> {
+        types::member(self.dwarf.as_ref()?, structure, member)
+            .ok()
+            .flatten()
     }
 
     /// The image's functions and inlined calls from its DWARF information.

@@ -33,7 +33,8 @@ pub use watch::{MAX_WATCH_LEN, Watchpoint};
 pub use writes::{WatchWrite, Writer};
 
 use crate::cpu::PageFault;
-use crate::event::Icount;
+use crate::event::{Event, Icount};
+use crate::guest_kernel::{GuestKernel, Process};
 use crate::replay::{Divergence, End, Replay, Stop, Target};
 use crate::state::{CpuState, PAGE_SIZE, gpr};
 use crate::symbols::Symbols;
@@ -121,6 +122,8 @@ pub struct Timeline {
     watchpoints: BTreeSet<Watchpoint>,
     /// The guest's symbols: set, or read from the recording when first asked for.
     symbols: OnceCell<Symbols>,
+    /// What the debugger knows of the guest's kernel, found when first asked for.
+    kernel: OnceCell<GuestKernel>,
     /// The last [`Timeline::learn_events_through`] that could not learn all it was
     /// asked: its position and event.
     learn_tried: std::cell::Cell<Option<(Icount, u64)>>,
@@ -147,6 +150,7 @@ impl Timeline {
             breakpoints: BTreeSet::new(),
             watchpoints: BTreeSet::new(),
             symbols: OnceCell::new(),
+            kernel: OnceCell::new(),
             learn_tried: std::cell::Cell::new(None),
             inline_state: None,
         }
@@ -156,6 +160,7 @@ impl Timeline {
     /// recording's.
     pub fn set_symbols(&mut self, symbols: Symbols) {
         self.symbols = OnceCell::from(symbols);
+        self.kernel = OnceCell::new();
     }
 
     /// The guest's symbols and source lines: those set, else the recording's embedded
@@ -201,6 +206,26 @@ impl Timeline {
         let cap = ahead.icount().saturating_add(LEARN_AHEAD);
         // Whatever stops it, what it applied on the way is learned.
         let _ = ahead.run_capped(Target::Event(n), cap);
+    }
+
+    /// What the debugger knows of the guest's kernel (system call names, its current
+    /// process).
+    pub fn guest_kernel(&self) -> GuestKernel {
+        *self
+            .kernel
+            .get_or_init(|| GuestKernel::of(self.now.header(), self.symbols()))
+    }
+
+    /// An event's text, with what is known of the guest kernel (its system call names).
+    pub fn event_text(&self, e: &Event) -> String {
+        let kernel = self.guest_kernel();
+        e.text(&|nr| kernel.syscall_name(nr))
+    }
+
+    /// The process the guest kernel runs at the position, where it is known.
+    pub fn current_process(&self) -> Option<Process> {
+        self.guest_kernel()
+            .current_process(&|a, buf| self.now.read_memory(a, buf).is_ok())
     }
 
     /// The registers at the current position.
