@@ -925,3 +925,45 @@ fn gdb_finish_from_syscall_dispatch_stops_at_its_return() {
     );
     server.assert_exits_after_detach();
 }
+
+/// User memory the recording does not have (user code wrote it, replay does not run
+/// user code) is an error to gdb, not zeros; kernel memory beside it reads.
+#[test]
+fn gdb_reads_of_unrecorded_user_memory_fail() {
+    if !gdb_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let elf = kernel_elf(dir.path());
+    let mut server = Server::start();
+    let script = format!(
+        r#"
+target remote {addr}
+break syscall_dispatch
+continue
+python
+for expr in ["*(unsigned long *)tf->rsp", "*(unsigned long *)tf->rip", "ticks"]:
+    try:
+        gdb.parse_and_eval(expr).fetch_lazy()
+        print("read:", expr)
+    except gdb.MemoryError as e:
+        print("memory error:", expr, e)
+end
+x/s tf->rsp
+detach
+"#,
+        addr = server.addr
+    );
+    let out = run_gdb(Some(&elf), &script, dir.path());
+    assert!(
+        out.contains("memory error: *(unsigned long *)tf->rsp Cannot access memory"),
+        "{out}"
+    );
+    assert!(
+        out.contains("memory error: *(unsigned long *)tf->rip Cannot access memory"),
+        "{out}"
+    );
+    assert!(out.contains("read: ticks"), "{out}");
+    assert!(out.contains("<error: Cannot access memory"), "{out}");
+    server.assert_exits_after_detach();
+}

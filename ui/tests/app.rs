@@ -545,3 +545,44 @@ fn syscall_events_show_number_name_and_user_rip_and_the_status_bar_the_process()
     key(&mut a, KeyCode::Enter);
     assert!(!a.position().contains("pid"), "{}", a.position());
 }
+
+/// User memory, which user code wrote unrecorded, shows as `??` rather than the zeros
+/// replay would read; kernel memory next to it still shows.
+#[test]
+fn memory_that_was_not_recorded_shows_as_unavailable() {
+    use krr_engine::event::Event;
+    let mut a = app();
+    let n = 240;
+    let Event::UserEntry(u) = a.replay().events()[n].clone() else {
+        panic!("event {n} is not a user entry");
+    };
+    keys(&mut a, &format!(":goto event {n}"));
+    key(&mut a, KeyCode::Enter);
+    // The user stack: mapped (the page tables say so), but not recorded.
+    let rsp = u.regs.gpr[4] & !0xf;
+    let mut b = [0u8; 8];
+    assert_eq!(
+        a.timeline.read_memory(rsp, &mut b),
+        Err(krr_engine::timeline::ReadError::NotRecorded)
+    );
+    assert_eq!(a.replay().read_memory(rsp, &mut b), Ok(()), "mapped");
+    keys(&mut a, &format!(":x {rsp:#x} 1"));
+    key(&mut a, KeyCode::Enter);
+    let Mode::Output(rows) = &a.mode else {
+        panic!("{:?}", a.mode)
+    };
+    assert!(
+        rows[0].starts_with(&format!("{rsp:016x}  ??")),
+        "{}",
+        rows[0]
+    );
+    assert_eq!(rows[0].matches("??").count(), 16, "{}", rows[0]);
+    key(&mut a, KeyCode::Esc);
+    // The kernel's variable reads.
+    keys(&mut a, ":x ticks 1");
+    key(&mut a, KeyCode::Enter);
+    let Mode::Output(rows) = &a.mode else {
+        panic!("{:?}", a.mode)
+    };
+    assert!(!rows[0].contains("??"), "{}", rows[0]);
+}

@@ -44,6 +44,8 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use watch::{Ran, Watcher};
 
+/// Longest x86 instruction.
+const MAX_INSTRUCTION_LEN: usize = 15;
 /// Default memory budget for checkpoints.
 pub const DEFAULT_CHECKPOINT_BUDGET: u64 = 1 << 30;
 /// First checkpoint interval, in instructions.
@@ -110,6 +112,16 @@ pub struct CheckpointInfo {
     pub icount: Icount,
     pub events_consumed: u64,
     pub bytes: u64,
+}
+
+/// Why memory could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("not mapped ({0:?})")]
+    Unmapped(PageFault),
+    /// User memory the recording does not have (see [`Replay::is_recorded`]).
+    #[error("not recorded (user memory written only by user code)")]
+    NotRecorded,
 }
 
 /// A replay one can move in freely.
@@ -233,29 +245,56 @@ impl Timeline {
         self.now.regs()
     }
 
-    /// Reads guest memory at a virtual address through the guest's page tables.
-    pub fn read_memory(&self, addr: u64, buf: &mut [u8]) -> Result<(), PageFault> {
-        self.now.read_memory(addr, buf)
+    /// Reads guest memory at a virtual address through the guest's page tables; fails
+    /// where a page is not mapped or was not recorded ([`Replay::is_recorded`]).
+    pub fn read_memory(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        if self.read_available(addr, buf) == buf.len() {
+            return Ok(());
+        }
+        match self.now.read_memory(addr, buf) {
+            Err(fault) => Err(ReadError::Unmapped(fault)),
+            Ok(()) => Err(ReadError::NotRecorded),
+        }
     }
 
-    /// Reads what is mapped of `buf.len()` bytes at `addr`, up to the first unmapped
-    /// page; returns how many bytes were read.
+    /// Reads what is mapped and recorded of `buf.len()` bytes at `addr`, up to the
+    /// first page that is not; returns how many bytes were read.
     pub fn read_available(&self, addr: u64, buf: &mut [u8]) -> usize {
-        self.now.read_available(addr, buf)
+        let mapped = self.now.read_available(addr, buf);
+        let mut done = 0;
+        while done < mapped {
+            let a = addr.wrapping_add(done as u64);
+            if !self.now.is_recorded(a) {
+                break;
+            }
+            done += (PAGE_SIZE - (a as usize & (PAGE_SIZE - 1))).min(mapped - done);
+        }
+        done
     }
 
     pub fn read_u64(&self, addr: u64) -> Option<u64> {
-        self.now.read_u64(addr)
+        let mut b = [0u8; 8];
+        self.read_memory(addr, &mut b)
+            .ok()
+            .map(|()| u64::from_le_bytes(b))
     }
 
-    /// The instruction at `addr`, if the bytes mapped there are one.
+    /// The instruction at `addr`, if the bytes mapped and recorded there are one.
     pub fn instruction_at(&self, addr: u64) -> Option<Instruction> {
-        self.now.instruction_at(addr)
+        self.instructions(addr, MAX_INSTRUCTION_LEN)
+            .into_iter()
+            .next()
+            .filter(|i| !i.is_invalid())
     }
 
-    /// The instructions in the `len` bytes from `start`, decoded in sequence.
+    /// The instructions in the `len` bytes from `start` (up to the first page not
+    /// mapped or not recorded), decoded in sequence.
     pub fn instructions(&self, start: u64, len: usize) -> Vec<Instruction> {
-        self.now.instructions(start, len)
+        let mut bytes = vec![0u8; len];
+        let n = self.read_available(start, &mut bytes);
+        iced_x86::Decoder::with_ip(64, &bytes[..n], start, iced_x86::DecoderOptions::NONE)
+            .into_iter()
+            .collect()
     }
 
     /// The frame the current function returns to, from the kernel's call-frame
