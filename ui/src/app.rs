@@ -78,6 +78,7 @@ pub enum PromptKind {
     Command,
     Goto,
     Watch,
+    Bookmark,
 }
 
 impl PromptKind {
@@ -86,6 +87,7 @@ impl PromptKind {
             PromptKind::Command => ":",
             PromptKind::Goto => "goto (event N | icount K): ",
             PromptKind::Watch => "watch (ADDR [LEN]): ",
+            PromptKind::Bookmark => "goto bookmark: ",
         }
     }
 }
@@ -307,6 +309,7 @@ impl App {
                         PromptKind::Command => self.command(&line, ctl),
                         PromptKind::Goto => self.command(&format!("goto {line}"), ctl),
                         PromptKind::Watch => self.command(&format!("watch {line}"), ctl),
+                        PromptKind::Bookmark => self.command(&format!("goto {line}"), ctl),
                     }
                 }
                 KeyCode::Backspace if input.pop().is_none() => self.mode = Mode::Normal,
@@ -355,6 +358,7 @@ impl App {
             ),
             Action::Goto => self.prompt(PromptKind::Goto),
             Action::Watch => self.prompt(PromptKind::Watch),
+            Action::GotoBookmark => self.prompt(PromptKind::Bookmark),
             Action::Command => self.prompt(PromptKind::Command),
             Action::Breakpoint => {
                 let at = self.cursor.unwrap_or(self.rip());
@@ -582,6 +586,12 @@ impl App {
             "unwatch" => self.cmd_unwatch(args),
             "g" | "goto" => self.cmd_goto(args, ctl),
             "x" => self.cmd_x(args),
+            "mark" => self.cmd_mark(args),
+            "marks" => {
+                self.mode = Mode::Output(self.bookmark_lines());
+                Ok(())
+            }
+            "last" => self.cmd_last(args, ctl),
             "info" | "i" => self.cmd_info(args),
             other => Err(format!("unknown command {other:?} (? lists the commands)")),
         };
@@ -708,8 +718,101 @@ impl App {
         Ok(())
     }
 
+    fn cmd_mark(&mut self, args: &[&str]) -> Result<(), String> {
+        let [name] = args else {
+            return Err("mark NAME".into());
+        };
+        if parse_number(name).is_some() || matches!(*name, "event" | "e" | "icount" | "i") {
+            return Err(format!(
+                "{name:?} cannot name a bookmark (goto takes it otherwise)"
+            ));
+        }
+        let p = self.timeline.set_bookmark(name);
+        self.message = format!("bookmark {name}: icount {}", p.icount);
+        Ok(())
+    }
+
+    /// `NAME  #event  icount  function` for each bookmark.
+    pub fn bookmark_lines(&self) -> Vec<String> {
+        let v: Vec<String> = self
+            .timeline
+            .bookmarks()
+            .iter()
+            .map(|(name, p)| {
+                let ev = p.event.map_or("#-".to_string(), |n| format!("#{n}"));
+                format!(
+                    "{name:<16} {ev:<8} icount {:<12} {}",
+                    p.icount,
+                    self.symbols().describe(p.rip)
+                )
+            })
+            .collect();
+        if v.is_empty() {
+            vec!["no bookmarks (:mark NAME sets one)".into()]
+        } else {
+            v
+        }
+    }
+
+    /// UDB's `last`: back to where the bytes last changed, and by what.
+    fn cmd_last(&mut self, args: &[&str], ctl: &mut MoveCtl<'_>) -> Result<(), String> {
+        let target = args.first().ok_or("last ADDR [LEN]")?;
+        let addr = self.parse_address(target)?;
+        let len = match args.get(1) {
+            Some(l) => parse_number(l).ok_or_else(|| format!("{l:?} is not a length"))?,
+            None => self
+                .symbols()
+                .data_symbol(target)
+                .map_or(8, |d| d.size.clamp(1, MAX_WATCH_LEN)),
+        };
+        if !(1..=MAX_WATCH_LEN).contains(&len) {
+            return Err(format!(
+                "cannot look for {len} bytes: from 1 to {MAX_WATCH_LEN} at a time"
+            ));
+        }
+        let mut probe = vec![0u8; len as usize];
+        if self.timeline.read_available(addr, &mut probe) < probe.len() {
+            return Err(format!(
+                "cannot look for {addr:#x} ({len} bytes): not mapped or not recorded here"
+            ));
+        }
+        self.prev_regs = self.regs().clone();
+        let (moved, write) = self
+            .timeline
+            .last_write(addr, len, ctl.cancel, ctl.progress);
+        match write {
+            Some(w) => {
+                self.cursor = None;
+                self.event_scroll = 0;
+                self.message = format!("last: {}", self.write_text(&w, "next: "));
+            }
+            None => {
+                self.after_move("last", moved);
+                if self.timeline.icount() == 0 {
+                    self.message =
+                        format!("last: {target} did not change since the start of the recording");
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn cmd_goto(&mut self, args: &[&str], ctl: &mut MoveCtl<'_>) -> Result<(), String> {
-        let usage = "goto event N | goto icount K";
+        let usage = "goto event N | goto icount K | goto BOOKMARK";
+        if let [name] = args
+            && parse_number(name).is_none()
+        {
+            let name = name.to_string();
+            if !self.timeline.bookmarks().contains_key(&name) {
+                return Err(format!("no bookmark {name:?} ({usage})"));
+            }
+            self.moved(
+                &format!("goto {name}"),
+                |t, _| t.goto_bookmark(&name).unwrap_or(Moved::Arrived),
+                ctl,
+            );
+            return Ok(());
+        }
         let (what, value) = match args {
             [n] => ("event", *n),
             ["event" | "e", n] => ("event", *n),

@@ -586,3 +586,85 @@ fn memory_that_was_not_recorded_shows_as_unavailable() {
     };
     assert!(!rows[0].contains("??"), "{}", rows[0]);
 }
+
+/// Bookmarks: `:mark NAME` names the position, `'NAME` and `:goto NAME` come back to
+/// it, `:marks` lists them.
+#[test]
+fn a_bookmark_round_trip() {
+    let mut a = app();
+    keys(&mut a, ":goto event 300");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, "sss");
+    let here = a.timeline.position();
+    keys(&mut a, ":mark before");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(
+        a.message,
+        format!("bookmark before: icount {}", here.icount)
+    );
+    keys(&mut a, ":goto event 900");
+    key(&mut a, KeyCode::Enter);
+    assert_ne!(a.timeline.position(), here);
+    keys(&mut a, "'before");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.timeline.position(), here, "{}", a.message);
+    keys(&mut a, ":goto icount 0");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, ":goto before");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.timeline.position(), here, "{}", a.message);
+    keys(&mut a, ":goto nowhere");
+    key(&mut a, KeyCode::Enter);
+    assert!(
+        a.message.contains("no bookmark \"nowhere\""),
+        "{}",
+        a.message
+    );
+    keys(&mut a, ":marks");
+    key(&mut a, KeyCode::Enter);
+    let Mode::Output(rows) = &a.mode else {
+        panic!("{:?}", a.mode)
+    };
+    assert_eq!(rows.len(), 1);
+    assert!(
+        rows[0].starts_with("before") && rows[0].contains(&format!("icount {}", here.icount)),
+        "{rows:?}"
+    );
+}
+
+/// UDB's `last`: back to right before the last change of the bytes, naming what changed
+/// them: the instruction (ticks++) or the event (a DMA write).
+#[test]
+fn last_goes_back_to_the_last_write_and_says_by_what() {
+    let mut a = app();
+    keys(&mut a, ":goto event 500");
+    key(&mut a, KeyCode::Enter);
+    let ticks = a.symbols().address_of("ticks").unwrap();
+    let value = a.timeline.read_u64(ticks).unwrap();
+    let from = a.timeline.icount();
+    keys(&mut a, ":last ticks");
+    key(&mut a, KeyCode::Enter);
+    assert!(
+        a.message.starts_with(&format!(
+            "last: ticks (8 bytes): {} -> {value}, next: by sched_timer_tick+",
+            value - 1
+        )),
+        "{}",
+        a.message
+    );
+    assert!(a.timeline.icount() < from);
+    assert_eq!(a.timeline.read_u64(ticks), Some(value - 1));
+    // The next instruction writes it; nothing changes it from there to where we were.
+    keys(&mut a, "i");
+    assert_eq!(a.timeline.read_u64(ticks), Some(value));
+    // Written by a device: named as its event.
+    keys(&mut a, ":last dir_count 4");
+    key(&mut a, KeyCode::Enter);
+    assert!(
+        a.message
+            .starts_with("last: dir_count (4 bytes): 0 -> 0x01000000, next: by event #")
+            && a.message.ends_with(" dma_write"),
+        "{}",
+        a.message
+    );
+}

@@ -132,6 +132,8 @@ pub struct Timeline {
     budget: u64,
     breakpoints: BTreeSet<u64>,
     watchpoints: BTreeSet<Watchpoint>,
+    /// Named positions (rr's checkpoints, UDB's bookmarks).
+    bookmarks: std::collections::BTreeMap<String, Position>,
     /// The guest's symbols: set, or read from the recording when first asked for.
     symbols: OnceCell<Symbols>,
     /// What the debugger knows of the guest's kernel, found when first asked for.
@@ -161,6 +163,7 @@ impl Timeline {
             budget,
             breakpoints: BTreeSet::new(),
             watchpoints: BTreeSet::new(),
+            bookmarks: std::collections::BTreeMap::new(),
             symbols: OnceCell::new(),
             kernel: OnceCell::new(),
             learn_tried: std::cell::Cell::new(None),
@@ -457,6 +460,35 @@ impl Timeline {
             Some(k) => self.goto_icount(k),
             None => Moved::Start,
         }
+    }
+
+    /// Names the current position `name` (replacing a bookmark of that name); returns
+    /// the position.
+    pub fn set_bookmark(&mut self, name: &str) -> Position {
+        let p = self.position();
+        self.bookmarks.insert(name.to_string(), p);
+        p
+    }
+
+    /// The bookmarks, by name.
+    pub fn bookmarks(&self) -> &std::collections::BTreeMap<String, Position> {
+        &self.bookmarks
+    }
+
+    pub fn delete_bookmark(&mut self, name: &str) -> bool {
+        self.bookmarks.remove(name).is_some()
+    }
+
+    /// Goes to the bookmark `name` (None where there is none): its icount, then on to
+    /// the events it had applied there (as the UI follows a gdb position).
+    pub fn goto_bookmark(&mut self, name: &str) -> Option<Moved> {
+        let p = *self.bookmarks.get(name)?;
+        let target = p.event.map_or(0, |e| e + 1);
+        let mut moved = self.goto_icount(p.icount);
+        if self.now.events_consumed() < target && matches!(moved, Moved::Arrived) {
+            moved = self.goto_event(target - 1);
+        }
+        Some(moved)
     }
 
     /// Goes to icount `k` (forward or backward). A `k` past the end stops at the end and
