@@ -925,3 +925,97 @@ fn gdb_finish_from_syscall_dispatch_stops_at_its_return() {
     );
     server.assert_exits_after_detach();
 }
+
+/// User memory the recording does not have (user code wrote it, replay does not run
+/// user code) is an error to gdb, not zeros; kernel memory beside it reads.
+#[test]
+fn gdb_reads_of_unrecorded_user_memory_fail() {
+    if !gdb_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let elf = kernel_elf(dir.path());
+    let mut server = Server::start();
+    let script = format!(
+        r#"
+target remote {addr}
+break syscall_dispatch
+continue
+python
+for expr in ["*(unsigned long *)tf->rsp", "*(unsigned long *)tf->rip", "ticks"]:
+    try:
+        gdb.parse_and_eval(expr).fetch_lazy()
+        print("read:", expr)
+    except gdb.MemoryError as e:
+        print("memory error:", expr, e)
+end
+x/s tf->rsp
+detach
+"#,
+        addr = server.addr
+    );
+    let out = run_gdb(Some(&elf), &script, dir.path());
+    assert!(
+        out.contains("memory error: *(unsigned long *)tf->rsp Cannot access memory"),
+        "{out}"
+    );
+    assert!(
+        out.contains("memory error: *(unsigned long *)tf->rip Cannot access memory"),
+        "{out}"
+    );
+    assert!(out.contains("read: ticks"), "{out}");
+    assert!(out.contains("<error: Cannot access memory"), "{out}");
+    server.assert_exits_after_detach();
+}
+
+/// Bookmarks through gdb: `monitor bookmark NAME` names the position, `monitor goto
+/// NAME` comes back to it (gdb's registers with it), `monitor bookmarks` lists them.
+#[test]
+fn gdb_monitor_bookmark_round_trip() {
+    if !gdb_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start();
+    let commands = server
+        .commands
+        .clone()
+        .expect("the server announces its gdb command file");
+    let script = dir.path().join("script.gdb");
+    std::fs::write(
+        &script,
+        r#"
+monitor goto-icount 317139
+monitor bookmark here
+printf "pc=%lx\n", $pc
+monitor goto 900
+printf "pc=%lx\n", $pc
+monitor goto here
+printf "pc=%lx\n", $pc
+monitor bookmarks
+monitor goto nowhere
+detach
+"#,
+    )
+    .unwrap();
+    let out = Command::new("gdb")
+        .args(["-batch", "-nx", "-ex", "set confirm off"])
+        .arg("-x")
+        .arg(&commands)
+        .arg("-x")
+        .arg(&script)
+        .output()
+        .expect("gdb runs");
+    let out =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let pcs = tagged(&out, "pc");
+    let whens = whens(&out);
+    assert_eq!(pcs.len(), 3, "{out}");
+    assert_ne!(pcs[0], pcs[1], "{out}");
+    assert_eq!(pcs[0], pcs[2], "back at the bookmark: {out}");
+    assert!(out.contains("bookmark here: icount 317139"), "{out}");
+    assert_eq!(whens.last().map(|w| w.1), Some(317139), "{out}");
+    assert!(out.contains("here: event "), "{out}");
+    assert!(out.contains("no bookmark \"nowhere\""), "{out}");
+    server.assert_exits_after_detach();
+}

@@ -392,3 +392,73 @@ fn export_key_serves_gdb_and_the_ui_follows_its_moves() {
     let screen = t.wait_for("icount 5003  ");
     assert!(screen.contains("gdb moved to icount 5003"), "{screen}");
 }
+
+/// A kernel developer's questions in a real terminal: a variable by name (`:x ticks`,
+/// `w ticks`), a watchpoint stop with the old and new value and the writer, the
+/// disassembly naming the variable, `last`, and a bookmark round trip.
+#[test]
+fn variables_watch_values_last_and_bookmarks() {
+    let Some(t) = open_fixture("vars", 200) else {
+        return;
+    };
+    t.wait_for("press ? for help");
+    t.send(&["g"]);
+    t.type_text("300");
+    t.send(&["Enter"]);
+    t.wait_for_status("goto event 300");
+
+    // A bookmark here.
+    t.send(&[":"]);
+    t.type_text("mark start300");
+    t.send(&["Enter"]);
+    let marked = t.wait_for_status("bookmark start300: icount ");
+    let icount = marked
+        .split("bookmark start300: icount ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the bookmark's icount")
+        .to_string();
+
+    // :x ticks shows its memory.
+    t.send(&[":"]);
+    t.type_text("x ticks 1");
+    t.send(&["Enter"]);
+    let s = t.wait_for("memory at 0xffffffff8012");
+    assert!(s.contains("ffffffff8012"), "{s}");
+    t.send(&["Escape"]);
+
+    // w ticks: 8 bytes; continue stops with the values and the instruction.
+    t.send(&["w"]);
+    t.type_text("ticks");
+    t.send(&["Enter"]);
+    t.wait_for_status("watchpoint 0xffffffff8012");
+    t.send(&["c"]);
+    let status = t.wait_for_status("continue: watchpoint ticks (8 bytes): ");
+    assert!(
+        status.contains(" -> ") && status.contains("by sched_timer_tick+"),
+        "{status}"
+    );
+    let s = t.screen();
+    assert!(s.contains("<ticks>"), "the disassembly names ticks:\n{s}");
+
+    // last: back to right before the write, naming it.
+    t.send(&[":"]);
+    t.type_text("unwatch ticks");
+    t.send(&["Enter"]);
+    t.wait_for_status("watchpoint 0xffffffff8012");
+    t.send(&[":"]);
+    t.type_text("last ticks");
+    t.send(&["Enter"]);
+    let status = t.wait_for_status("last: ticks (8 bytes): ");
+    assert!(status.contains("next: by sched_timer_tick+"), "{status}");
+
+    // Back to the bookmark.
+    t.send(&["'"]);
+    t.wait_for("goto bookmark: ");
+    t.type_text("start300");
+    t.send(&["Enter"]);
+    let status = t.wait_for_status("goto start300");
+    assert!(status.contains(&format!("icount {icount} ")), "{status}");
+    t.send(&["q"]);
+    t.wait_exit("q did not quit");
+}

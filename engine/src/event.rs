@@ -195,15 +195,54 @@ impl Event {
 }
 
 /// The event's details, as the UI's events pane and a divergence report show them (its
-/// kind is [`Event::kind`]).
+/// kind is [`Event::kind`]); system calls by number ([`Event::text`] names them).
 impl std::fmt::Display for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.write_text(f, &|_| None)
+    }
+}
+
+impl Event {
+    /// The event's details, as `Display` gives them, with system calls named by
+    /// `syscall_name` where it knows the number (`syscall 3 (getpid) from user rip ...`).
+    pub fn text(&self, syscall_name: &dyn Fn(u64) -> Option<&'static str>) -> String {
+        struct Text<'a>(&'a Event, &'a dyn Fn(u64) -> Option<&'static str>);
+        impl std::fmt::Display for Text<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.write_text(f, self.1)
+            }
+        }
+        Text(self, syscall_name).to_string()
+    }
+
+    fn write_text(
+        &self,
+        f: &mut std::fmt::Formatter<'_>,
+        syscall_name: &dyn Fn(u64) -> Option<&'static str>,
+    ) -> std::fmt::Result {
         match self {
             Event::UserEntry(u) => {
-                match u.kind {
-                    EntryKind::Syscall => {
-                        write!(f, "syscall nr {}", u.regs.gpr[crate::state::gpr::RAX])?
+                let syscall = |f: &mut std::fmt::Formatter<'_>| {
+                    let nr = u.regs.gpr[crate::state::gpr::RAX];
+                    write!(f, "syscall {nr}")?;
+                    match syscall_name(nr) {
+                        Some(name) => write!(f, " ({name})"),
+                        None => Ok(()),
                     }
+                };
+                if u.is_syscall_fault() {
+                    // `syscall` loaded RIP from LSTAR, whose fetch faulted: the user's
+                    // return address is in RCX.
+                    syscall(f)?;
+                    return write!(
+                        f,
+                        " from user rip {:#x} (as #PF at {:#x})",
+                        u.regs.gpr[crate::state::gpr::RCX],
+                        u.regs.rip
+                    );
+                }
+                match u.kind {
+                    EntryKind::Syscall => syscall(f)?,
                     EntryKind::Interrupt { vector } => write!(f, "vector {vector:#x}")?,
                     EntryKind::Exception {
                         vector,
@@ -216,9 +255,6 @@ impl std::fmt::Display for Event {
                         }
                         if vector == 14 {
                             write!(f, " cr2 {cr2:#x}")?;
-                        }
-                        if u.is_syscall_fault() {
-                            write!(f, " (syscall)")?;
                         }
                     }
                 }

@@ -20,6 +20,7 @@
 pub mod arch;
 pub mod cpu;
 pub mod event;
+pub mod guest_kernel;
 pub mod icount;
 pub mod machine;
 pub mod memory;

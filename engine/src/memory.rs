@@ -555,6 +555,25 @@ impl GuestMemory {
         )
     }
 
+    /// Whether the page at `gpa` holds what the recording or replay stored there: a
+    /// snapshot page that is not all zero, or a page written since. False for RAM never
+    /// stored (it reads as zero) and for what is not RAM.
+    pub fn is_stored(&self, gpa: u64) -> bool {
+        let pn = gpa >> PAGE_SHIFT;
+        if let Some(e) = self.cache.get(cache_index(pn))
+            && e.tag == pn
+        {
+            return !matches!(e.page, Buf::Zero);
+        }
+        let Some((r, i)) = self.locate(gpa) else {
+            return false;
+        };
+        matches!(
+            self.regions[r].leaf(i).map(|l| &l.slots[slot_index(i)]),
+            Some(Slot::Page(_) | Slot::Lazy(_))
+        )
+    }
+
     /// Reads `buf.len()` bytes at `gpa`. All of it must be RAM.
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         let mut done = 0usize;

@@ -8,7 +8,10 @@ const HELP: &str = "\
 krr-tui monitor commands:
   when               the current event number, icount and rip
   goto EVENT         go to the position right after EVENT was applied
+  goto NAME          go to the bookmark NAME
   goto-icount K      go to icount K
+  bookmark NAME      name the current position (the UI's :mark)
+  bookmarks          the bookmarks
   events [N]         the N events (default 5) before and after the current position
   help               this text
 After `goto` or `goto-icount`, gdb shows the registers it read before the move until
@@ -31,8 +34,36 @@ pub fn run(t: &mut ReplayTarget, line: &str) -> String {
                 let moved = t.tl.goto_event(n);
                 moved_text(t, moved)
             }
-            None => format!("not an event number: {n}"),
+            None => {
+                let Some(moved) = t.tl.goto_bookmark(n) else {
+                    return format!("no bookmark {n:?} (nor an event number)");
+                };
+                moved_text(t, moved)
+            }
         },
+        ("bookmark", Some(name)) => {
+            if parse_number(name).is_some() {
+                return format!("{name:?} cannot name a bookmark: goto takes it as an event");
+            }
+            let p = t.tl.set_bookmark(name);
+            format!("bookmark {name}: icount {}", p.icount)
+        }
+        ("bookmarks", _) => {
+            let marks = t.tl.bookmarks();
+            if marks.is_empty() {
+                return "no bookmarks".into();
+            }
+            marks
+                .iter()
+                .map(|(name, p)| {
+                    let ev = p.event.map_or("-".to_string(), |n| n.to_string());
+                    format!(
+                        "{name}: event {ev}, icount {}, rip {:#x}\n",
+                        p.icount, p.rip
+                    )
+                })
+                .collect()
+        }
         ("goto-icount", Some(k)) => match parse_number(k) {
             Some(k) => {
                 let moved = t.tl.goto_icount(k);
@@ -120,8 +151,9 @@ fn events(t: &ReplayTarget, n: u64) -> String {
             String::new()
         };
         out.push_str(&format!(
-            "  #{i:<8} icount {at:<12} {}{bound}\n",
-            e.kind().name()
+            "  #{i:<8} icount {at:<12} {:<16} {}{bound}\n",
+            e.kind().name(),
+            t.tl.event_text(e)
         ));
     }
     if next >= to {

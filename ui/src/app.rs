@@ -4,7 +4,7 @@ use crate::keymap::{Action, Keymap};
 use krr_engine::replay::{End, Replay, format_instruction};
 use krr_engine::state::{CpuState, gpr};
 use krr_engine::symbols::Symbols;
-use krr_engine::timeline::{LineStep, MAX_WATCH_LEN, Moved, Timeline};
+use krr_engine::timeline::{LineStep, MAX_WATCH_LEN, Moved, Timeline, WatchWrite, Writer};
 use ratatui::crossterm::event::{KeyCode, KeyEvent};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -78,6 +78,7 @@ pub enum PromptKind {
     Command,
     Goto,
     Watch,
+    Bookmark,
 }
 
 impl PromptKind {
@@ -86,6 +87,7 @@ impl PromptKind {
             PromptKind::Command => ":",
             PromptKind::Goto => "goto (event N | icount K): ",
             PromptKind::Watch => "watch (ADDR [LEN]): ",
+            PromptKind::Bookmark => "goto bookmark: ",
         }
     }
 }
@@ -238,14 +240,20 @@ impl App {
         100.0 * self.timeline.position().on_event_axis() as f64 / self.total_position() as f64
     }
 
-    /// `#event  icount  pct  function` for the status bar.
+    /// `#event  icount  pct  function  pid N name` for the status bar.
     pub fn position(&self) -> String {
         let p = self.timeline.position();
         let ev = p.event.map_or("#-".to_string(), |n| format!("#{n}"));
         // Without a counter the events are placed by exit ordinal: show it too.
         let exit = p.exit.map(|e| format!(" (exit {e})")).unwrap_or_default();
+        // The guest's current process, where its kernel is known.
+        let process = self
+            .timeline
+            .current_process()
+            .map(|p| format!("  pid {} {}", p.pid, p.name))
+            .unwrap_or_default();
         format!(
-            "{ev}  icount {}{exit}  {:.1}%  {}",
+            "{ev}  icount {}{exit}  {:.1}%  {}{process}",
             p.icount,
             self.percent(),
             self.symbols().describe(p.rip)
@@ -301,6 +309,7 @@ impl App {
                         PromptKind::Command => self.command(&line, ctl),
                         PromptKind::Goto => self.command(&format!("goto {line}"), ctl),
                         PromptKind::Watch => self.command(&format!("watch {line}"), ctl),
+                        PromptKind::Bookmark => self.command(&format!("goto {line}"), ctl),
                     }
                 }
                 KeyCode::Backspace if input.pop().is_none() => self.mode = Mode::Normal,
@@ -349,6 +358,7 @@ impl App {
             ),
             Action::Goto => self.prompt(PromptKind::Goto),
             Action::Watch => self.prompt(PromptKind::Watch),
+            Action::GotoBookmark => self.prompt(PromptKind::Bookmark),
             Action::Command => self.prompt(PromptKind::Command),
             Action::Breakpoint => {
                 let at = self.cursor.unwrap_or(self.rip());
@@ -459,16 +469,14 @@ impl App {
             }
             Moved::Arrived => what.to_string(),
             Moved::Breakpoint(a) => format!("{what}: breakpoint at {}", self.symbols().describe(a)),
-            Moved::Watchpoint(w) => format!(
-                "{what}: watchpoint {:#x} ({} bytes) {}",
-                w.addr,
-                w.len,
-                if what.starts_with("reverse") {
-                    "is written by the next instruction"
-                } else {
-                    "was written"
-                }
-            ),
+            Moved::Watchpoint(w) => {
+                let forward = !what.starts_with("reverse");
+                let write = self.timeline.watch_write(w, forward);
+                format!(
+                    "{what}: watchpoint {}",
+                    self.write_text(&write, if forward { "" } else { "next: " })
+                )
+            }
             Moved::Start => format!("{what}: at the start of the recording"),
             Moved::End(End::PowerOff) => {
                 format!("{what}: at the end of the recording (guest powered off)")
@@ -480,6 +488,39 @@ impl App {
                 d.event, d.icount, d.expected, d.actual
             ),
         };
+    }
+
+    /// `ticks (8 bytes): 41 -> 42 by sched_timer_tick+0x19` (`prefix` before `by`), or
+    /// `... by event #12 dma_write`.
+    fn write_text(&self, write: &WatchWrite, prefix: &str) -> String {
+        let w = write.watch;
+        let name = self
+            .symbols()
+            .describe_symbol(w.addr)
+            .unwrap_or_else(|| format!("{:#x}", w.addr));
+        let value = |b: &Option<Vec<u8>>| match b {
+            None => "(unmapped)".to_string(),
+            Some(bytes) => match WatchWrite::value(bytes) {
+                Some(v) if v < 0x10000 => v.to_string(),
+                Some(v) => format!("{v:#0width$x}", width = 2 + 2 * bytes.len()),
+                None => {
+                    let hex: Vec<String> =
+                        bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+                    let more = if bytes.len() > 8 { " …" } else { "" };
+                    format!("{}{more}", hex.join(" "))
+                }
+            },
+        };
+        let by = match &write.by {
+            Writer::Instruction { rip, .. } => self.symbols().describe(*rip),
+            Writer::Event { n, kind } => format!("event #{n} {}", kind.name()),
+        };
+        format!(
+            "{name} ({} bytes): {} -> {}, {prefix}by {by}",
+            w.len,
+            value(&write.old),
+            value(&write.new)
+        )
     }
 
     /// Source-line moves: `step` (into calls) and `next` (over calls), forward or back,
@@ -545,6 +586,12 @@ impl App {
             "unwatch" => self.cmd_unwatch(args),
             "g" | "goto" => self.cmd_goto(args, ctl),
             "x" => self.cmd_x(args),
+            "mark" => self.cmd_mark(args),
+            "marks" => {
+                self.mode = Mode::Output(self.bookmark_lines());
+                Ok(())
+            }
+            "last" => self.cmd_last(args, ctl),
             "info" | "i" => self.cmd_info(args),
             other => Err(format!("unknown command {other:?} (? lists the commands)")),
         };
@@ -554,17 +601,55 @@ impl App {
     }
 
     fn cmd_break(&mut self, args: &[&str]) -> Result<(), String> {
-        let at = match args.first() {
-            Some(a) => {
-                let at = self.parse_address(a)?;
-                self.check_code_address(a, at)?;
-                at
-            }
-            None => self.cursor.unwrap_or(self.rip()),
+        let Some(spec) = args.first() else {
+            let at = self.cursor.unwrap_or(self.rip());
+            self.timeline.add_breakpoint(at);
+            self.message = format!("breakpoint at {}", self.symbols().describe(at));
+            return Ok(());
         };
-        self.timeline.add_breakpoint(at);
-        self.message = format!("breakpoint at {}", self.symbols().describe(at));
+        let (what, at) = self.breakpoint_locations(spec)?;
+        for &a in &at {
+            self.timeline.add_breakpoint(a);
+        }
+        self.message = format!("breakpoint at {what}{}", self.locations_text(&what, &at));
         Ok(())
+    }
+
+    /// ` (disk_read+0x10)` (nothing where that is `what`), or ` (2 locations: a, b)`.
+    fn locations_text(&self, what: &str, at: &[u64]) -> String {
+        let names: Vec<String> = at.iter().map(|&a| self.symbols().describe(a)).collect();
+        match names.as_slice() {
+            [one] if one == what => String::new(),
+            [one] => format!(" ({one})"),
+            _ => format!(" ({} locations: {})", at.len(), names.join(", ")),
+        }
+    }
+
+    /// The addresses a breakpoint specification names, as gdb places them, and how to
+    /// name them: `FILE:LINE` (the line's first address in each function or inlined
+    /// call it has code in; the next line with code where it has none), a function
+    /// (its symbol and every inlined call of it), or an address.
+    fn breakpoint_locations(&self, spec: &str) -> Result<(String, Vec<u64>), String> {
+        if let Some((file, line)) = spec.rsplit_once(':')
+            && let Ok(line) = line.parse::<u32>()
+        {
+            if !self.symbols().has_lines() {
+                return Err(format!("no breakpoint at {spec}: no line information"));
+            }
+            return match self.symbols().line_addresses(file, line) {
+                Some((l, at)) if !at.is_empty() => Ok((format!("{file}:{l}"), at)),
+                _ => Err(format!("no line {line} in a file {file:?} with code")),
+            };
+        }
+        if register_index(spec).is_none() && parse_number(spec).is_none() && !spec.contains('+') {
+            let at = self.symbols().function_addresses(spec);
+            if !at.is_empty() {
+                return Ok((spec.to_string(), at));
+            }
+        }
+        let at = self.parse_address(spec)?;
+        self.check_code_address(spec, at)?;
+        Ok((self.symbols().describe(at), vec![at]))
     }
 
     fn cmd_delete(&mut self, args: &[&str]) -> Result<(), String> {
@@ -576,12 +661,19 @@ impl App {
                 }
                 self.message = format!("{} breakpoints deleted", all.len());
             }
-            Some(a) => {
-                let at = self.parse_address(a)?;
-                if !self.timeline.remove_breakpoint(at) {
-                    return Err(format!("no breakpoint at {}", self.symbols().describe(at)));
+            Some(spec) => {
+                let at = match self.breakpoint_locations(spec) {
+                    Ok((_, at)) => at,
+                    Err(_) => vec![self.parse_address(spec)?],
+                };
+                let removed = at
+                    .iter()
+                    .filter(|&&a| self.timeline.remove_breakpoint(a))
+                    .count();
+                if removed == 0 {
+                    return Err(format!("no breakpoint at {spec}"));
                 }
-                self.message = format!("breakpoint at {} deleted", self.symbols().describe(at));
+                self.message = format!("breakpoint at {spec} deleted");
             }
         }
         Ok(())
@@ -589,9 +681,13 @@ impl App {
 
     fn cmd_watch(&mut self, args: &[&str]) -> Result<(), String> {
         let addr = self.parse_address(args.first().ok_or("watch ADDR [LEN]")?)?;
+        // Without a length, a variable's own size (its symbol's), else 8 bytes.
         let len = match args.get(1) {
             Some(l) => parse_number(l).ok_or_else(|| format!("{l:?} is not a length"))?,
-            None => 8,
+            None => args
+                .first()
+                .and_then(|name| self.symbols().data_symbol(name))
+                .map_or(8, |d| d.size.clamp(1, MAX_WATCH_LEN)),
         };
         if !(1..=MAX_WATCH_LEN).contains(&len) {
             return Err(format!(
@@ -622,8 +718,101 @@ impl App {
         Ok(())
     }
 
+    fn cmd_mark(&mut self, args: &[&str]) -> Result<(), String> {
+        let [name] = args else {
+            return Err("mark NAME".into());
+        };
+        if parse_number(name).is_some() || matches!(*name, "event" | "e" | "icount" | "i") {
+            return Err(format!(
+                "{name:?} cannot name a bookmark (goto takes it otherwise)"
+            ));
+        }
+        let p = self.timeline.set_bookmark(name);
+        self.message = format!("bookmark {name}: icount {}", p.icount);
+        Ok(())
+    }
+
+    /// `NAME  #event  icount  function` for each bookmark.
+    pub fn bookmark_lines(&self) -> Vec<String> {
+        let v: Vec<String> = self
+            .timeline
+            .bookmarks()
+            .iter()
+            .map(|(name, p)| {
+                let ev = p.event.map_or("#-".to_string(), |n| format!("#{n}"));
+                format!(
+                    "{name:<16} {ev:<8} icount {:<12} {}",
+                    p.icount,
+                    self.symbols().describe(p.rip)
+                )
+            })
+            .collect();
+        if v.is_empty() {
+            vec!["no bookmarks (:mark NAME sets one)".into()]
+        } else {
+            v
+        }
+    }
+
+    /// UDB's `last`: back to where the bytes last changed, and by what.
+    fn cmd_last(&mut self, args: &[&str], ctl: &mut MoveCtl<'_>) -> Result<(), String> {
+        let target = args.first().ok_or("last ADDR [LEN]")?;
+        let addr = self.parse_address(target)?;
+        let len = match args.get(1) {
+            Some(l) => parse_number(l).ok_or_else(|| format!("{l:?} is not a length"))?,
+            None => self
+                .symbols()
+                .data_symbol(target)
+                .map_or(8, |d| d.size.clamp(1, MAX_WATCH_LEN)),
+        };
+        if !(1..=MAX_WATCH_LEN).contains(&len) {
+            return Err(format!(
+                "cannot look for {len} bytes: from 1 to {MAX_WATCH_LEN} at a time"
+            ));
+        }
+        let mut probe = vec![0u8; len as usize];
+        if self.timeline.read_available(addr, &mut probe) < probe.len() {
+            return Err(format!(
+                "cannot look for {addr:#x} ({len} bytes): not mapped or not recorded here"
+            ));
+        }
+        self.prev_regs = self.regs().clone();
+        let (moved, write) = self
+            .timeline
+            .last_write(addr, len, ctl.cancel, ctl.progress);
+        match write {
+            Some(w) => {
+                self.cursor = None;
+                self.event_scroll = 0;
+                self.message = format!("last: {}", self.write_text(&w, "next: "));
+            }
+            None => {
+                self.after_move("last", moved);
+                if self.timeline.icount() == 0 {
+                    self.message =
+                        format!("last: {target} did not change since the start of the recording");
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn cmd_goto(&mut self, args: &[&str], ctl: &mut MoveCtl<'_>) -> Result<(), String> {
-        let usage = "goto event N | goto icount K";
+        let usage = "goto event N | goto icount K | goto BOOKMARK";
+        if let [name] = args
+            && parse_number(name).is_none()
+        {
+            let name = name.to_string();
+            if !self.timeline.bookmarks().contains_key(&name) {
+                return Err(format!("no bookmark {name:?} ({usage})"));
+            }
+            self.moved(
+                &format!("goto {name}"),
+                |t, _| t.goto_bookmark(&name).unwrap_or(Moved::Arrived),
+                ctl,
+            );
+            return Ok(());
+        }
         let (what, value) = match args {
             [n] => ("event", *n),
             ["event" | "e", n] => ("event", *n),
@@ -726,6 +915,14 @@ impl App {
     /// symbols and not mapped at this position (code loaded later, such as a module's,
     /// is accepted by its symbol).
     fn check_code_address(&self, text: &str, at: u64) -> Result<(), String> {
+        let name = text.split_once('+').map_or(text, |(n, _)| n);
+        if self.symbols().data_symbol(name).is_some()
+            && self.symbols().functions().iter().all(|f| f.name != name)
+        {
+            return Err(format!(
+                "no breakpoint at {text}: {name} is a variable (w {name} watches it)"
+            ));
+        }
         if let Some((name, _)) = text.split_once('+')
             && register_index(name).is_none()
             && let Some(f) = self.symbols().functions().iter().find(|f| f.name == name)
@@ -817,11 +1014,8 @@ impl App {
         let mut all = Vec::new();
         for ins in self.timeline.instructions(start, len) {
             let mut text = format_instruction(&ins);
-            let target = ins.near_branch_target();
-            if target != 0
-                && let Some(l) = symbols.lookup(target)
-            {
-                text.push_str(&format!("  <{l}>"));
+            if let Some(name) = operand_address(&ins).and_then(|a| symbols.describe_symbol(a)) {
+                text.push_str(&format!("  <{name}>"));
             }
             let label = symbols
                 .lookup(ins.ip())
@@ -977,6 +1171,21 @@ impl App {
     pub fn backtrace(&self, max: usize) -> (Vec<u64>, &'static str) {
         self.timeline.backtrace(max)
     }
+}
+
+/// The address an instruction names outright: its branch target, or the address of a
+/// memory operand without base or index registers (absolute or RIP-relative).
+fn operand_address(ins: &iced_x86::Instruction) -> Option<u64> {
+    use iced_x86::{OpKind, Register};
+    let target = ins.near_branch_target();
+    if target != 0 {
+        return Some(target);
+    }
+    let memory = (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory);
+    (memory
+        && matches!(ins.memory_base(), Register::None | Register::RIP)
+        && ins.memory_index() == Register::None)
+        .then(|| ins.memory_displacement64())
 }
 
 fn parse_number(s: &str) -> Option<u64> {

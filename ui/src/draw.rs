@@ -421,7 +421,11 @@ fn event_lines(app: &App, w: usize, h: usize) -> Vec<Line<'static>> {
         };
         let (at, bound) = app.event_position_text(n as u64);
         let bound = bound.map(|b| format!(" (bound {b})")).unwrap_or_default();
-        let s = format!("{mark}#{n:<7} {:<16} {at:>12}{bound}  {e}", e.kind().name());
+        let s = format!(
+            "{mark}#{n:<7} {:<16} {at:>12}{bound}  {}",
+            e.kind().name(),
+            app.timeline.event_text(e)
+        );
         let selected = app.event_scroll != 0 && app.selected_event() == Some(n as u64);
         out.push(if selected {
             Line::styled(s, Style::default().add_modifier(Modifier::REVERSED))
@@ -546,9 +550,11 @@ pub fn help_lines(app: &App) -> Vec<String> {
     v.push(String::new());
     v.extend(
         [
-            ":break ADDR|SYMBOL[+OFF]   :delete [ADDR]",
+            ":break ADDR|SYMBOL[+OFF]|FILE:LINE|FUNCTION",
+            ":delete [the same]",
             ":watch ADDR [LEN]   :unwatch ADDR",
-            ":goto event N | icount K   :x ADDR|$REG [ROWS]",
+            ":goto event N | icount K | NAME   :x ADDR|$REG [ROWS]",
+            ":mark NAME   :marks   :last ADDR [LEN]",
             ":info breakpoints|checkpoints|registers",
             ":stepi :next :continue :finish and their reverse-*",
             "keys file: $KRR_TUI_KEYS or ~/.config/krr-tui/keys.toml",

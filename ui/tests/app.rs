@@ -383,3 +383,288 @@ fn step_at_an_inlined_calls_entry_enters_it_without_moving() {
     keys(&mut a, "s");
     assert_eq!(a.timeline.icount(), 153657);
 }
+
+/// Variables by name: `:x ticks` shows its memory, `w ticks` watches its 8 bytes (the
+/// symbol's size), `sym+off` works for both, a breakpoint on a variable is refused, and
+/// the disassembly names the variable an instruction reads.
+#[test]
+fn data_symbols_in_x_watch_break_and_the_disassembly() {
+    let mut a = app();
+    let ticks = a.symbols().address_of("ticks").expect("ticks");
+    assert_eq!(a.symbols().data_symbol("ticks").map(|d| d.size), Some(8));
+    keys(&mut a, ":goto event 300");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, ":x ticks");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.message, format!("memory at {ticks:#x}"));
+    key(&mut a, KeyCode::Esc);
+    keys(&mut a, ":x ticks+0x8");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.message, format!("memory at {:#x}", ticks + 8));
+    key(&mut a, KeyCode::Esc);
+    keys(&mut a, ":break ticks");
+    key(&mut a, KeyCode::Enter);
+    assert!(a.message.contains("ticks is a variable"), "{}", a.message);
+    assert!(a.timeline.breakpoints().is_empty());
+    keys(&mut a, "wticks");
+    key(&mut a, KeyCode::Enter);
+    let w: Vec<_> = a.timeline.watchpoints().iter().copied().collect();
+    assert_eq!(
+        (w.len(), w[0].addr, w[0].len),
+        (1, ticks, 8),
+        "{}",
+        a.message
+    );
+    keys(&mut a, "c");
+    assert!(a.message.contains("watchpoint"), "{}", a.message);
+    // The write that stopped it was to ticks (in the timer's handler).
+    let at = a.symbols().describe(a.rip());
+    assert!(at.starts_with("sched_timer_tick+"), "{at}");
+    // The instructions around here read or write ticks by its address.
+    let rows = a.disassembly(40);
+    assert!(
+        rows.iter().any(|l| l.text.ends_with("<ticks>")),
+        "{:#?}",
+        rows.iter().map(|l| &l.text).collect::<Vec<_>>()
+    );
+}
+
+/// A watchpoint stop gives the old and new value in the watch's width and what wrote
+/// it: forward and backward the instruction (`ticks++`), and a device's DMA write as
+/// the event that replay applied, not the `out` that started it.
+#[test]
+fn watchpoint_stops_say_old_and_new_value_and_name_a_dma_write_as_its_event() {
+    let mut a = app();
+    keys(&mut a, ":goto event 300");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, "wticks");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, "c");
+    let ticks = a.symbols().address_of("ticks").unwrap();
+    let now = a.timeline.read_u64(ticks).unwrap();
+    let by = a.symbols().describe(a.timeline.replay().regs().rip);
+    assert!(
+        a.message.starts_with(&format!(
+            "continue: watchpoint ticks (8 bytes): {} -> {now}, by sched_timer_tick+",
+            now - 1
+        )),
+        "{} (rip {by})",
+        a.message
+    );
+    // Backward: stopped before the write, which the message names.
+    keys(&mut a, "iC");
+    assert!(
+        a.message.starts_with(&format!(
+            "reverse-continue: watchpoint ticks (8 bytes): {} -> {now}, next: by sched_timer_tick+",
+            now - 1
+        )),
+        "{}",
+        a.message
+    );
+    keys(&mut a, ":unwatch ticks");
+    key(&mut a, KeyCode::Enter);
+
+    // fw_cfg's file directory count is written by the device's DMA.
+    let mut a = app();
+    keys(&mut a, ":break disk_init");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, "c");
+    assert!(
+        a.message.contains("breakpoint at disk_init"),
+        "{}",
+        a.message
+    );
+    keys(&mut a, ":delete");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, "wdir_count");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, "c");
+    // The event named is a DMA write replay applied in the step that stopped.
+    let n: u64 = a
+        .message
+        .rsplit_once(", by event #")
+        .and_then(|(_, rest)| rest.strip_suffix(" dma_write"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", a.message));
+    assert_eq!(
+        a.replay().events()[n as usize].kind(),
+        krr_engine::event::EventKind::DmaWrite
+    );
+    assert!(a.replay().events_consumed() > n);
+    assert!(
+        a.message
+            .starts_with("continue: watchpoint dir_count (4 bytes): 0 -> 0x01000000"),
+        "{}",
+        a.message
+    );
+}
+
+/// A system call that arrived as a page fault at the kernel entry reads as the system
+/// call it is: its number (RAX) and name from the demo kernel's table, and the user RIP
+/// it returns to (RCX), not the kernel entry; the status bar names the current process.
+#[test]
+fn syscall_events_show_number_name_and_user_rip_and_the_status_bar_the_process() {
+    use krr_engine::event::{Event, EventKind};
+    let mut a = app();
+    let events = a.replay().events().to_vec();
+    let mut checked = 0;
+    for (n, e) in events.iter().enumerate() {
+        let Event::UserEntry(u) = e else { continue };
+        if e.kind() != EventKind::Syscall || !u.is_syscall_fault() {
+            continue;
+        }
+        let (nr, rcx) = (u.regs.gpr[0], u.regs.gpr[1]);
+        let name = krr_engine::guest_kernel::DEMO_SYSCALLS[nr as usize];
+        let text = a.timeline.event_text(e);
+        assert!(
+            text.starts_with(&format!(
+                "syscall {nr} ({name}) from user rip {rcx:#x} (as #PF at "
+            )),
+            "#{n}: {text}"
+        );
+        assert!(rcx < 0x8000_0000_0000, "#{n}: user rip {rcx:#x}");
+        checked += 1;
+    }
+    assert!(checked > 10, "{checked} system calls");
+    // In a system call, the process that made it.
+    keys(&mut a, ":break syscall_dispatch");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, "c");
+    let status = a.position();
+    let pid_at = status.find("  pid ").unwrap_or_else(|| panic!("{status}"));
+    let mut words = status[pid_at..].split_whitespace().skip(1);
+    let pid: u64 = words.next().unwrap().parse().unwrap();
+    let name = words.next().unwrap();
+    assert!((1..=8).contains(&pid), "{status}");
+    assert!(
+        ["primes", "disk", "clock", "pager", "crash-ud", "crash-pf"].contains(&name),
+        "{status}"
+    );
+    // At the start no process runs: none is shown.
+    keys(&mut a, ":goto icount 0");
+    key(&mut a, KeyCode::Enter);
+    assert!(!a.position().contains("pid"), "{}", a.position());
+}
+
+/// User memory, which user code wrote unrecorded, shows as `??` rather than the zeros
+/// replay would read; kernel memory next to it still shows.
+#[test]
+fn memory_that_was_not_recorded_shows_as_unavailable() {
+    use krr_engine::event::Event;
+    let mut a = app();
+    let n = 240;
+    let Event::UserEntry(u) = a.replay().events()[n].clone() else {
+        panic!("event {n} is not a user entry");
+    };
+    keys(&mut a, &format!(":goto event {n}"));
+    key(&mut a, KeyCode::Enter);
+    // The user stack: mapped (the page tables say so), but not recorded.
+    let rsp = u.regs.gpr[4] & !0xf;
+    let mut b = [0u8; 8];
+    assert_eq!(
+        a.timeline.read_memory(rsp, &mut b),
+        Err(krr_engine::timeline::ReadError::NotRecorded)
+    );
+    assert_eq!(a.replay().read_memory(rsp, &mut b), Ok(()), "mapped");
+    keys(&mut a, &format!(":x {rsp:#x} 1"));
+    key(&mut a, KeyCode::Enter);
+    let Mode::Output(rows) = &a.mode else {
+        panic!("{:?}", a.mode)
+    };
+    assert!(
+        rows[0].starts_with(&format!("{rsp:016x}  ??")),
+        "{}",
+        rows[0]
+    );
+    assert_eq!(rows[0].matches("??").count(), 16, "{}", rows[0]);
+    key(&mut a, KeyCode::Esc);
+    // The kernel's variable reads.
+    keys(&mut a, ":x ticks 1");
+    key(&mut a, KeyCode::Enter);
+    let Mode::Output(rows) = &a.mode else {
+        panic!("{:?}", a.mode)
+    };
+    assert!(!rows[0].contains("??"), "{}", rows[0]);
+}
+
+/// Bookmarks: `:mark NAME` names the position, `'NAME` and `:goto NAME` come back to
+/// it, `:marks` lists them.
+#[test]
+fn a_bookmark_round_trip() {
+    let mut a = app();
+    keys(&mut a, ":goto event 300");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, "sss");
+    let here = a.timeline.position();
+    keys(&mut a, ":mark before");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(
+        a.message,
+        format!("bookmark before: icount {}", here.icount)
+    );
+    keys(&mut a, ":goto event 900");
+    key(&mut a, KeyCode::Enter);
+    assert_ne!(a.timeline.position(), here);
+    keys(&mut a, "'before");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.timeline.position(), here, "{}", a.message);
+    keys(&mut a, ":goto icount 0");
+    key(&mut a, KeyCode::Enter);
+    keys(&mut a, ":goto before");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.timeline.position(), here, "{}", a.message);
+    keys(&mut a, ":goto nowhere");
+    key(&mut a, KeyCode::Enter);
+    assert!(
+        a.message.contains("no bookmark \"nowhere\""),
+        "{}",
+        a.message
+    );
+    keys(&mut a, ":marks");
+    key(&mut a, KeyCode::Enter);
+    let Mode::Output(rows) = &a.mode else {
+        panic!("{:?}", a.mode)
+    };
+    assert_eq!(rows.len(), 1);
+    assert!(
+        rows[0].starts_with("before") && rows[0].contains(&format!("icount {}", here.icount)),
+        "{rows:?}"
+    );
+}
+
+/// UDB's `last`: back to right before the last change of the bytes, naming what changed
+/// them: the instruction (ticks++) or the event (a DMA write).
+#[test]
+fn last_goes_back_to_the_last_write_and_says_by_what() {
+    let mut a = app();
+    keys(&mut a, ":goto event 500");
+    key(&mut a, KeyCode::Enter);
+    let ticks = a.symbols().address_of("ticks").unwrap();
+    let value = a.timeline.read_u64(ticks).unwrap();
+    let from = a.timeline.icount();
+    keys(&mut a, ":last ticks");
+    key(&mut a, KeyCode::Enter);
+    assert!(
+        a.message.starts_with(&format!(
+            "last: ticks (8 bytes): {} -> {value}, next: by sched_timer_tick+",
+            value - 1
+        )),
+        "{}",
+        a.message
+    );
+    assert!(a.timeline.icount() < from);
+    assert_eq!(a.timeline.read_u64(ticks), Some(value - 1));
+    // The next instruction writes it; nothing changes it from there to where we were.
+    keys(&mut a, "i");
+    assert_eq!(a.timeline.read_u64(ticks), Some(value));
+    // Written by a device: named as its event.
+    keys(&mut a, ":last dir_count 4");
+    key(&mut a, KeyCode::Enter);
+    assert!(
+        a.message
+            .starts_with("last: dir_count (4 bytes): 0 -> 0x01000000, next: by event #")
+            && a.message.ends_with(" dma_write"),
+        "{}",
+        a.message
+    );
+}

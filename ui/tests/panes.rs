@@ -29,7 +29,11 @@ fn positioned() -> App {
     std::fs::create_dir_all(&dir).unwrap();
     let file = a.symbols().line(a.rip()).expect("a line").file;
     let text: String = (1..=300).map(|n| format!("source line {n}\n")).collect();
-    std::fs::write(dir.join(file.file_name().unwrap()), text).unwrap();
+    // Written aside and renamed into place: tests running at once never read it half
+    // written.
+    let aside = dir.join(format!("{:?}.tmp", std::thread::current().id()));
+    std::fs::write(&aside, text).unwrap();
+    std::fs::rename(&aside, dir.join(file.file_name().unwrap())).unwrap();
     a.source_dirs = vec![dir];
     a
 }

@@ -259,6 +259,16 @@ impl Cpu {
             .map(|w| w.page_gpa | (linear & 0xfff))
     }
 
+    /// Where `linear` is mapped for user mode (U/S set at every level): the
+    /// guest-physical address, and whether user mode may write it (R/W at every level).
+    pub fn user_mapping(&self, mem: &GuestMemory, linear: u64) -> Option<(u64, bool)> {
+        if !self.paging_enabled() || !canonical(linear) {
+            return None;
+        }
+        let w = self.walk(mem, linear, Access::Read, false).ok()?;
+        (w.bits & T_U != 0).then_some((w.page_gpa | (linear & 0xfff), w.bits & T_W != 0))
+    }
+
     /// Reads guest memory through the page tables without side effects (for the UI and
     /// gdb). Fails at the first page that is not mapped or not RAM.
     pub fn read_virtual(

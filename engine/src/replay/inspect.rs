@@ -27,6 +27,23 @@ impl Replay {
         self.cpu.read_virtual(&self.mem, addr, buf)
     }
 
+    /// Whether the page at guest virtual address `addr` holds recorded contents. Replay
+    /// does not run user code, so what user code wrote is not in the recording (only
+    /// what the kernel read of it, as user-read events): a page user mode may write
+    /// is not recorded, nor is a read-only user page that neither the snapshot nor
+    /// replay ever stored ([`GuestMemory::is_stored`]: it reads as zero here, which the
+    /// guest may never have seen). Kernel pages are recorded: user code cannot write
+    /// them, and replay applies every other write.
+    ///
+    /// [`GuestMemory::is_stored`]: crate::memory::GuestMemory::is_stored
+    pub fn is_recorded(&self, addr: u64) -> bool {
+        match self.cpu.user_mapping(&self.mem, addr) {
+            Some((_, true)) => false,
+            Some((gpa, false)) => self.mem.is_stored(gpa),
+            None => true,
+        }
+    }
+
     /// Reads what is mapped of `buf.len()` bytes at a guest virtual address, page by
     /// page: the number of bytes read, up to the first page that is not mapped.
     pub fn read_available(&self, addr: u64, buf: &mut [u8]) -> usize {

@@ -32,6 +32,17 @@ pub struct Block {
     pub parent: Option<usize>,
     /// Inlined calls between this block and its function (0 for a function).
     pub depth: u32,
+    /// Scopes (functions, inlined calls, lexical blocks) around this block.
+    pub nesting: u32,
+}
+
+/// A lexical block (`{ ... }` with its own variables): only its extent, which decides
+/// whether two addresses are in one scope.
+#[derive(Debug, Clone)]
+struct LexicalBlock {
+    ranges: Vec<(u64, u64)>,
+    /// Scopes around it, counted as [`Block::nesting`].
+    nesting: u32,
 }
 
 impl Block {
@@ -75,17 +86,26 @@ pub struct Blocks {
     /// Per unit: its address ranges and whether any of its blocks is in several pieces
     /// (gdb keeps an exact address map only for such units).
     units: Vec<(Vec<(u64, u64)>, bool)>,
+    lexical: Vec<LexicalBlock>,
+}
+
+/// The innermost scope at an address: a function, an inlined call or a lexical block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Block(usize),
+    Lexical(usize),
 }
 
 impl Blocks {
     pub fn from_dwarf(dwarf: &gimli::Dwarf<Reader>) -> Result<Blocks, gimli::Error> {
         let mut blocks = Vec::new();
+        let mut lexical = Vec::new();
         let mut units = Vec::new();
         let mut headers = dwarf.units();
         while let Some(header) = headers.next()? {
             let unit = dwarf.unit(header)?;
             let first = blocks.len();
-            read_unit(dwarf, &unit, &mut blocks)?;
+            read_unit(dwarf, &unit, &mut blocks, &mut lexical)?;
             let mut ranges = Vec::new();
             let mut iter = dwarf.unit_ranges(&unit)?;
             while let Some(r) = iter.next()? {
@@ -97,7 +117,37 @@ impl Blocks {
             units.push((ranges, pieces));
         }
         let map = innermost_map(&blocks);
-        Ok(Blocks { blocks, map, units })
+        Ok(Blocks {
+            blocks,
+            map,
+            units,
+            lexical,
+        })
+    }
+
+    /// Every block, functions and inlined calls.
+    pub fn iter(&self) -> impl Iterator<Item = &Block> {
+        self.blocks.iter()
+    }
+
+    /// The innermost scope containing `pc`, lexical blocks included (gdb's
+    /// `block_for_pc`).
+    pub fn scope(&self, pc: u64) -> Option<Scope> {
+        let block = self.innermost(pc);
+        let deepest_lexical = self
+            .lexical
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.ranges.iter().any(|&(a, e)| a <= pc && pc < e))
+            .max_by_key(|(_, l)| l.nesting);
+        match (block, deepest_lexical) {
+            (Some(b), Some((i, l))) if l.nesting > self.blocks[b].nesting => {
+                Some(Scope::Lexical(i))
+            }
+            (Some(b), _) => Some(Scope::Block(b)),
+            (None, Some((i, _))) => Some(Scope::Lexical(i)),
+            (None, None) => None,
+        }
     }
 
     pub fn get(&self, i: usize) -> &Block {
@@ -208,23 +258,46 @@ fn read_unit(
     dwarf: &gimli::Dwarf<Reader>,
     unit: &gimli::Unit<Reader>,
     blocks: &mut Vec<Block>,
+    lexical: &mut Vec<LexicalBlock>,
 ) -> Result<(), gimli::Error> {
     let files = call_files(dwarf, unit);
     let mut tree = unit.entries_tree(None)?;
     let root = tree.root()?;
-    walk(dwarf, unit, &files, root, None, 0, blocks)
+    let mut out = Found { blocks, lexical };
+    walk(dwarf, unit, &files, root, None, (0, 0), &mut out)
 }
 
-/// Visits a DIE's children: functions and inlined calls become blocks; other DIEs
-/// (lexical blocks among them) are looked into.
+/// What the walk over a unit's DIEs collects.
+struct Found<'a> {
+    blocks: &'a mut Vec<Block>,
+    lexical: &'a mut Vec<LexicalBlock>,
+}
+
+fn die_ranges(
+    dwarf: &gimli::Dwarf<Reader>,
+    unit: &gimli::Unit<Reader>,
+    entry: &gimli::DebuggingInformationEntry<'_, '_, Reader>,
+) -> Result<Vec<(u64, u64)>, gimli::Error> {
+    let mut ranges = Vec::new();
+    let mut iter = dwarf.die_ranges(unit, entry)?;
+    while let Some(r) = iter.next()? {
+        if r.begin < r.end {
+            ranges.push((r.begin, r.end));
+        }
+    }
+    Ok(ranges)
+}
+
+/// Visits a DIE's children: functions and inlined calls become blocks, lexical blocks
+/// are noted; all are looked into. `(depth, nesting)` as [`Block`] counts them.
 fn walk(
     dwarf: &gimli::Dwarf<Reader>,
     unit: &gimli::Unit<Reader>,
     files: &[Option<Arc<Path>>],
     node: gimli::EntriesTreeNode<'_, '_, '_, Reader>,
     parent: Option<usize>,
-    depth: u32,
-    blocks: &mut Vec<Block>,
+    (depth, nesting): (u32, u32),
+    out: &mut Found<'_>,
 ) -> Result<(), gimli::Error> {
     let mut children = node.children();
     while let Some(child) = children.next()? {
@@ -255,29 +328,44 @@ fn walk(
         };
         let mut next_parent = parent;
         let mut next_depth = depth;
+        let mut next_nesting = nesting;
         if let Some(kind) = kind {
-            let mut ranges = Vec::new();
-            let mut iter = dwarf.die_ranges(unit, entry)?;
-            while let Some(r) = iter.next()? {
-                if r.begin < r.end {
-                    ranges.push((r.begin, r.end));
-                }
-            }
+            let ranges = die_ranges(dwarf, unit, entry)?;
             if !ranges.is_empty() {
                 let inlined = matches!(kind, BlockKind::Inlined { .. });
                 let block_depth = if inlined { depth + 1 } else { 0 };
-                blocks.push(Block {
+                let block_nesting = if inlined { nesting + 1 } else { 0 };
+                out.blocks.push(Block {
                     kind,
                     name: die_name(dwarf, unit, entry),
                     ranges,
                     parent: if inlined { parent } else { None },
                     depth: block_depth,
+                    nesting: block_nesting,
                 });
-                next_parent = Some(blocks.len() - 1);
+                next_parent = Some(out.blocks.len() - 1);
                 next_depth = block_depth;
+                next_nesting = block_nesting;
+            }
+        } else if tag == gimli::DW_TAG_lexical_block {
+            let ranges = die_ranges(dwarf, unit, entry)?;
+            if !ranges.is_empty() {
+                next_nesting = nesting + 1;
+                out.lexical.push(LexicalBlock {
+                    ranges,
+                    nesting: next_nesting,
+                });
             }
         }
-        walk(dwarf, unit, files, child, next_parent, next_depth, blocks)?;
+        walk(
+            dwarf,
+            unit,
+            files,
+            child,
+            next_parent,
+            (next_depth, next_nesting),
+            out,
+        )?;
     }
     Ok(())
 }

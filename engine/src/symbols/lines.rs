@@ -174,6 +174,38 @@ impl LineTable {
         })
     }
 
+    /// The statement addresses of `line` in the source files whose path ends with
+    /// `file` (whole path components), as gdb's linespec collects them: each file
+    /// table's statement rows of that line in address order; where no file has the line,
+    /// the nearest line after it that one has. Returns that line and the addresses (in
+    /// table order), or None where no file matches or has a line at or after `line`.
+    pub fn line_statements(&self, file: &str, line: u32) -> Option<(u32, Vec<u64>)> {
+        let tables: Vec<&FileTable> = self
+            .units
+            .iter()
+            .flat_map(|u| &u.files)
+            .filter(|f| f.path.ends_with(file))
+            .collect();
+        let statements = |l: u32| -> Vec<u64> {
+            tables
+                .iter()
+                .flat_map(|t| t.rows.iter().filter(move |r| r.is_stmt && r.line == l))
+                .map(|r| r.addr)
+                .collect()
+        };
+        let exact = statements(line);
+        if !exact.is_empty() {
+            return Some((line, exact));
+        }
+        let best = tables
+            .iter()
+            .flat_map(|t| &t.rows)
+            .filter(|r| r.is_stmt && r.line > line)
+            .map(|r| r.line)
+            .min()?;
+        Some((best, statements(best)))
+    }
+
     /// The statement rows: every address where a line starts, with its line.
     pub fn statements(&self) -> Vec<(u64, Arc<Path>, u32)> {
         let mut out = Vec::new();

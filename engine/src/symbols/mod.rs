@@ -22,10 +22,12 @@ type Reader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
 
 mod blocks;
 mod lines;
+mod types;
 mod unwind;
 
-pub use blocks::{Block, BlockKind, Blocks};
+pub use blocks::{Block, BlockKind, Blocks, Scope};
 pub use lines::{LineRange, LineTable};
+pub use types::Member;
 pub use unwind::{CfaBase, Frame, FrameRule, MAX_FRAMES, SavedRbp, Unwinder};
 
 /// Errors reading a guest image.
@@ -49,6 +51,32 @@ pub struct Function {
     pub addr: u64,
     /// Size in bytes; symbols without a size extend to the next symbol.
     pub size: u64,
+}
+
+/// A data object of the guest (a variable in the ELF symbol table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataSymbol {
+    pub name: String,
+    pub addr: u64,
+    /// Size in bytes as the symbol table gives it (0 for labels such as `__bss_end`).
+    pub size: u64,
+}
+
+/// Where an address falls in a data object: the object and the offset into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocatedData<'a> {
+    pub data: &'a DataSymbol,
+    pub offset: u64,
+}
+
+impl std::fmt::Display for LocatedData<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.offset == 0 {
+            write!(f, "{}", self.data.name)
+        } else {
+            write!(f, "{}+{:#x}", self.data.name, self.offset)
+        }
+    }
 }
 
 /// Where an address falls: its function and the offset into it.
@@ -89,6 +117,8 @@ struct LoadSegment {
 pub struct Symbols {
     /// Sorted by address, sizes filled in.
     functions: Vec<Function>,
+    /// Data objects, sorted by address.
+    data: Vec<DataSymbol>,
     /// Where code runs before paging maps it at its link address.
     load_segments: Vec<LoadSegment>,
     lines: Option<addr2line::Context<Reader>>,
@@ -115,6 +145,7 @@ impl Symbols {
     pub fn empty() -> Symbols {
         Symbols {
             functions: Vec::new(),
+            data: Vec::new(),
             load_segments: Vec::new(),
             lines: None,
             line_table: std::sync::OnceLock::new(),
@@ -145,6 +176,19 @@ impl Symbols {
             .map(|s| s.address().saturating_add(s.size()))
             .max();
         finish_functions(&mut functions, text_end);
+        let mut data: Vec<DataSymbol> = file
+            .symbols()
+            .filter(|s| s.address() != 0 && is_data(&file, s))
+            .filter_map(|s| {
+                let name = s.name().ok()?;
+                (!name.is_empty()).then(|| DataSymbol {
+                    name: name.to_string(),
+                    addr: s.address(),
+                    size: s.size(),
+                })
+            })
+            .collect();
+        data.sort_by(|a, b| a.addr.cmp(&b.addr).then(b.size.cmp(&a.size)));
         let (lines, dwarf) = if file.section_by_name(".debug_line").is_some() {
             let dwarf = load_dwarf(&file)?;
             let context = addr2line::Context::from_dwarf(load_dwarf(&file)?)?;
@@ -155,6 +199,7 @@ impl Symbols {
         let unwinder = Unwinder::from_object(&file);
         Ok(Symbols {
             functions,
+            data,
             load_segments: physical_load_segments(&file),
             lines,
             line_table: std::sync::OnceLock::new(),
@@ -187,6 +232,7 @@ impl Symbols {
         finish_functions(&mut functions, None);
         Symbols {
             functions,
+            data: Vec::new(),
             load_segments: Vec::new(),
             lines: None,
             line_table: std::sync::OnceLock::new(),
@@ -273,12 +319,46 @@ impl Symbols {
         }
     }
 
-    /// The address of the symbol called `name`.
+    /// The address of the symbol called `name` (a function's, else a data object's).
     pub fn address_of(&self, name: &str) -> Option<u64> {
         self.functions
             .iter()
             .find(|f| f.name == name)
             .map(|f| f.addr)
+            .or_else(|| self.data_symbol(name).map(|d| d.addr))
+    }
+
+    /// The data object called `name`.
+    pub fn data_symbol(&self, name: &str) -> Option<&DataSymbol> {
+        self.data.iter().find(|d| d.name == name)
+    }
+
+    pub fn data_symbols(&self) -> &[DataSymbol] {
+        &self.data
+    }
+
+    /// The data object containing `addr` (a size-less label only at its own address).
+    pub fn lookup_data(&self, addr: u64) -> Option<LocatedData<'_>> {
+        let i = self.data.partition_point(|d| d.addr <= addr);
+        // The nearest few objects at or below `addr`, the last first: a sized one that
+        // covers `addr` wins over the labels just below it.
+        self.data[..i]
+            .iter()
+            .rev()
+            .take(8)
+            .find(|d| addr - d.addr < d.size.max(1))
+            .map(|d| LocatedData {
+                data: d,
+                offset: addr - d.addr,
+            })
+    }
+
+    /// `name+0x8` for an address in a function or a data object (functions first);
+    /// None where neither covers it.
+    pub fn describe_symbol(&self, addr: u64) -> Option<String> {
+        self.lookup(addr)
+            .map(|l| l.to_string())
+            .or_else(|| self.lookup_data(addr).map(|d| d.to_string()))
     }
 
     /// The source line of the instruction at `addr` (or at its virtual address, as
@@ -300,6 +380,68 @@ impl Symbols {
         table
             .find(addr)
             .or_else(|| table.find(self.linked_address(addr)?))
+    }
+
+    /// Where a breakpoint at `file:line` goes, as gdb places it: the line's statement
+    /// addresses (or the next line's with code, see [`LineTable::line_statements`]),
+    /// keeping the first of those in one scope (function, inlined call or lexical
+    /// block: a loop's condition is one location, not one per copy the compiler made). Returns the line used and
+    /// the addresses, sorted; None where no source file or line matches.
+    pub fn line_addresses(&self, file: &str, line: u32) -> Option<(u32, Vec<u64>)> {
+        let (line, candidates) = self.line_table()?.line_statements(file, line)?;
+        let blocks = self.blocks();
+        let innermost = |a: u64| blocks.and_then(|b| b.scope(a));
+        // gdb's filter: for each location in a scope, the next one in the same scope
+        // is dropped.
+        let mut keep = vec![true; candidates.len()];
+        for i in 0..candidates.len() {
+            let Some(b) = innermost(candidates[i]) else {
+                continue;
+            };
+            if let Some(j) =
+                (i + 1..candidates.len()).find(|&j| innermost(candidates[j]) == Some(b))
+            {
+                keep[j] = false;
+            }
+        }
+        let mut out: Vec<u64> = candidates
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(a, k)| k.then_some(a))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        Some((line, out))
+    }
+
+    /// Where a breakpoint on the function `name` goes: its symbol's address, and the
+    /// entry of every call of it the compiler inlined and of every part it split off
+    /// (`name.part.0`), as gdb's `break NAME`. Empty where none exists.
+    pub fn function_addresses(&self, name: &str) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .functions
+            .iter()
+            .filter(|f| f.name == name)
+            .map(|f| f.addr)
+            .collect();
+        if let Some(blocks) = self.blocks() {
+            out.extend(
+                blocks
+                    .iter()
+                    .filter(|b| b.name.as_deref() == Some(name))
+                    .map(|b| b.entry()),
+            );
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The member `member` of the structure type `structure` in the DWARF information.
+    pub fn member(&self, structure: &str, member: &str) -> Option<Member> {
+        types::member(self.dwarf.as_ref()?, structure, member)
+            .ok()
+            .flatten()
     }
 
     /// The image's functions and inlined calls from its DWARF information.
@@ -349,6 +491,25 @@ fn is_code(file: &object::File<'_>, s: &object::Symbol<'_, '_>) -> bool {
             .section_index()
             .and_then(|i| file.section_by_index(i).ok())
             .is_some_and(|sec| sec.kind() == object::SectionKind::Text),
+        _ => false,
+    }
+}
+
+/// Variables: symbols of data sections (objects, and labels there such as `__bss_end`).
+fn is_data(file: &object::File<'_>, s: &object::Symbol<'_, '_>) -> bool {
+    match s.kind() {
+        SymbolKind::Data | SymbolKind::Tls => true,
+        SymbolKind::Label | SymbolKind::Unknown => s
+            .section_index()
+            .and_then(|i| file.section_by_index(i).ok())
+            .is_some_and(|sec| {
+                matches!(
+                    sec.kind(),
+                    object::SectionKind::Data
+                        | object::SectionKind::ReadOnlyData
+                        | object::SectionKind::UninitializedData
+                )
+            }),
         _ => false,
     }
 }

@@ -26,12 +26,15 @@
 
 mod step;
 mod watch;
+mod writes;
 
 pub use step::{FrameId, LineStep};
 pub use watch::{MAX_WATCH_LEN, Watchpoint};
+pub use writes::{WatchWrite, Writer};
 
 use crate::cpu::PageFault;
-use crate::event::Icount;
+use crate::event::{Event, Icount};
+use crate::guest_kernel::{GuestKernel, Process};
 use crate::replay::{Divergence, End, Replay, Stop, Target};
 use crate::state::{CpuState, PAGE_SIZE, gpr};
 use crate::symbols::Symbols;
@@ -41,6 +44,8 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use watch::{Ran, Watcher};
 
+/// Longest x86 instruction.
+const MAX_INSTRUCTION_LEN: usize = 15;
 /// Default memory budget for checkpoints.
 pub const DEFAULT_CHECKPOINT_BUDGET: u64 = 1 << 30;
 /// First checkpoint interval, in instructions.
@@ -109,6 +114,16 @@ pub struct CheckpointInfo {
     pub bytes: u64,
 }
 
+/// Why memory could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("not mapped ({0:?})")]
+    Unmapped(PageFault),
+    /// User memory the recording does not have (see [`Replay::is_recorded`]).
+    #[error("not recorded (user memory written only by user code)")]
+    NotRecorded,
+}
+
 /// A replay one can move in freely.
 pub struct Timeline {
     now: Replay,
@@ -117,8 +132,12 @@ pub struct Timeline {
     budget: u64,
     breakpoints: BTreeSet<u64>,
     watchpoints: BTreeSet<Watchpoint>,
+    /// Named positions (rr's checkpoints, UDB's bookmarks).
+    bookmarks: std::collections::BTreeMap<String, Position>,
     /// The guest's symbols: set, or read from the recording when first asked for.
     symbols: OnceCell<Symbols>,
+    /// What the debugger knows of the guest's kernel, found when first asked for.
+    kernel: OnceCell<GuestKernel>,
     /// The last [`Timeline::learn_events_through`] that could not learn all it was
     /// asked: its position and event.
     learn_tried: std::cell::Cell<Option<(Icount, u64)>>,
@@ -144,7 +163,9 @@ impl Timeline {
             budget,
             breakpoints: BTreeSet::new(),
             watchpoints: BTreeSet::new(),
+            bookmarks: std::collections::BTreeMap::new(),
             symbols: OnceCell::new(),
+            kernel: OnceCell::new(),
             learn_tried: std::cell::Cell::new(None),
             inline_state: None,
         }
@@ -154,6 +175,7 @@ impl Timeline {
     /// recording's.
     pub fn set_symbols(&mut self, symbols: Symbols) {
         self.symbols = OnceCell::from(symbols);
+        self.kernel = OnceCell::new();
     }
 
     /// The guest's symbols and source lines: those set, else the recording's embedded
@@ -201,34 +223,81 @@ impl Timeline {
         let _ = ahead.run_capped(Target::Event(n), cap);
     }
 
+    /// What the debugger knows of the guest's kernel (system call names, its current
+    /// process).
+    pub fn guest_kernel(&self) -> GuestKernel {
+        *self
+            .kernel
+            .get_or_init(|| GuestKernel::of(self.now.header(), self.symbols()))
+    }
+
+    /// An event's text, with what is known of the guest kernel (its system call names).
+    pub fn event_text(&self, e: &Event) -> String {
+        let kernel = self.guest_kernel();
+        e.text(&|nr| kernel.syscall_name(nr))
+    }
+
+    /// The process the guest kernel runs at the position, where it is known.
+    pub fn current_process(&self) -> Option<Process> {
+        self.guest_kernel()
+            .current_process(&|a, buf| self.now.read_memory(a, buf).is_ok())
+    }
+
     /// The registers at the current position.
     pub fn regs(&self) -> &CpuState {
         self.now.regs()
     }
 
-    /// Reads guest memory at a virtual address through the guest's page tables.
-    pub fn read_memory(&self, addr: u64, buf: &mut [u8]) -> Result<(), PageFault> {
-        self.now.read_memory(addr, buf)
+    /// Reads guest memory at a virtual address through the guest's page tables; fails
+    /// where a page is not mapped or was not recorded ([`Replay::is_recorded`]).
+    pub fn read_memory(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        if self.read_available(addr, buf) == buf.len() {
+            return Ok(());
+        }
+        match self.now.read_memory(addr, buf) {
+            Err(fault) => Err(ReadError::Unmapped(fault)),
+            Ok(()) => Err(ReadError::NotRecorded),
+        }
     }
 
-    /// Reads what is mapped of `buf.len()` bytes at `addr`, up to the first unmapped
-    /// page; returns how many bytes were read.
+    /// Reads what is mapped and recorded of `buf.len()` bytes at `addr`, up to the
+    /// first page that is not; returns how many bytes were read.
     pub fn read_available(&self, addr: u64, buf: &mut [u8]) -> usize {
-        self.now.read_available(addr, buf)
+        let mapped = self.now.read_available(addr, buf);
+        let mut done = 0;
+        while done < mapped {
+            let a = addr.wrapping_add(done as u64);
+            if !self.now.is_recorded(a) {
+                break;
+            }
+            done += (PAGE_SIZE - (a as usize & (PAGE_SIZE - 1))).min(mapped - done);
+        }
+        done
     }
 
     pub fn read_u64(&self, addr: u64) -> Option<u64> {
-        self.now.read_u64(addr)
+        let mut b = [0u8; 8];
+        self.read_memory(addr, &mut b)
+            .ok()
+            .map(|()| u64::from_le_bytes(b))
     }
 
-    /// The instruction at `addr`, if the bytes mapped there are one.
+    /// The instruction at `addr`, if the bytes mapped and recorded there are one.
     pub fn instruction_at(&self, addr: u64) -> Option<Instruction> {
-        self.now.instruction_at(addr)
+        self.instructions(addr, MAX_INSTRUCTION_LEN)
+            .into_iter()
+            .next()
+            .filter(|i| !i.is_invalid())
     }
 
-    /// The instructions in the `len` bytes from `start`, decoded in sequence.
+    /// The instructions in the `len` bytes from `start` (up to the first page not
+    /// mapped or not recorded), decoded in sequence.
     pub fn instructions(&self, start: u64, len: usize) -> Vec<Instruction> {
-        self.now.instructions(start, len)
+        let mut bytes = vec![0u8; len];
+        let n = self.read_available(start, &mut bytes);
+        iced_x86::Decoder::with_ip(64, &bytes[..n], start, iced_x86::DecoderOptions::NONE)
+            .into_iter()
+            .collect()
     }
 
     /// The frame the current function returns to, from the kernel's call-frame
@@ -391,6 +460,35 @@ impl Timeline {
             Some(k) => self.goto_icount(k),
             None => Moved::Start,
         }
+    }
+
+    /// Names the current position `name` (replacing a bookmark of that name); returns
+    /// the position.
+    pub fn set_bookmark(&mut self, name: &str) -> Position {
+        let p = self.position();
+        self.bookmarks.insert(name.to_string(), p);
+        p
+    }
+
+    /// The bookmarks, by name.
+    pub fn bookmarks(&self) -> &std::collections::BTreeMap<String, Position> {
+        &self.bookmarks
+    }
+
+    pub fn delete_bookmark(&mut self, name: &str) -> bool {
+        self.bookmarks.remove(name).is_some()
+    }
+
+    /// Goes to the bookmark `name` (None where there is none): its icount, then on to
+    /// the events it had applied there (as the UI follows a gdb position).
+    pub fn goto_bookmark(&mut self, name: &str) -> Option<Moved> {
+        let p = *self.bookmarks.get(name)?;
+        let target = p.event.map_or(0, |e| e + 1);
+        let mut moved = self.goto_icount(p.icount);
+        if self.now.events_consumed() < target && matches!(moved, Moved::Arrived) {
+            moved = self.goto_event(target - 1);
+        }
+        Some(moved)
     }
 
     /// Goes to icount `k` (forward or backward). A `k` past the end stops at the end and
