@@ -1006,7 +1006,9 @@ impl App {
         let rip = self.rip();
         let symbols = self.symbols();
         let start = match symbols.lookup(rip) {
-            Some(l) if l.offset <= 4096 => l.function.addr,
+            // From RIP's own address space: early Linux code runs at the physical
+            // addresses of a function linked at a virtual one.
+            Some(l) if l.offset <= 4096 => rip - l.offset,
             _ => rip,
         };
         let want_after = rows * 15 + 15;
