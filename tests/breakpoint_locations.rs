@@ -4,6 +4,9 @@
 //! source file of the kernel (lines without code too: both take the next line with
 //! code), and every function that exists only inlined.
 
+mod common;
+
+use common::gdb::gdb_available;
 use krr_engine::replay::Replay;
 use krr_engine::symbols::Symbols;
 use krr_engine::timeline::Timeline;
@@ -14,16 +17,6 @@ use std::process::Command;
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/demo.krr")
-}
-
-fn gdb_available() -> bool {
-    match Command::new("gdb").arg("--version").output() {
-        Ok(o) if o.status.success() => true,
-        _ => {
-            println!("skipped: gdb is not installed");
-            false
-        }
-    }
 }
 
 /// gdb's addresses for each specification (`break SPEC`), from `info breakpoints`;

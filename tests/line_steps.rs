@@ -12,29 +12,22 @@
 //! of the function in any frame (another thread's or a recursive call's) rather than
 //! this frame's.
 
+mod common;
+
+use common::gdb::{Server, gdb_available};
 use krr_engine::replay::{Replay, Stop, Target};
 use krr_engine::symbols::Symbols;
 use krr_engine::timeline::Timeline;
 use krr_ui::{App, Keymap, MoveCtl};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/demo.krr")
-}
-
-fn gdb_available() -> bool {
-    match Command::new("gdb").arg("--version").output() {
-        Ok(o) if o.status.success() => true,
-        _ => {
-            println!("skipped: gdb is not installed");
-            false
-        }
-    }
 }
 
 /// A start position: the first time execution reaches a statement.
@@ -93,45 +86,6 @@ fn samples(per_function: usize) -> Vec<Sample> {
     }
     out.sort_by_key(|s| s.icount);
     out
-}
-
-/// A `krr-tui replay --gdb` server on a free port, killed when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start() -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_krr-tui"))
-            .arg("replay")
-            .arg(fixture())
-            .args(["--gdb", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("krr-tui starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("the server announces its address")
-                .expect("stdout is text");
-            if let Some(rest) = line.strip_prefix("gdb: listening on ") {
-                break rest.split_whitespace().next().unwrap().to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, addr }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Runs `command` in gdb from each sample position; the icount it lands at, or None

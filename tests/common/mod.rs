@@ -116,3 +116,6 @@ pub fn first_line(child: &mut Child) -> String {
         .expect("reading the child's output");
     line
 }
+
+pub mod gdb;
+pub mod tmux;
