@@ -1,8 +1,9 @@
-//! `krr-tui info`: a recording's summary and event statistics, its format version and
-//! the undefined results replay reproduces.
+//! `krr-tui info`: a recording's summary and event statistics, its format version, the
+//! undefined results replay reproduces and the recording host's MSR table.
 
 use crate::stdout::outln;
 use anyhow::{Context, Result};
+use krr_engine::cpu::{MsrRead, MsrTable, MsrWrite, measured_msr_name};
 use krr_engine::trace::{FORMAT_VERSION, RecordingReader, TraceError};
 use std::path::PathBuf;
 
@@ -61,6 +62,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
                 );
             }
             obj.insert("undefined".into(), undefined);
+            obj.insert("msrs".into(), msrs_json(&header.machine.msrs));
         }
         outln!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
@@ -112,7 +114,48 @@ pub fn run(args: InfoArgs) -> Result<()> {
     for line in header.machine.quirks.undefined.table() {
         outln!("{line}")?;
     }
+    outln!()?;
+    if header.machine.msrs.is_empty() {
+        outln!(
+            "MSRs (none measured{}: an MSR the replay CPU does not model stops replay)",
+            if header.format_version < 4 {
+                format!(", format {} recording", header.format_version)
+            } else {
+                String::new()
+            }
+        )?;
+    } else {
+        outln!("MSRs the replay CPU does not model (recording host):")?;
+    }
+    for line in header.machine.msrs.table() {
+        outln!("{line}")?;
+    }
     Ok(())
+}
+
+/// The MSR table as JSON: one object per MSR, with its number (hex), name, what
+/// `rdmsr` gave (hex value or "#GP") and what `wrmsr` did.
+fn msrs_json(table: &MsrTable) -> serde_json::Value {
+    table
+        .entries()
+        .iter()
+        .map(|&(index, b)| {
+            serde_json::json!({
+                "msr": format!("{index:#x}"),
+                "name": measured_msr_name(index),
+                "read": match b.read {
+                    MsrRead::Value(v) => format!("{v:#x}"),
+                    MsrRead::Faults => "#GP".to_string(),
+                },
+                "write": match b.write {
+                    MsrWrite::Faults => "#GP",
+                    MsrWrite::Ignored => "ignored",
+                    MsrWrite::Kept => "kept",
+                    MsrWrite::NotMeasured => "not measured",
+                },
+            })
+        })
+        .collect()
 }
 
 /// Where the undefined-results table replay follows comes from: the recording host

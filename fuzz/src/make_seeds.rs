@@ -34,6 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tsc_khz: None,
                 counter: CounterSourceKind::None,
                 quirks: Default::default(),
+                msrs: Default::default(),
             },
             KernelIdentity {
                 name: "builtin:demo".into(),

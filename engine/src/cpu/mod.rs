@@ -138,7 +138,9 @@ use crate::state::{CpuState, CpuidEntry};
 
 pub use fpu::{FpuState, FxsaveImage};
 pub use mmu::{Access, PageFault};
-pub use msr_table::{MsrBehaviour, MsrRead, MsrTable, MsrWrite};
+pub use msr_table::{
+    MEASURED_MSRS, MeasuredMsr, MsrBehaviour, MsrRead, MsrTable, MsrWrite, measured_msr_name,
+};
 
 /// Why [`Cpu::run`] returned.
 #[derive(Debug, Clone, PartialEq, Eq)]

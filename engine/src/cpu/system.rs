@@ -686,6 +686,12 @@ impl Cpu {
                 MsrWrite::Faults => return Err(gp0()),
                 MsrWrite::Ignored => {}
                 MsrWrite::Kept => self.st.set_msr(i, v),
+                MsrWrite::NotMeasured => {
+                    return Err(self.unsupported(format!(
+                        "wrmsr of MSR {i:#x}, whose write the recording host's MSR table \
+                         did not measure"
+                    )));
+                }
             },
         }
         Ok(())

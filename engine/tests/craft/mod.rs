@@ -113,6 +113,7 @@ pub fn machine(regions: &[(u64, u64)]) -> MachineConfig {
         tsc_khz: None,
         counter: CounterSourceKind::KvmInsnEmulation,
         quirks: Default::default(),
+        msrs: Default::default(),
     }
 }
 
