@@ -118,7 +118,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
     if header.machine.msrs.is_empty() {
         outln!(
             "MSRs (none measured{}: an MSR the replay CPU does not model stops replay)",
-            if header.format_version < 4 {
+            if header.format_version < 5 {
                 format!(", format {} recording", header.format_version)
             } else {
                 String::new()

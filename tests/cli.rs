@@ -82,6 +82,11 @@ fn info_reports_the_format_and_the_undefined_results_table() {
         .collect();
     assert_eq!(table, legacy);
     assert_eq!(v["undefined"]["unmodelled"], serde_json::json!([]));
+    assert_eq!(
+        v["msrs"],
+        serde_json::json!([]),
+        "format 2 has no MSR table"
+    );
 
     let out = krr().arg("info").arg(fixture()).output().unwrap();
     assert!(out.status.success());
@@ -96,7 +101,18 @@ fn info_reports_the_format_and_the_undefined_results_table() {
         .iter()
         .position(|l| l.starts_with("undefined results (") && l.contains("legacy rules"))
         .unwrap_or_else(|| panic!("no undefined-results heading:\n{text}"));
-    assert_eq!(lines[heading + 1..], legacy[..], "{text}");
+    assert_eq!(
+        lines[heading + 1..heading + 1 + legacy.len()],
+        legacy[..],
+        "{text}"
+    );
+    assert!(
+        lines.contains(
+            &"MSRs (none measured, format 2 recording: an MSR the replay CPU does not model \
+              stops replay)"
+        ),
+        "{text}"
+    );
 }
 
 /// The family lines of an undefined-results table in `lines`: one per family, in order,
@@ -357,6 +373,15 @@ fn fresh_recordings_replay_without_divergence() {
             .map(|l| l.as_str().unwrap())
             .collect();
         assert_every_family(&table, &v.to_string());
+        // And what its rdmsr and wrmsr do with the MSRs the replay CPU does not model.
+        let sign_id = v["msrs"]
+            .as_array()
+            .expect("msrs is an array")
+            .iter()
+            .find(|m| m["msr"] == "0x8b")
+            .unwrap_or_else(|| panic!("IA32_BIOS_SIGN_ID measured: {v}"));
+        assert_eq!(sign_id["name"], "IA32_BIOS_SIGN_ID", "{v}");
+        assert_eq!(sign_id["write"], "ignored", "{v}");
         let out = replay_verify(&file);
         assert!(
             out.status.success(),

@@ -249,7 +249,7 @@ pub struct MachineConfig {
     pub quirks: Quirks,
     /// What the recording host's `rdmsr` and `wrmsr` did with the MSRs the replay CPU
     /// does not model (measured by the recorder: a ring-0 `rdmsr` causes no VM exit, so
-    /// no event can hold its value). Format 4 on; older recordings replay with an empty
+    /// no event can hold its value). Format 5 on; older recordings replay with an empty
     /// table, where such an MSR stops replay.
     pub msrs: MsrTable,
 }

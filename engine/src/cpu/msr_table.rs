@@ -195,7 +195,7 @@ impl MsrTable {
                     MsrWrite::NotMeasured => "not measured",
                 };
                 format!(
-                    "  {index:#010x} {:<24} rdmsr {read:<18}  wrmsr {write}",
+                    "  {index:#010x} {:<25} rdmsr {read:<18}  wrmsr {write}",
                     measured_msr_name(index).unwrap_or("")
                 )
             })
