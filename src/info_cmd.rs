@@ -3,7 +3,6 @@
 
 use crate::stdout::outln;
 use anyhow::{Context, Result};
-use krr_engine::cpu::{MsrRead, MsrTable, MsrWrite, measured_msr_name};
 use krr_engine::trace::{FORMAT_VERSION, RecordingReader, TraceError};
 use std::path::PathBuf;
 
@@ -62,7 +61,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
                 );
             }
             obj.insert("undefined".into(), undefined);
-            obj.insert("msrs".into(), msrs_json(&header.machine.msrs));
+            obj.insert(
+                "msrs".into(),
+                crate::host_cmd::msrs_json(&header.machine.msrs),
+            );
         }
         outln!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
@@ -131,31 +133,6 @@ pub fn run(args: InfoArgs) -> Result<()> {
         outln!("{line}")?;
     }
     Ok(())
-}
-
-/// The MSR table as JSON: one object per MSR, with its number (hex), name, what
-/// `rdmsr` gave (hex value or "#GP") and what `wrmsr` did.
-fn msrs_json(table: &MsrTable) -> serde_json::Value {
-    table
-        .entries()
-        .iter()
-        .map(|&(index, b)| {
-            serde_json::json!({
-                "msr": format!("{index:#x}"),
-                "name": measured_msr_name(index),
-                "read": match b.read {
-                    MsrRead::Value(v) => format!("{v:#x}"),
-                    MsrRead::Faults => "#GP".to_string(),
-                },
-                "write": match b.write {
-                    MsrWrite::Faults => "#GP",
-                    MsrWrite::Ignored => "ignored",
-                    MsrWrite::Kept => "kept",
-                    MsrWrite::NotMeasured => "not measured",
-                },
-            })
-        })
-        .collect()
 }
 
 /// Where the undefined-results table replay follows comes from: the recording host

@@ -145,7 +145,8 @@ fn assert_every_family(lines: &[&str], all: &str) {
 }
 
 /// `krr-tui host`: the CPU from /proc/cpuinfo, and where KVM is usable the measured
-/// behaviour, every family of the undefined-results table modelled; where it is not,
+/// behaviour, every family of the undefined-results table modelled, and the MSR table,
+/// one line per listed MSR; where it is not,
 /// why nothing was measured.
 #[test]
 fn host_prints_the_cpu_and_the_measured_undefined_results() {
@@ -202,6 +203,22 @@ fn host_prints_the_cpu_and_the_measured_undefined_results() {
         .position(|l| l.starts_with("undefined results (measured on CPU "))
         .unwrap_or_else(|| panic!("no undefined-results heading:\n{text}"));
     assert_every_family(&lines[heading + 1..], &text);
+    let msrs = lines
+        .iter()
+        .position(|l| l.starts_with("MSRs the replay CPU does not model (measured on CPU "))
+        .unwrap_or_else(|| panic!("no MSR heading:\n{text}"));
+    let msr_lines = &lines[msrs + 1..];
+    assert_eq!(
+        msr_lines.len(),
+        krr_engine::cpu::MEASURED_MSRS.len(),
+        "{text}"
+    );
+    assert!(
+        msr_lines
+            .iter()
+            .any(|l| l.contains("IA32_BIOS_SIGN_ID") && l.ends_with("wrmsr ignored")),
+        "{text}"
+    );
 }
 
 /// `krr-tui host --json` is one JSON object with the same content.
@@ -246,6 +263,14 @@ fn host_json_is_one_object() {
     assert_eq!(table.len(), Family::COUNT, "{v}");
     assert_every_family(&table, &v.to_string());
     assert_eq!(v["undefined"]["unmodelled"], serde_json::json!([]));
+    let msrs = v["msrs"].as_array().expect("msrs is an array");
+    assert_eq!(msrs.len(), krr_engine::cpu::MEASURED_MSRS.len(), "{v}");
+    assert!(
+        msrs.iter().any(|m| m["msr"] == "0x3a"
+            && m["read"] == "#GP"
+            && m["name"] == "IA32_FEATURE_CONTROL"),
+        "{v}"
+    );
 }
 
 /// Where /dev/kvm cannot be opened, `host` still prints the CPU, says why nothing was
