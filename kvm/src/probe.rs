@@ -144,6 +144,12 @@ const MSR_RESULTS_GPA: u64 = 0x20_0000;
 /// the write is probed, whether the write faulted (4), the value read back (8), whether
 /// that read faulted (4), whether restoring the first value faulted (4).
 const MSR_RESULT_LEN: usize = 32;
+// The IDT lies between the entry stack and the code.
+const _: () = assert!(
+    MSR_IDT_GPA >= long_mode::STACK_TOP
+        && MSR_IDT_GPA >= long_mode::END
+        && MSR_IDT_GPA + 16 * MSR_IDT_ENTRIES <= FLAT_CODE_GPA
+);
 /// Where the vCPU starts: a jump over the #GP handler, which follows it.
 const MSR_HANDLER_GPA: u64 = FLAT_CODE_GPA + 5;
 
@@ -301,8 +307,6 @@ mod tests {
     fn the_msr_probe_fits_in_its_scratch_vm() {
         let code = msr_code(krr_engine::cpu::MEASURED_MSRS);
         assert!(FLAT_CODE_GPA + (code.len() as u64) <= MSR_RESULTS_GPA);
-        assert!(MSR_IDT_GPA + 16 * MSR_IDT_ENTRIES <= FLAT_CODE_GPA);
-        assert!(MSR_IDT_GPA >= long_mode::STACK_TOP && MSR_IDT_GPA >= long_mode::END);
         let results = MSR_RESULT_LEN * krr_engine::cpu::MEASURED_MSRS.len();
         assert!(MSR_RESULTS_GPA + results as u64 <= MSR_RAM);
         // The jump at the start lands just past the handler, which starts where the
