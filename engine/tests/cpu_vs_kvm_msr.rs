@@ -1,9 +1,10 @@
 //! The MSRs the replay CPU does not model ([`MEASURED_MSRS`]): a guest's `rdmsr` and
 //! `wrmsr` of each give the same results under KVM and in the replay CPU answering
 //! from the table the recorder's probe measures ([`krr_kvm::probe::msr_behaviour`]);
-//! the CPU models none of them itself; and replay of a recording stops with a
-//! divergence naming an MSR its table does not cover. The KVM tests skip with a printed
-//! reason where /dev/kvm is absent.
+//! the CPU models none of them itself; replay of a recording stops with a divergence
+//! naming an MSR its table does not cover; and a timeline keeps answering from the
+//! table after restoring a checkpoint. The KVM tests skip with a printed reason where
+//! /dev/kvm is absent.
 
 mod cpu_common;
 
@@ -15,6 +16,7 @@ use krr_engine::cpu::{
 };
 use krr_engine::replay::{Replay, Stop, Target};
 use krr_engine::state::{CounterSourceKind, KernelIdentity};
+use krr_engine::timeline::{Moved, Timeline};
 use krr_engine::trace::{FinishInfo, Header, RecordingWriter};
 
 /// Reads MSR `index` into DATA; where `write` is given, writes it and reads the MSR
@@ -156,36 +158,38 @@ fn the_replay_cpu_models_none_of_the_measured_msrs() {
     }
 }
 
+/// A recording of `img` (no events) whose header holds `table`.
+fn recording(img: &Image, table: MsrTable) -> tempfile::NamedTempFile {
+    let mut config = Image::config();
+    config.counter = CounterSourceKind::KvmInsnEmulation;
+    config.msrs = table;
+    let mut header = Header::new(
+        config,
+        KernelIdentity {
+            name: "rdmsr".into(),
+            size: 0,
+            sha256: [0; 32],
+        },
+    );
+    header.cpuid = default_cpuid();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let mut w = RecordingWriter::create(file.path()).unwrap();
+    w.write_header(&header).unwrap();
+    w.write_snapshot(&img.snapshot()).unwrap();
+    w.finish(FinishInfo {
+        kernel_instructions: 20,
+        duration_s: 0.0,
+        end_reason: "test".into(),
+    })
+    .unwrap();
+    file
+}
+
 /// A recording whose table lacks an MSR the guest reads replays to that `rdmsr` and
 /// stops with a divergence naming the MSR; with the MSR in its table it runs to the end
 /// with the table's value; a write the table did not measure stops it too.
 #[test]
 fn replay_of_an_msr_its_table_does_not_cover_is_a_divergence_naming_it() {
-    let recording = |img: &Image, table: MsrTable| {
-        let mut config = Image::config();
-        config.counter = CounterSourceKind::KvmInsnEmulation;
-        config.msrs = table;
-        let mut header = Header::new(
-            config,
-            KernelIdentity {
-                name: "rdmsr".into(),
-                size: 0,
-                sha256: [0; 32],
-            },
-        );
-        header.cpuid = default_cpuid();
-        let file = tempfile::NamedTempFile::new().unwrap();
-        let mut w = RecordingWriter::create(file.path()).unwrap();
-        w.write_header(&header).unwrap();
-        w.write_snapshot(&img.snapshot()).unwrap();
-        w.finish(FinishInfo {
-            kernel_instructions: 20,
-            duration_s: 0.0,
-            end_reason: "test".into(),
-        })
-        .unwrap();
-        file
-    };
     let img = msr_program(0x1a0, None);
     let file = recording(&img, MsrTable::default());
     let mut r = Replay::open(file.path()).unwrap();
@@ -213,4 +217,30 @@ fn replay_of_an_msr_its_table_does_not_cover_is_a_divergence_naming_it() {
         panic!("replay did not diverge");
     };
     assert!(d.actual.contains("wrmsr of MSR 0x1a0"), "{}", d.actual);
+}
+
+/// Moving back in a timeline restores a checkpoint: the CPU made from it answers from
+/// the recording's table too, and a write the host keeps is undone and redone.
+#[test]
+fn a_timeline_answers_from_the_table_after_going_back() {
+    let img = msr_program(0x140, Some(3));
+    let table = MsrTable::new([(
+        0x140,
+        MsrBehaviour {
+            read: MsrRead::Value(0),
+            write: MsrWrite::Kept,
+        },
+    )]);
+    let file = recording(&img, table);
+    let mut t = Timeline::new(Replay::open(file.path()).unwrap(), 64 << 20);
+    let stored = |t: &Timeline| [t.read_u64(DATA), t.read_u64(DATA + 8)];
+    // The program's 13th instruction stores the value read back.
+    const STORED: u64 = 13;
+    const MARK: u64 = 0x5a5a_5a5a_5a5a_5a5a;
+    assert_eq!(t.goto_icount(STORED), Moved::Arrived);
+    assert_eq!(stored(&t), [Some(0), Some(3)]);
+    assert_eq!(t.goto_icount(5), Moved::Arrived);
+    assert_eq!(stored(&t), [Some(MARK), Some(MARK)]);
+    assert_eq!(t.goto_icount(STORED), Moved::Arrived);
+    assert_eq!(stored(&t), [Some(0), Some(3)]);
 }
