@@ -516,8 +516,9 @@ impl Cpu {
     /// recording host's measurements: a read returns the value the guest wrote where
     /// the host keeps writes, else the measured value or #GP; a write faults, is
     /// ignored or is kept as the host did. An MSR the table does not cover is an
-    /// [`Exit::Error`]: replay cannot know what the host did. Without a table
-    /// (recordings made before the recorder measured MSRs) both raise #GP.
+    /// [`Exit::Error`]: replay cannot know what the host did. Replay always sets one (the
+    /// recording's, empty for recordings older than format 4); a CPU without a table
+    /// (tests of the CPU alone) raises #GP for both.
     pub fn set_msr_table(&mut self, table: MsrTable) {
         self.msr_table = Some(std::sync::Arc::new(table));
     }

@@ -7,9 +7,11 @@
 //! IA32_BIOS_SIGN_ID 0x8b, IA32_ARCH_CAPABILITIES 0x10a, MSR_PLATFORM_INFO 0xce, MTRRcap
 //! 0xfe, ...), some that fault (0x3a, 0x64e), and writes some (0x8b, which KVM accepts
 //! and ignores: a #GP there sends Linux through its MSR-fixup warning, 68,559
-//! instructions of printk, and the replay off the recording). The recorder is to
-//! measure them in a scratch VM, as it measures CPUID, and store the table in the
-//! recording; the replay CPU then answers from it ([`crate::cpu::Cpu::set_msr_table`]).
+//! instructions of printk, and the replay off the recording). The recorder measures the
+//! MSRs of [`MEASURED_MSRS`] in a scratch VM, as it measures CPUID
+//! (`krr_kvm::probe::msr_behaviour`), and stores the table in the recording's header
+//! ([`crate::state::MachineConfig::msrs`], format 4); replay gives it to the CPU, which
+//! answers from it ([`crate::cpu::Cpu::set_msr_table`]).
 
 use serde::{Deserialize, Deserializer, Serialize};
 
