@@ -148,7 +148,7 @@ fn the_replay_cpu_models_none_of_the_measured_msrs() {
         let mut cpu = Cpu::new(img.state.clone(), default_cpuid());
         cpu.set_msr_table(MsrTable::default());
         let exit = run_cpu(&mut cpu, &mut mem, 1000);
-        let expected = format!("rdmsr of MSR {:#x},", m.index);
+        let expected = format!("rdmsr of MSR {:#x} ({}),", m.index, m.name);
         assert!(
             matches!(&exit, Exit::Error(CpuError::Unsupported { what, .. }) if what.contains(&expected)),
             "MSR {:#x} {}: {exit:?}",
@@ -196,7 +196,11 @@ fn replay_of_an_msr_its_table_does_not_cover_is_a_divergence_naming_it() {
     let Stop::Diverged(d) = r.run(Target::End) else {
         panic!("replay did not diverge");
     };
-    assert!(d.actual.contains("rdmsr of MSR 0x1a0"), "{}", d.actual);
+    assert!(
+        d.actual.contains("rdmsr of MSR 0x1a0 (IA32_MISC_ENABLE)"),
+        "{}",
+        d.actual
+    );
 
     let read = MsrBehaviour {
         read: MsrRead::Value(0x85_0089),

@@ -625,8 +625,12 @@ impl Cpu {
             return Err(gp0());
         };
         table.get(index).ok_or_else(|| {
+            let name = super::measured_msr_name(index)
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default();
             self.unsupported(format!(
-                "{what} of MSR {index:#x}, which the recording host's MSR table does not cover"
+                "{what} of MSR {index:#x}{name}, which the recording host's MSR table does not \
+                 cover"
             ))
         })
     }
