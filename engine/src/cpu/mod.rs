@@ -517,7 +517,7 @@ impl Cpu {
     /// the host keeps writes, else the measured value or #GP; a write faults, is
     /// ignored or is kept as the host did. An MSR the table does not cover is an
     /// [`Exit::Error`]: replay cannot know what the host did. Replay always sets one (the
-    /// recording's, empty for recordings older than format 4); a CPU without a table
+    /// recording's, empty for recordings older than format 5); a CPU without a table
     /// (tests of the CPU alone) raises #GP for both.
     pub fn set_msr_table(&mut self, table: MsrTable) {
         self.msr_table = Some(std::sync::Arc::new(table));

@@ -10,7 +10,7 @@
 //! instructions of printk, and the replay off the recording). The recorder measures the
 //! MSRs of [`MEASURED_MSRS`] in a scratch VM, as it measures CPUID
 //! (`krr_kvm::probe::msr_behaviour`), and stores the table in the recording's header
-//! ([`crate::state::MachineConfig::msrs`], format 4); replay gives it to the CPU, which
+//! ([`crate::state::MachineConfig::msrs`], format 5); replay gives it to the CPU, which
 //! answers from it ([`crate::cpu::Cpu::set_msr_table`]).
 
 use serde::{Deserialize, Deserializer, Serialize};
