@@ -1,12 +1,14 @@
 //! `krr-tui host`: this machine as a recording host. The host CPU (from /proc/cpuinfo),
 //! whether KVM emulates ring-0 code here, the instruction-counter source `record` would
 //! use, and what the recorder measures of the host for the recording's header: whether
-//! `tzcnt`/`lzcnt` run as bit scans and how the host computes the flags and results the
-//! architecture leaves undefined (DESIGN.md section 5).
+//! `tzcnt`/`lzcnt` run as bit scans, how the host computes the flags and results the
+//! architecture leaves undefined (DESIGN.md section 5), and what its `rdmsr`/`wrmsr` do
+//! with the MSRs the replay CPU does not model.
 
 use crate::stdout::outln;
 use anyhow::{Context, Result};
 use krr_engine::cpu::undefined::{FLAGS, UndefinedBehaviour};
+use krr_engine::cpu::{MsrRead, MsrTable, MsrWrite, measured_msr_name};
 use krr_engine::state::{CounterSourceKind, Quirks};
 use krr_recorder::counter::KvmInsnEmulation;
 use serde_json::{Value, json};
@@ -85,6 +87,7 @@ enum Measurement {
         cpu: usize,
         counter: CounterSourceKind,
         quirks: Box<Quirks>,
+        msrs: MsrTable,
     },
     NotMeasured(String),
 }
@@ -102,14 +105,20 @@ fn pin() -> Result<std::result::Result<usize, String>> {
 }
 
 /// Measures what `record` measures, on `cpu` (the thread is pinned there): the CPUID
-/// the guest observes, the quirks for the header, and the counter source.
+/// the guest observes, the quirks and the MSR table for the header, and the counter
+/// source.
 fn measure(cpu: usize) -> Result<Measurement> {
-    let cpuid = {
+    let (given, cpuid) = {
         let vm = krr_recorder::vm::create(2 << 20, None).context("creating a scratch VM")?;
-        krr_recorder::cpuid::observe(vm.cpuid()).context("observing the guest's CPUID")?
+        let observed =
+            krr_recorder::cpuid::observe(vm.cpuid()).context("observing the guest's CPUID")?;
+        (vm.cpuid().to_vec(), observed)
     };
     let quirks =
         krr_recorder::quirks::measure(&cpuid).context("measuring the host's undefined results")?;
+    // For a vCPU given KVM's supported CPUID (a Linux guest's is given less).
+    let msrs = krr_recorder::quirks::measure_msrs(&given)
+        .context("measuring the host's rdmsr and wrmsr")?;
     // As `record` chooses without --no-counter.
     let counter = if KvmInsnEmulation::host_counts_ring0()
         .context("calibrating KVM's insn_emulation statistic")?
@@ -122,6 +131,7 @@ fn measure(cpu: usize) -> Result<Measurement> {
         cpu,
         counter,
         quirks: Box::new(quirks),
+        msrs,
     })
 }
 
@@ -163,6 +173,7 @@ pub fn run(args: HostArgs) -> Result<()> {
             cpu,
             counter,
             quirks,
+            msrs,
         } => {
             outln!("{:<14}{}", "counter", counter_text(counter))?;
             outln!(
@@ -189,6 +200,11 @@ pub fn run(args: HostArgs) -> Result<()> {
                      diverge where it depends on them",
                     unmodelled.len()
                 )?;
+            }
+            outln!()?;
+            outln!("MSRs the replay CPU does not model (measured on CPU {cpu}):")?;
+            for line in msrs.table() {
+                outln!("{line}")?;
             }
         }
     }
@@ -283,11 +299,13 @@ fn to_json(
             obj.insert("counter".into(), Value::Null);
             obj.insert("bit_scan_ignores_rep".into(), Value::Null);
             obj.insert("undefined".into(), Value::Null);
+            obj.insert("msrs".into(), Value::Null);
         }
         Measurement::Measured {
             cpu,
             counter,
             quirks,
+            msrs,
         } => {
             obj.insert("measured".into(), true.into());
             obj.insert("measured_on_cpu".into(), (*cpu).into());
@@ -297,9 +315,35 @@ fn to_json(
                 quirks.bit_scan_ignores_rep.into(),
             );
             obj.insert("undefined".into(), undefined_json(&quirks.undefined));
+            obj.insert("msrs".into(), msrs_json(msrs));
         }
     }
     v
+}
+
+/// The MSR table as JSON (`host` and `info`): one object per MSR, with its number (hex), name, what
+/// `rdmsr` gave (hex value or "#GP") and what `wrmsr` did.
+pub fn msrs_json(table: &MsrTable) -> Value {
+    table
+        .entries()
+        .iter()
+        .map(|&(index, b)| {
+            json!({
+                "msr": format!("{index:#x}"),
+                "name": measured_msr_name(index),
+                "read": match b.read {
+                    MsrRead::Value(v) => format!("{v:#x}"),
+                    MsrRead::Faults => "#GP".to_string(),
+                },
+                "write": match b.write {
+                    MsrWrite::Faults => "#GP",
+                    MsrWrite::Ignored => "ignored",
+                    MsrWrite::Kept => "kept",
+                    MsrWrite::NotMeasured => "not measured",
+                },
+            })
+        })
+        .collect()
 }
 
 /// An undefined-behaviour table as JSON: `table`, its lines as `krr-tui host` and

@@ -1,5 +1,5 @@
-//! `krr-tui info`: a recording's summary and event statistics, its format version and
-//! the undefined results replay reproduces.
+//! `krr-tui info`: a recording's summary and event statistics, its format version, the
+//! undefined results replay reproduces and the recording host's MSR table.
 
 use crate::stdout::outln;
 use anyhow::{Context, Result};
@@ -61,6 +61,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
                 );
             }
             obj.insert("undefined".into(), undefined);
+            obj.insert(
+                "msrs".into(),
+                crate::host_cmd::msrs_json(&header.machine.msrs),
+            );
         }
         outln!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
@@ -110,6 +114,22 @@ pub fn run(args: InfoArgs) -> Result<()> {
         outln!("undefined results (recording host):")?;
     }
     for line in header.machine.quirks.undefined.table() {
+        outln!("{line}")?;
+    }
+    outln!()?;
+    if header.machine.msrs.is_empty() {
+        outln!(
+            "MSRs (none measured{}: an MSR the replay CPU does not model stops replay)",
+            if header.format_version < 5 {
+                format!(", format {} recording", header.format_version)
+            } else {
+                String::new()
+            }
+        )?;
+    } else {
+        outln!("MSRs the replay CPU does not model (recording host):")?;
+    }
+    for line in header.machine.msrs.table() {
         outln!("{line}")?;
     }
     Ok(())

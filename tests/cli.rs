@@ -82,6 +82,11 @@ fn info_reports_the_format_and_the_undefined_results_table() {
         .collect();
     assert_eq!(table, legacy);
     assert_eq!(v["undefined"]["unmodelled"], serde_json::json!([]));
+    assert_eq!(
+        v["msrs"],
+        serde_json::json!([]),
+        "format 2 has no MSR table"
+    );
 
     let out = krr().arg("info").arg(fixture()).output().unwrap();
     assert!(out.status.success());
@@ -96,7 +101,18 @@ fn info_reports_the_format_and_the_undefined_results_table() {
         .iter()
         .position(|l| l.starts_with("undefined results (") && l.contains("legacy rules"))
         .unwrap_or_else(|| panic!("no undefined-results heading:\n{text}"));
-    assert_eq!(lines[heading + 1..], legacy[..], "{text}");
+    assert_eq!(
+        lines[heading + 1..heading + 1 + legacy.len()],
+        legacy[..],
+        "{text}"
+    );
+    assert!(
+        lines.contains(
+            &"MSRs (none measured, format 2 recording: an MSR the replay CPU does not model \
+              stops replay)"
+        ),
+        "{text}"
+    );
 }
 
 /// The family lines of an undefined-results table in `lines`: one per family, in order,
@@ -129,7 +145,8 @@ fn assert_every_family(lines: &[&str], all: &str) {
 }
 
 /// `krr-tui host`: the CPU from /proc/cpuinfo, and where KVM is usable the measured
-/// behaviour, every family of the undefined-results table modelled; where it is not,
+/// behaviour, every family of the undefined-results table modelled, and the MSR table,
+/// one line per listed MSR; where it is not,
 /// why nothing was measured.
 #[test]
 fn host_prints_the_cpu_and_the_measured_undefined_results() {
@@ -186,6 +203,22 @@ fn host_prints_the_cpu_and_the_measured_undefined_results() {
         .position(|l| l.starts_with("undefined results (measured on CPU "))
         .unwrap_or_else(|| panic!("no undefined-results heading:\n{text}"));
     assert_every_family(&lines[heading + 1..], &text);
+    let msrs = lines
+        .iter()
+        .position(|l| l.starts_with("MSRs the replay CPU does not model (measured on CPU "))
+        .unwrap_or_else(|| panic!("no MSR heading:\n{text}"));
+    let msr_lines = &lines[msrs + 1..];
+    assert_eq!(
+        msr_lines.len(),
+        krr_engine::cpu::MEASURED_MSRS.len(),
+        "{text}"
+    );
+    assert!(
+        msr_lines
+            .iter()
+            .any(|l| l.contains("IA32_BIOS_SIGN_ID") && l.ends_with("wrmsr ignored")),
+        "{text}"
+    );
 }
 
 /// `krr-tui host --json` is one JSON object with the same content.
@@ -230,6 +263,14 @@ fn host_json_is_one_object() {
     assert_eq!(table.len(), Family::COUNT, "{v}");
     assert_every_family(&table, &v.to_string());
     assert_eq!(v["undefined"]["unmodelled"], serde_json::json!([]));
+    let msrs = v["msrs"].as_array().expect("msrs is an array");
+    assert_eq!(msrs.len(), krr_engine::cpu::MEASURED_MSRS.len(), "{v}");
+    assert!(
+        msrs.iter().any(|m| m["msr"] == "0x3a"
+            && m["read"] == "#GP"
+            && m["name"] == "IA32_FEATURE_CONTROL"),
+        "{v}"
+    );
 }
 
 /// Where /dev/kvm cannot be opened, `host` still prints the CPU, says why nothing was
@@ -357,6 +398,15 @@ fn fresh_recordings_replay_without_divergence() {
             .map(|l| l.as_str().unwrap())
             .collect();
         assert_every_family(&table, &v.to_string());
+        // And what its rdmsr and wrmsr do with the MSRs the replay CPU does not model.
+        let sign_id = v["msrs"]
+            .as_array()
+            .expect("msrs is an array")
+            .iter()
+            .find(|m| m["msr"] == "0x8b")
+            .unwrap_or_else(|| panic!("IA32_BIOS_SIGN_ID measured: {v}"));
+        assert_eq!(sign_id["name"], "IA32_BIOS_SIGN_ID", "{v}");
+        assert_eq!(sign_id["write"], "ignored", "{v}");
         let out = replay_verify(&file);
         assert!(
             out.status.success(),

@@ -146,6 +146,7 @@ fn header() -> Header {
             tsc_khz: None,
             counter: CounterSourceKind::KvmInsnEmulation,
             quirks: Default::default(),
+            msrs: Default::default(),
         },
         KernelIdentity {
             name: "bench".into(),

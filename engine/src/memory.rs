@@ -1321,6 +1321,7 @@ mod tests {
             tsc_khz: None,
             counter: CounterSourceKind::None,
             quirks: Default::default(),
+            msrs: Default::default(),
         }
     }
 
@@ -1432,6 +1433,7 @@ mod tests {
             tsc_khz: None,
             counter: CounterSourceKind::None,
             quirks: Default::default(),
+            msrs: Default::default(),
         }
     }
 

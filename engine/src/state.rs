@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cpu::FpuState;
 use crate::cpu::undefined::UndefinedBehaviour;
+use crate::cpu::{FpuState, MsrTable};
 
 /// Size of a guest page, the unit of snapshots and copy-on-write checkpoints.
 pub const PAGE_SIZE: usize = 4096;
@@ -247,6 +247,11 @@ pub struct MachineConfig {
     /// How the recording host executed guest kernel code where it differs from a
     /// hardware CPU with the same CPUID (measured by the recorder).
     pub quirks: Quirks,
+    /// What the recording host's `rdmsr` and `wrmsr` did with the MSRs the replay CPU
+    /// does not model (measured by the recorder: a ring-0 `rdmsr` causes no VM exit, so
+    /// no event can hold its value). Format 5 on; older recordings replay with an empty
+    /// table, where such an MSR stops replay.
+    pub msrs: MsrTable,
 }
 
 /// Behaviours of the recording host that CPUID does not tell: where it differs from a

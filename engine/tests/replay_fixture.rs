@@ -207,6 +207,10 @@ fn a_format_2_recording_reads_with_the_legacy_rules() {
         r.header().machine.quirks.undefined,
         UndefinedBehaviour::legacy()
     );
+    assert!(
+        r.header().machine.msrs.is_empty(),
+        "format 2 has no MSR table"
+    );
     let digests: Vec<DigestRegisters> = r
         .events_from(0)
         .map(Result::unwrap)

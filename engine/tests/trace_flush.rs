@@ -15,6 +15,7 @@ fn flushed_events_survive_a_writer_that_never_finishes() {
             tsc_khz: None,
             counter: CounterSourceKind::None,
             quirks: Default::default(),
+            msrs: Default::default(),
         },
         KernelIdentity {
             name: "test".into(),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use krr_engine::event::Event;
 use krr_engine::memory::MAX_REGIONS;
 use krr_engine::replay::{DEFAULT_RECORDING_MEMORY, Replay, ReplayLimits};
-use krr_engine::trace::limits::{MAX_CHUNK_EVENTS, MAX_SYMBOLS, MAX_ZSTD_LEVEL};
+use krr_engine::trace::limits::{MAX_CHUNK_EVENTS, MAX_MSR_TABLE, MAX_SYMBOLS, MAX_ZSTD_LEVEL};
 use krr_engine::trace::section::SectionKind;
 use krr_engine::trace::{RecordingReader, RecordingWriter, TraceError, WriterConfig};
 
@@ -145,6 +145,21 @@ fn a_header_with_millions_of_symbols_is_refused() {
     assert!(
         err.contains(&format!(
             "symbols, more than the {MAX_SYMBOLS} a recording may hold"
+        )),
+        "{err}"
+    );
+    assert!(peak < 80 * MIB, "peak {} MiB", peak / MIB);
+}
+
+#[test]
+fn a_header_with_a_huge_msr_table_is_refused() {
+    let _serial = serial();
+    let bytes = craft::msr_table_bomb();
+    let (r, peak) = peak_during(|| RecordingReader::from_bytes(bytes));
+    let err = r.err().expect("refused").to_string();
+    assert!(
+        err.contains(&format!(
+            "entries of the MSR table, more than the {MAX_MSR_TABLE} a recording may hold"
         )),
         "{err}"
     );

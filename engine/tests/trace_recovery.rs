@@ -17,6 +17,7 @@ fn header() -> Header {
             tsc_khz: None,
             counter: CounterSourceKind::None,
             quirks: Default::default(),
+            msrs: Default::default(),
         },
         KernelIdentity {
             name: "builtin:demo".into(),

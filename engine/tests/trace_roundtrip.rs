@@ -263,6 +263,39 @@ fn header() -> Header {
                     u
                 },
             },
+            msrs: {
+                use krr_engine::cpu::{MsrBehaviour, MsrRead, MsrTable, MsrWrite};
+                MsrTable::new([
+                    (
+                        0x10a,
+                        MsrBehaviour {
+                            read: MsrRead::Value(0x0c00_e16d),
+                            write: MsrWrite::NotMeasured,
+                        },
+                    ),
+                    (
+                        0x3a,
+                        MsrBehaviour {
+                            read: MsrRead::Faults,
+                            write: MsrWrite::Faults,
+                        },
+                    ),
+                    (
+                        0x8b,
+                        MsrBehaviour {
+                            read: MsrRead::Value(0x1_0000_0000),
+                            write: MsrWrite::Ignored,
+                        },
+                    ),
+                    (
+                        0x140,
+                        MsrBehaviour {
+                            read: MsrRead::Value(0),
+                            write: MsrWrite::Kept,
+                        },
+                    ),
+                ])
+            },
         },
         KernelIdentity {
             name: "builtin:demo".into(),

@@ -34,6 +34,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tsc_khz: None,
                 counter: CounterSourceKind::None,
                 quirks: Default::default(),
+                msrs: {
+                    use krr_engine::cpu::{MsrBehaviour, MsrRead, MsrTable, MsrWrite};
+                    MsrTable::new([
+                        (
+                            0x1a0,
+                            MsrBehaviour {
+                                read: MsrRead::Value(1),
+                                write: MsrWrite::NotMeasured,
+                            },
+                        ),
+                        (
+                            0x8b,
+                            MsrBehaviour {
+                                read: MsrRead::Value(0),
+                                write: MsrWrite::Ignored,
+                            },
+                        ),
+                        (
+                            0x3a,
+                            MsrBehaviour {
+                                read: MsrRead::Faults,
+                                write: MsrWrite::Faults,
+                            },
+                        ),
+                    ])
+                },
             },
             KernelIdentity {
                 name: "builtin:demo".into(),

@@ -15,7 +15,8 @@
 //! * [`counter`]: instruction-counter sources.
 //! * [`cpuid`]: the CPU the recording runs on and the CPUID values the guest observes
 //!   there (recorded for replay).
-//! * [`quirks`]: how the host executes guest kernel code where CPUID does not say.
+//! * [`quirks`]: how the host executes guest kernel code where CPUID does not say, and
+//!   what its `rdmsr`/`wrmsr` do with the MSRs the replay CPU does not model.
 //! * [`record`]: the recorder: the machine, its exits, and the recording loop.
 
 pub mod agent_ring;
@@ -49,6 +50,8 @@ pub enum RecorderError {
     ObserveCpuid(#[source] krr_kvm::Error),
     #[error("measuring the host's undefined results")]
     MeasureQuirks(#[source] krr_kvm::Error),
+    #[error("measuring what the host's rdmsr and wrmsr do")]
+    MeasureMsrs(#[source] krr_kvm::Error),
     #[error("loading the kernel")]
     Kernel(#[from] loader::LoadError),
     #[error("making the Linux kernel's command line")]

@@ -14,6 +14,7 @@ use crate::devices::{Devices, DmaMemory, Doorbell, Effect, IRQ_TIMER, Io};
 use crate::image::DiskImage;
 use crate::loader::{self, KernelFormat, LoadedKernel};
 use crate::{RecorderError, symbols};
+use krr_engine::cpu::MsrTable;
 use krr_engine::event::{
     DigestRegisters, Event, EventKind, InjectionPoint, RFLAGS_IF, WriteSource,
 };
@@ -185,6 +186,8 @@ struct Host {
     /// The CPUID values a guest observes on it.
     cpuid: Vec<CpuidEntry>,
     quirks: Quirks,
+    /// What `rdmsr` and `wrmsr` do there with the MSRs the replay CPU does not model.
+    msrs: MsrTable,
 }
 
 pub struct Recorder {
@@ -236,6 +239,8 @@ impl Recorder {
         let mut vm = crate::vm::create(config.memory, given.as_deref())?;
         let cpuid = crate::cpuid::observe(vm.cpuid())?;
         let quirks = crate::quirks::measure(&cpuid)?;
+        // The MSRs a guest given this CPUID table can read and write.
+        let msrs = crate::quirks::measure_msrs(vm.cpuid())?;
         let kernel_command_line = if format.is_linux() {
             crate::linux::kernel_command_line(
                 &crate::linux::host_command_line(&cpuid)?,
@@ -269,7 +274,12 @@ impl Recorder {
             loaded,
             kernel_command_line,
             symbols,
-            host: Host { cpu, cpuid, quirks },
+            host: Host {
+                cpu,
+                cpuid,
+                quirks,
+                msrs,
+            },
             exits: 0,
             stop_seen: None,
             input_incomplete: false,
@@ -318,6 +328,7 @@ impl Recorder {
                 tsc_khz: self.vm.vcpu().get_tsc_khz().ok(),
                 counter: self.capture.counter_kind(),
                 quirks: self.host.quirks.clone(),
+                msrs: self.host.msrs.clone(),
             },
             cpuid: self.host.cpuid.clone(),
             kernel: KernelIdentity {

@@ -138,7 +138,9 @@ use crate::state::{CpuState, CpuidEntry};
 
 pub use fpu::{FpuState, FxsaveImage};
 pub use mmu::{Access, PageFault};
-pub use msr_table::{MsrBehaviour, MsrRead, MsrTable, MsrWrite};
+pub use msr_table::{
+    MEASURED_MSRS, MeasuredMsr, MsrBehaviour, MsrRead, MsrTable, MsrWrite, measured_msr_name,
+};
 
 /// Why [`Cpu::run`] returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -514,8 +516,9 @@ impl Cpu {
     /// recording host's measurements: a read returns the value the guest wrote where
     /// the host keeps writes, else the measured value or #GP; a write faults, is
     /// ignored or is kept as the host did. An MSR the table does not cover is an
-    /// [`Exit::Error`]: replay cannot know what the host did. Without a table
-    /// (recordings made before the recorder measured MSRs) both raise #GP.
+    /// [`Exit::Error`]: replay cannot know what the host did. Replay always sets one (the
+    /// recording's, empty for recordings older than format 5); a CPU without a table
+    /// (tests of the CPU alone) raises #GP for both.
     pub fn set_msr_table(&mut self, table: MsrTable) {
         self.msr_table = Some(std::sync::Arc::new(table));
     }

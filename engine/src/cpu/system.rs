@@ -625,8 +625,12 @@ impl Cpu {
             return Err(gp0());
         };
         table.get(index).ok_or_else(|| {
+            let name = super::measured_msr_name(index)
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default();
             self.unsupported(format!(
-                "{what} of MSR {index:#x}, which the recording host's MSR table does not cover"
+                "{what} of MSR {index:#x}{name}, which the recording host's MSR table does not \
+                 cover"
             ))
         })
     }
@@ -686,6 +690,12 @@ impl Cpu {
                 MsrWrite::Faults => return Err(gp0()),
                 MsrWrite::Ignored => {}
                 MsrWrite::Kept => self.st.set_msr(i, v),
+                MsrWrite::NotMeasured => {
+                    return Err(self.unsupported(format!(
+                        "wrmsr of MSR {i:#x}, whose write the recording host's MSR table \
+                         did not measure"
+                    )));
+                }
             },
         }
         Ok(())

@@ -305,6 +305,9 @@ impl Replay {
         // Behave like the recording host's instruction emulator where it differs from
         // the architecture.
         cpu.set_quirks(header.machine.quirks.clone());
+        // Answer the MSRs it does not model as the recording host did; one the table
+        // does not cover stops replay, naming it (an empty table for older formats).
+        cpu.set_msr_table(header.machine.msrs.clone());
         let exact = header.machine.counter != CounterSourceKind::None;
         let initial = Initial {
             cpu: cpu.clone(),

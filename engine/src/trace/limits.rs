@@ -10,7 +10,7 @@
 //! | zstd window | 2^[`MAX_WINDOW_LOG`] bytes (the writer uses levels up to [`MAX_ZSTD_LEVEL`]) |
 //! | events in one chunk | [`MAX_CHUNK_EVENTS`], and one byte of payload each |
 //! | chunks in the trailer's index | one section header (72 bytes) of the file each |
-//! | symbols, CPUID entries, MSRs, unmodelled undefined results | [`MAX_SYMBOLS`], [`MAX_CPUID_ENTRIES`], [`MAX_MSRS`], [`MAX_UNMODELLED`] |
+//! | symbols, CPUID entries, MSRs, the host's MSR table, unmodelled undefined results | [`MAX_SYMBOLS`], [`MAX_CPUID_ENTRIES`], [`MAX_MSRS`], [`MAX_MSR_TABLE`], [`MAX_UNMODELLED`] |
 //! | memory regions, guest size | [`crate::memory::MAX_REGIONS`], [`crate::memory::MAX_GUEST_MEMORY`] (checked when replay builds the memory; regions are allocated lazily) |
 //!
 //! Replay holds more than one section at a time: it maps the snapshot's pages to where
@@ -21,6 +21,7 @@ use std::marker::PhantomData;
 
 use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
 
+use crate::cpu::MsrBehaviour;
 use crate::cpu::undefined::Unmodelled;
 use crate::state::{CpuidEntry, MemoryRegion, Symbol};
 
@@ -35,6 +36,8 @@ pub const MAX_SYMBOLS: usize = 1 << 20;
 pub const MAX_CPUID_ENTRIES: usize = 1 << 12;
 /// Most MSRs in a CPU state.
 pub const MAX_MSRS: usize = 1 << 12;
+/// Most entries of the MSR table in a header (the recorder measures a few dozen).
+pub const MAX_MSR_TABLE: usize = 1 << 12;
 /// Most unmodelled undefined results in a header.
 pub const MAX_UNMODELLED: usize = 1 << 12;
 /// Largest zstd window the reader accepts (8 MiB): what zstd levels up to
@@ -111,6 +114,12 @@ pub(crate) fn cpuid<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<CpuidEntry>, 
 
 pub(crate) fn msrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u32, u64)>, D::Error> {
     bounded_vec(d, MAX_MSRS, "MSRs")
+}
+
+pub(crate) fn msr_table<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<(u32, MsrBehaviour)>, D::Error> {
+    bounded_vec(d, MAX_MSR_TABLE, "entries of the MSR table")
 }
 
 pub(crate) fn regions<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<MemoryRegion>, D::Error> {

@@ -21,7 +21,8 @@
 //!
 //! postcard is not self-describing: any change to a stored type (including the event
 //! types in [`crate::event`]) needs a new [`FORMAT_VERSION`], and the reader keeps
-//! reading the old one through a module of its types as they were ([`v2`], [`v3`]).
+//! reading the old ones through a module of their types as they were ([`v2`], [`v3`],
+//! [`v4`]).
 
 mod error;
 pub mod limits;
@@ -30,6 +31,7 @@ pub mod section;
 mod stats;
 mod v2;
 mod v3;
+mod v4;
 mod writer;
 
 use serde::{Deserialize, Serialize};
@@ -41,9 +43,9 @@ pub use reader::{EventsFrom, RecordingReader, Recovery, SnapshotPages, SnapshotS
 pub use stats::Stats;
 pub use writer::{FinishInfo, RecordingWriter, WriterConfig};
 
-/// The format version this build writes. It also reads formats 2 ([`v2`]) and 3
-/// ([`v3`]).
-pub const FORMAT_VERSION: u32 = 4;
+/// The format version this build writes. It also reads formats 2 ([`v2`]), 3 ([`v3`])
+/// and 4 ([`v4`]).
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Most pages in one snapshot section (4 MiB uncompressed).
 pub const PAGES_PER_SECTION: usize = 1024;

@@ -17,7 +17,7 @@ use super::section::{
     SectionKind, decode_exact, decode_footer,
 };
 use super::stats::{KindCounts, Stats, StoredStats};
-use super::{ChunkInfo, FORMAT_VERSION, Header, PAGES_PER_SECTION, v2, v3};
+use super::{ChunkInfo, FORMAT_VERSION, Header, PAGES_PER_SECTION, v2, v3, v4};
 
 /// How much of a recording could be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +96,8 @@ impl<R: Read + Seek> RecordingReader<R> {
             decode_exact::<v2::Header>(payload, at, "header")?.into()
         } else if version == v3::VERSION {
             decode_exact::<v3::Header>(payload, at, "header")?.into()
+        } else if version == v4::VERSION {
+            decode_exact::<v4::Header>(payload, at, "header")?.into()
         } else {
             decode_exact(payload, at, "header")?
         };
@@ -652,7 +654,7 @@ fn read_preamble<R: Read + Seek>(r: &mut R, file_size: u64) -> Result<u32> {
         ));
     }
     let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION && version != v2::VERSION && version != v3::VERSION {
+    if ![FORMAT_VERSION, v4::VERSION, v3::VERSION, v2::VERSION].contains(&version) {
         return Err(TraceError::UnsupportedVersion {
             found: version,
             supported: FORMAT_VERSION,

@@ -5,6 +5,7 @@
 //! ([`crate::state::Quirks::undefined`]; a format 2 recording replays with
 //! [`UndefinedBehaviour::legacy`], as it always did) and the full registers to digests
 //! (format 2 stored their hash: [`DigestRegisters::Hash`]). Everything else is shared.
+//! Format 5's MSR table is empty for it, as for formats 3 and 4 ([`super::v4`]).
 
 use serde::Deserialize;
 
@@ -56,6 +57,7 @@ impl From<Header> for super::Header {
                     bit_scan_ignores_rep: h.machine.quirks.bit_scan_ignores_rep,
                     undefined: UndefinedBehaviour::legacy(),
                 },
+                msrs: Default::default(),
             },
             cpuid: h.cpuid,
             kernel: h.kernel,

@@ -1,10 +1,12 @@
 //! Format 3, which this build still reads: its header, which format 4 extended with the
 //! kernel's command line ([`super::Header::kernel_command_line`]; a format 3 recording
-//! has none stored: empty). Its events are format 4's.
+//! has none stored: empty); its machine configuration is format 4's ([`super::v4`]).
+//! Its events are those of the current format.
 
 use serde::Deserialize;
 
-use crate::state::{CpuidEntry, KernelIdentity, MachineConfig, Symbol};
+use super::v4::MachineConfig;
+use crate::state::{CpuidEntry, KernelIdentity, Symbol};
 
 /// The format version this module reads.
 pub const VERSION: u32 = 3;
@@ -28,7 +30,7 @@ impl From<Header> for super::Header {
     fn from(h: Header) -> Self {
         super::Header {
             format_version: h.format_version,
-            machine: h.machine,
+            machine: h.machine.into(),
             cpuid: h.cpuid,
             kernel: h.kernel,
             symbols: h.symbols,

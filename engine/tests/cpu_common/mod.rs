@@ -129,6 +129,7 @@ impl Image {
             tsc_khz: None,
             counter: CounterSourceKind::None,
             quirks: Default::default(),
+            msrs: Default::default(),
         }
     }
 

@@ -113,6 +113,7 @@ pub fn machine(regions: &[(u64, u64)]) -> MachineConfig {
         tsc_khz: None,
         counter: CounterSourceKind::KvmInsnEmulation,
         quirks: Default::default(),
+        msrs: Default::default(),
     }
 }
 
@@ -275,6 +276,53 @@ pub fn symbol_bomb() -> Vec<u8> {
             h.created_unix_s,
             &h.recorder_version,
             &h.kernel_command_line,
+        ))
+        .unwrap(),
+    );
+    let mut c = Craft::new();
+    c.section(SectionKind::Header, [0; 4], &payload);
+    c.empty_snapshot();
+    c.chunk(1, &console_events(1));
+    c.finish();
+    c.bytes
+}
+
+/// A header whose MSR table claims 60 MiB of 3-byte entries (about 21 M).
+pub fn msr_table_bomb() -> Vec<u8> {
+    let h = header(&[RAM]);
+    let m = &h.machine;
+    let mut payload = postcard::to_allocvec(&(
+        h.format_version,
+        &m.regions,
+        m.tsc_khz,
+        m.counter,
+        &m.quirks,
+    ))
+    .unwrap();
+    let n = (60u64 << 20) / 3;
+    let mut k = n;
+    loop {
+        let b = (k & 0x7f) as u8;
+        k >>= 7;
+        if k == 0 {
+            payload.push(b);
+            break;
+        }
+        payload.push(b | 0x80);
+    }
+    // MSR 0, read #GP (variant 1), write #GP (variant 0).
+    for _ in 0..n {
+        payload.extend_from_slice(&[0, 1, 0]);
+    }
+    payload.extend_from_slice(
+        &postcard::to_allocvec(&(
+            &h.cpuid,
+            &h.kernel,
+            &h.symbols,
+            &h.kernel_image,
+            &h.command_line,
+            h.created_unix_s,
+            &h.recorder_version,
         ))
         .unwrap(),
     );

@@ -976,6 +976,7 @@ fn machine_with(code: &[u8]) -> Result<(CpuState, GuestMemory), String> {
         tsc_khz: None,
         counter: CounterSourceKind::None,
         quirks: Quirks::default(),
+        msrs: Default::default(),
     };
     let mem = GuestMemory::from_snapshot(
         &config,
