@@ -1,0 +1,201 @@
+//! The Linux 6.1 guest (guest-agent/linux).
+//!
+//! Always: the checked-in boot recording (`tests/fixtures/linux-boot.krr`: the vmlinux
+//! booted with `--initrd` and `krr.boot_only`, to power-off) replays with 0 divergences,
+//! and the UI breaks at `start_kernel` and finishes back out of it, from the symbols the
+//! recording holds.
+//!
+//! Where `KRR_LINUX_OUT` names a built guest (`guest-agent/linux/build.sh OUTDIR`;
+//! `.ci/run` builds one) and /dev/kvm is usable: a fresh boot is recorded from it and
+//! replayed with 0 divergences, the UI shows the vmlinux's source lines, and gdb with
+//! `file vmlinux` breaks, backtraces and steps backwards in it.
+
+mod common;
+
+use common::gdb::{Server, gdb_available, run_gdb};
+use common::tmux::{available, start};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/linux-boot.krr")
+}
+
+/// The built Linux guest, or None (printing why the test is skipped).
+fn linux_out() -> Option<PathBuf> {
+    let Some(out) = std::env::var_os("KRR_LINUX_OUT").map(PathBuf::from) else {
+        println!(
+            "skipped: KRR_LINUX_OUT is not set (build the Linux guest with \
+             guest-agent/linux/build.sh OUTDIR, then set KRR_LINUX_OUT=OUTDIR)"
+        );
+        return None;
+    };
+    for f in ["vmlinux", "initramfs.cpio"] {
+        assert!(
+            out.join(f).is_file(),
+            "KRR_LINUX_OUT={} has no {f}: run guest-agent/linux/build.sh there",
+            out.display()
+        );
+    }
+    Some(out)
+}
+
+/// A boot recorded once for this test process from the built guest, or None (printing
+/// why) without one or without /dev/kvm.
+fn fresh_boot() -> Option<&'static Path> {
+    let out = linux_out()?;
+    if !common::kvm() {
+        return None;
+    }
+    static RECORDING: OnceLock<PathBuf> = OnceLock::new();
+    let path = RECORDING.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("krr-linux-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("boot.krr");
+        let mut cmd = common::krr();
+        cmd.args(["record", "--headless", "--quiet", "--force", "--kernel"])
+            .arg(out.join("vmlinux"))
+            .arg("--initrd")
+            .arg(out.join("initramfs.cpio"))
+            .args(["--cmdline", "krr.boot_only", "-o"])
+            .arg(&path);
+        let o = common::run_with_timeout(cmd, Duration::from_secs(600));
+        assert!(
+            o.status.success(),
+            "record failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        path
+    });
+    Some(path)
+}
+
+/// Replays `path` with --verify: the summary line says 0 divergences and power-off,
+/// and the console is the Linux boot's.
+fn assert_boot_replays(path: &Path) {
+    let out = common::replay_verify(path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout.lines().last().unwrap_or_default();
+    assert!(
+        out.status.success() && summary.contains("divergences: 0 (guest powered off)"),
+        "{summary}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Linux version 6.1."), "{stdout}");
+    assert!(stdout.contains("krr.boot_only"), "{stdout}");
+}
+
+#[test]
+fn the_checked_in_boot_replays_to_power_off_without_divergence() {
+    assert_boot_replays(&fixture());
+}
+
+#[test]
+fn the_ui_breaks_at_start_kernel_and_finishes_back_to_its_caller() {
+    if !available(false) {
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_krr-tui");
+    let cmd = format!("{bin} replay {}", fixture().display());
+    let t = start("linux", &cmd, 160, 48, &[]);
+    t.wait_for("press ? for help");
+    // The entry is startup_64 at its physical address, listed from there.
+    let s = t.wait_for_status("startup_64");
+    assert!(s.contains("icount 0 "), "{s}");
+    assert!(t.screen().contains("→ 0000000001000000"), "{}", t.screen());
+    t.send(&[":"]);
+    t.type_text("break start_kernel");
+    t.send(&["Enter"]);
+    t.send(&["c"]);
+    let at_break = t.wait_for_status("start_kernel  ");
+    t.send(&["F"]);
+    let back = t.wait_for_status("x86_64_start_reservations");
+    let icount = |s: &str| -> u64 {
+        s.split("icount ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("icount in the status bar")
+    };
+    assert!(icount(&back) < icount(&at_break), "{at_break}\n{back}");
+}
+
+#[test]
+fn a_fresh_boot_records_and_replays_without_divergence() {
+    let Some(path) = fresh_boot() else {
+        return;
+    };
+    assert_boot_replays(path);
+}
+
+#[test]
+fn the_ui_shows_the_vmlinux_source_of_a_fresh_boot() {
+    if !available(true) {
+        return;
+    }
+    let Some(path) = fresh_boot() else {
+        return;
+    };
+    let bin = env!("CARGO_BIN_EXE_krr-tui");
+    // No --kernel: replay reads the vmlinux the recording was made from.
+    let cmd = format!("{bin} replay {}", path.display());
+    let t = start("linux-source", &cmd, 160, 48, &[]);
+    let s = t.wait_for("head_64.S");
+    assert!(s.contains("startup_64"), "{s}");
+    t.send(&[":"]);
+    t.type_text("break start_kernel");
+    t.send(&["Enter"]);
+    t.send(&["c"]);
+    t.wait_for_status("start_kernel  ");
+    let s = t.wait_for("init/main.c");
+    assert!(s.contains("start_kernel"), "{s}");
+}
+
+#[test]
+fn gdb_with_the_vmlinux_breaks_backtraces_and_steps_back_in_a_fresh_boot() {
+    if !gdb_available() {
+        return;
+    }
+    let Some(path) = fresh_boot() else {
+        return;
+    };
+    let out = linux_out().expect("fresh_boot needs it");
+    let server = Server::start_on(path);
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "target remote {}\n\
+         break start_kernel\n\
+         continue\n\
+         bt\n\
+         printf \"pc=%lx\\n\", $pc\n\
+         stepi\n\
+         stepi\n\
+         printf \"pc=%lx\\n\", $pc\n\
+         reverse-stepi\n\
+         reverse-stepi\n\
+         printf \"pc=%lx\\n\", $pc\n\
+         reverse-finish\n\
+         info symbol $pc\n\
+         detach\n",
+        server.addr
+    );
+    let text = run_gdb(Some(&out.join("vmlinux")), &script, dir.path());
+    assert!(text.contains("Breakpoint 1, start_kernel"), "{text}");
+    // x86_64_start_kernel and x86_64_start_reservations end in jumps (tail calls): the
+    // frame below start_kernel is the one that called the first of them.
+    assert!(
+        text.contains("#0  start_kernel") && text.contains("in secondary_startup_64"),
+        "the backtrace goes from start_kernel to its caller's frame:\n{text}"
+    );
+    let pcs: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("pc=")).collect();
+    assert_eq!(pcs.len(), 3, "{text}");
+    assert_ne!(pcs[0], pcs[1], "stepi moved:\n{text}");
+    assert_eq!(pcs[0], pcs[2], "two reverse-stepi undo two stepi:\n{text}");
+    // As the UI's F (the_ui_breaks_at_start_kernel_and_finishes_back_to_its_caller):
+    // back to the jump into start_kernel.
+    assert!(
+        text.contains("x86_64_start_reservations + "),
+        "reverse-finish from start_kernel:\n{text}"
+    );
+}
