@@ -170,12 +170,12 @@ impl Symbols {
                 })
             })
             .collect();
-        let text_end = file
+        let text_sections: Vec<(u64, u64)> = file
             .sections()
             .filter(|s| s.kind() == object::SectionKind::Text)
-            .map(|s| s.address().saturating_add(s.size()))
-            .max();
-        finish_functions(&mut functions, text_end);
+            .map(|s| (s.address(), s.address().saturating_add(s.size())))
+            .collect();
+        finish_functions(&mut functions, &text_sections);
         let mut data: Vec<DataSymbol> = file
             .symbols()
             .filter(|s| s.address() != 0 && is_data(&file, s))
@@ -229,7 +229,7 @@ impl Symbols {
                 size: s.size,
             })
             .collect();
-        finish_functions(&mut functions, None);
+        finish_functions(&mut functions, &[]);
         Symbols {
             functions,
             data: Vec::new(),
@@ -359,6 +359,11 @@ impl Symbols {
         self.lookup(addr)
             .map(|l| l.to_string())
             .or_else(|| self.lookup_data(addr).map(|d| d.to_string()))
+            .or_else(|| {
+                // Early Linux code addresses its data at physical addresses too.
+                let linked = self.linked_address(addr)?;
+                self.lookup_data(linked).map(|d| d.to_string())
+            })
     }
 
     /// The source line of the instruction at `addr` (or at its virtual address, as
@@ -514,18 +519,27 @@ fn is_data(file: &object::File<'_>, s: &object::Symbol<'_, '_>) -> bool {
     }
 }
 
-/// Sorts, removes duplicates and gives size-less symbols the distance to the next one.
-fn finish_functions(functions: &mut Vec<Function>, text_end: Option<u64>) {
+/// Sorts, removes duplicates and gives size-less symbols the distance to the next one,
+/// but never past the end of the text section they are in (`text_sections`, start and
+/// end; empty where unknown): a label at a section's end, such as Linux's `_etext`,
+/// must not claim the data that follows it.
+fn finish_functions(functions: &mut Vec<Function>, text_sections: &[(u64, u64)]) {
     functions.sort_by(|a, b| a.addr.cmp(&b.addr).then(b.size.cmp(&a.size)));
     functions.dedup_by_key(|f| f.addr);
     for i in 0..functions.len() {
         if functions[i].size == 0 {
-            let next = functions
-                .get(i + 1)
-                .map(|n| n.addr)
-                .or(text_end)
-                .unwrap_or(functions[i].addr + 1);
-            functions[i].size = next.saturating_sub(functions[i].addr).max(1);
+            let addr = functions[i].addr;
+            let section_end = text_sections
+                .iter()
+                .filter(|&&(start, end)| start <= addr && addr <= end)
+                .map(|&(_, end)| end)
+                .min();
+            let next = functions.get(i + 1).map(|n| n.addr);
+            let end = match (next, section_end) {
+                (Some(n), Some(e)) => n.min(e),
+                (n, e) => n.or(e).unwrap_or(addr + 1),
+            };
+            functions[i].size = end.saturating_sub(addr).max(1);
         }
     }
 }
@@ -554,6 +568,36 @@ mod tests {
     fn fixture_header() -> Header {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/demo.krr");
         Replay::open(path).expect("fixture").header().clone()
+    }
+
+    #[test]
+    fn a_sizeless_label_stops_at_its_text_section_end() {
+        let f = |name: &str, addr, size| Function {
+            name: name.to_string(),
+            addr,
+            size,
+        };
+        // .text 0x1000..0x2100 ends in `_etext`; .init.text starts at 0x9000.
+        let mut functions = vec![
+            f("init_fn", 0x9000, 0x10),
+            f("_etext", 0x2100, 0),
+            f("last_text_label", 0x2000, 0),
+            f("first", 0x1000, 0x20),
+        ];
+        finish_functions(&mut functions, &[(0x1000, 0x2100), (0x9000, 0x9010)]);
+        let sizes: Vec<(&str, u64)> = functions
+            .iter()
+            .map(|f| (f.name.as_str(), f.size))
+            .collect();
+        assert_eq!(
+            sizes,
+            [
+                ("first", 0x20),
+                ("last_text_label", 0x100),
+                ("_etext", 1),
+                ("init_fn", 0x10)
+            ]
+        );
     }
 
     #[test]
