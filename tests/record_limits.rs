@@ -206,7 +206,7 @@ fn linux_boot_files_are_checked_before_the_guest_starts() {
         .set_len(1 << 30)
         .unwrap();
     std::fs::write(path("not-elf"), b"MZ\x90\x00 a PE file, not an ELF").unwrap();
-    let cases: [(Vec<String>, &str); 4] = [
+    let cases: [(Vec<String>, &str); 5] = [
         (
             vec![
                 "--memory".into(),
@@ -219,6 +219,8 @@ fn linux_boot_files_are_checked_before_the_guest_starts() {
         (vec!["--initrd".into(), path("missing")], "No such file"),
         (vec!["--initrd".into(), path("not-elf")], "not Linux"),
         (vec!["--vmlinux".into(), path("not-elf")], "--vmlinux"),
+        // The demo kernel takes no command line: refused, not silently dropped.
+        (vec!["--cmdline".into(), "quiet".into()], "command line"),
     ];
     for (args, expected) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -102,6 +102,11 @@ pub enum LoadError {
     )]
     InitrdNeedsLinux,
     #[error(
+        "a kernel command line is given but the kernel is not Linux (a vmlinux or \
+         bzImage): only Linux is given one"
+    )]
+    CommandLineNeedsLinux,
+    #[error(
         "the initrd ({size} bytes) does not fit between the kernel's end ({kernel_end:#x}) \
          and {top:#x} (the end of RAM or the highest address the kernel reads an initrd \
          at): give --memory more"

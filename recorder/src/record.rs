@@ -226,6 +226,9 @@ impl Recorder {
         // Checked before the machine is made: a Linux kernel's vCPU is given a CPUID
         // table without the features it must not use.
         let format = loader::detect_format(&config.kernel)?;
+        if !format.is_linux() && !config.cmdline.is_empty() {
+            return Err(loader::LoadError::CommandLineNeedsLinux.into());
+        }
         let symbols = match &config.vmlinux {
             Some(elf) => symbols::vmlinux_symbols(elf)?,
             None => symbols::kernel_symbols(&config.kernel),
