@@ -14,16 +14,15 @@
 
 mod common;
 
-use common::gdb::{Server, gdb_available};
+use common::gdb::{Server, gdb_available, run_gdb_file};
 use krr_engine::replay::{Replay, Stop, Target};
 use krr_engine::symbols::Symbols;
 use krr_engine::timeline::Timeline;
 use krr_ui::{App, Keymap, MoveCtl};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn fixture() -> PathBuf {
@@ -124,34 +123,11 @@ gdb.execute("detach")
     );
     let script_path = dir.join(format!("{}.py", command.replace(' ', "_")));
     std::fs::write(&script_path, script).unwrap();
-    let mut child = Command::new("gdb")
-        .args(["-batch", "-nx"])
-        .arg("-ex")
-        .arg(format!("file {}", dir.join("kernel.elf").display()))
-        .arg("-x")
-        .arg(&script_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("gdb starts");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        let mut e = String::new();
-        let _ = err.read_to_string(&mut e);
-        (s, e)
-    });
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(1800) {
-            let _ = child.kill();
-            panic!("gdb did not finish {command} in 1800 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (out, err) = reader.join().unwrap();
+    let (out, err) = run_gdb_file(
+        Some(&dir.join("kernel.elf")),
+        &script_path,
+        Duration::from_secs(1800),
+    );
     let mut results: BTreeMap<u64, Option<u64>> = BTreeMap::new();
     for l in out.lines() {
         let Some(rest) = l.strip_prefix("RESULT ") else {

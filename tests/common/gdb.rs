@@ -108,6 +108,14 @@ impl Drop for Server {
 pub fn run_gdb(elf: Option<&Path>, script: &str, dir: &Path) -> String {
     let script_path = dir.join("script.gdb");
     std::fs::write(&script_path, script).unwrap();
+    let (out, err) = run_gdb_file(elf, &script_path, Duration::from_secs(300));
+    out + &err
+}
+
+/// Runs gdb in batch mode on the script file `script_path` (gdb commands, or Python
+/// for a `.py`), failing the test if it takes longer than `limit`; its stdout and
+/// stderr.
+pub fn run_gdb_file(elf: Option<&Path>, script_path: &Path, limit: Duration) -> (String, String) {
     let mut cmd = Command::new("gdb");
     cmd.args([
         "-batch",
@@ -122,7 +130,7 @@ pub fn run_gdb(elf: Option<&Path>, script: &str, dir: &Path) -> String {
     }
     let mut child = cmd
         .arg("-x")
-        .arg(&script_path)
+        .arg(script_path)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -134,13 +142,13 @@ pub fn run_gdb(elf: Option<&Path>, script: &str, dir: &Path) -> String {
         let _ = out.read_to_string(&mut s);
         let mut e = String::new();
         let _ = err.read_to_string(&mut e);
-        s + &e
+        (s, e)
     });
     let start = Instant::now();
     while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(300) {
+        if start.elapsed() > limit {
             let _ = child.kill();
-            panic!("gdb did not finish in 300 s");
+            panic!("gdb did not finish {} in {limit:?}", script_path.display());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
