@@ -15,77 +15,15 @@
 mod common;
 
 use common::gdb::{Server, gdb_available, run_gdb_file};
-use krr_engine::replay::{Replay, Stop, Target};
-use krr_engine::symbols::Symbols;
+use common::samples::{Sample, fixture, samples};
+use krr_engine::replay::Replay;
 use krr_engine::timeline::Timeline;
 use krr_ui::{App, Keymap, MoveCtl};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/demo.krr")
-}
-
-/// A start position: the first time execution reaches a statement.
-#[derive(Debug, Clone)]
-struct Sample {
-    icount: u64,
-    rip: u64,
-    function: String,
-    line: String,
-}
-
-/// Every statement of the kernel that executes, at the first icount it is reached;
-/// at most `per_function` per function, spread over its lines.
-fn samples(per_function: usize) -> Vec<Sample> {
-    let mut replay = Replay::open(fixture()).expect("fixture");
-    let symbols = Symbols::from_header(replay.header());
-    let table = symbols.line_table().expect("line tables");
-    let mut pending: BTreeSet<u64> = table.statements().iter().map(|s| s.0).collect();
-    let mut first: BTreeMap<u64, u64> = BTreeMap::new();
-    replay.set_user_breakpoints(pending.iter().copied().collect());
-    while let Stop::Breakpoint(a) = replay.run(Target::End) {
-        first.entry(a).or_insert(replay.icount());
-        pending.remove(&a);
-        replay.set_user_breakpoints(pending.iter().copied().collect());
-    }
-    let mut by_function: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
-    for (&rip, &icount) in &first {
-        let function = symbols
-            .lookup(rip)
-            .map(|l| l.function.name.clone())
-            .unwrap_or_default();
-        let line = symbols
-            .line(rip)
-            .map(|l| format!("{}:{}", l.file.display(), l.line))
-            .unwrap_or_default();
-        by_function
-            .entry(function.clone())
-            .or_default()
-            .push(Sample {
-                icount,
-                rip,
-                function,
-                line,
-            });
-    }
-    let mut out = Vec::new();
-    for (_, mut v) in by_function {
-        v.sort_by_key(|s| s.rip);
-        if v.len() > per_function {
-            let step = v.len() as f64 / per_function as f64;
-            v = (0..per_function)
-                .map(|i| v[(i as f64 * step) as usize].clone())
-                .collect();
-        }
-        out.extend(v);
-    }
-    out.sort_by_key(|s| s.icount);
-    out
-}
 
 /// Runs `command` in gdb from each sample position; the icount it lands at, or None
 /// where gdb refused it.

@@ -29,8 +29,10 @@ use target::ReplayTarget;
 
 /// Largest packet accepted from gdb, `$`, `#` and checksum included.
 const MAX_PACKET: usize = 16 * 1024;
-/// Largest memory read served in one `m` packet (its reply is twice as long in hex).
-const MAX_READ: u64 = (MAX_PACKET / 2 - 16) as u64;
+/// Largest memory read served in one `m` packet: what gdb asks for at most with our
+/// PacketSize (half of it, the reply being hex; gdbstub streams the reply, so it need
+/// not fit the packet buffer). Less made gdb's read of a 16 KiB array fail.
+const MAX_READ: u64 = (MAX_PACKET / 2) as u64;
 /// How often a blocked read wakes up.
 const POLL: Duration = Duration::from_millis(20);
 

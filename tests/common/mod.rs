@@ -118,4 +118,5 @@ pub fn first_line(child: &mut Child) -> String {
 }
 
 pub mod gdb;
+pub mod samples;
 pub mod tmux;

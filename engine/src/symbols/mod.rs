@@ -21,14 +21,25 @@ use std::sync::Arc;
 type Reader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
 
 mod blocks;
+mod debuginfo;
+mod expr;
 mod lines;
 mod types;
 mod unwind;
+mod values;
 
 pub use blocks::{Block, BlockKind, Blocks, Scope};
+pub use debuginfo::{
+    AggregateKind, BaseEncoding, DebugInfo, DebugInfoError, DieRef, Field, FrameContext, Place,
+    Pointee, ScopeFrame, Type, Variable,
+};
+pub use expr::{ExprContext, evaluate as evaluate_expression};
 pub use lines::{LineRange, LineTable};
 pub use types::Member;
-pub use unwind::{CfaBase, Frame, FrameRule, MAX_FRAMES, SavedRbp, Unwinder};
+pub use unwind::{
+    CfaBase, DWARF_PC, DwarfRegisters, Frame, FrameRule, MAX_FRAMES, SavedRbp, Unwinder,
+};
+pub use values::{MemoryFault, Radix, ReadMemory, Value, ValuePrinter, gdb_symbol, memory_error};
 
 /// Errors reading a guest image.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +139,8 @@ pub struct Symbols {
     /// Functions and inlined calls, built when first asked for.
     blocks: std::sync::OnceLock<Option<Blocks>>,
     dwarf: Option<Arc<gimli::Dwarf<Reader>>>,
+    /// Variables and types, read when first asked for.
+    debug_info: std::sync::OnceLock<Option<DebugInfo>>,
     unwinder: Option<Unwinder>,
 }
 
@@ -151,6 +164,7 @@ impl Symbols {
             line_table: std::sync::OnceLock::new(),
             blocks: std::sync::OnceLock::new(),
             dwarf: None,
+            debug_info: std::sync::OnceLock::new(),
             unwinder: None,
         }
     }
@@ -205,6 +219,7 @@ impl Symbols {
             line_table: std::sync::OnceLock::new(),
             blocks: std::sync::OnceLock::new(),
             dwarf,
+            debug_info: std::sync::OnceLock::new(),
             unwinder,
         })
     }
@@ -238,6 +253,7 @@ impl Symbols {
             line_table: std::sync::OnceLock::new(),
             blocks: std::sync::OnceLock::new(),
             dwarf: None,
+            debug_info: std::sync::OnceLock::new(),
             unwinder: None,
         }
     }
@@ -447,6 +463,13 @@ impl Symbols {
         types::member(self.dwarf.as_ref()?, structure, member)
             .ok()
             .flatten()
+    }
+
+    /// The image's variables and types from its DWARF information (None without it).
+    pub fn debug_info(&self) -> Option<&DebugInfo> {
+        self.debug_info
+            .get_or_init(|| DebugInfo::new(self.dwarf.clone()?).ok())
+            .as_ref()
     }
 
     /// The image's functions and inlined calls from its DWARF information.

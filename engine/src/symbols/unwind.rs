@@ -82,10 +82,26 @@ struct Row {
     rule: Option<FrameRule>,
 }
 
+/// The section the tables were read from, kept for the rules of every register
+/// ([`Unwinder::caller_registers`]), which the rows leave out.
+enum CfiSection {
+    Debug(DebugFrame<Reader>),
+    Eh(EhFrame<Reader>),
+}
+
+/// A frame's general registers by DWARF number (0 rax, 1 rdx, 2 rcx, 3 rbx, 4 rsi,
+/// 5 rdi, 6 rbp, 7 rsp, 8-15 r8-r15) and its pc (16); None where not known.
+pub type DwarfRegisters = [Option<u64>; 17];
+
+/// DWARF's number of the pc (the return address column on x86-64).
+pub const DWARF_PC: usize = 16;
+
 /// The call-frame tables of one image.
 pub struct Unwinder {
     /// Sorted by start address.
     rows: Vec<Row>,
+    section: CfiSection,
+    bases: BaseAddresses,
 }
 
 impl std::fmt::Debug for Unwinder {
@@ -115,20 +131,88 @@ impl Unwinder {
                 )
             })
         };
-        let mut rows = if let Some((r, _)) = data(".debug_frame") {
+        let (mut rows, section, bases) = if let Some((r, _)) = data(".debug_frame") {
             let mut s = DebugFrame::from(r);
             s.set_address_size(8);
-            read_rows(&s, &BaseAddresses::default())
+            let bases = BaseAddresses::default();
+            (read_rows(&s, &bases), CfiSection::Debug(s), bases)
         } else {
             let (r, addr) = data(".eh_frame")?;
             let mut bases = BaseAddresses::default().set_eh_frame(addr);
             if let Some(text) = file.section_by_name(".text") {
                 bases = bases.set_text(text.address());
             }
-            read_rows(&EhFrame::from(r), &bases)
+            let s = EhFrame::from(r);
+            (read_rows(&s, &bases), CfiSection::Eh(s), bases)
         };
         rows.sort_by_key(|r| r.start);
-        Some(Unwinder { rows })
+        Some(Unwinder {
+            rows,
+            section,
+            bases,
+        })
+    }
+
+    /// The canonical frame address of the frame whose registers are `regs` (the pc
+    /// looked up as [`Unwinder::caller`] does).
+    pub fn cfa_of(&self, regs: &DwarfRegisters, first: bool) -> Option<u64> {
+        let pc = lookup_pc(regs[DWARF_PC]?, first);
+        let mut ctx = Box::new(UnwindContext::new());
+        let row = match &self.section {
+            CfiSection::Debug(s) => {
+                s.unwind_info_for_address(&self.bases, &mut ctx, pc, DebugFrame::cie_from_offset)
+            }
+            CfiSection::Eh(s) => {
+                s.unwind_info_for_address(&self.bases, &mut ctx, pc, EhFrame::cie_from_offset)
+            }
+        }
+        .ok()?;
+        cfa_of_row(row, regs)
+    }
+
+    /// The caller's registers as gdb unwinds them: the stack pointer is the canonical
+    /// frame address, the pc the saved return address, a register the rules save is
+    /// read from the stack, one they do not mention keeps its value (gdb's "same
+    /// value" for unspecified registers), one they mark undefined is unknown. None where
+    /// the tables do not describe the pc.
+    pub fn caller_registers(
+        &self,
+        regs: &DwarfRegisters,
+        first: bool,
+        read_u64: &dyn Fn(u64) -> Option<u64>,
+    ) -> Option<DwarfRegisters> {
+        let pc = lookup_pc(regs[DWARF_PC]?, first);
+        let mut ctx = Box::new(UnwindContext::new());
+        let row = match &self.section {
+            CfiSection::Debug(s) => {
+                s.unwind_info_for_address(&self.bases, &mut ctx, pc, DebugFrame::cie_from_offset)
+            }
+            CfiSection::Eh(s) => {
+                s.unwind_info_for_address(&self.bases, &mut ctx, pc, EhFrame::cie_from_offset)
+            }
+        }
+        .ok()?;
+        let cfa = cfa_of_row(row, regs)?;
+        let mut out = *regs;
+        out[DWARF_PC] = None;
+        for (register, rule) in row.registers() {
+            let n = register.0 as usize;
+            if n >= out.len() {
+                continue;
+            }
+            out[n] = match rule {
+                RegisterRule::Undefined => None,
+                RegisterRule::SameValue => regs[n],
+                RegisterRule::Offset(o) => read_u64(cfa.wrapping_add(*o as u64)),
+                RegisterRule::ValOffset(o) => Some(cfa.wrapping_add(*o as u64)),
+                RegisterRule::Register(r) => regs.get(r.0 as usize).copied().flatten(),
+                RegisterRule::Constant(v) => Some(*v),
+                _ => None,
+            };
+        }
+        out[X86_64::RSP.0 as usize] = Some(cfa);
+        out[DWARF_PC]?;
+        Some(out)
     }
 
     /// Whether the tables describe the instruction at `pc` (whatever their rule).
@@ -187,6 +271,23 @@ impl Unwinder {
             first = false;
         }
         out
+    }
+}
+
+/// A return address points after the call; the call itself is looked up (gdb's "address
+/// in block").
+fn lookup_pc(pc: u64, first: bool) -> u64 {
+    if first { pc } else { pc.wrapping_sub(1) }
+}
+
+fn cfa_of_row(row: &gimli::UnwindTableRow<usize>, regs: &DwarfRegisters) -> Option<u64> {
+    match row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset } => regs
+            .get(register.0 as usize)
+            .copied()
+            .flatten()
+            .map(|b| b.wrapping_add(*offset as u64)),
+        CfaRule::Expression(_) => None,
     }
 }
 

@@ -24,10 +24,12 @@
 //! likewise, and keep the last match; watchpoints cost them only a comparison of a
 //! counter per instruction.
 
+mod frames;
 mod step;
 mod watch;
 mod writes;
 
+pub use frames::{FrameVariables, StackFrame, VariableText};
 pub use step::{FrameId, LineStep};
 pub use watch::{MAX_WATCH_LEN, Watchpoint};
 pub use writes::{WatchWrite, Writer};
