@@ -324,3 +324,74 @@ fn variables_watch_values_last_and_bookmarks() {
     t.send(&["q"]);
     t.wait_exit("q did not quit");
 }
+
+/// Variables in a real terminal: the locals pane at a breakpoint, `:print` of a member
+/// (`/x` too), a structure through a pointer and a string, `:up` to the caller and
+/// `:print` there, and an error for a name that does not exist.
+#[test]
+fn locals_pane_print_and_frames() {
+    let Some(t) = open_fixture("print", 200) else {
+        return;
+    };
+    t.wait_for("press ? for help");
+    t.send(&[":"]);
+    t.type_text("break syscall_dispatch");
+    t.send(&["Enter"]);
+    t.wait_for_status("breakpoint at syscall_dispatch");
+    t.send(&["c"]);
+    t.wait_for_status("continue: breakpoint at syscall_dispatch");
+    let s = t.screen();
+    assert!(s.contains("9 locals"), "{s}");
+    assert!(
+        s.contains("tf = 0xffffffff8012"),
+        "the locals pane shows tf:\n{s}"
+    );
+    assert!(
+        s.contains("#0  syscall_dispatch (tf=0xffffffff8012"),
+        "the backtrace shows the argument:\n{s}"
+    );
+
+    // A member of the trap frame: the user code segment (0x30, RPL 3) the system call
+    // came from.
+    t.send(&[":"]);
+    t.type_text("p/x tf->cs");
+    t.send(&["Enter"]);
+    t.wait_for_status("tf->cs = 0x33");
+
+    // A structure through a global pointer, and a string member.
+    t.send(&[":"]);
+    t.type_text("print cur->state");
+    t.send(&["Enter"]);
+    t.wait_for_status("cur->state = RUNNING");
+    t.send(&[":"]);
+    t.type_text("p cur->name");
+    t.send(&["Enter"]);
+    let status = t.wait_for_status("cur->name = 0xffffffff8010");
+    assert!(status.contains('"'), "the name's string: {status}");
+
+    // The caller's frame is the assembly entry stub, which has no variables; back down,
+    // tf is there again.
+    t.send(&[":"]);
+    t.type_text("up");
+    t.send(&["Enter"]);
+    t.wait_for_status("#1  0xffffffff80100af0 in trap_common () at entry.S");
+    t.send(&[":"]);
+    t.type_text("p tf");
+    t.send(&["Enter"]);
+    t.wait_for_status("print tf: No symbol \"tf\" in current context.");
+    t.send(&[":"]);
+    t.type_text("down");
+    t.send(&["Enter"]);
+    t.wait_for_status("#0  syscall_dispatch (tf=0xffffffff8012");
+    t.send(&[":"]);
+    t.type_text("p tf->rip == cur->pid");
+    t.send(&["Enter"]);
+    t.wait_for_status("tf->rip == cur->pid = 0");
+
+    t.send(&[":"]);
+    t.type_text("p no_such_variable");
+    t.send(&["Enter"]);
+    t.wait_for_status("No symbol \"no_such_variable\" in current context.");
+    t.send(&["q"]);
+    t.wait_exit("q did not quit");
+}

@@ -3,7 +3,7 @@
 use crate::keymap::{Action, Keymap};
 use krr_engine::replay::{End, Replay, format_instruction};
 use krr_engine::state::{CpuState, gpr};
-use krr_engine::symbols::Symbols;
+use krr_engine::symbols::{Radix, Symbols};
 use krr_engine::timeline::{LineStep, MAX_WATCH_LEN, Moved, Timeline, WatchWrite, Writer};
 use ratatui::crossterm::event::{KeyCode, KeyEvent};
 use std::cell::RefCell;
@@ -27,9 +27,10 @@ pub enum Pane {
     Console,
     Memory,
     Backtrace,
+    Locals,
 }
 
-pub const PANES: [Pane; 8] = [
+pub const PANES: [Pane; 9] = [
     Pane::Registers,
     Pane::Disassembly,
     Pane::Source,
@@ -38,6 +39,7 @@ pub const PANES: [Pane; 8] = [
     Pane::Console,
     Pane::Memory,
     Pane::Backtrace,
+    Pane::Locals,
 ];
 
 impl Pane {
@@ -51,6 +53,7 @@ impl Pane {
             Pane::Console => "console",
             Pane::Memory => "memory",
             Pane::Backtrace => "backtrace",
+            Pane::Locals => "locals",
         }
     }
 
@@ -167,6 +170,9 @@ pub struct App {
     /// First line of the help or output popup shown.
     pub popup_scroll: usize,
     pub mem_at: MemAt,
+    /// The frame the locals pane and `:print` read (gdb's selected frame; 0 after every
+    /// move).
+    pub frame: usize,
     /// The status bar message about the last action.
     pub message: String,
     pub quit: bool,
@@ -195,6 +201,7 @@ impl App {
             reg_scroll: 0,
             popup_scroll: 0,
             mem_at: MemAt::Register(gpr::RSP),
+            frame: 0,
             message: "press ? for help".into(),
             quit: false,
             source_dirs: Vec::new(),
@@ -461,6 +468,7 @@ impl App {
 
     fn after_move(&mut self, what: &str, m: Moved) {
         self.cursor = None;
+        self.frame = 0;
         self.event_scroll = 0;
         self.message = match m {
             // Arriving at icount 0 is arriving at the start: say so.
@@ -554,6 +562,10 @@ impl App {
 
     /// Runs a command line (without the leading `:`).
     pub fn command(&mut self, line: &str, ctl: &mut MoveCtl<'_>) {
+        if let Some((radix, expr)) = print_command(line) {
+            self.cmd_print(expr, radix);
+            return;
+        }
         let words: Vec<&str> = line.split_whitespace().collect();
         let Some((&cmd, args)) = words.split_first() else {
             return;
@@ -592,6 +604,13 @@ impl App {
                 Ok(())
             }
             "last" => self.cmd_last(args, ctl),
+            "frame" | "f" => self.cmd_frame(args.first().copied(), None),
+            "up" => self.cmd_frame(args.first().copied(), Some(true)),
+            "down" => self.cmd_frame(args.first().copied(), Some(false)),
+            "bt" | "backtrace" | "where" => {
+                self.mode = Mode::Output(self.backtrace_lines(crate::draw::MAX_BACKTRACE));
+                Ok(())
+            }
             "info" | "i" => self.cmd_info(args),
             other => Err(format!("unknown command {other:?} (? lists the commands)")),
         };
@@ -904,10 +923,96 @@ impl App {
                 .into_iter()
                 .map(|(l, _)| l)
                 .collect(),
-            _ => return Err("info breakpoints | checkpoints | registers".into()),
+            Some("locals" | "args" | "arguments") => {
+                let v = self
+                    .timeline
+                    .frame_variables(self.frame)
+                    .ok_or("no frame information here (no DWARF for this code)")?;
+                let list = if args[0] == "locals" {
+                    v.locals
+                } else {
+                    v.arguments
+                };
+                if list.is_empty() {
+                    vec![if args[0] == "locals" {
+                        "No locals.".into()
+                    } else {
+                        "No arguments.".into()
+                    }]
+                } else {
+                    list.iter()
+                        .map(|v| format!("{} = {}", v.name, v.value))
+                        .collect()
+                }
+            }
+            _ => {
+                return Err("info breakpoints | checkpoints | registers | locals | args".into());
+            }
         };
         self.mode = Mode::Output(out);
         Ok(())
+    }
+
+    /// `:print EXPR` (`:p/x EXPR`): the value in the selected frame, as gdb prints it;
+    /// a value too long for the status bar opens in the output view.
+    fn cmd_print(&mut self, expr: &str, radix: Radix) {
+        if expr.trim().is_empty() {
+            self.message = "print EXPR (p/x EXPR for hexadecimal)".into();
+            return;
+        }
+        match self.timeline.print_expression(expr, self.frame, radix) {
+            Ok(v) => {
+                let text = format!("{} = {v}", expr.trim());
+                if text.len() > PRINT_IN_STATUS {
+                    self.mode = Mode::Output(wrap(&text, PRINT_IN_STATUS));
+                    self.popup_scroll = 0;
+                }
+                self.message = text;
+            }
+            Err(e) => self.message = format!("print {}: {e}", expr.trim()),
+        }
+    }
+
+    /// `:frame [N]`, `:up [N]`, `:down [N]`: selects the frame the locals pane and
+    /// `:print` read.
+    fn cmd_frame(&mut self, arg: Option<&str>, up: Option<bool>) -> Result<(), String> {
+        let n = match arg {
+            Some(a) => a
+                .parse::<usize>()
+                .map_err(|_| format!("frame: not a number: {a}"))?,
+            None if up.is_some() => 1,
+            None => self.frame,
+        };
+        let frames = self.timeline.stack_frames(crate::draw::MAX_BACKTRACE);
+        let target = match up {
+            Some(true) => self.frame.saturating_add(n),
+            Some(false) => self
+                .frame
+                .checked_sub(n)
+                .ok_or("Bottom (innermost) frame selected; you cannot go down.")?,
+            None => n,
+        };
+        let frame = frames
+            .get(target)
+            .ok_or_else(|| "Initial frame selected; you cannot go up.".to_string())?;
+        self.frame = target;
+        self.message = format!("#{:<3}{}", target, self.timeline.frame_text(frame));
+        Ok(())
+    }
+
+    /// The backtrace as gdb prints it, the selected frame marked.
+    pub fn backtrace_lines(&self, max: usize) -> Vec<String> {
+        let frames = self.timeline.stack_frames(max);
+        if frames.is_empty() {
+            return vec!["No stack.".into()];
+        }
+        frames
+            .iter()
+            .map(|f| {
+                let mark = if f.level == self.frame { ">" } else { " " };
+                format!("{mark}#{:<3}{}", f.level, self.timeline.frame_text(f))
+            })
+            .collect()
     }
 
     /// Refuses a breakpoint address that cannot be code: one past the end of the
@@ -1153,6 +1258,7 @@ impl App {
         if let Some((icount, consumed)) = latest {
             self.prev_regs = self.regs().clone();
             self.timeline.goto_icount(icount);
+            self.frame = 0;
             if self.timeline.replay().events_consumed() < consumed {
                 self.timeline.goto_event(consumed - 1);
             }
@@ -1188,6 +1294,34 @@ fn operand_address(ins: &iced_x86::Instruction) -> Option<u64> {
         && matches!(ins.memory_base(), Register::None | Register::RIP)
         && ins.memory_index() == Register::None)
         .then(|| ins.memory_displacement64())
+}
+
+/// Longest `:print` result shown in the status bar alone.
+const PRINT_IN_STATUS: usize = 100;
+
+/// `p EXPR`, `print EXPR`, `p/x EXPR`, `print/x EXPR`: the radix and the expression.
+fn print_command(line: &str) -> Option<(Radix, &str)> {
+    let line = line.trim_start();
+    let (word, rest) = line.split_at(line.find(|c: char| c.is_whitespace()).unwrap_or(line.len()));
+    let (name, format) = word.split_once('/').unwrap_or((word, ""));
+    if name != "p" && name != "print" {
+        return None;
+    }
+    let radix = match format {
+        "" => Radix::Natural,
+        "x" => Radix::Hex,
+        _ => return None,
+    };
+    Some((radix, rest.trim()))
+}
+
+/// `text` cut into lines of at most `width` characters.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars
+        .chunks(width.max(1))
+        .map(|c| c.iter().collect())
+        .collect()
 }
 
 fn parse_number(s: &str) -> Option<u64> {

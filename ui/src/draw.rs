@@ -13,12 +13,16 @@ const LEFT: [Pane; 3] = [Pane::Disassembly, Pane::Source, Pane::Console];
 /// The console pane's view of the output: its last bytes (a screen's worth of lines,
 /// however chatty the guest).
 const CONSOLE_VIEW_BYTES: usize = 64 << 10;
-const RIGHT: [Pane; 4] = [
+const RIGHT: [Pane; 5] = [
     Pane::Registers,
     Pane::Backtrace,
+    Pane::Locals,
     Pane::Memory,
     Pane::Checkpoints,
 ];
+
+/// Most frames the backtrace lists.
+pub const MAX_BACKTRACE: usize = 64;
 
 /// The registers pane's least height: rip, rflags, cs and cr3, and its borders.
 const REGISTERS_MIN_HEIGHT: u16 = 6;
@@ -142,36 +146,8 @@ pub fn render_pane(f: &mut Frame<'_>, app: &App, pane: Pane, area: Rect) {
             );
             v
         }
-        Pane::Backtrace => {
-            let (frames, how) = app.backtrace(h.saturating_sub(1).max(1));
-            let mut v = vec![Line::styled(
-                how,
-                Style::default().add_modifier(Modifier::DIM),
-            )];
-            v.extend(frames.iter().enumerate().map(|(i, a)| {
-                let line = app
-                    .symbols()
-                    .line(*a)
-                    .map(|l| {
-                        format!(
-                            "  {}:{}",
-                            l.file
-                                .file_name()
-                                .map(|n| n.to_string_lossy())
-                                .unwrap_or_default(),
-                            l.line
-                        )
-                    })
-                    .unwrap_or_default();
-                let name = app
-                    .symbols()
-                    .lookup(*a)
-                    .map(|l| format!(" {l}"))
-                    .unwrap_or_default();
-                Line::raw(format!("#{i:<2} {a:#018x}{name}{line}"))
-            }));
-            v
-        }
+        Pane::Backtrace => backtrace_pane(app, h),
+        Pane::Locals => locals_pane(app),
     };
     f.render_widget(Paragraph::new(lines), inner);
 }
@@ -555,7 +531,9 @@ pub fn help_lines(app: &App) -> Vec<String> {
             ":watch ADDR [LEN]   :unwatch ADDR",
             ":goto event N | icount K | NAME   :x ADDR|$REG [ROWS]",
             ":mark NAME   :marks   :last ADDR [LEN]",
-            ":info breakpoints|checkpoints|registers",
+            ":print EXPR   :p/x EXPR   (variables, members, *, &, [], casts)",
+            ":frame N   :up [N]   :down [N]   :bt",
+            ":info breakpoints|checkpoints|registers|locals|args",
             ":stepi :next :continue :finish and their reverse-*",
             "keys file: $KRR_TUI_KEYS or ~/.config/krr-tui/keys.toml",
             "up/down, page up/down scroll; other keys close",
@@ -583,4 +561,71 @@ pub fn draw_progress(f: &mut Frame<'_>, what: &str, fraction: f64) {
             .ratio(fraction.clamp(0.0, 1.0)),
         area,
     );
+}
+
+/// The backtrace: gdb's frames (inlined calls and arguments) where the kernel has DWARF
+/// information, else return addresses and how they were found.
+fn backtrace_pane(app: &App, h: usize) -> Vec<Line<'static>> {
+    if app.symbols().debug_info().is_some() {
+        return app
+            .backtrace_lines(h.max(1))
+            .into_iter()
+            .map(Line::raw)
+            .collect();
+    }
+    let (frames, how) = app.backtrace(h.saturating_sub(1).max(1));
+    let mut v = vec![Line::styled(
+        how,
+        Style::default().add_modifier(Modifier::DIM),
+    )];
+    v.extend(frames.iter().enumerate().map(|(i, a)| {
+        let line = app
+            .symbols()
+            .line(*a)
+            .map(|l| {
+                format!(
+                    "  {}:{}",
+                    l.file
+                        .file_name()
+                        .map(|n| n.to_string_lossy())
+                        .unwrap_or_default(),
+                    l.line
+                )
+            })
+            .unwrap_or_default();
+        let name = app
+            .symbols()
+            .lookup(*a)
+            .map(|l| format!(" {l}"))
+            .unwrap_or_default();
+        Line::raw(format!("#{i:<2} {a:#018x}{name}{line}"))
+    }));
+    v
+}
+
+/// The selected frame's arguments and locals, as gdb's `info args` and `info locals`.
+fn locals_pane(app: &App) -> Vec<Line<'static>> {
+    let dim = Style::default().add_modifier(Modifier::DIM);
+    let Some(vars) = app.timeline.frame_variables(app.frame) else {
+        return vec![Line::styled("no DWARF variables for this code", dim)];
+    };
+    let mut v = vec![Line::styled(format!("frame #{} arguments", app.frame), dim)];
+    if vars.arguments.is_empty() {
+        v.push(Line::styled("  none", dim));
+    }
+    v.extend(
+        vars.arguments
+            .iter()
+            .map(|a| Line::raw(format!("{} = {}", a.name, a.value))),
+    );
+    v.push(Line::styled("locals", dim));
+    if vars.locals.is_empty() {
+        v.push(Line::styled("  none", dim));
+    }
+    v.extend(
+        vars.locals
+            .iter()
+            .map(|a| Line::raw(format!("{} = {}", a.name, a.value))),
+    );
+    v
 }
