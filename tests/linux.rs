@@ -15,6 +15,9 @@ mod common;
 
 use common::gdb::{Server, gdb_available, run_gdb};
 use common::tmux::{available, start};
+use krr_engine::replay::Replay;
+use krr_engine::symbols::Radix;
+use krr_engine::timeline::Timeline;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -152,6 +155,17 @@ fn the_ui_shows_the_vmlinux_source_of_a_fresh_boot() {
     assert!(s.contains("start_kernel"), "{s}");
 }
 
+/// Expressions printed at `start_kernel` by gdb and the UI: the first task's name and
+/// pid, a global only declared in C (`jiffies`: the linker script defines it), a pointer
+/// to a structure and one of its members through it.
+const LINUX_PRINTS: [&str; 5] = [
+    "init_task.comm",
+    "init_task.pid",
+    "jiffies",
+    "&init_task",
+    "(&init_task)->flags",
+];
+
 #[test]
 fn gdb_with_the_vmlinux_breaks_backtraces_and_steps_back_in_a_fresh_boot() {
     if !gdb_available() {
@@ -168,6 +182,9 @@ fn gdb_with_the_vmlinux_breaks_backtraces_and_steps_back_in_a_fresh_boot() {
          break start_kernel\n\
          continue\n\
          bt\n\
+         set print entry-values no\n\
+         set charset ASCII\n\
+         {prints}\
          printf \"pc=%lx\\n\", $pc\n\
          stepi\n\
          stepi\n\
@@ -178,9 +195,41 @@ fn gdb_with_the_vmlinux_breaks_backtraces_and_steps_back_in_a_fresh_boot() {
          reverse-finish\n\
          info symbol $pc\n\
          detach\n",
-        server.addr
+        server.addr,
+        prints = LINUX_PRINTS
+            .iter()
+            .map(|e| format!("printf \"PRINT\\n\"\noutput {e}\nprintf \"\\n\"\n"))
+            .collect::<String>(),
     );
     let text = run_gdb(Some(&out.join("vmlinux")), &script, dir.path());
+    // The UI's engine prints the same at the same stop.
+    let gdb_prints: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != "PRINT")
+        .collect::<Vec<_>>()
+        .split(|l| *l == "PRINT")
+        .filter_map(|chunk| chunk.first().copied())
+        .collect();
+    let mut t = Timeline::new(Replay::open(path).expect("recording"), 1 << 30);
+    let start_kernel = t
+        .symbols()
+        .address_of("start_kernel")
+        .expect("start_kernel");
+    t.add_breakpoint(start_kernel);
+    t.continue_forward(None);
+    assert_eq!(t.regs().rip, start_kernel);
+    let ui_prints: Vec<String> = LINUX_PRINTS
+        .iter()
+        .map(|e| {
+            t.print_expression(e, 0, Radix::Natural)
+                .unwrap_or_else(|err| format!("error: {err}"))
+        })
+        .collect();
+    assert_eq!(gdb_prints.len(), LINUX_PRINTS.len(), "{text}");
+    for ((e, u), g) in LINUX_PRINTS.iter().zip(&ui_prints).zip(&gdb_prints) {
+        println!("print {e} = {u}");
+        assert_eq!(u, g, "print {e}: the UI and gdb differ");
+    }
     assert!(text.contains("Breakpoint 1, start_kernel"), "{text}");
     // x86_64_start_kernel and x86_64_start_reservations end in jumps (tail calls): the
     // frame below start_kernel is the one that called the first of them.

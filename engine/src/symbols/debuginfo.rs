@@ -617,14 +617,25 @@ impl DebugInfo {
     }
 
     /// The global (or file-static) variable or function named `name`: its definition,
-    /// preferring one in `unit_of` (the unit of the frame asking).
+    /// preferring one in `unit_of` (the unit of the frame asking); else a declaration
+    /// of it (see [`DebugInfo::is_declaration`]).
     pub fn global(&self, name: &str, unit_of: Option<DieRef>) -> Option<DieRef> {
         let all = self.globals.get_or_init(|| self.index_globals());
         let found = all.get(name)?;
+        let defined = |d: &&DieRef| !self.is_declaration(**d);
         unit_of
-            .and_then(|u| found.iter().find(|d| d.unit == u.unit))
+            .and_then(|u| found.iter().filter(defined).find(|d| d.unit == u.unit))
+            .or_else(|| found.iter().find(defined))
             .or_else(|| found.first())
             .copied()
+    }
+
+    /// A variable the DWARF information declares without saying where it is (its
+    /// address is the symbol table's).
+    pub fn is_declaration(&self, die: DieRef) -> bool {
+        self.tag(die) == Some(gimli::DW_TAG_variable)
+            && self.attr(die, gimli::DW_AT_location).is_none()
+            && self.attr(die, gimli::DW_AT_const_value).is_none()
     }
 
     fn index_globals(&self) -> HashMap<String, Vec<DieRef>> {
@@ -645,8 +656,23 @@ impl DebugInfo {
                     }
                     _ => false,
                 };
-                if defines && let Some(name) = self.name(die) {
-                    out.entry(name).or_default().push(die);
+                // A variable only declared (`extern`, such as Linux's `jiffies`, which
+                // the linker script defines) is kept after the definitions: its type is
+                // the declaration's, its address the symbol table's.
+                let declared = tag == gimli::DW_TAG_variable && !defines;
+                if (defines || declared)
+                    && let Some(name) = self.name(die)
+                {
+                    let list = out.entry(name).or_default();
+                    if defines {
+                        let at = list
+                            .iter()
+                            .position(|d| self.is_declaration(*d))
+                            .unwrap_or(list.len());
+                        list.insert(at, die);
+                    } else {
+                        list.push(die);
+                    }
                 }
             }
         }

@@ -526,6 +526,18 @@ impl Parser<'_, '_> {
                     place: Place::Memory(addr),
                 });
             }
+            if self.ctx.info.is_declaration(die) {
+                let addr = self
+                    .ctx
+                    .symbols
+                    .data_symbol(name)
+                    .map(|d| d.addr)
+                    .ok_or_else(|| format!("Missing ELF symbol \"{name}\"."))?;
+                return Ok(Value {
+                    ty,
+                    place: Place::Memory(addr),
+                });
+            }
             let frame = super::debuginfo::FrameContext {
                 regs: self.ctx.registers,
                 first: true,
