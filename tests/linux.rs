@@ -153,6 +153,20 @@ fn the_ui_shows_the_vmlinux_source_of_a_fresh_boot() {
     t.wait_for_status("start_kernel  ");
     let s = t.wait_for("init/main.c");
     assert!(s.contains("start_kernel"), "{s}");
+    // The current task, through the vmlinux's task_struct: the boot runs as init_task
+    // (pid 0, "swapper"); kernel_init runs as pid 1, its name still its parent's.
+    assert!(t.status().contains("pid 0 swapper"), "{}", t.status());
+    t.send(&[":"]);
+    t.type_text("break kernel_init");
+    t.send(&["Enter"]);
+    t.send(&["c"]);
+    let status = t.wait_for_status("kernel_init  ");
+    assert!(status.contains("pid 1 swapper"), "{status}");
+    // Its locals pane and print read the vmlinux's variables.
+    t.send(&[":"]);
+    t.type_text("p $rip == kernel_init");
+    t.send(&["Enter"]);
+    t.wait_for_status("$rip == kernel_init = 1");
 }
 
 /// Expressions printed at `start_kernel` by gdb and the UI: the first task's name and

@@ -1,7 +1,8 @@
 //! What the debugger knows of the guest's kernel beyond its symbols and DWARF: the names
 //! of its system calls and where its current process is kept. One home per kernel: the
-//! built-in demo kernel here (its `syscalls.h` and `struct proc`, checked against the C
-//! sources by a test); Linux (`current_task`'s `comm` and `pid`) is the next arm.
+//! built-in demo kernel (its `syscalls.h` and `struct proc`, checked against the C
+//! sources by a test) and Linux (`current_task`, and its `task_struct`'s `pid` and
+//! `comm`, through the vmlinux's DWARF types).
 
 use crate::symbols::{Member, Symbols};
 use crate::trace::Header;
@@ -12,6 +13,9 @@ pub enum GuestKernel {
     /// The built-in demo kernel (`guest-agent/demo`), with where its current process is
     /// (None where its symbols or DWARF types do not say).
     Demo(Option<DemoProcess>),
+    /// Linux, with where its current task is (None where the vmlinux's DWARF types are
+    /// not at hand).
+    Linux(Option<LinuxTask>),
     /// A kernel the debugger knows only by its symbols.
     Unknown,
 }
@@ -38,6 +42,18 @@ pub struct DemoProcess {
     name: Member,
 }
 
+/// Where Linux keeps its current task: the per-CPU `current_task` (CPU 0's: the
+/// guest has one CPU; a kernel built without SMP has it as a plain variable) and the
+/// members of `struct task_struct` read from the DWARF types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinuxTask {
+    current_task: u64,
+    /// `__per_cpu_offset`, whose first entry is CPU 0's per-CPU base (SMP kernels).
+    per_cpu_offset: Option<u64>,
+    pid: Member,
+    comm: Member,
+}
+
 /// A process of the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Process {
@@ -55,6 +71,20 @@ impl GuestKernel {
         let demo_symbols = ["syscall_dispatch", "proc_spawn", "procs", "cur"]
             .iter()
             .all(|s| symbols.address_of(s).is_some());
+        let linux_symbols = ["start_kernel", "init_task", "current_task"]
+            .iter()
+            .all(|s| symbols.address_of(s).is_some());
+        if linux_symbols {
+            let task = (|| {
+                Some(LinuxTask {
+                    current_task: symbols.address_of("current_task")?,
+                    per_cpu_offset: symbols.data_symbol("__per_cpu_offset").map(|d| d.addr),
+                    pid: symbols.member("task_struct", "pid")?,
+                    comm: symbols.member("task_struct", "comm")?,
+                })
+            })();
+            return GuestKernel::Linux(task);
+        }
         if header.kernel.name == "builtin:demo" || demo_symbols {
             let process = (|| {
                 Some(DemoProcess {
@@ -73,7 +103,7 @@ impl GuestKernel {
     pub fn syscall_name(self, nr: u64) -> Option<&'static str> {
         match self {
             GuestKernel::Demo(_) => DEMO_SYSCALLS.get(usize::try_from(nr).ok()?).copied(),
-            GuestKernel::Unknown => None,
+            GuestKernel::Linux(_) | GuestKernel::Unknown => None,
         }
     }
 
@@ -103,6 +133,42 @@ impl GuestKernel {
                 Some(Process {
                     pid,
                     name: read_c_string(read, name_ptr),
+                })
+            }
+            GuestKernel::Linux(layout) => {
+                // current_task (per CPU), task->pid (pid_t), task->comm (char[16]).
+                let LinuxTask {
+                    current_task,
+                    per_cpu_offset,
+                    pid,
+                    comm,
+                } = layout?;
+                let u64_at = |a: u64| {
+                    let mut b = [0u8; 8];
+                    read(a, &mut b).then(|| u64::from_le_bytes(b))
+                };
+                let base = match per_cpu_offset {
+                    Some(table) => u64_at(table)?,
+                    None => 0,
+                };
+                let task = u64_at(base.wrapping_add(current_task))?;
+                if task == 0 {
+                    return None;
+                }
+                let mut b = vec![0u8; pid.size.min(8) as usize];
+                if !read(task.wrapping_add(pid.offset), &mut b) {
+                    return None;
+                }
+                b.resize(8, 0);
+                let pid = u64::from_le_bytes(b.try_into().ok()?);
+                let mut name = vec![0u8; comm.size.min(MAX_NAME as u64) as usize];
+                if !read(task.wrapping_add(comm.offset), &mut name) {
+                    return None;
+                }
+                let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+                Some(Process {
+                    pid,
+                    name: String::from_utf8_lossy(&name[..end]).into_owned(),
                 })
             }
             GuestKernel::Unknown => None,

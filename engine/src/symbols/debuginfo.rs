@@ -207,6 +207,15 @@ impl Type {
     }
 }
 
+/// A member of a structure, where it is and how big (see [`DebugInfo::member`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    /// Bytes from the start of the structure.
+    pub offset: u64,
+    /// Bytes of its type.
+    pub size: u64,
+}
+
 /// A variable or parameter of a scope.
 #[derive(Debug, Clone)]
 pub struct Variable {
@@ -730,6 +739,20 @@ impl DebugInfo {
             }
         }
         out
+    }
+
+    /// The member `member` of `struct structure` (looked for in anonymous structures and
+    /// unions inside it too, as C names them).
+    pub fn member(&self, structure: &str, member: &str) -> Option<Member> {
+        let ty = self.named_type(&format!("struct {structure}"))?;
+        let Type::Aggregate { fields, .. } = ty.strip() else {
+            return None;
+        };
+        let (offset, field) = find_field(fields, member, 0)?;
+        Some(Member {
+            offset,
+            size: field.ty.size(),
+        })
     }
 
     /// The type of a variable, parameter, member or function entry.
@@ -1350,4 +1373,30 @@ impl DebugInfo {
             offset: first.offset(),
         })
     }
+}
+
+/// A member by name, looking into anonymous structures and unions; its offset from the
+/// outer structure.
+pub(super) fn find_field<'f>(
+    fields: &'f [Field],
+    name: &str,
+    depth: usize,
+) -> Option<(u64, &'f Field)> {
+    if depth > MAX_TYPE_DEPTH {
+        return None;
+    }
+    for f in fields {
+        match &f.name {
+            Some(n) if n == name => return Some((f.offset, f)),
+            None => {
+                if let Type::Aggregate { fields: inner, .. } = f.ty.strip()
+                    && let Some((o, found)) = find_field(inner, name, depth + 1)
+                {
+                    return Some((f.offset + o, found));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }

@@ -5,7 +5,7 @@
 //! and logical operators with pointer arithmetic.
 
 use super::Symbols;
-use super::debuginfo::{BaseEncoding, DebugInfo, Field, Place, Pointee, Type};
+use super::debuginfo::{BaseEncoding, DebugInfo, Place, Pointee, Type, find_field};
 use super::unwind::{DWARF_PC, DwarfRegisters};
 use super::values::{MemoryFault, ReadMemory, Value, memory_error};
 use std::sync::Arc;
@@ -600,8 +600,9 @@ impl Parser<'_, '_> {
                 let b = self.bytes(v, 8)?;
                 Ok((le(&b), v.ty.clone()))
             }
-            Type::Array { .. } => match v.place {
-                Place::Memory(a) => Ok((a, v.ty.clone())),
+            // An array or a function is its address (C's decay to a pointer).
+            Type::Array { .. } | Type::Function { .. } => match v.place {
+                Place::Memory(a) => Ok((a, pointer_to(v.ty.clone()))),
                 _ => Err("Attempt to take address of value not located in memory.".into()),
             },
             _ => Err("Argument to arithmetic operation not a number or boolean.".into()),
@@ -869,28 +870,6 @@ fn builtin_type(name: &str) -> Option<Arc<Type>> {
         "_Bool" => base("_Bool", 1, BaseEncoding::Bool),
         _ => return None,
     })
-}
-
-/// A member by name, looking into anonymous structures and unions; its offset from the
-/// outer structure.
-fn find_field<'f>(fields: &'f [Field], name: &str, depth: usize) -> Option<(u64, &'f Field)> {
-    if depth > 16 {
-        return None;
-    }
-    for f in fields {
-        match &f.name {
-            Some(n) if n == name => return Some((f.offset, f)),
-            None => {
-                if let Type::Aggregate { fields: inner, .. } = f.ty.strip()
-                    && let Some((o, found)) = find_field(inner, name, depth + 1)
-                {
-                    return Some((f.offset + o, found));
-                }
-            }
-            _ => {}
-        }
-    }
-    None
 }
 
 fn le(b: &[u8]) -> u64 {

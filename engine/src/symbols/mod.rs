@@ -24,18 +24,16 @@ mod blocks;
 mod debuginfo;
 mod expr;
 mod lines;
-mod types;
 mod unwind;
 mod values;
 
 pub use blocks::{Block, BlockKind, Blocks, Scope};
 pub use debuginfo::{
-    AggregateKind, BaseEncoding, DebugInfo, DebugInfoError, DieRef, Field, FrameContext, Place,
-    Pointee, ScopeFrame, Type, Variable,
+    AggregateKind, BaseEncoding, DebugInfo, DebugInfoError, DieRef, Field, FrameContext, Member,
+    Place, Pointee, ScopeFrame, Type, Variable,
 };
 pub use expr::{ExprContext, evaluate as evaluate_expression};
 pub use lines::{LineRange, LineTable};
-pub use types::Member;
 pub use unwind::{
     CfaBase, DWARF_PC, DwarfRegisters, Frame, FrameRule, MAX_FRAMES, SavedRbp, Unwinder,
 };
@@ -460,9 +458,7 @@ impl Symbols {
 
     /// The member `member` of the structure type `structure` in the DWARF information.
     pub fn member(&self, structure: &str, member: &str) -> Option<Member> {
-        types::member(self.dwarf.as_ref()?, structure, member)
-            .ok()
-            .flatten()
+        self.debug_info()?.member(structure, member)
     }
 
     /// The image's variables and types from its DWARF information (None without it).
