@@ -262,3 +262,77 @@ fn gdb_with_the_vmlinux_breaks_backtraces_and_steps_back_in_a_fresh_boot() {
         "reverse-finish from start_kernel:\n{text}"
     );
 }
+
+/// The kernel's own gdb scripts (`CONFIG_GDB_SCRIPTS`: the build tree's
+/// `vmlinux-gdb.py`) work against the stub, and the UI reads what they read: at
+/// `kernel_init`, `lx-dmesg` prints the same kernel log as the UI's `D`, and `lx-ps`
+/// lists the task the status bar names.
+#[test]
+fn lx_dmesg_and_lx_ps_read_what_the_ui_reads() {
+    if !gdb_available() {
+        return;
+    }
+    let Some(path) = fresh_boot() else {
+        return;
+    };
+    let out = linux_out().expect("fresh_boot needs it");
+    let build = out.join("build");
+    if !build.join("vmlinux-gdb.py").is_file() {
+        panic!(
+            "{} has no vmlinux-gdb.py: guest-agent/linux/build.sh builds the gdb scripts",
+            build.display()
+        );
+    }
+    let server = Server::start_on(path);
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "source {}\n\
+         target remote {}\n\
+         break kernel_init\n\
+         continue\n\
+         printf \"DMESG\\n\"\n\
+         lx-dmesg\n\
+         printf \"PS\\n\"\n\
+         lx-ps\n\
+         printf \"END\\n\"\n\
+         detach\n",
+        build.join("vmlinux-gdb.py").display(),
+        server.addr
+    );
+    let text = run_gdb(Some(&out.join("vmlinux")), &script, dir.path());
+    let section = |from: &str, to: &str| -> Vec<String> {
+        text.lines()
+            .skip_while(|l| *l != from)
+            .skip(1)
+            .take_while(|l| *l != to)
+            .map(String::from)
+            .collect()
+    };
+    let gdb_log = section("DMESG", "PS");
+    let gdb_ps = section("PS", "END");
+    assert!(
+        gdb_log
+            .first()
+            .is_some_and(|l| l.contains("Linux version 6.1")),
+        "lx-dmesg printed the log:\n{text}"
+    );
+
+    let mut t = Timeline::new(Replay::open(path).expect("recording"), 1 << 30);
+    let kernel_init = t.symbols().address_of("kernel_init").expect("kernel_init");
+    t.add_breakpoint(kernel_init);
+    t.continue_forward(None);
+    assert_eq!(t.regs().rip, kernel_init);
+    let ui_log = t.kernel_log().expect("the kernel log");
+    assert_eq!(ui_log, gdb_log, "the UI's kernel log is lx-dmesg's");
+    let task = t.current_process().expect("the current task");
+    assert!(
+        gdb_ps.iter().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.len() == 3 && w[1] == task.pid.to_string() && w[2] == task.name
+        }),
+        "lx-ps lists pid {} {}:\n{}",
+        task.pid,
+        task.name,
+        gdb_ps.join("\n")
+    );
+}

@@ -392,6 +392,9 @@ fn locals_pane_print_and_frames() {
     t.type_text("p no_such_variable");
     t.send(&["Enter"]);
     t.wait_for_status("No symbol \"no_such_variable\" in current context.");
+    // The demo kernel has no printk ring: D says so.
+    t.send(&["D"]);
+    t.wait_for_status("the kernel log is Linux's printk ring; this kernel has none");
     t.send(&["q"]);
     t.wait_exit("q did not quit");
 }

@@ -192,6 +192,166 @@ fn read_c_string(read: &dyn Fn(u64, &mut [u8]) -> bool, addr: u64) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Most records read from the kernel log (the ring holds fewer; a corrupt ring stops
+/// here).
+const MAX_LOG_RECORDS: usize = 1 << 20;
+/// Largest kernel log ring accepted (Linux's `log_buf_len` is at most 2 GiB; the
+/// guest's 32 bits of `size_bits` are read from guest memory).
+const MAX_LOG_BITS: u32 = 31;
+
+/// The layout of Linux's printk ring buffer (`kernel/printk/printk_ringbuffer.h`) from
+/// the vmlinux's DWARF types, read as the kernel's own `lx-dmesg` reads it.
+struct PrintkLayout {
+    prb: u64,
+    desc_ring: u64,
+    text_data_ring: u64,
+    count_bits: Member,
+    descs: Member,
+    infos: Member,
+    head_id: Member,
+    tail_id: Member,
+    desc_size: u64,
+    state_var: u64,
+    text_begin: u64,
+    text_next: u64,
+    info_size: u64,
+    ts_nsec: u64,
+    text_len: u64,
+    size_bits: Member,
+    data: Member,
+}
+
+impl PrintkLayout {
+    fn of(symbols: &Symbols) -> Option<PrintkLayout> {
+        let info = symbols.debug_info()?;
+        let m = |s: &str, f: &str| symbols.member(s, f);
+        let size = |s: &str| info.named_type(&format!("struct {s}")).map(|t| t.size());
+        let lpos = m("prb_desc", "text_blk_lpos")?.offset;
+        Some(PrintkLayout {
+            prb: symbols.data_symbol("prb")?.addr,
+            desc_ring: m("printk_ringbuffer", "desc_ring")?.offset,
+            text_data_ring: m("printk_ringbuffer", "text_data_ring")?.offset,
+            count_bits: m("prb_desc_ring", "count_bits")?,
+            descs: m("prb_desc_ring", "descs")?,
+            infos: m("prb_desc_ring", "infos")?,
+            head_id: m("prb_desc_ring", "head_id")?,
+            tail_id: m("prb_desc_ring", "tail_id")?,
+            desc_size: size("prb_desc")?,
+            state_var: m("prb_desc", "state_var")?.offset,
+            text_begin: lpos + m("prb_data_blk_lpos", "begin")?.offset,
+            text_next: lpos + m("prb_data_blk_lpos", "next")?.offset,
+            info_size: size("printk_info")?,
+            ts_nsec: m("printk_info", "ts_nsec")?.offset,
+            text_len: m("printk_info", "text_len")?.offset,
+            size_bits: m("prb_data_ring", "size_bits")?,
+            data: m("prb_data_ring", "data")?,
+        })
+    }
+}
+
+/// Why the kernel log cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KernelLogError {
+    #[error(
+        "the kernel log is Linux's printk ring; this kernel has none (the console pane shows its output)"
+    )]
+    NotLinux,
+    #[error(
+        "the printk ring's layout is not in the kernel's DWARF information (replay with --kernel VMLINUX)"
+    )]
+    NoLayout,
+    #[error("the printk ring cannot be read here: {0}")]
+    Unreadable(&'static str),
+}
+
+impl GuestKernel {
+    /// The kernel log (`dmesg`) as it stands: Linux's printk ring read through the
+    /// vmlinux's types, one `[seconds] text` line per line of each record, as
+    /// `lx-dmesg` prints it.
+    pub fn kernel_log(
+        self,
+        symbols: &Symbols,
+        read: &dyn Fn(u64, &mut [u8]) -> bool,
+    ) -> Result<Vec<String>, KernelLogError> {
+        let GuestKernel::Linux(_) = self else {
+            return Err(KernelLogError::NotLinux);
+        };
+        let l = PrintkLayout::of(symbols).ok_or(KernelLogError::NoLayout)?;
+        let unreadable = KernelLogError::Unreadable;
+        let uint = |a: u64, size: u64| -> Option<u64> {
+            let mut b = [0u8; 8];
+            let n = usize::try_from(size.clamp(1, 8)).ok()?;
+            read(a, &mut b[..n]).then(|| u64::from_le_bytes(b))
+        };
+        let prb = uint(l.prb, 8).ok_or(unreadable("prb"))?;
+        let ring = prb.wrapping_add(l.desc_ring);
+        let count_bits =
+            uint(ring + l.count_bits.offset, l.count_bits.size).ok_or(unreadable("count_bits"))?;
+        if count_bits > u64::from(MAX_LOG_BITS) {
+            return Err(unreadable("count_bits out of range"));
+        }
+        let count = 1u64 << count_bits;
+        let descs = uint(ring + l.descs.offset, 8).ok_or(unreadable("descs"))?;
+        let infos = uint(ring + l.infos.offset, 8).ok_or(unreadable("infos"))?;
+        let head = uint(ring + l.head_id.offset, l.head_id.size).ok_or(unreadable("head_id"))?;
+        let tail = uint(ring + l.tail_id.offset, l.tail_id.size).ok_or(unreadable("tail_id"))?;
+        let data_ring = prb.wrapping_add(l.text_data_ring);
+        let size_bits = uint(data_ring + l.size_bits.offset, l.size_bits.size)
+            .ok_or(unreadable("size_bits"))?;
+        if size_bits > u64::from(MAX_LOG_BITS) {
+            return Err(unreadable("size_bits out of range"));
+        }
+        let data_size = 1u64 << size_bits;
+        let data = uint(data_ring + l.data.offset, 8).ok_or(unreadable("data"))?;
+        // state_var: the top two bits are the state, the rest the id.
+        const COMMITTED: u64 = 1;
+        const FINALIZED: u64 = 2;
+        let flags_shift = 62;
+        let id_mask = !(3u64 << flags_shift);
+        let mut out = Vec::new();
+        let mut id = tail;
+        for _ in 0..MAX_LOG_RECORDS.min(usize::try_from(count).unwrap_or(usize::MAX)) {
+            let index = id % count;
+            let desc = descs.wrapping_add(index * l.desc_size);
+            let info = infos.wrapping_add(index * l.info_size);
+            let state = uint(desc + l.state_var, 8).map(|v| (v >> flags_shift) & 3);
+            if matches!(state, Some(COMMITTED | FINALIZED)) {
+                let begin = uint(desc + l.text_begin, 8).unwrap_or(1) % data_size;
+                let end = uint(desc + l.text_next, 8).unwrap_or(0) % data_size;
+                let text = if begin & 1 == 1 {
+                    String::new()
+                } else {
+                    // A block that wraps starts at the beginning of the data ring; its
+                    // text follows the block's id.
+                    let begin = if begin > end { 0 } else { begin };
+                    let start = begin + 8;
+                    let len = uint(info + l.text_len, 2).unwrap_or(0);
+                    let len = len.min(end.saturating_sub(start));
+                    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
+                    if read(data.wrapping_add(start), &mut buf) {
+                        String::from_utf8_lossy(&buf).into_owned()
+                    } else {
+                        "<unreadable>".into()
+                    }
+                };
+                let ts = uint(info + l.ts_nsec, 8).unwrap_or(0);
+                for line in text.lines() {
+                    out.push(format!(
+                        "[{:5}.{:06}] {line}",
+                        ts / 1_000_000_000,
+                        ts % 1_000_000_000 / 1000
+                    ));
+                }
+            }
+            if id == head {
+                break;
+            }
+            id = (id + 1) & id_mask;
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

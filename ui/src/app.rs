@@ -372,6 +372,7 @@ impl App {
                 self.toggle_breakpoint(at);
             }
             Action::ExportGdb => self.export_gdb(),
+            Action::KernelLog => self.show_kernel_log(),
             Action::Help => self.mode = Mode::Help,
             Action::Quit => self.quit = true,
             Action::FocusNext => self.cycle_focus(1),
@@ -607,6 +608,10 @@ impl App {
             "frame" | "f" => self.cmd_frame(args.first().copied(), None),
             "up" => self.cmd_frame(args.first().copied(), Some(true)),
             "down" => self.cmd_frame(args.first().copied(), Some(false)),
+            "dmesg" => {
+                self.show_kernel_log();
+                Ok(())
+            }
             "bt" | "backtrace" | "where" => {
                 self.mode = Mode::Output(self.backtrace_lines(crate::draw::MAX_BACKTRACE));
                 Ok(())
@@ -951,6 +956,20 @@ impl App {
         };
         self.mode = Mode::Output(out);
         Ok(())
+    }
+
+    /// The kernel log at the position in the output view, its end shown first (the
+    /// newest messages).
+    fn show_kernel_log(&mut self) {
+        match self.timeline.kernel_log() {
+            Ok(lines) if lines.is_empty() => self.message = "the kernel log is empty".into(),
+            Ok(lines) => {
+                self.message = format!("kernel log: {} lines", lines.len());
+                self.popup_scroll = lines.len().saturating_sub(1);
+                self.mode = Mode::Output(lines);
+            }
+            Err(e) => self.message = e.to_string(),
+        }
     }
 
     /// `:print EXPR` (`:p/x EXPR`): the value in the selected frame, as gdb prints it;

@@ -39,6 +39,8 @@ pub enum Action {
     Watch,
     Command,
     ExportGdb,
+    /// The kernel log (dmesg) at the position.
+    KernelLog,
     Help,
     Quit,
     FocusNext,
@@ -72,6 +74,7 @@ impl Action {
             Action::Watch,
             Action::Command,
             Action::ExportGdb,
+            Action::KernelLog,
             Action::Help,
             Action::Quit,
             Action::FocusNext,
@@ -106,6 +109,7 @@ impl Action {
             Action::Watch => "watch".into(),
             Action::Command => "command".into(),
             Action::ExportGdb => "export-gdb".into(),
+            Action::KernelLog => "kernel-log".into(),
             Action::Help => "help".into(),
             Action::Quit => "quit".into(),
             Action::FocusNext => "focus-next".into(),
@@ -141,6 +145,7 @@ impl Action {
                 "serve this replay to gdb (127.0.0.1, a free port); the UI follows gdb's moves"
                     .into()
             }
+            Action::KernelLog => "kernel log (dmesg: Linux's printk ring) at this position".into(),
             Action::Help => "this help".into(),
             Action::Quit => "quit".into(),
             Action::FocusNext => "focus the next pane".into(),
@@ -288,6 +293,7 @@ impl Default for Keymap {
             ("w", Action::Watch),
             (":", Action::Command),
             ("E", Action::ExportGdb),
+            ("D", Action::KernelLog),
             ("?", Action::Help),
             ("q", Action::Quit),
             ("ctrl-c", Action::Quit),

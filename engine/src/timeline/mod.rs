@@ -245,6 +245,13 @@ impl Timeline {
             .current_process(&|a, buf| self.now.read_memory(a, buf).is_ok())
     }
 
+    /// The kernel log (`dmesg`) at the position: Linux's printk ring (see
+    /// [`GuestKernel::kernel_log`]).
+    pub fn kernel_log(&self) -> Result<Vec<String>, crate::guest_kernel::KernelLogError> {
+        self.guest_kernel()
+            .kernel_log(self.symbols(), &|a, buf| self.read_memory(a, buf).is_ok())
+    }
+
     /// The registers at the current position.
     pub fn regs(&self) -> &CpuState {
         self.now.regs()
