@@ -15,7 +15,7 @@
 mod common;
 
 use common::gdb::{Server, gdb_available, run_gdb_file};
-use common::samples::{Sample, fixture, samples};
+use common::samples::{Sample, fixture, per_function, samples, write_kernel_elf};
 use krr_engine::replay::Replay;
 use krr_engine::timeline::Timeline;
 use krr_ui::{App, Keymap, MoveCtl};
@@ -153,12 +153,7 @@ fn the_ui_line_moves_land_where_gdbs_do() {
         return;
     }
     // Every executed line takes about 7 minutes here; by default a few per function.
-    let per_function: usize = match std::env::var("KRR_LINE_SAMPLES").as_deref() {
-        Ok("all") => usize::MAX,
-        Ok(n) => n.parse().expect("KRR_LINE_SAMPLES: a number or `all`"),
-        Err(_) => 3,
-    };
-    let samples = samples(per_function);
+    let samples = samples(per_function("KRR_LINE_SAMPLES", 3));
     let functions: BTreeSet<&str> = samples.iter().map(|s| s.function.as_str()).collect();
     println!(
         "{} samples over {} functions",
@@ -166,16 +161,7 @@ fn the_ui_line_moves_land_where_gdbs_do() {
         functions.len()
     );
     let dir = tempfile::tempdir().unwrap();
-    let replay = Replay::open(fixture()).expect("fixture");
-    std::fs::write(
-        dir.path().join("kernel.elf"),
-        replay
-            .header()
-            .kernel_image
-            .as_deref()
-            .expect("embedded kernel"),
-    )
-    .unwrap();
+    write_kernel_elf(dir.path());
     let only: Option<String> = std::env::var("KRR_LINE_MOVES").ok();
     let moves = [
         ('n', "next"),

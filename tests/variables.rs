@@ -8,7 +8,7 @@
 mod common;
 
 use common::gdb::{Server, gdb_available, run_gdb_file};
-use common::samples::{fixture, samples};
+use common::samples::{fixture, per_function, samples, write_kernel_elf};
 use krr_engine::replay::Replay;
 use krr_engine::symbols::{Radix, Symbols};
 use krr_engine::timeline::Timeline;
@@ -197,23 +197,10 @@ fn variables_backtraces_and_prints_read_as_gdbs() {
     if !gdb_available() {
         return;
     }
-    let per_function: usize = match std::env::var("KRR_VARIABLE_SAMPLES").as_deref() {
-        Ok("all") => usize::MAX,
-        Ok(n) => n.parse().expect("KRR_VARIABLE_SAMPLES: a number or `all`"),
-        Err(_) => 2,
-    };
-    let samples = samples(per_function);
+    let samples = samples(per_function("KRR_VARIABLE_SAMPLES", 2));
     let dir = tempfile::tempdir().unwrap();
+    write_kernel_elf(dir.path());
     let replay = Replay::open(fixture()).expect("fixture");
-    std::fs::write(
-        dir.path().join("kernel.elf"),
-        replay
-            .header()
-            .kernel_image
-            .as_deref()
-            .expect("embedded kernel"),
-    )
-    .unwrap();
     let icounts: Vec<u64> = samples.iter().map(|s| s.icount).collect();
     let gdb = gdb_shown(&icounts, dir.path());
     let symbols = Symbols::from_header(replay.header());

@@ -67,3 +67,31 @@ pub fn samples(per_function: usize) -> Vec<Sample> {
     out.sort_by_key(|s| s.icount);
     out
 }
+
+/// How many samples per function the environment variable `var` asks for (`all`, or a
+/// number), else `default`.
+pub fn per_function(var: &str, default: usize) -> usize {
+    match std::env::var(var).as_deref() {
+        Ok("all") => usize::MAX,
+        Ok(n) => n
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}: a number or `all`")),
+        Err(_) => default,
+    }
+}
+
+/// Writes the demo recording's embedded kernel to `dir/kernel.elf` (for gdb's `file`).
+pub fn write_kernel_elf(dir: &Path) -> PathBuf {
+    let replay = Replay::open(fixture()).expect("fixture");
+    let path = dir.join("kernel.elf");
+    std::fs::write(
+        &path,
+        replay
+            .header()
+            .kernel_image
+            .as_deref()
+            .expect("embedded kernel"),
+    )
+    .unwrap();
+    path
+}

@@ -106,13 +106,7 @@ impl Blocks {
             let unit = dwarf.unit(header)?;
             let first = blocks.len();
             read_unit(dwarf, &unit, &mut blocks, &mut lexical)?;
-            let mut ranges = Vec::new();
-            let mut iter = dwarf.unit_ranges(&unit)?;
-            while let Some(r) = iter.next()? {
-                if r.begin < r.end {
-                    ranges.push((r.begin, r.end));
-                }
-            }
+            let ranges = super::unit_address_ranges(dwarf, &unit)?;
             let pieces = blocks[first..].iter().any(|b: &Block| b.ranges.len() > 1);
             units.push((ranges, pieces));
         }

@@ -145,65 +145,19 @@ impl Type {
         !matches!(self.strip(), Type::Aggregate { .. } | Type::Array { .. })
     }
 
-    /// The type's name as C (and gdb) writes it.
-    pub fn name(&self) -> String {
-        self.declare(String::new())
-    }
-
-    /// C declarator syntax: the type around `inner` (`*`, `[16]`, `(*)(void)` ...).
-    fn declare(&self, inner: String) -> String {
-        let named = |name: &str| {
-            if inner.is_empty() {
-                name.to_string()
-            } else {
-                format!("{name} {inner}")
+    /// The name of a type that is a name (base types, typedefs, structures, unions,
+    /// enums, void); None for those C spells around a declarator (pointers, arrays,
+    /// functions, qualifiers: see [`DebugInfo::type_name`]).
+    fn leaf_name(&self) -> Option<String> {
+        Some(match self {
+            Type::Void => "void".into(),
+            Type::Base { name, .. } | Type::Typedef { name, .. } => name.clone(),
+            Type::Aggregate { kind, name, .. } => {
+                format!("{} {}", kind.keyword(), name.as_deref().unwrap_or("{...}"))
             }
-        };
-        match self {
-            Type::Void => named("void"),
-            Type::Base { name, .. } | Type::Typedef { name, .. } => named(name),
-            Type::Aggregate { kind, name, .. } => named(&format!(
-                "{} {}",
-                kind.keyword(),
-                name.as_deref().unwrap_or("{...}")
-            )),
-            Type::Enum { name, .. } => {
-                named(&format!("enum {}", name.as_deref().unwrap_or("{...}")))
-            }
-            Type::Qualified { qualifier, target } => {
-                if matches!(target.as_ref(), Type::Pointer(_)) {
-                    target.declare(if inner.is_empty() {
-                        qualifier.to_string()
-                    } else {
-                        format!("{qualifier} {inner}")
-                    })
-                } else {
-                    format!("{qualifier} {}", target.declare(inner))
-                }
-            }
-            Type::Pointer(_) => {
-                unreachable!("pointers are named through DebugInfo::type_name")
-            }
-            Type::Array { element, count } => {
-                let dim = count.map(|c| c.to_string()).unwrap_or_default();
-                element.declare(format!("{inner}[{dim}]"))
-            }
-            Type::Function {
-                ret,
-                params,
-                prototyped,
-                varargs,
-            } => {
-                let mut list: Vec<String> = params.iter().map(|p| p.name()).collect();
-                if *varargs {
-                    list.push("...".into());
-                }
-                if list.is_empty() && *prototyped {
-                    list.push("void".into());
-                }
-                ret.declare(format!("{inner}({})", list.join(", ")))
-            }
-        }
+            Type::Enum { name, .. } => format!("enum {}", name.as_deref().unwrap_or("{...}")),
+            _ => return None,
+        })
     }
 }
 
@@ -312,13 +266,7 @@ impl DebugInfo {
         let mut headers = dwarf.units();
         while let Some(header) = headers.next()? {
             let unit = dwarf.unit(header)?;
-            let mut ranges = Vec::new();
-            let mut iter = dwarf.unit_ranges(&unit)?;
-            while let Some(r) = iter.next()? {
-                if r.begin < r.end {
-                    ranges.push((r.begin, r.end));
-                }
-            }
+            let ranges = super::unit_address_ranges(&dwarf, &unit)?;
             units.push(unit);
             unit_ranges.push(ranges);
         }
@@ -828,7 +776,14 @@ impl DebugInfo {
                 }
                 self.declare(ret, format!("{inner}({})", list.join(", ")), depth + 1)
             }
-            other => other.declare(inner),
+            leaf => {
+                let name = leaf.leaf_name().unwrap_or_else(|| "?".into());
+                if inner.is_empty() {
+                    name
+                } else {
+                    format!("{name} {inner}")
+                }
+            }
         }
     }
 

@@ -72,13 +72,7 @@ impl LineTable {
         let mut headers = dwarf.units();
         while let Some(header) = headers.next()? {
             let unit = dwarf.unit(header)?;
-            let mut ranges = Vec::new();
-            let mut iter = dwarf.unit_ranges(&unit)?;
-            while let Some(r) = iter.next()? {
-                if r.begin < r.end {
-                    ranges.push((r.begin, r.end));
-                }
-            }
+            let mut ranges = super::unit_address_ranges(dwarf, &unit)?;
             let Some(program) = unit.line_program.clone() else {
                 continue;
             };

@@ -563,6 +563,21 @@ fn finish_functions(functions: &mut Vec<Function>, text_sections: &[(u64, u64)])
     }
 }
 
+/// A unit's address ranges (empty ones left out).
+fn unit_address_ranges(
+    dwarf: &gimli::Dwarf<Reader>,
+    unit: &gimli::Unit<Reader>,
+) -> Result<Vec<(u64, u64)>, gimli::Error> {
+    let mut ranges = Vec::new();
+    let mut iter = dwarf.unit_ranges(unit)?;
+    while let Some(r) = iter.next()? {
+        if r.begin < r.end {
+            ranges.push((r.begin, r.end));
+        }
+    }
+    Ok(ranges)
+}
+
 fn load_dwarf(file: &object::File<'_>) -> Result<gimli::Dwarf<Reader>, SymbolsError> {
     let endian = if file.is_little_endian() {
         gimli::RunTimeEndian::Little

@@ -157,6 +157,16 @@ impl Unwinder {
     /// looked up as [`Unwinder::caller`] does).
     pub fn cfa_of(&self, regs: &DwarfRegisters, first: bool) -> Option<u64> {
         let pc = lookup_pc(regs[DWARF_PC]?, first);
+        self.at_row(pc, |row| cfa_of_row(row, regs))
+    }
+
+    /// `f` of the full table row at `pc` (every register's rule), read from the
+    /// section when asked for.
+    fn at_row<T>(
+        &self,
+        pc: u64,
+        f: impl FnOnce(&gimli::UnwindTableRow<usize>) -> Option<T>,
+    ) -> Option<T> {
         let mut ctx = Box::new(UnwindContext::new());
         let row = match &self.section {
             CfiSection::Debug(s) => {
@@ -167,7 +177,7 @@ impl Unwinder {
             }
         }
         .ok()?;
-        cfa_of_row(row, regs)
+        f(row)
     }
 
     /// The caller's registers as gdb unwinds them: the stack pointer is the canonical
@@ -182,37 +192,7 @@ impl Unwinder {
         read_u64: &dyn Fn(u64) -> Option<u64>,
     ) -> Option<DwarfRegisters> {
         let pc = lookup_pc(regs[DWARF_PC]?, first);
-        let mut ctx = Box::new(UnwindContext::new());
-        let row = match &self.section {
-            CfiSection::Debug(s) => {
-                s.unwind_info_for_address(&self.bases, &mut ctx, pc, DebugFrame::cie_from_offset)
-            }
-            CfiSection::Eh(s) => {
-                s.unwind_info_for_address(&self.bases, &mut ctx, pc, EhFrame::cie_from_offset)
-            }
-        }
-        .ok()?;
-        let cfa = cfa_of_row(row, regs)?;
-        let mut out = *regs;
-        out[DWARF_PC] = None;
-        for (register, rule) in row.registers() {
-            let n = register.0 as usize;
-            if n >= out.len() {
-                continue;
-            }
-            out[n] = match rule {
-                RegisterRule::Undefined => None,
-                RegisterRule::SameValue => regs[n],
-                RegisterRule::Offset(o) => read_u64(cfa.wrapping_add(*o as u64)),
-                RegisterRule::ValOffset(o) => Some(cfa.wrapping_add(*o as u64)),
-                RegisterRule::Register(r) => regs.get(r.0 as usize).copied().flatten(),
-                RegisterRule::Constant(v) => Some(*v),
-                _ => None,
-            };
-        }
-        out[X86_64::RSP.0 as usize] = Some(cfa);
-        out[DWARF_PC]?;
-        Some(out)
+        self.at_row(pc, |row| caller_of_row(row, regs, read_u64))
     }
 
     /// Whether the tables describe the instruction at `pc` (whatever their rule).
@@ -272,6 +252,35 @@ impl Unwinder {
         }
         out
     }
+}
+
+/// The caller's registers under one table row (see [`Unwinder::caller_registers`]).
+fn caller_of_row(
+    row: &gimli::UnwindTableRow<usize>,
+    regs: &DwarfRegisters,
+    read_u64: &dyn Fn(u64) -> Option<u64>,
+) -> Option<DwarfRegisters> {
+    let cfa = cfa_of_row(row, regs)?;
+    let mut out = *regs;
+    out[DWARF_PC] = None;
+    for (register, rule) in row.registers() {
+        let n = register.0 as usize;
+        if n >= out.len() {
+            continue;
+        }
+        out[n] = match rule {
+            RegisterRule::Undefined => None,
+            RegisterRule::SameValue => regs[n],
+            RegisterRule::Offset(o) => read_u64(cfa.wrapping_add(*o as u64)),
+            RegisterRule::ValOffset(o) => Some(cfa.wrapping_add(*o as u64)),
+            RegisterRule::Register(r) => regs.get(r.0 as usize).copied().flatten(),
+            RegisterRule::Constant(v) => Some(*v),
+            _ => None,
+        };
+    }
+    out[X86_64::RSP.0 as usize] = Some(cfa);
+    out[DWARF_PC]?;
+    Some(out)
 }
 
 /// A return address points after the call; the call itself is looked up (gdb's "address
