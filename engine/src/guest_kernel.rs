@@ -115,21 +115,12 @@ impl GuestKernel {
             GuestKernel::Demo(layout) => {
                 // struct proc *cur; cur->pid (int), cur->name (const char *).
                 let DemoProcess { cur, pid, name } = layout?;
-                let u64_at = |a: u64| {
-                    let mut b = [0u8; 8];
-                    read(a, &mut b).then(|| u64::from_le_bytes(b))
-                };
-                let cur = u64_at(cur)?;
+                let cur = read_uint(read, cur, 8)?;
                 if cur == 0 {
                     return None;
                 }
-                let mut b = vec![0u8; pid.size.min(8) as usize];
-                if !read(cur.wrapping_add(pid.offset), &mut b) {
-                    return None;
-                }
-                b.resize(8, 0);
-                let pid = u64::from_le_bytes(b.try_into().ok()?);
-                let name_ptr = u64_at(cur.wrapping_add(name.offset))?;
+                let pid = read_uint(read, cur.wrapping_add(pid.offset), pid.size)?;
+                let name_ptr = read_uint(read, cur.wrapping_add(name.offset), 8)?;
                 Some(Process {
                     pid,
                     name: read_c_string(read, name_ptr),
@@ -143,24 +134,15 @@ impl GuestKernel {
                     pid,
                     comm,
                 } = layout?;
-                let u64_at = |a: u64| {
-                    let mut b = [0u8; 8];
-                    read(a, &mut b).then(|| u64::from_le_bytes(b))
-                };
                 let base = match per_cpu_offset {
-                    Some(table) => u64_at(table)?,
+                    Some(table) => read_uint(read, table, 8)?,
                     None => 0,
                 };
-                let task = u64_at(base.wrapping_add(current_task))?;
+                let task = read_uint(read, base.wrapping_add(current_task), 8)?;
                 if task == 0 {
                     return None;
                 }
-                let mut b = vec![0u8; pid.size.min(8) as usize];
-                if !read(task.wrapping_add(pid.offset), &mut b) {
-                    return None;
-                }
-                b.resize(8, 0);
-                let pid = u64::from_le_bytes(b.try_into().ok()?);
+                let pid = read_uint(read, task.wrapping_add(pid.offset), pid.size)?;
                 let mut name = vec![0u8; comm.size.min(MAX_NAME as u64) as usize];
                 if !read(task.wrapping_add(comm.offset), &mut name) {
                     return None;
@@ -174,6 +156,13 @@ impl GuestKernel {
             GuestKernel::Unknown => None,
         }
     }
+}
+
+/// A little-endian unsigned integer of `size` bytes (1 to 8) at `addr`.
+fn read_uint(read: &dyn Fn(u64, &mut [u8]) -> bool, addr: u64, size: u64) -> Option<u64> {
+    let mut b = [0u8; 8];
+    let n = usize::try_from(size.clamp(1, 8)).ok()?;
+    read(addr, &mut b[..n]).then(|| u64::from_le_bytes(b))
 }
 
 /// A NUL-terminated string of at most [`MAX_NAME`] bytes (`?` where unreadable).
@@ -278,11 +267,7 @@ impl GuestKernel {
         };
         let l = PrintkLayout::of(symbols).ok_or(KernelLogError::NoLayout)?;
         let unreadable = KernelLogError::Unreadable;
-        let uint = |a: u64, size: u64| -> Option<u64> {
-            let mut b = [0u8; 8];
-            let n = usize::try_from(size.clamp(1, 8)).ok()?;
-            read(a, &mut b[..n]).then(|| u64::from_le_bytes(b))
-        };
+        let uint = |a: u64, size: u64| read_uint(read, a, size);
         let prb = uint(l.prb, 8).ok_or(unreadable("prb"))?;
         let ring = prb.wrapping_add(l.desc_ring);
         let count_bits =

@@ -228,6 +228,8 @@ impl FrameContext<'_> {
 /// Most type links followed (typedef chains, nested members) before giving up: a
 /// corrupt image cannot loop the reader.
 const MAX_TYPE_DEPTH: usize = 64;
+/// Largest piece of a value assembled from pieces (a piece's size is the DWARF's say).
+const MAX_PIECE_BYTES: usize = 1 << 16;
 /// Most steps of one location expression (each memory or register request counts).
 const MAX_EVAL_STEPS: usize = 10_000;
 
@@ -1112,14 +1114,14 @@ impl DebugInfo {
             let place = self.piece_place(&p.location, frame, n)?;
             match place {
                 Place::Memory(a) => {
-                    let mut b = vec![0u8; usize::try_from(n).ok()?.min(1 << 16)];
+                    let mut b = vec![0u8; usize::try_from(n).ok()?.min(MAX_PIECE_BYTES)];
                     if !(frame.read_memory)(a, &mut b) {
                         return None;
                     }
                     bytes.extend(b);
                 }
                 Place::Bytes(mut b) => {
-                    b.resize(n as usize, 0);
+                    b.resize(usize::try_from(n).ok()?.min(MAX_PIECE_BYTES), 0);
                     bytes.extend(b);
                 }
                 Place::OptimizedOut => return Some(Place::OptimizedOut),

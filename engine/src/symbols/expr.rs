@@ -7,7 +7,7 @@
 use super::Symbols;
 use super::debuginfo::{BaseEncoding, DebugInfo, Place, Pointee, Type, find_field};
 use super::unwind::{DWARF_PC, DwarfRegisters};
-use super::values::{MemoryFault, ReadMemory, Value, memory_error};
+use super::values::{MemoryFault, ReadMemory, Value, bit_field, memory_error};
 use std::sync::Arc;
 
 /// What an expression can name.
@@ -685,17 +685,10 @@ impl Parser<'_, '_> {
         };
         if let Some((bit, width)) = field.bits {
             let b = self.bytes(&v, v.ty.size())?;
-            let start = usize::try_from(offset).unwrap_or(usize::MAX);
-            let mut raw = [0u8; 8];
-            let n = b.len().saturating_sub(start).min(8);
-            raw[..n].copy_from_slice(&b[start..start + n]);
-            let word = u64::from_le_bytes(raw);
-            let mask = if width >= 64 {
-                u64::MAX
-            } else {
-                (1 << width) - 1
-            };
-            return Ok(rvalue(field.ty.clone(), (word >> bit) & mask));
+            return Ok(rvalue(
+                field.ty.clone(),
+                bit_field(&b, offset, bit, width, false),
+            ));
         }
         let size = field.ty.size();
         let place = match &v.place {

@@ -68,7 +68,7 @@ impl ValuePrinter<'_> {
             Place::OptimizedOut => Err("<optimized out>".into()),
             Place::Bytes(b) => {
                 let mut b = b.clone();
-                b.resize(usize::try_from(len).unwrap_or(0), 0);
+                b.resize(usize::try_from(len.min(MAX_VALUE_BYTES)).unwrap_or(0), 0);
                 Ok(b)
             }
             Place::Memory(a) => {
@@ -262,23 +262,7 @@ impl ValuePrinter<'_> {
             let fsize = f.ty.size();
             let start = usize::try_from(f.offset).unwrap_or(usize::MAX);
             let text = if let Some((bit, width)) = f.bits {
-                let mut raw = [0u8; 8];
-                let n = bytes.len().saturating_sub(start).min(8);
-                if n > 0 {
-                    raw[..n].copy_from_slice(&bytes[start..start + n]);
-                }
-                let word = u64::from_le_bytes(raw);
-                let mask = if width >= 64 {
-                    u64::MAX
-                } else {
-                    (1 << width) - 1
-                };
-                let value = (word >> bit) & mask;
-                let value = if is_signed(&f.ty) && width < 64 && value >> (width - 1) & 1 == 1 {
-                    value | !mask
-                } else {
-                    value
-                };
+                let value = bit_field(bytes, f.offset, bit, width, is_signed(&f.ty));
                 self.scalar(
                     &f.ty,
                     &value.to_le_bytes()[..usize::try_from(fsize.clamp(1, 8)).unwrap_or(8)],
@@ -405,6 +389,34 @@ pub fn gdb_symbol(symbols: &Symbols, addr: u64) -> Option<String> {
     })
 }
 
+/// A bit field's value: `width` bits from bit `bit` of the bytes at `start` (sign
+/// extended where `signed`); bits past the bytes read as 0.
+pub(super) fn bit_field(bytes: &[u8], start: u64, bit: u64, width: u64, signed: bool) -> u64 {
+    let mut raw = [0u8; 8];
+    if let Some(tail) = usize::try_from(start).ok().and_then(|s| bytes.get(s..)) {
+        let n = tail.len().min(8);
+        raw[..n].copy_from_slice(&tail[..n]);
+    }
+    let word = u64::from_le_bytes(raw);
+    if width == 0 {
+        return 0;
+    }
+    let mask = if width >= 64 {
+        u64::MAX
+    } else {
+        (1 << width) - 1
+    };
+    let value = word
+        .checked_shr(u32::try_from(bit).unwrap_or(u32::MAX))
+        .unwrap_or(0)
+        & mask;
+    if signed && width < 64 && (value >> (width - 1)) & 1 == 1 {
+        value | !mask
+    } else {
+        value
+    }
+}
+
 fn sign_extend(v: u64, size: usize) -> i64 {
     if size == 0 || size >= 8 {
         return v as i64;
@@ -527,6 +539,18 @@ mod tests {
         let (text, finished) = string_runs(&long);
         assert!(!finished);
         assert_eq!(text.len(), 200 + 2);
+    }
+
+    #[test]
+    fn bit_fields_read_within_their_bytes_whatever_the_dwarf_says() {
+        let bytes = [0b1011_0100u8, 0xff];
+        assert_eq!(bit_field(&bytes, 0, 2, 3, false), 0b101);
+        assert_eq!(bit_field(&bytes, 0, 2, 3, true), (-3i64) as u64);
+        assert_eq!(bit_field(&bytes, 1, 0, 8, false), 0xff);
+        // Hostile: past the bytes, a zero width, a shift past the word.
+        assert_eq!(bit_field(&bytes, 99, 0, 8, false), 0);
+        assert_eq!(bit_field(&bytes, 0, 0, 0, true), 0);
+        assert_eq!(bit_field(&bytes, 0, 200, 64, true), 0);
     }
 
     #[test]
