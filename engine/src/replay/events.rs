@@ -196,6 +196,57 @@ impl RecordedEvents {
         self.applied_known.load(Ordering::Relaxed)
     }
 
+    /// Events per column over positions `0..=extent` (each column `extent + 1 /
+    /// columns` wide, the last taking what lies beyond), each event where it was
+    /// applied, else where it was recorded. Positions of applied events come from the
+    /// applied table; a chunk of events not applied yet whose recorded positions all
+    /// fall in one column is counted from the index without being read.
+    pub(crate) fn density(&self, columns: usize, extent: Icount) -> Vec<u32> {
+        let columns = columns.max(1);
+        let column = |p: Icount| {
+            ((u128::from(p) * columns as u128 / (u128::from(extent) + 1)) as usize)
+                .min(columns - 1)
+        };
+        let mut d = vec![0u32; columns];
+        let mut add = |p: Icount, n: u64| {
+            let c = &mut d[column(p)];
+            *c = c.saturating_add(n.min(u64::from(u32::MAX)) as u32);
+        };
+        let count = self.count();
+        let known = self.applied_known();
+        for (i, info) in self.index.iter().enumerate() {
+            if info.first_event >= count {
+                break;
+            }
+            let end = info.end_event().min(count);
+            let table = self.applied[i].get();
+            let applied_to = known.clamp(info.first_event, end);
+            if applied_to == info.first_event
+                && column(info.first_icount) == column(info.last_icount)
+            {
+                add(info.first_icount, end - info.first_event);
+                continue;
+            }
+            let mut chunk = None;
+            for n in info.first_event..end {
+                let k = (n - info.first_event) as usize;
+                match table.map(|t| t[k].load(Ordering::Relaxed)) {
+                    Some(p) if p != NOT_APPLIED => add(p, 1),
+                    _ => {
+                        if chunk.is_none() {
+                            chunk = self.chunk_holding(n);
+                        }
+                        match chunk.as_ref().and_then(|c| c.get(n)) {
+                            Some(e) => add(e.icount(), 1),
+                            None => return d,
+                        }
+                    }
+                }
+            }
+        }
+        d
+    }
+
     /// Bytes the table of where events were applied takes now.
     pub(crate) fn applied_bytes(&self) -> u64 {
         self.applied

@@ -411,6 +411,13 @@ impl Replay {
         }
     }
 
+    /// Events per column over positions `0..=extent`: column `p * columns / (extent +
+    /// 1)` (the last column for anything beyond) counts the events shown at position
+    /// `p` ([`Replay::event_position`]). Reads only the chunks it must.
+    pub fn event_density(&self, columns: usize, extent: Icount) -> Vec<u32> {
+        self.events.density(columns, extent)
+    }
+
     /// What the cache of decoded event chunks holds, shared by every replay of the
     /// recording.
     pub fn event_cache_usage(&self) -> CacheUsage {
