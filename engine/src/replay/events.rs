@@ -274,7 +274,7 @@ impl Iterator for Events {
 
     fn next(&mut self) -> Option<(u64, EventRef)> {
         let n = self.range.start;
-        if n >= self.range.end {
+        if n >= self.range.end || n >= self.events.count() {
             return None;
         }
         let chunk = match &self.chunk {

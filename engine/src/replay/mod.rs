@@ -397,7 +397,9 @@ impl Replay {
     /// Event number `n`, read from the file through the cache of decoded chunks.
     pub fn event(&self, n: u64) -> Option<EventRef> {
         match &self.front_chunk.0 {
-            Some(c) if c.get(n).is_some() => Some(EventRef::new(c.clone(), n)),
+            Some(c) if c.get(n).is_some() && n < self.events.count() => {
+                Some(EventRef::new(c.clone(), n))
+            }
             _ => self.events.get(n),
         }
     }
@@ -537,21 +539,19 @@ impl Replay {
             self.interrupt_searched = self.events.count();
             return;
         };
-        let found = chunk.events[(from - chunk.first_event) as usize..]
-            .iter()
-            .zip(from..)
-            .find_map(|(e, n)| match e {
-                Event::KernelInterrupt(k) => Some((n, *k)),
-                _ => None,
-            });
+        let end = chunk.end_event().min(self.events.count());
+        let found = (from..end).find_map(|n| match chunk.get(n) {
+            Some(Event::KernelInterrupt(k)) => Some((n, *k)),
+            _ => None,
+        });
         self.next_interrupt = found;
-        self.interrupt_searched = found.map_or(chunk.end_event(), |(n, _)| n);
+        self.interrupt_searched = found.map_or(end, |(n, _)| n);
     }
 
     /// The chunk holding event `n`: the front chunk, or one from the shared cache.
     fn chunk_for(&self, n: u64) -> Option<Arc<EventChunk>> {
         match &self.front_chunk.0 {
-            Some(c) if c.get(n).is_some() => Some(c.clone()),
+            Some(c) if c.get(n).is_some() && n < self.events.count() => Some(c.clone()),
             _ => self.events.chunk_holding(n),
         }
     }
