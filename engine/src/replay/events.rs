@@ -17,9 +17,8 @@ pub const APPLIED_BYTES_PER_EVENT: u64 = std::mem::size_of::<AtomicU64>() as u64
 
 /// Bytes the shared events take per chunk of the index, besides the decoded chunks:
 /// the index entry and its part of the applied table.
-pub(crate) const INDEX_BYTES_PER_CHUNK: u64 = (std::mem::size_of::<ChunkInfo>()
-    + std::mem::size_of::<OnceLock<Box<[AtomicU64]>>>())
-    as u64;
+pub(crate) const INDEX_BYTES_PER_CHUNK: u64 =
+    (std::mem::size_of::<ChunkInfo>() + std::mem::size_of::<OnceLock<Box<[AtomicU64]>>>()) as u64;
 
 /// One event of the recording, held through its decoded chunk (cheap to clone: the
 /// chunk is shared).
@@ -204,8 +203,7 @@ impl RecordedEvents {
     pub(crate) fn density(&self, columns: usize, extent: Icount) -> Vec<u32> {
         let columns = columns.max(1);
         let column = |p: Icount| {
-            ((u128::from(p) * columns as u128 / (u128::from(extent) + 1)) as usize)
-                .min(columns - 1)
+            ((u128::from(p) * columns as u128 / (u128::from(extent) + 1)) as usize).min(columns - 1)
         };
         let mut d = vec![0u32; columns];
         let mut add = |p: Icount, n: u64| {

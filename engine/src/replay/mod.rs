@@ -256,10 +256,13 @@ impl Replay {
         // refused here where the statistics count them (a file whose statistics hide
         // one diverges when replay reaches it).
         if reader.stats().count(crate::event::EventKind::PteRead) > 0 {
-            let found = reader.events_from(0).enumerate().find_map(|(n, e)| match e {
-                Ok(Event::PteRead(p)) => Some((n, p.addr)),
-                _ => None,
-            });
+            let found = reader
+                .events_from(0)
+                .enumerate()
+                .find_map(|(n, e)| match e {
+                    Ok(Event::PteRead(p)) => Some((n, p.addr)),
+                    _ => None,
+                });
             if let Some((n, addr)) = found {
                 return Err(ReplayError::Unsupported(format!(
                     "event {n} is a page-table-entry read (at {addr:#x}), which replay does \
@@ -581,10 +584,7 @@ impl Replay {
         self.events.set_applied(self.next, self.position());
         self.next += 1;
         self.load_front();
-        if self
-            .next_interrupt
-            .is_some_and(|(n, _)| n < self.next)
-        {
+        if self.next_interrupt.is_some_and(|(n, _)| n < self.next) {
             self.search_interrupt();
         }
     }

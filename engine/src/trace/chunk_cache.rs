@@ -177,7 +177,10 @@ mod tests {
         assert!(cache.get(0).is_some());
         cache.insert(3, chunk(12, 4, 100));
         let u = cache.usage();
-        assert_eq!((u.bytes, u.chunks, u.peak_bytes, u.loads), (3 * one, 3, 3 * one, 4));
+        assert_eq!(
+            (u.bytes, u.chunks, u.peak_bytes, u.loads),
+            (3 * one, 3, 3 * one, 4)
+        );
         assert!(cache.get(1).is_none());
         assert!(cache.get(0).is_some() && cache.get(2).is_some() && cache.get(3).is_some());
         // Inserting a chunk again replaces it; the count stays exact.

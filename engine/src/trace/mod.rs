@@ -41,7 +41,7 @@ use crate::state::{CpuidEntry, KernelIdentity, MachineConfig, Symbol};
 
 pub use chunk_cache::{CacheUsage, ChunkCache, EventChunk, EventSource, MAX_CACHED_CHUNKS};
 pub use error::{Result, TraceError};
-pub use reader::{EventsFrom, RecordingReader, Recovery, RecordingSource, SnapshotPages};
+pub use reader::{EventsFrom, RecordingReader, RecordingSource, Recovery, SnapshotPages};
 pub use stats::Stats;
 pub use writer::{FinishInfo, RecordingWriter, WriterConfig};
 
