@@ -3,10 +3,11 @@
 //! replay to the end that takes checkpoints as a session would.
 //!
 //! `cargo bench -p krr-engine --bench timeline` runs four cases: the checked-in demo
-//! and bench-loop recordings, a synthetic recording of 10 M events, and a synthetic
-//! recording of a guest with 1 GiB of RAM (both written through the trace writer into
-//! a temporary directory first; see `tests/synthetic`). `KRR_BENCH_CASES=demo,10m`
-//! picks cases by name; `KRR_BENCH_RECORDING=FILE` runs that recording alone.
+//! and bench-loop recordings, a synthetic recording of 10 M events (`10m`), and a
+//! synthetic recording of a guest with 1 GiB of RAM (`1gib`), both written through the
+//! trace writer into a temporary directory first (see `tests/synthetic`).
+//! `KRR_BENCH_CASES=demo,10m` picks cases by name (also `1m`, 1 M events);
+//! `KRR_BENCH_RECORDING=FILE` runs that recording alone.
 //!
 //! Memory, per case: the process's peak resident set (`VmHWM`, reset through
 //! `/proc/self/clear_refs` before the case) and the peak of bytes allocated on the heap
@@ -199,23 +200,34 @@ fn run_case(name: &str, path: &Path) {
     );
 }
 
-/// The synthetic cases: (name, what, recording).
+/// The synthetic cases.
 fn synthetic_spec(name: &str) -> Option<synthetic::Spec> {
     match name {
-        // 5 M iterations of the loop, two events each, in a 16 MiB guest; the writer's
-        // default chunks of 4096 events.
+        // 5 M iterations of the loop, two events each, in a 16 MiB guest whose loop
+        // stores into 16 pages; the writer's default chunks of 4096 events.
         "10m" => Some(synthetic::Spec {
             iterations: 5_000_000,
             ram: 16 << 20,
-            stride: 4096 + 64,
+            window: 64 << 10,
+            stride: 64,
             chunk_events: 4096,
         }),
-        // A 1 GiB guest whose loop stores over 512 MiB of it (a page in 17, 7,710 pages
-        // touched), 400 k events.
+        // The same with 1 M events: small enough for a replay that holds every event
+        // (for comparisons with builds before the event cache).
+        "1m" => Some(synthetic::Spec {
+            iterations: 500_000,
+            ram: 16 << 20,
+            window: 64 << 10,
+            stride: 64,
+            chunk_events: 4096,
+        }),
+        // A 1 GiB guest whose loop stores into 2,048 pages spread over 512 MiB of it
+        // (one every 256 KiB), 400 k events.
         "1gib" => Some(synthetic::Spec {
             iterations: 200_000,
             ram: 1 << 30,
-            stride: 17 * 4096 + 64,
+            window: 512 << 20,
+            stride: 256 << 10,
             chunk_events: 4096,
         }),
         _ => None,
@@ -230,11 +242,15 @@ fn main() {
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
     let names =
         std::env::var("KRR_BENCH_CASES").unwrap_or_else(|_| "demo,bench-loop,10m,1gib".to_string());
-    let dir = tempfile::tempdir().expect("a temporary directory");
+    // Synthetic recordings go to a temporary directory, or are kept in
+    // KRR_BENCH_SYNTHETIC_DIR (to run another build's bench on them).
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let keep = std::env::var_os("KRR_BENCH_SYNTHETIC_DIR").map(PathBuf::from);
+    let dir = keep.as_deref().unwrap_or(tmp.path());
     for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         let path = match synthetic_spec(name) {
             Some(spec) => {
-                let path = dir.path().join(format!("{name}.krr"));
+                let path = dir.join(format!("{name}.krr"));
                 let started = Instant::now();
                 let stats = synthetic::write(&path, spec);
                 println!(
@@ -248,7 +264,7 @@ fn main() {
             None => fixtures.join(format!("{name}.krr")),
         };
         run_case(name, &path);
-        if synthetic_spec(name).is_some() {
+        if synthetic_spec(name).is_some() && keep.is_none() {
             let _ = std::fs::remove_file(&path);
         }
     }

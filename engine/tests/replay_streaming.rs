@@ -189,7 +189,8 @@ fn a_synthetic_recording_of_a_1_gib_guest_replays_to_its_power_off() {
     let spec = synthetic::Spec {
         iterations: 40_000,
         ram: 1 << 30,
-        stride: 17 * 4096 + 64,
+        window: 512 << 20,
+        stride: 256 << 10,
         chunk_events: 512,
     };
     let stats = synthetic::write(&path, spec);

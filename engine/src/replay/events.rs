@@ -108,9 +108,14 @@ impl RecordedEvents {
     /// The decoded chunk holding event `n`. A chunk that cannot be read ends the events
     /// before it, as if the recording stopped there, and says why.
     pub(crate) fn chunk_holding(&self, n: u64) -> Option<Arc<EventChunk>> {
+        self.chunk_at(n).map(|(_, c)| c)
+    }
+
+    /// [`Self::chunk_holding`] and its number in the index.
+    pub(crate) fn chunk_at(&self, n: u64) -> Option<(usize, Arc<EventChunk>)> {
         let i = self.chunk_of(n)?;
         match self.source.chunk(i) {
-            Ok(c) if c.first_event == self.index[i].first_event => Some(c),
+            Ok(c) if c.first_event == self.index[i].first_event => Some((i, c)),
             Ok(_) => {
                 self.mark_damaged(i, "the chunk read is not the one indexed".into());
                 None
@@ -165,19 +170,31 @@ impl RecordedEvents {
         Some(self.index[i].first_icount)
     }
 
-    /// Records that event `n` took effect at `position` (on the event-position axis).
-    pub(crate) fn set_applied(&self, n: u64, position: Icount) {
-        let Some(i) = self.chunk_of(n) else {
+    /// Records that event `n`, of chunk `i` of the index, took effect at `position`
+    /// (on the event-position axis).
+    pub(crate) fn set_applied(&self, i: usize, n: u64, position: Icount) {
+        let Some(info) = self.index.get(i) else {
             return;
         };
-        let info = &self.index[i];
+        let Some(k) = n
+            .checked_sub(info.first_event)
+            .filter(|&k| k < u64::from(info.count))
+        else {
+            return;
+        };
         let table = self.applied[i].get_or_init(|| {
             (0..info.count)
                 .map(|_| AtomicU64::new(NOT_APPLIED))
                 .collect()
         });
-        table[(n - info.first_event) as usize].store(position, Ordering::Relaxed);
-        self.applied_known.fetch_max(n + 1, Ordering::Relaxed);
+        let slot = &table[k as usize];
+        // Replays over known ground find it set already: no write.
+        if slot.load(Ordering::Relaxed) != position {
+            slot.store(position, Ordering::Relaxed);
+        }
+        if self.applied_known.load(Ordering::Relaxed) <= n {
+            self.applied_known.fetch_max(n + 1, Ordering::Relaxed);
+        }
     }
 
     /// Where event `n` took effect, once a replay has applied it.

@@ -96,7 +96,7 @@ struct Initial {
 /// shared cache, so that reading its events in order takes no lock. Not copied with the
 /// replay (a checkpoint holds no chunk; the copy takes it from the cache when it runs).
 #[derive(Default)]
-struct FrontChunk(Option<Arc<EventChunk>>);
+struct FrontChunk(Option<(usize, Arc<EventChunk>)>);
 
 impl Clone for FrontChunk {
     fn clone(&self) -> Self {
@@ -123,6 +123,9 @@ pub struct Replay {
     /// interrupt: none is before it unless `next_interrupt` is found. Searched a chunk
     /// at a time, as replay gets there, so opening does not read every event.
     interrupt_searched: u64,
+    /// The earliest icount of the next interrupt: its own once found, else the one
+    /// the index records for the first event not searched; None when none is left.
+    interrupt_bound: Option<Icount>,
     /// Address of the user-read hook, if the guest has one.
     hook_user_read: Option<u64>,
     /// Breakpoints the caller set.
@@ -346,6 +349,7 @@ impl Replay {
             next: 0,
             next_interrupt: None,
             interrupt_searched: 0,
+            interrupt_bound: None,
             hook_user_read,
             user_breakpoints: Vec::new(),
             console: ConsoleLog::default(),
@@ -376,6 +380,7 @@ impl Replay {
         r.next = 0;
         r.next_interrupt = None;
         r.interrupt_searched = 0;
+        r.interrupt_bound = None;
         r.console.clear();
         r.console_checked = 0;
         r.uart_lcr = 0;
@@ -400,7 +405,7 @@ impl Replay {
     /// Event number `n`, read from the file through the cache of decoded chunks.
     pub fn event(&self, n: u64) -> Option<EventRef> {
         match &self.front_chunk.0 {
-            Some(c) if c.get(n).is_some() && n < self.events.count() => {
+            Some((_, c)) if c.get(n).is_some() && n < self.events.count() => {
                 Some(EventRef::new(c.clone(), n))
             }
             _ => self.events.get(n),
@@ -524,9 +529,9 @@ impl Replay {
             .front_chunk
             .0
             .as_ref()
-            .is_some_and(|c| c.get(self.next).is_some())
+            .is_some_and(|(_, c)| c.get(self.next).is_some())
         {
-            self.front_chunk.0 = self.events.chunk_holding(self.next);
+            self.front_chunk.0 = self.events.chunk_at(self.next);
         }
     }
 
@@ -538,23 +543,28 @@ impl Replay {
         }
         self.next_interrupt = None;
         let from = self.interrupt_searched.max(self.next);
-        let Some(chunk) = self.chunk_for(from) else {
-            self.interrupt_searched = self.events.count();
-            return;
+        match self.chunk_for(from) {
+            None => self.interrupt_searched = self.events.count(),
+            Some(chunk) => {
+                let end = chunk.end_event().min(self.events.count());
+                let found = (from..end).find_map(|n| match chunk.get(n) {
+                    Some(Event::KernelInterrupt(k)) => Some((n, *k)),
+                    _ => None,
+                });
+                self.next_interrupt = found;
+                self.interrupt_searched = found.map_or(end, |(n, _)| n);
+            }
+        }
+        self.interrupt_bound = match self.next_interrupt {
+            Some((_, k)) => Some(k.icount),
+            None => self.events.position_lower_bound(self.interrupt_searched),
         };
-        let end = chunk.end_event().min(self.events.count());
-        let found = (from..end).find_map(|n| match chunk.get(n) {
-            Some(Event::KernelInterrupt(k)) => Some((n, *k)),
-            _ => None,
-        });
-        self.next_interrupt = found;
-        self.interrupt_searched = found.map_or(end, |(n, _)| n);
     }
 
     /// The chunk holding event `n`: the front chunk, or one from the shared cache.
     fn chunk_for(&self, n: u64) -> Option<Arc<EventChunk>> {
         match &self.front_chunk.0 {
-            Some(c) if c.get(n).is_some() && n < self.events.count() => Some(c.clone()),
+            Some((_, c)) if c.get(n).is_some() && n < self.events.count() => Some(c.clone()),
             _ => self.events.chunk_holding(n),
         }
     }
@@ -565,10 +575,10 @@ impl Replay {
     /// None when no interrupt is left. Searches further while that bound is not ahead.
     fn interrupt_limit(&mut self) -> Option<Icount> {
         loop {
-            if let Some((_, k)) = self.next_interrupt {
-                return Some(k.icount);
+            if self.next_interrupt.is_some() {
+                return self.interrupt_bound;
             }
-            let bound = self.events.position_lower_bound(self.interrupt_searched)?;
+            let bound = self.interrupt_bound?;
             if bound > self.cpu.icount() {
                 return Some(bound);
             }
@@ -576,12 +586,19 @@ impl Replay {
         }
     }
 
-    fn front(&self) -> Option<EventRef> {
-        self.event(self.next)
+    /// The next event to consume, from the front chunk (which every move of `next`
+    /// and the start of every run load).
+    fn front(&self) -> Option<&Event> {
+        match &self.front_chunk.0 {
+            Some((_, c)) if self.next < self.events.count() => c.get(self.next),
+            _ => None,
+        }
     }
 
     fn consume(&mut self) {
-        self.events.set_applied(self.next, self.position());
+        if let Some((i, _)) = &self.front_chunk.0 {
+            self.events.set_applied(*i, self.next, self.position());
+        }
         self.next += 1;
         self.load_front();
         if self.next_interrupt.is_some_and(|(n, _)| n < self.next) {
@@ -711,7 +728,7 @@ impl Replay {
     /// digests whose icount has been reached.
     fn apply_due(&mut self) -> Result<(), Box<Divergence>> {
         loop {
-            match self.front().as_deref() {
+            match self.front() {
                 Some(Event::Digest(d)) if self.due_at_out(d.icount) => {
                     let d = *d;
                     let st = self.cpu.state();
@@ -822,7 +839,7 @@ impl Replay {
         if self.exact || self.signature_rip.is_none() {
             return None;
         }
-        match self.front().as_deref() {
+        match self.front() {
             Some(Event::KernelInterrupt(KernelInterrupt {
                 icount: after_exit,
                 point:
@@ -843,7 +860,7 @@ impl Replay {
         if !self.exact {
             if let Some(end) = self.signature_search_end()
                 && icount >= end
-                && let Some(Event::KernelInterrupt(k)) = self.front().as_deref()
+                && let Some(Event::KernelInterrupt(k)) = self.front()
             {
                 let k = *k;
                 return Err(self.diverge(
@@ -866,7 +883,7 @@ impl Replay {
             return self.check_all_consumed();
         }
         // The next interrupt's point: every event before it must have been consumed.
-        match self.front().as_deref() {
+        match self.front() {
             Some(Event::KernelInterrupt(k)) if k.icount == icount => Ok(()),
             Some(e) if self.next_interrupt_icount() == Some(icount) => Err(self.diverge(
                 format!(
@@ -885,7 +902,7 @@ impl Replay {
 
     /// Supplies the value of a pending input instruction from the next event.
     fn on_input(&mut self, exit: &Exit) -> Result<(), Box<Divergence>> {
-        let Some(front) = self.front().as_deref().cloned() else {
+        let Some(front) = self.front().cloned() else {
             self.finished = Some(End::EndOfRecording);
             return Ok(());
         };
@@ -1015,7 +1032,7 @@ impl Replay {
     fn after_exit(&mut self) -> Result<(), Box<Divergence>> {
         let icount = self.cpu.icount();
         loop {
-            match self.front().as_deref().cloned() {
+            match self.front().cloned() {
                 Some(Event::MemoryWrite(w)) if self.due_at_out(w.icount) => {
                     if let Err(e) = self.mem.write(w.gpa, &w.data) {
                         return Err(self.diverge(
@@ -1051,7 +1068,7 @@ impl Replay {
 
     fn on_hlt(&mut self) -> Result<(), Box<Divergence>> {
         self.after_exit()?;
-        match self.front().as_deref() {
+        match self.front() {
             Some(Event::KernelInterrupt(k)) if self.due(k.icount) => Ok(()),
             None => {
                 self.finished = Some(End::EndOfRecording);
@@ -1065,7 +1082,7 @@ impl Replay {
     }
 
     fn on_return_to_user(&mut self) -> Result<(), Box<Divergence>> {
-        match self.front().as_deref().cloned() {
+        match self.front().cloned() {
             Some(Event::UserEntry(entry)) => {
                 self.check_bound(entry.icount)?;
                 if let Err(e) = self.cpu.enter_from_user(&mut self.mem, &entry) {
@@ -1095,7 +1112,7 @@ impl Replay {
         // The agent may have split a large copy over several records.
         let mut done = 0u64;
         while done < len {
-            match self.front().as_deref().cloned() {
+            match self.front().cloned() {
                 Some(Event::UserRead(u))
                     if u.dst == dst.wrapping_add(done)
                         && !u.data.is_empty()
@@ -1127,7 +1144,7 @@ impl Replay {
     }
 
     fn check_all_consumed(&self) -> Result<(), Box<Divergence>> {
-        match self.front().as_deref() {
+        match self.front() {
             None => Ok(()),
             Some(e) => {
                 let e = e.clone();

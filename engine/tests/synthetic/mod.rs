@@ -1,8 +1,8 @@
 //! A synthetic recording of any length, written through the real trace writer (not
 //! checked in): the ring-0 machine of `cpu_common` runs a loop that reads a port and
-//! the TSC and stores into guest RAM on every iteration (two events an iteration), then
-//! powers off. Its guest RAM can be as large as the page tables map (1 GiB). Used by
-//! the time-travel bench and the streaming tests.
+//! the TSC and stores into a window of guest RAM on every iteration (two events an
+//! iteration), then powers off. Its guest RAM can be as large as the page tables map
+//! (1 GiB). Used by the time-travel bench and the streaming tests.
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -31,7 +31,11 @@ pub struct Spec {
     pub iterations: u32,
     /// Guest RAM in bytes: a power of two from 16 MiB to 1 GiB.
     pub ram: u64,
-    /// Bytes between the loop's stores: they walk the upper half of RAM and wrap.
+    /// Bytes of RAM the loop's stores walk, from the middle of RAM on, wrapping: a
+    /// power of two, at most half the RAM.
+    pub window: u64,
+    /// Bytes between the loop's stores (a multiple of 4): with a power of two, they
+    /// touch `window / stride` places over and over.
     pub stride: u32,
     /// Events per chunk of the file.
     pub chunk_events: usize,
@@ -50,13 +54,14 @@ impl Spec {
 /// Writes the recording of `spec` to `path`; returns the writer's statistics.
 pub fn write(path: &Path, spec: Spec) -> Stats {
     assert!(spec.ram.is_power_of_two() && (16 << 20..=1 << 30).contains(&spec.ram));
-    let window = spec.ram / 2;
+    assert!(spec.window.is_power_of_two() && spec.window <= spec.ram / 2);
+    let window = spec.window;
     let mut img = image();
     let mut a = asm();
     let mut top = a.create_label();
     a.mov(ecx, spec.iterations).unwrap();
     a.xor(r8d, r8d).unwrap();
-    a.mov(r9, window).unwrap();
+    a.mov(r9, spec.ram / 2).unwrap();
     a.set_label(&mut top).unwrap();
     a.in_(al, INPUT_PORT as i32).unwrap();
     a.add(ebx, eax).unwrap();
