@@ -15,7 +15,7 @@
 //! for opening and the straight replay, and for the whole case.
 
 #[path = "../tests/cpu_common/mod.rs"]
-#[allow(unused_imports, dead_code)]
+#[allow(unused_imports)]
 mod cpu_common;
 #[path = "../tests/synthetic/mod.rs"]
 mod synthetic;

@@ -525,11 +525,11 @@ impl Replay {
 
     /// Takes the chunk holding the next event, unless held already.
     fn load_front(&mut self) {
-        if !self
+        if self
             .front_chunk
             .0
             .as_ref()
-            .is_some_and(|(_, c)| c.get(self.next).is_some())
+            .is_none_or(|(_, c)| c.get(self.next).is_none())
         {
             self.front_chunk.0 = self.events.chunk_at(self.next);
         }
