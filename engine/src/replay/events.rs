@@ -15,10 +15,12 @@ const NOT_APPLIED: u64 = u64::MAX;
 /// Bytes the table of where events were applied takes per event.
 pub const APPLIED_BYTES_PER_EVENT: u64 = std::mem::size_of::<AtomicU64>() as u64;
 
-/// Bytes the shared events take per chunk of the index, besides the decoded chunks:
-/// the index entry and its part of the applied table.
-pub(crate) const INDEX_BYTES_PER_CHUNK: u64 =
-    (std::mem::size_of::<ChunkInfo>() + std::mem::size_of::<OnceLock<Box<[AtomicU64]>>>()) as u64;
+/// Bytes the shared events take per chunk of the index, besides the decoded chunks and
+/// the applied table's entries: the index entry (held here and by the reader the
+/// chunks are read with) and the chunk's slot of the applied table.
+pub(crate) const INDEX_BYTES_PER_CHUNK: u64 = (2 * std::mem::size_of::<ChunkInfo>()
+    + std::mem::size_of::<OnceLock<Box<[AtomicU64]>>>())
+    as u64;
 
 /// One event of the recording, held through its decoded chunk (cheap to clone: the
 /// chunk is shared).
@@ -182,12 +184,13 @@ impl RecordedEvents {
         else {
             return;
         };
-        let table = self.applied[i].get_or_init(|| {
-            (0..info.count)
-                .map(|_| AtomicU64::new(NOT_APPLIED))
-                .collect()
-        });
-        let slot = &table[k as usize];
+        // Entries for the events replay may read: those within the budget.
+        let entries = u64::from(info.count).min(self.opened_with.saturating_sub(info.first_event));
+        let table = self.applied[i]
+            .get_or_init(|| (0..entries).map(|_| AtomicU64::new(NOT_APPLIED)).collect());
+        let Some(slot) = table.get(k as usize) else {
+            return;
+        };
         // Replays over known ground find it set already: no write.
         if slot.load(Ordering::Relaxed) != position {
             slot.store(position, Ordering::Relaxed);
@@ -201,7 +204,10 @@ impl RecordedEvents {
     pub(crate) fn applied(&self, n: u64) -> Option<Icount> {
         let i = self.chunk_of(n)?;
         let table = self.applied[i].get()?;
-        match table[(n - self.index[i].first_event) as usize].load(Ordering::Relaxed) {
+        match table
+            .get((n - self.index[i].first_event) as usize)?
+            .load(Ordering::Relaxed)
+        {
             NOT_APPLIED => None,
             p => Some(p),
         }
@@ -245,7 +251,10 @@ impl RecordedEvents {
             let mut chunk = None;
             for n in info.first_event..end {
                 let k = (n - info.first_event) as usize;
-                match table.map(|t| t[k].load(Ordering::Relaxed)) {
+                match table
+                    .and_then(|t| t.get(k))
+                    .map(|a| a.load(Ordering::Relaxed))
+                {
                     Some(p) if p != NOT_APPLIED => add(p, 1),
                     _ => {
                         if chunk.is_none() {

@@ -163,7 +163,7 @@ pub struct Replay {
 }
 
 /// What replay may hold of a recording by default ([`ReplayLimits::recording_memory`]):
-/// a cache of 32 MiB of decoded events, and where about 28 million events were applied.
+/// a cache of 32 MiB of decoded events, and where about 29 million events were applied.
 pub const DEFAULT_RECORDING_MEMORY: u64 = 256 << 20;
 
 /// The share of [`ReplayLimits::recording_memory`] the cache of decoded event chunks
