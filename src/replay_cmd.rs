@@ -127,7 +127,7 @@ pub fn tui(args: &ReplayArgs) -> Result<()> {
     }
     let mut message = String::new();
     if let Some(n) = args.goto {
-        if n >= timeline.replay().events().len() as u64 {
+        if n >= timeline.replay().event_count() {
             bail!("event {n} does not exist");
         }
         timeline.goto_event(n);
@@ -155,7 +155,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         .with_context(|| format!("{}", args.file.display()))?;
     let target = match args.goto {
         Some(n) => {
-            let total = replay.events().len() as u64;
+            let total = replay.event_count();
             if n >= total {
                 bail!("event {n} does not exist: the recording has {total} events");
             }
@@ -203,7 +203,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         divergences,
         ended
     )?;
-    let problem = replay.recording_problem().map(str::to_string);
+    let problem = replay.recording_problem();
     if let Some(p) = &problem
         && !args.verify
     {
@@ -220,7 +220,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             bail!(
                 "the replay stopped before the end: {} of {} events consumed",
                 replay.events_consumed(),
-                replay.events().len()
+                replay.event_count()
             );
         }
     }

@@ -21,8 +21,8 @@ fn events_apply_where_recorded_or_before_their_bound() {
     );
     r.run(Target::End);
     let mut before_bound = 0;
-    for (n, e) in r.events().iter().enumerate() {
-        let applied = r.applied_position(n as u64).expect("every event applied");
+    for (n, e) in r.events(0..r.event_count()) {
+        let applied = r.applied_position(n).expect("every event applied");
         if e.position_is_bound() {
             assert!(applied <= e.icount(), "#{n} applied after its bound");
             before_bound += usize::from(applied < e.icount());
@@ -33,7 +33,7 @@ fn events_apply_where_recorded_or_before_their_bound() {
     assert!(before_bound > 100, "{before_bound}");
     // Issue 12: four events collected at the exit at 320846.
     for (n, at) in [(215, 312501), (216, 316806), (217, 317168), (218, 317252)] {
-        assert_eq!(r.events()[n as usize].icount(), 320846);
+        assert_eq!(r.event(n).expect("event").icount(), 320846);
         assert_eq!(r.event_position(n), Some((at, false)));
     }
 }

@@ -122,10 +122,11 @@ fn a_changed_rule_diverges_where_a_result_depends_on_it_and_the_report_names_the
     // Lockstep: where did the replays become different for the last time before the
     // divergence, where for the first time, and where first since the last digest
     // that matched?
-    let previous_digest = changed.events()[..d.event as usize]
+    let before: Vec<_> = changed.events(0..d.event).map(|(_, e)| e).collect();
+    let previous_digest = before
         .iter()
         .rev()
-        .find_map(|e| match e {
+        .find_map(|e| match &**e {
             Event::Digest(g) => Some(g.icount),
             _ => None,
         })

@@ -38,7 +38,7 @@ fn fixture_replays_to_power_off_without_divergence() {
 #[test]
 fn goto_event_stops_right_after_it_and_continues_identically() {
     let mut a = Replay::open(fixture()).unwrap();
-    let n = a.events().len() as u64 / 2;
+    let n = a.event_count() / 2;
     assert_eq!(a.run(Target::Event(n)), Stop::Reached(Target::Event(n)));
     assert_eq!(a.events_consumed(), n + 1);
     let middle = a.icount();

@@ -49,7 +49,7 @@ enum Move {
 
 fn moves() -> impl Strategy<Value = Vec<Move>> {
     let total = total_icount();
-    let events = opened().events().len() as u64;
+    let events = opened().event_count();
     prop::collection::vec(
         prop_oneof![
             Just(Move::Stepi),

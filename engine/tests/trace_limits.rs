@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use krr_engine::event::Event;
 use krr_engine::memory::MAX_REGIONS;
-use krr_engine::replay::{DEFAULT_RECORDING_MEMORY, Replay, ReplayLimits};
+use krr_engine::replay::{
+    APPLIED_BYTES_PER_EVENT, DEFAULT_RECORDING_MEMORY, EVENT_CACHE_SHARE, Replay, ReplayLimits,
+};
 use krr_engine::trace::limits::{MAX_CHUNK_EVENTS, MAX_MSR_TABLE, MAX_SYMBOLS, MAX_ZSTD_LEVEL};
 use krr_engine::trace::section::SectionKind;
 use krr_engine::trace::{RecordingReader, RecordingWriter, TraceError, WriterConfig};
@@ -235,34 +237,52 @@ fn raw_header(kind: SectionKind, payload: &[u8], uncompressed: u64, meta: [u64; 
 }
 
 #[test]
-fn replay_holds_events_up_to_its_budget() {
+fn replay_reads_events_through_a_cache_within_its_budget() {
     let _serial = serial();
-    let event = std::mem::size_of::<Event>();
-    // Within the budget: every event, no problem.
+    let event = std::mem::size_of::<Event>() as u64;
+    // Within the budget: every event, no problem, read a chunk at a time.
     let bytes = craft::many_events(100_000, 4096);
     let r = Replay::from_reader(
         RecordingReader::from_bytes(bytes.clone()).unwrap(),
         ReplayLimits::default(),
     )
     .unwrap();
-    assert_eq!(r.events().len(), 100_000);
+    assert_eq!(r.event_count(), 100_000);
     assert_eq!(r.recording_problem(), None);
-    // Over it: the events that fit, and the replay says why the rest are not replayed.
+    assert_eq!(r.events(0..100_000).count(), 100_000);
+    let cache = r.event_cache_usage();
+    assert_eq!(cache.budget, DEFAULT_RECORDING_MEMORY / EVENT_CACHE_SHARE);
+    // 25 chunks of 4096 empty console events, all within 32 MiB.
+    let chunk = 4096 * event;
+    assert_eq!((cache.chunks, cache.loads), (25, 25));
+    assert_eq!(cache.bytes, 100_000 * event);
+
+    // Over the budget: the events whose applied positions (8 bytes each) fit besides
+    // the cache (an eighth), and the replay says why the rest are not replayed.
     let limits = ReplayLimits {
-        recording_memory: 1 << 20,
+        recording_memory: 512 << 10,
     };
     let r = Replay::from_reader(RecordingReader::from_bytes(bytes).unwrap(), limits).unwrap();
-    // The snapshot is empty: its map is the region table (a few bytes). Each event
-    // also has where it was applied (8 bytes).
-    let held = std::mem::size_of_val(r.events()) + r.events().len() * 8;
+    let fits = (limits.recording_memory - limits.event_cache()) / APPLIED_BYTES_PER_EVENT;
+    // The chunk index (25 entries) and the snapshot's map (the region table) take the
+    // rest: a few KB.
     assert!(
-        held <= 1 << 20 && held > (1 << 20) - 2 * (event + 8),
-        "{held}"
+        r.event_count() < fits && r.event_count() > fits - 512,
+        "{} of {fits}",
+        r.event_count()
     );
     let problem = r.recording_problem().expect("a problem");
     assert!(problem.contains("--recording-memory"), "{problem}");
+    // Reading them all keeps the cache within its 64 KiB: 14 chunks of 4096 events do
+    // not fit, so it holds the chunk read last alone.
+    assert_eq!(r.events(0..100_000).count() as u64, r.event_count());
+    let cache = r.event_cache_usage();
+    assert_eq!(cache.budget, 64 << 10);
+    assert_eq!((cache.chunks, cache.bytes), (1, cache.bytes.min(chunk)));
+    assert!(cache.peak_bytes <= chunk, "{}", cache.peak_bytes);
 
-    // Four million events: held up to the default budget, and nothing else of size.
+    // Four million events in chunks of 65,536: opening decodes the first chunk, and
+    // reading them all holds the cache (32 MiB: two chunks) and the chunk in hand.
     let bytes = craft::many_events(4_000_000, MAX_CHUNK_EVENTS);
     let (r, peak) = peak_during(|| {
         Replay::from_reader(
@@ -271,16 +291,21 @@ fn replay_holds_events_up_to_its_budget() {
         )
     });
     let r = r.unwrap();
-    let held = (std::mem::size_of_val(r.events()) + r.events().len() * 8) as u64;
+    let chunk = MAX_CHUNK_EVENTS * event;
+    assert_eq!(r.event_count(), 4_000_000);
+    assert_eq!(r.recording_problem(), None);
     assert!(
-        held <= DEFAULT_RECORDING_MEMORY
-            && held > DEFAULT_RECORDING_MEMORY - 2 * (event as u64 + 8),
-        "{held}"
+        (peak as u64) < chunk + 4 * MIB as u64,
+        "open: peak {} MiB",
+        peak / MIB
     );
-    assert!(r.recording_problem().is_some());
+    let (n, peak) = peak_during(|| r.events(0..4_000_000).count());
+    assert_eq!(n, 4_000_000);
+    let cache = r.event_cache_usage();
+    assert!(cache.peak_bytes <= cache.budget, "{cache:?}");
     assert!(
-        (peak as u64) < DEFAULT_RECORDING_MEMORY + 32 * MIB as u64,
-        "peak {} MiB",
+        (peak as u64) < cache.budget + 2 * chunk,
+        "reading: peak {} MiB",
         peak / MIB
     );
 }

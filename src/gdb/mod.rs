@@ -47,7 +47,7 @@ pub fn serve(path: &Path, limits: ReplayLimits, addr: &str, goto: Option<u64>) -
     let replay = Replay::open_with(path, limits).with_context(|| format!("{}", path.display()))?;
     let mut tl = Timeline::new(replay, DEFAULT_CHECKPOINT_BUDGET);
     if let Some(n) = goto {
-        let total = tl.replay().events().len() as u64;
+        let total = tl.replay().event_count();
         if n >= total {
             bail!("event {n} does not exist: the recording has {total} events");
         }

@@ -27,7 +27,7 @@ pub fn run(t: &mut ReplayTarget, line: &str) -> String {
         ("when", _) => when(t),
         ("goto", Some(n)) => match parse_number(n) {
             Some(n) => {
-                let total = t.tl.replay().events().len() as u64;
+                let total = t.tl.replay().event_count();
                 if n >= total {
                     return format!("event {n} does not exist: the recording has {total} events");
                 }
@@ -106,7 +106,7 @@ fn moved_text(t: &mut ReplayTarget, moved: Moved) -> String {
 /// `Current event: N, icount: K, rip: ...` where N is the last event applied.
 fn when(t: &ReplayTarget) -> String {
     let p = t.tl.position();
-    let total = t.tl.replay().events().len();
+    let total = t.tl.replay().event_count();
     let event = p.event.map_or("none".to_string(), |n| n.to_string());
     let sym =
         t.tl.symbols()
@@ -128,24 +128,22 @@ fn when(t: &ReplayTarget) -> String {
 
 fn events(t: &ReplayTarget, n: u64) -> String {
     let replay = t.tl.replay();
-    let all = replay.events();
-    let next = replay.events_consumed() as usize;
-    let from = next.saturating_sub(n as usize);
-    let to = (next + n as usize).min(all.len());
-    t.tl.learn_events_through(to.saturating_sub(1) as u64);
+    let next = replay.events_consumed();
+    let from = next.saturating_sub(n);
+    let to = next.saturating_add(n).min(replay.event_count());
+    t.tl.learn_events_through(to.saturating_sub(1));
     let mut out = String::new();
-    for (i, e) in all.iter().enumerate().take(to).skip(from) {
+    for (i, e) in replay.events(from..to.max(from)) {
         if i == next {
             out.push_str(&format!("   --> icount {} (here)\n", t.icount()));
         }
         // Where replay applied it; for an event stamped with the exit that collected it,
         // that exit's position is only an upper bound, shown as such.
-        let at = match replay.event_position(i as u64) {
-            Some((p, true)) => format!("<={p}"),
-            Some((p, false)) => p.to_string(),
-            None => String::new(),
+        let at = match replay.event_position_of(i, &e) {
+            (p, true) => format!("<={p}"),
+            (p, false) => p.to_string(),
         };
-        let bound = if e.position_is_bound() && replay.applied_position(i as u64).is_some() {
+        let bound = if e.position_is_bound() && replay.applied_position(i).is_some() {
             format!(" (bound {})", e.icount())
         } else {
             String::new()
@@ -153,7 +151,7 @@ fn events(t: &ReplayTarget, n: u64) -> String {
         out.push_str(&format!(
             "  #{i:<8} icount {at:<12} {:<16} {}{bound}\n",
             e.kind().name(),
-            t.tl.event_text(e)
+            t.tl.event_text(&e)
         ));
     }
     if next >= to {

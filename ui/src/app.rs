@@ -232,7 +232,8 @@ impl App {
     /// as known.
     pub fn total_position(&self) -> u64 {
         let r = self.replay();
-        let last_event = (r.events().len() as u64)
+        let last_event = r
+            .event_count()
             .checked_sub(1)
             .and_then(|n| r.event_position(n))
             .map_or(0, |p| p.0);
@@ -271,7 +272,7 @@ impl App {
     /// cursor keys).
     pub fn selected_event(&self) -> Option<u64> {
         let n = self.replay().events_consumed() as i64 - 1 + self.event_scroll;
-        (0..self.replay().events().len() as i64)
+        (0..self.replay().event_count() as i64)
             .contains(&n)
             .then_some(n as u64)
     }
@@ -845,7 +846,7 @@ impl App {
         };
         let v =
             parse_number(value).ok_or_else(|| format!("{value:?} is not a number ({usage})"))?;
-        let total = self.replay().events().len() as u64;
+        let total = self.replay().event_count();
         if what == "event" {
             if v >= total {
                 return Err(format!(
@@ -1210,15 +1211,9 @@ impl App {
         {
             return d.clone();
         }
-        let total = self.total_position();
-        let r = self.replay();
-        let mut d = vec![0u32; columns.max(1)];
-        for n in 0..r.events().len() as u64 {
-            let p = r.event_position(n).map_or(0, |p| p.0);
-            let i = (p as u128 * columns as u128 / (total as u128 + 1)) as usize;
-            let i = i.min(d.len() - 1);
-            d[i] = d[i].saturating_add(1);
-        }
+        let d = self
+            .replay()
+            .event_density(columns.max(1), self.total_position());
         *self.density.borrow_mut() = Some((columns, known, d.clone()));
         d
     }
@@ -1228,7 +1223,7 @@ impl App {
     /// has not been replayed yet).
     pub fn event_position_text(&self, n: u64) -> (String, Option<u64>) {
         let r = self.replay();
-        let Some(e) = r.events().get(n as usize) else {
+        let Some(e) = r.event(n) else {
             return (String::new(), None);
         };
         match r.event_position(n) {

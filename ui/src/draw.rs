@@ -378,16 +378,15 @@ fn event_lines(app: &App, w: usize, h: usize) -> Vec<Line<'static>> {
         })
         .collect();
     out.push(Line::from(spans));
-    let events = app.replay().events();
     let consumed = app.replay().events_consumed() as i64;
     let rows = h.saturating_sub(1) as i64;
     let first = (consumed - 1 - rows / 2 + app.event_scroll).max(0);
-    let last = (first + rows).min(events.len() as i64);
+    let last = (first + rows).min(app.replay().event_count() as i64);
     // Where the events listed took effect, as far as replay can learn it cheaply.
     app.timeline
         .learn_events_through(last.saturating_sub(1).max(0) as u64);
-    for n in first..last {
-        let e = &events[n as usize];
+    for (n, e) in app.replay().events(first as u64..last.max(first) as u64) {
+        let n = n as i64;
         let mark = if n == consumed - 1 {
             "→"
         } else if n < consumed {
@@ -400,7 +399,7 @@ fn event_lines(app: &App, w: usize, h: usize) -> Vec<Line<'static>> {
         let s = format!(
             "{mark}#{n:<7} {:<16} {at:>12}{bound}  {}",
             e.kind().name(),
-            app.timeline.event_text(e)
+            app.timeline.event_text(&e)
         );
         let selected = app.event_scroll != 0 && app.selected_event() == Some(n as u64);
         out.push(if selected {

@@ -487,7 +487,7 @@ fn watchpoint_stops_say_old_and_new_value_and_name_a_dma_write_as_its_event() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{}", a.message));
     assert_eq!(
-        a.replay().events()[n as usize].kind(),
+        a.replay().event(n).expect("event").kind(),
         krr_engine::event::EventKind::DmaWrite
     );
     assert!(a.replay().events_consumed() > n);
@@ -506,9 +506,11 @@ fn watchpoint_stops_say_old_and_new_value_and_name_a_dma_write_as_its_event() {
 fn syscall_events_show_number_name_and_user_rip_and_the_status_bar_the_process() {
     use krr_engine::event::{Event, EventKind};
     let mut a = app();
-    let events = a.replay().events().to_vec();
+    let events: Vec<_> = a.replay().events(0..a.replay().event_count()).collect();
+    assert_eq!(events.len() as u64, a.replay().event_count());
     let mut checked = 0;
-    for (n, e) in events.iter().enumerate() {
+    for (n, e) in &events {
+        let e: &Event = e;
         let Event::UserEntry(u) = e else { continue };
         if e.kind() != EventKind::Syscall || !u.is_syscall_fault() {
             continue;
@@ -553,7 +555,7 @@ fn memory_that_was_not_recorded_shows_as_unavailable() {
     use krr_engine::event::Event;
     let mut a = app();
     let n = 240;
-    let Event::UserEntry(u) = a.replay().events()[n].clone() else {
+    let Event::UserEntry(u) = a.replay().event(n).as_deref().cloned().expect("event") else {
         panic!("event {n} is not a user entry");
     };
     keys(&mut a, &format!(":goto event {n}"));

@@ -203,7 +203,7 @@ fn the_density_strip_places_events_where_they_took_effect() {
     keys(&mut a, ":goto icount 999999999");
     key(&mut a, KeyCode::Enter);
     let r = a.replay();
-    let n = r.events().len() as u64;
+    let n = r.event_count();
     assert_eq!(
         r.events_applied_known(),
         n,
@@ -217,7 +217,7 @@ fn the_density_strip_places_events_where_they_took_effect() {
     for i in 0..n {
         let applied = r.applied_position(i).expect("applied");
         expected[column(applied).min(columns - 1)] += 1;
-        moved += usize::from(column(applied) != column(r.events()[i as usize].icount()));
+        moved += usize::from(column(applied) != column(r.event(i).expect("event").icount()));
     }
     assert_eq!(d, expected);
     assert!(

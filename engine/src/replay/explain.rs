@@ -88,12 +88,11 @@ impl Replay {
             return Vec::new();
         }
         let mut r = self.restart();
-        let upto = (div.event as usize).min(self.events.len());
-        if let Some(p) = self.events[..upto]
-            .iter()
-            .rposition(|e| matches!(e, Event::Digest(_)))
+        if let Some(p) = self
+            .events
+            .rfind(div.event, |e| matches!(e, Event::Digest(_)))
         {
-            let t = Target::Event(p as u64);
+            let t = Target::Event(p);
             if r.run(t) != Stop::Reached(t) {
                 return Vec::new();
             }

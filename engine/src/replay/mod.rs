@@ -16,11 +16,13 @@
 
 mod console;
 mod divergence;
+mod events;
 mod explain;
 mod inspect;
 
 pub use console::ConsoleLog;
 pub use divergence::{Cause, Difference, Divergence};
+pub use events::{APPLIED_BYTES_PER_EVENT, EventRef, Events};
 pub use inspect::format_instruction;
 
 use crate::cpu::{Cpu, Exit};
@@ -32,10 +34,10 @@ use crate::machine::{
 };
 use crate::memory::GuestMemory;
 use crate::state::{CounterSourceKind, gpr};
-use crate::trace::{Header, RecordingReader, TraceError};
+use crate::trace::{CacheUsage, EventChunk, Header, RecordingReader, TraceError};
+use events::{INDEX_BYTES_PER_CHUNK, RecordedEvents};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Errors opening a replay.
 #[derive(Debug, thiserror::Error)]
@@ -90,18 +92,40 @@ struct Initial {
     mem: GuestMemory,
 }
 
+/// The decoded chunk holding the next event to consume: a replay's own handle on the
+/// shared cache, so that reading its events in order takes no lock. Not copied with the
+/// replay (a checkpoint holds no chunk; the copy takes it from the cache when it runs).
+#[derive(Default)]
+struct FrontChunk(Option<(usize, Arc<EventChunk>)>);
+
+impl Clone for FrontChunk {
+    fn clone(&self) -> Self {
+        FrontChunk(None)
+    }
+}
+
 /// A replay of one recording. Cloning is cheap (memory pages are shared copy-on-write,
-/// events are shared): a clone is a checkpoint.
+/// events are shared and read from the file through a bounded cache): a clone is a
+/// checkpoint.
 #[derive(Clone)]
 pub struct Replay {
     pub(crate) cpu: Cpu,
     pub(crate) mem: GuestMemory,
     header: Arc<Header>,
-    events: Arc<Vec<Event>>,
-    /// Index of the next event to consume.
-    next: usize,
-    /// Index of the next kernel-mode interrupt at or after `next`.
-    next_interrupt: usize,
+    events: Arc<RecordedEvents>,
+    front_chunk: FrontChunk,
+    /// Number of the next event to consume.
+    next: u64,
+    /// The next kernel-mode interrupt at or after `next`, once found: its number and
+    /// the event.
+    next_interrupt: Option<(u64, KernelInterrupt)>,
+    /// Events before this number, from `next` on, were searched for the next
+    /// interrupt: none is before it unless `next_interrupt` is found. Searched a chunk
+    /// at a time, as replay gets there, so opening does not read every event.
+    interrupt_searched: u64,
+    /// The earliest icount of the next interrupt: its own once found, else the one
+    /// the index records for the first event not searched; None when none is left.
+    interrupt_bound: Option<Icount>,
     /// Address of the user-read hook, if the guest has one.
     hook_user_read: Option<u64>,
     /// Breakpoints the caller set.
@@ -134,29 +158,39 @@ pub struct Replay {
     position_base: Icount,
     finished: Option<End>,
     initial: Initial,
-    /// [`Replay::recording_problem`].
+    /// [`Replay::recording_problem`], as found when opening.
     problem: Option<Arc<str>>,
-    /// Where each event was applied (see [`Replay::applied_position`]); shared by every
-    /// clone, since every replay of a recording applies its events at the same places.
-    applied: Arc<[AtomicU64]>,
 }
 
 /// What replay may hold of a recording by default ([`ReplayLimits::recording_memory`]):
-/// about 1.3 million events of the largest kind. With the decoding of one chunk at a
-/// time (at most a 64 MiB payload and its events), a replay opens in under 512 MiB.
+/// a cache of 32 MiB of decoded events, and where about 29 million events were applied.
 pub const DEFAULT_RECORDING_MEMORY: u64 = 256 << 20;
+
+/// The share of [`ReplayLimits::recording_memory`] the cache of decoded event chunks
+/// may take: one eighth.
+pub const EVENT_CACHE_SHARE: u64 = 8;
 
 /// What replay holds of a recording in memory. The snapshot's pages are mapped to where
 /// they are in the file and read when first touched, so they cost what the guest uses,
-/// not what the file holds; the map itself and the decoded events are held up to a
-/// budget.
+/// not what the file holds; the events are read from the file a chunk at a time when
+/// replay needs them, through a cache of the chunks used last. The map, the cache and
+/// the table of where each event was applied are held within a budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayLimits {
-    /// Most bytes the map of the snapshot's pages and the decoded events
-    /// ([`Event::memory_bytes`]) may take. A snapshot whose map takes more is refused;
-    /// events past it are not replayed, as if the recording stopped there, and
-    /// [`Replay::recording_problem`] says so.
+    /// Most bytes the map of the snapshot's pages, the cache of decoded event chunks
+    /// ([`ReplayLimits::event_cache`]) and the table of where events were applied
+    /// ([`APPLIED_BYTES_PER_EVENT`] each, with the chunk index) may take. A snapshot
+    /// whose map takes more is refused; events past it are not replayed, as if the
+    /// recording stopped there, and [`Replay::recording_problem`] says so.
     pub recording_memory: u64,
+}
+
+impl ReplayLimits {
+    /// Most bytes of decoded event chunks the cache holds ([`EVENT_CACHE_SHARE`] of the
+    /// budget); a chunk larger than that alone is held alone.
+    pub fn event_cache(&self) -> u64 {
+        self.recording_memory / EVENT_CACHE_SHARE
+    }
 }
 
 impl Default for ReplayLimits {
@@ -166,11 +200,6 @@ impl Default for ReplayLimits {
         }
     }
 }
-/// An event not applied yet by any replay of the recording.
-const NOT_APPLIED: u64 = u64::MAX;
-/// The least an event takes in memory: itself and where it was applied.
-const EVENT_HELD_BYTES: u64 =
-    (std::mem::size_of::<Event>() + std::mem::size_of::<AtomicU64>()) as u64;
 
 impl Replay {
     /// Opens a recording and restores its initial state, with the default limits.
@@ -225,75 +254,73 @@ impl Replay {
                 }
             }
         }
-        let mut held = mem.heap_bytes_not_in(None);
         let cpu = Cpu::new(cpu_state, header.cpuid.clone());
-        // Every event before the first damage: a bad chunk loses what follows it, not
-        // the recording. The events' array grows at most to the budget.
-        let most_events = (budget.saturating_sub(held) / EVENT_HELD_BYTES) as usize;
-        let mut events: Vec<Event> = Vec::new();
-        let mut problem = reader.recovery().reason.clone();
-        for e in reader.events_from(0) {
-            match e {
-                Ok(Event::PteRead(p)) => {
-                    return Err(ReplayError::Unsupported(format!(
-                        "event {} is a page-table-entry read (at {:#x}), which replay does \
-                         not apply yet",
-                        events.len(),
-                        p.addr
-                    )));
-                }
-                Ok(e) => {
-                    // The event, and where it was applied (see `Replay::applied`).
-                    held += e.memory_bytes() + std::mem::size_of::<AtomicU64>() as u64;
-                    if held > budget {
-                        problem = Some(format!(
-                            "its events take more than the {} MiB replay may hold of a \
-                             recording (--recording-memory): the {} events before event {} \
-                             are replayed",
-                            budget >> 20,
-                            events.len(),
-                            events.len()
-                        ));
-                        break;
-                    }
-                    if events.len() == events.capacity() {
-                        let more = events.len().max(4096).min(most_events - events.len());
-                        events.reserve_exact(more);
-                    }
-                    events.push(e);
-                }
-                Err(TraceError::Io(e)) => return Err(TraceError::Io(e).into()),
-                Err(damage) => {
-                    problem = Some(format!(
-                        "{damage} ({} events before it are replayed)",
-                        events.len()
-                    ));
-                    break;
-                }
+        // Events are read when replay gets to them. PTE reads are not replayed yet:
+        // refused here where the statistics count them (a file whose statistics hide
+        // one diverges when replay reaches it).
+        if reader.stats().count(crate::event::EventKind::PteRead) > 0 {
+            let found = reader
+                .events_from(0)
+                .enumerate()
+                .find_map(|(n, e)| match e {
+                    Ok(Event::PteRead(p)) => Some((n, p.addr)),
+                    _ => None,
+                });
+            if let Some((n, addr)) = found {
+                return Err(ReplayError::Unsupported(format!(
+                    "event {n} is a page-table-entry read (at {addr:#x}), which replay does \
+                     not apply yet"
+                )));
             }
         }
+        // Within the budget: the map, the chunk index, the event cache and where each
+        // event was applied (8 bytes each). Events past it are not replayed.
+        let mut problem = reader.recovery().reason.clone();
+        let index = reader.chunk_index().to_vec();
+        let count = reader.event_count();
+        let fixed = mem.heap_bytes_not_in(None)
+            + index.len() as u64 * INDEX_BYTES_PER_CHUNK
+            + limits.event_cache();
+        let fits = budget.saturating_sub(fixed) / APPLIED_BYTES_PER_EVENT;
+        let available = if fits < count {
+            problem = Some(format!(
+                "its events take more than the {} MiB replay may hold of a recording \
+                 (--recording-memory): the {fits} events before event {fits} are replayed",
+                budget >> 20
+            ));
+            fits
+        } else {
+            count
+        };
         // Where a complete recording ends: its final icount, or without a counter the
         // ordinal of its last deterministic exit (see crate::icount).
         let final_icount = problem
             .is_none()
             .then(|| reader.stats().kernel_instructions);
-        mem.set_source(Arc::new(reader.into_page_source()));
+        let source = Arc::new(reader.into_source(limits.event_cache()));
+        mem.set_source(source.clone());
+        let events = Arc::new(RecordedEvents::new(&index, source, available));
         let mut r = Self::new(header, cpu, mem, events, final_icount);
         r.problem = problem.map(Arc::from);
         Ok(r)
     }
 
     /// Why the recording does not replay to its end, where it is incomplete (cut short)
-    /// or damaged: the replay then stops after the events before the damage.
-    pub fn recording_problem(&self) -> Option<&str> {
-        self.problem.as_deref().or(self.mem.source_error())
+    /// or damaged: the replay then stops after the events before the damage. Damage in
+    /// an event chunk is found when replay (or a look at its events) first reads it.
+    pub fn recording_problem(&self) -> Option<String> {
+        self.problem
+            .as_deref()
+            .map(str::to_string)
+            .or_else(|| self.events.damage())
+            .or_else(|| self.mem.source_error().map(str::to_string))
     }
 
     fn new(
         header: Header,
         mut cpu: Cpu,
         mem: GuestMemory,
-        events: Vec<Event>,
+        events: Arc<RecordedEvents>,
         final_icount: Option<Icount>,
     ) -> Replay {
         let hook_user_read = header
@@ -313,14 +340,16 @@ impl Replay {
             cpu: cpu.clone(),
             mem: mem.clone(),
         };
-        let applied = events.iter().map(|_| AtomicU64::new(NOT_APPLIED)).collect();
         let mut r = Replay {
             cpu,
             mem,
             header: Arc::new(header),
-            events: Arc::new(events),
+            events,
+            front_chunk: FrontChunk::default(),
             next: 0,
-            next_interrupt: 0,
+            next_interrupt: None,
+            interrupt_searched: 0,
+            interrupt_bound: None,
             hook_user_read,
             user_breakpoints: Vec::new(),
             console: ConsoleLog::default(),
@@ -337,9 +366,9 @@ impl Replay {
             finished: None,
             initial,
             problem: None,
-            applied,
         };
-        r.find_next_interrupt();
+        r.load_front();
+        r.search_interrupt();
         r
     }
 
@@ -349,13 +378,16 @@ impl Replay {
         r.cpu = self.initial.cpu.clone();
         r.mem = self.initial.mem.clone();
         r.next = 0;
-        r.next_interrupt = 0;
+        r.next_interrupt = None;
+        r.interrupt_searched = 0;
+        r.interrupt_bound = None;
         r.console.clear();
         r.console_checked = 0;
         r.uart_lcr = 0;
         r.uart_mcr = 0;
         r.finished = None;
-        r.find_next_interrupt();
+        r.load_front();
+        r.search_interrupt();
         r
     }
 
@@ -363,13 +395,54 @@ impl Replay {
         &self.header
     }
 
-    pub fn events(&self) -> &[Event] {
-        &self.events
+    /// Number of events replay reads: the recording's, or those before damage or the
+    /// budget (see [`Replay::recording_problem`]). It goes down when replay finds a
+    /// damaged chunk.
+    pub fn event_count(&self) -> u64 {
+        self.events.count()
+    }
+
+    /// Event number `n`, read from the file through the cache of decoded chunks.
+    pub fn event(&self, n: u64) -> Option<EventRef> {
+        match &self.front_chunk.0 {
+            Some((_, c)) if c.get(n).is_some() && n < self.events.count() => {
+                Some(EventRef::new(c.clone(), n))
+            }
+            _ => self.events.get(n),
+        }
+    }
+
+    /// The events numbered in `range`, in order, read a chunk at a time.
+    pub fn events(&self, range: std::ops::Range<u64>) -> Events {
+        Events {
+            events: self.events.clone(),
+            range,
+            chunk: None,
+        }
+    }
+
+    /// Events per column over positions `0..=extent`: column `p * columns / (extent +
+    /// 1)` (the last column for anything beyond) counts the events shown at position
+    /// `p` ([`Replay::event_position`]). Reads only the chunks it must.
+    pub fn event_density(&self, columns: usize, extent: Icount) -> Vec<u32> {
+        self.events.density(columns, extent)
+    }
+
+    /// What the cache of decoded event chunks holds, shared by every replay of the
+    /// recording.
+    pub fn event_cache_usage(&self) -> CacheUsage {
+        self.events.cache_usage()
+    }
+
+    /// Bytes the table of where events were applied takes now (it grows a chunk of
+    /// events at a time as replay applies them, [`APPLIED_BYTES_PER_EVENT`] each).
+    pub fn applied_table_bytes(&self) -> u64 {
+        self.events.applied_bytes()
     }
 
     /// Number of events consumed so far.
     pub fn events_consumed(&self) -> u64 {
-        self.next as u64
+        self.next
     }
 
     /// Where replay applied event `n`, on the axis of the recording's event positions
@@ -379,28 +452,34 @@ impl Replay {
     /// [`Event::position_is_bound`]) the recorded position is only an upper bound, and
     /// this is where the kernel really saw them.
     pub fn applied_position(&self, n: u64) -> Option<Icount> {
-        let a = self.applied.get(usize::try_from(n).ok()?)?;
-        match a.load(Ordering::Relaxed) {
-            NOT_APPLIED => None,
-            p => Some(p),
-        }
+        self.events.applied(n)
     }
 
     /// How many events (from the first) some replay of this recording has applied,
     /// so that [`Replay::applied_position`] knows them (events apply in order).
     pub fn events_applied_known(&self) -> u64 {
-        self.applied
-            .partition_point(|a| a.load(Ordering::Relaxed) != NOT_APPLIED) as u64
+        self.events.applied_known()
     }
 
     /// The position to show for event `n`: where it was applied, else its recorded
     /// position; and whether that is only the recorded upper bound.
     pub fn event_position(&self, n: u64) -> Option<(Icount, bool)> {
-        let e = self.events.get(usize::try_from(n).ok()?)?;
-        Some(match self.applied_position(n) {
+        match self.applied_position(n) {
+            Some(p) => Some((p, false)),
+            None => self.event(n).map(|e| Self::recorded_position(&e)),
+        }
+    }
+
+    /// [`Replay::event_position`] of event `n`, which is `e`, read already.
+    pub fn event_position_of(&self, n: u64, e: &Event) -> (Icount, bool) {
+        match self.applied_position(n) {
             Some(p) => (p, false),
-            None => (e.icount(), e.position_is_bound()),
-        })
+            None => Self::recorded_position(e),
+        }
+    }
+
+    fn recorded_position(e: &Event) -> (Icount, bool) {
+        (e.icount(), e.position_is_bound())
     }
 
     pub fn icount(&self) -> Icount {
@@ -413,9 +492,14 @@ impl Replay {
         self.exact
     }
 
-    /// The position at which the recording ends, if it is complete.
+    /// The position at which the recording ends, if it is complete (and no damage was
+    /// found in it since it was opened).
     pub fn final_position(&self) -> Option<Icount> {
-        self.final_icount
+        self.final_icount()
+    }
+
+    fn final_icount(&self) -> Option<Icount> {
+        self.final_icount.filter(|_| !self.events.damaged())
     }
 
     /// The guest console output replayed so far.
@@ -429,7 +513,7 @@ impl Replay {
 
     /// Whether every event was consumed and the recording's end was reached.
     pub fn fully_consumed(&self) -> bool {
-        self.finished.is_some() && self.next == self.events.len()
+        self.finished.is_some() && self.next == self.events.count()
     }
 
     pub fn set_user_breakpoints(&mut self, addrs: Vec<u64>) {
@@ -439,25 +523,86 @@ impl Replay {
             .set_breakpoints(hooks.chain(self.user_breakpoints.iter().copied()));
     }
 
-    fn find_next_interrupt(&mut self) {
-        let mut i = self.next_interrupt.max(self.next);
-        while i < self.events.len() && !matches!(self.events[i], Event::KernelInterrupt(_)) {
-            i += 1;
+    /// Takes the chunk holding the next event, unless held already.
+    fn load_front(&mut self) {
+        if self
+            .front_chunk
+            .0
+            .as_ref()
+            .is_none_or(|(_, c)| c.get(self.next).is_none())
+        {
+            self.front_chunk.0 = self.events.chunk_at(self.next);
         }
-        self.next_interrupt = i;
     }
 
+    /// Searches the events of one more chunk for the next kernel-mode interrupt, unless
+    /// it is known.
+    fn search_interrupt(&mut self) {
+        if self.next_interrupt.is_some_and(|(n, _)| n >= self.next) {
+            return;
+        }
+        self.next_interrupt = None;
+        let from = self.interrupt_searched.max(self.next);
+        match self.chunk_for(from) {
+            None => self.interrupt_searched = self.events.count(),
+            Some(chunk) => {
+                let end = chunk.end_event().min(self.events.count());
+                let found = (from..end).find_map(|n| match chunk.get(n) {
+                    Some(Event::KernelInterrupt(k)) => Some((n, *k)),
+                    _ => None,
+                });
+                self.next_interrupt = found;
+                self.interrupt_searched = found.map_or(end, |(n, _)| n);
+            }
+        }
+        self.interrupt_bound = match self.next_interrupt {
+            Some((_, k)) => Some(k.icount),
+            None => self.events.position_lower_bound(self.interrupt_searched),
+        };
+    }
+
+    /// The chunk holding event `n`: the front chunk, or one from the shared cache.
+    fn chunk_for(&self, n: u64) -> Option<Arc<EventChunk>> {
+        match &self.front_chunk.0 {
+            Some((_, c)) if c.get(n).is_some() && n < self.events.count() => Some(c.clone()),
+            _ => self.events.chunk_holding(n),
+        }
+    }
+
+    /// Where the next kernel-mode interrupt may be, at the earliest, for an exact
+    /// recording: its icount once found; else the position the index records for the
+    /// first chunk not searched yet (events are stored in order of their positions);
+    /// None when no interrupt is left. Searches further while that bound is not ahead.
+    fn interrupt_limit(&mut self) -> Option<Icount> {
+        loop {
+            if self.next_interrupt.is_some() {
+                return self.interrupt_bound;
+            }
+            let bound = self.interrupt_bound?;
+            if bound > self.cpu.icount() {
+                return Some(bound);
+            }
+            self.search_interrupt();
+        }
+    }
+
+    /// The next event to consume, from the front chunk (which every move of `next`
+    /// and the start of every run load).
     fn front(&self) -> Option<&Event> {
-        self.events.get(self.next)
+        match &self.front_chunk.0 {
+            Some((_, c)) if self.next < self.events.count() => c.get(self.next),
+            _ => None,
+        }
     }
 
     fn consume(&mut self) {
-        if let Some(a) = self.applied.get(self.next) {
-            a.store(self.position(), Ordering::Relaxed);
+        if let Some((i, _)) = &self.front_chunk.0 {
+            self.events.set_applied(*i, self.next, self.position());
         }
         self.next += 1;
-        if self.next > self.next_interrupt {
-            self.find_next_interrupt();
+        self.load_front();
+        if self.next_interrupt.is_some_and(|(n, _)| n < self.next) {
+            self.search_interrupt();
         }
     }
 
@@ -472,12 +617,13 @@ impl Replay {
         if let Some(end) = self.finished {
             return Stop::Finished(end);
         }
+        self.load_front();
         loop {
             if let Err(d) = self.apply_due() {
                 return Stop::Diverged(d);
             }
             if let Target::Event(n) = target
-                && self.next as u64 > n
+                && self.next > n
             {
                 return Stop::Reached(target);
             }
@@ -495,14 +641,12 @@ impl Replay {
             if let Some(end) = self.signature_search_end() {
                 limit = limit.min(end);
             }
-            if let Some(Event::KernelInterrupt(k)) = self.events.get(self.next_interrupt)
-                && self.exact
-            {
-                limit = limit.min(k.icount);
-            } else if let Some(f) = self.final_icount
-                && self.exact
-            {
-                limit = limit.min(f);
+            if self.exact {
+                if let Some(k) = self.interrupt_limit() {
+                    limit = limit.min(k);
+                } else if let Some(f) = self.final_icount() {
+                    limit = limit.min(f);
+                }
             }
             self.at_exit = false;
             let exit = self.cpu.run(&mut self.mem, limit);
@@ -541,8 +685,8 @@ impl Replay {
             }
             if !self.exact
                 && self.finished.is_none()
-                && self.final_icount == Some(self.exit_ordinal)
-                && self.next == self.events.len()
+                && self.final_icount() == Some(self.exit_ordinal)
+                && self.next == self.events.count()
             {
                 // The recording's last exit, every event applied: without a counter the
                 // instructions the guest ran after it cannot be placed, so it ends here.
@@ -731,7 +875,10 @@ impl Replay {
             }
             return Ok(());
         }
-        if self.final_icount == Some(icount) && self.next_interrupt >= self.events.len() {
+        if self.final_icount() == Some(icount)
+            && self.next_interrupt.is_none()
+            && self.interrupt_searched >= self.events.count()
+        {
             self.finished = Some(End::EndOfRecording);
             return self.check_all_consumed();
         }
@@ -750,10 +897,7 @@ impl Replay {
     }
 
     fn next_interrupt_icount(&self) -> Option<Icount> {
-        match self.events.get(self.next_interrupt) {
-            Some(Event::KernelInterrupt(k)) => Some(k.icount),
-            _ => None,
-        }
+        self.next_interrupt.map(|(_, k)| k.icount)
     }
 
     /// Supplies the value of a pending input instruction from the next event.
@@ -816,7 +960,7 @@ impl Replay {
         };
         let mut values = Vec::with_capacity(count as usize);
         for k in 0..count as usize {
-            match self.events.get(self.next + k) {
+            match self.event(self.next + k as u64).as_deref() {
                 Some(Event::PortIn(p)) if p.port == port && p.size == size && p.icount == here => {
                     values.push(p.value)
                 }
@@ -1011,7 +1155,7 @@ impl Replay {
 
     fn diverge(&self, expected: impl Into<String>, actual: impl Into<String>) -> Box<Divergence> {
         Box::new(Divergence {
-            event: self.next as u64,
+            event: self.next,
             icount: self.cpu.icount(),
             rip: self.cpu.state().rip,
             expected: expected.into(),

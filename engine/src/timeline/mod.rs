@@ -204,7 +204,7 @@ impl Timeline {
     /// instructions ahead (their positions are then shown as recorded until replay
     /// gets there).
     pub fn learn_events_through(&self, n: u64) {
-        let n = n.min((self.now.events().len() as u64).saturating_sub(1));
+        let n = n.min(self.now.event_count().saturating_sub(1));
         if self.now.events_applied_known() > n {
             return;
         }
@@ -526,7 +526,7 @@ impl Timeline {
     }
 
     fn goto_event_inner(&mut self, n: u64) -> Moved {
-        if n >= self.now.events().len() as u64 {
+        if n >= self.now.event_count() {
             return Moved::End(End::EndOfRecording);
         }
         if self.now.events_consumed() > n {

@@ -60,12 +60,10 @@ impl Timeline {
         let mut after = before.clone();
         after.set_user_breakpoints(Vec::new());
         after.run(Target::Icount(before.icount() + 1));
-        let by = (before.events_consumed()..after.events_consumed())
-            .find(|&n| event_writes(before, &before.events()[n as usize], w))
-            .map(|n| Writer::Event {
-                n,
-                kind: before.events()[n as usize].kind(),
-            })
+        let by = before
+            .events(before.events_consumed()..after.events_consumed())
+            .find(|(_, e)| event_writes(before, e, w))
+            .map(|(n, e)| Writer::Event { n, kind: e.kind() })
             .unwrap_or(Writer::Instruction {
                 rip: before.rip(),
                 icount: before.icount(),

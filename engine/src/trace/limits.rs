@@ -14,8 +14,9 @@
 //! | memory regions, guest size | [`crate::memory::MAX_REGIONS`], [`crate::memory::MAX_GUEST_MEMORY`] (checked when replay builds the memory; regions are allocated lazily) |
 //!
 //! Replay holds more than one section at a time: it maps the snapshot's pages to where
-//! they are in the file (read when first touched) and holds the decoded events, the map
-//! and the events together within [`crate::replay::ReplayLimits`].
+//! they are in the file (read when first touched) and reads event chunks through a cache
+//! of decoded chunks ([`super::ChunkCache`]), holding the map, the cache and where each
+//! event was applied within [`crate::replay::ReplayLimits`].
 
 use std::marker::PhantomData;
 

@@ -24,6 +24,7 @@
 //! reading the old ones through a module of their types as they were ([`v2`], [`v3`],
 //! [`v4`]).
 
+mod chunk_cache;
 mod error;
 pub mod limits;
 mod reader;
@@ -38,8 +39,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::{CpuidEntry, KernelIdentity, MachineConfig, Symbol};
 
+pub use chunk_cache::{CacheUsage, ChunkCache, EventChunk, EventSource, MAX_CACHED_CHUNKS};
 pub use error::{Result, TraceError};
-pub use reader::{EventsFrom, RecordingReader, Recovery, SnapshotPages, SnapshotSource};
+pub use reader::{EventsFrom, RecordingReader, RecordingSource, Recovery, SnapshotPages};
 pub use stats::Stats;
 pub use writer::{FinishInfo, RecordingWriter, WriterConfig};
 

@@ -4,12 +4,13 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::event::Event;
 use crate::memory::{Page, PageSource};
 use crate::state::{CounterSourceKind, CpuState, PAGE_SIZE, Snapshot, SnapshotPage};
 
+use super::chunk_cache::{CacheUsage, ChunkCache, EventChunk, EventSource};
 use super::error::{Result, TraceError};
 use super::limits::MAX_CHUNK_EVENTS;
 use super::section::{
@@ -349,7 +350,7 @@ impl<R: Read + Seek> RecordingReader<R> {
         self.page_sections.len()
     }
 
-    /// The address and [`SnapshotSource`] location of every page of snapshot section
+    /// The address and [`RecordingSource`] location of every page of snapshot section
     /// `i`, whose payload is decoded and checked (its pages are not kept).
     pub fn snapshot_section_locations(&mut self, i: usize) -> Result<Vec<(u64, u64)>> {
         let (_, pages) = self.snapshot_section_payload(i)?;
@@ -362,12 +363,15 @@ impl<R: Read + Seek> RecordingReader<R> {
     }
 
     /// Turns the reader into the source of the snapshot pages located by
-    /// [`Self::snapshot_section_locations`], for a lazily mapped guest memory.
-    pub fn into_page_source(self) -> SnapshotSource<R> {
-        SnapshotSource {
+    /// [`Self::snapshot_section_locations`], for a lazily mapped guest memory, and of
+    /// the event chunks of its index, through a cache of at most `event_cache` bytes of
+    /// decoded chunks.
+    pub fn into_source(self, event_cache: u64) -> RecordingSource<R> {
+        RecordingSource {
             state: Mutex::new(SourceState {
                 reader: self,
                 sections: VecDeque::new(),
+                chunks: ChunkCache::new(event_cache),
             }),
         }
     }
@@ -920,14 +924,16 @@ fn page_offsets(payload: &[u8]) -> std::result::Result<PageOffsets, String> {
     Ok(pages)
 }
 
-/// Decompressed snapshot sections a [`SnapshotSource`] keeps (4 MiB each at most): a
+/// Decompressed snapshot sections a [`RecordingSource`] keeps (4 MiB each at most): a
 /// kernel touches a few areas at once (its text, data, page tables, boot data).
 const SOURCE_SECTIONS: usize = 8;
 
-/// The snapshot's pages, read from the recording when a lazily mapped guest memory first
-/// touches them ([`RecordingReader::into_page_source`]). Keeps the last few sections it
-/// decompressed, since a kernel touches neighbouring pages together.
-pub struct SnapshotSource<R> {
+/// A recording as replay reads it while it runs ([`RecordingReader::into_source`]): the
+/// snapshot's pages, read when a lazily mapped guest memory first touches them, and the
+/// event chunks, decoded when replay needs them. Keeps the last few snapshot sections it
+/// decompressed, since a kernel touches neighbouring pages together, and the chunks used
+/// last within the event cache's budget.
+pub struct RecordingSource<R> {
     state: Mutex<SourceState<R>>,
 }
 
@@ -935,13 +941,20 @@ struct SourceState<R> {
     reader: RecordingReader<R>,
     /// (section, payload, offset of each page in it), the most recently used first.
     sections: VecDeque<(usize, Vec<u8>, Vec<usize>)>,
+    chunks: ChunkCache,
 }
 
-impl<R: Read + Seek + Send> PageSource for SnapshotSource<R> {
+impl<R> RecordingSource<R> {
+    fn state(&self) -> std::sync::MutexGuard<'_, SourceState<R>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<R: Read + Seek + Send> PageSource for RecordingSource<R> {
     fn read_page(&self, loc: u64, out: &mut Page) -> std::result::Result<(), String> {
         let section = (loc / PAGES_PER_SECTION as u64) as usize;
         let k = (loc % PAGES_PER_SECTION as u64) as usize;
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state();
         let st = &mut *st;
         match st.sections.iter().position(|(i, ..)| *i == section) {
             Some(0) => {}
@@ -969,6 +982,28 @@ impl<R: Read + Seek + Send> PageSource for SnapshotSource<R> {
             .ok_or_else(|| format!("snapshot pages section {section} has no page {k}"))?;
         out.copy_from_slice(&payload[at..at + PAGE_SIZE]);
         Ok(())
+    }
+}
+
+impl<R: Read + Seek + Send> EventSource for RecordingSource<R> {
+    fn chunk(&self, i: usize) -> Result<Arc<EventChunk>> {
+        let mut st = self.state();
+        if let Some(c) = st.chunks.get(i) {
+            return Ok(c);
+        }
+        let Some(first_event) = st.reader.index.get(i).map(|c| c.first_event) else {
+            return Err(TraceError::EventOutOfRange {
+                index: st.reader.event_count(),
+                count: st.reader.event_count(),
+            });
+        };
+        let chunk = Arc::new(EventChunk::new(first_event, st.reader.read_chunk(i)?));
+        st.chunks.insert(i, chunk.clone());
+        Ok(chunk)
+    }
+
+    fn cache_usage(&self) -> CacheUsage {
+        self.state().chunks.usage()
     }
 }
 
