@@ -230,6 +230,7 @@ impl Cpu {
                 break;
             }
         }
+        self.drop_dead_flags(start);
         let e = BlockEntry {
             tag: gpa | self.blocks.epoch,
             start: start as u32,
@@ -238,5 +239,35 @@ impl Cpu {
         };
         self.blocks.table[Blocks::index(gpa)] = e;
         e
+    }
+
+    /// Gives the operations of the block at `start` in the arena whose status flags
+    /// nothing can observe their quiet form (see [`super::exec::FastOp::quiet`]), going
+    /// backwards from the end of the block with the flags still to be read ("live").
+    /// Every flag is live at the end of the block (the next block, an interrupt, a
+    /// digest or any reader of the state may look at them) and before an operation
+    /// that may fault or exit (exception delivery pushes RFLAGS; an exit shows the
+    /// state); an operation that writes memory keeps its own flags too, as the block
+    /// may stop right after it. Otherwise a flag stops being live above an operation
+    /// that sets it whatever its value before (an undefined flag the recording host
+    /// keeps is not set). Blocks run whole or stop only at those operations, and the
+    /// instruction count's boundaries (limits, interrupts, digests) fall between
+    /// blocks, so every flag that can be observed is exact.
+    fn drop_dead_flags(&mut self, start: usize) {
+        let mut live = flags::STATUS;
+        for op in self.blocks.ops[start..].iter_mut().rev() {
+            let written = op.flags.overwritten(&self.undefined);
+            if written & live == 0
+                && !op.writes_memory
+                && let Some(quiet) = op.quiet
+            {
+                op.handler = Some(quiet);
+            }
+            live = if op.may_fault {
+                flags::STATUS
+            } else {
+                live & !written
+            };
+        }
     }
 }

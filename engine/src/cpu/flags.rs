@@ -308,13 +308,57 @@ fn full_turn_flags(left: bool, a: u64, size: usize, old: u64, rules: &UndefinedR
     rules.masks(family, size).resolve(OF, old, natural, last, 0)
 }
 
+/// The status flags a shift or rotate by `count` (already masked) of a `size`-byte
+/// operand may change, those of them it leaves undefined, and the family whose rules
+/// decide these (as [`shift`] computes them).
+pub fn shift_flags(op: ShiftOp, count: u32, size: usize) -> (u64, u64, Option<Family>) {
+    let bits = size as u32 * 8;
+    if count == 0 {
+        return (0, 0, None);
+    }
+    let rotate_undefined = if count > 1 { OF } else { 0 };
+    match op {
+        ShiftOp::Shl => (
+            STATUS,
+            shift_undefined(count, bits, true),
+            Some(Family::Shl),
+        ),
+        ShiftOp::Shr => (
+            STATUS,
+            shift_undefined(count, bits, true),
+            Some(Family::Shr),
+        ),
+        ShiftOp::Sar => (
+            STATUS,
+            shift_undefined(count, bits, false),
+            Some(Family::Sar),
+        ),
+        ShiftOp::Rol => (CF | OF, rotate_undefined, Some(Family::Rol)),
+        ShiftOp::Ror => (CF | OF, rotate_undefined, Some(Family::Ror)),
+        ShiftOp::Rcl | ShiftOp::Rcr => {
+            let left = op == ShiftOp::Rcl;
+            if bits < 32 && count % (bits + 1) == 0 {
+                let family = if left {
+                    Family::RclFullTurn
+                } else {
+                    Family::RcrFullTurn
+                };
+                (OF, OF, Some(family))
+            } else {
+                let family = if left { Family::Rcl } else { Family::Rcr };
+                (CF | OF, rotate_undefined, Some(family))
+            }
+        }
+    }
+}
+
 /// Shifts/rotates `a` by `count` (already masked to 5 or 6 bits). Returns the result and
 /// the new RFLAGS (only status bits change). A zero count changes nothing.
 ///
 /// The undefined flags ([`Family::Shl`] and the rest) follow `rules`: for OF after a
 /// count above 1, the first step's OF is that of a one-bit shift of `a`; the last
 /// step's is the one-bit formula applied to the result and CF.
-#[inline]
+#[inline(always)]
 pub fn shift(
     op: ShiftOp,
     a: u64,
