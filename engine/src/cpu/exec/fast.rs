@@ -115,10 +115,12 @@ pub(crate) struct FastOp {
     pub(crate) quiet: Option<Handler>,
     /// The status flags it may write.
     pub(crate) flags: FlagEffect,
+    /// In a block: where the instruction starts, from the start of the block's first.
+    pub(crate) at: i16,
     /// Destination and source GPR indexes (or [`NO_REG`]), as the handler defines them.
     d: u8,
     s: u8,
-    /// Extra form bits for the less common handlers (see [`extend`] and [`imul`]).
+    /// Extra form bits of [`imul`].
     aux: u8,
     mem: MemOperand,
     /// The immediate masked to the operand size, the shift count, or the branch
@@ -137,6 +139,7 @@ impl FastOp {
             may_fault: true,
             quiet: None,
             flags: FlagEffect::NONE,
+            at: 0,
             d: NO_REG,
             s: NO_REG,
             aux: 0,
@@ -395,6 +398,7 @@ pub(crate) fn classify(ins: &Instruction) -> FastOp {
         ) || (has_mem && !matches!(m, Mnemonic::Lea | Mnemonic::Nop)),
         quiet: f.quiet,
         flags: f.flags,
+        at: 0,
         d: f.d,
         s: f.s,
         aux: f.aux,
@@ -537,15 +541,24 @@ fn extend_form(o: &Operands, signed: bool) -> Option<Form> {
         OpKind::Memory if matches!(o.msize, 1 | 2 | 4) => (NO_REG, o.msize as u8),
         _ => return None,
     };
-    Some(Form {
-        handler: by_size48!(size, extend_r),
-        quiet: None,
-        flags: FlagEffect::NONE,
-        d,
-        s,
-        aux: src_size | if signed { EXTEND_SIGNED } else { 0 },
-        imm: 0,
-    })
+    macro_rules! pick {
+        ($f:ident) => {
+            match (src_size, signed) {
+                (1, false) => by_size48!(size, $f, 1, false),
+                (2, false) => by_size48!(size, $f, 2, false),
+                (4, false) => by_size48!(size, $f, 4, false),
+                (1, true) => by_size48!(size, $f, 1, true),
+                (2, true) => by_size48!(size, $f, 2, true),
+                _ => by_size48!(size, $f, 4, true),
+            }
+        };
+    }
+    let handler = if s == NO_REG {
+        pick!(extend_m)
+    } else {
+        pick!(extend_r)
+    };
+    form(handler, d, s, 0)
 }
 
 /// The status flags of `add`, `or`, `and`, `sub`, `xor`, `cmp`, `test` (mnemonic `m`)
@@ -678,10 +691,6 @@ fn shift_form(o: &Operands, m: Mnemonic) -> Option<Form> {
     )
 }
 
-/// [`FastOp::aux`] of [`extend_r`]: the source size in bytes, and this bit for a sign
-/// extension.
-const EXTEND_SIGNED: u8 = 0x80;
-
 // ---- the handlers ----
 
 #[inline(always)]
@@ -761,16 +770,25 @@ fn mov_mi<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) 
     Ok(cpu.write_lin(mem, la, SIZE, op.imm, op.mem.ss)?)
 }
 
-/// movzx/movsx/movsxd: `aux` holds the source size and [`EXTEND_SIGNED`]; the source
-/// is register `s` or memory.
-fn extend_r<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
-    let src_size = (op.aux & !EXTEND_SIGNED) as usize;
-    let v = if op.s == NO_REG {
-        cpu.fast_read(mem, &op.mem, src_size)?
-    } else {
-        cpu.st.gpr[op.s as usize & 15] & mask(src_size)
-    };
-    set_gpr::<SIZE>(cpu, op.d, extend(v, src_size, op.aux & EXTEND_SIGNED != 0));
+/// movzx/movsx/movsxd (`SIGNED`) of the `SRC`-byte register `s`.
+fn extend_r<const SRC: usize, const SIGNED: bool, const SIZE: usize>(
+    cpu: &mut Cpu,
+    _: &mut GuestMemory,
+    op: &FastOp,
+) -> HandlerResult {
+    let v = cpu.st.gpr[op.s as usize & 15] & mask(SRC);
+    set_gpr::<SIZE>(cpu, op.d, extend(v, SRC, SIGNED));
+    Ok(())
+}
+
+/// movzx/movsx/movsxd (`SIGNED`) of `SRC` bytes of memory.
+fn extend_m<const SRC: usize, const SIGNED: bool, const SIZE: usize>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    op: &FastOp,
+) -> HandlerResult {
+    let v = cpu.fast_read(mem, &op.mem, SRC)?;
+    set_gpr::<SIZE>(cpu, op.d, extend(v, SRC, SIGNED));
     Ok(())
 }
 
@@ -902,10 +920,12 @@ fn shift_ri<const OP: u8, const SIZE: usize, const FLAGS: bool>(
     op: &FastOp,
 ) -> HandlerResult {
     let a = gpr::<SIZE>(cpu, op.d);
+    // The count is masked at decode time; masking it again tells the compiler that
+    // it is below the operand width.
     let (r, f) = flags::shift(
         shift_op(OP),
         a,
-        op.imm as u32,
+        op.imm as u32 & (SIZE as u32 * 8 - 1),
         SIZE,
         cpu.st.rflags,
         &cpu.undefined,
