@@ -1,8 +1,10 @@
-//! Blocks: straight-line runs of fast-form instructions within one page of code, cut at
-//! the first branch, call or return, at the first instruction without a fast form, and
-//! at the end of the page. A block's operations sit side by side, so running it walks
-//! an array instead of looking each instruction up by the RIP the previous one left:
-//! the next handler can start before the previous one has finished.
+//! Blocks: runs of fast-form instructions within one page of code, in the order they
+//! execute: a direct `jmp` or `call` to the same page goes on at its target; a block is
+//! cut at any other branch, call or return, at the first instruction without a fast
+//! form, at the end of the page and after [`MAX_BLOCK_OPS`] operations. A block's
+//! operations sit side by side, so running it walks an array instead of looking each
+//! instruction up by the RIP the previous one left: the next handler can start before
+//! the previous one has finished.
 //!
 //! A block runs only where executing its instructions one by one through
 //! [`Cpu::step`] would do nothing else: the whole block fits below the instruction
@@ -219,10 +221,18 @@ impl Cpu {
             self.blocks.ops.push(op);
             len += 1;
             lines |= line_bit(r);
-            r = r.wrapping_add(op.len as u64);
-            g = g.wrapping_add(op.len as u64);
             if op.branch {
-                break;
+                // A jump or call to the same page goes on at its target (its offset
+                // from the block's start gives the RIP of every operation).
+                let target = op.target(r);
+                if !op.direct || target >> 12 != rip >> 12 {
+                    break;
+                }
+                g = (g & !0xfff) | (target & 0xfff);
+                r = target;
+            } else {
+                r = r.wrapping_add(op.len as u64);
+                g = g.wrapping_add(op.len as u64);
             }
         }
         self.drop_dead_flags(start);

@@ -104,8 +104,11 @@ pub(crate) struct FastOp {
     pub(crate) handler: Option<Handler>,
     /// Length of the instruction in bytes.
     pub(crate) len: u8,
-    /// A branch, call or return: it ends a block (see [`crate::cpu::block`]).
+    /// A branch, call or return: it ends a block (see [`crate::cpu::block`]) unless
+    /// it is `direct`.
     pub(crate) branch: bool,
+    /// A `jmp` or `call` to its RIP plus `imm`: a block may go on at the target.
+    pub(crate) direct: bool,
     /// It may write memory (which may be code or a page table).
     pub(crate) writes_memory: bool,
     /// It may fault or exit (it accesses memory): everything before it is observable.
@@ -129,12 +132,18 @@ pub(crate) struct FastOp {
 }
 
 impl FastOp {
+    /// Where a [`Self::direct`] branch at `rip` goes.
+    pub(crate) fn target(&self, rip: u64) -> u64 {
+        rip.wrapping_add(self.imm)
+    }
+
     /// The form of an instruction that takes the general path.
     pub(crate) fn generic(len: usize) -> FastOp {
         FastOp {
             handler: None,
             len: len as u8,
             branch: false,
+            direct: false,
             writes_memory: true,
             may_fault: true,
             quiet: None,
@@ -388,6 +397,10 @@ pub(crate) fn classify(ins: &Instruction) -> FastOp {
         handler: Some(f.handler),
         len: ins.len() as u8,
         branch: ins.flow_control() != iced_x86::FlowControl::Next,
+        direct: matches!(
+            ins.code(),
+            Code::Jmp_rel8_64 | Code::Jmp_rel32_64 | Code::Call_rel32_64
+        ),
         writes_memory: matches!(m, Mnemonic::Push | Mnemonic::Call)
             || (ins.op_count() > 0
                 && ins.op_kind(0) == OpKind::Memory
