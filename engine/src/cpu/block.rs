@@ -139,18 +139,28 @@ impl Cpu {
             ran = true;
             let start = e.start as usize;
             let base = self.icount;
-            // Each operation's RIP is the block's plus its offset, and RIP after it is
-            // in `next_rip` (where a branch leaves its target): no operation depends on
-            // the RIP the previous one left.
-            let block_rip = rip;
             for (done, op) in ops[start..start + e.len as usize].iter().enumerate() {
                 let Some(handler) = op.handler else {
                     unreachable!("blocks hold fast forms only")
                 };
-                let rip = block_rip.wrapping_add(op.at as u64);
-                self.st.rip = rip;
-                self.next_rip = rip.wrapping_add(op.len as u64);
-                if let Err(f) = handler(self, mem, op) {
+                // A branch (the block's last operation, or a direct jump or call within
+                // it) leaves RIP in `next_rip`; the others just advance it (and the
+                // instruction count is written back once per block).
+                let result = if op.branch {
+                    self.next_rip = self.st.rip.wrapping_add(op.len as u64);
+                    let r = handler(self, mem, op);
+                    if r.is_ok() {
+                        self.st.rip = self.next_rip;
+                    }
+                    r
+                } else {
+                    let r = handler(self, mem, op);
+                    if r.is_ok() {
+                        self.st.rip = self.st.rip.wrapping_add(op.len as u64);
+                    }
+                    r
+                };
+                if let Err(f) = result {
                     self.icount = base + done as u64;
                     self.mmio_write = None;
                     self.mmio_input = None;
@@ -159,7 +169,6 @@ impl Cpu {
                 }
                 if op.writes_memory {
                     if let Some((gpa, size, value)) = self.mmio_write.take() {
-                        self.st.rip = self.next_rip;
                         self.icount = base + done as u64 + 1;
                         exit = Some(Exit::MmioWrite { gpa, size, value });
                         break 'blocks;
@@ -167,13 +176,11 @@ impl Cpu {
                     if mem.code_generation() != code_generation
                         || mem.pt_generation() != pt_generation
                     {
-                        self.st.rip = self.next_rip;
                         self.icount = base + done as u64 + 1;
                         break 'blocks;
                     }
                 }
             }
-            self.st.rip = self.next_rip;
             self.icount = base + e.len as u64;
             if self.icount >= limit {
                 break;
@@ -213,17 +220,15 @@ impl Cpu {
                 Ok(Some(idx)) if idx != FETCHED_UNCACHED => idx,
                 _ => break,
             };
-            let mut op = self.decode_cache[idx].op;
+            let op = self.decode_cache[idx].op;
             if op.handler.is_none() {
                 break;
             }
-            op.at = r.wrapping_sub(rip) as i16;
             self.blocks.ops.push(op);
             len += 1;
             lines |= line_bit(r);
             if op.branch {
-                // A jump or call to the same page goes on at its target (its offset
-                // from the block's start gives the RIP of every operation).
+                // A jump or call to the same page goes on at its target.
                 let target = op.target(r);
                 if !op.direct || target >> 12 != rip >> 12 {
                     break;

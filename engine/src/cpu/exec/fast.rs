@@ -118,8 +118,6 @@ pub(crate) struct FastOp {
     pub(crate) quiet: Option<Handler>,
     /// The status flags it may write.
     pub(crate) flags: FlagEffect,
-    /// In a block: where the instruction starts, from the start of the block's first.
-    pub(crate) at: i16,
     /// Destination and source GPR indexes (or [`NO_REG`]), as the handler defines them.
     d: u8,
     s: u8,
@@ -148,7 +146,6 @@ impl FastOp {
             may_fault: true,
             quiet: None,
             flags: FlagEffect::NONE,
-            at: 0,
             d: NO_REG,
             s: NO_REG,
             aux: 0,
@@ -411,7 +408,6 @@ pub(crate) fn classify(ins: &Instruction) -> FastOp {
         ) || (has_mem && !matches!(m, Mnemonic::Lea | Mnemonic::Nop)),
         quiet: f.quiet,
         flags: f.flags,
-        at: 0,
         d: f.d,
         s: f.s,
         aux: f.aux,
