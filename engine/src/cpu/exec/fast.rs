@@ -29,6 +29,14 @@ use crate::state::seg;
 /// (faults are rare; every instruction returns).
 pub(crate) type HandlerResult = Result<(), Box<Fault>>;
 
+/// A fault as a handler returns it. Out of line and cold, so that a handler's common
+/// path does not carry the allocation.
+#[cold]
+#[inline(never)]
+fn boxed(f: Fault) -> Box<Fault> {
+    Box::new(f)
+}
+
 /// Executes one instruction of a fast form.
 pub(crate) type Handler = fn(&mut Cpu, &mut GuestMemory, &FastOp) -> HandlerResult;
 
@@ -763,7 +771,7 @@ fn mov_ri<const SIZE: usize>(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) ->
 }
 
 fn mov_rm<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
-    let v = cpu.fast_read(mem, &op.mem, SIZE)?;
+    let v = cpu.fast_read(mem, &op.mem, SIZE).map_err(boxed)?;
     set_gpr::<SIZE>(cpu, op.d, v);
     Ok(())
 }
@@ -771,12 +779,13 @@ fn mov_rm<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) 
 fn mov_mr<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     let la = cpu.fast_la(&op.mem);
     let v = gpr::<SIZE>(cpu, op.s);
-    Ok(cpu.write_lin(mem, la, SIZE, v, op.mem.ss)?)
+    cpu.write_lin(mem, la, SIZE, v, op.mem.ss).map_err(boxed)
 }
 
 fn mov_mi<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     let la = cpu.fast_la(&op.mem);
-    Ok(cpu.write_lin(mem, la, SIZE, op.imm, op.mem.ss)?)
+    cpu.write_lin(mem, la, SIZE, op.imm, op.mem.ss)
+        .map_err(boxed)
 }
 
 /// movzx/movsx/movsxd (`SIGNED`) of the `SRC`-byte register `s`.
@@ -796,7 +805,7 @@ fn extend_m<const SRC: usize, const SIGNED: bool, const SIZE: usize>(
     mem: &mut GuestMemory,
     op: &FastOp,
 ) -> HandlerResult {
-    let v = cpu.fast_read(mem, &op.mem, SRC)?;
+    let v = cpu.fast_read(mem, &op.mem, SRC).map_err(boxed)?;
     set_gpr::<SIZE>(cpu, op.d, extend(v, SRC, SIGNED));
     Ok(())
 }
@@ -828,10 +837,10 @@ fn alu_to_mem<Op: ArithOp, const SIZE: usize>(
     b: u64,
 ) -> HandlerResult {
     let la = cpu.fast_la(&op.mem);
-    let a = cpu.read_lin(mem, la, SIZE, op.mem.ss)?;
+    let a = cpu.read_lin(mem, la, SIZE, op.mem.ss).map_err(boxed)?;
     let (r, f) = Op::apply(a, b, SIZE, cpu.st.rflags, &cpu.undefined);
     if Op::WRITES {
-        cpu.write_lin(mem, la, SIZE, r, op.mem.ss)?;
+        cpu.write_lin(mem, la, SIZE, r, op.mem.ss).map_err(boxed)?;
     }
     cpu.set_status(f);
     Ok(())
@@ -859,7 +868,7 @@ fn alu_rm<Op: ArithOp, const SIZE: usize, const FLAGS: bool>(
     mem: &mut GuestMemory,
     op: &FastOp,
 ) -> HandlerResult {
-    let b = cpu.fast_read(mem, &op.mem, SIZE)?;
+    let b = cpu.fast_read(mem, &op.mem, SIZE).map_err(boxed)?;
     alu_to_reg::<Op, SIZE, FLAGS>(cpu, op.d, b)
 }
 
@@ -890,7 +899,7 @@ fn imul<const SIZE: usize, const FLAGS: bool>(
     op: &FastOp,
 ) -> HandlerResult {
     let a = if op.s == NO_REG {
-        cpu.fast_read(mem, &op.mem, SIZE)?
+        cpu.fast_read(mem, &op.mem, SIZE).map_err(boxed)?
     } else {
         gpr::<SIZE>(cpu, op.s)
     };
@@ -965,20 +974,20 @@ fn jmp_rel(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> HandlerResult {
 
 fn call_rel(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     let t = cpu.st.rip.wrapping_add(op.imm);
-    Ok(cpu.call_near(mem, t)?)
+    cpu.call_near(mem, t).map_err(boxed)
 }
 
 fn ret(cpu: &mut Cpu, mem: &mut GuestMemory, _: &FastOp) -> HandlerResult {
-    Ok(cpu.ret_near(mem, 0)?)
+    cpu.ret_near(mem, 0).map_err(boxed)
 }
 
 fn push(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     let v = cpu.st.gpr[op.s as usize & 15];
-    Ok(cpu.push(mem, v, 8)?)
+    cpu.push(mem, v, 8).map_err(boxed)
 }
 
 fn pop(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
-    let v = cpu.pop(mem, 8)?;
+    let v = cpu.pop(mem, 8).map_err(boxed)?;
     cpu.st.gpr[op.d as usize & 15] = v;
     Ok(())
 }
