@@ -90,10 +90,14 @@ impl Cpu {
         any_breakpoints: bool,
     ) -> Option<Option<Exit>> {
         let rip = self.st.rip;
+        // Blocks neither fetch nor translate: the fetch page stays for the whole run.
+        let (page, page_gpa) = (self.tlb.fetch_vpn, self.tlb.fetch_page);
         if self.st.interrupt_shadow
             || self.st.rflags & flags::RF != 0
             || self.mmio_input.is_some()
-            || rip >> 12 != self.tlb.fetch_vpn
+            || rip >> 12 != page
+            // Not representable in a tag (nor cached by the decode cache).
+            || page_gpa >= TAG_GPA_LIMIT
             // A breakpoint on RIP's line: no block could run (see below).
             || (any_breakpoints && self.breakpoint_on_line(rip))
         {
@@ -109,14 +113,10 @@ impl Cpu {
         let mut exit = None;
         'blocks: loop {
             let rip = self.st.rip;
-            if rip >> 12 != self.tlb.fetch_vpn {
+            if rip >> 12 != page {
                 break;
             }
-            let gpa = self.tlb.fetch_page | (rip & 0xfff);
-            if gpa >= TAG_GPA_LIMIT {
-                // Not representable in a tag (nor cached by the decode cache).
-                break;
-            }
+            let gpa = page_gpa | (rip & 0xfff);
             let Some(&found) = self.blocks.table.get(Blocks::index(gpa)) else {
                 break;
             };
@@ -130,8 +130,8 @@ impl Cpu {
                 e = self.build_block(mem, rip, gpa);
                 ops = std::mem::take(&mut self.blocks.ops);
             }
-            if e.len == 0
-                || e.len as u64 > limit - self.icount
+            // An empty block (len 0) wraps around to the largest count: it never runs.
+            if (e.len as u64).wrapping_sub(1) >= limit - self.icount
                 || (any_breakpoints && self.fetch_page_breakpoint_lines & e.lines != 0)
             {
                 break;
