@@ -14,7 +14,7 @@
 //! may change what the rest of the block is). Blocks are copies of decoded-cache
 //! entries and are dropped whenever any of those is.
 
-use super::exec::FastOp;
+use super::exec::{FastOp, Handler};
 use super::{Cpu, EMPTY, Exit, FETCHED_UNCACHED, TAG_GPA_LIMIT, flags, next_epoch};
 use crate::memory::{GuestMemory, line_bit};
 
@@ -37,11 +37,19 @@ struct BlockEntry {
     lines: u64,
 }
 
+/// An operation of a block: a fast form and the handler the block runs it with (its
+/// own, or its quiet form).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BlockOp {
+    handler: Handler,
+    op: FastOp,
+}
+
 /// The block cache: a direct-mapped table of blocks over an arena of operations.
 #[derive(Debug, Default)]
 pub(super) struct Blocks {
     table: Vec<BlockEntry>,
-    ops: Vec<FastOp>,
+    ops: Vec<BlockOp>,
     /// Current epoch, pre-shifted to bits 52..64.
     epoch: u64,
 }
@@ -139,10 +147,9 @@ impl Cpu {
             ran = true;
             let start = e.start as usize;
             let base = self.icount;
-            for (done, op) in ops[start..start + e.len as usize].iter().enumerate() {
-                let Some(handler) = op.handler else {
-                    unreachable!("blocks hold fast forms only")
-                };
+            for (done, BlockOp { handler, op }) in
+                ops[start..start + e.len as usize].iter().enumerate()
+            {
                 // A branch (the block's last operation, or a direct jump or call within
                 // it) leaves RIP in `next_rip`; the others just advance it (and the
                 // instruction count is written back once per block).
@@ -221,10 +228,10 @@ impl Cpu {
                 _ => break,
             };
             let op = self.decode_cache[idx].op;
-            if op.handler.is_none() {
+            let Some(handler) = op.handler else {
                 break;
-            }
-            self.blocks.ops.push(op);
+            };
+            self.blocks.ops.push(BlockOp { handler, op });
             len += 1;
             lines |= line_bit(r);
             if op.branch {
@@ -252,7 +259,7 @@ impl Cpu {
     }
 
     /// Gives the operations of the block at `start` in the arena whose status flags
-    /// nothing can observe their quiet form (see [`super::exec::FastOp::quiet`]), going
+    /// nothing can observe their quiet form (see [`FastOp::quiet`]), going
     /// backwards from the end of the block with the flags still to be read ("live").
     /// Every flag is live at the end of the block (the next block, an interrupt, a
     /// digest or any reader of the state may look at them) and before an operation
@@ -265,13 +272,13 @@ impl Cpu {
     /// blocks, so every flag that can be observed is exact.
     fn drop_dead_flags(&mut self, start: usize) {
         let mut live = flags::STATUS;
-        for op in self.blocks.ops[start..].iter_mut().rev() {
+        for BlockOp { handler, op } in self.blocks.ops[start..].iter_mut().rev() {
             let written = op.flags.overwritten(&self.undefined);
             if written & live == 0
                 && !op.writes_memory
                 && let Some(quiet) = op.quiet
             {
-                op.handler = Some(quiet);
+                *handler = quiet;
             }
             live = if op.may_fault {
                 flags::STATUS
