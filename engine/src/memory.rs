@@ -629,9 +629,9 @@ impl GuestMemory {
     }
 
     /// The value at `gpa` if its page is in the write cache (the fast path of every
-    /// in-page read).
-    #[inline]
-    fn cached_value(&self, gpa: u64, size: usize) -> Option<u64> {
+    /// in-page read; it calls nothing, so a caller's fast path needs no stack frame).
+    #[inline(always)]
+    pub fn cached_value(&self, gpa: u64, size: usize) -> Option<u64> {
         debug_assert!((gpa & PAGE_MASK) as usize + size <= PAGE_SIZE);
         let pn = gpa >> PAGE_SHIFT;
         let e = self.cache.get(cache_index(pn))?;
@@ -668,6 +668,14 @@ impl GuestMemory {
     /// `gpa` is not RAM.
     #[inline]
     pub fn write_in_page(&mut self, gpa: u64, size: usize, value: u64) -> bool {
+        self.write_cached(gpa, size, value) || self.write_in_page_miss(gpa, size, value)
+    }
+
+    /// Writes as [`Self::write_in_page`] if the write cache owns the page and the write
+    /// touches no code (the fast path of every in-page write; it calls nothing).
+    /// Returns false, having written nothing, otherwise.
+    #[inline(always)]
+    pub fn write_cached(&mut self, gpa: u64, size: usize, value: u64) -> bool {
         debug_assert!((gpa & PAGE_MASK) as usize + size <= PAGE_SIZE);
         let pn = gpa >> PAGE_SHIFT;
         let off = (gpa & PAGE_MASK) as usize;
@@ -679,7 +687,7 @@ impl GuestMemory {
             write_value(p, off, size, value);
             return true;
         }
-        self.write_in_page_miss(gpa, size, value)
+        false
     }
 
     #[inline(never)]

@@ -1,8 +1,10 @@
-//! Blocks: straight-line runs of fast-form instructions within one page of code, cut at
-//! the first branch, call or return, at the first instruction without a fast form, and
-//! at the end of the page. A block's operations sit side by side, so running it walks
-//! an array instead of looking each instruction up by the RIP the previous one left:
-//! the next handler can start before the previous one has finished.
+//! Blocks: runs of fast-form instructions within one page of code, in the order they
+//! execute: a direct `jmp` or `call` to the same page goes on at its target; a block is
+//! cut at any other branch, call or return, at the first instruction without a fast
+//! form, at the end of the page and after [`MAX_BLOCK_OPS`] operations. A block's
+//! operations sit side by side, so running it walks an array instead of looking each
+//! instruction up by the RIP the previous one left: the next handler can start before
+//! the previous one has finished.
 //!
 //! A block runs only where executing its instructions one by one through
 //! [`Cpu::step`] would do nothing else: the whole block fits below the instruction
@@ -12,7 +14,7 @@
 //! may change what the rest of the block is). Blocks are copies of decoded-cache
 //! entries and are dropped whenever any of those is.
 
-use super::exec::FastOp;
+use super::exec::{FastOp, Handler};
 use super::{Cpu, EMPTY, Exit, FETCHED_UNCACHED, TAG_GPA_LIMIT, flags, next_epoch};
 use crate::memory::{GuestMemory, line_bit};
 
@@ -35,11 +37,19 @@ struct BlockEntry {
     lines: u64,
 }
 
+/// An operation of a block: a fast form and the handler the block runs it with (its
+/// own, or its quiet form).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BlockOp {
+    handler: Handler,
+    op: FastOp,
+}
+
 /// The block cache: a direct-mapped table of blocks over an arena of operations.
 #[derive(Debug, Default)]
 pub(super) struct Blocks {
     table: Vec<BlockEntry>,
-    ops: Vec<FastOp>,
+    ops: Vec<BlockOp>,
     /// Current epoch, pre-shifted to bits 52..64.
     epoch: u64,
 }
@@ -88,10 +98,14 @@ impl Cpu {
         any_breakpoints: bool,
     ) -> Option<Option<Exit>> {
         let rip = self.st.rip;
+        // Blocks neither fetch nor translate: the fetch page stays for the whole run.
+        let (page, page_gpa) = (self.tlb.fetch_vpn, self.tlb.fetch_page);
         if self.st.interrupt_shadow
             || self.st.rflags & flags::RF != 0
             || self.mmio_input.is_some()
-            || rip >> 12 != self.tlb.fetch_vpn
+            || rip >> 12 != page
+            // Not representable in a tag (nor cached by the decode cache).
+            || page_gpa >= TAG_GPA_LIMIT
             // A breakpoint on RIP's line: no block could run (see below).
             || (any_breakpoints && self.breakpoint_on_line(rip))
         {
@@ -107,14 +121,10 @@ impl Cpu {
         let mut exit = None;
         'blocks: loop {
             let rip = self.st.rip;
-            if rip >> 12 != self.tlb.fetch_vpn {
+            if rip >> 12 != page {
                 break;
             }
-            let gpa = self.tlb.fetch_page | (rip & 0xfff);
-            if gpa >= TAG_GPA_LIMIT {
-                // Not representable in a tag (nor cached by the decode cache).
-                break;
-            }
+            let gpa = page_gpa | (rip & 0xfff);
             let Some(&found) = self.blocks.table.get(Blocks::index(gpa)) else {
                 break;
             };
@@ -128,8 +138,8 @@ impl Cpu {
                 e = self.build_block(mem, rip, gpa);
                 ops = std::mem::take(&mut self.blocks.ops);
             }
-            if e.len == 0
-                || e.len as u64 > limit - self.icount
+            // An empty block (len 0) wraps around to the largest count: it never runs.
+            if (e.len as u64).wrapping_sub(1) >= limit - self.icount
                 || (any_breakpoints && self.fetch_page_breakpoint_lines & e.lines != 0)
             {
                 break;
@@ -137,12 +147,12 @@ impl Cpu {
             ran = true;
             let start = e.start as usize;
             let base = self.icount;
-            for (done, op) in ops[start..start + e.len as usize].iter().enumerate() {
-                let Some(handler) = op.handler else {
-                    unreachable!("blocks hold fast forms only")
-                };
-                // Only a block's last instruction may branch: the others just advance
-                // RIP (and the instruction count is written back once per block).
+            for (done, BlockOp { handler, op }) in
+                ops[start..start + e.len as usize].iter().enumerate()
+            {
+                // A branch (the block's last operation, or a direct jump or call within
+                // it) leaves RIP in `next_rip`; the others just advance it (and the
+                // instruction count is written back once per block).
                 let result = if op.branch {
                     self.next_rip = self.st.rip.wrapping_add(op.len as u64);
                     let r = handler(self, mem, op);
@@ -218,18 +228,26 @@ impl Cpu {
                 _ => break,
             };
             let op = self.decode_cache[idx].op;
-            if op.handler.is_none() {
+            let Some(handler) = op.handler else {
                 break;
-            }
-            self.blocks.ops.push(op);
+            };
+            self.blocks.ops.push(BlockOp { handler, op });
             len += 1;
             lines |= line_bit(r);
-            r = r.wrapping_add(op.len as u64);
-            g = g.wrapping_add(op.len as u64);
             if op.branch {
-                break;
+                // A jump or call to the same page goes on at its target.
+                let target = op.target(r);
+                if !op.direct || target >> 12 != rip >> 12 {
+                    break;
+                }
+                g = (g & !0xfff) | (target & 0xfff);
+                r = target;
+            } else {
+                r = r.wrapping_add(op.len as u64);
+                g = g.wrapping_add(op.len as u64);
             }
         }
+        self.drop_dead_flags(start);
         let e = BlockEntry {
             tag: gpa | self.blocks.epoch,
             start: start as u32,
@@ -238,5 +256,35 @@ impl Cpu {
         };
         self.blocks.table[Blocks::index(gpa)] = e;
         e
+    }
+
+    /// Gives the operations of the block at `start` in the arena whose status flags
+    /// nothing can observe their quiet form (see [`FastOp::quiet`]), going
+    /// backwards from the end of the block with the flags still to be read ("live").
+    /// Every flag is live at the end of the block (the next block, an interrupt, a
+    /// digest or any reader of the state may look at them) and before an operation
+    /// that may fault or exit (exception delivery pushes RFLAGS; an exit shows the
+    /// state); an operation that writes memory keeps its own flags too, as the block
+    /// may stop right after it. Otherwise a flag stops being live above an operation
+    /// that sets it whatever its value before (an undefined flag the recording host
+    /// keeps is not set). Blocks run whole or stop only at those operations, and the
+    /// instruction count's boundaries (limits, interrupts, digests) fall between
+    /// blocks, so every flag that can be observed is exact.
+    fn drop_dead_flags(&mut self, start: usize) {
+        let mut live = flags::STATUS;
+        for BlockOp { handler, op } in self.blocks.ops[start..].iter_mut().rev() {
+            let written = op.flags.overwritten(&self.undefined);
+            if written & live == 0
+                && !op.writes_memory
+                && let Some(quiet) = op.quiet
+            {
+                *handler = quiet;
+            }
+            live = if op.may_fault {
+                flags::STATUS
+            } else {
+                live & !written
+            };
+        }
     }
 }

@@ -308,13 +308,57 @@ fn full_turn_flags(left: bool, a: u64, size: usize, old: u64, rules: &UndefinedR
     rules.masks(family, size).resolve(OF, old, natural, last, 0)
 }
 
+/// The status flags a shift or rotate by `count` (already masked) of a `size`-byte
+/// operand may change, those of them it leaves undefined, and the family whose rules
+/// decide these (as [`shift`] computes them).
+pub fn shift_flags(op: ShiftOp, count: u32, size: usize) -> (u64, u64, Option<Family>) {
+    let bits = size as u32 * 8;
+    if count == 0 {
+        return (0, 0, None);
+    }
+    let rotate_undefined = if count > 1 { OF } else { 0 };
+    match op {
+        ShiftOp::Shl => (
+            STATUS,
+            shift_undefined(count, bits, true),
+            Some(Family::Shl),
+        ),
+        ShiftOp::Shr => (
+            STATUS,
+            shift_undefined(count, bits, true),
+            Some(Family::Shr),
+        ),
+        ShiftOp::Sar => (
+            STATUS,
+            shift_undefined(count, bits, false),
+            Some(Family::Sar),
+        ),
+        ShiftOp::Rol => (CF | OF, rotate_undefined, Some(Family::Rol)),
+        ShiftOp::Ror => (CF | OF, rotate_undefined, Some(Family::Ror)),
+        ShiftOp::Rcl | ShiftOp::Rcr => {
+            let left = op == ShiftOp::Rcl;
+            if bits < 32 && count.is_multiple_of(bits + 1) {
+                let family = if left {
+                    Family::RclFullTurn
+                } else {
+                    Family::RcrFullTurn
+                };
+                (OF, OF, Some(family))
+            } else {
+                let family = if left { Family::Rcl } else { Family::Rcr };
+                (CF | OF, rotate_undefined, Some(family))
+            }
+        }
+    }
+}
+
 /// Shifts/rotates `a` by `count` (already masked to 5 or 6 bits). Returns the result and
 /// the new RFLAGS (only status bits change). A zero count changes nothing.
 ///
 /// The undefined flags ([`Family::Shl`] and the rest) follow `rules`: for OF after a
 /// count above 1, the first step's OF is that of a one-bit shift of `a`; the last
 /// step's is the one-bit formula applied to the result and CF.
-#[inline]
+#[inline(always)]
 pub fn shift(
     op: ShiftOp,
     a: u64,
@@ -587,6 +631,77 @@ mod tests {
         }
         assert_eq!(multiply(Family::Mul, 0, 2, false, 0, &rules[3]), ZF | PF);
         assert_eq!(multiply(Family::Mul, 0, 2, false, 0, &rules[1]), 0);
+    }
+
+    /// `shift_flags` against `shift`: a shift changes no status flag outside those it
+    /// names, the defined ones do not depend on the flags before, and the undefined
+    /// ones are the flags before where the rules keep them.
+    #[test]
+    fn shift_flags_name_what_shift_writes() {
+        use crate::cpu::undefined::{FlagRule, UndefinedBehaviour};
+        let keep = UndefinedRules::new(&UndefinedBehaviour::uniform(FlagRule::Keep));
+        let ops = [
+            ShiftOp::Rol,
+            ShiftOp::Ror,
+            ShiftOp::Rcl,
+            ShiftOp::Rcr,
+            ShiftOp::Shl,
+            ShiftOp::Shr,
+            ShiftOp::Sar,
+        ];
+        let values = [
+            0u64,
+            1,
+            0x80,
+            0x8000,
+            0x8000_0000,
+            0x8000_0000_0000_0000,
+            0x5a5a_a5a5_0ff0_f00f,
+            u64::MAX,
+        ];
+        let mut undefined_seen = 0;
+        for op in ops {
+            for size in [1usize, 2, 4, 8] {
+                let max = if size == 8 { 63 } else { 31 };
+                for count in 0..=max {
+                    let (written, undefined, family) = shift_flags(op, count, size);
+                    assert_eq!(undefined & !written, 0, "{op:?} {size} {count}");
+                    assert_eq!(family.is_some(), written != 0, "{op:?} {size} {count}");
+                    if let Some(f) = family {
+                        assert_eq!(undefined & !f.undefined_flags(), 0, "{op:?} {f:?}");
+                    }
+                    undefined_seen |= undefined;
+                    for &a in &values {
+                        let a = a & mask(size);
+                        let all = [0, STATUS, CF, OF | ZF, SF | AF | PF];
+                        for rules in [&UndefinedRules::default(), &keep] {
+                            let results: Vec<u64> = all
+                                .iter()
+                                .map(|&old| shift(op, a, count, size, old, rules).1)
+                                .collect();
+                            for (&old, &f) in all.iter().zip(&results) {
+                                let what = format!(
+                                    "{op:?} size {size} count {count} a {a:#x} old {old:#x}"
+                                );
+                                assert_eq!(f & !written, old & !written, "{what}: outside");
+                                // rcl/rcr read CF: compared with a result from the same CF.
+                                let same = if matches!(op, ShiftOp::Rcl | ShiftOp::Rcr) {
+                                    all.iter().position(|&o| o & CF == old & CF).unwrap_or(0)
+                                } else {
+                                    0
+                                };
+                                let defined = written & !undefined;
+                                assert_eq!(f & defined, results[same] & defined, "{what}: defined");
+                                if std::ptr::eq(rules, &keep) {
+                                    assert_eq!(f & undefined, old & undefined, "{what}: kept");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(undefined_seen, CF | OF | AF);
     }
 
     #[test]

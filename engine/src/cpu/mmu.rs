@@ -448,6 +448,28 @@ impl Cpu {
         size: usize,
         ss: bool,
     ) -> R<u64> {
+        // The common case calls nothing (so the caller needs no stack frame for it);
+        // the rest is out of line.
+        if (la & 0xfff) as usize + size <= 4096
+            && (!ss || canonical(la))
+            && let Some(gpa) = self.tlb_fast(la, false)
+            && let Some(v) = mem.cached_value(gpa, size)
+        {
+            return Ok(v);
+        }
+        self.read_lin_uncached(mem, la, size, ss)
+    }
+
+    /// [`Self::read_lin`] where the page is not in the memory's cache, or not in the
+    /// TLB, or the access is not within one page.
+    #[inline(never)]
+    fn read_lin_uncached(
+        &mut self,
+        mem: &mut GuestMemory,
+        la: u64,
+        size: usize,
+        ss: bool,
+    ) -> R<u64> {
         if (la & 0xfff) as usize + size <= 4096
             && (!ss || canonical(la))
             && let Some(gpa) = self.tlb_fast(la, false)
@@ -489,6 +511,29 @@ impl Cpu {
     /// Writes the low `size` bytes of `v` at a linear address.
     #[inline(always)]
     pub(crate) fn write_lin(
+        &mut self,
+        mem: &mut GuestMemory,
+        la: u64,
+        size: usize,
+        v: u64,
+        ss: bool,
+    ) -> R<()> {
+        // As in `read_lin`: the common case calls nothing.
+        if (la & 0xfff) as usize + size <= 4096
+            && (!ss || canonical(la))
+            && let Some(gpa) = self.tlb_fast(la, true)
+            && mem.write_cached(gpa, size, v)
+        {
+            return Ok(());
+        }
+        self.write_lin_uncached(mem, la, size, v, ss)
+    }
+
+    /// [`Self::write_lin`] where the memory's cache does not own the page or the write
+    /// touches code, or the page is not in the TLB, or the access is not within one
+    /// page.
+    #[inline(never)]
+    fn write_lin_uncached(
         &mut self,
         mem: &mut GuestMemory,
         la: u64,

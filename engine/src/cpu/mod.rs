@@ -506,6 +506,8 @@ impl Cpu {
     pub fn set_quirks(&mut self, quirks: Quirks) {
         self.undefined = std::sync::Arc::new(undefined::UndefinedRules::new(&quirks.undefined));
         self.quirks = std::sync::Arc::new(quirks);
+        // Blocks leave out flags by the rules (`block.rs`).
+        self.blocks.invalidate_all();
     }
 
     pub fn quirks(&self) -> &Quirks {

@@ -14,8 +14,8 @@
 
 use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
-use super::super::flags::{self, ShiftOp, mask};
-use super::super::undefined::Family;
+use super::super::flags::{self, AF, CF, STATUS, ShiftOp, mask};
+use super::super::undefined::{Family, UndefinedRules};
 use super::super::{Cpu, Fault, R};
 use super::arith::XorOp;
 use super::arith::{AddOp, AndOp, ArithOp, CmpOp, DecOp, IncOp, OrOp, SubOp, TestOp, UnaryOp};
@@ -28,6 +28,14 @@ use crate::state::seg;
 /// What a handler returns: the fault is boxed so that the result fits in a register
 /// (faults are rare; every instruction returns).
 pub(crate) type HandlerResult = Result<(), Box<Fault>>;
+
+/// A fault as a handler returns it. Out of line and cold, so that a handler's common
+/// path does not carry the allocation.
+#[cold]
+#[inline(never)]
+fn boxed(f: Fault) -> Box<Fault> {
+    Box::new(f)
+}
 
 /// Executes one instruction of a fast form.
 pub(crate) type Handler = fn(&mut Cpu, &mut GuestMemory, &FastOp) -> HandlerResult;
@@ -104,14 +112,24 @@ pub(crate) struct FastOp {
     pub(crate) handler: Option<Handler>,
     /// Length of the instruction in bytes.
     pub(crate) len: u8,
-    /// A branch, call or return: it ends a block (see [`crate::cpu::block`]).
+    /// A branch, call or return: it ends a block (see [`crate::cpu::block`]) unless
+    /// it is `direct`.
     pub(crate) branch: bool,
+    /// A `jmp` or `call` to its RIP plus `imm`: a block may go on at the target.
+    pub(crate) direct: bool,
     /// It may write memory (which may be code or a page table).
     pub(crate) writes_memory: bool,
+    /// It may fault or exit (it accesses memory): everything before it is observable.
+    pub(crate) may_fault: bool,
+    /// The same operation without its status flags, for a block in which nothing can
+    /// observe them before they are written again (see [`crate::cpu::block`]).
+    pub(crate) quiet: Option<Handler>,
+    /// The status flags it may write.
+    pub(crate) flags: FlagEffect,
     /// Destination and source GPR indexes (or [`NO_REG`]), as the handler defines them.
     d: u8,
     s: u8,
-    /// Extra form bits for the less common handlers (see [`extend`] and [`imul`]).
+    /// Extra form bits of [`imul`].
     aux: u8,
     mem: MemOperand,
     /// The immediate masked to the operand size, the shift count, or the branch
@@ -120,19 +138,69 @@ pub(crate) struct FastOp {
 }
 
 impl FastOp {
+    /// Where a [`Self::direct`] branch at `rip` goes.
+    pub(crate) fn target(&self, rip: u64) -> u64 {
+        rip.wrapping_add(self.imm)
+    }
+
     /// The form of an instruction that takes the general path.
     pub(crate) fn generic(len: usize) -> FastOp {
         FastOp {
             handler: None,
             len: len as u8,
             branch: false,
+            direct: false,
             writes_memory: true,
+            may_fault: true,
+            quiet: None,
+            flags: FlagEffect::NONE,
             d: NO_REG,
             s: NO_REG,
             aux: 0,
             mem: MemOperand::NONE,
             imm: 0,
         }
+    }
+}
+
+/// The status flags an instruction writes, given the recording host's rules for those
+/// the architecture leaves undefined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FlagEffect {
+    /// The status flags it may change.
+    written: u16,
+    /// Those of them whose value the family's rules decide (the others are defined).
+    undefined: u16,
+    family: Option<Family>,
+    /// The operand size in bytes (for the rules).
+    size: u8,
+}
+
+impl FlagEffect {
+    pub(crate) const NONE: FlagEffect = FlagEffect {
+        written: 0,
+        undefined: 0,
+        family: None,
+        size: 8,
+    };
+
+    fn new(written: u64, undefined: u64, family: Option<Family>, size: u8) -> FlagEffect {
+        FlagEffect {
+            written: written as u16,
+            undefined: undefined as u16,
+            family,
+            size,
+        }
+    }
+
+    /// The status flags the instruction sets whatever their value before: all it
+    /// writes but the undefined ones the rules keep.
+    pub(crate) fn overwritten(&self, rules: &UndefinedRules) -> u64 {
+        let kept = match self.family {
+            Some(f) => rules.masks(f, self.size as usize).keep & self.undefined as u64,
+            None => 0,
+        };
+        self.written as u64 & !kept
     }
 }
 
@@ -157,8 +225,16 @@ fn gpr_extend_source(r: Register) -> Option<(u8, u8)> {
     }
 }
 
-/// Picks `$f::<..., SIZE>` for a register operand size of 4 or 8.
+/// Picks `$f::<..., SIZE>` (or `$f::<..., SIZE, FLAGS>`) for a register operand size
+/// of 4 or 8.
 macro_rules! by_size48 {
+    ($size:expr, $f:ident $(, $c:tt)* ; $flags:tt) => {
+        if $size == 4 {
+            $f::<$($c,)* 4, $flags> as Handler
+        } else {
+            $f::<$($c,)* 8, $flags> as Handler
+        }
+    };
     ($size:expr, $f:ident $(, $c:tt)*) => {
         if $size == 4 {
             $f::<$($c,)* 4> as Handler
@@ -180,8 +256,20 @@ macro_rules! by_size {
     };
 }
 
-/// Picks `$f::<Op, SIZE>` for the ALU operation of mnemonic `$m`.
+/// Picks `$f::<Op, SIZE>` (or `$f::<Op, SIZE, FLAGS>`) for the ALU operation of
+/// mnemonic `$m`.
 macro_rules! by_alu_op {
+    ($m:expr, $pick:ident, $size:expr, $f:ident ; $flags:tt) => {
+        match $m {
+            Mnemonic::Add => $pick!($size, $f, AddOp; $flags),
+            Mnemonic::Or => $pick!($size, $f, OrOp; $flags),
+            Mnemonic::And => $pick!($size, $f, AndOp; $flags),
+            Mnemonic::Sub => $pick!($size, $f, SubOp; $flags),
+            Mnemonic::Xor => $pick!($size, $f, XorOp; $flags),
+            Mnemonic::Cmp => $pick!($size, $f, CmpOp; $flags),
+            _ => $pick!($size, $f, TestOp; $flags),
+        }
+    };
     ($m:expr, $pick:ident, $size:expr, $f:ident) => {
         match $m {
             Mnemonic::Add => $pick!($size, $f, AddOp),
@@ -247,15 +335,39 @@ fn jcc_handler(cc: ConditionCode) -> Handler {
 /// The form of one instruction, before its memory operand is attached.
 struct Form {
     handler: Handler,
+    quiet: Option<Handler>,
+    flags: FlagEffect,
     d: u8,
     s: u8,
     aux: u8,
     imm: u64,
 }
 
+/// A form that writes no status flags.
 fn form(handler: Handler, d: u8, s: u8, imm: u64) -> Option<Form> {
     Some(Form {
         handler,
+        quiet: None,
+        flags: FlagEffect::NONE,
+        d,
+        s,
+        aux: 0,
+        imm,
+    })
+}
+
+/// A form that writes the status flags `flags`, and `quiet`, the same without them.
+fn flagged(
+    (handler, quiet): (Handler, Handler),
+    flags: FlagEffect,
+    d: u8,
+    s: u8,
+    imm: u64,
+) -> Option<Form> {
+    Some(Form {
+        handler,
+        quiet: Some(quiet),
+        flags,
         d,
         s,
         aux: 0,
@@ -273,7 +385,8 @@ pub(crate) fn classify(ins: &Instruction) -> FastOp {
     {
         return generic;
     }
-    let mem = if (0..ins.op_count()).any(|n| ins.op_kind(n) == OpKind::Memory) {
+    let has_mem = (0..ins.op_count()).any(|n| ins.op_kind(n) == OpKind::Memory);
+    let mem = if has_mem {
         match MemOperand::of(ins) {
             Some(m) => m,
             None => return generic,
@@ -284,14 +397,25 @@ pub(crate) fn classify(ins: &Instruction) -> FastOp {
     let Some(f) = classify_form(ins) else {
         return generic;
     };
+    let m = ins.mnemonic();
     FastOp {
         handler: Some(f.handler),
         len: ins.len() as u8,
         branch: ins.flow_control() != iced_x86::FlowControl::Next,
-        writes_memory: matches!(ins.mnemonic(), Mnemonic::Push | Mnemonic::Call)
+        direct: matches!(
+            ins.code(),
+            Code::Jmp_rel8_64 | Code::Jmp_rel32_64 | Code::Call_rel32_64
+        ),
+        writes_memory: matches!(m, Mnemonic::Push | Mnemonic::Call)
             || (ins.op_count() > 0
                 && ins.op_kind(0) == OpKind::Memory
-                && !matches!(ins.mnemonic(), Mnemonic::Cmp | Mnemonic::Test)),
+                && !matches!(m, Mnemonic::Cmp | Mnemonic::Test)),
+        may_fault: matches!(
+            m,
+            Mnemonic::Push | Mnemonic::Pop | Mnemonic::Call | Mnemonic::Ret
+        ) || (has_mem && !matches!(m, Mnemonic::Lea | Mnemonic::Nop)),
+        quiet: f.quiet,
+        flags: f.flags,
         d: f.d,
         s: f.s,
         aux: f.aux,
@@ -362,11 +486,19 @@ fn classify_form(ins: &Instruction) -> Option<Form> {
         M::Inc | M::Dec if ins.op_count() == 1 => {
             let (d, size) = o.reg(0)?;
             let h = if m == M::Inc {
-                by_size48!(size, unary_r, IncOp)
+                (
+                    by_size48!(size, unary_r, IncOp; true),
+                    by_size48!(size, unary_r, IncOp; false),
+                )
             } else {
-                by_size48!(size, unary_r, DecOp)
+                (
+                    by_size48!(size, unary_r, DecOp; true),
+                    by_size48!(size, unary_r, DecOp; false),
+                )
             };
-            form(h, d, NO_REG, 0)
+            // CF is kept.
+            let flags = FlagEffect::new(STATUS & !CF, 0, None, size);
+            flagged(h, flags, d, NO_REG, 0)
         }
         M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror if two => shift_form(&o, m),
         M::Lea => {
@@ -426,31 +558,73 @@ fn extend_form(o: &Operands, signed: bool) -> Option<Form> {
         OpKind::Memory if matches!(o.msize, 1 | 2 | 4) => (NO_REG, o.msize as u8),
         _ => return None,
     };
-    Some(Form {
-        handler: by_size48!(size, extend_r),
-        d,
-        s,
-        aux: src_size | if signed { EXTEND_SIGNED } else { 0 },
-        imm: 0,
-    })
+    macro_rules! pick {
+        ($f:ident) => {
+            match (src_size, signed) {
+                (1, false) => by_size48!(size, $f, 1, false),
+                (2, false) => by_size48!(size, $f, 2, false),
+                (4, false) => by_size48!(size, $f, 4, false),
+                (1, true) => by_size48!(size, $f, 1, true),
+                (2, true) => by_size48!(size, $f, 2, true),
+                _ => by_size48!(size, $f, 4, true),
+            }
+        };
+    }
+    let handler = if s == NO_REG {
+        pick!(extend_m)
+    } else {
+        pick!(extend_r)
+    };
+    form(handler, d, s, 0)
+}
+
+/// The status flags of `add`, `or`, `and`, `sub`, `xor`, `cmp`, `test` (mnemonic `m`)
+/// on `size`-byte operands: all of them; AF undefined for the logical ones.
+fn alu_flags(m: Mnemonic, size: usize) -> FlagEffect {
+    let family = match m {
+        Mnemonic::And => Family::And,
+        Mnemonic::Or => Family::Or,
+        Mnemonic::Xor => Family::Xor,
+        Mnemonic::Test => Family::Test,
+        _ => return FlagEffect::new(STATUS, 0, None, size as u8),
+    };
+    FlagEffect::new(STATUS, AF, Some(family), size as u8)
 }
 
 /// `add`, `or`, `and`, `sub`, `xor`, `cmp`, `test` (mnemonic `m`).
 fn alu_form(o: &Operands, m: Mnemonic) -> Option<Form> {
     let msize = o.msize;
     match (o.reg(0), o.reg(1)) {
-        (Some((d, a)), Some((s, b))) if a == b => {
-            form(by_alu_op!(m, by_size48, a, alu_rr), d, s, 0)
-        }
-        (Some((d, size)), None) if o.imm(1) => form(
-            by_alu_op!(m, by_size48, size, alu_ri),
+        (Some((d, a)), Some((s, b))) if a == b => flagged(
+            (
+                by_alu_op!(m, by_size48, a, alu_rr; true),
+                by_alu_op!(m, by_size48, a, alu_rr; false),
+            ),
+            alu_flags(m, a as usize),
+            d,
+            s,
+            0,
+        ),
+        (Some((d, size)), None) if o.imm(1) => flagged(
+            (
+                by_alu_op!(m, by_size48, size, alu_ri; true),
+                by_alu_op!(m, by_size48, size, alu_ri; false),
+            ),
+            alu_flags(m, size as usize),
             d,
             NO_REG,
             o.imm1(size as usize),
         ),
-        (Some((d, size)), None) if o.mem(1) && msize == size as usize => {
-            form(by_alu_op!(m, by_size48, size, alu_rm), d, NO_REG, 0)
-        }
+        (Some((d, size)), None) if o.mem(1) && msize == size as usize => flagged(
+            (
+                by_alu_op!(m, by_size48, size, alu_rm; true),
+                by_alu_op!(m, by_size48, size, alu_rm; false),
+            ),
+            alu_flags(m, size as usize),
+            d,
+            NO_REG,
+            0,
+        ),
         (None, Some((s, size))) if o.mem(0) && msize == size as usize => {
             form(by_alu_op!(m, by_size, size, alu_mr), NO_REG, s, 0)
         }
@@ -481,7 +655,14 @@ fn imul_form(o: &Operands) -> Option<Form> {
         return None;
     }
     Some(Form {
-        handler: by_size48!(size, imul),
+        handler: by_size48!(size, imul; true),
+        quiet: Some(by_size48!(size, imul; false)),
+        flags: FlagEffect::new(
+            STATUS,
+            Family::ImulMultiOperand.undefined_flags(),
+            Some(Family::ImulMultiOperand),
+            size,
+        ),
         d,
         s,
         aux: with_imm as u8,
@@ -501,19 +682,31 @@ fn shift_form(o: &Operands, m: Mnemonic) -> Option<Form> {
         return None;
     }
     let count = (o.ins.immediate(1) & 0xff) & if size == 8 { 63 } else { 31 };
-    let h = match m {
-        M::Shl | M::Sal => by_size48!(size, shift_ri, SHL),
-        M::Shr => by_size48!(size, shift_ri, SHR),
-        M::Sar => by_size48!(size, shift_ri, SAR),
-        M::Rol => by_size48!(size, shift_ri, ROL),
-        _ => by_size48!(size, shift_ri, ROR),
+    macro_rules! pair {
+        ($op:tt) => {
+            (
+                by_size48!(size, shift_ri, $op; true),
+                by_size48!(size, shift_ri, $op; false),
+            )
+        };
+    }
+    let (h, op) = match m {
+        M::Shl | M::Sal => (pair!(SHL), SHL),
+        M::Shr => (pair!(SHR), SHR),
+        M::Sar => (pair!(SAR), SAR),
+        M::Rol => (pair!(ROL), ROL),
+        _ => (pair!(ROR), ROR),
     };
-    form(h, d, NO_REG, count)
+    let (written, undefined, family) =
+        flags::shift_flags(shift_op(op), count as u32, size as usize);
+    flagged(
+        h,
+        FlagEffect::new(written, undefined, family, size),
+        d,
+        NO_REG,
+        count,
+    )
 }
-
-/// [`FastOp::aux`] of [`extend_r`]: the source size in bytes, and this bit for a sign
-/// extension.
-const EXTEND_SIGNED: u8 = 0x80;
 
 // ---- the handlers ----
 
@@ -578,7 +771,7 @@ fn mov_ri<const SIZE: usize>(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) ->
 }
 
 fn mov_rm<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
-    let v = cpu.fast_read(mem, &op.mem, SIZE)?;
+    let v = cpu.fast_read(mem, &op.mem, SIZE).map_err(boxed)?;
     set_gpr::<SIZE>(cpu, op.d, v);
     Ok(())
 }
@@ -586,33 +779,49 @@ fn mov_rm<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) 
 fn mov_mr<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     let la = cpu.fast_la(&op.mem);
     let v = gpr::<SIZE>(cpu, op.s);
-    Ok(cpu.write_lin(mem, la, SIZE, v, op.mem.ss)?)
+    cpu.write_lin(mem, la, SIZE, v, op.mem.ss).map_err(boxed)
 }
 
 fn mov_mi<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     let la = cpu.fast_la(&op.mem);
-    Ok(cpu.write_lin(mem, la, SIZE, op.imm, op.mem.ss)?)
+    cpu.write_lin(mem, la, SIZE, op.imm, op.mem.ss)
+        .map_err(boxed)
 }
 
-/// movzx/movsx/movsxd: `aux` holds the source size and [`EXTEND_SIGNED`]; the source
-/// is register `s` or memory.
-fn extend_r<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
-    let src_size = (op.aux & !EXTEND_SIGNED) as usize;
-    let v = if op.s == NO_REG {
-        cpu.fast_read(mem, &op.mem, src_size)?
-    } else {
-        cpu.st.gpr[op.s as usize & 15] & mask(src_size)
-    };
-    set_gpr::<SIZE>(cpu, op.d, extend(v, src_size, op.aux & EXTEND_SIGNED != 0));
+/// movzx/movsx/movsxd (`SIGNED`) of the `SRC`-byte register `s`.
+fn extend_r<const SRC: usize, const SIGNED: bool, const SIZE: usize>(
+    cpu: &mut Cpu,
+    _: &mut GuestMemory,
+    op: &FastOp,
+) -> HandlerResult {
+    let v = cpu.st.gpr[op.s as usize & 15] & mask(SRC);
+    set_gpr::<SIZE>(cpu, op.d, extend(v, SRC, SIGNED));
     Ok(())
 }
 
-/// `d op= b` for a register destination.
+/// movzx/movsx/movsxd (`SIGNED`) of `SRC` bytes of memory.
+fn extend_m<const SRC: usize, const SIGNED: bool, const SIZE: usize>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    op: &FastOp,
+) -> HandlerResult {
+    let v = cpu.fast_read(mem, &op.mem, SRC).map_err(boxed)?;
+    set_gpr::<SIZE>(cpu, op.d, extend(v, SRC, SIGNED));
+    Ok(())
+}
+
+/// `d op= b` for a register destination; the status flags only with `FLAGS`.
 #[inline(always)]
-fn alu_to_reg<Op: ArithOp, const SIZE: usize>(cpu: &mut Cpu, d: u8, b: u64) -> HandlerResult {
+fn alu_to_reg<Op: ArithOp, const SIZE: usize, const FLAGS: bool>(
+    cpu: &mut Cpu,
+    d: u8,
+    b: u64,
+) -> HandlerResult {
     let a = gpr::<SIZE>(cpu, d);
     let (r, f) = Op::apply(a, b, SIZE, cpu.st.rflags, &cpu.undefined);
-    cpu.set_status(f);
+    if FLAGS {
+        cpu.set_status(f);
+    }
     if Op::WRITES {
         set_gpr::<SIZE>(cpu, d, r);
     }
@@ -628,39 +837,39 @@ fn alu_to_mem<Op: ArithOp, const SIZE: usize>(
     b: u64,
 ) -> HandlerResult {
     let la = cpu.fast_la(&op.mem);
-    let a = cpu.read_lin(mem, la, SIZE, op.mem.ss)?;
+    let a = cpu.read_lin(mem, la, SIZE, op.mem.ss).map_err(boxed)?;
     let (r, f) = Op::apply(a, b, SIZE, cpu.st.rflags, &cpu.undefined);
     if Op::WRITES {
-        cpu.write_lin(mem, la, SIZE, r, op.mem.ss)?;
+        cpu.write_lin(mem, la, SIZE, r, op.mem.ss).map_err(boxed)?;
     }
     cpu.set_status(f);
     Ok(())
 }
 
-fn alu_rr<Op: ArithOp, const SIZE: usize>(
+fn alu_rr<Op: ArithOp, const SIZE: usize, const FLAGS: bool>(
     cpu: &mut Cpu,
     _: &mut GuestMemory,
     op: &FastOp,
 ) -> HandlerResult {
     let b = gpr::<SIZE>(cpu, op.s);
-    alu_to_reg::<Op, SIZE>(cpu, op.d, b)
+    alu_to_reg::<Op, SIZE, FLAGS>(cpu, op.d, b)
 }
 
-fn alu_ri<Op: ArithOp, const SIZE: usize>(
+fn alu_ri<Op: ArithOp, const SIZE: usize, const FLAGS: bool>(
     cpu: &mut Cpu,
     _: &mut GuestMemory,
     op: &FastOp,
 ) -> HandlerResult {
-    alu_to_reg::<Op, SIZE>(cpu, op.d, op.imm)
+    alu_to_reg::<Op, SIZE, FLAGS>(cpu, op.d, op.imm)
 }
 
-fn alu_rm<Op: ArithOp, const SIZE: usize>(
+fn alu_rm<Op: ArithOp, const SIZE: usize, const FLAGS: bool>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
     op: &FastOp,
 ) -> HandlerResult {
-    let b = cpu.fast_read(mem, &op.mem, SIZE)?;
-    alu_to_reg::<Op, SIZE>(cpu, op.d, b)
+    let b = cpu.fast_read(mem, &op.mem, SIZE).map_err(boxed)?;
+    alu_to_reg::<Op, SIZE, FLAGS>(cpu, op.d, b)
 }
 
 /// op [mem], reg (any operand size: the register's low bytes).
@@ -683,9 +892,14 @@ fn alu_mi<Op: ArithOp, const SIZE: usize>(
 
 /// imul reg, reg or [mem] (`s` = [`NO_REG`]), times the immediate if `aux` is 1, else
 /// times the destination.
-fn imul<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
+/// The status flags only with `FLAGS`.
+fn imul<const SIZE: usize, const FLAGS: bool>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    op: &FastOp,
+) -> HandlerResult {
     let a = if op.s == NO_REG {
-        cpu.fast_read(mem, &op.mem, SIZE)?
+        cpu.fast_read(mem, &op.mem, SIZE).map_err(boxed)?
     } else {
         gpr::<SIZE>(cpu, op.s)
     };
@@ -696,12 +910,14 @@ fn imul<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) ->
     };
     let (r, overflow) = imul_truncated(a, b, SIZE);
     set_gpr::<SIZE>(cpu, op.d, r);
-    cpu.set_mul_flags(Family::ImulMultiOperand, r, SIZE, overflow);
+    if FLAGS {
+        cpu.set_mul_flags(Family::ImulMultiOperand, r, SIZE, overflow);
+    }
     Ok(())
 }
 
-/// `inc` and `dec` of a register.
-fn unary_r<Op: UnaryOp, const SIZE: usize>(
+/// `inc` and `dec` of a register; the status flags only with `FLAGS`.
+fn unary_r<Op: UnaryOp, const SIZE: usize, const FLAGS: bool>(
     cpu: &mut Cpu,
     _: &mut GuestMemory,
     op: &FastOp,
@@ -709,27 +925,34 @@ fn unary_r<Op: UnaryOp, const SIZE: usize>(
     let a = gpr::<SIZE>(cpu, op.d);
     let (r, f) = Op::apply(a, SIZE, cpu.st.rflags);
     set_gpr::<SIZE>(cpu, op.d, r);
-    cpu.set_status(f);
+    if FLAGS {
+        cpu.set_status(f);
+    }
     Ok(())
 }
 
-fn shift_ri<const OP: u8, const SIZE: usize>(
+/// The status flags only with `FLAGS`.
+fn shift_ri<const OP: u8, const SIZE: usize, const FLAGS: bool>(
     cpu: &mut Cpu,
     _: &mut GuestMemory,
     op: &FastOp,
 ) -> HandlerResult {
     let a = gpr::<SIZE>(cpu, op.d);
+    // The count is masked at decode time; masking it again tells the compiler that
+    // it is below the operand width.
     let (r, f) = flags::shift(
         shift_op(OP),
         a,
-        op.imm as u32,
+        op.imm as u32 & (SIZE as u32 * 8 - 1),
         SIZE,
         cpu.st.rflags,
         &cpu.undefined,
     );
     // A register destination is written even for a zero count.
     set_gpr::<SIZE>(cpu, op.d, r);
-    cpu.st.rflags = f;
+    if FLAGS {
+        cpu.st.rflags = f;
+    }
     Ok(())
 }
 
@@ -751,20 +974,20 @@ fn jmp_rel(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> HandlerResult {
 
 fn call_rel(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     let t = cpu.st.rip.wrapping_add(op.imm);
-    Ok(cpu.call_near(mem, t)?)
+    cpu.call_near(mem, t).map_err(boxed)
 }
 
 fn ret(cpu: &mut Cpu, mem: &mut GuestMemory, _: &FastOp) -> HandlerResult {
-    Ok(cpu.ret_near(mem, 0)?)
+    cpu.ret_near(mem, 0).map_err(boxed)
 }
 
 fn push(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
     let v = cpu.st.gpr[op.s as usize & 15];
-    Ok(cpu.push(mem, v, 8)?)
+    cpu.push(mem, v, 8).map_err(boxed)
 }
 
 fn pop(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
-    let v = cpu.pop(mem, 8)?;
+    let v = cpu.pop(mem, 8).map_err(boxed)?;
     cpu.st.gpr[op.d as usize & 15] = v;
     Ok(())
 }
