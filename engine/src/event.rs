@@ -205,8 +205,8 @@ impl std::fmt::Display for Event {
 impl Event {
     /// The event's details, as `Display` gives them, with system calls named by
     /// `syscall_name` where it knows the number (`syscall 3 (getpid) from user rip ...`).
-    pub fn text(&self, syscall_name: &dyn Fn(u64) -> Option<&'static str>) -> String {
-        struct Text<'a>(&'a Event, &'a dyn Fn(u64) -> Option<&'static str>);
+    pub fn text(&self, syscall_name: &dyn Fn(u64) -> Option<String>) -> String {
+        struct Text<'a>(&'a Event, &'a dyn Fn(u64) -> Option<String>);
         impl std::fmt::Display for Text<'_> {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 self.0.write_text(f, self.1)
@@ -218,7 +218,7 @@ impl Event {
     fn write_text(
         &self,
         f: &mut std::fmt::Formatter<'_>,
-        syscall_name: &dyn Fn(u64) -> Option<&'static str>,
+        syscall_name: &dyn Fn(u64) -> Option<String>,
     ) -> std::fmt::Result {
         match self {
             Event::UserEntry(u) => {

@@ -99,11 +99,38 @@ impl GuestKernel {
         }
     }
 
-    /// The name of system call `nr`, where known.
-    pub fn syscall_name(self, nr: u64) -> Option<&'static str> {
+    /// The name of system call `nr`, where known: the demo's table; Linux's
+    /// `sys_call_table` entry, read with `read` (guest virtual memory) and named by
+    /// `symbols` without its `__x64_sys_` prefix, as `strace` names it.
+    pub fn syscall_name(
+        self,
+        nr: u64,
+        symbols: &Symbols,
+        read: &dyn Fn(u64, &mut [u8]) -> bool,
+    ) -> Option<String> {
         match self {
-            GuestKernel::Demo(_) => DEMO_SYSCALLS.get(usize::try_from(nr).ok()?).copied(),
-            GuestKernel::Linux(_) | GuestKernel::Unknown => None,
+            GuestKernel::Demo(_) => DEMO_SYSCALLS
+                .get(usize::try_from(nr).ok()?)
+                .map(|s| s.to_string()),
+            GuestKernel::Linux(_) => {
+                let table = symbols.data_symbol("sys_call_table")?;
+                if nr >= table.size / 8 {
+                    return None;
+                }
+                let handler = read_uint(read, table.addr.wrapping_add(nr * 8), 8)?;
+                let located = symbols.lookup(handler)?;
+                if located.offset != 0 {
+                    return None;
+                }
+                let name = &located.function.name;
+                Some(
+                    name.strip_prefix("__x64_sys_")
+                        .or_else(|| name.strip_prefix("__x64_"))
+                        .unwrap_or(name)
+                        .to_string(),
+                )
+            }
+            GuestKernel::Unknown => None,
         }
     }
 
@@ -361,14 +388,20 @@ mod tests {
                 continue;
             };
             assert_eq!(
-                GuestKernel::Demo(None).syscall_name(nr),
-                Some(name.to_lowercase().as_str()),
+                GuestKernel::Demo(None).syscall_name(nr, &Symbols::empty(), &|_, _| false),
+                Some(name.to_lowercase()),
                 "SYS_{name}"
             );
             seen += 1;
         }
         assert_eq!(seen, DEMO_SYSCALLS.len());
-        assert_eq!(GuestKernel::Demo(None).syscall_name(99), None);
-        assert_eq!(GuestKernel::Unknown.syscall_name(0), None);
+        assert_eq!(
+            GuestKernel::Demo(None).syscall_name(99, &Symbols::empty(), &|_, _| false),
+            None
+        );
+        assert_eq!(
+            GuestKernel::Unknown.syscall_name(0, &Symbols::empty(), &|_, _| false),
+            None
+        );
     }
 }

@@ -36,3 +36,12 @@ pub const UART_MCR_LOOP: u8 = 0x10;
 /// kernel right after it copied `len` bytes from user memory into `dst`
 /// (`krr_agent_user_read(dst, src, len)`).
 pub const HOOK_USER_READ: &str = "krr_agent_user_read";
+/// The agent hook the replay stops at to put user bytes back where the kernel is about
+/// to read them: called right before a read whose control flow depends on the bytes
+/// (`krr_agent_user_source(src, len, string)`: `get_user`, `strncpy_from_user`...).
+/// Each call records one user-read event with `dst == src`.
+pub const HOOK_USER_SOURCE: &str = "krr_agent_user_source";
+/// The agent hook the replay stops at to put a user page-table entry back as user mode
+/// left it (accessed and dirty bits): called right before the kernel reads the entry
+/// (`krr_agent_pte_read(ptep)`), which it records.
+pub const HOOK_PTE_READ: &str = "krr_agent_pte_read";

@@ -228,7 +228,7 @@ fn a_format_2_recording_reads_with_the_legacy_rules() {
 }
 
 /// What this build cannot replay faithfully is refused with a clear message, never
-/// replayed wrongly: page-table-entry reads (no recorder produces them yet), and
+/// replayed wrongly: page-table-entry reads where the kernel has no hook to apply them, and
 /// positions from a branch counter.
 #[test]
 fn what_replay_cannot_apply_is_refused() {

@@ -30,7 +30,8 @@ use crate::event::{
     DigestRegisters, Event, Icount, InjectionPoint, KernelInterrupt, RandomInstruction,
 };
 use crate::machine::{
-    HOOK_USER_READ, PORT_COM1, PORT_POWEROFF, UART_LCR, UART_LCR_DLAB, UART_MCR, UART_MCR_LOOP,
+    HOOK_PTE_READ, HOOK_USER_READ, HOOK_USER_SOURCE, PORT_COM1, PORT_POWEROFF, UART_LCR,
+    UART_LCR_DLAB, UART_MCR, UART_MCR_LOOP,
 };
 use crate::memory::GuestMemory;
 use crate::state::{CounterSourceKind, gpr};
@@ -126,8 +127,8 @@ pub struct Replay {
     /// The earliest icount of the next interrupt: its own once found, else the one
     /// the index records for the first event not searched; None when none is left.
     interrupt_bound: Option<Icount>,
-    /// Address of the user-read hook, if the guest has one.
-    hook_user_read: Option<u64>,
+    /// The agent's hooks the guest has, where replay supplies what user mode did.
+    hooks: AgentHooks,
     /// Breakpoints the caller set.
     user_breakpoints: Vec<u64>,
     /// Console bytes replayed so far, and how many of them were already compared.
@@ -201,6 +202,42 @@ impl Default for ReplayLimits {
     }
 }
 
+/// Where the guest's agent hooks are (by symbol, from the recording's header): replay
+/// stops there to supply what user mode did (see `machine::HOOK_*`).
+#[derive(Debug, Clone, Copy, Default)]
+struct AgentHooks {
+    user_read: Option<u64>,
+    user_source: Option<u64>,
+    pte_read: Option<u64>,
+}
+
+impl AgentHooks {
+    fn of(header: &Header) -> AgentHooks {
+        let find = |name: &str| {
+            header
+                .symbols
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.addr)
+        };
+        AgentHooks {
+            user_read: find(HOOK_USER_READ),
+            user_source: find(HOOK_USER_SOURCE),
+            pte_read: find(HOOK_PTE_READ),
+        }
+    }
+
+    fn addrs(&self) -> impl Iterator<Item = u64> + use<> {
+        [self.user_read, self.user_source, self.pte_read]
+            .into_iter()
+            .flatten()
+    }
+
+    fn contains(&self, addr: u64) -> bool {
+        self.addrs().any(|a| a == addr)
+    }
+}
+
 impl Replay {
     /// Opens a recording and restores its initial state, with the default limits.
     pub fn open(path: impl AsRef<Path>) -> Result<Replay, ReplayError> {
@@ -255,10 +292,13 @@ impl Replay {
             }
         }
         let cpu = Cpu::new(cpu_state, header.cpuid.clone());
-        // Events are read when replay gets to them. PTE reads are not replayed yet:
-        // refused here where the statistics count them (a file whose statistics hide
-        // one diverges when replay reaches it).
-        if reader.stats().count(crate::event::EventKind::PteRead) > 0 {
+        // A PTE read is applied at the kernel's `krr_agent_pte_read`: a recording that
+        // holds one but whose kernel has no such hook cannot be replayed faithfully,
+        // and is refused here where the statistics count them (a file whose statistics
+        // hide one diverges when replay reaches it).
+        if AgentHooks::of(&header).pte_read.is_none()
+            && reader.stats().count(crate::event::EventKind::PteRead) > 0
+        {
             let found = reader
                 .events_from(0)
                 .enumerate()
@@ -268,8 +308,8 @@ impl Replay {
                 });
             if let Some((n, addr)) = found {
                 return Err(ReplayError::Unsupported(format!(
-                    "event {n} is a page-table-entry read (at {addr:#x}), which replay does \
-                     not apply yet"
+                    "event {n} is a page-table-entry read (at {addr:#x}), and its kernel has \
+                     no {HOOK_PTE_READ} where replay would apply it"
                 )));
             }
         }
@@ -323,12 +363,8 @@ impl Replay {
         events: Arc<RecordedEvents>,
         final_icount: Option<Icount>,
     ) -> Replay {
-        let hook_user_read = header
-            .symbols
-            .iter()
-            .find(|s| s.name == HOOK_USER_READ)
-            .map(|s| s.addr);
-        cpu.set_breakpoints(hook_user_read);
+        let hooks = AgentHooks::of(&header);
+        cpu.set_breakpoints(hooks.addrs());
         // Behave like the recording host's instruction emulator where it differs from
         // the architecture.
         cpu.set_quirks(header.machine.quirks.clone());
@@ -350,7 +386,7 @@ impl Replay {
             next_interrupt: None,
             interrupt_searched: 0,
             interrupt_bound: None,
-            hook_user_read,
+            hooks,
             user_breakpoints: Vec::new(),
             console: ConsoleLog::default(),
             console_checked: 0,
@@ -518,9 +554,11 @@ impl Replay {
 
     pub fn set_user_breakpoints(&mut self, addrs: Vec<u64>) {
         self.user_breakpoints = addrs;
-        let hooks = self.hook_user_read.into_iter();
-        self.cpu
-            .set_breakpoints(hooks.chain(self.user_breakpoints.iter().copied()));
+        self.cpu.set_breakpoints(
+            self.hooks
+                .addrs()
+                .chain(self.user_breakpoints.iter().copied()),
+        );
     }
 
     /// Takes the chunk holding the next event, unless held already.
@@ -789,7 +827,7 @@ impl Replay {
                         }
                     }
                     if let Some(rip) = self.signature_rip.take()
-                        && Some(rip) != self.hook_user_read
+                        && !self.hooks.contains(rip)
                         && !self.user_breakpoints.contains(&rip)
                     {
                         self.cpu.remove_breakpoint(rip);
@@ -1101,10 +1139,23 @@ impl Replay {
 
     /// Returns true for a caller breakpoint; agent hooks are handled here.
     fn on_breakpoint(&mut self, addr: u64) -> Result<bool, Box<Divergence>> {
-        if Some(addr) != self.hook_user_read {
+        let applied = if Some(addr) == self.hooks.user_read {
+            self.on_user_read()?
+        } else if Some(addr) == self.hooks.user_source {
+            self.on_user_source()?
+        } else if Some(addr) == self.hooks.pte_read {
+            self.on_pte_read()?
+        } else {
             // A signature-placed interrupt's rip is checked by apply_due next.
             return Ok(Some(addr) != self.signature_rip || self.user_breakpoints.contains(&addr));
-        }
+        };
+        Ok(applied && self.user_breakpoints.contains(&addr))
+    }
+
+    /// At `krr_agent_user_read(dst, src, len)`, after the kernel copied `len` bytes from
+    /// user memory: the recorded bytes go to `dst` (the agent may have split a large
+    /// copy over several records). False where the recording ended.
+    fn on_user_read(&mut self) -> Result<bool, Box<Divergence>> {
         let (dst, len) = {
             let st = self.cpu.state();
             (st.gpr[gpr::RDI], st.gpr[gpr::RDX])
@@ -1140,7 +1191,68 @@ impl Replay {
                 }
             }
         }
-        Ok(self.user_breakpoints.contains(&addr))
+        Ok(true)
+    }
+
+    /// At `krr_agent_user_source(src, len, string)`, before the kernel reads user memory
+    /// whose bytes steer it: the one recorded read of this call goes back to `src`, so
+    /// the kernel's read finds what it found when recorded.
+    fn on_user_source(&mut self) -> Result<bool, Box<Divergence>> {
+        let (src, len) = {
+            let st = self.cpu.state();
+            (st.gpr[gpr::RDI], st.gpr[gpr::RSI])
+        };
+        match self.front().cloned() {
+            Some(Event::UserRead(u)) if u.dst == src && u.data.len() as u64 <= len => {
+                self.check_bound(u.icount)?;
+                if let Err(f) = self.cpu.write_virtual(&mut self.mem, u.dst, &u.data) {
+                    return Err(self.diverge(
+                        format!("user bytes written back to {:#x}", u.dst),
+                        format!("{f:?}"),
+                    ));
+                }
+                self.consume();
+                Ok(true)
+            }
+            None => {
+                self.finished = Some(End::EndOfRecording);
+                Ok(false)
+            }
+            Some(e) => Err(self.diverge(
+                describe(&e),
+                format!("a read of up to {len} user bytes at {src:#x}"),
+            )),
+        }
+    }
+
+    /// At `krr_agent_pte_read(ptep)`, before the kernel reads a user page-table entry:
+    /// the recorded entry, with the accessed and dirty bits user mode set, goes back.
+    fn on_pte_read(&mut self) -> Result<bool, Box<Divergence>> {
+        let ptep = self.cpu.state().gpr[gpr::RDI];
+        match self.front().cloned() {
+            Some(Event::PteRead(p)) if p.addr == ptep => {
+                self.check_bound(p.icount)?;
+                if let Err(f) =
+                    self.cpu
+                        .write_virtual(&mut self.mem, p.addr, &p.value.to_le_bytes())
+                {
+                    return Err(self.diverge(
+                        format!("page-table entry written back to {:#x}", p.addr),
+                        format!("{f:?}"),
+                    ));
+                }
+                self.consume();
+                Ok(true)
+            }
+            None => {
+                self.finished = Some(End::EndOfRecording);
+                Ok(false)
+            }
+            Some(e) => Err(self.diverge(
+                describe(&e),
+                format!("a read of the page-table entry at {ptep:#x}"),
+            )),
+        }
     }
 
     fn check_all_consumed(&self) -> Result<(), Box<Divergence>> {

@@ -236,7 +236,8 @@ impl Timeline {
     /// An event's text, with what is known of the guest kernel (its system call names).
     pub fn event_text(&self, e: &Event) -> String {
         let kernel = self.guest_kernel();
-        e.text(&|nr| kernel.syscall_name(nr))
+        let read = |a, buf: &mut [u8]| self.now.read_memory(a, buf).is_ok();
+        e.text(&|nr| kernel.syscall_name(nr, self.symbols(), &read))
     }
 
     /// The process the guest kernel runs at the position, where it is known.
