@@ -6,8 +6,8 @@
 # events, file size and replay MIPS; then one closing line; exits non-zero on any
 # divergence, console mismatch or failure.
 #
-#   --workload   record the busybox /init workload to power-off instead of the boot only
-#                (without `krr.boot_only`); replay needs part 2 of the Linux guest
+#   --workload   record the busybox /init workload (guest-agent/linux/init.sh) to
+#                power-off instead of the boot only (without `krr.boot_only`)
 #   --keep DIR   keep the recordings and their logs in DIR (default: a temporary directory)
 #
 # Usage: examples/record-replay-linux.sh [--workload] [--keep DIR] OUTDIR [N]
@@ -59,12 +59,6 @@ for i in $(seq 1 "$n"); do
     instructions=$(sed -n 's/^kernel instructions: //p' "$dir/info$i.out")
     events=$(awk '$1 == "total" { print $2 }' "$dir/info$i.out")
     bytes=$(stat -c %s "$rec")
-    if [ -z "$boot_only" ]; then
-        # Part 1 records the workload; replaying user space is part 2.
-        printf '%-4s %9.1f %14s %9s %11s %10s %s\n' "$i" "$record_s" "$instructions" \
-            "$events" "$bytes" - "recorded (not replayed)"
-        continue
-    fi
     "$bin" replay "$rec" --headless --verify >"$dir/rep$i.out" 2>"$dir/rep$i.err" \
         && status=0 || status=$?
     # The replay prints the console, then its summary line.
