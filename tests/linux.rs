@@ -4,7 +4,10 @@
 //! booted with `--initrd` and `krr.boot_only`, to power-off) replays with 0 divergences,
 //! and the UI breaks at `start_kernel` and finishes back out of it, from the symbols the
 //! recording holds (or from the vmlinux it was recorded from, where that file is still
-//! there).
+//! there). The checked-in workload recording (`tests/fixtures/linux-workload.krr`: the
+//! busybox `/init` of guest-agent/linux/init.sh to power-off) replays its user space
+//! with 0 divergences, names Linux's system calls, and diverges without each agent hook
+//! for user space (the hook's events and symbol taken out of a copy).
 //!
 //! Where `KRR_LINUX_OUT` names a built guest (`guest-agent/linux/build.sh OUTDIR`;
 //! `.ci/run` builds one) and /dev/kvm is usable: a fresh boot is recorded from it and
@@ -24,6 +27,10 @@ use std::time::Duration;
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/linux-boot.krr")
+}
+
+fn workload_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/linux-workload.krr")
 }
 
 /// The built Linux guest, or None (printing why the test is skipped).
@@ -93,6 +100,138 @@ fn assert_boot_replays(path: &Path) {
 #[test]
 fn the_checked_in_boot_replays_to_power_off_without_divergence() {
     assert_boot_replays(&fixture());
+}
+
+/// The busybox workload: mounts, /proc reads, 8 x 1 MiB `dd` into tmpfs, `md5sum`, a
+/// child shell, power-off. Its console (compared line by line by --verify) is the
+/// workload's, md5 of 1 MiB of zeros included.
+#[test]
+fn the_checked_in_workload_replays_user_space_to_power_off_without_divergence() {
+    let out = common::replay_verify(&workload_fixture());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout.lines().last().unwrap_or_default();
+    assert!(
+        out.status.success() && summary.contains("divergences: 0 (guest powered off)"),
+        "{summary}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "Run /init as init process",
+        "init: /tmp/blob: md5 b6d81b360a5672d80c27430f39153e2c, 1048576 bytes",
+        "init: a child shell's pid: ",
+        "init: done, powering off",
+    ] {
+        assert!(stdout.contains(line), "{line:?} not in\n{stdout}");
+    }
+}
+
+/// System call events name the call as `strace` does, from the kernel's
+/// `sys_call_table` and symbols: every number busybox used has a name, and the ones
+/// the workload must have made are there.
+#[test]
+fn linux_system_calls_are_named_from_sys_call_table() {
+    use krr_engine::event::{EntryKind, Event};
+    let t = Timeline::new(
+        Replay::open(workload_fixture()).expect("recording"),
+        1 << 30,
+    );
+    let replay = t.replay();
+    let mut named = std::collections::BTreeMap::new();
+    for (_, e) in replay.events(0..replay.event_count()) {
+        let e: &Event = &e;
+        let Event::UserEntry(u) = e else { continue };
+        if u.kind != EntryKind::Syscall && !u.is_syscall_fault() {
+            continue;
+        }
+        let nr = u.regs.gpr[krr_engine::state::gpr::RAX];
+        let text = t.event_text(e);
+        let name = text
+            .split_once('(')
+            .and_then(|(_, r)| r.split_once(')'))
+            .map(|(n, _)| n.to_string())
+            .unwrap_or_else(|| panic!("system call {nr} has no name: {text}"));
+        named.insert(nr, name);
+    }
+    for (nr, name) in [
+        (0, "read"),
+        (1, "write"),
+        (59, "execve"),
+        (61, "wait4"),
+        (231, "exit_group"),
+    ] {
+        assert_eq!(named.get(&nr).map(String::as_str), Some(name), "{named:?}");
+    }
+}
+
+/// A copy of the workload recording without one hook: its events taken out and its
+/// symbol renamed, as a kernel without the hook would have recorded (replay then never
+/// stops there). Returns where replay diverged, or None where it did not.
+fn workload_without_hook(
+    hook: &str,
+    drop: impl Fn(&krr_engine::event::Event) -> bool,
+) -> Option<String> {
+    use krr_engine::trace::{FinishInfo, RecordingReader, RecordingWriter};
+    let mut r = RecordingReader::open(workload_fixture()).unwrap();
+    let mut header = r.header().clone();
+    let symbol = header
+        .symbols
+        .iter_mut()
+        .find(|s| s.name == hook)
+        .expect(hook);
+    symbol.name = format!("{hook}_absent");
+    let snapshot = r.snapshot().unwrap();
+    let stats = r.stats().clone();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let mut w = RecordingWriter::create(file.path()).unwrap();
+    w.write_header(&header).unwrap();
+    w.write_snapshot(&snapshot).unwrap();
+    let mut dropped = 0;
+    for e in r.events_from(0).map(Result::unwrap) {
+        if drop(&e) {
+            dropped += 1;
+        } else {
+            w.push(e).unwrap();
+        }
+    }
+    assert!(dropped > 0, "the workload has no events of {hook}");
+    w.finish(FinishInfo {
+        kernel_instructions: stats.kernel_instructions,
+        duration_s: stats.duration_s,
+        end_reason: stats.end_reason.clone(),
+    })
+    .unwrap();
+    let mut replay = Replay::open(file.path()).unwrap();
+    match replay.run(krr_engine::replay::Target::End) {
+        krr_engine::replay::Stop::Diverged(d) => {
+            Some(format!("{} at icount {}", d.expected, d.icount))
+        }
+        _ => None,
+    }
+}
+
+/// Each agent hook for user space is needed: without it the kernel reads what user mode
+/// left differently from how it was recorded, and replay diverges.
+#[test]
+fn the_workload_diverges_without_each_user_space_hook() {
+    use krr_engine::event::Event;
+    // Copies from user memory (write(2) data, structures): the kernel buffer keeps stale bytes.
+    let copies = workload_without_hook(
+        "krr_agent_user_read",
+        |e| matches!(e, Event::UserRead(u) if u.dst != u.src),
+    );
+    // get_user, strncpy_from_user, strnlen_user: paths, argv, environment read stale.
+    let sources = workload_without_hook(
+        "krr_agent_user_source",
+        |e| matches!(e, Event::UserRead(u) if u.dst == u.src),
+    );
+    // User page-table entries without the accessed and dirty bits user mode set.
+    let ptes = workload_without_hook("krr_agent_pte_read", |e| matches!(e, Event::PteRead(_)));
+    println!("without krr_agent_user_read: {copies:?}");
+    println!("without krr_agent_user_source: {sources:?}");
+    println!("without krr_agent_pte_read: {ptes:?}");
+    assert!(copies.is_some(), "replayed without the user-read hook");
+    assert!(sources.is_some(), "replayed without the user-source hook");
+    assert!(ptes.is_some(), "replayed without the PTE-read hook");
 }
 
 #[test]
