@@ -125,6 +125,8 @@ pub fn tui(args: &ReplayArgs) -> Result<()> {
     if let Some(p) = &args.kernel {
         timeline.set_symbols(Symbols::from_path(p).with_context(|| format!("{}", p.display()))?);
     }
+    // The events pane names the task of each entry from user mode.
+    timeline.follow_tasks();
     let mut message = String::new();
     if let Some(n) = args.goto {
         if n >= timeline.replay().event_count() {

@@ -10,9 +10,11 @@
 //! for user space (the hook's events and symbol taken out of a copy).
 //!
 //! Where `KRR_LINUX_OUT` names a built guest (`guest-agent/linux/build.sh OUTDIR`;
-//! `.ci/run` builds one) and /dev/kvm is usable: a fresh boot is recorded from it and
-//! replayed with 0 divergences, the UI shows the vmlinux's source lines, and gdb with
-//! `file vmlinux` breaks, backtraces and steps backwards in it.
+//! `.ci/run` builds one) and /dev/kvm is usable: its boot and busybox workload are
+//! recorded once from it and replayed with 0 divergences and the workload's console, the
+//! UI shows the vmlinux's source lines and follows the current task across a context
+//! switch, gdb with `file vmlinux` breaks, backtraces and steps backwards in it, and the
+//! kernel's gdb scripts (`lx-dmesg`, `lx-ps`) read what the UI reads.
 
 mod common;
 
@@ -52,9 +54,10 @@ fn linux_out() -> Option<PathBuf> {
     Some(out)
 }
 
-/// A boot recorded once for this test process from the built guest, or None (printing
-/// why) without one or without /dev/kvm.
-fn fresh_boot() -> Option<&'static Path> {
+/// The built guest's boot and workload (guest-agent/linux/init.sh, to power-off),
+/// recorded once for this test process, or None (printing why) without a built guest or
+/// without /dev/kvm.
+fn fresh_recording() -> Option<&'static Path> {
     let out = linux_out()?;
     if !common::kvm() {
         return None;
@@ -63,15 +66,15 @@ fn fresh_boot() -> Option<&'static Path> {
     let path = RECORDING.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("krr-linux-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("boot.krr");
+        let path = dir.join("workload.krr");
         let mut cmd = common::krr();
         cmd.args(["record", "--headless", "--quiet", "--force", "--kernel"])
             .arg(out.join("vmlinux"))
             .arg("--initrd")
             .arg(out.join("initramfs.cpio"))
-            .args(["--cmdline", "krr.boot_only", "-o"])
+            .arg("-o")
             .arg(&path);
-        let o = common::run_with_timeout(cmd, Duration::from_secs(600));
+        let o = common::run_with_timeout(cmd, Duration::from_secs(1200));
         assert!(
             o.status.success(),
             "record failed: {}",
@@ -82,9 +85,10 @@ fn fresh_boot() -> Option<&'static Path> {
     Some(path)
 }
 
-/// Replays `path` with --verify: the summary line says 0 divergences and power-off,
-/// and the console is the Linux boot's.
-fn assert_boot_replays(path: &Path) {
+/// Replays `path` with --verify (the console compared line by line with the
+/// recording's): the summary line says 0 divergences and power-off, and the console is
+/// the Linux boot's. Returns the console.
+fn assert_linux_replays(path: &Path) -> String {
     let out = common::replay_verify(path);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let summary = stdout.lines().last().unwrap_or_default();
@@ -94,12 +98,25 @@ fn assert_boot_replays(path: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("Linux version 6.1."), "{stdout}");
-    assert!(stdout.contains("krr.boot_only"), "{stdout}");
+    stdout.into_owned()
+}
+
+/// The workload's console lines, md5 of 1 MiB of zeros included.
+fn assert_workload_console(console: &str) {
+    for line in [
+        "Run /init as init process",
+        "init: /tmp/blob: md5 b6d81b360a5672d80c27430f39153e2c, 1048576 bytes",
+        "init: a child shell's pid: ",
+        "init: done, powering off",
+    ] {
+        assert!(console.contains(line), "{line:?} not in\n{console}");
+    }
 }
 
 #[test]
 fn the_checked_in_boot_replays_to_power_off_without_divergence() {
-    assert_boot_replays(&fixture());
+    let console = assert_linux_replays(&fixture());
+    assert!(console.contains("krr.boot_only"), "{console}");
 }
 
 /// The busybox workload: mounts, /proc reads, 8 x 1 MiB `dd` into tmpfs, `md5sum`, a
@@ -107,22 +124,7 @@ fn the_checked_in_boot_replays_to_power_off_without_divergence() {
 /// workload's, md5 of 1 MiB of zeros included.
 #[test]
 fn the_checked_in_workload_replays_user_space_to_power_off_without_divergence() {
-    let out = common::replay_verify(&workload_fixture());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let summary = stdout.lines().last().unwrap_or_default();
-    assert!(
-        out.status.success() && summary.contains("divergences: 0 (guest powered off)"),
-        "{summary}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for line in [
-        "Run /init as init process",
-        "init: /tmp/blob: md5 b6d81b360a5672d80c27430f39153e2c, 1048576 bytes",
-        "init: a child shell's pid: ",
-        "init: done, powering off",
-    ] {
-        assert!(stdout.contains(line), "{line:?} not in\n{stdout}");
-    }
+    assert_workload_console(&assert_linux_replays(&workload_fixture()));
 }
 
 /// System call events name the call as `strace` does, from the kernel's
@@ -261,19 +263,19 @@ fn the_ui_breaks_at_start_kernel_and_finishes_back_to_its_caller() {
 }
 
 #[test]
-fn a_fresh_boot_records_and_replays_without_divergence() {
-    let Some(path) = fresh_boot() else {
+fn a_fresh_workload_records_and_replays_without_divergence() {
+    let Some(path) = fresh_recording() else {
         return;
     };
-    assert_boot_replays(path);
+    assert_workload_console(&assert_linux_replays(path));
 }
 
 #[test]
-fn the_ui_shows_the_vmlinux_source_of_a_fresh_boot() {
+fn the_ui_shows_the_vmlinux_source_of_a_fresh_recording() {
     if !available(true) {
         return;
     }
-    let Some(path) = fresh_boot() else {
+    let Some(path) = fresh_recording() else {
         return;
     };
     let bin = env!("CARGO_BIN_EXE_krr-tui");
@@ -308,6 +310,102 @@ fn the_ui_shows_the_vmlinux_source_of_a_fresh_boot() {
     t.wait_for_status("$rip == kernel_init = 1");
 }
 
+/// The icount a status bar shows.
+fn status_icount(status: &str) -> u64 {
+    status
+        .split("icount ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no icount in the status bar: {status}"))
+}
+
+/// The status bar once it shows an icount other than `from` and contains `what`.
+fn status_after_move(t: &common::tmux::Tmux, from: u64, what: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = t.status();
+        if status.contains(what) && status.contains("icount ") && status_icount(&status) != from {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the status never moved from icount {from} to show {what:?}: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The status bar follows the current task across a context switch: at
+/// `do_sys_openat2` init (pid 1) opens first; continuing, a process of the workload
+/// (forked and exec'd) opens, and the events pane names it beside its `openat`. There
+/// `F` (reverse finish) goes back out to the caller and `N` (reverse next) further
+/// back, in the same task.
+#[test]
+fn the_status_bar_follows_the_current_task_across_a_context_switch() {
+    if !available(true) {
+        return;
+    }
+    let Some(path) = fresh_recording() else {
+        return;
+    };
+    let bin = env!("CARGO_BIN_EXE_krr-tui");
+    let cmd = format!("{bin} replay {}", path.display());
+    let t = start("linux-tasks", &cmd, 160, 48, &[]);
+    t.wait_for("press ? for help");
+    t.send(&[":"]);
+    t.type_text("break do_sys_openat2");
+    t.send(&["Enter"]);
+    t.send(&["c"]);
+    let first = t.wait_for_status("do_sys_openat2  ");
+    assert!(first.contains("pid 1 init"), "{first}");
+    let mut here = first.clone();
+    let mut other = None;
+    for _ in 0..80 {
+        t.send(&["c"]);
+        here = status_after_move(&t, status_icount(&here), "do_sys_openat2  ");
+        if !here.contains("pid 1 ") {
+            other = Some(here.clone());
+            break;
+        }
+    }
+    let other = other.unwrap_or_else(|| panic!("only init opened files: {here}"));
+    let task = other
+        .split("do_sys_openat2  ")
+        .nth(1)
+        .and_then(|r| r.split('│').next())
+        .map(|r| r.trim().to_string())
+        .expect("the task in the status bar");
+    assert!(
+        task.starts_with("pid ") && task.split_whitespace().count() == 3,
+        "{other}"
+    );
+    // The events pane names the task that made the system call.
+    let screen = t.wait_for(&format!("[{task}]"));
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.contains("(openat)") && l.contains(&format!("[{task}]"))),
+        "{screen}"
+    );
+    t.send(&["F"]);
+    let caller = status_after_move(&t, status_icount(&other), &task);
+    assert!(
+        status_icount(&caller) < status_icount(&other),
+        "{other}\n{caller}"
+    );
+    assert!(
+        !caller.contains("do_sys_openat2  "),
+        "F left do_sys_openat2: {caller}"
+    );
+    t.send(&["N"]);
+    let before = status_after_move(&t, status_icount(&caller), &task);
+    assert!(
+        status_icount(&before) < status_icount(&caller),
+        "{caller}\n{before}"
+    );
+}
+
 /// Expressions printed at `start_kernel` by gdb and the UI: the first task's name and
 /// pid, a global only declared in C (`jiffies`: the linker script defines it), a pointer
 /// to a structure and one of its members through it.
@@ -320,14 +418,14 @@ const LINUX_PRINTS: [&str; 5] = [
 ];
 
 #[test]
-fn gdb_with_the_vmlinux_breaks_backtraces_and_steps_back_in_a_fresh_boot() {
+fn gdb_with_the_vmlinux_breaks_backtraces_and_steps_back_in_a_fresh_recording() {
     if !gdb_available() {
         return;
     }
-    let Some(path) = fresh_boot() else {
+    let Some(path) = fresh_recording() else {
         return;
     };
-    let out = linux_out().expect("fresh_boot needs it");
+    let out = linux_out().expect("fresh_recording needs it");
     let server = Server::start_on(path);
     let dir = tempfile::tempdir().unwrap();
     let script = format!(
@@ -402,19 +500,39 @@ fn gdb_with_the_vmlinux_breaks_backtraces_and_steps_back_in_a_fresh_boot() {
     );
 }
 
+/// The UI's kernel log is lx-dmesg's, line for line. Times may differ in the last digit:
+/// the UI prints them as the kernel's console does (microseconds truncated), lx-dmesg
+/// rounds the seconds as a float.
+fn assert_same_log(ui: &[String], gdb: &[String], at: &str) {
+    let split = |l: &str| -> (f64, String) {
+        let (time, text) = l
+            .strip_prefix('[')
+            .and_then(|r| r.split_once("] "))
+            .unwrap_or_else(|| panic!("{at}: not a log line: {l:?}"));
+        (time.trim().parse().expect("a time"), text.to_string())
+    };
+    assert_eq!(ui.len(), gdb.len(), "{at}: lines\n{ui:#?}\n{gdb:#?}");
+    for (u, g) in ui.iter().zip(gdb) {
+        let ((ut, utext), (gt, gtext)) = (split(u), split(g));
+        assert_eq!(utext, gtext, "{at}");
+        assert!((ut - gt).abs() <= 1.5e-6, "{at}: {u:?} vs {g:?}");
+    }
+}
+
 /// The kernel's own gdb scripts (`CONFIG_GDB_SCRIPTS`: the build tree's
 /// `vmlinux-gdb.py`) work against the stub, and the UI reads what they read: at
-/// `kernel_init`, `lx-dmesg` prints the same kernel log as the UI's `D`, and `lx-ps`
-/// lists the task the status bar names.
+/// `kernel_init` and where the workload's first child exits (`do_exit`), `lx-dmesg`
+/// prints the same kernel log as the UI's `D`, and `lx-ps` lists the task the status
+/// bar names.
 #[test]
 fn lx_dmesg_and_lx_ps_read_what_the_ui_reads() {
     if !gdb_available() {
         return;
     }
-    let Some(path) = fresh_boot() else {
+    let Some(path) = fresh_recording() else {
         return;
     };
-    let out = linux_out().expect("fresh_boot needs it");
+    let out = linux_out().expect("fresh_recording needs it");
     let build = out.join("build");
     if !build.join("vmlinux-gdb.py").is_file() {
         panic!(
@@ -434,6 +552,14 @@ fn lx_dmesg_and_lx_ps_read_what_the_ui_reads() {
          printf \"PS\\n\"\n\
          lx-ps\n\
          printf \"END\\n\"\n\
+         delete\n\
+         break do_exit\n\
+         continue\n\
+         printf \"DMESG2\\n\"\n\
+         lx-dmesg\n\
+         printf \"PS2\\n\"\n\
+         lx-ps\n\
+         printf \"END2\\n\"\n\
          detach\n",
         build.join("vmlinux-gdb.py").display(),
         server.addr
@@ -462,7 +588,7 @@ fn lx_dmesg_and_lx_ps_read_what_the_ui_reads() {
     t.continue_forward(None);
     assert_eq!(t.regs().rip, kernel_init);
     let ui_log = t.kernel_log().expect("the kernel log");
-    assert_eq!(ui_log, gdb_log, "the UI's kernel log is lx-dmesg's");
+    assert_same_log(&ui_log, &gdb_log, "at kernel_init");
     let task = t.current_process().expect("the current task");
     assert!(
         gdb_ps.iter().any(|l| {
@@ -470,6 +596,36 @@ fn lx_dmesg_and_lx_ps_read_what_the_ui_reads() {
             w.len() == 3 && w[1] == task.pid.to_string() && w[2] == task.name
         }),
         "lx-ps lists pid {} {}:\n{}",
+        task.pid,
+        task.name,
+        gdb_ps.join("\n")
+    );
+
+    // In user space, where the first child of the workload exits: the log then holds
+    // init's lines too, and lx-ps lists the user tasks with the one exiting.
+    let gdb_log = section("DMESG2", "PS2");
+    let gdb_ps = section("PS2", "END2");
+    t.remove_breakpoint(kernel_init);
+    let do_exit = t.symbols().address_of("do_exit").expect("do_exit");
+    t.add_breakpoint(do_exit);
+    t.continue_forward(None);
+    assert_eq!(t.regs().rip, do_exit);
+    assert_same_log(
+        &t.kernel_log().expect("the kernel log"),
+        &gdb_log,
+        "at do_exit",
+    );
+    let task = t.current_process().expect("the current task");
+    assert!(task.pid > 1, "{task:?}");
+    let listed = |pid: u64, name: &str| {
+        gdb_ps.iter().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.len() == 3 && w[1] == pid.to_string() && w[2] == name
+        })
+    };
+    assert!(
+        listed(task.pid, &task.name) && listed(1, "init"),
+        "lx-ps lists pid {} {} and init:\n{}",
         task.pid,
         task.name,
         gdb_ps.join("\n")

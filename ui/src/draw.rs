@@ -396,8 +396,14 @@ fn event_lines(app: &App, w: usize, h: usize) -> Vec<Line<'static>> {
         };
         let (at, bound) = app.event_position_text(n as u64);
         let bound = bound.map(|b| format!(" (bound {b})")).unwrap_or_default();
+        // The task that entered the kernel, once replay has applied the entry.
+        let task = app
+            .timeline
+            .entry_task(n as u64)
+            .map(|p| format!("  [pid {} {}]", p.pid, p.name))
+            .unwrap_or_default();
         let s = format!(
-            "{mark}#{n:<7} {:<16} {at:>12}{bound}  {}",
+            "{mark}#{n:<7} {:<16} {at:>12}{bound}  {}{task}",
             e.kind().name(),
             app.timeline.event_text(&e)
         );

@@ -16,6 +16,7 @@
 
 mod console;
 mod divergence;
+pub mod entry_tasks;
 mod events;
 mod explain;
 mod inspect;
@@ -36,6 +37,7 @@ use crate::machine::{
 use crate::memory::GuestMemory;
 use crate::state::{CounterSourceKind, gpr};
 use crate::trace::{CacheUsage, EventChunk, Header, RecordingReader, TraceError};
+use entry_tasks::{EntryTasks, TaskReader};
 use events::{INDEX_BYTES_PER_CHUNK, RecordedEvents};
 use std::path::Path;
 use std::sync::Arc;
@@ -161,6 +163,10 @@ pub struct Replay {
     initial: Initial,
     /// [`Replay::recording_problem`], as found when opening.
     problem: Option<Arc<str>>,
+    /// Reads the current task at each entry from user mode replay applies, where the
+    /// debugger set one ([`Replay::follow_tasks`]); what it read, shared by every copy.
+    task_reader: Option<TaskReader>,
+    entry_tasks: Arc<EntryTasks>,
 }
 
 /// What replay may hold of a recording by default ([`ReplayLimits::recording_memory`]):
@@ -388,6 +394,8 @@ impl Replay {
             interrupt_bound: None,
             hooks,
             user_breakpoints: Vec::new(),
+            task_reader: None,
+            entry_tasks: EntryTasks::new(),
             console: ConsoleLog::default(),
             console_checked: 0,
             uart_lcr: 0,
@@ -495,6 +503,18 @@ impl Replay {
     /// so that [`Replay::applied_position`] knows them (events apply in order).
     pub fn events_applied_known(&self) -> u64 {
         self.events.applied_known()
+    }
+
+    /// Reads the current task with `reader` at every entry from user mode this replay
+    /// (and every copy made of it from now on) applies ([`Replay::entry_task`]).
+    pub fn follow_tasks(&mut self, reader: TaskReader) {
+        self.task_reader = Some(reader);
+    }
+
+    /// The task that made entry event `n` (a system call, an exception or interrupt in
+    /// user mode), where a replay following tasks applied it.
+    pub fn entry_task(&self, n: u64) -> Option<crate::guest_kernel::Process> {
+        self.entry_tasks.task(n)
     }
 
     /// The position to show for event `n`: where it was applied, else its recorded
@@ -1123,6 +1143,13 @@ impl Replay {
         match self.front().cloned() {
             Some(Event::UserEntry(entry)) => {
                 self.check_bound(entry.icount)?;
+                if let Some(read_task) = &self.task_reader {
+                    let (cpu, mem) = (&self.cpu, &self.mem);
+                    let read = |a, buf: &mut [u8]| cpu.read_virtual(mem, a, buf).is_ok();
+                    if let Some(task) = read_task(&read) {
+                        self.entry_tasks.note(self.next, task);
+                    }
+                }
                 if let Err(e) = self.cpu.enter_from_user(&mut self.mem, &entry) {
                     return Err(self.diverge("a kernel entry from user mode", e.to_string()));
                 }

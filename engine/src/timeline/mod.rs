@@ -233,6 +233,24 @@ impl Timeline {
             .get_or_init(|| GuestKernel::of(self.now.header(), self.symbols()))
     }
 
+    /// Notes the task at every entry from user mode replay applies from now on (the
+    /// events pane shows it, [`Timeline::entry_task`]), where the guest kernel's current
+    /// task is known.
+    pub fn follow_tasks(&mut self) {
+        let kernel = self.guest_kernel();
+        let reader: crate::replay::entry_tasks::TaskReader =
+            std::sync::Arc::new(move |read| kernel.current_process(read));
+        self.now.follow_tasks(reader.clone());
+        for c in &mut self.checkpoints {
+            c.replay.follow_tasks(reader.clone());
+        }
+    }
+
+    /// The task that made entry event `n`, where replay has applied it following tasks.
+    pub fn entry_task(&self, n: u64) -> Option<Process> {
+        self.now.entry_task(n)
+    }
+
     /// An event's text, with what is known of the guest kernel (its system call names).
     pub fn event_text(&self, e: &Event) -> String {
         let kernel = self.guest_kernel();
