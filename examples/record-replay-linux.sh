@@ -8,19 +8,22 @@
 #
 #   --workload   record the busybox /init workload (guest-agent/linux/init.sh) to
 #                power-off instead of the boot only (without `krr.boot_only`)
+#   --stress     record the second workload (guest-agent/linux/stress.sh, with
+#                `krr.workload=stress`) to power-off
 #   --keep DIR   keep the recordings and their logs in DIR (default: a temporary directory)
 #
-# Usage: examples/record-replay-linux.sh [--workload] [--keep DIR] OUTDIR [N]
+# Usage: examples/record-replay-linux.sh [--workload|--stress] [--keep DIR] OUTDIR [N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-usage() { echo "usage: $0 [--workload] [--keep DIR] OUTDIR [N]" >&2; exit 2; }
-boot_only=krr.boot_only
+usage() { echo "usage: $0 [--workload|--stress] [--keep DIR] OUTDIR [N]" >&2; exit 2; }
+cmdline=krr.boot_only
 keep=
 out=
 n=5
 while [ $# -gt 0 ]; do
     case "$1" in
-        --workload) boot_only= ;;
+        --workload) cmdline= ;;
+        --stress) cmdline=krr.workload=stress ;;
         --keep) [ $# -ge 2 ] || usage; keep=$2; shift ;;
         -*) usage ;;
         *) if [ -z "$out" ]; then out=$1; else
@@ -48,7 +51,7 @@ for i in $(seq 1 "$n"); do
     rec="$dir/linux$i.krr"
     start=$(date +%s%N)
     if ! "$bin" record --headless --kernel "$out/vmlinux" --initrd "$out/initramfs.cpio" \
-        ${boot_only:+--cmdline "$boot_only"} -o "$rec" --force \
+        ${cmdline:+--cmdline "$cmdline"} -o "$rec" --force \
         >"$dir/rec$i.out" 2>"$dir/rec$i.err"; then
         echo "recording $i: record FAILED"; tail -5 "$dir/rec$i.err"
         failed=$((failed + 1))

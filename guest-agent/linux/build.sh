@@ -169,6 +169,7 @@ publish "$obj/arch/x86/boot/bzImage" "$out/bzImage"
 # --- The initramfs: gen_init_cpio (built with the kernel) over initramfs.list -------
 cpio=$out/initramfs.cpio
 if [ ! -f "$cpio" ] || [ "$here/initramfs.list" -nt "$cpio" ] || [ "$here/init.sh" -nt "$cpio" ] ||
+	[ "$here/stress.sh" -nt "$cpio" ] ||
 	[ /bin/busybox -nt "$cpio" ]; then
 	say "writing $cpio"
 	(cd "$here" && "$obj/usr/gen_init_cpio" -t 0 initramfs.list) >"$cpio.tmp"

@@ -7,6 +7,13 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "init: $(uname -sr) $(uname -m), pid $$"
 echo "init: cmdline: $(cat /proc/cmdline)"
+# krr.workload=stress: the second workload (stress.sh) instead of this one.
+case " $(cat /proc/cmdline) " in
+*" krr.workload=stress "*)
+	sh /stress.sh
+	poweroff -f
+	;;
+esac
 echo "init: uptime $(cut -d' ' -f1 /proc/uptime) s"
 echo "init: /proc/interrupts:"
 cat /proc/interrupts
