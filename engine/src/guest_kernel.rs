@@ -113,11 +113,20 @@ impl GuestKernel {
                 .get(usize::try_from(nr).ok()?)
                 .map(|s| s.to_string()),
             GuestKernel::Linux(_) => {
-                let table = symbols.data_symbol("sys_call_table")?;
-                if nr >= table.size / 8 {
+                // A data symbol from the vmlinux; in a recording's own symbol list
+                // (no vmlinux at hand) it is listed among the functions.
+                let (table, size) = match symbols.data_symbol("sys_call_table") {
+                    Some(d) => (d.addr, d.size),
+                    None => {
+                        let addr = symbols.address_of("sys_call_table")?;
+                        let located = symbols.lookup(addr).filter(|l| l.offset == 0)?;
+                        (addr, located.function.size)
+                    }
+                };
+                if nr >= size / 8 {
                     return None;
                 }
-                let handler = read_uint(read, table.addr.wrapping_add(nr * 8), 8)?;
+                let handler = read_uint(read, table.wrapping_add(nr * 8), 8)?;
                 let located = symbols.lookup(handler)?;
                 if located.offset != 0 {
                     return None;
