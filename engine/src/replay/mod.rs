@@ -1187,35 +1187,21 @@ impl Replay {
             let st = self.cpu.state();
             (st.gpr[gpr::RDI], st.gpr[gpr::RDX])
         };
-        // The agent may have split a large copy over several records.
         let mut done = 0u64;
         while done < len {
-            match self.front().cloned() {
-                Some(Event::UserRead(u))
-                    if u.dst == dst.wrapping_add(done)
-                        && !u.data.is_empty()
-                        && done + u.data.len() as u64 <= len =>
+            let at = dst.wrapping_add(done);
+            let matched = |e: &Event| match e {
+                Event::UserRead(u)
+                    if u.dst == at && !u.data.is_empty() && done + u.data.len() as u64 <= len =>
                 {
-                    self.check_bound(u.icount)?;
-                    if let Err(f) = self.cpu.write_virtual(&mut self.mem, u.dst, &u.data) {
-                        return Err(self.diverge(
-                            format!("user data written to {:#x}", u.dst),
-                            format!("{f:?}"),
-                        ));
-                    }
-                    done += u.data.len() as u64;
-                    self.consume();
+                    Some((u.icount, u.dst, u.data.clone()))
                 }
-                None => {
-                    self.finished = Some(End::EndOfRecording);
-                    return Ok(false);
-                }
-                Some(e) => {
-                    return Err(self.diverge(
-                        describe(&e),
-                        format!("user read of {} bytes into {:#x}", len - done, dst + done),
-                    ));
-                }
+                _ => None,
+            };
+            let waiting = format!("user read of {} bytes into {at:#x}", len - done);
+            match self.write_back_front(matched, waiting)? {
+                Some(n) => done += n as u64,
+                None => return Ok(false),
             }
         }
         Ok(true)
@@ -1229,57 +1215,55 @@ impl Replay {
             let st = self.cpu.state();
             (st.gpr[gpr::RDI], st.gpr[gpr::RSI])
         };
-        match self.front().cloned() {
-            Some(Event::UserRead(u)) if u.dst == src && u.data.len() as u64 <= len => {
-                self.check_bound(u.icount)?;
-                if let Err(f) = self.cpu.write_virtual(&mut self.mem, u.dst, &u.data) {
-                    return Err(self.diverge(
-                        format!("user bytes written back to {:#x}", u.dst),
-                        format!("{f:?}"),
-                    ));
-                }
-                self.consume();
-                Ok(true)
+        let matched = |e: &Event| match e {
+            Event::UserRead(u) if u.dst == src && u.data.len() as u64 <= len => {
+                Some((u.icount, u.dst, u.data.clone()))
             }
-            None => {
-                self.finished = Some(End::EndOfRecording);
-                Ok(false)
-            }
-            Some(e) => Err(self.diverge(
-                describe(&e),
-                format!("a read of up to {len} user bytes at {src:#x}"),
-            )),
-        }
+            _ => None,
+        };
+        let waiting = format!("a read of up to {len} user bytes at {src:#x}");
+        Ok(self.write_back_front(matched, waiting)?.is_some())
     }
 
     /// At `krr_agent_pte_read(ptep)`, before the kernel reads a user page-table entry:
     /// the recorded entry, with the accessed and dirty bits user mode set, goes back.
     fn on_pte_read(&mut self) -> Result<bool, Box<Divergence>> {
         let ptep = self.cpu.state().gpr[gpr::RDI];
-        match self.front().cloned() {
-            Some(Event::PteRead(p)) if p.addr == ptep => {
-                self.check_bound(p.icount)?;
-                if let Err(f) =
-                    self.cpu
-                        .write_virtual(&mut self.mem, p.addr, &p.value.to_le_bytes())
-                {
-                    return Err(self.diverge(
-                        format!("page-table entry written back to {:#x}", p.addr),
-                        format!("{f:?}"),
-                    ));
-                }
-                self.consume();
-                Ok(true)
+        let matched = |e: &Event| match e {
+            Event::PteRead(p) if p.addr == ptep => {
+                Some((p.icount, p.addr, p.value.to_le_bytes().to_vec()))
             }
-            None => {
-                self.finished = Some(End::EndOfRecording);
-                Ok(false)
-            }
-            Some(e) => Err(self.diverge(
-                describe(&e),
-                format!("a read of the page-table entry at {ptep:#x}"),
-            )),
+            _ => None,
+        };
+        let waiting = format!("a read of the page-table entry at {ptep:#x}");
+        Ok(self.write_back_front(matched, waiting)?.is_some())
+    }
+
+    /// Applies the next event where an agent hook expects it: `matched` gives its
+    /// position and the bytes to write at a guest virtual address, which the kernel
+    /// reads next. The bytes written; None where the recording ended; a divergence
+    /// (`waiting` says what the hook waited for) where the next event is another.
+    fn write_back_front(
+        &mut self,
+        matched: impl FnOnce(&Event) -> Option<(Icount, u64, Vec<u8>)>,
+        waiting: String,
+    ) -> Result<Option<usize>, Box<Divergence>> {
+        let Some(front) = self.front().cloned() else {
+            self.finished = Some(End::EndOfRecording);
+            return Ok(None);
+        };
+        let Some((icount, addr, data)) = matched(&front) else {
+            return Err(self.diverge(describe(&front), waiting));
+        };
+        self.check_bound(icount)?;
+        if let Err(f) = self.cpu.write_virtual(&mut self.mem, addr, &data) {
+            return Err(self.diverge(
+                format!("the recorded bytes written to {addr:#x}"),
+                format!("{f:?}"),
+            ));
         }
+        self.consume();
+        Ok(Some(data.len()))
     }
 
     fn check_all_consumed(&self) -> Result<(), Box<Divergence>> {
