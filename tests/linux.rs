@@ -4,9 +4,9 @@
 //! booted with `--initrd` and `krr.boot_only`, to power-off) replays with 0 divergences,
 //! and the UI breaks at `start_kernel` and finishes back out of it, from the symbols the
 //! recording holds (or from the vmlinux it was recorded from, where that file is still
-//! there). The checked-in workload recording (`tests/fixtures/linux-workload.krr`: the
-//! busybox `/init` of guest-agent/linux/init.sh to power-off) replays its user space
-//! with 0 divergences, names Linux's system calls, and diverges without each agent hook
+//! there). The checked-in workload recordings (`tests/fixtures/linux-workload.krr`: the
+//! busybox `/init` of guest-agent/linux/init.sh to power-off; `linux-stress.krr`: its
+//! stress.sh) replay their user space with 0 divergences, names Linux's system calls, and diverges without each agent hook
 //! for user space (the hook's events and symbol taken out of a copy).
 //!
 //! Where `KRR_LINUX_OUT` names a built guest (`guest-agent/linux/build.sh OUTDIR`;
@@ -127,6 +127,26 @@ fn the_checked_in_workload_replays_user_space_to_power_off_without_divergence() 
     assert_workload_console(&assert_linux_replays(&workload_fixture()));
 }
 
+/// The second workload (guest-agent/linux/stress.sh, `krr.workload=stress`): long
+/// `execve`, copy-on-write, `/proc/<pid>/environ` of another process read through its
+/// pages, pipes, `xargs`; replays to power-off with 0 divergences and its console.
+#[test]
+fn the_checked_in_stress_workload_replays_without_divergence() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/linux-stress.krr");
+    let console = assert_linux_replays(&path);
+    for line in [
+        "stress: exec with 500 arguments, BIG of 18892 bytes",
+        "stress: copy-on-write: child saw 23898 bytes, parent keeps 23892",
+        "environ: KRR_MARK=environ-of-another-process",
+        "cmdline: sleep 1000",
+        "stress: pipe: e071f707df7bbeee2a6a1eb48011ddd0, 20000 lines",
+        "stress: xargs: 43 lines",
+        "stress: done",
+    ] {
+        assert!(console.contains(line), "{line:?} not in\n{console}");
+    }
+}
+
 /// System call events name the call as `strace` does, from the kernel's
 /// `sys_call_table` and symbols: every number busybox used has a name, and the ones
 /// the workload must have made are there.
@@ -245,9 +265,7 @@ fn the_ui_breaks_at_start_kernel_and_finishes_back_to_its_caller() {
     let cmd = format!("{bin} replay {}", fixture().display());
     let t = start("linux", &cmd, 160, 48, &[]);
     t.wait_for("press ? for help");
-    t.send(&[":"]);
-    t.type_text("break start_kernel");
-    t.send(&["Enter"]);
+    ui_break(&t, "start_kernel");
     t.send(&["c"]);
     let at_break = t.wait_for_status("start_kernel  ");
     t.send(&["F"]);
@@ -270,26 +288,37 @@ fn a_fresh_workload_records_and_replays_without_divergence() {
     assert_workload_console(&assert_linux_replays(path));
 }
 
+/// The UI on the fresh recording, in a tmux session `name`, or None (printing why)
+/// without tmux, KVM or a built guest. No --kernel: replay reads the vmlinux the
+/// recording was made from.
+fn ui_on_fresh_recording(name: &str) -> Option<common::tmux::Tmux> {
+    if !available(true) {
+        return None;
+    }
+    let path = fresh_recording()?;
+    let bin = env!("CARGO_BIN_EXE_krr-tui");
+    let cmd = format!("{bin} replay {}", path.display());
+    Some(start(name, &cmd, 160, 48, &[]))
+}
+
+/// `:break FUNCTION` typed into the UI.
+fn ui_break(t: &common::tmux::Tmux, function: &str) {
+    t.send(&[":"]);
+    t.type_text(&format!("break {function}"));
+    t.send(&["Enter"]);
+}
+
 #[test]
 fn the_ui_shows_the_vmlinux_source_of_a_fresh_recording() {
-    if !available(true) {
-        return;
-    }
-    let Some(path) = fresh_recording() else {
+    let Some(t) = ui_on_fresh_recording("linux-source") else {
         return;
     };
-    let bin = env!("CARGO_BIN_EXE_krr-tui");
-    // No --kernel: replay reads the vmlinux the recording was made from.
-    let cmd = format!("{bin} replay {}", path.display());
-    let t = start("linux-source", &cmd, 160, 48, &[]);
     let s = t.wait_for("head_64.S");
     // The entry is startup_64 at its physical address (the vmlinux's program headers
     // map it to the symbol), listed from there with the current instruction marked.
     assert!(t.status().contains("startup_64"), "{s}");
     assert!(s.contains("→ 0000000001000000"), "{s}");
-    t.send(&[":"]);
-    t.type_text("break start_kernel");
-    t.send(&["Enter"]);
+    ui_break(&t, "start_kernel");
     t.send(&["c"]);
     t.wait_for_status("start_kernel  ");
     let s = t.wait_for("init/main.c");
@@ -297,9 +326,7 @@ fn the_ui_shows_the_vmlinux_source_of_a_fresh_recording() {
     // The current task, through the vmlinux's task_struct: the boot runs as init_task
     // (pid 0, "swapper"); kernel_init runs as pid 1, its name still its parent's.
     assert!(t.status().contains("pid 0 swapper"), "{}", t.status());
-    t.send(&[":"]);
-    t.type_text("break kernel_init");
-    t.send(&["Enter"]);
+    ui_break(&t, "kernel_init");
     t.send(&["c"]);
     let status = t.wait_for_status("kernel_init  ");
     assert!(status.contains("pid 1 swapper"), "{status}");
@@ -343,19 +370,11 @@ fn status_after_move(t: &common::tmux::Tmux, from: u64, what: &str) -> String {
 /// back, in the same task.
 #[test]
 fn the_status_bar_follows_the_current_task_across_a_context_switch() {
-    if !available(true) {
-        return;
-    }
-    let Some(path) = fresh_recording() else {
+    let Some(t) = ui_on_fresh_recording("linux-tasks") else {
         return;
     };
-    let bin = env!("CARGO_BIN_EXE_krr-tui");
-    let cmd = format!("{bin} replay {}", path.display());
-    let t = start("linux-tasks", &cmd, 160, 48, &[]);
     t.wait_for("press ? for help");
-    t.send(&[":"]);
-    t.type_text("break do_sys_openat2");
-    t.send(&["Enter"]);
+    ui_break(&t, "do_sys_openat2");
     t.send(&["c"]);
     let first = t.wait_for_status("do_sys_openat2  ");
     assert!(first.contains("pid 1 init"), "{first}");
