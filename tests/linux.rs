@@ -19,7 +19,7 @@
 mod common;
 
 use common::gdb::{Server, gdb_available, run_gdb};
-use common::tmux::{available, start};
+use common::tmux::{available, start, status_icount};
 use krr_engine::replay::Replay;
 use krr_engine::symbols::Radix;
 use krr_engine::timeline::Timeline;
@@ -265,19 +265,15 @@ fn the_ui_breaks_at_start_kernel_and_finishes_back_to_its_caller() {
     let cmd = format!("{bin} replay {}", fixture().display());
     let t = start("linux", &cmd, 160, 48, &[]);
     t.wait_for("press ? for help");
-    ui_break(&t, "start_kernel");
+    t.command("break start_kernel");
     t.send(&["c"]);
     let at_break = t.wait_for_status("start_kernel  ");
     t.send(&["F"]);
     let back = t.wait_for_status("x86_64_start_reservations");
-    let icount = |s: &str| -> u64 {
-        s.split("icount ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .expect("icount in the status bar")
-    };
-    assert!(icount(&back) < icount(&at_break), "{at_break}\n{back}");
+    assert!(
+        status_icount(&back) < status_icount(&at_break),
+        "{at_break}\n{back}"
+    );
 }
 
 #[test]
@@ -301,13 +297,6 @@ fn ui_on_fresh_recording(name: &str) -> Option<common::tmux::Tmux> {
     Some(start(name, &cmd, 160, 48, &[]))
 }
 
-/// `:break FUNCTION` typed into the UI.
-fn ui_break(t: &common::tmux::Tmux, function: &str) {
-    t.send(&[":"]);
-    t.type_text(&format!("break {function}"));
-    t.send(&["Enter"]);
-}
-
 #[test]
 fn the_ui_shows_the_vmlinux_source_of_a_fresh_recording() {
     let Some(t) = ui_on_fresh_recording("linux-source") else {
@@ -318,7 +307,7 @@ fn the_ui_shows_the_vmlinux_source_of_a_fresh_recording() {
     // map it to the symbol), listed from there with the current instruction marked.
     assert!(t.status().contains("startup_64"), "{s}");
     assert!(s.contains("→ 0000000001000000"), "{s}");
-    ui_break(&t, "start_kernel");
+    t.command("break start_kernel");
     t.send(&["c"]);
     t.wait_for_status("start_kernel  ");
     let s = t.wait_for("init/main.c");
@@ -326,41 +315,22 @@ fn the_ui_shows_the_vmlinux_source_of_a_fresh_recording() {
     // The current task, through the vmlinux's task_struct: the boot runs as init_task
     // (pid 0, "swapper"); kernel_init runs as pid 1, its name still its parent's.
     assert!(t.status().contains("pid 0 swapper"), "{}", t.status());
-    ui_break(&t, "kernel_init");
+    t.command("break kernel_init");
     t.send(&["c"]);
     let status = t.wait_for_status("kernel_init  ");
     assert!(status.contains("pid 1 swapper"), "{status}");
     // Its locals pane and print read the vmlinux's variables.
-    t.send(&[":"]);
-    t.type_text("p $rip == kernel_init");
-    t.send(&["Enter"]);
+    t.command("p $rip == kernel_init");
     t.wait_for_status("$rip == kernel_init = 1");
-}
-
-/// The icount a status bar shows.
-fn status_icount(status: &str) -> u64 {
-    status
-        .split("icount ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no icount in the status bar: {status}"))
 }
 
 /// The status bar once it shows an icount other than `from` and contains `what`.
 fn status_after_move(t: &common::tmux::Tmux, from: u64, what: &str) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = t.status();
-        if status.contains(what) && status.contains("icount ") && status_icount(&status) != from {
-            return status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the status never moved from icount {from} to show {what:?}: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    t.wait_for_status_where(
+        Duration::from_secs(60),
+        &format!("{what:?} at an icount other than {from}"),
+        |s| s.contains(what) && s.contains("icount ") && status_icount(s) != from,
+    )
 }
 
 /// The status bar follows the current task across a context switch: at
@@ -374,7 +344,7 @@ fn the_status_bar_follows_the_current_task_across_a_context_switch() {
         return;
     };
     t.wait_for("press ? for help");
-    ui_break(&t, "do_sys_openat2");
+    t.command("break do_sys_openat2");
     t.send(&["c"]);
     let first = t.wait_for_status("do_sys_openat2  ");
     assert!(first.contains("pid 1 init"), "{first}");
@@ -481,13 +451,7 @@ fn gdb_with_the_vmlinux_breaks_backtraces_and_steps_back_in_a_fresh_recording() 
         .filter_map(|chunk| chunk.first().copied())
         .collect();
     let mut t = Timeline::new(Replay::open(path).expect("recording"), 1 << 30);
-    let start_kernel = t
-        .symbols()
-        .address_of("start_kernel")
-        .expect("start_kernel");
-    t.add_breakpoint(start_kernel);
-    t.continue_forward(None);
-    assert_eq!(t.regs().rip, start_kernel);
+    continue_to(&mut t, "start_kernel");
     let ui_prints: Vec<String> = LINUX_PRINTS
         .iter()
         .map(|e| {
@@ -536,6 +500,23 @@ fn assert_same_log(ui: &[String], gdb: &[String], at: &str) {
         assert_eq!(utext, gtext, "{at}");
         assert!((ut - gt).abs() <= 1.5e-6, "{at}: {u:?} vs {g:?}");
     }
+}
+
+/// Continues `t` to a breakpoint on `function`, checking it got there; its address.
+fn continue_to(t: &mut Timeline, function: &str) -> u64 {
+    let addr = t.symbols().address_of(function).expect(function);
+    t.add_breakpoint(addr);
+    t.continue_forward(None);
+    assert_eq!(t.regs().rip, addr, "at {function}");
+    addr
+}
+
+/// Whether `lx-ps`'s lines (`ADDRESS PID COMM`) list the task `pid` named `name`.
+fn lx_ps_lists(lines: &[String], pid: u64, name: &str) -> bool {
+    lines.iter().any(|l| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        w.len() == 3 && w[1] == pid.to_string() && w[2] == name
+    })
 }
 
 /// The kernel's own gdb scripts (`CONFIG_GDB_SCRIPTS`: the build tree's
@@ -602,18 +583,12 @@ fn lx_dmesg_and_lx_ps_read_what_the_ui_reads() {
     );
 
     let mut t = Timeline::new(Replay::open(path).expect("recording"), 1 << 30);
-    let kernel_init = t.symbols().address_of("kernel_init").expect("kernel_init");
-    t.add_breakpoint(kernel_init);
-    t.continue_forward(None);
-    assert_eq!(t.regs().rip, kernel_init);
+    let kernel_init = continue_to(&mut t, "kernel_init");
     let ui_log = t.kernel_log().expect("the kernel log");
     assert_same_log(&ui_log, &gdb_log, "at kernel_init");
     let task = t.current_process().expect("the current task");
     assert!(
-        gdb_ps.iter().any(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            w.len() == 3 && w[1] == task.pid.to_string() && w[2] == task.name
-        }),
+        lx_ps_lists(&gdb_ps, task.pid, &task.name),
         "lx-ps lists pid {} {}:\n{}",
         task.pid,
         task.name,
@@ -625,10 +600,7 @@ fn lx_dmesg_and_lx_ps_read_what_the_ui_reads() {
     let gdb_log = section("DMESG2", "PS2");
     let gdb_ps = section("PS2", "END2");
     t.remove_breakpoint(kernel_init);
-    let do_exit = t.symbols().address_of("do_exit").expect("do_exit");
-    t.add_breakpoint(do_exit);
-    t.continue_forward(None);
-    assert_eq!(t.regs().rip, do_exit);
+    continue_to(&mut t, "do_exit");
     assert_same_log(
         &t.kernel_log().expect("the kernel log"),
         &gdb_log,
@@ -636,14 +608,8 @@ fn lx_dmesg_and_lx_ps_read_what_the_ui_reads() {
     );
     let task = t.current_process().expect("the current task");
     assert!(task.pid > 1, "{task:?}");
-    let listed = |pid: u64, name: &str| {
-        gdb_ps.iter().any(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            w.len() == 3 && w[1] == pid.to_string() && w[2] == name
-        })
-    };
     assert!(
-        listed(task.pid, &task.name) && listed(1, "init"),
+        lx_ps_lists(&gdb_ps, task.pid, &task.name) && lx_ps_lists(&gdb_ps, 1, "init"),
         "lx-ps lists pid {} {} and init:\n{}",
         task.pid,
         task.name,

@@ -3,10 +3,10 @@
 
 mod common;
 
-use common::tmux::{Tmux, available, start};
+use common::tmux::{Tmux, available, start, status_icount};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Opens the checked-in demo recording in the TUI inside a detached tmux session of
 /// `width` columns, or None (printing why) where tmux is missing.
@@ -49,41 +49,27 @@ fn step_reverse_step_goto_and_reverse_continue_to_a_breakpoint() {
     );
 
     // A source-line step forward, then back.
-    let icount_of = |status: &str| -> u64 {
-        status
-            .split("icount ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .expect("icount in the status bar")
-    };
-    let at_event = icount_of(&t.status());
+    let at_event = status_icount(&t.status());
     t.send(&["s"]);
     t.wait_for("│ step");
-    let stepped = icount_of(&t.status());
+    let stepped = status_icount(&t.status());
     assert!(stepped > at_event, "{}", t.status());
     t.send(&["S"]);
     t.wait_for("│ reverse-step");
     // The step stopped at the entry of an inlined call (kprintf's uart output): there
     // reverse-step enters the call without moving, as gdb's does; the next one goes
     // back.
-    assert_eq!(icount_of(&t.status()), stepped, "{}", t.status());
+    assert_eq!(status_icount(&t.status()), stepped, "{}", t.status());
     t.send(&["S"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
     // (While it scans back, the screen shows its progress instead of the status.)
-    loop {
-        let status = t.status();
-        if status.contains("icount ") && icount_of(&status) < stepped {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{status}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    t.wait_for_status_where(
+        Duration::from_secs(30),
+        &format!("an icount below {stepped}"),
+        |s| s.contains("icount ") && status_icount(s) < stepped,
+    );
 
     // A breakpoint on a symbol, then reverse-continue to its last hit before here.
-    t.send(&[":"]);
-    t.type_text("break krr_agent_rdtsc");
-    t.send(&["Enter"]);
+    t.command("break krr_agent_rdtsc");
     t.wait_for("│ breakpoint at krr_agent_rdtsc");
     t.send(&["C"]);
     let s = t.wait_for("reverse-continue: breakpoint at krr_agent_rdtsc");
@@ -97,12 +83,7 @@ fn step_reverse_step_goto_and_reverse_continue_to_a_breakpoint() {
         s.lines().any(|l| l.contains("●→ ")),
         "breakpoint mark on the current line:\n{s}"
     );
-    let icount: u64 = status
-        .split("icount ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .expect("icount in the status bar");
+    let icount = status_icount(&status);
     assert!(icount > 0 && icount < 867_330, "{status}");
 
     t.send(&["q"]);
@@ -195,9 +176,7 @@ fn a_recording_without_a_counter_shows_progress_by_exit() {
     let cmd = format!("{bin} replay {}", file.display());
     let t = start("nocounter", &cmd, 160, 48, &[]);
     t.wait_for("1 registers");
-    t.send(&[":"]);
-    t.type_text("goto event 1000");
-    t.send(&["Enter"]);
+    t.command("goto event 1000");
     let status = t.wait_for_status("#1000 ");
     assert!(status.contains("(exit "), "{status}");
     let percent: f64 = status
@@ -270,9 +249,7 @@ fn variables_watch_values_last_and_bookmarks() {
     t.wait_for_status("goto event 300");
 
     // A bookmark here.
-    t.send(&[":"]);
-    t.type_text("mark start300");
-    t.send(&["Enter"]);
+    t.command("mark start300");
     let marked = t.wait_for_status("bookmark start300: icount ");
     let icount = marked
         .split("bookmark start300: icount ")
@@ -282,9 +259,7 @@ fn variables_watch_values_last_and_bookmarks() {
         .to_string();
 
     // :x ticks shows its memory.
-    t.send(&[":"]);
-    t.type_text("x ticks 1");
-    t.send(&["Enter"]);
+    t.command("x ticks 1");
     let s = t.wait_for("memory at 0xffffffff8012");
     assert!(s.contains("ffffffff8012"), "{s}");
     t.send(&["Escape"]);
@@ -304,13 +279,9 @@ fn variables_watch_values_last_and_bookmarks() {
     assert!(s.contains("<ticks>"), "the disassembly names ticks:\n{s}");
 
     // last: back to right before the write, naming it.
-    t.send(&[":"]);
-    t.type_text("unwatch ticks");
-    t.send(&["Enter"]);
+    t.command("unwatch ticks");
     t.wait_for_status("watchpoint 0xffffffff8012");
-    t.send(&[":"]);
-    t.type_text("last ticks");
-    t.send(&["Enter"]);
+    t.command("last ticks");
     let status = t.wait_for_status("last: ticks (8 bytes): ");
     assert!(status.contains("next: by sched_timer_tick+"), "{status}");
 
@@ -334,9 +305,7 @@ fn locals_pane_print_and_frames() {
         return;
     };
     t.wait_for("press ? for help");
-    t.send(&[":"]);
-    t.type_text("break syscall_dispatch");
-    t.send(&["Enter"]);
+    t.command("break syscall_dispatch");
     t.wait_for_status("breakpoint at syscall_dispatch");
     t.send(&["c"]);
     t.wait_for_status("continue: breakpoint at syscall_dispatch");
@@ -353,44 +322,28 @@ fn locals_pane_print_and_frames() {
 
     // A member of the trap frame: the user code segment (0x30, RPL 3) the system call
     // came from.
-    t.send(&[":"]);
-    t.type_text("p/x tf->cs");
-    t.send(&["Enter"]);
+    t.command("p/x tf->cs");
     t.wait_for_status("tf->cs = 0x33");
 
     // A structure through a global pointer, and a string member.
-    t.send(&[":"]);
-    t.type_text("print cur->state");
-    t.send(&["Enter"]);
+    t.command("print cur->state");
     t.wait_for_status("cur->state = RUNNING");
-    t.send(&[":"]);
-    t.type_text("p cur->name");
-    t.send(&["Enter"]);
+    t.command("p cur->name");
     let status = t.wait_for_status("cur->name = 0xffffffff8010");
     assert!(status.contains('"'), "the name's string: {status}");
 
     // The caller's frame is the assembly entry stub, which has no variables; back down,
     // tf is there again.
-    t.send(&[":"]);
-    t.type_text("up");
-    t.send(&["Enter"]);
+    t.command("up");
     t.wait_for_status("#1  0xffffffff80100af0 in trap_common () at entry.S");
-    t.send(&[":"]);
-    t.type_text("p tf");
-    t.send(&["Enter"]);
+    t.command("p tf");
     t.wait_for_status("print tf: No symbol \"tf\" in current context.");
-    t.send(&[":"]);
-    t.type_text("down");
-    t.send(&["Enter"]);
+    t.command("down");
     t.wait_for_status("#0  syscall_dispatch (tf=0xffffffff8012");
-    t.send(&[":"]);
-    t.type_text("p tf->rip == cur->pid");
-    t.send(&["Enter"]);
+    t.command("p tf->rip == cur->pid");
     t.wait_for_status("tf->rip == cur->pid = 0");
 
-    t.send(&[":"]);
-    t.type_text("p no_such_variable");
-    t.send(&["Enter"]);
+    t.command("p no_such_variable");
     t.wait_for_status("No symbol \"no_such_variable\" in current context.");
     // The demo kernel has no printk ring: D says so.
     t.send(&["D"]);

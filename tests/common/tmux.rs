@@ -51,17 +51,37 @@ impl Tmux {
         }
     }
 
+    /// A `:` command typed into the UI and entered.
+    pub fn command(&self, text: &str) {
+        self.send(&[":"]);
+        self.type_text(text);
+        self.send(&["Enter"]);
+    }
+
     /// Waits until the status bar shows `what`; fails with it otherwise.
     pub fn wait_for_status(&self, what: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        self.wait_for_status_where(Duration::from_secs(30), &format!("{what:?}"), |s| {
+            s.contains(what)
+        })
+    }
+
+    /// Waits up to `limit` until the status bar is one `ok` accepts; fails saying it
+    /// never showed `described` otherwise.
+    pub fn wait_for_status_where(
+        &self,
+        limit: Duration,
+        described: &str,
+        ok: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + limit;
         loop {
             let status = self.status();
-            if status.contains(what) {
+            if ok(&status) {
                 return status;
             }
             assert!(
                 Instant::now() < deadline,
-                "the status never showed {what:?}: {status}"
+                "the status never showed {described}: {status}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -93,6 +113,16 @@ impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.cmd(&["kill-server"]);
     }
+}
+
+/// The icount a status bar shows.
+pub fn status_icount(status: &str) -> u64 {
+    status
+        .split("icount ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no icount in the status bar: {status}"))
 }
 
 /// Whether tmux, and where `kvm` is asked for /dev/kvm, are here; prints why a test is

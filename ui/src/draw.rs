@@ -614,23 +614,20 @@ fn locals_pane(app: &App) -> Vec<Line<'static>> {
     let Some(vars) = app.timeline.frame_variables(app.frame) else {
         return vec![Line::styled("no DWARF variables for this code", dim)];
     };
-    let mut v = vec![Line::styled(format!("frame #{} arguments", app.frame), dim)];
-    if vars.arguments.is_empty() {
-        v.push(Line::styled("  none", dim));
+    let sections = [
+        (format!("frame #{} arguments", app.frame), &vars.arguments),
+        ("locals".to_string(), &vars.locals),
+    ];
+    let mut v = Vec::new();
+    for (title, list) in sections {
+        v.push(Line::styled(title, dim));
+        if list.is_empty() {
+            v.push(Line::styled("  none", dim));
+        }
+        v.extend(
+            list.iter()
+                .map(|a| Line::raw(format!("{} = {}", a.name, a.value))),
+        );
     }
-    v.extend(
-        vars.arguments
-            .iter()
-            .map(|a| Line::raw(format!("{} = {}", a.name, a.value))),
-    );
-    v.push(Line::styled("locals", dim));
-    if vars.locals.is_empty() {
-        v.push(Line::styled("  none", dim));
-    }
-    v.extend(
-        vars.locals
-            .iter()
-            .map(|a| Line::raw(format!("{} = {}", a.name, a.value))),
-    );
     v
 }

@@ -302,9 +302,8 @@ impl Replay {
         // holds one but whose kernel has no such hook cannot be replayed faithfully,
         // and is refused here where the statistics count them (a file whose statistics
         // hide one diverges when replay reaches it).
-        if AgentHooks::of(&header).pte_read.is_none()
-            && reader.stats().count(crate::event::EventKind::PteRead) > 0
-        {
+        let hooks = AgentHooks::of(&header);
+        if hooks.pte_read.is_none() && reader.stats().count(crate::event::EventKind::PteRead) > 0 {
             let found = reader
                 .events_from(0)
                 .enumerate()
@@ -346,7 +345,7 @@ impl Replay {
         let source = Arc::new(reader.into_source(limits.event_cache()));
         mem.set_source(source.clone());
         let events = Arc::new(RecordedEvents::new(&index, source, available));
-        let mut r = Self::new(header, cpu, mem, events, final_icount);
+        let mut r = Self::new(header, hooks, cpu, mem, events, final_icount);
         r.problem = problem.map(Arc::from);
         Ok(r)
     }
@@ -364,12 +363,12 @@ impl Replay {
 
     fn new(
         header: Header,
+        hooks: AgentHooks,
         mut cpu: Cpu,
         mem: GuestMemory,
         events: Arc<RecordedEvents>,
         final_icount: Option<Icount>,
     ) -> Replay {
-        let hooks = AgentHooks::of(&header);
         cpu.set_breakpoints(hooks.addrs());
         // Behave like the recording host's instruction emulator where it differs from
         // the architecture.
