@@ -121,6 +121,14 @@ pub fn tui(args: &ReplayArgs) -> Result<()> {
     let replay = Replay::open_with(&args.file, args.limits())
         .with_context(|| format!("{}", args.file.display()))?;
     let keymap = Keymap::load()?;
+    // The directory of the image the symbols come from (the named one, else the file the
+    // recording names): relative source paths in its DWARF information start there.
+    let image =
+        (args.kernel.clone()).unwrap_or_else(|| PathBuf::from(&replay.header().kernel.name));
+    let image_dir = image.parent().map(|d| match d.as_os_str().is_empty() {
+        true => PathBuf::from("."),
+        false => d.to_path_buf(),
+    });
     let mut timeline = Timeline::new(replay, args.checkpoint_memory);
     if let Some(p) = &args.kernel {
         timeline.set_symbols(Symbols::from_path(p).with_context(|| format!("{}", p.display()))?);
@@ -140,6 +148,7 @@ pub fn tui(args: &ReplayArgs) -> Result<()> {
         crate::gdb::export(replay).map_err(|e| format!("{e:#}"))
     }));
     app.source_dirs = args.source_dir.clone();
+    app.image_dir = image_dir;
     if !message.is_empty() {
         app.message = message;
     }

@@ -6,15 +6,18 @@
 //! recording holds (or from the vmlinux it was recorded from, where that file is still
 //! there). The checked-in workload recordings (`tests/fixtures/linux-workload.krr`: the
 //! busybox `/init` of guest-agent/linux/init.sh to power-off; `linux-stress.krr`: its
-//! stress.sh) replay their user space with 0 divergences, names Linux's system calls, and diverges without each agent hook
-//! for user space (the hook's events and symbol taken out of a copy).
+//! stress.sh) replay their user space with 0 divergences, their system calls are named,
+//! and a copy without one user-space hook's events and symbol diverges.
 //!
 //! Where `KRR_LINUX_OUT` names a built guest (`guest-agent/linux/build.sh OUTDIR`;
-//! `.ci/run` builds one) and /dev/kvm is usable: its boot and busybox workload are
-//! recorded once from it and replayed with 0 divergences and the workload's console, the
-//! UI shows the vmlinux's source lines and follows the current task across a context
-//! switch, gdb with `file vmlinux` breaks, backtraces and steps backwards in it, and the
-//! kernel's gdb scripts (`lx-dmesg`, `lx-ps`) read what the UI reads.
+//! `.ci/run` builds one): its vmlinux, which build.sh builds reproducibly, is checked to
+//! be the one the checked-in workload was recorded from, and with it the UI shows the
+//! vmlinux's source lines and follows the current task across a context switch on that
+//! recording, gdb with `file vmlinux` breaks, backtraces and steps backwards in it, and
+//! the kernel's gdb scripts (`lx-dmesg`, `lx-ps`) read what the UI reads. Where /dev/kvm
+//! is usable too: the guest's boot and workload are recorded fresh and replay with 0
+//! divergences and the workload's console, and recordings made with each user-space hook
+//! off (`krr.hooks_off=`) diverge.
 
 mod common;
 
@@ -54,6 +57,34 @@ fn linux_out() -> Option<PathBuf> {
     Some(out)
 }
 
+/// Records the built guest in `out` to `path` (its boot, then the user space the command
+/// line asks for), to power-off, failing the test if recording fails.
+fn record_linux(out: &Path, cmdline: Option<&str>, path: &Path) {
+    let mut cmd = common::krr();
+    cmd.args(["record", "--headless", "--quiet", "--force", "--kernel"])
+        .arg(out.join("vmlinux"))
+        .arg("--initrd")
+        .arg(out.join("initramfs.cpio"))
+        .arg("-o")
+        .arg(path);
+    if let Some(c) = cmdline {
+        cmd.args(["--cmdline", c]);
+    }
+    let o = common::run_with_timeout(cmd, Duration::from_secs(1200));
+    assert!(
+        o.status.success(),
+        "record {cmdline:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A directory of this test process for its recordings.
+fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("krr-linux-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// The built guest's boot and workload (guest-agent/linux/init.sh, to power-off),
 /// recorded once for this test process, or None (printing why) without a built guest or
 /// without /dev/kvm.
@@ -64,25 +95,43 @@ fn fresh_recording() -> Option<&'static Path> {
     }
     static RECORDING: OnceLock<PathBuf> = OnceLock::new();
     let path = RECORDING.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("krr-linux-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("workload.krr");
-        let mut cmd = common::krr();
-        cmd.args(["record", "--headless", "--quiet", "--force", "--kernel"])
-            .arg(out.join("vmlinux"))
-            .arg("--initrd")
-            .arg(out.join("initramfs.cpio"))
-            .arg("-o")
-            .arg(&path);
-        let o = common::run_with_timeout(cmd, Duration::from_secs(1200));
-        assert!(
-            o.status.success(),
-            "record failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let path = scratch_dir().join("workload.krr");
+        record_linux(&out, None, &path);
         path
     });
     Some(path)
+}
+
+/// The built guest's vmlinux when it is, bit for bit, the one the checked-in workload
+/// recording was made from (build.sh builds reproducibly: same SHA-256 as the
+/// recording's header); None (printing why) without a built guest. A different vmlinux
+/// fails the test: the UI would show another kernel's source and types.
+fn checked_in_vmlinux() -> Option<PathBuf> {
+    use sha2::{Digest as _, Sha256};
+    let vmlinux = linux_out()?.join("vmlinux");
+    let header = Replay::open(workload_fixture())
+        .expect("fixture")
+        .header()
+        .clone();
+    let sha: [u8; 32] = Sha256::digest(std::fs::read(&vmlinux).unwrap()).into();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    assert_eq!(
+        hex(&sha),
+        hex(&header.kernel.sha256),
+        "{} is not the vmlinux tests/fixtures/linux-workload.krr was recorded from \
+         (guest-agent/linux/build.sh builds it reproducibly with the same gcc; after a \
+         change to the patch or config, record the fixture again: \
+         examples/record-replay-linux.sh --workload --keep DIR OUT 1)",
+        vmlinux.display()
+    );
+    Some(vmlinux)
+}
+
+/// The checked-in workload in a timeline with the built guest's vmlinux for symbols.
+fn checked_in_timeline(vmlinux: &Path) -> Timeline {
+    let mut t = Timeline::new(Replay::open(workload_fixture()).expect("fixture"), 1 << 30);
+    t.set_symbols(krr_engine::symbols::Symbols::from_path(vmlinux).expect("vmlinux"));
+    t
 }
 
 /// Replays `path` with --verify (the console compared line by line with the
@@ -129,7 +178,7 @@ fn the_checked_in_workload_replays_user_space_to_power_off_without_divergence() 
 
 /// The second workload (guest-agent/linux/stress.sh, `krr.workload=stress`): long
 /// `execve`, copy-on-write, `/proc/<pid>/environ` of another process read through its
-/// pages, pipes, `xargs`; replays to power-off with 0 divergences and its console.
+/// pages, pipes, `xargs`, a file written through a shared mapping and read back; replays to power-off with 0 divergences and its console.
 #[test]
 fn the_checked_in_stress_workload_replays_without_divergence() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/linux-stress.krr");
@@ -141,6 +190,7 @@ fn the_checked_in_stress_workload_replays_without_divergence() {
         "cmdline: sleep 1000",
         "stress: pipe: e071f707df7bbeee2a6a1eb48011ddd0, 20000 lines",
         "stress: xargs: 43 lines",
+        "mmap-check: 13288 bytes written through a shared mapping, read(2) gave them back",
         "stress: done",
     ] {
         assert!(console.contains(line), "{line:?} not in\n{console}");
@@ -284,22 +334,149 @@ fn a_fresh_workload_records_and_replays_without_divergence() {
     assert_workload_console(&assert_linux_replays(path));
 }
 
-/// The UI on the fresh recording, in a tmux session `name`, or None (printing why)
-/// without tmux, KVM or a built guest. No --kernel: replay reads the vmlinux the
-/// recording was made from.
-fn ui_on_fresh_recording(name: &str) -> Option<common::tmux::Tmux> {
-    if !available(true) {
+/// The user-space hooks `krr.hooks_off` can leave out (guest-agent/linux: krr.c), each
+/// with the events it records.
+const USER_SPACE_HOOKS: [(&str, fn(&krr_engine::event::Event) -> bool); 6] = {
+    use krr_engine::event::{EntryKind, Event};
+    [
+        (
+            "syscall_entry",
+            |e| matches!(e, Event::UserEntry(u) if u.kind == EntryKind::Syscall),
+        ),
+        (
+            "user_trap",
+            |e| matches!(e, Event::UserEntry(u) if u.kind != EntryKind::Syscall),
+        ),
+        (
+            "user_read",
+            |e| matches!(e, Event::UserRead(u) if u.dst != u.src),
+        ),
+        (
+            "user_source",
+            |e| matches!(e, Event::UserRead(u) if u.dst == u.src),
+        ),
+        ("pte_read", |e| matches!(e, Event::PteRead(_))),
+        // CPUID faulting records nothing: the user's cpuid runs as kernel code.
+        ("cpuid", |_| false),
+    ]
+};
+
+/// How many of the recording's events `pred` picks.
+fn count_events(path: &Path, pred: fn(&krr_engine::event::Event) -> bool) -> usize {
+    let replay = Replay::open(path).expect("recording");
+    replay
+        .events(0..replay.event_count())
+        .filter(|(_, e)| pred(e))
+        .count()
+}
+
+/// Each agent hook for user space is needed: recorded with it off (`krr.hooks_off=NAME`,
+/// the busybox /init up to its first programs, `krr.workload=none`), the recording has
+/// none of the hook's records and its replay diverges, where the fresh recording with
+/// every hook replays at 0 divergences. The one exception is a hook this host never
+/// reaches: where `syscall` arrives as a page fault at LSTAR (this kind of host), no
+/// system call enters through entry_SYSCALL_64 and the user-trap hook records them.
+#[test]
+fn recorded_with_a_user_space_hook_off_the_workload_diverges() {
+    let Some(out) = linux_out() else {
+        return;
+    };
+    let Some(with_all) = fresh_recording() else {
+        return;
+    };
+    let dir = scratch_dir();
+    // Two recordings at a time: each keeps one host core busy.
+    let results: Vec<(&str, PathBuf, Option<String>)> = std::thread::scope(|scope| {
+        let chunks: Vec<_> = USER_SPACE_HOOKS
+            .chunks(USER_SPACE_HOOKS.len().div_ceil(2))
+            .collect();
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|hooks| {
+                let (out, dir) = (&out, &dir);
+                scope.spawn(move || {
+                    hooks
+                        .iter()
+                        .map(|(name, _)| {
+                            let path = dir.join(format!("hook-off-{name}.krr"));
+                            let cmdline = format!("krr.workload=none krr.hooks_off={name}");
+                            record_linux(out, Some(&cmdline), &path);
+                            let mut replay = Replay::open(&path).unwrap();
+                            let diverged = match replay.run(krr_engine::replay::Target::End) {
+                                krr_engine::replay::Stop::Diverged(d) => {
+                                    Some(format!("{} at icount {}", d.expected, d.icount))
+                                }
+                                _ => None,
+                            };
+                            (*name, path, diverged)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let all_console = String::from_utf8_lossy(&common::recorded_console(with_all)).into_owned();
+    for ((name, records), (_, path, diverged)) in USER_SPACE_HOOKS.iter().zip(&results) {
+        println!("krr.hooks_off={name}: {diverged:?}");
+        let console = String::from_utf8_lossy(&common::recorded_console(path)).into_owned();
+        assert!(
+            console.contains(&format!("krr.hooks_off: {name} is off")),
+            "{name}: the kernel did not take krr.hooks_off:\n{console}"
+        );
+        assert!(
+            console.contains("krr.workload=none: powering off"),
+            "{console}"
+        );
+        assert_eq!(
+            count_events(path, *records),
+            0,
+            "{name} is off but recorded"
+        );
+        if *name == "cpuid" {
+            let line = "user-mode cpuid runs in the kernel";
+            assert!(
+                all_console.contains(line) && !console.contains(line),
+                "{console}"
+            );
+        }
+        if *name == "syscall_entry" && count_events(with_all, *records) == 0 {
+            println!(
+                "krr.hooks_off=syscall_entry: no system call of this host enters through \
+                 entry_SYSCALL_64 (all arrive as page faults at LSTAR): nothing to diverge"
+            );
+            assert!(
+                diverged.is_none(),
+                "a hook never reached changed replay: {diverged:?}"
+            );
+            continue;
+        }
+        assert!(diverged.is_some(), "recorded with {name} off, it replayed");
+    }
+}
+
+/// The UI on the checked-in workload recording with the built guest's vmlinux, in a tmux
+/// session `name`, or None (printing why) without tmux or a built guest.
+fn ui_on_checked_in_workload(name: &str) -> Option<common::tmux::Tmux> {
+    if !available(false) {
         return None;
     }
-    let path = fresh_recording()?;
+    let vmlinux = checked_in_vmlinux()?;
     let bin = env!("CARGO_BIN_EXE_krr-tui");
-    let cmd = format!("{bin} replay {}", path.display());
+    let cmd = format!(
+        "{bin} replay {} --kernel {}",
+        workload_fixture().display(),
+        vmlinux.display()
+    );
     Some(start(name, &cmd, 160, 48, &[]))
 }
 
 #[test]
-fn the_ui_shows_the_vmlinux_source_of_a_fresh_recording() {
-    let Some(t) = ui_on_fresh_recording("linux-source") else {
+fn the_ui_shows_the_vmlinux_source_of_the_checked_in_workload() {
+    let Some(t) = ui_on_checked_in_workload("linux-source") else {
         return;
     };
     let s = t.wait_for("head_64.S");
@@ -310,8 +487,9 @@ fn the_ui_shows_the_vmlinux_source_of_a_fresh_recording() {
     t.command("break start_kernel");
     t.send(&["c"]);
     t.wait_for_status("start_kernel  ");
-    let s = t.wait_for("init/main.c");
-    assert!(s.contains("start_kernel"), "{s}");
+    // The source itself, found beside the vmlinux (its DWARF paths are relative).
+    let s = t.wait_for("void start_kernel(void)");
+    assert!(s.contains("init/main.c"), "{s}");
     // The current task, through the vmlinux's task_struct: the boot runs as init_task
     // (pid 0, "swapper"); kernel_init runs as pid 1, its name still its parent's.
     assert!(t.status().contains("pid 0 swapper"), "{}", t.status());
@@ -340,7 +518,7 @@ fn status_after_move(t: &common::tmux::Tmux, from: u64, what: &str) -> String {
 /// back, in the same task.
 #[test]
 fn the_status_bar_follows_the_current_task_across_a_context_switch() {
-    let Some(t) = ui_on_fresh_recording("linux-tasks") else {
+    let Some(t) = ui_on_checked_in_workload("linux-tasks") else {
         return;
     };
     t.wait_for("press ? for help");
@@ -407,15 +585,14 @@ const LINUX_PRINTS: [&str; 5] = [
 ];
 
 #[test]
-fn gdb_with_the_vmlinux_breaks_backtraces_and_steps_back_in_a_fresh_recording() {
+fn gdb_with_the_vmlinux_breaks_backtraces_and_steps_back_in_the_checked_in_workload() {
     if !gdb_available() {
         return;
     }
-    let Some(path) = fresh_recording() else {
+    let Some(vmlinux) = checked_in_vmlinux() else {
         return;
     };
-    let out = linux_out().expect("fresh_recording needs it");
-    let server = Server::start_on(path);
+    let server = Server::start_on(&workload_fixture());
     let dir = tempfile::tempdir().unwrap();
     let script = format!(
         "target remote {}\n\
@@ -441,7 +618,7 @@ fn gdb_with_the_vmlinux_breaks_backtraces_and_steps_back_in_a_fresh_recording() 
             .map(|e| format!("printf \"PRINT\\n\"\noutput {e}\nprintf \"\\n\"\n"))
             .collect::<String>(),
     );
-    let text = run_gdb(Some(&out.join("vmlinux")), &script, dir.path());
+    let text = run_gdb(Some(&vmlinux), &script, dir.path());
     // The UI's engine prints the same at the same stop.
     let gdb_prints: Vec<&str> = text
         .lines()
@@ -450,7 +627,7 @@ fn gdb_with_the_vmlinux_breaks_backtraces_and_steps_back_in_a_fresh_recording() 
         .split(|l| *l == "PRINT")
         .filter_map(|chunk| chunk.first().copied())
         .collect();
-    let mut t = Timeline::new(Replay::open(path).expect("recording"), 1 << 30);
+    let mut t = checked_in_timeline(&vmlinux);
     continue_to(&mut t, "start_kernel");
     let ui_prints: Vec<String> = LINUX_PRINTS
         .iter()
@@ -529,18 +706,17 @@ fn lx_dmesg_and_lx_ps_read_what_the_ui_reads() {
     if !gdb_available() {
         return;
     }
-    let Some(path) = fresh_recording() else {
+    let Some(vmlinux) = checked_in_vmlinux() else {
         return;
     };
-    let out = linux_out().expect("fresh_recording needs it");
-    let build = out.join("build");
+    let build = vmlinux.with_file_name("build");
     if !build.join("vmlinux-gdb.py").is_file() {
         panic!(
             "{} has no vmlinux-gdb.py: guest-agent/linux/build.sh builds the gdb scripts",
             build.display()
         );
     }
-    let server = Server::start_on(path);
+    let server = Server::start_on(&workload_fixture());
     let dir = tempfile::tempdir().unwrap();
     let script = format!(
         "source {}\n\
@@ -564,7 +740,7 @@ fn lx_dmesg_and_lx_ps_read_what_the_ui_reads() {
         build.join("vmlinux-gdb.py").display(),
         server.addr
     );
-    let text = run_gdb(Some(&out.join("vmlinux")), &script, dir.path());
+    let text = run_gdb(Some(&vmlinux), &script, dir.path());
     let section = |from: &str, to: &str| -> Vec<String> {
         text.lines()
             .skip_while(|l| *l != from)
@@ -582,7 +758,7 @@ fn lx_dmesg_and_lx_ps_read_what_the_ui_reads() {
         "lx-dmesg printed the log:\n{text}"
     );
 
-    let mut t = Timeline::new(Replay::open(path).expect("recording"), 1 << 30);
+    let mut t = checked_in_timeline(&vmlinux);
     let kernel_init = continue_to(&mut t, "kernel_init");
     let ui_log = t.kernel_log().expect("the kernel log");
     assert_same_log(&ui_log, &gdb_log, "at kernel_init");

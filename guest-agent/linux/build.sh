@@ -121,7 +121,19 @@ if ! cmp -s "$patch_file" "$applied" 2>/dev/null; then
 fi
 
 # --- Configuration: tinyconfig + krr.config, again whenever either input changed ---
-kmake() { make -C "$src" O="$1" -j"$jobs" KRR_AGENT_INCLUDE="$agent_include" "${@:2}"; }
+# The same vmlinux, bit for bit, from any OUTDIR on any machine with the same compiler
+# (the tests open a checked-in recording with a vmlinux built here): the build's
+# identity is fixed (the kernel's reproducible-build variables) and the DWARF's paths
+# are relative to OUTDIR (compilation directory build/, sources build/../linux-VERSION/),
+# so the sources are found beside the vmlinux; krr_agent_abi.h is named
+# krr-tui/guest-agent/include/. The C macros' paths keep the kernel's own mapping.
+kmake() {
+	local maps="-fdebug-prefix-map=$1=$(basename "$1") -fdebug-prefix-map=$src=../$(basename "$src")"
+	maps+=" -fdebug-prefix-map=$agent_include=krr-tui/guest-agent/include"
+	make -C "$src" O="$1" -j"$jobs" KRR_AGENT_INCLUDE="$agent_include" \
+		KBUILD_BUILD_TIMESTAMP="Thu Jan  1 00:00:00 UTC 2026" KBUILD_BUILD_USER=krr \
+		KBUILD_BUILD_HOST=krr-tui KBUILD_BUILD_VERSION=1 KCFLAGS="$maps" KAFLAGS="$maps" "${@:2}"
+}
 
 # Checks that every option krr.config sets (or unsets) has that value in $1/.config.
 check_config() {
@@ -166,13 +178,21 @@ kmake "$obj" -s all
 publish "$obj/vmlinux" "$out/vmlinux"
 publish "$obj/arch/x86/boot/bzImage" "$out/bzImage"
 
+# --- mmap-check, the stress workload's program that busybox has no applet for --------
+mmap_check=$out/mmap-check
+if [ ! -f "$mmap_check" ] || [ "$here/mmap-check.c" -nt "$mmap_check" ]; then
+	say "building $mmap_check"
+	gcc -static -nostdlib -ffreestanding -fno-stack-protector -fno-pie -no-pie -O2 -Wall -Wextra \
+		-Werror -o "$mmap_check" "$here/mmap-check.c"
+fi
+
 # --- The initramfs: gen_init_cpio (built with the kernel) over initramfs.list -------
 cpio=$out/initramfs.cpio
 if [ ! -f "$cpio" ] || [ "$here/initramfs.list" -nt "$cpio" ] || [ "$here/init.sh" -nt "$cpio" ] ||
-	[ "$here/stress.sh" -nt "$cpio" ] ||
+	[ "$here/stress.sh" -nt "$cpio" ] || [ "$mmap_check" -nt "$cpio" ] ||
 	[ /bin/busybox -nt "$cpio" ]; then
 	say "writing $cpio"
-	(cd "$here" && "$obj/usr/gen_init_cpio" -t 0 initramfs.list) >"$cpio.tmp"
+	(cd "$here" && KRR_GUEST_OUT=$out "$obj/usr/gen_init_cpio" -t 0 initramfs.list) >"$cpio.tmp"
 	mv "$cpio.tmp" "$cpio"
 fi
 

@@ -7,10 +7,16 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "init: $(uname -sr) $(uname -m), pid $$"
 echo "init: cmdline: $(cat /proc/cmdline)"
-# krr.workload=stress: the second workload (stress.sh) instead of this one.
+# krr.workload=stress: the second workload (stress.sh) instead of this one;
+# krr.workload=none: power-off here (the tests that record with a hook off need only
+# the start of user space: the first programs' system calls, faults and cpuid).
 case " $(cat /proc/cmdline) " in
 *" krr.workload=stress "*)
 	sh /stress.sh
+	poweroff -f
+	;;
+*" krr.workload=none "*)
+	echo "init: krr.workload=none: powering off"
 	poweroff -f
 	;;
 esac

@@ -33,4 +33,8 @@ echo "stress: pipe: $(seq 1 20000 | md5sum | cut -d' ' -f1), $(seq 1 20000 | wc 
 
 # Many small system calls with user buffers: xargs builds argument lists from a pipe.
 echo "stress: xargs: $(seq 1 300 | xargs -n 7 echo | wc -l) lines"
+# A file written through a shared mapping and read back with read(2): the kernel knows
+# of the writes from the page tables' dirty bits alone.
+mmap-check
+
 echo "stress: done"

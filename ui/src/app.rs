@@ -178,6 +178,9 @@ pub struct App {
     pub quit: bool,
     /// Directories searched first (by file name) for source files.
     pub source_dirs: Vec<PathBuf>,
+    /// The directory of the kernel image the symbols came from: relative source paths
+    /// in its DWARF information are taken from there.
+    pub image_dir: Option<PathBuf>,
     sources: RefCell<HashMap<PathBuf, Option<Rc<Vec<String>>>>>,
     /// The density strip's columns, for a width and a number of applied events known.
     density: RefCell<Option<(usize, u64, Vec<u32>)>>,
@@ -205,6 +208,7 @@ impl App {
             message: "press ? for help".into(),
             quit: false,
             source_dirs: Vec::new(),
+            image_dir: None,
             sources: RefCell::new(HashMap::new()),
             density: RefCell::new(None),
         }
@@ -1187,10 +1191,18 @@ impl App {
         if let Some(t) = self.sources.borrow().get(file) {
             return t.clone();
         }
+        // A relative DWARF path (a build that maps its directories away, as our Linux
+        // guest's) is relative to where the image is.
+        let beside_image = self
+            .image_dir
+            .as_ref()
+            .filter(|_| file.is_relative())
+            .map(|d| d.join(file));
         let candidates = self
             .source_dirs
             .iter()
             .filter_map(|d| file.file_name().map(|n| d.join(n)))
+            .chain(beside_image)
             .chain(std::iter::once(file.to_path_buf()));
         let text = candidates
             .into_iter()
