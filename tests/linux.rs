@@ -334,9 +334,12 @@ fn a_fresh_workload_records_and_replays_without_divergence() {
     assert_workload_console(&assert_linux_replays(path));
 }
 
+/// Picks events of one kind.
+type EventFilter = fn(&krr_engine::event::Event) -> bool;
+
 /// The user-space hooks `krr.hooks_off` can leave out (guest-agent/linux: krr.c), each
 /// with the events it records.
-const USER_SPACE_HOOKS: [(&str, fn(&krr_engine::event::Event) -> bool); 6] = {
+const USER_SPACE_HOOKS: [(&str, EventFilter); 6] = {
     use krr_engine::event::{EntryKind, Event};
     [
         (
@@ -362,7 +365,7 @@ const USER_SPACE_HOOKS: [(&str, fn(&krr_engine::event::Event) -> bool); 6] = {
 };
 
 /// How many of the recording's events `pred` picks.
-fn count_events(path: &Path, pred: fn(&krr_engine::event::Event) -> bool) -> usize {
+fn count_events(path: &Path, pred: EventFilter) -> usize {
     let replay = Replay::open(path).expect("recording");
     replay
         .events(0..replay.event_count())
