@@ -459,6 +459,9 @@ fn recorded_with_a_user_space_hook_off_the_workload_diverges() {
         }
         assert!(diverged.is_some(), "recorded with {name} off, it replayed");
     }
+    for (_, path, _) in &results {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// The UI on the checked-in workload recording with the built guest's vmlinux, in a tmux
