@@ -706,7 +706,8 @@ fn lx_ps_lists(lines: &[String], pid: u64, name: &str) -> bool {
 /// `vmlinux-gdb.py`) work against the stub, and the UI reads what they read: at
 /// `kernel_init` and where the workload's first child exits (`do_exit`), `lx-dmesg`
 /// prints the same kernel log as the UI's `D`, and `lx-ps` lists the task the status
-/// bar names.
+/// bar names; `lx-cmdline` is the recording's command line, `lx-version` the log's first
+/// line, and `lx-symbols` loads the vmlinux (the kernel has no modules).
 #[test]
 fn lx_dmesg_and_lx_ps_read_what_the_ui_reads() {
     if !gdb_available() {
@@ -741,6 +742,12 @@ fn lx_dmesg_and_lx_ps_read_what_the_ui_reads() {
          lx-dmesg\n\
          printf \"PS2\\n\"\n\
          lx-ps\n\
+         printf \"CMDLINE\\n\"\n\
+         lx-cmdline\n\
+         printf \"VERSION\\n\"\n\
+         lx-version\n\
+         printf \"SYMBOLS\\n\"\n\
+         lx-symbols\n\
          printf \"END2\\n\"\n\
          detach\n",
         build.join("vmlinux-gdb.py").display(),
@@ -780,7 +787,7 @@ fn lx_dmesg_and_lx_ps_read_what_the_ui_reads() {
     // In user space, where the first child of the workload exits: the log then holds
     // init's lines too, and lx-ps lists the user tasks with the one exiting.
     let gdb_log = section("DMESG2", "PS2");
-    let gdb_ps = section("PS2", "END2");
+    let gdb_ps = section("PS2", "CMDLINE");
     t.remove_breakpoint(kernel_init);
     continue_to(&mut t, "do_exit");
     assert_same_log(
@@ -796,5 +803,27 @@ fn lx_dmesg_and_lx_ps_read_what_the_ui_reads() {
         task.pid,
         task.name,
         gdb_ps.join("\n")
+    );
+    // The command line the recorder gave the kernel, the banner the console printed
+    // first, and lx-symbols (which loads vmlinux; this kernel has no modules).
+    let header = t.replay().header().clone();
+    assert_eq!(
+        section("CMDLINE", "VERSION"),
+        [header.kernel_command_line.clone()],
+        "{text}"
+    );
+    let version = section("VERSION", "SYMBOLS");
+    assert!(
+        version
+            .first()
+            .is_some_and(|v| v.starts_with("Linux version 6.1.192 ")
+                && gdb_log.first().is_some_and(|l| l.ends_with(v.trim_end()))),
+        "lx-version is the log's first line:\n{text}"
+    );
+    assert!(
+        section("SYMBOLS", "END2")
+            .iter()
+            .any(|l| l == "loading vmlinux"),
+        "{text}"
     );
 }
