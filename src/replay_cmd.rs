@@ -123,8 +123,10 @@ pub fn tui(args: &ReplayArgs) -> Result<()> {
     let keymap = Keymap::load()?;
     // The directory of the image the symbols come from (the named one, else the file the
     // recording names): relative source paths in its DWARF information start there.
-    let image =
-        (args.kernel.clone()).unwrap_or_else(|| PathBuf::from(&replay.header().kernel.name));
+    let image = args
+        .kernel
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&replay.header().kernel.name));
     let image_dir = image.parent().map(|d| match d.as_os_str().is_empty() {
         true => PathBuf::from("."),
         false => d.to_path_buf(),

@@ -178,7 +178,8 @@ fn the_checked_in_workload_replays_user_space_to_power_off_without_divergence() 
 
 /// The second workload (guest-agent/linux/stress.sh, `krr.workload=stress`): long
 /// `execve`, copy-on-write, `/proc/<pid>/environ` of another process read through its
-/// pages, pipes, `xargs`, a file written through a shared mapping and read back; replays to power-off with 0 divergences and its console.
+/// pages, pipes, `xargs`, a file written through a shared mapping and read back; replays
+/// to power-off with 0 divergences and its console.
 #[test]
 fn the_checked_in_stress_workload_replays_without_divergence() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/linux-stress.krr");
