@@ -810,7 +810,7 @@ fn lx_dmesg_and_lx_ps_read_what_the_ui_reads() {
     let header = t.replay().header().clone();
     assert_eq!(
         section("CMDLINE", "VERSION"),
-        [header.kernel_command_line.clone()],
+        [header.kernel_command_line.as_str()],
         "{text}"
     );
     let version = section("VERSION", "SYMBOLS");
