@@ -82,6 +82,12 @@ impl Bytes {
             path: path.to_path_buf(),
             source,
         })?;
+        Bytes::map_file(&file, path)
+    }
+
+    /// Maps an open file read-only, as [`Bytes::map_path`] (`path` names it in
+    /// errors). The mapping stays valid after `file` is closed.
+    pub fn map_file(file: &File, path: &Path) -> Result<Bytes, MapError> {
         // The descriptor's own metadata: the file checked is the file mapped.
         let meta = file.metadata().map_err(|source| MapError::Open {
             path: path.to_path_buf(),
@@ -100,7 +106,7 @@ impl Bytes {
         // `Mmap::map` cannot promise is that no other process changes the file while
         // it is mapped; that is the usual mmap caveat the crate documentation states
         // (an in-place rewrite changes bytes under readers, a truncation faults).
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| MapError::Map {
+        let map = unsafe { Mmap::map(file) }.map_err(|source| MapError::Map {
             path: path.to_path_buf(),
             source,
         })?;
