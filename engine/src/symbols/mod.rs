@@ -30,16 +30,18 @@ mod blocks;
 mod debuginfo;
 mod expr;
 mod lines;
+mod units;
 mod unwind;
 mod values;
 
 pub use blocks::{Block, BlockKind, Blocks, Scope};
 pub use debuginfo::{
-    AggregateKind, BaseEncoding, DebugInfo, DebugInfoError, DieRef, Field, FrameContext, Member,
-    Place, Pointee, ScopeFrame, Type, Variable,
+    AggregateKind, BaseEncoding, DebugInfo, DieRef, Field, FrameContext, Member, Place, Pointee,
+    ScopeFrame, Type, Variable,
 };
 pub use expr::{ExprContext, evaluate as evaluate_expression};
 pub use lines::{LineRange, LineTable};
+use units::Units;
 pub use unwind::{
     CfaBase, DWARF_PC, DwarfRegisters, Frame, FrameRule, MAX_FRAMES, SavedRbp, Unwinder,
 };
@@ -141,6 +143,9 @@ pub struct Symbols {
     /// Functions and inlined calls, built when first asked for.
     blocks: std::sync::OnceLock<Option<Blocks>>,
     dwarf: Option<Arc<gimli::Dwarf<Reader>>>,
+    /// The DWARF units' headers and ranges, read when first asked for (shared by the
+    /// line tables and the variable reader).
+    units: std::sync::OnceLock<Option<Arc<Units>>>,
     /// Variables and types, read when first asked for.
     debug_info: std::sync::OnceLock<Option<DebugInfo>>,
     unwinder: Option<Unwinder>,
@@ -166,6 +171,7 @@ impl Symbols {
             line_table: std::sync::OnceLock::new(),
             blocks: std::sync::OnceLock::new(),
             dwarf: None,
+            units: std::sync::OnceLock::new(),
             debug_info: std::sync::OnceLock::new(),
             unwinder: None,
         }
@@ -226,6 +232,7 @@ impl Symbols {
             line_table: std::sync::OnceLock::new(),
             blocks: std::sync::OnceLock::new(),
             dwarf,
+            units: std::sync::OnceLock::new(),
             debug_info: std::sync::OnceLock::new(),
             unwinder,
         })
@@ -257,6 +264,7 @@ impl Symbols {
             line_table: std::sync::OnceLock::new(),
             blocks: std::sync::OnceLock::new(),
             dwarf: None,
+            units: std::sync::OnceLock::new(),
             debug_info: std::sync::OnceLock::new(),
             unwinder: None,
         }
@@ -491,7 +499,7 @@ impl Symbols {
     /// The image's variables and types from its DWARF information (None without it).
     pub fn debug_info(&self) -> Option<&DebugInfo> {
         self.debug_info
-            .get_or_init(|| DebugInfo::new(self.dwarf.clone()?).ok())
+            .get_or_init(|| Some(DebugInfo::new(self.units()?.clone())))
             .as_ref()
     }
 
@@ -506,10 +514,14 @@ impl Symbols {
     /// they do not parse).
     pub fn line_table(&self) -> Option<&LineTable> {
         self.line_table
-            .get_or_init(|| {
-                let dwarf = self.dwarf.as_ref()?;
-                LineTable::from_dwarf(dwarf).ok()
-            })
+            .get_or_init(|| Some(LineTable::new(self.units()?.clone())))
+            .as_ref()
+    }
+
+    /// The DWARF units (None without DWARF, or where a unit does not parse).
+    fn units(&self) -> Option<&Arc<Units>> {
+        self.units
+            .get_or_init(|| Some(Arc::new(Units::new(self.dwarf.clone()?).ok()?)))
             .as_ref()
     }
 }
