@@ -286,7 +286,7 @@ fn main() {
         return;
     }
     // What later commands build (not the first screen): breakpoints by function name
-    // and the line table behind source-line steps.
+    // and by line (all line programs), the kernel log's types, a global's entry.
     let addresses = meter.step("later: break NAME (all blocks)", || {
         symbols.function_addresses(name).len()
     });
@@ -295,5 +295,15 @@ fn main() {
         let file = l.file.file_name()?.to_str()?;
         symbols.line_addresses(file, l.line).map(|(_, a)| a.len())
     });
-    println!("  -> {addresses} locations of {name}; {stmts:?} at its line");
+    let printk = meter.step("later: printk ring layout (dmesg)", || {
+        symbols.member("printk_ringbuffer", "desc_ring")
+    });
+    let global = meter.step("later: a global by name (print)", || {
+        symbols.debug_info()?.global("jiffies", None)
+    });
+    println!(
+        "  -> {addresses} locations of {name}; {stmts:?} at its line; printk {printk:?}; \
+         jiffies {}",
+        global.is_some()
+    );
 }
