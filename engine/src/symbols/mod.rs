@@ -312,7 +312,8 @@ impl Symbols {
         if sha != header.kernel.sha256 {
             return None;
         }
-        // The same open file is mapped; its size is checked again, as it was hashed.
+        // The file mapped is the file hashed (one descriptor); its length is checked
+        // again in case it was written to in between.
         let image = Bytes::map_file(&file, path).ok()?;
         if image.len() as u64 != header.kernel.size {
             return None;
