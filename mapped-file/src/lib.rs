@@ -20,8 +20,8 @@
 //! rename it over the old one (the mapping keeps the old file's pages), so the caveat
 //! concerns only in-place writers.
 //!
-//! This is the workspace's only `unsafe` code about files; the engine itself forbids
-//! `unsafe`.
+//! The engine forbids `unsafe`; this crate holds the `unsafe` that mapping a file and
+//! lending its bytes to gimli take, each with the reason it holds.
 
 use std::fmt;
 use std::fs::File;
