@@ -278,8 +278,13 @@ fn main() {
             timeline.frame_variables(0)
         });
         let task = meter.step("recording: current task", || timeline.current_process());
+        // The source pane's line: gdb's, which asks whether the position enters an
+        // inlined call (every function and inlined call of the image: `Blocks`).
+        let line = meter.step("recording: source line (inlined)", || {
+            timeline.source_line()
+        });
         println!(
-            "  -> {} frames, {} variables, task {task:?}",
+            "  -> {} frames, {} variables, task {task:?}, line {line:?}",
             frames.len(),
             vars.map_or(0, |v| v.arguments.len() + v.locals.len())
         );
