@@ -351,17 +351,41 @@ fn walk(
                 });
             }
         }
-        walk(
-            dwarf,
-            unit,
-            files,
-            child,
-            next_parent,
-            (next_depth, next_nesting),
-            out,
-        )?;
+        // What cannot hold code is not looked into: gimli then skips the subtree by its
+        // DW_AT_sibling, where the compiler gave one (structure types are most of a
+        // kernel's DWARF, repeated in every unit that includes their header).
+        if holds_code(tag) {
+            walk(
+                dwarf,
+                unit,
+                files,
+                child,
+                next_parent,
+                (next_depth, next_nesting),
+                out,
+            )?;
+        }
     }
     Ok(())
+}
+
+/// Whether a DIE with this tag can have functions, inlined calls or lexical blocks
+/// among its descendants: not data types (C's structures, unions, enumerations, arrays,
+/// function types), variables, parameters, members, call sites.
+fn holds_code(tag: gimli::DwTag) -> bool {
+    !matches!(
+        tag,
+        gimli::DW_TAG_structure_type
+            | gimli::DW_TAG_union_type
+            | gimli::DW_TAG_enumeration_type
+            | gimli::DW_TAG_array_type
+            | gimli::DW_TAG_subroutine_type
+            | gimli::DW_TAG_member
+            | gimli::DW_TAG_variable
+            | gimli::DW_TAG_formal_parameter
+            | gimli::DW_TAG_call_site
+            | gimli::DW_TAG_GNU_call_site
+    )
 }
 
 /// The name of a DIE, following `DW_AT_abstract_origin` and `DW_AT_specification`.

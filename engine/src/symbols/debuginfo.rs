@@ -6,10 +6,11 @@
 //! `DW_OP_entry_value` taken from the caller's call site as gdb does).
 
 use super::Reader;
+use super::units::Units;
 use super::unwind::{DWARF_PC, DwarfRegisters, Unwinder};
 use gimli::Reader as _;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 /// A debugging information entry: its unit (index into [`DebugInfo`]'s units) and its
 /// offset there.
@@ -233,26 +234,35 @@ const MAX_PIECE_BYTES: usize = 1 << 16;
 /// Most steps of one location expression (each memory or register request counts).
 const MAX_EVAL_STEPS: usize = 10_000;
 
-/// Errors of the variable reader.
-#[derive(Debug, thiserror::Error)]
-pub enum DebugInfoError {
-    #[error("bad DWARF debug information: {0}")]
-    Dwarf(#[from] gimli::Error),
-    #[error("{0}")]
-    Unsupported(String),
+/// Named types found so far: by name (`struct proc`), the first definition, else the
+/// first declaration (with whether the entry has `DW_AT_declaration`: one that has not
+/// is a definition no later unit replaces), and how many units were read for them.
+#[derive(Default)]
+struct TypeIndex {
+    scanned: usize,
+    by_name: HashMap<String, (DieRef, bool)>,
+}
+
+/// Global variables and functions found so far: by name, the definitions in unit order
+/// and then the declarations (with how many definitions lead the list), and how many
+/// units were read for them.
+#[derive(Default)]
+struct GlobalIndex {
+    scanned: usize,
+    by_name: HashMap<String, (Vec<DieRef>, usize)>,
 }
 
 /// The units of an image's DWARF information and what the variable reader caches.
 pub struct DebugInfo {
     dwarf: Arc<gimli::Dwarf<Reader>>,
-    units: Vec<gimli::Unit<Reader>>,
-    /// Per unit: its address ranges.
-    unit_ranges: Vec<Vec<(u64, u64)>>,
+    units: Arc<Units>,
     types: Mutex<HashMap<DieRef, Arc<Type>>>,
-    /// Global variables and functions by name (built when first asked for).
-    globals: OnceLock<HashMap<String, Vec<DieRef>>>,
-    /// Named types by name (`struct proc`, `u64`, `long unsigned int`).
-    named_types: OnceLock<HashMap<String, DieRef>>,
+    /// Global variables and functions, indexed unit by unit as far as a lookup needs
+    /// (a distribution's vmlinux has hundreds of megabytes of entries).
+    globals: Mutex<GlobalIndex>,
+    /// Named types (`struct proc`, `u64`, `long unsigned int`), indexed as far as a
+    /// lookup needs: `struct task_struct` is defined in one of the first units.
+    named_types: Mutex<TypeIndex>,
 }
 
 impl std::fmt::Debug for DebugInfo {
@@ -262,31 +272,28 @@ impl std::fmt::Debug for DebugInfo {
 }
 
 impl DebugInfo {
-    pub fn new(dwarf: Arc<gimli::Dwarf<Reader>>) -> Result<DebugInfo, DebugInfoError> {
-        let mut units = Vec::new();
-        let mut unit_ranges = Vec::new();
-        let mut headers = dwarf.units();
-        while let Some(header) = headers.next()? {
-            let unit = dwarf.unit(header)?;
-            let ranges = super::unit_address_ranges(&dwarf, &unit)?;
-            units.push(unit);
-            unit_ranges.push(ranges);
-        }
-        Ok(DebugInfo {
-            dwarf,
+    pub fn new(units: Arc<Units>) -> DebugInfo {
+        DebugInfo {
+            dwarf: units.dwarf_arc(),
             units,
-            unit_ranges,
             types: Mutex::new(HashMap::new()),
-            globals: OnceLock::new(),
-            named_types: OnceLock::new(),
-        })
+            globals: Mutex::new(GlobalIndex::default()),
+            named_types: Mutex::new(TypeIndex::default()),
+        }
     }
 
     fn entry(
         &self,
         die: DieRef,
     ) -> Result<gimli::DebuggingInformationEntry<'_, '_, Reader>, gimli::Error> {
-        self.units[die.unit].entry(die.offset)
+        self.unit(die.unit)
+            .ok_or(gimli::Error::MissingUnitDie)?
+            .entry(die.offset)
+    }
+
+    /// Unit `i` (parsed when first asked for).
+    fn unit(&self, i: usize) -> Option<&gimli::Unit<Reader>> {
+        self.units.get(i)
     }
 
     /// The entry an attribute refers to (within its unit or across units).
@@ -294,13 +301,12 @@ impl DebugInfo {
         match value {
             gimli::AttributeValue::UnitRef(offset) => Some(DieRef { unit, offset }),
             gimli::AttributeValue::DebugInfoRef(o) => {
-                let (i, u) = self.units.iter().enumerate().rev().find(|(_, u)| {
-                    u.header
-                        .offset()
-                        .as_debug_info_offset()
+                let i = (0..self.units.len()).rev().find(|&i| {
+                    self.units
+                        .debug_info_offset(i)
                         .is_some_and(|start| start.0 <= o.0)
                 })?;
-                let offset = gimli::DebugInfoOffset(o.0).to_unit_offset(&u.header)?;
+                let offset = gimli::DebugInfoOffset(o.0).to_unit_offset(self.units.header(i)?)?;
                 Some(DieRef { unit: i, offset })
             }
             _ => None,
@@ -332,8 +338,7 @@ impl DebugInfo {
     }
 
     fn string(&self, unit: usize, v: gimli::AttributeValue<Reader>) -> Option<String> {
-        let s = self.dwarf.attr_string(&self.units[unit], v).ok()?;
-        s.to_string_lossy().ok().map(|s| s.into_owned())
+        string_of(&self.dwarf, self.unit(unit)?, v)
     }
 
     /// An entry's name (inherited from its abstract origin).
@@ -351,7 +356,10 @@ impl DebugInfo {
         let Ok(e) = self.entry(die) else {
             return out;
         };
-        if let Ok(mut iter) = self.dwarf.die_ranges(&self.units[die.unit], &e) {
+        let Some(unit) = self.unit(die.unit) else {
+            return out;
+        };
+        if let Ok(mut iter) = self.dwarf.die_ranges(unit, &e) {
             while let Ok(Some(r)) = iter.next() {
                 if r.begin < r.end {
                     out.push((r.begin, r.end));
@@ -362,8 +370,10 @@ impl DebugInfo {
     }
 
     fn children(&self, die: DieRef) -> Vec<(DieRef, gimli::DwTag)> {
-        let unit = &self.units[die.unit];
         let mut out = Vec::new();
+        let Some(unit) = self.unit(die.unit) else {
+            return out;
+        };
         let Ok(mut tree) = unit.entries_tree(Some(die.offset)) else {
             return out;
         };
@@ -391,11 +401,7 @@ impl DebugInfo {
     /// The frames at `pc` as gdb counts them, innermost first: each inlined call, then
     /// the function they are inlined into. Empty where no function's DWARF covers `pc`.
     pub fn frames_at(&self, pc: u64) -> Vec<ScopeFrame> {
-        let Some(unit) = self
-            .unit_ranges
-            .iter()
-            .position(|r| r.iter().any(|&(a, b)| a <= pc && pc < b))
-        else {
+        let Some(unit) = self.units.containing(pc) else {
             return Vec::new();
         };
         let Some(root) = self.unit_root(unit) else {
@@ -460,7 +466,7 @@ impl DebugInfo {
             gimli::AttributeValue::FileIndex(i) => i,
             v => v.udata_value()?,
         };
-        let u = &self.units[unit];
+        let u = self.unit(unit)?;
         let header = u.line_program.as_ref()?.header();
         let file = header.file(index)?;
         let mut path = std::path::PathBuf::new();
@@ -579,14 +585,45 @@ impl DebugInfo {
     /// preferring one in `unit_of` (the unit of the frame asking); else a declaration
     /// of it (see [`DebugInfo::is_declaration`]).
     pub fn global(&self, name: &str, unit_of: Option<DieRef>) -> Option<DieRef> {
-        let all = self.globals.get_or_init(|| self.index_globals());
-        let found = all.get(name)?;
-        let defined = |d: &&DieRef| !self.is_declaration(**d);
-        unit_of
-            .and_then(|u| found.iter().filter(defined).find(|d| d.unit == u.unit))
-            .or_else(|| found.iter().find(defined))
-            .or_else(|| found.first())
-            .copied()
+        // The asking unit is read directly: the index may not have got there yet.
+        if let Some(u) = unit_of {
+            let mut here = None;
+            self.scan_globals(u.unit, |n, die, defines| {
+                if here.is_none() && defines && n == name {
+                    here = Some(die);
+                }
+            });
+            if here.is_some() {
+                return here;
+            }
+        }
+        let mut index = self.globals.lock().ok()?;
+        loop {
+            // The first definition in unit order is final once found.
+            if let Some((list, definitions)) = index.by_name.get(name)
+                && *definitions > 0
+            {
+                return list.first().copied();
+            }
+            if index.scanned >= self.units.len() {
+                return index.by_name.get(name)?.0.first().copied();
+            }
+            let unit = index.scanned;
+            let by_name = &mut index.by_name;
+            self.scan_globals(unit, |n, die, defines| {
+                let (list, definitions) = by_name.entry(n).or_default();
+                // A variable only declared (`extern`, such as Linux's `jiffies`, which
+                // the linker script defines) is kept after the definitions: its type is
+                // the declaration's, its address the symbol table's.
+                if defines {
+                    list.insert(*definitions, die);
+                    *definitions += 1;
+                } else {
+                    list.push(die);
+                }
+            });
+            index.scanned += 1;
+        }
     }
 
     /// A variable the DWARF information declares without saying where it is (its
@@ -597,59 +634,83 @@ impl DebugInfo {
             && self.attr(die, gimli::DW_AT_const_value).is_none()
     }
 
-    fn index_globals(&self) -> HashMap<String, Vec<DieRef>> {
-        let mut out: HashMap<String, Vec<DieRef>> = HashMap::new();
-        for unit in 0..self.units.len() {
-            let Some(root) = self.unit_root(unit) else {
-                continue;
+    /// The variables and functions at the top of unit `unit`, in order, that define
+    /// something (a variable with a location or value, a function with code) or
+    /// declare a variable: `found(name, entry, defines)`. The unit is not kept parsed
+    /// for this (a lookup may read them all).
+    fn scan_globals(&self, unit: usize, mut found: impl FnMut(String, DieRef, bool)) {
+        self.units.with(unit, |u| {
+            let Ok(mut tree) = u.entries_tree(None) else {
+                return;
             };
-            for (die, tag) in self.children(root) {
+            let Ok(root) = tree.root() else {
+                return;
+            };
+            let mut children = root.children();
+            while let Ok(Some(child)) = children.next() {
+                let e = child.entry();
+                let has = |a| matches!(e.attr_value(a), Ok(Some(_)));
+                let tag = e.tag();
                 let defines = match tag {
                     gimli::DW_TAG_variable => {
-                        self.attr(die, gimli::DW_AT_location).is_some()
-                            || self.attr(die, gimli::DW_AT_const_value).is_some()
+                        has(gimli::DW_AT_location) || has(gimli::DW_AT_const_value)
                     }
                     gimli::DW_TAG_subprogram => {
-                        self.attr(die, gimli::DW_AT_low_pc).is_some()
-                            || self.attr(die, gimli::DW_AT_ranges).is_some()
+                        has(gimli::DW_AT_low_pc) || has(gimli::DW_AT_ranges)
                     }
                     _ => false,
                 };
-                // A variable only declared (`extern`, such as Linux's `jiffies`, which
-                // the linker script defines) is kept after the definitions: its type is
-                // the declaration's, its address the symbol table's.
                 let declared = tag == gimli::DW_TAG_variable && !defines;
-                if (defines || declared)
-                    && let Some(name) = self.name(die)
-                {
-                    let list = out.entry(name).or_default();
-                    if defines {
-                        let at = list
-                            .iter()
-                            .position(|d| self.is_declaration(*d))
-                            .unwrap_or(list.len());
-                        list.insert(at, die);
-                    } else {
-                        list.push(die);
-                    }
+                if !defines && !declared {
+                    continue;
+                }
+                let die = DieRef {
+                    unit,
+                    offset: e.offset(),
+                };
+                // Its own name, else (rare at the top) its origin's, as `name` reads it.
+                let name = match e.attr_value(gimli::DW_AT_name) {
+                    Ok(Some(v)) => string_of(&self.dwarf, u, v),
+                    Ok(None) => self.name(die),
+                    Err(_) => None,
+                };
+                if let Some(name) = name {
+                    found(name, die, defines);
                 }
             }
-        }
-        out
+        });
     }
 
     /// The type named `name` (`struct proc`, `union u`, `enum e`, a typedef or base type
     /// name); a defined structure is preferred to a declaration.
     pub fn named_type(&self, name: &str) -> Option<Arc<Type>> {
-        let all = self.named_types.get_or_init(|| self.index_types());
-        let die = *all.get(name)?;
+        let die = self.named_type_die(name)?;
         Some(self.type_of_die(die, 0))
     }
 
-    fn index_types(&self) -> HashMap<String, DieRef> {
-        let mut out = HashMap::new();
-        for unit in 0..self.units.len() {
-            let mut entries = self.units[unit].entries();
+    /// The first definition of the type `name` in unit order, else its first
+    /// declaration: units are indexed until a definition is found (all of them only
+    /// for a type never defined).
+    fn named_type_die(&self, name: &str) -> Option<DieRef> {
+        let mut index = self.named_types.lock().ok()?;
+        loop {
+            if let Some(&(die, false)) = index.by_name.get(name) {
+                return Some(die);
+            }
+            if index.scanned >= self.units.len() {
+                return index.by_name.get(name).map(|&(die, _)| die);
+            }
+            let unit = index.scanned;
+            self.index_types(unit, &mut index.by_name);
+            index.scanned += 1;
+        }
+    }
+
+    /// Adds unit `unit`'s named types to `out`: a definition replaces a declaration, the
+    /// first of each wins.
+    fn index_types(&self, unit: usize, out: &mut HashMap<String, (DieRef, bool)>) {
+        self.units.with(unit, |u| {
+            let mut entries = u.entries();
             while let Ok(Some((_, e))) = entries.next_dfs() {
                 let prefix = match e.tag() {
                     gimli::DW_TAG_structure_type => "struct ",
@@ -663,6 +724,7 @@ impl DebugInfo {
                     unit,
                     offset: e.offset(),
                 };
+                let has_declaration = matches!(e.attr_value(gimli::DW_AT_declaration), Ok(Some(_)));
                 let declaration = matches!(
                     e.attr_value(gimli::DW_AT_declaration),
                     Ok(Some(gimli::AttributeValue::Flag(true)))
@@ -671,24 +733,21 @@ impl DebugInfo {
                     .attr_value(gimli::DW_AT_name)
                     .ok()
                     .flatten()
-                    .and_then(|v| self.string(unit, v))
+                    .and_then(|v| string_of(&self.dwarf, u, v))
                 else {
                     continue;
                 };
                 let key = format!("{prefix}{name}");
                 if declaration {
-                    out.entry(key).or_insert(die);
+                    out.entry(key).or_insert((die, has_declaration));
                 } else {
-                    let replace = out
-                        .get(&key)
-                        .is_none_or(|d| self.attr(*d, gimli::DW_AT_declaration).is_some());
+                    let replace = out.get(&key).is_none_or(|&(_, declared)| declared);
                     if replace {
-                        out.insert(key, die);
+                        out.insert(key, (die, has_declaration));
                     }
                 }
             }
-        }
-        out
+        });
     }
 
     /// The member `member` of `struct structure` (looked for in anonymous structures and
@@ -1021,7 +1080,9 @@ impl DebugInfo {
         let Some(value) = self.attr(die, gimli::DW_AT_location) else {
             return Place::OptimizedOut;
         };
-        let unit = &self.units[die.unit];
+        let Some(unit) = self.unit(die.unit) else {
+            return Place::OptimizedOut;
+        };
         let expression = match value {
             gimli::AttributeValue::Exprloc(e) => Some(e),
             v => {
@@ -1056,7 +1117,7 @@ impl DebugInfo {
         frame: &FrameContext<'_>,
         size: u64,
     ) -> Option<Place> {
-        let unit = &self.units[die.unit];
+        let unit = self.unit(die.unit)?;
         let mut eval = expression.evaluation(unit.encoding());
         let mut result = eval.evaluate().ok()?;
         for _ in 0..MAX_EVAL_STEPS {
@@ -1182,7 +1243,7 @@ impl DebugInfo {
         expression: gimli::Expression<Reader>,
         frame: &FrameContext<'_>,
     ) -> Option<u64> {
-        let unit = &self.units[die.unit];
+        let unit = self.unit(die.unit)?;
         let mut ops = gimli::Operation::parse(&mut expression.0.clone(), unit.encoding()).ok();
         let register = match ops.take()? {
             gimli::Operation::Register { register } => register,
@@ -1237,7 +1298,7 @@ impl DebugInfo {
                 };
                 let mut r = loc.0.clone();
                 let Ok(gimli::Operation::Register { register: r }) =
-                    gimli::Operation::parse(&mut r, self.units[p.unit].encoding())
+                    gimli::Operation::parse(&mut r, self.unit(p.unit)?.encoding())
                 else {
                     continue;
                 };
@@ -1275,7 +1336,7 @@ impl DebugInfo {
     /// The call site in function `function` (anywhere in its tree) whose return address
     /// is `return_address`.
     fn call_site(&self, function: DieRef, return_address: u64) -> Option<DieRef> {
-        let unit = &self.units[function.unit];
+        let unit = self.unit(function.unit)?;
         let mut cursor = unit.entries_at_offset(function.offset).ok()?;
         cursor.next_dfs().ok()??;
         let mut depth = 0isize;
@@ -1315,7 +1376,7 @@ impl DebugInfo {
         match self.attr(die, gimli::DW_AT_low_pc) {
             Some(gimli::AttributeValue::Addr(a)) => Some(a),
             Some(gimli::AttributeValue::DebugAddrIndex(i)) => {
-                self.dwarf.address(&self.units[die.unit], i).ok()
+                self.dwarf.address(self.unit(die.unit)?, i).ok()
             }
             _ => self.ranges(die).first().map(|r| r.0),
         }
@@ -1323,13 +1384,23 @@ impl DebugInfo {
 
     /// A unit's root entry.
     fn unit_root(&self, unit: usize) -> Option<DieRef> {
-        let mut entries = self.units.get(unit)?.entries();
+        let mut entries = self.unit(unit)?.entries();
         let (_, first) = entries.next_dfs().ok()??;
         Some(DieRef {
             unit,
             offset: first.offset(),
         })
     }
+}
+
+/// A string attribute's text.
+fn string_of(
+    dwarf: &gimli::Dwarf<Reader>,
+    unit: &gimli::Unit<Reader>,
+    v: gimli::AttributeValue<Reader>,
+) -> Option<String> {
+    let s = dwarf.attr_string(unit, v).ok()?;
+    s.to_string_lossy().ok().map(|s| s.into_owned())
 }
 
 /// A member by name, looking into anonymous structures and unions; its offset from the

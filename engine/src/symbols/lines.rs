@@ -18,9 +18,10 @@
 //!   ends at the next row, skipping non-statement rows of the same line.
 
 use super::Reader;
+use super::units::Units;
 use gimli::Reader as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// One row of a file's line table. Line 0 marks the end of a range of the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,12 +39,13 @@ struct FileTable {
     rows: Vec<Row>,
 }
 
-/// One compilation unit: its address ranges and its files' tables.
+/// One compilation unit's lines: its address ranges and its files' tables.
 #[derive(Debug)]
 struct Unit {
     ranges: Vec<(u64, u64)>,
-    /// The primary source file first, then the others newest first (gdb's order).
-    files: Vec<FileTable>,
+    /// The primary source file first, then the others newest first (gdb's order); read
+    /// when first needed (None where the line program does not parse).
+    files: OnceLock<Option<Vec<FileTable>>>,
 }
 
 /// A source line at an address: the range of addresses it covers there.
@@ -59,48 +61,74 @@ pub struct LineRange {
     pub is_stmt: bool,
 }
 
-/// The line tables of an image.
-#[derive(Debug, Default)]
+/// The line tables of an image. A unit's line program is read when a lookup first
+/// needs it (the line at an address reads one unit's), so the first source line of a
+/// large image does not wait for all of its line programs.
+#[derive(Debug)]
 pub struct LineTable {
-    units: Vec<Unit>,
+    source: Arc<Units>,
+    /// Per unit with a line program: its index in `source` and its lines.
+    units: Vec<(usize, Unit)>,
 }
 
 impl LineTable {
-    /// Reads every unit's line program.
-    pub fn from_dwarf(dwarf: &gimli::Dwarf<Reader>) -> Result<LineTable, gimli::Error> {
+    /// The line tables of `units` (only the line programs of units without address
+    /// ranges are read now: their rows' extent stands for their ranges).
+    pub fn new(source: Arc<Units>) -> LineTable {
         let mut units = Vec::new();
-        let mut headers = dwarf.units();
-        while let Some(header) = headers.next()? {
-            let unit = dwarf.unit(header)?;
-            let mut ranges = super::unit_address_ranges(dwarf, &unit)?;
-            let Some(program) = unit.line_program.clone() else {
+        for i in 0..source.len() {
+            if !source.has_line_program(i) {
                 continue;
-            };
-            let files = read_program(dwarf, &unit, program)?;
+            }
+            let mut ranges = source.ranges(i).to_vec();
+            let files = OnceLock::new();
             if ranges.is_empty() {
                 // No unit ranges: the rows' own extent.
-                for f in &files {
+                let read = source
+                    .with(i, |unit| read_unit(source.dwarf(), unit))
+                    .flatten();
+                for f in read.iter().flatten() {
                     if let (Some(a), Some(b)) = (f.rows.first(), f.rows.last()) {
                         ranges.push((a.addr, b.addr.saturating_add(1)));
                     }
                 }
+                let _ = files.set(read);
             }
-            units.push(Unit { ranges, files });
+            units.push((i, Unit { ranges, files }));
         }
-        Ok(LineTable { units })
+        LineTable { source, units }
+    }
+
+    /// The file tables of the `k`th unit with lines, read on first use.
+    fn files(&self, k: usize) -> &[FileTable] {
+        let (i, unit) = &self.units[k];
+        unit.files
+            .get_or_init(|| {
+                self.source
+                    .with(*i, |u| read_unit(self.source.dwarf(), u))
+                    .flatten()
+            })
+            .as_deref()
+            .unwrap_or(&[])
+    }
+
+    /// Every unit's file tables, in unit order (reading them all).
+    fn all_files(&self) -> impl Iterator<Item = &FileTable> {
+        (0..self.units.len()).flat_map(|k| self.files(k))
     }
 
     /// The line at `pc` and the range it covers, as gdb's `find_pc_line` finds it.
     pub fn find(&self, pc: u64) -> Option<LineRange> {
-        let unit = self
+        let k = self
             .units
             .iter()
-            .find(|u| u.ranges.iter().any(|&(a, b)| a <= pc && pc < b))?;
+            .position(|(_, u)| u.ranges.iter().any(|&(a, b)| a <= pc && pc < b))?;
+        let files = self.files(k);
         // The best row: the closest at or before pc over all files.
         let mut best: Option<(usize, usize)> = None;
         let mut best_end: u64 = 0;
         let mut alt: Option<u64> = None;
-        for (fi, file) in unit.files.iter().enumerate() {
+        for (fi, file) in files.iter().enumerate() {
             let rows = &file.rows;
             let Some(first) = rows.first() else {
                 continue;
@@ -114,7 +142,7 @@ impl LineTable {
             };
             // Closer rows win; at one address a line wins over an end marker.
             let key = |r: &Row| (r.addr, r.line != 0);
-            let best_key = best.map(|(f, r)| key(&unit.files[f].rows[r]));
+            let best_key = best.map(|(f, r)| key(&files[f].rows[r]));
             if best_key.is_none_or(|b| key(&rows[prev]) > b) {
                 let mut chosen = prev;
                 // A non-statement row gives way to a statement row at the same address.
@@ -137,7 +165,7 @@ impl LineTable {
                 }
             }
             if let Some((bf, br)) = best {
-                let b = unit.files[bf].rows[br].addr;
+                let b = files[bf].rows[br].addr;
                 if item < rows.len()
                     && rows[item].addr > b
                     && (best_end == 0 || best_end > rows[item].addr)
@@ -147,7 +175,7 @@ impl LineTable {
             }
         }
         let (bf, br) = best?;
-        let file = &unit.files[bf];
+        let file = &files[bf];
         let row = file.rows[br];
         if row.line == 0 {
             return None;
@@ -175,9 +203,7 @@ impl LineTable {
     /// table order), or None where no file matches or has a line at or after `line`.
     pub fn line_statements(&self, file: &str, line: u32) -> Option<(u32, Vec<u64>)> {
         let tables: Vec<&FileTable> = self
-            .units
-            .iter()
-            .flat_map(|u| &u.files)
+            .all_files()
             .filter(|f| f.path.ends_with(file))
             .collect();
         let statements = |l: u32| -> Vec<u64> {
@@ -203,18 +229,22 @@ impl LineTable {
     /// The statement rows: every address where a line starts, with its line.
     pub fn statements(&self) -> Vec<(u64, Arc<Path>, u32)> {
         let mut out = Vec::new();
-        for u in &self.units {
-            for f in &u.files {
-                for r in &f.rows {
-                    if r.is_stmt && r.line != 0 {
-                        out.push((r.addr, f.path.clone(), r.line));
-                    }
+        for f in self.all_files() {
+            for r in &f.rows {
+                if r.is_stmt && r.line != 0 {
+                    out.push((r.addr, f.path.clone(), r.line));
                 }
             }
         }
         out.sort_by_key(|s| s.0);
         out
     }
+}
+
+/// A unit's file tables (None where its line program does not parse).
+fn read_unit(dwarf: &gimli::Dwarf<Reader>, unit: &gimli::Unit<Reader>) -> Option<Vec<FileTable>> {
+    let program = unit.line_program.clone()?;
+    read_program(dwarf, unit, program).ok()
 }
 
 /// gdb's line-program reader for one unit: rows per file, with its filtering.

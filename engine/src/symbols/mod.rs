@@ -1,9 +1,13 @@
 //! Guest symbols and source lines: maps a guest address to `function+offset` (the ELF
 //! symbol table, or the recording's symbol list when no image is at hand) and to
-//! `file:line` (the DWARF line tables, through addr2line).
+//! `file:line` (the DWARF line tables).
 //!
 //! The image comes from the recording header (`kernel_image`, embedded for small kernels
-//! such as the built-in demo) or from a file the user names (`--kernel`).
+//! such as the built-in demo) or from a file the user names (`--kernel`). A file is
+//! mapped, not read ([`krr_mapped::Bytes`]), and the DWARF sections are ranges of that
+//! mapping: a distribution's vmlinux with its debug information (hundreds of
+//! megabytes) opens without copying it, and what is read of it later is paged in from
+//! the page cache.
 //!
 //! A kernel linked at virtual addresses but loaded at physical ones (Linux: its PT_LOAD
 //! segments have p_vaddr 0xffffffff81000000, p_paddr 0x1000000) runs its first
@@ -13,27 +17,31 @@
 
 use crate::state::Symbol;
 use crate::trace::Header;
+use krr_mapped::Bytes;
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-type Reader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
+/// DWARF sections as gimli reads them: ranges of the image's shared bytes.
+type Reader = gimli::EndianReader<gimli::RunTimeEndian, Bytes>;
 
 mod blocks;
 mod debuginfo;
 mod expr;
 mod lines;
+mod units;
 mod unwind;
 mod values;
 
 pub use blocks::{Block, BlockKind, Blocks, Scope};
 pub use debuginfo::{
-    AggregateKind, BaseEncoding, DebugInfo, DebugInfoError, DieRef, Field, FrameContext, Member,
-    Place, Pointee, ScopeFrame, Type, Variable,
+    AggregateKind, BaseEncoding, DebugInfo, DieRef, Field, FrameContext, Member, Place, Pointee,
+    ScopeFrame, Type, Variable,
 };
 pub use expr::{ExprContext, evaluate as evaluate_expression};
 pub use lines::{LineRange, LineTable};
+use units::Units;
 pub use unwind::{
     CfaBase, DWARF_PC, DwarfRegisters, Frame, FrameRule, MAX_FRAMES, SavedRbp, Unwinder,
 };
@@ -42,11 +50,8 @@ pub use values::{MemoryFault, Radix, ReadMemory, Value, ValuePrinter, gdb_symbol
 /// Errors reading a guest image.
 #[derive(Debug, thiserror::Error)]
 pub enum SymbolsError {
-    #[error("reading {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Map(#[from] krr_mapped::MapError),
     #[error("not an ELF image the symbol reader understands: {0}")]
     Object(#[from] object::Error),
     #[error("bad DWARF debug information: {0}")]
@@ -130,13 +135,17 @@ pub struct Symbols {
     data: Vec<DataSymbol>,
     /// Where code runs before paging maps it at its link address.
     load_segments: Vec<LoadSegment>,
-    lines: Option<addr2line::Context<Reader>>,
+    /// Whether the image has DWARF line tables.
+    lines: bool,
     /// The line tables as gdb reads them (source-line steps and the current line),
     /// built when first asked for.
     line_table: std::sync::OnceLock<Option<LineTable>>,
     /// Functions and inlined calls, built when first asked for.
     blocks: std::sync::OnceLock<Option<Blocks>>,
     dwarf: Option<Arc<gimli::Dwarf<Reader>>>,
+    /// The DWARF units' headers and ranges, read when first asked for (shared by the
+    /// line tables and the variable reader).
+    units: std::sync::OnceLock<Option<Arc<Units>>>,
     /// Variables and types, read when first asked for.
     debug_info: std::sync::OnceLock<Option<DebugInfo>>,
     unwinder: Option<Unwinder>,
@@ -146,7 +155,7 @@ impl std::fmt::Debug for Symbols {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Symbols")
             .field("functions", &self.functions.len())
-            .field("lines", &self.lines.is_some())
+            .field("lines", &self.lines)
             .finish()
     }
 }
@@ -158,18 +167,25 @@ impl Symbols {
             functions: Vec::new(),
             data: Vec::new(),
             load_segments: Vec::new(),
-            lines: None,
+            lines: false,
             line_table: std::sync::OnceLock::new(),
             blocks: std::sync::OnceLock::new(),
             dwarf: None,
+            units: std::sync::OnceLock::new(),
             debug_info: std::sync::OnceLock::new(),
             unwinder: None,
         }
     }
 
-    /// From an ELF image: its text symbols and, when present, its DWARF line tables.
+    /// From an ELF image in memory (copied: see [`Symbols::from_bytes`]).
     pub fn from_elf(image: &[u8]) -> Result<Symbols, SymbolsError> {
-        let file = object::File::parse(image)?;
+        Symbols::from_bytes(Bytes::from(image))
+    }
+
+    /// From an ELF image: its text symbols and, when present, its DWARF line tables.
+    /// The DWARF sections are kept as ranges of `image` (no copy).
+    pub fn from_bytes(image: Bytes) -> Result<Symbols, SymbolsError> {
+        let file = object::File::parse(&*image)?;
         let mut functions: Vec<Function> = file
             .symbols()
             .filter(|s| s.address() != 0 && is_code(&file, s))
@@ -201,14 +217,13 @@ impl Symbols {
             })
             .collect();
         data.sort_by(|a, b| a.addr.cmp(&b.addr).then(b.size.cmp(&a.size)));
-        let (lines, dwarf) = if file.section_by_name(".debug_line").is_some() {
-            let dwarf = load_dwarf(&file)?;
-            let context = addr2line::Context::from_dwarf(load_dwarf(&file)?)?;
-            (Some(context), Some(Arc::new(dwarf)))
+        let lines = file.section_by_name(".debug_line").is_some();
+        let dwarf = if lines {
+            Some(Arc::new(load_dwarf(&file, &image)?))
         } else {
-            (None, None)
+            None
         };
-        let unwinder = Unwinder::from_object(&file);
+        let unwinder = Unwinder::from_object(&file, &image);
         Ok(Symbols {
             functions,
             data,
@@ -217,18 +232,16 @@ impl Symbols {
             line_table: std::sync::OnceLock::new(),
             blocks: std::sync::OnceLock::new(),
             dwarf,
+            units: std::sync::OnceLock::new(),
             debug_info: std::sync::OnceLock::new(),
             unwinder,
         })
     }
 
-    /// From a file on disk.
+    /// From a file on disk, mapped (see [`krr_mapped`] for the caveat of a file
+    /// changed while mapped).
     pub fn from_path(path: &Path) -> Result<Symbols, SymbolsError> {
-        let image = std::fs::read(path).map_err(|source| SymbolsError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Symbols::from_elf(&image)
+        Symbols::from_bytes(Bytes::map_path(path)?)
     }
 
     /// From the symbol list the recorder stored (no line information).
@@ -247,10 +260,11 @@ impl Symbols {
             functions,
             data: Vec::new(),
             load_segments: Vec::new(),
-            lines: None,
+            lines: false,
             line_table: std::sync::OnceLock::new(),
             blocks: std::sync::OnceLock::new(),
             dwarf: None,
+            units: std::sync::OnceLock::new(),
             debug_info: std::sync::OnceLock::new(),
             unwinder: None,
         }
@@ -272,17 +286,39 @@ impl Symbols {
     /// The kernel ELF named in the header, if that file exists and is the one recorded.
     fn from_recorded_kernel_file(header: &Header) -> Option<Symbols> {
         use sha2::{Digest as _, Sha256};
+        use std::io::Read as _;
         let path = Path::new(&header.kernel.name);
-        let meta = std::fs::metadata(path).ok()?;
-        if !path.is_absolute() || !meta.is_file() || meta.len() != header.kernel.size {
+        if !path.is_absolute() {
             return None;
         }
-        let image = std::fs::read(path).ok()?;
-        let sha: [u8; 32] = Sha256::digest(&image).into();
+        let mut file = std::fs::File::open(path).ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() || meta.len() != header.kernel.size {
+            return None;
+        }
+        // Hashed through reads rather than the mapping: the file passes through the
+        // page cache without all of it becoming resident in this process.
+        let mut sha = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => sha.update(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+        let sha: [u8; 32] = sha.finalize().into();
         if sha != header.kernel.sha256 {
             return None;
         }
-        Symbols::from_elf(&image).ok()
+        // The file mapped is the file hashed (one descriptor); its length is checked
+        // again in case it was written to in between.
+        let image = Bytes::map_file(&file, path).ok()?;
+        if image.len() as u64 != header.kernel.size {
+            return None;
+        }
+        Symbols::from_bytes(image).ok()
     }
 
     pub fn functions(&self) -> &[Function] {
@@ -296,7 +332,7 @@ impl Symbols {
     }
 
     pub fn has_lines(&self) -> bool {
-        self.lines.is_some()
+        self.lines
     }
 
     /// The function containing `addr` (or, for code running at its physical address,
@@ -464,7 +500,7 @@ impl Symbols {
     /// The image's variables and types from its DWARF information (None without it).
     pub fn debug_info(&self) -> Option<&DebugInfo> {
         self.debug_info
-            .get_or_init(|| DebugInfo::new(self.dwarf.clone()?).ok())
+            .get_or_init(|| Some(DebugInfo::new(self.units()?.clone())))
             .as_ref()
     }
 
@@ -479,10 +515,14 @@ impl Symbols {
     /// they do not parse).
     pub fn line_table(&self) -> Option<&LineTable> {
         self.line_table
-            .get_or_init(|| {
-                let dwarf = self.dwarf.as_ref()?;
-                LineTable::from_dwarf(dwarf).ok()
-            })
+            .get_or_init(|| Some(LineTable::new(self.units()?.clone())))
+            .as_ref()
+    }
+
+    /// The DWARF units (None without DWARF, or where a unit does not parse).
+    fn units(&self) -> Option<&Arc<Units>> {
+        self.units
+            .get_or_init(|| Some(Arc::new(Units::new(self.dwarf.clone()?).ok()?)))
             .as_ref()
     }
 }
@@ -578,18 +618,41 @@ fn unit_address_ranges(
     Ok(ranges)
 }
 
-fn load_dwarf(file: &object::File<'_>) -> Result<gimli::Dwarf<Reader>, SymbolsError> {
-    let endian = if file.is_little_endian() {
+/// The byte order of the image, as gimli names it.
+fn endian_of(file: &object::File<'_>) -> gimli::RunTimeEndian {
+    if file.is_little_endian() {
         gimli::RunTimeEndian::Little
     } else {
         gimli::RunTimeEndian::Big
+    }
+}
+
+/// A section's contents as a reader over `image`: a range of it (no copy), or the
+/// section's decompressed bytes (`SHF_COMPRESSED`). Relocation sections for it
+/// (`.rela.debug_info` of a kernel linked with `--emit-relocs`) are not applied: an
+/// executable's sections hold their final values already.
+fn section_reader(
+    section: &object::Section<'_, '_>,
+    image: &Bytes,
+    endian: gimli::RunTimeEndian,
+) -> Result<Reader, object::Error> {
+    let bytes = match section.uncompressed_data()? {
+        Cow::Borrowed(data) => image.share(data),
+        Cow::Owned(data) => Bytes::from(data),
     };
+    Ok(gimli::EndianReader::new(bytes, endian))
+}
+
+fn load_dwarf(
+    file: &object::File<'_>,
+    image: &Bytes,
+) -> Result<gimli::Dwarf<Reader>, SymbolsError> {
+    let endian = endian_of(file);
     let load = |id: gimli::SectionId| -> Result<Reader, SymbolsError> {
-        let data: Cow<'_, [u8]> = match file.section_by_name(id.name()) {
-            Some(section) => section.uncompressed_data()?,
-            None => Cow::Borrowed(&[]),
-        };
-        Ok(gimli::EndianArcSlice::new(Arc::from(&*data), endian))
+        Ok(match file.section_by_name(id.name()) {
+            Some(section) => section_reader(&section, image, endian)?,
+            None => gimli::EndianReader::new(Bytes::from(Vec::new()), endian),
+        })
     };
     gimli::Dwarf::load(load)
 }

@@ -6,13 +6,11 @@
 //! up the rule at an instruction is a binary search: source-line steps ask at every
 //! instruction they step.
 
+use super::Reader;
 use gimli::{
     BaseAddresses, CfaRule, DebugFrame, EhFrame, RegisterRule, UnwindContext, UnwindSection, X86_64,
 };
-use std::borrow::Cow;
-use std::sync::Arc;
-
-use super::Reader;
+use krr_mapped::Bytes;
 use object::{Object, ObjectSection};
 
 /// The registers unwinding needs at one frame.
@@ -115,21 +113,13 @@ pub const MAX_FRAMES: usize = 64;
 
 impl Unwinder {
     /// The image's call-frame tables, if it has any.
-    pub fn from_object(file: &object::File<'_>) -> Option<Unwinder> {
-        let endian = if file.is_little_endian() {
-            gimli::RunTimeEndian::Little
-        } else {
-            gimli::RunTimeEndian::Big
-        };
+    /// `image` holds `file`'s bytes: the tables are read as ranges of it.
+    pub fn from_object(file: &object::File<'_>, image: &Bytes) -> Option<Unwinder> {
+        let endian = super::endian_of(file);
         let data = |name: &str| -> Option<(Reader, u64)> {
             let section = file.section_by_name(name)?;
-            let bytes: Cow<'_, [u8]> = section.uncompressed_data().ok()?;
-            (!bytes.is_empty()).then(|| {
-                (
-                    gimli::EndianArcSlice::new(Arc::from(&*bytes), endian),
-                    section.address(),
-                )
-            })
+            let reader = super::section_reader(&section, image, endian).ok()?;
+            (!reader.is_empty()).then(|| (reader, section.address()))
         };
         let (mut rows, section, bases) = if let Some((r, _)) = data(".debug_frame") {
             let mut s = DebugFrame::from(r);
