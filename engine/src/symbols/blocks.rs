@@ -5,9 +5,10 @@
 //! treats an inlined call as a frame of its own, entered where its block starts.
 
 use super::Reader;
+use super::units::Units;
 use gimli::Reader as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// What a block is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,17 +77,34 @@ impl Block {
 }
 
 /// All functions and inlined calls of an image, with a map from address to the
-/// innermost block there.
-#[derive(Debug, Default)]
+/// innermost block there, read unit by unit as addresses in a unit are asked about (a
+/// distribution's vmlinux has thousands of units: the first screen reads one).
+///
+/// A block is named by an index that holds its unit (bits 32 and up) and its place in
+/// the unit's blocks.
 pub struct Blocks {
+    units: Arc<Units>,
+    per_unit: Vec<OnceLock<UnitBlocks>>,
+}
+
+/// One unit's blocks.
+#[derive(Debug, Default)]
+struct UnitBlocks {
     blocks: Vec<Block>,
     /// Sorted, non-overlapping: from each start address, the innermost block (None:
     /// none).
     map: Vec<(u64, Option<usize>)>,
-    /// Per unit: its address ranges and whether any of its blocks is in several pieces
-    /// (gdb keeps an exact address map only for such units).
-    units: Vec<(Vec<(u64, u64)>, bool)>,
+    /// Whether any of its blocks is in several pieces (gdb keeps an exact address map
+    /// only for such units).
+    pieces: bool,
     lexical: Vec<LexicalBlock>,
+}
+
+impl std::fmt::Debug for Blocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let read = self.per_unit.iter().filter(|u| u.get().is_some()).count();
+        write!(f, "Blocks({read} of {} units read)", self.per_unit.len())
+    }
 }
 
 /// The innermost scope at an address: a function, an inlined call or a lexical block.
@@ -96,48 +114,84 @@ pub enum Scope {
     Lexical(usize),
 }
 
+const UNIT_SHIFT: u32 = 32;
+
+fn block_id(unit: usize, local: usize) -> usize {
+    unit << UNIT_SHIFT | local
+}
+
+fn split_id(id: usize) -> (usize, usize) {
+    (id >> UNIT_SHIFT, id & ((1 << UNIT_SHIFT) - 1))
+}
+
 impl Blocks {
-    pub fn from_dwarf(dwarf: &gimli::Dwarf<Reader>) -> Result<Blocks, gimli::Error> {
-        let mut blocks = Vec::new();
-        let mut lexical = Vec::new();
-        let mut units = Vec::new();
-        let mut headers = dwarf.units();
-        while let Some(header) = headers.next()? {
-            let unit = dwarf.unit(header)?;
-            let first = blocks.len();
-            read_unit(dwarf, &unit, &mut blocks, &mut lexical)?;
-            let ranges = super::unit_address_ranges(dwarf, &unit)?;
-            let pieces = blocks[first..].iter().any(|b: &Block| b.ranges.len() > 1);
-            units.push((ranges, pieces));
-        }
-        let map = innermost_map(&blocks);
-        Ok(Blocks {
-            blocks,
-            map,
-            units,
-            lexical,
+    /// Blocks over `units`, none read yet.
+    pub fn new(units: Arc<Units>) -> Blocks {
+        let per_unit = (0..units.len()).map(|_| OnceLock::new()).collect();
+        Blocks { units, per_unit }
+    }
+
+    /// Unit `u`'s blocks, read on first use (none where the unit does not parse).
+    fn unit(&self, u: usize) -> &UnitBlocks {
+        static NONE: UnitBlocks = UnitBlocks {
+            blocks: Vec::new(),
+            map: Vec::new(),
+            pieces: false,
+            lexical: Vec::new(),
+        };
+        let Some(cell) = self.per_unit.get(u) else {
+            return &NONE;
+        };
+        cell.get_or_init(|| {
+            self.units
+                .with(u, |unit| {
+                    let mut out = UnitBlocks::default();
+                    let read = read_unit(
+                        self.units.dwarf(),
+                        unit,
+                        block_id(u, 0),
+                        &mut out.blocks,
+                        &mut out.lexical,
+                    );
+                    if read.is_err() {
+                        return UnitBlocks::default();
+                    }
+                    out.pieces = out.blocks.iter().any(|b| b.ranges.len() > 1);
+                    out.map = innermost_map(&out.blocks);
+                    out
+                })
+                .unwrap_or_default()
         })
     }
 
-    /// Every block, functions and inlined calls.
+    /// The units whose address ranges hold `pc`.
+    fn units_at(&self, pc: u64) -> impl Iterator<Item = usize> + '_ {
+        (0..self.units.len())
+            .filter(move |&u| self.units.ranges(u).iter().any(|&(a, e)| a <= pc && pc < e))
+    }
+
+    /// Every block, functions and inlined calls (reads every unit).
     pub fn iter(&self) -> impl Iterator<Item = &Block> {
-        self.blocks.iter()
+        (0..self.per_unit.len()).flat_map(|u| self.unit(u).blocks.iter())
     }
 
     /// The innermost scope containing `pc`, lexical blocks included (gdb's
-    /// `block_for_pc`).
+    /// `block_for_pc`). Lexical blocks are numbered as blocks are.
     pub fn scope(&self, pc: u64) -> Option<Scope> {
         let block = self.innermost(pc);
         let deepest_lexical = self
-            .lexical
-            .iter()
-            .enumerate()
+            .units_at(pc)
+            .flat_map(|u| {
+                self.unit(u)
+                    .lexical
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, l)| (block_id(u, i), l))
+            })
             .filter(|(_, l)| l.ranges.iter().any(|&(a, e)| a <= pc && pc < e))
             .max_by_key(|(_, l)| l.nesting);
         match (block, deepest_lexical) {
-            (Some(b), Some((i, l))) if l.nesting > self.blocks[b].nesting => {
-                Some(Scope::Lexical(i))
-            }
+            (Some(b), Some((i, l))) if l.nesting > self.get(b).nesting => Some(Scope::Lexical(i)),
             (Some(b), _) => Some(Scope::Block(b)),
             (None, Some((i, _))) => Some(Scope::Lexical(i)),
             (None, None) => None,
@@ -145,20 +199,25 @@ impl Blocks {
     }
 
     pub fn get(&self, i: usize) -> &Block {
-        &self.blocks[i]
+        let (u, local) = split_id(i);
+        &self.unit(u).blocks[local]
     }
 
-    /// The innermost function or inlined call containing `pc`.
+    /// The innermost function or inlined call containing `pc`: in the first unit whose
+    /// ranges hold `pc` and that has a block there.
     pub fn innermost(&self, pc: u64) -> Option<usize> {
-        let i = self.map.partition_point(|&(a, _)| a <= pc).checked_sub(1)?;
-        self.map[i].1
+        self.units_at(pc).find_map(|u| {
+            let map = &self.unit(u).map;
+            let i = map.partition_point(|&(a, _)| a <= pc).checked_sub(1)?;
+            map[i].1.map(|local| block_id(u, local))
+        })
     }
 
     /// The function (not inlined) containing `pc`.
     pub fn function(&self, pc: u64) -> Option<usize> {
         let mut b = self.innermost(pc)?;
-        while self.blocks[b].is_inlined() {
-            b = self.blocks[b].parent?;
+        while self.get(b).is_inlined() {
+            b = self.get(b).parent?;
         }
         Some(b)
     }
@@ -168,11 +227,11 @@ impl Blocks {
         let mut out = Vec::new();
         let mut b = self.innermost(pc);
         while let Some(i) = b {
-            if !self.blocks[i].is_inlined() {
+            if !self.get(i).is_inlined() {
                 break;
             }
             out.push(i);
-            b = self.blocks[i].parent;
+            b = self.get(i).parent;
         }
         out
     }
@@ -182,15 +241,14 @@ impl Blocks {
     /// the block's entry, or, where gdb keeps an exact address map, the address before
     /// `pc` is outside the block.
     pub fn enters(&self, b: usize, pc: u64) -> bool {
-        let block = &self.blocks[b];
+        let block = self.get(b);
         if block.entry() == pc {
             return true;
         }
         let exact = self
-            .units
-            .iter()
-            .find(|(r, _)| r.iter().any(|&(a, e)| a <= pc && pc < e))
-            .is_some_and(|u| u.1);
+            .units_at(pc)
+            .next()
+            .is_some_and(|u| self.unit(u).pieces);
         if !exact {
             return false;
         }
@@ -207,10 +265,10 @@ impl Blocks {
             if a == b {
                 return true;
             }
-            if !self.blocks[a].is_inlined() {
+            if !self.get(a).is_inlined() {
                 return false;
             }
-            match self.blocks[a].parent {
+            match self.get(a).parent {
                 Some(p) => a = p,
                 None => return false,
             }
@@ -248,21 +306,29 @@ fn innermost_map(blocks: &[Block]) -> Vec<(u64, Option<usize>)> {
     map
 }
 
+/// Reads a unit's blocks; their parents are named as [`Blocks`] names blocks, the unit's
+/// first block being `first_id`.
 fn read_unit(
     dwarf: &gimli::Dwarf<Reader>,
     unit: &gimli::Unit<Reader>,
+    first_id: usize,
     blocks: &mut Vec<Block>,
     lexical: &mut Vec<LexicalBlock>,
 ) -> Result<(), gimli::Error> {
     let files = call_files(dwarf, unit);
     let mut tree = unit.entries_tree(None)?;
     let root = tree.root()?;
-    let mut out = Found { blocks, lexical };
+    let mut out = Found {
+        first_id,
+        blocks,
+        lexical,
+    };
     walk(dwarf, unit, &files, root, None, (0, 0), &mut out)
 }
 
 /// What the walk over a unit's DIEs collects.
 struct Found<'a> {
+    first_id: usize,
     blocks: &'a mut Vec<Block>,
     lexical: &'a mut Vec<LexicalBlock>,
 }
@@ -337,7 +403,7 @@ fn walk(
                     depth: block_depth,
                     nesting: block_nesting,
                 });
-                next_parent = Some(out.blocks.len() - 1);
+                next_parent = Some(out.first_id + out.blocks.len() - 1);
                 next_depth = block_depth;
                 next_nesting = block_nesting;
             }

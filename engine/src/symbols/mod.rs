@@ -507,7 +507,7 @@ impl Symbols {
     /// The image's functions and inlined calls from its DWARF information.
     pub fn blocks(&self) -> Option<&Blocks> {
         self.blocks
-            .get_or_init(|| Blocks::from_dwarf(self.dwarf.as_ref()?).ok())
+            .get_or_init(|| Some(Blocks::new(self.units()?.clone())))
             .as_ref()
     }
 
