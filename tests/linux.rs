@@ -316,7 +316,7 @@ fn the_ui_breaks_at_start_kernel_and_finishes_back_to_its_caller() {
     let cmd = format!("{bin} replay {}", fixture().display());
     let t = start("linux", &cmd, 160, 48, &[]);
     t.wait_for("press ? for help");
-    t.command("break start_kernel");
+    t.break_at("start_kernel");
     t.send(&["c"]);
     let at_break = t.wait_for_status("start_kernel  ");
     t.send(&["F"]);
@@ -491,7 +491,7 @@ fn the_ui_shows_the_vmlinux_source_of_the_checked_in_workload() {
     // map it to the symbol), listed from there with the current instruction marked.
     assert!(t.status().contains("startup_64"), "{s}");
     assert!(s.contains("→ 0000000001000000"), "{s}");
-    t.command("break start_kernel");
+    t.break_at("start_kernel");
     t.send(&["c"]);
     t.wait_for_status("start_kernel  ");
     // The source itself, found beside the vmlinux (its DWARF paths are relative).
@@ -500,7 +500,7 @@ fn the_ui_shows_the_vmlinux_source_of_the_checked_in_workload() {
     // The current task, through the vmlinux's task_struct: the boot runs as init_task
     // (pid 0, "swapper"); kernel_init runs as pid 1, its name still its parent's.
     assert!(t.status().contains("pid 0 swapper"), "{}", t.status());
-    t.command("break kernel_init");
+    t.break_at("kernel_init");
     t.send(&["c"]);
     let status = t.wait_for_status("kernel_init  ");
     assert!(status.contains("pid 1 swapper"), "{status}");
@@ -529,7 +529,7 @@ fn the_status_bar_follows_the_current_task_across_a_context_switch() {
         return;
     };
     t.wait_for("press ? for help");
-    t.command("break do_sys_openat2");
+    t.break_at("do_sys_openat2");
     t.send(&["c"]);
     let first = t.wait_for_status("do_sys_openat2  ");
     assert!(first.contains("pid 1 init"), "{first}");

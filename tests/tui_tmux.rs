@@ -69,7 +69,7 @@ fn step_reverse_step_goto_and_reverse_continue_to_a_breakpoint() {
     );
 
     // A breakpoint on a symbol, then reverse-continue to its last hit before here.
-    t.command("break krr_agent_rdtsc");
+    t.break_at("krr_agent_rdtsc");
     t.wait_for("│ breakpoint at krr_agent_rdtsc");
     t.send(&["C"]);
     let s = t.wait_for("reverse-continue: breakpoint at krr_agent_rdtsc");
@@ -305,7 +305,7 @@ fn locals_pane_print_and_frames() {
         return;
     };
     t.wait_for("press ? for help");
-    t.command("break syscall_dispatch");
+    t.break_at("syscall_dispatch");
     t.wait_for_status("breakpoint at syscall_dispatch");
     t.send(&["c"]);
     t.wait_for_status("continue: breakpoint at syscall_dispatch");

@@ -58,6 +58,14 @@ impl Tmux {
         self.send(&["Enter"]);
     }
 
+    /// `:break LOCATION`, waiting until the status bar confirms it: keys sent while a
+    /// command runs (finding a function's inlined copies reads the image's DWARF) are
+    /// dropped, as the UI drops every key but Esc during a long move.
+    pub fn break_at(&self, location: &str) {
+        self.command(&format!("break {location}"));
+        self.wait_for_status(&format!("breakpoint at {location}"));
+    }
+
     /// Waits until the status bar shows `what`; fails with it otherwise.
     pub fn wait_for_status(&self, what: &str) -> String {
         self.wait_for_status_where(Duration::from_secs(30), &format!("{what:?}"), |s| {
