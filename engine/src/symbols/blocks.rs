@@ -85,10 +85,6 @@ impl Block {
 pub struct Blocks {
     units: Arc<Units>,
     per_unit: Vec<OnceLock<UnitBlocks>>,
-    /// Every unit's address ranges `(start, end, unit)`, sorted by start, with the
-    /// largest end up to each: the units at an address by a binary search.
-    ranges: Vec<(u64, u64, usize)>,
-    max_end: Vec<u64>,
 }
 
 /// One unit's blocks.
@@ -132,23 +128,7 @@ impl Blocks {
     /// Blocks over `units`, none read yet.
     pub fn new(units: Arc<Units>) -> Blocks {
         let per_unit = (0..units.len()).map(|_| OnceLock::new()).collect();
-        let mut ranges: Vec<(u64, u64, usize)> = (0..units.len())
-            .flat_map(|u| units.ranges(u).iter().map(move |&(a, e)| (a, e, u)))
-            .collect();
-        ranges.sort_unstable();
-        let max_end = ranges
-            .iter()
-            .scan(0, |m, &(_, e, _)| {
-                *m = e.max(*m);
-                Some(*m)
-            })
-            .collect();
-        Blocks {
-            units,
-            per_unit,
-            ranges,
-            max_end,
-        }
+        Blocks { units, per_unit }
     }
 
     /// Unit `u`'s blocks, read on first use (none where the unit does not parse).
@@ -186,20 +166,7 @@ impl Blocks {
 
     /// The units whose address ranges hold `pc`, in the order of `.debug_info`.
     fn units_at(&self, pc: u64) -> impl Iterator<Item = usize> + use<> {
-        let mut found = Vec::new();
-        let mut i = self.ranges.partition_point(|r| r.0 <= pc);
-        // Back from the last range starting at or before `pc`, while any range before
-        // may still reach past it.
-        while i > 0 && self.max_end[i - 1] > pc {
-            i -= 1;
-            let (a, e, u) = self.ranges[i];
-            if a <= pc && pc < e {
-                found.push(u);
-            }
-        }
-        found.sort_unstable();
-        found.dedup();
-        found.into_iter()
+        self.units.all_containing(pc).into_iter()
     }
 
     /// Every block, functions and inlined calls (reads every unit).

@@ -21,6 +21,10 @@ struct UnitEntry {
 pub struct Units {
     dwarf: Arc<gimli::Dwarf<Reader>>,
     entries: Vec<UnitEntry>,
+    /// Every unit's address ranges `(start, end, unit)`, sorted by start, with the
+    /// largest end up to each: the units at an address by a binary search.
+    by_address: Vec<(u64, u64, usize)>,
+    max_end: Vec<u64>,
 }
 
 impl std::fmt::Debug for Units {
@@ -45,7 +49,25 @@ impl Units {
                 parsed: OnceLock::new(),
             });
         }
-        Ok(Units { dwarf, entries })
+        let mut by_address: Vec<(u64, u64, usize)> = entries
+            .iter()
+            .enumerate()
+            .flat_map(|(u, e)| e.ranges.iter().map(move |&(a, b)| (a, b, u)))
+            .collect();
+        by_address.sort_unstable();
+        let max_end = by_address
+            .iter()
+            .scan(0, |m, &(_, e, _)| {
+                *m = e.max(*m);
+                Some(*m)
+            })
+            .collect();
+        Ok(Units {
+            dwarf,
+            entries,
+            by_address,
+            max_end,
+        })
     }
 
     pub fn dwarf(&self) -> &gimli::Dwarf<Reader> {
@@ -103,8 +125,24 @@ impl Units {
 
     /// The first unit whose ranges contain `pc`.
     pub fn containing(&self, pc: u64) -> Option<usize> {
-        self.entries
-            .iter()
-            .position(|e| e.ranges.iter().any(|&(a, b)| a <= pc && pc < b))
+        self.all_containing(pc).first().copied()
+    }
+
+    /// The units whose ranges contain `pc`, in the order of `.debug_info`.
+    pub fn all_containing(&self, pc: u64) -> Vec<usize> {
+        let mut found = Vec::new();
+        let mut i = self.by_address.partition_point(|r| r.0 <= pc);
+        // Back from the last range starting at or before `pc`, while any range before
+        // may still reach past it.
+        while i > 0 && self.max_end[i - 1] > pc {
+            i -= 1;
+            let (a, e, u) = self.by_address[i];
+            if a <= pc && pc < e {
+                found.push(u);
+            }
+        }
+        found.sort_unstable();
+        found.dedup();
+        found
     }
 }
