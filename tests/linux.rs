@@ -107,22 +107,26 @@ fn fresh_recording() -> Option<&'static Path> {
 /// recording's header); None (printing why) without a built guest. A different vmlinux
 /// fails the test: the UI would show another kernel's source and types.
 fn checked_in_vmlinux() -> Option<PathBuf> {
-    use sha2::{Digest as _, Sha256};
     let vmlinux = linux_out()?.join("vmlinux");
     let header = Replay::open(workload_fixture())
         .expect("fixture")
         .header()
         .clone();
-    let sha: [u8; 32] = Sha256::digest(std::fs::read(&vmlinux).unwrap()).into();
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    assert_eq!(
-        hex(&sha),
-        hex(&header.kernel.sha256),
+    let mut file = std::fs::File::open(&vmlinux).expect("the vmlinux");
+    assert!(
+        header.kernel.matches_file(&mut file),
         "{} is not the vmlinux tests/fixtures/linux-workload.krr was recorded from \
-         (guest-agent/linux/build.sh builds it reproducibly with the same gcc; after a \
-         change to the patch or config, record the fixture again: \
+         ({} bytes, SHA-256 {}; guest-agent/linux/build.sh builds it reproducibly with \
+         the same gcc; after a change to the patch or config, record the fixture again: \
          examples/record-replay-linux.sh --workload --keep DIR OUT 1)",
-        vmlinux.display()
+        vmlinux.display(),
+        header.kernel.size,
+        header
+            .kernel
+            .sha256
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
     );
     Some(vmlinux)
 }

@@ -291,6 +291,32 @@ pub struct KernelIdentity {
     pub sha256: [u8; 32],
 }
 
+impl KernelIdentity {
+    /// Whether `file`, from its start, is this image: its size first, then the SHA-256
+    /// of its bytes, hashed through reads (the file passes through the page cache
+    /// without all of it becoming resident in this process). False where it cannot be
+    /// read.
+    pub fn matches_file(&self, file: &mut std::fs::File) -> bool {
+        use sha2::{Digest as _, Sha256};
+        use std::io::Read as _;
+        match file.metadata() {
+            Ok(meta) if meta.is_file() && meta.len() == self.size => {}
+            _ => return false,
+        }
+        let mut sha = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => sha.update(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        <[u8; 32]>::from(sha.finalize()) == self.sha256
+    }
+}
+
 /// A guest symbol the replay needs (agent hooks) or shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Symbol {
@@ -312,4 +338,34 @@ pub struct SnapshotPage {
 pub struct Snapshot {
     pub cpu: CpuState,
     pub pages: Vec<SnapshotPage>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KernelIdentity;
+    use sha2::{Digest as _, Sha256};
+    use std::io::{Seek as _, Write as _};
+
+    #[test]
+    fn a_kernel_file_matches_by_size_and_hash_only() {
+        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13) as u8).collect();
+        let identity = KernelIdentity {
+            name: "vmlinux".into(),
+            size: bytes.len() as u64,
+            sha256: Sha256::digest(&bytes).into(),
+        };
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&bytes).unwrap();
+        f.rewind().unwrap();
+        assert!(identity.matches_file(&mut f));
+        // One byte changed, the size kept: the hash differs.
+        f.rewind().unwrap();
+        f.write_all(&[bytes[0] ^ 1]).unwrap();
+        f.rewind().unwrap();
+        assert!(!identity.matches_file(&mut f));
+        // Another size is refused before reading.
+        f.set_len(bytes.len() as u64 - 1).unwrap();
+        f.rewind().unwrap();
+        assert!(!identity.matches_file(&mut f));
+    }
 }

@@ -285,31 +285,12 @@ impl Symbols {
 
     /// The kernel ELF named in the header, if that file exists and is the one recorded.
     fn from_recorded_kernel_file(header: &Header) -> Option<Symbols> {
-        use sha2::{Digest as _, Sha256};
-        use std::io::Read as _;
         let path = Path::new(&header.kernel.name);
         if !path.is_absolute() {
             return None;
         }
         let mut file = std::fs::File::open(path).ok()?;
-        let meta = file.metadata().ok()?;
-        if !meta.is_file() || meta.len() != header.kernel.size {
-            return None;
-        }
-        // Hashed through reads rather than the mapping: the file passes through the
-        // page cache without all of it becoming resident in this process.
-        let mut sha = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => sha.update(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return None,
-            }
-        }
-        let sha: [u8; 32] = sha.finalize().into();
-        if sha != header.kernel.sha256 {
+        if !header.kernel.matches_file(&mut file) {
             return None;
         }
         // The file mapped is the file hashed (one descriptor); its length is checked
