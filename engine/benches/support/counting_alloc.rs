@@ -1,7 +1,7 @@
 //! The benches' global allocator: the system's, counting the bytes allocated now
 //! ([`NOW`]) and the most at once ([`PEAK`], which a bench resets to `NOW` before what it
-//! measures). Included by path (`#[path = "support/counting_alloc.rs"]`) in each bench
-//! that reports heap memory exactly.
+//! measures). Included by path (`#[path = ...]`) in each bench that reports heap memory
+//! exactly and in tests/trace_limits.rs, which bounds it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
