@@ -14,7 +14,7 @@
 //! may change what the rest of the block is). Blocks are copies of decoded-cache
 //! entries and are dropped whenever any of those is.
 
-use super::exec::{FastOp, Handler};
+use super::exec::BlockOp;
 use super::{Cpu, EMPTY, Exit, FETCHED_UNCACHED, TAG_GPA_LIMIT, flags, next_epoch};
 use crate::memory::{GuestMemory, line_bit};
 
@@ -35,14 +35,6 @@ struct BlockEntry {
     /// The 64-byte lines of the page that hold the start of one of its instructions
     /// (bit n: line n), for the breakpoint check.
     lines: u64,
-}
-
-/// An operation of a block: a fast form and the handler the block runs it with (its
-/// own, or its quiet form).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct BlockOp {
-    handler: Handler,
-    op: FastOp,
 }
 
 /// The block cache: a direct-mapped table of blocks over an arena of operations.
@@ -111,15 +103,17 @@ impl Cpu {
         {
             return None;
         }
-        // Fast forms change none of the conditions above, nor the breakpoints.
-        let code_generation = mem.code_generation();
-        let pt_generation = mem.pt_generation();
+        // Fast forms change none of the conditions above, nor the breakpoints. A block
+        // stops after a write that changes code or page tables (`Stop::After`), so the
+        // caches are in step with the memory whenever a block starts.
+        debug_assert_eq!(self.seen_code_generation, mem.code_generation());
+        debug_assert_eq!(self.seen_pt_generation, mem.pt_generation());
         // The handlers take the CPU mutably and their operation by reference: lend them
         // the arena for the run (fast forms never touch the block cache).
         let mut ops = std::mem::take(&mut self.blocks.ops);
         let mut ran = false;
         let mut exit = None;
-        'blocks: loop {
+        loop {
             let rip = self.st.rip;
             if rip >> 12 != page {
                 break;
@@ -145,50 +139,31 @@ impl Cpu {
                 break;
             }
             ran = true;
-            let start = e.start as usize;
+            let ops_of_block = &ops[e.start as usize..(e.start + e.len) as usize];
+            let Some((first, rest)) = ops_of_block.split_first() else {
+                break;
+            };
+            // The operations run one into the next (each handler's tail call); RIP
+            // moves with them, the instruction count is written once per block.
             let base = self.icount;
-            for (done, BlockOp { handler, op }) in
-                ops[start..start + e.len as usize].iter().enumerate()
-            {
-                // A branch (the block's last operation, or a direct jump or call within
-                // it) leaves RIP in `next_rip`; the others just advance it (and the
-                // instruction count is written back once per block).
-                let result = if op.branch {
-                    self.next_rip = self.st.rip.wrapping_add(op.len as u64);
-                    let r = handler(self, mem, op);
-                    if r.is_ok() {
-                        self.st.rip = self.next_rip;
-                    }
-                    r
-                } else {
-                    let r = handler(self, mem, op);
-                    if r.is_ok() {
-                        self.st.rip = self.st.rip.wrapping_add(op.len as u64);
-                    }
-                    r
-                };
-                if let Err(f) = result {
-                    self.icount = base + done as u64;
+            match (first.handler)(self, mem, first, rest) {
+                Ok(()) => self.icount = base + e.len as u64,
+                Err(stop) if stop.faulted() => {
+                    self.icount = base + (e.len - 1 - stop.remaining()) as u64;
                     self.mmio_write = None;
                     self.mmio_input = None;
-                    exit = self.handle_fault(mem, *f);
-                    break 'blocks;
+                    let fault = self.take_stop_fault();
+                    exit = self.handle_fault(mem, fault);
+                    break;
                 }
-                if op.writes_memory {
+                Err(stop) => {
+                    self.icount = base + (e.len - stop.remaining()) as u64;
                     if let Some((gpa, size, value)) = self.mmio_write.take() {
-                        self.icount = base + done as u64 + 1;
                         exit = Some(Exit::MmioWrite { gpa, size, value });
-                        break 'blocks;
                     }
-                    if mem.code_generation() != code_generation
-                        || mem.pt_generation() != pt_generation
-                    {
-                        self.icount = base + done as u64 + 1;
-                        break 'blocks;
-                    }
+                    break;
                 }
             }
-            self.icount = base + e.len as u64;
             if self.icount >= limit {
                 break;
             }

@@ -450,14 +450,30 @@ impl Cpu {
     ) -> R<u64> {
         // The common case calls nothing (so the caller needs no stack frame for it);
         // the rest is out of line.
-        if (la & 0xfff) as usize + size <= 4096
-            && (!ss || canonical(la))
-            && let Some(gpa) = self.tlb_fast(la, false)
-            && let Some(v) = mem.cached_value(gpa, size)
-        {
+        if let Some(v) = self.read_lin_cached(mem, la, size, ss) {
             return Ok(v);
         }
         self.read_lin_uncached(mem, la, size, ss)
+    }
+
+    /// [`Self::read_lin`]'s common case: the value if the access is within a page the
+    /// TLB lets through and the memory's cache holds; `None` (having done nothing)
+    /// otherwise. It calls nothing.
+    #[inline(always)]
+    pub(crate) fn read_lin_cached(
+        &self,
+        mem: &GuestMemory,
+        la: u64,
+        size: usize,
+        ss: bool,
+    ) -> Option<u64> {
+        if (la & 0xfff) as usize + size <= 4096
+            && (!ss || canonical(la))
+            && let Some(gpa) = self.tlb_fast(la, false)
+        {
+            return mem.cached_value(gpa, size);
+        }
+        None
     }
 
     /// [`Self::read_lin`] where the page is not in the memory's cache, or not in the
@@ -519,14 +535,32 @@ impl Cpu {
         ss: bool,
     ) -> R<()> {
         // As in `read_lin`: the common case calls nothing.
-        if (la & 0xfff) as usize + size <= 4096
-            && (!ss || canonical(la))
-            && let Some(gpa) = self.tlb_fast(la, true)
-            && mem.write_cached(gpa, size, v)
-        {
+        if self.write_lin_cached(mem, la, size, v, ss) {
             return Ok(());
         }
         self.write_lin_uncached(mem, la, size, v, ss)
+    }
+
+    /// [`Self::write_lin`]'s common case: writes if the access is within a page the TLB
+    /// lets through and the memory's cache owns, touching no code (so it is neither an
+    /// MMIO write nor a write to code or page tables); returns false, having written
+    /// nothing, otherwise. It calls nothing.
+    #[inline(always)]
+    pub(crate) fn write_lin_cached(
+        &self,
+        mem: &mut GuestMemory,
+        la: u64,
+        size: usize,
+        v: u64,
+        ss: bool,
+    ) -> bool {
+        if (la & 0xfff) as usize + size <= 4096
+            && (!ss || canonical(la))
+            && let Some(gpa) = self.tlb_fast(la, true)
+        {
+            return mem.write_cached(gpa, size, v);
+        }
+        false
     }
 
     /// [`Self::write_lin`] where the memory's cache does not own the page or the write

@@ -377,6 +377,10 @@ pub struct Cpu {
     uncached: Instruction,
     tlb: mmu::Tlb,
     seen_memory: u64,
+    /// The fault of the fast form that stopped a block or a step (see [`exec::Stop`]).
+    stop_fault: Option<Fault>,
+    /// The memory's code and page-table generations the caches are in step with (a
+    /// block stops after a write that moves either).
     seen_code_generation: u64,
     seen_pt_generation: u64,
     max_phys_bits: u32,
@@ -418,6 +422,7 @@ impl Clone for Cpu {
             uncached: Instruction::default(),
             tlb: mmu::Tlb::new(),
             seen_memory: 0,
+            stop_fault: None,
             seen_code_generation: 0,
             seen_pt_generation: 0,
             max_phys_bits: self.max_phys_bits,
@@ -480,6 +485,7 @@ impl Cpu {
             uncached: Instruction::default(),
             tlb: mmu::Tlb::new(),
             seen_memory: 0,
+            stop_fault: None,
             seen_code_generation: 0,
             seen_pt_generation: 0,
             max_phys_bits,
@@ -894,9 +900,17 @@ impl Cpu {
         let shadow = self.st.interrupt_shadow;
         self.st.interrupt_shadow = false;
         let result = match op.handler {
-            Some(handler) => handler(self, mem, &op)
-                .map(|()| Retired::Continue)
-                .map_err(|f| *f),
+            Some(handler) => {
+                // A fast form moves RIP itself; stopping after it (`Stop::After`) is
+                // what retiring one instruction does anyway.
+                match handler(self, mem, &exec::BlockOp { handler, op }, &[]) {
+                    Err(stop) if stop.faulted() => Err(self.take_stop_fault()),
+                    _ => {
+                        self.next_rip = self.st.rip;
+                        Ok(Retired::Continue)
+                    }
+                }
+            }
             None => {
                 let ins = match self.decode_cache.get(idx) {
                     Some(e) => self.decoded[e.decoded as usize],
@@ -937,6 +951,13 @@ impl Cpu {
                 self.handle_fault(mem, f)
             }
         }
+    }
+
+    /// The fault a fast form left in `stop_fault` when it stopped.
+    fn take_stop_fault(&mut self) -> Fault {
+        self.stop_fault
+            .take()
+            .unwrap_or_else(|| self.unsupported("a fast form stopped without its fault"))
     }
 
     fn handle_fault(&mut self, mem: &mut GuestMemory, f: Fault) -> Option<Exit> {

@@ -16,29 +16,16 @@ use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
 use super::super::flags::{self, AF, CF, STATUS, ShiftOp, mask};
 use super::super::undefined::{Family, UndefinedRules};
-use super::super::{Cpu, Fault, R};
+use super::super::mmu::canonical;
+use super::super::{Cpu, Fault, gp0};
 use super::arith::XorOp;
 use super::arith::{AddOp, AndOp, ArithOp, CmpOp, DecOp, IncOp, OrOp, SubOp, TestOp, UnaryOp};
 use super::data::extend;
 use super::muldiv::imul_truncated;
 use super::operand::{REG_AH, REG_AL, REG_AX, REG_EAX, REG_R15, REG_R15L, REG_RAX, REG_SPL};
 use crate::memory::GuestMemory;
+use crate::state::gpr::RSP;
 use crate::state::seg;
-
-/// What a handler returns: the fault is boxed so that the result fits in a register
-/// (faults are rare; every instruction returns).
-pub(crate) type HandlerResult = Result<(), Box<Fault>>;
-
-/// A fault as a handler returns it. Out of line and cold, so that a handler's common
-/// path does not carry the allocation.
-#[cold]
-#[inline(never)]
-fn boxed(f: Fault) -> Box<Fault> {
-    Box::new(f)
-}
-
-/// Executes one instruction of a fast form.
-pub(crate) type Handler = fn(&mut Cpu, &mut GuestMemory, &FastOp) -> HandlerResult;
 
 /// No register: an immediate or memory source.
 const NO_REG: u8 = u8::MAX;
@@ -63,6 +50,9 @@ pub(crate) struct MemOperand {
     seg: u8,
     /// A stack-segment access (#SS rather than #GP on a non-canonical address).
     ss: bool,
+    /// Flat (segment base 0) and not RIP-relative: the address is `disp`, `base` and
+    /// `index` alone.
+    flat: bool,
 }
 
 impl MemOperand {
@@ -73,6 +63,7 @@ impl MemOperand {
         scale_shift: 0,
         seg: SEG_FLAT,
         ss: false,
+        flat: true,
     };
 
     /// The memory operand of `ins` if it uses 64-bit addressing (no 32-bit address
@@ -101,6 +92,7 @@ impl MemOperand {
             scale_shift: ins.memory_index_scale().trailing_zeros() as u8,
             seg,
             ss: ins.memory_segment() == Register::SS,
+            flat: seg == SEG_FLAT && base != BASE_RIP,
         })
     }
 }
@@ -225,14 +217,14 @@ fn gpr_extend_source(r: Register) -> Option<(u8, u8)> {
     }
 }
 
-/// Picks `$f::<..., SIZE>` (or `$f::<..., SIZE, FLAGS>`) for a register operand size
+/// Picks `$f::<..., SIZE>` (or `$f::<..., SIZE, T...>`) for a register operand size
 /// of 4 or 8.
 macro_rules! by_size48 {
-    ($size:expr, $f:ident $(, $c:tt)* ; $flags:tt) => {
+    ($size:expr, $f:ident $(, $c:tt)* ; $($t:tt),+) => {
         if $size == 4 {
-            $f::<$($c,)* 4, $flags> as Handler
+            $f::<$($c,)* 4, $($t),+> as Handler
         } else {
-            $f::<$($c,)* 8, $flags> as Handler
+            $f::<$($c,)* 8, $($t),+> as Handler
         }
     };
     ($size:expr, $f:ident $(, $c:tt)*) => {
@@ -244,8 +236,17 @@ macro_rules! by_size48 {
     };
 }
 
-/// Picks `$f::<..., SIZE>` for a memory operand size of 1, 2, 4 or 8.
+/// Picks `$f::<..., SIZE>` (or `$f::<..., SIZE, T...>`) for a memory operand size of 1,
+/// 2, 4 or 8.
 macro_rules! by_size {
+    ($size:expr, $f:ident $(, $c:tt)* ; $($t:tt),+) => {
+        match $size {
+            1 => $f::<$($c,)* 1, $($t),+> as Handler,
+            2 => $f::<$($c,)* 2, $($t),+> as Handler,
+            4 => $f::<$($c,)* 4, $($t),+> as Handler,
+            _ => $f::<$($c,)* 8, $($t),+> as Handler,
+        }
+    };
     ($size:expr, $f:ident $(, $c:tt)*) => {
         match $size {
             1 => $f::<$($c,)* 1> as Handler,
@@ -256,18 +257,18 @@ macro_rules! by_size {
     };
 }
 
-/// Picks `$f::<Op, SIZE>` (or `$f::<Op, SIZE, FLAGS>`) for the ALU operation of
+/// Picks `$f::<Op, SIZE>` (or `$f::<Op, SIZE, T...>`) for the ALU operation of
 /// mnemonic `$m`.
 macro_rules! by_alu_op {
-    ($m:expr, $pick:ident, $size:expr, $f:ident ; $flags:tt) => {
+    ($m:expr, $pick:ident, $size:expr, $f:ident ; $($t:tt),+) => {
         match $m {
-            Mnemonic::Add => $pick!($size, $f, AddOp; $flags),
-            Mnemonic::Or => $pick!($size, $f, OrOp; $flags),
-            Mnemonic::And => $pick!($size, $f, AndOp; $flags),
-            Mnemonic::Sub => $pick!($size, $f, SubOp; $flags),
-            Mnemonic::Xor => $pick!($size, $f, XorOp; $flags),
-            Mnemonic::Cmp => $pick!($size, $f, CmpOp; $flags),
-            _ => $pick!($size, $f, TestOp; $flags),
+            Mnemonic::Add => $pick!($size, $f, AddOp; $($t),+),
+            Mnemonic::Or => $pick!($size, $f, OrOp; $($t),+),
+            Mnemonic::And => $pick!($size, $f, AndOp; $($t),+),
+            Mnemonic::Sub => $pick!($size, $f, SubOp; $($t),+),
+            Mnemonic::Xor => $pick!($size, $f, XorOp; $($t),+),
+            Mnemonic::Cmp => $pick!($size, $f, CmpOp; $($t),+),
+            _ => $pick!($size, $f, TestOp; $($t),+),
         }
     };
     ($m:expr, $pick:ident, $size:expr, $f:ident) => {
@@ -515,15 +516,15 @@ fn classify_form(ins: &Instruction) -> Option<Form> {
             form(jmp_rel, NO_REG, NO_REG, ins.near_branch64())
         }
         M::Call if ins.code() == Code::Call_rel32_64 => {
-            form(call_rel, NO_REG, NO_REG, ins.near_branch64())
+            form(call_rel::<true>, NO_REG, NO_REG, ins.near_branch64())
         }
-        M::Ret if ins.code() == Code::Retnq => form(ret, NO_REG, NO_REG, 0),
+        M::Ret if ins.code() == Code::Retnq => form(ret::<true>, NO_REG, NO_REG, 0),
         M::Push if ins.code() == Code::Push_r64 => match o.reg(0)? {
-            (s, 8) => form(push, NO_REG, s, 0),
+            (s, 8) => form(push::<true>, NO_REG, s, 0),
             _ => None,
         },
         M::Pop if ins.code() == Code::Pop_r64 => match o.reg(0)? {
-            (d, 8) => form(pop, d, NO_REG, 0),
+            (d, 8) => form(pop::<true>, d, NO_REG, 0),
             _ => None,
         },
         _ => None,
@@ -538,13 +539,13 @@ fn mov_form(o: &Operands) -> Option<Form> {
             form(by_size48!(size, mov_ri), d, NO_REG, o.imm1(size as usize))
         }
         (Some((d, size)), None) if o.mem(1) && msize == size as usize => {
-            form(by_size48!(size, mov_rm), d, NO_REG, 0)
+            form(by_size48!(size, mov_rm; true), d, NO_REG, 0)
         }
         (None, Some((s, size))) if o.mem(0) && msize == size as usize => {
-            form(by_size48!(size, mov_mr), NO_REG, s, 0)
+            form(by_size48!(size, mov_mr; true), NO_REG, s, 0)
         }
         (None, None) if o.mem(0) && o.imm(1) && o.mem_sized() => {
-            form(by_size!(msize, mov_mi), NO_REG, NO_REG, o.imm1(msize))
+            form(by_size!(msize, mov_mi; true), NO_REG, NO_REG, o.imm1(msize))
         }
         _ => None,
     }
@@ -559,19 +560,19 @@ fn extend_form(o: &Operands, signed: bool) -> Option<Form> {
         _ => return None,
     };
     macro_rules! pick {
-        ($f:ident) => {
+        ($f:ident $(; $t:tt)?) => {
             match (src_size, signed) {
-                (1, false) => by_size48!(size, $f, 1, false),
-                (2, false) => by_size48!(size, $f, 2, false),
-                (4, false) => by_size48!(size, $f, 4, false),
-                (1, true) => by_size48!(size, $f, 1, true),
-                (2, true) => by_size48!(size, $f, 2, true),
-                _ => by_size48!(size, $f, 4, true),
+                (1, false) => by_size48!(size, $f, 1, false $(; $t)?),
+                (2, false) => by_size48!(size, $f, 2, false $(; $t)?),
+                (4, false) => by_size48!(size, $f, 4, false $(; $t)?),
+                (1, true) => by_size48!(size, $f, 1, true $(; $t)?),
+                (2, true) => by_size48!(size, $f, 2, true $(; $t)?),
+                _ => by_size48!(size, $f, 4, true $(; $t)?),
             }
         };
     }
     let handler = if s == NO_REG {
-        pick!(extend_m)
+        pick!(extend_m; true)
     } else {
         pick!(extend_r)
     };
@@ -617,8 +618,8 @@ fn alu_form(o: &Operands, m: Mnemonic) -> Option<Form> {
         ),
         (Some((d, size)), None) if o.mem(1) && msize == size as usize => flagged(
             (
-                by_alu_op!(m, by_size48, size, alu_rm; true),
-                by_alu_op!(m, by_size48, size, alu_rm; false),
+                by_alu_op!(m, by_size48, size, alu_rm; true, true),
+                by_alu_op!(m, by_size48, size, alu_rm; false, true),
             ),
             alu_flags(m, size as usize),
             d,
@@ -626,10 +627,10 @@ fn alu_form(o: &Operands, m: Mnemonic) -> Option<Form> {
             0,
         ),
         (None, Some((s, size))) if o.mem(0) && msize == size as usize => {
-            form(by_alu_op!(m, by_size, size, alu_mr), NO_REG, s, 0)
+            form(by_alu_op!(m, by_size, size, alu_mr; true), NO_REG, s, 0)
         }
         (None, None) if o.mem(0) && o.imm(1) && o.mem_sized() => form(
-            by_alu_op!(m, by_size, msize, alu_mi),
+            by_alu_op!(m, by_size, msize, alu_mi; true),
             NO_REG,
             NO_REG,
             o.imm1(msize),
@@ -655,8 +656,8 @@ fn imul_form(o: &Operands) -> Option<Form> {
         return None;
     }
     Some(Form {
-        handler: by_size48!(size, imul; true),
-        quiet: Some(by_size48!(size, imul; false)),
+        handler: by_size48!(size, imul; true, true),
+        quiet: Some(by_size48!(size, imul; false, true)),
         flags: FlagEffect::new(
             STATUS,
             Family::ImulMultiOperand.undefined_flags(),
@@ -710,6 +711,150 @@ fn shift_form(o: &Operands, m: Mnemonic) -> Option<Form> {
 
 // ---- the handlers ----
 
+/// An operation as blocks run it: a fast form and the handler it runs with (its own, or
+/// its quiet form). A block is a slice of them, in the order they execute.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlockOp {
+    pub(crate) handler: Handler,
+    pub(crate) op: FastOp,
+}
+
+/// Where and why a run of operations stopped before its end: the operation with
+/// [`Stop::remaining`] operations after it either faulted (it is not retired; the fault
+/// is in `Cpu::stop_fault`) or retired and wrote what must be seen before anything else
+/// runs: an MMIO write, or a write to code or a page table (which may change what the
+/// rest of the block is). Four bytes, so that a handler's result is one register and
+/// handlers can run one another as tail calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stop(std::num::NonZeroU32);
+
+impl Stop {
+    const FAULT: u32 = 1 << 31;
+
+    fn new(remaining: usize, fault: bool) -> Stop {
+        // A block has at most a few dozen operations: `remaining + 1` is below bit 31
+        // and not zero.
+        let v = (remaining as u32 & !Self::FAULT).wrapping_add(1) | if fault { Self::FAULT } else { 0 };
+        Stop(std::num::NonZeroU32::new(v).unwrap_or(std::num::NonZeroU32::MIN))
+    }
+
+    /// How many operations followed the one that stopped.
+    pub(crate) fn remaining(self) -> u32 {
+        (self.0.get() & !Self::FAULT) - 1
+    }
+
+    /// Whether the operation faulted (rather than stopping after it retired).
+    pub(crate) fn faulted(self) -> bool {
+        self.0.get() & Self::FAULT != 0
+    }
+}
+
+/// What a handler returns: `Ok` when it and every operation after it in `rest`
+/// retired.
+pub(crate) type Flow = Result<(), Stop>;
+
+/// Executes the operation `op` and then, as a tail call, the operations in `rest`
+/// (a block's remaining operations; none when the CPU steps one instruction). Each
+/// handler leaves RIP at the next instruction's (or the branch target).
+pub(crate) type Handler = fn(&mut Cpu, &mut GuestMemory, &BlockOp, &[BlockOp]) -> Flow;
+
+/// A fault of the operation before `rest`, kept in the CPU. Out of line and cold, so
+/// that a handler's common path does not carry it.
+#[cold]
+#[inline(never)]
+fn fault(cpu: &mut Cpu, f: Fault, rest: &[BlockOp]) -> Stop {
+    cpu.stop_fault = Some(f);
+    Stop::new(rest.len(), true)
+}
+
+/// Runs the operations in `rest` (RIP is already theirs).
+#[inline(always)]
+fn go_on(cpu: &mut Cpu, mem: &mut GuestMemory, rest: &[BlockOp]) -> Flow {
+    match rest {
+        [next, rest @ ..] => (next.handler)(cpu, mem, next, rest),
+        [] => Ok(()),
+    }
+}
+
+/// Retires `b` (RIP moves past it) and runs the operations in `rest`.
+#[inline(always)]
+fn next(cpu: &mut Cpu, mem: &mut GuestMemory, b: &BlockOp, rest: &[BlockOp]) -> Flow {
+    cpu.st.rip = cpu.st.rip.wrapping_add(b.op.len as u64);
+    go_on(cpu, mem, rest)
+}
+
+/// After an operation that wrote memory and left RIP where execution goes on: stops
+/// the block if the write must be seen first (see [`Stop`]), else runs `rest`. A write
+/// through the memory's cache (`FAST`) never needs to be seen first.
+#[inline(always)]
+fn go_on_after_write<const FAST: bool>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    rest: &[BlockOp],
+) -> Flow {
+    if !FAST
+        && (cpu.mmio_write.is_some()
+            || mem.code_generation() != cpu.seen_code_generation
+            || mem.pt_generation() != cpu.seen_pt_generation)
+    {
+        return Err(Stop::new(rest.len(), false));
+    }
+    go_on(cpu, mem, rest)
+}
+
+/// [`next`] for an operation that wrote memory (see [`go_on_after_write`]).
+#[inline(always)]
+fn next_after_write<const FAST: bool>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    cpu.st.rip = cpu.st.rip.wrapping_add(b.op.len as u64);
+    go_on_after_write::<FAST>(cpu, mem, rest)
+}
+
+/// Runs `slow`, the instance of a handler without `FAST`, out of line: the fast
+/// instance gave up before changing anything, and `slow` runs the whole operation
+/// with the complete memory path (translation, faults, MMIO, code and page-table
+/// writes). As a tail call, so that the fast instance needs no stack frame.
+#[inline(never)]
+fn retry(slow: Handler, cpu: &mut Cpu, mem: &mut GuestMemory, b: &BlockOp, rest: &[BlockOp]) -> Flow {
+    slow(cpu, mem, b, rest)
+}
+
+/// Reads `$size` bytes at linear `$la` in a handler: with `$fast`, only through the TLB
+/// and the memory's cache, running the handler's slow instance `$slow` instead if they
+/// do not hold it; without, through the whole memory path, returning a fault.
+macro_rules! read_mem {
+    ($fast:expr, $slow:expr, $cpu:ident, $mem:ident, $b:ident, $rest:ident, $la:expr, $size:expr, $ss:expr) => {
+        if $fast {
+            match $cpu.read_lin_cached($mem, $la, $size, $ss) {
+                Some(v) => v,
+                None => return retry($slow, $cpu, $mem, $b, $rest),
+            }
+        } else {
+            $cpu.read_lin($mem, $la, $size, $ss)
+                .map_err(|f| fault($cpu, f, $rest))?
+        }
+    };
+}
+
+/// Writes the low `$size` bytes of `$v` at linear `$la` in a handler, as [`read_mem`]
+/// reads.
+macro_rules! write_mem {
+    ($fast:expr, $slow:expr, $cpu:ident, $mem:ident, $b:ident, $rest:ident, $la:expr, $size:expr, $v:expr, $ss:expr) => {
+        if $fast {
+            if !$cpu.write_lin_cached($mem, $la, $size, $v, $ss) {
+                return retry($slow, $cpu, $mem, $b, $rest);
+            }
+        } else {
+            $cpu.write_lin($mem, $la, $size, $v, $ss)
+                .map_err(|f| fault($cpu, f, $rest))?;
+        }
+    };
+}
+
 #[inline(always)]
 fn set_gpr<const SIZE: usize>(cpu: &mut Cpu, i: u8, v: u64) {
     // Only 32- and 64-bit registers: a 32-bit write zero-extends.
@@ -740,6 +885,14 @@ impl Cpu {
     /// The linear address of a fast form's memory operand.
     #[inline(always)]
     fn fast_la(&self, m: &MemOperand) -> u64 {
+        if m.flat {
+            // Without branches: a missing register reads as 0.
+            let reg = |i: u8| self.st.gpr.get(i as usize).copied().unwrap_or(0);
+            return m
+                .disp
+                .wrapping_add(reg(m.base))
+                .wrapping_add(reg(m.index) << m.scale_shift);
+        }
         let a = self.fast_ea(m);
         match m.seg {
             SEG_FLAT => a,
@@ -747,76 +900,96 @@ impl Cpu {
             _ => a.wrapping_add(self.st.seg[seg::GS].base),
         }
     }
-
-    #[inline(always)]
-    fn fast_read(&mut self, mem: &mut GuestMemory, m: &MemOperand, size: usize) -> R<u64> {
-        let la = self.fast_la(m);
-        self.read_lin(mem, la, size, m.ss)
-    }
 }
 
-fn nop(_: &mut Cpu, _: &mut GuestMemory, _: &FastOp) -> HandlerResult {
-    Ok(())
+fn nop(cpu: &mut Cpu, mem: &mut GuestMemory, b: &BlockOp, rest: &[BlockOp]) -> Flow {
+    next(cpu, mem, b, rest)
 }
 
-fn mov_rr<const SIZE: usize>(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> HandlerResult {
-    let v = gpr::<SIZE>(cpu, op.s);
-    set_gpr::<SIZE>(cpu, op.d, v);
-    Ok(())
+fn mov_rr<const SIZE: usize>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    let v = gpr::<SIZE>(cpu, b.op.s);
+    set_gpr::<SIZE>(cpu, b.op.d, v);
+    next(cpu, mem, b, rest)
 }
 
-fn mov_ri<const SIZE: usize>(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> HandlerResult {
-    set_gpr::<SIZE>(cpu, op.d, op.imm);
-    Ok(())
+fn mov_ri<const SIZE: usize>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    set_gpr::<SIZE>(cpu, b.op.d, b.op.imm);
+    next(cpu, mem, b, rest)
 }
 
-fn mov_rm<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
-    let v = cpu.fast_read(mem, &op.mem, SIZE).map_err(boxed)?;
-    set_gpr::<SIZE>(cpu, op.d, v);
-    Ok(())
+fn mov_rm<const SIZE: usize, const FAST: bool>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    let la = cpu.fast_la(&b.op.mem);
+    let v = read_mem!(FAST, mov_rm::<SIZE, false>, cpu, mem, b, rest, la, SIZE, b.op.mem.ss);
+    set_gpr::<SIZE>(cpu, b.op.d, v);
+    next(cpu, mem, b, rest)
 }
 
-fn mov_mr<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
-    let la = cpu.fast_la(&op.mem);
-    let v = gpr::<SIZE>(cpu, op.s);
-    cpu.write_lin(mem, la, SIZE, v, op.mem.ss).map_err(boxed)
+fn mov_mr<const SIZE: usize, const FAST: bool>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    let la = cpu.fast_la(&b.op.mem);
+    let v = gpr::<SIZE>(cpu, b.op.s);
+    write_mem!(FAST, mov_mr::<SIZE, false>, cpu, mem, b, rest, la, SIZE, v, b.op.mem.ss);
+    next_after_write::<FAST>(cpu, mem, b, rest)
 }
 
-fn mov_mi<const SIZE: usize>(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
-    let la = cpu.fast_la(&op.mem);
-    cpu.write_lin(mem, la, SIZE, op.imm, op.mem.ss)
-        .map_err(boxed)
+fn mov_mi<const SIZE: usize, const FAST: bool>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    let la = cpu.fast_la(&b.op.mem);
+    write_mem!(FAST, mov_mi::<SIZE, false>, cpu, mem, b, rest, la, SIZE, b.op.imm, b.op.mem.ss);
+    next_after_write::<FAST>(cpu, mem, b, rest)
 }
 
 /// movzx/movsx/movsxd (`SIGNED`) of the `SRC`-byte register `s`.
 fn extend_r<const SRC: usize, const SIGNED: bool, const SIZE: usize>(
     cpu: &mut Cpu,
-    _: &mut GuestMemory,
-    op: &FastOp,
-) -> HandlerResult {
-    let v = cpu.st.gpr[op.s as usize & 15] & mask(SRC);
-    set_gpr::<SIZE>(cpu, op.d, extend(v, SRC, SIGNED));
-    Ok(())
+    mem: &mut GuestMemory,
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    let v = cpu.st.gpr[b.op.s as usize & 15] & mask(SRC);
+    set_gpr::<SIZE>(cpu, b.op.d, extend(v, SRC, SIGNED));
+    next(cpu, mem, b, rest)
 }
 
 /// movzx/movsx/movsxd (`SIGNED`) of `SRC` bytes of memory.
-fn extend_m<const SRC: usize, const SIGNED: bool, const SIZE: usize>(
+fn extend_m<const SRC: usize, const SIGNED: bool, const SIZE: usize, const FAST: bool>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
-    op: &FastOp,
-) -> HandlerResult {
-    let v = cpu.fast_read(mem, &op.mem, SRC).map_err(boxed)?;
-    set_gpr::<SIZE>(cpu, op.d, extend(v, SRC, SIGNED));
-    Ok(())
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    let la = cpu.fast_la(&b.op.mem);
+    let v = read_mem!(FAST, extend_m::<SRC, SIGNED, SIZE, false>, cpu, mem, b, rest, la, SRC, b.op.mem.ss);
+    set_gpr::<SIZE>(cpu, b.op.d, extend(v, SRC, SIGNED));
+    next(cpu, mem, b, rest)
 }
 
 /// `d op= b` for a register destination; the status flags only with `FLAGS`.
 #[inline(always)]
-fn alu_to_reg<Op: ArithOp, const SIZE: usize, const FLAGS: bool>(
-    cpu: &mut Cpu,
-    d: u8,
-    b: u64,
-) -> HandlerResult {
+fn alu_to_reg<Op: ArithOp, const SIZE: usize, const FLAGS: bool>(cpu: &mut Cpu, d: u8, b: u64) {
     let a = gpr::<SIZE>(cpu, d);
     let (r, f) = Op::apply(a, b, SIZE, cpu.st.rflags, &cpu.undefined);
     if FLAGS {
@@ -825,169 +998,244 @@ fn alu_to_reg<Op: ArithOp, const SIZE: usize, const FLAGS: bool>(
     if Op::WRITES {
         set_gpr::<SIZE>(cpu, d, r);
     }
-    Ok(())
 }
 
-/// `[mem] op= b` (any operand size).
+/// `[mem] op= v` (any operand size); `slow` is the handler's instance without `FAST`.
 #[inline(always)]
-fn alu_to_mem<Op: ArithOp, const SIZE: usize>(
+fn alu_to_mem<Op: ArithOp, const SIZE: usize, const FAST: bool>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
-    op: &FastOp,
-    b: u64,
-) -> HandlerResult {
-    let la = cpu.fast_la(&op.mem);
-    let a = cpu.read_lin(mem, la, SIZE, op.mem.ss).map_err(boxed)?;
-    let (r, f) = Op::apply(a, b, SIZE, cpu.st.rflags, &cpu.undefined);
+    b: &BlockOp,
+    rest: &[BlockOp],
+    v: u64,
+    slow: Handler,
+) -> Flow {
+    let (la, ss) = (cpu.fast_la(&b.op.mem), b.op.mem.ss);
+    let a = read_mem!(FAST, slow, cpu, mem, b, rest, la, SIZE, ss);
+    let (r, f) = Op::apply(a, v, SIZE, cpu.st.rflags, &cpu.undefined);
     if Op::WRITES {
-        cpu.write_lin(mem, la, SIZE, r, op.mem.ss).map_err(boxed)?;
+        write_mem!(FAST, slow, cpu, mem, b, rest, la, SIZE, r, ss);
     }
     cpu.set_status(f);
-    Ok(())
+    if Op::WRITES {
+        next_after_write::<FAST>(cpu, mem, b, rest)
+    } else {
+        next(cpu, mem, b, rest)
+    }
 }
 
 fn alu_rr<Op: ArithOp, const SIZE: usize, const FLAGS: bool>(
     cpu: &mut Cpu,
-    _: &mut GuestMemory,
-    op: &FastOp,
-) -> HandlerResult {
-    let b = gpr::<SIZE>(cpu, op.s);
-    alu_to_reg::<Op, SIZE, FLAGS>(cpu, op.d, b)
+    mem: &mut GuestMemory,
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    let v = gpr::<SIZE>(cpu, b.op.s);
+    alu_to_reg::<Op, SIZE, FLAGS>(cpu, b.op.d, v);
+    next(cpu, mem, b, rest)
 }
 
 fn alu_ri<Op: ArithOp, const SIZE: usize, const FLAGS: bool>(
     cpu: &mut Cpu,
-    _: &mut GuestMemory,
-    op: &FastOp,
-) -> HandlerResult {
-    alu_to_reg::<Op, SIZE, FLAGS>(cpu, op.d, op.imm)
+    mem: &mut GuestMemory,
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    alu_to_reg::<Op, SIZE, FLAGS>(cpu, b.op.d, b.op.imm);
+    next(cpu, mem, b, rest)
 }
 
-fn alu_rm<Op: ArithOp, const SIZE: usize, const FLAGS: bool>(
+fn alu_rm<Op: ArithOp, const SIZE: usize, const FLAGS: bool, const FAST: bool>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
-    op: &FastOp,
-) -> HandlerResult {
-    let b = cpu.fast_read(mem, &op.mem, SIZE).map_err(boxed)?;
-    alu_to_reg::<Op, SIZE, FLAGS>(cpu, op.d, b)
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    let la = cpu.fast_la(&b.op.mem);
+    let slow = alu_rm::<Op, SIZE, FLAGS, false>;
+    let v = read_mem!(FAST, slow, cpu, mem, b, rest, la, SIZE, b.op.mem.ss);
+    alu_to_reg::<Op, SIZE, FLAGS>(cpu, b.op.d, v);
+    next(cpu, mem, b, rest)
 }
 
 /// op [mem], reg (any operand size: the register's low bytes).
-fn alu_mr<Op: ArithOp, const SIZE: usize>(
+fn alu_mr<Op: ArithOp, const SIZE: usize, const FAST: bool>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
-    op: &FastOp,
-) -> HandlerResult {
-    let b = gpr::<SIZE>(cpu, op.s);
-    alu_to_mem::<Op, SIZE>(cpu, mem, op, b)
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    let v = gpr::<SIZE>(cpu, b.op.s);
+    alu_to_mem::<Op, SIZE, FAST>(cpu, mem, b, rest, v, alu_mr::<Op, SIZE, false>)
 }
 
-fn alu_mi<Op: ArithOp, const SIZE: usize>(
+fn alu_mi<Op: ArithOp, const SIZE: usize, const FAST: bool>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
-    op: &FastOp,
-) -> HandlerResult {
-    alu_to_mem::<Op, SIZE>(cpu, mem, op, op.imm)
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    alu_to_mem::<Op, SIZE, FAST>(cpu, mem, b, rest, b.op.imm, alu_mi::<Op, SIZE, false>)
 }
 
 /// imul reg, reg or [mem] (`s` = [`NO_REG`]), times the immediate if `aux` is 1, else
 /// times the destination.
 /// The status flags only with `FLAGS`.
-fn imul<const SIZE: usize, const FLAGS: bool>(
+fn imul<const SIZE: usize, const FLAGS: bool, const FAST: bool>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
-    op: &FastOp,
-) -> HandlerResult {
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    let op = &b.op;
     let a = if op.s == NO_REG {
-        cpu.fast_read(mem, &op.mem, SIZE).map_err(boxed)?
+        let la = cpu.fast_la(&op.mem);
+        read_mem!(FAST, imul::<SIZE, FLAGS, false>, cpu, mem, b, rest, la, SIZE, op.mem.ss)
     } else {
         gpr::<SIZE>(cpu, op.s)
     };
-    let b = if op.aux != 0 {
+    let m = if op.aux != 0 {
         op.imm
     } else {
         gpr::<SIZE>(cpu, op.d)
     };
-    let (r, overflow) = imul_truncated(a, b, SIZE);
+    let (r, overflow) = imul_truncated(a, m, SIZE);
     set_gpr::<SIZE>(cpu, op.d, r);
     if FLAGS {
         cpu.set_mul_flags(Family::ImulMultiOperand, r, SIZE, overflow);
     }
-    Ok(())
+    next(cpu, mem, b, rest)
 }
 
 /// `inc` and `dec` of a register; the status flags only with `FLAGS`.
 fn unary_r<Op: UnaryOp, const SIZE: usize, const FLAGS: bool>(
     cpu: &mut Cpu,
-    _: &mut GuestMemory,
-    op: &FastOp,
-) -> HandlerResult {
-    let a = gpr::<SIZE>(cpu, op.d);
+    mem: &mut GuestMemory,
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    let d = b.op.d;
+    let a = gpr::<SIZE>(cpu, d);
     let (r, f) = Op::apply(a, SIZE, cpu.st.rflags);
-    set_gpr::<SIZE>(cpu, op.d, r);
+    set_gpr::<SIZE>(cpu, d, r);
     if FLAGS {
         cpu.set_status(f);
     }
-    Ok(())
+    next(cpu, mem, b, rest)
 }
 
 /// The status flags only with `FLAGS`.
 fn shift_ri<const OP: u8, const SIZE: usize, const FLAGS: bool>(
     cpu: &mut Cpu,
-    _: &mut GuestMemory,
-    op: &FastOp,
-) -> HandlerResult {
+    mem: &mut GuestMemory,
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    let op = &b.op;
     let a = gpr::<SIZE>(cpu, op.d);
     // The count is masked at decode time; masking it again tells the compiler that
     // it is below the operand width.
-    let (r, f) = flags::shift(
-        shift_op(OP),
-        a,
-        op.imm as u32 & (SIZE as u32 * 8 - 1),
-        SIZE,
-        cpu.st.rflags,
-        &cpu.undefined,
-    );
+    let count = op.imm as u32 & (SIZE as u32 * 8 - 1);
     // A register destination is written even for a zero count.
-    set_gpr::<SIZE>(cpu, op.d, r);
     if FLAGS {
+        let (r, f) = flags::shift(
+            shift_op(OP),
+            a,
+            count,
+            SIZE,
+            cpu.st.rflags,
+            &cpu.undefined,
+        );
+        set_gpr::<SIZE>(cpu, op.d, r);
         cpu.st.rflags = f;
+    } else {
+        set_gpr::<SIZE>(cpu, op.d, flags::shift_result(shift_op(OP), a, count, SIZE));
     }
-    Ok(())
+    next(cpu, mem, b, rest)
 }
 
-fn lea<const SIZE: usize>(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> HandlerResult {
-    let a = cpu.fast_ea(&op.mem);
-    set_gpr::<SIZE>(cpu, op.d, a);
-    Ok(())
+fn lea<const SIZE: usize>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    let a = cpu.fast_ea(&b.op.mem);
+    set_gpr::<SIZE>(cpu, b.op.d, a);
+    next(cpu, mem, b, rest)
 }
 
-fn jcc<const CC: u8>(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> HandlerResult {
-    cpu.jump_relative_if(CONDITIONS[CC as usize], op.imm);
-    Ok(())
+/// A conditional jump (it ends a block).
+fn jcc<const CC: u8>(cpu: &mut Cpu, mem: &mut GuestMemory, b: &BlockOp, rest: &[BlockOp]) -> Flow {
+    // `imm` is the target's offset from this instruction.
+    let step = if cpu.cond(CONDITIONS[CC as usize]) {
+        b.op.imm
+    } else {
+        b.op.len as u64
+    };
+    cpu.st.rip = cpu.st.rip.wrapping_add(step);
+    go_on(cpu, mem, rest)
 }
 
-fn jmp_rel(cpu: &mut Cpu, _: &mut GuestMemory, op: &FastOp) -> HandlerResult {
-    cpu.jump_relative(op.imm);
-    Ok(())
+fn jmp_rel(cpu: &mut Cpu, mem: &mut GuestMemory, b: &BlockOp, rest: &[BlockOp]) -> Flow {
+    cpu.st.rip = cpu.st.rip.wrapping_add(b.op.imm);
+    go_on(cpu, mem, rest)
 }
 
-fn call_rel(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
-    let t = cpu.st.rip.wrapping_add(op.imm);
-    cpu.call_near(mem, t).map_err(boxed)
+fn call_rel<const FAST: bool>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    let (rip, rsp) = (cpu.st.rip, cpu.st.gpr[RSP].wrapping_sub(8));
+    let ret = rip.wrapping_add(b.op.len as u64);
+    write_mem!(FAST, call_rel::<false>, cpu, mem, b, rest, rsp, 8, ret, true);
+    cpu.st.gpr[RSP] = rsp;
+    cpu.st.rip = rip.wrapping_add(b.op.imm);
+    go_on_after_write::<FAST>(cpu, mem, rest)
 }
 
-fn ret(cpu: &mut Cpu, mem: &mut GuestMemory, _: &FastOp) -> HandlerResult {
-    cpu.ret_near(mem, 0).map_err(boxed)
+fn ret<const FAST: bool>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    let rsp = cpu.st.gpr[RSP];
+    let t = read_mem!(FAST, ret::<false>, cpu, mem, b, rest, rsp, 8, true);
+    if !canonical(t) {
+        if FAST {
+            return retry(ret::<false>, cpu, mem, b, rest);
+        }
+        return Err(fault(cpu, gp0(), rest));
+    }
+    cpu.st.gpr[RSP] = rsp.wrapping_add(8);
+    cpu.st.rip = t;
+    go_on(cpu, mem, rest)
 }
 
-fn push(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
-    let v = cpu.st.gpr[op.s as usize & 15];
-    cpu.push(mem, v, 8).map_err(boxed)
+fn push<const FAST: bool>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    let (v, rsp) = (cpu.st.gpr[b.op.s as usize & 15], cpu.st.gpr[RSP].wrapping_sub(8));
+    write_mem!(FAST, push::<false>, cpu, mem, b, rest, rsp, 8, v, true);
+    cpu.st.gpr[RSP] = rsp;
+    next_after_write::<FAST>(cpu, mem, b, rest)
 }
 
-fn pop(cpu: &mut Cpu, mem: &mut GuestMemory, op: &FastOp) -> HandlerResult {
-    let v = cpu.pop(mem, 8).map_err(boxed)?;
-    cpu.st.gpr[op.d as usize & 15] = v;
-    Ok(())
+fn pop<const FAST: bool>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    let rsp = cpu.st.gpr[RSP];
+    let v = read_mem!(FAST, pop::<false>, cpu, mem, b, rest, rsp, 8, true);
+    cpu.st.gpr[RSP] = rsp.wrapping_add(8);
+    cpu.st.gpr[b.op.d as usize & 15] = v;
+    next(cpu, mem, b, rest)
 }

@@ -47,7 +47,7 @@ mod system;
 use arith::{AdcOp, AddOp, AndOp, CmpOp, DecOp, IncOp, NegOp, NotOp, OrOp, SbbOp, SubOp};
 use arith::{TestOp, XorOp};
 use bit::{BitOp, ScanOp};
-pub(crate) use fast::{FastOp, Handler, classify};
+pub(crate) use fast::{BlockOp, FastOp, classify};
 use string::StringOp;
 
 impl Cpu {
