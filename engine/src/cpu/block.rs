@@ -2,9 +2,9 @@
 //! execute: a direct `jmp` or `call` to the same page goes on at its target; a block is
 //! cut at any other branch, call or return, at the first instruction without a fast
 //! form, at the end of the page and after [`MAX_BLOCK_OPS`] operations. A block's
-//! operations sit side by side, so running it walks an array instead of looking each
-//! instruction up by the RIP the previous one left: the next handler can start before
-//! the previous one has finished.
+//! operations sit side by side and run one into the next: each handler ends by jumping
+//! to the next one's (see `exec/fast.rs`), so a block costs one lookup by RIP and
+//! one call, and its instruction count is written once.
 //!
 //! A block runs only where executing its instructions one by one through
 //! [`Cpu::step`] would do nothing else: the whole block fits below the instruction
@@ -20,7 +20,7 @@ use crate::memory::{GuestMemory, line_bit};
 
 const TABLE_BITS: u32 = 12;
 /// Operations in one block at most.
-const MAX_BLOCK_OPS: usize = 32;
+pub(crate) const MAX_BLOCK_OPS: usize = 32;
 /// The arena is emptied (all blocks dropped) when it would grow past this.
 const MAX_ARENA_OPS: usize = 1 << 18;
 

@@ -589,7 +589,13 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            for op in [ShiftOp::Shl, ShiftOp::Shr, ShiftOp::Sar, ShiftOp::Rol, ShiftOp::Ror] {
+            for op in [
+                ShiftOp::Shl,
+                ShiftOp::Shr,
+                ShiftOp::Sar,
+                ShiftOp::Rol,
+                ShiftOp::Ror,
+            ] {
                 for size in [4, 8] {
                     for count in 0..(size as u32 * 8) {
                         assert_eq!(

@@ -1,22 +1,30 @@
 //! Fast forms: the commonest instructions, pre-classified at decode time into a compact
 //! [`FastOp`] that carries everything the instruction needs (registers, immediate,
 //! memory operand) and a handler specialised for its operation and operand size, so
-//! that executing them is one indirect call into straight-line code that neither copies
+//! that executing them is one indirect jump into straight-line code that neither copies
 //! nor consults the decoded `Instruction`. Anything else has no handler and goes
 //! through the general dispatch ([`Cpu::exec`]).
 //!
+//! A handler executes its operation, moves RIP, and then runs the rest of its block
+//! (see [`crate::cpu::block`]) as a tail call: the operations of a block run one into
+//! the next, with no loop between them. Handlers that access memory come in two
+//! instances: the fast one (`FAST`) takes only the TLB and the memory's cache, calls
+//! nothing (so it needs no stack frame), and hands anything else to the slow one
+//! before it has changed anything; the slow one takes the whole memory path and
+//! reports faults, MMIO writes and writes to code or page tables ([`Stop`]).
+//!
 //! The handlers take their semantics from the instruction families, as the general path
 //! does: [`ArithOp`] and [`UnaryOp`] for the ALU, [`imul_truncated`], [`flags::shift`],
-//! [`extend`], and the stack and control-transfer primitives ([`Cpu::push`],
-//! [`Cpu::pop`], [`Cpu::call_near`], [`Cpu::ret_near`], [`Cpu::jump_relative_if`]).
-//! What is theirs alone is reading the pre-classified operands.
-//! engine/tests/cpu_fast_forms.rs runs every form through both paths on random inputs.
+//! [`extend`], and the stack primitives ([`Cpu::push`], [`Cpu::pop`]); conditions come
+//! from [`Cpu::cond`]. What is theirs alone is reading the pre-classified operands and
+//! moving RIP. engine/tests/cpu_fast_forms.rs runs every form through both paths on
+//! random inputs, in blocks and one instruction at a time.
 
 use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
 use super::super::flags::{self, AF, CF, STATUS, ShiftOp, mask};
-use super::super::undefined::{Family, UndefinedRules};
 use super::super::mmu::canonical;
+use super::super::undefined::{Family, UndefinedRules};
 use super::super::{Cpu, Fault, gp0};
 use super::arith::XorOp;
 use super::arith::{AddOp, AndOp, ArithOp, CmpOp, DecOp, IncOp, OrOp, SubOp, TestOp, UnaryOp};
@@ -734,13 +742,14 @@ impl Stop {
     fn new(remaining: usize, fault: bool) -> Stop {
         // A block has at most a few dozen operations: `remaining + 1` is below bit 31
         // and not zero.
-        let v = (remaining as u32 & !Self::FAULT).wrapping_add(1) | if fault { Self::FAULT } else { 0 };
+        let v =
+            (remaining as u32 & !Self::FAULT).wrapping_add(1) | if fault { Self::FAULT } else { 0 };
         Stop(std::num::NonZeroU32::new(v).unwrap_or(std::num::NonZeroU32::MIN))
     }
 
     /// How many operations followed the one that stopped.
     pub(crate) fn remaining(self) -> u32 {
-        (self.0.get() & !Self::FAULT) - 1
+        (self.0.get() & !Self::FAULT).wrapping_sub(1)
     }
 
     /// Whether the operation faulted (rather than stopping after it retired).
@@ -753,9 +762,10 @@ impl Stop {
 /// retired.
 pub(crate) type Flow = Result<(), Stop>;
 
-/// Executes the operation `op` and then, as a tail call, the operations in `rest`
-/// (a block's remaining operations; none when the CPU steps one instruction). Each
-/// handler leaves RIP at the next instruction's (or the branch target).
+/// Executes the operation `b` and then, as a tail call, the operations in `rest` (a
+/// block's remaining operations; none when the CPU steps one instruction). Each
+/// handler leaves RIP at the next instruction (or the branch target); one that stops
+/// leaves it at the operation that faulted, or after the one that must be seen.
 pub(crate) type Handler = fn(&mut Cpu, &mut GuestMemory, &BlockOp, &[BlockOp]) -> Flow;
 
 /// A fault of the operation before `rest`, kept in the CPU. Out of line and cold, so
@@ -819,7 +829,13 @@ fn next_after_write<const FAST: bool>(
 /// with the complete memory path (translation, faults, MMIO, code and page-table
 /// writes). As a tail call, so that the fast instance needs no stack frame.
 #[inline(never)]
-fn retry(slow: Handler, cpu: &mut Cpu, mem: &mut GuestMemory, b: &BlockOp, rest: &[BlockOp]) -> Flow {
+fn retry(
+    slow: Handler,
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
     slow(cpu, mem, b, rest)
 }
 
@@ -934,7 +950,17 @@ fn mov_rm<const SIZE: usize, const FAST: bool>(
     rest: &[BlockOp],
 ) -> Flow {
     let la = cpu.fast_la(&b.op.mem);
-    let v = read_mem!(FAST, mov_rm::<SIZE, false>, cpu, mem, b, rest, la, SIZE, b.op.mem.ss);
+    let v = read_mem!(
+        FAST,
+        mov_rm::<SIZE, false>,
+        cpu,
+        mem,
+        b,
+        rest,
+        la,
+        SIZE,
+        b.op.mem.ss
+    );
     set_gpr::<SIZE>(cpu, b.op.d, v);
     next(cpu, mem, b, rest)
 }
@@ -947,7 +973,18 @@ fn mov_mr<const SIZE: usize, const FAST: bool>(
 ) -> Flow {
     let la = cpu.fast_la(&b.op.mem);
     let v = gpr::<SIZE>(cpu, b.op.s);
-    write_mem!(FAST, mov_mr::<SIZE, false>, cpu, mem, b, rest, la, SIZE, v, b.op.mem.ss);
+    write_mem!(
+        FAST,
+        mov_mr::<SIZE, false>,
+        cpu,
+        mem,
+        b,
+        rest,
+        la,
+        SIZE,
+        v,
+        b.op.mem.ss
+    );
     next_after_write::<FAST>(cpu, mem, b, rest)
 }
 
@@ -958,7 +995,18 @@ fn mov_mi<const SIZE: usize, const FAST: bool>(
     rest: &[BlockOp],
 ) -> Flow {
     let la = cpu.fast_la(&b.op.mem);
-    write_mem!(FAST, mov_mi::<SIZE, false>, cpu, mem, b, rest, la, SIZE, b.op.imm, b.op.mem.ss);
+    write_mem!(
+        FAST,
+        mov_mi::<SIZE, false>,
+        cpu,
+        mem,
+        b,
+        rest,
+        la,
+        SIZE,
+        b.op.imm,
+        b.op.mem.ss
+    );
     next_after_write::<FAST>(cpu, mem, b, rest)
 }
 
@@ -982,7 +1030,17 @@ fn extend_m<const SRC: usize, const SIGNED: bool, const SIZE: usize, const FAST:
     rest: &[BlockOp],
 ) -> Flow {
     let la = cpu.fast_la(&b.op.mem);
-    let v = read_mem!(FAST, extend_m::<SRC, SIGNED, SIZE, false>, cpu, mem, b, rest, la, SRC, b.op.mem.ss);
+    let v = read_mem!(
+        FAST,
+        extend_m::<SRC, SIGNED, SIZE, false>,
+        cpu,
+        mem,
+        b,
+        rest,
+        la,
+        SRC,
+        b.op.mem.ss
+    );
     set_gpr::<SIZE>(cpu, b.op.d, extend(v, SRC, SIGNED));
     next(cpu, mem, b, rest)
 }
@@ -1090,7 +1148,17 @@ fn imul<const SIZE: usize, const FLAGS: bool, const FAST: bool>(
     let op = &b.op;
     let a = if op.s == NO_REG {
         let la = cpu.fast_la(&op.mem);
-        read_mem!(FAST, imul::<SIZE, FLAGS, false>, cpu, mem, b, rest, la, SIZE, op.mem.ss)
+        read_mem!(
+            FAST,
+            imul::<SIZE, FLAGS, false>,
+            cpu,
+            mem,
+            b,
+            rest,
+            la,
+            SIZE,
+            op.mem.ss
+        )
     } else {
         gpr::<SIZE>(cpu, op.s)
     };
@@ -1138,14 +1206,7 @@ fn shift_ri<const OP: u8, const SIZE: usize, const FLAGS: bool>(
     let count = op.imm as u32 & (SIZE as u32 * 8 - 1);
     // A register destination is written even for a zero count.
     if FLAGS {
-        let (r, f) = flags::shift(
-            shift_op(OP),
-            a,
-            count,
-            SIZE,
-            cpu.st.rflags,
-            &cpu.undefined,
-        );
+        let (r, f) = flags::shift(shift_op(OP), a, count, SIZE, cpu.st.rflags, &cpu.undefined);
         set_gpr::<SIZE>(cpu, op.d, r);
         cpu.st.rflags = f;
     } else {
@@ -1190,7 +1251,18 @@ fn call_rel<const FAST: bool>(
 ) -> Flow {
     let (rip, rsp) = (cpu.st.rip, cpu.st.gpr[RSP].wrapping_sub(8));
     let ret = rip.wrapping_add(b.op.len as u64);
-    write_mem!(FAST, call_rel::<false>, cpu, mem, b, rest, rsp, 8, ret, true);
+    write_mem!(
+        FAST,
+        call_rel::<false>,
+        cpu,
+        mem,
+        b,
+        rest,
+        rsp,
+        8,
+        ret,
+        true
+    );
     cpu.st.gpr[RSP] = rsp;
     cpu.st.rip = rip.wrapping_add(b.op.imm);
     go_on_after_write::<FAST>(cpu, mem, rest)
@@ -1221,7 +1293,10 @@ fn push<const FAST: bool>(
     b: &BlockOp,
     rest: &[BlockOp],
 ) -> Flow {
-    let (v, rsp) = (cpu.st.gpr[b.op.s as usize & 15], cpu.st.gpr[RSP].wrapping_sub(8));
+    let (v, rsp) = (
+        cpu.st.gpr[b.op.s as usize & 15],
+        cpu.st.gpr[RSP].wrapping_sub(8),
+    );
     write_mem!(FAST, push::<false>, cpu, mem, b, rest, rsp, 8, v, true);
     cpu.st.gpr[RSP] = rsp;
     next_after_write::<FAST>(cpu, mem, b, rest)
@@ -1238,4 +1313,22 @@ fn pop<const FAST: bool>(
     cpu.st.gpr[RSP] = rsp.wrapping_add(8);
     cpu.st.gpr[b.op.d as usize & 15] = v;
     next(cpu, mem, b, rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stop;
+
+    /// A stop keeps where it happened and whether it was a fault, for any place in a
+    /// block.
+    #[test]
+    fn stop_keeps_its_place_and_kind() {
+        for remaining in 0..=crate::cpu::block::MAX_BLOCK_OPS {
+            for fault in [false, true] {
+                let s = Stop::new(remaining, fault);
+                assert_eq!(s.remaining(), remaining as u32);
+                assert_eq!(s.faulted(), fault);
+            }
+        }
+    }
 }
