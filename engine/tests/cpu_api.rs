@@ -420,6 +420,75 @@ fn straight_line_code_stops_exactly() {
     assert_eq!(cpu.icount(), 5);
 }
 
+/// A block goes on past a conditional jump not taken and past a return to the call in
+/// it; a jump taken, or a return elsewhere (the callee moved its return address), leaves
+/// it at the right place, with the right count, also with limits at every instruction.
+#[test]
+fn blocks_leave_at_taken_jumps_and_unpredicted_returns() {
+    let program = |a: &mut CodeAssembler| {
+        let (mut callee, mut back, mut elsewhere, mut end) = (
+            a.create_label(),
+            a.create_label(),
+            a.create_label(),
+            a.create_label(),
+        );
+        a.mov(ecx, 3u32).unwrap();
+        let mut top = a.create_label();
+        a.set_label(&mut top).unwrap();
+        a.inc(rax).unwrap();
+        a.call(callee).unwrap(); // predicted back to `back`, which the callee changes twice
+        a.set_label(&mut back).unwrap();
+        a.add(rbx, 1i32).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(top).unwrap(); // taken twice, then not
+        a.jmp(end).unwrap();
+        a.set_label(&mut elsewhere).unwrap();
+        a.add(rbx, 100i32).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(top).unwrap();
+        a.set_label(&mut end).unwrap();
+        a.out(END_PORT as u32, al).unwrap();
+        a.set_label(&mut callee).unwrap();
+        a.cmp(ecx, 2u32).unwrap();
+        let mut keep = a.create_label();
+        a.jne(keep).unwrap(); // taken but once
+        a.lea(rdx, ptr(elsewhere)).unwrap();
+        a.mov(qword_ptr(rsp), rdx).unwrap();
+        a.set_label(&mut keep).unwrap();
+        a.ret().unwrap();
+    };
+    let (mut cpu, mut mem, _) = setup(program);
+    assert!(matches!(cpu.run(&mut mem, 1000), Exit::PortOut { .. }));
+    let end = (
+        cpu.state().gpr[0],
+        cpu.state().gpr[3],
+        cpu.state().rip,
+        cpu.icount(),
+    );
+    // Iterations 1 and 3 return to `back` (+1), iteration 2 elsewhere (+100).
+    assert_eq!((end.0, end.1), (3, 102));
+    // The same, one instruction at a time through limits.
+    let (mut cpu, mut mem, _) = setup(program);
+    let mut n = 0;
+    loop {
+        n += 1;
+        match cpu.run(&mut mem, n) {
+            Exit::Limit => assert_eq!(cpu.icount(), n),
+            Exit::PortOut { .. } => break,
+            e => panic!("unexpected exit {e:?} at {n}"),
+        }
+    }
+    assert_eq!(
+        (
+            cpu.state().gpr[0],
+            cpu.state().gpr[3],
+            cpu.state().rip,
+            cpu.icount()
+        ),
+        end
+    );
+}
+
 /// More instructions without a fast form than the CPU keeps decoded: the decode cache
 /// is emptied on the way (also while a block is being built) and execution goes on
 /// exactly.

@@ -14,7 +14,7 @@
 //! may change what the rest of the block is). Blocks are copies of decoded-cache
 //! entries and are dropped whenever any of those is.
 
-use super::exec::BlockOp;
+use super::exec::{BlockOp, Transfer, predicted_return};
 use super::{Cpu, EMPTY, Exit, FETCHED_UNCACHED, TAG_GPA_LIMIT, flags, next_epoch};
 use crate::memory::{GuestMemory, line_bit};
 
@@ -148,6 +148,9 @@ impl Cpu {
             let base = self.icount;
             match (first.handler)(self, mem, first, rest) {
                 Ok(()) => self.icount = base + e.len as u64,
+                Err(stop) if stop.left_block() => {
+                    self.icount = base + (e.len - stop.remaining()) as u64;
+                }
                 Err(stop) if stop.faulted() => {
                     self.icount = base + (e.len - 1 - stop.remaining()) as u64;
                     self.mmio_write = None;
@@ -191,7 +194,11 @@ impl Cpu {
         let (mut r, mut g) = (rip, gpa);
         let mut lines = 0u64;
         let mut len = 0;
-        while len < MAX_BLOCK_OPS && r >> 12 == rip >> 12 {
+        // Return addresses of the calls followed so far, innermost last.
+        let mut returns = [0u64; 4];
+        let mut calls = 0;
+        let same_page = |a: u64| a >> 12 == rip >> 12;
+        while len < MAX_BLOCK_OPS && same_page(r) {
             let decoded = self.decode_in_page(mem, r, g);
             if self.blocks.epoch != epoch {
                 // Decoding emptied the caches (see `decode_in_page`): no block this
@@ -202,25 +209,47 @@ impl Cpu {
                 Ok(Some(idx)) if idx != FETCHED_UNCACHED => idx,
                 _ => break,
             };
-            let op = self.decode_cache[idx].op;
-            let Some(handler) = op.handler else {
+            let mut op = self.decode_cache[idx].op;
+            let Some(mut handler) = op.handler else {
                 break;
+            };
+            let after = r.wrapping_add(op.len as u64);
+            let next = match op.transfer {
+                Transfer::None => after,
+                // A jump or call to the same page goes on at its target.
+                Transfer::Jump => op.target(r),
+                Transfer::Call => {
+                    if calls < returns.len() {
+                        returns[calls] = after;
+                        calls += 1;
+                    } else {
+                        returns.rotate_left(1);
+                        returns[calls - 1] = after;
+                    }
+                    op.target(r)
+                }
+                // A conditional jump goes on at the next instruction (the block is left
+                // where it is taken).
+                Transfer::Conditional => after,
+                // A return to a call in the block goes on at its return address (the
+                // block is left where it returns elsewhere).
+                Transfer::Return if calls > 0 => {
+                    calls -= 1;
+                    let predicted = returns[calls];
+                    handler = predicted_return();
+                    op.imm = predicted.wrapping_sub(r);
+                    predicted
+                }
+                Transfer::Return | Transfer::Other => r,
             };
             self.blocks.ops.push(BlockOp { handler, op });
             len += 1;
             lines |= line_bit(r);
-            if op.branch {
-                // A jump or call to the same page goes on at its target.
-                let target = op.target(r);
-                if !op.direct || target >> 12 != rip >> 12 {
-                    break;
-                }
-                g = (g & !0xfff) | (target & 0xfff);
-                r = target;
-            } else {
-                r = r.wrapping_add(op.len as u64);
-                g = g.wrapping_add(op.len as u64);
+            if next == r || !same_page(next) {
+                break;
             }
+            g = (g & !0xfff) | (next & 0xfff);
+            r = next;
         }
         self.drop_dead_flags(start);
         let e = BlockEntry {
@@ -255,7 +284,12 @@ impl Cpu {
             {
                 *handler = quiet;
             }
-            live = if op.may_fault {
+            // A conditional jump or a return may leave the block.
+            let exit = matches!(
+                op.transfer,
+                Transfer::Conditional | Transfer::Return | Transfer::Other
+            );
+            live = if op.may_fault || exit {
                 flags::STATUS
             } else {
                 live & !written

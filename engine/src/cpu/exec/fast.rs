@@ -105,6 +105,23 @@ impl MemOperand {
     }
 }
 
+/// How an instruction transfers control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transfer {
+    /// It goes on at the next instruction.
+    None,
+    /// `jmp` to its RIP plus `imm`.
+    Jump,
+    /// `call` to its RIP plus `imm`.
+    Call,
+    /// `jcc` to its RIP plus `imm` if the condition holds, else the next instruction.
+    Conditional,
+    /// `ret`.
+    Return,
+    /// Anything else that may not go on at the next instruction.
+    Other,
+}
+
 /// A decoded instruction's fast form: its handler and operands.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FastOp {
@@ -112,11 +129,9 @@ pub(crate) struct FastOp {
     pub(crate) handler: Option<Handler>,
     /// Length of the instruction in bytes.
     pub(crate) len: u8,
-    /// A branch, call or return: it ends a block (see [`crate::cpu::block`]) unless
-    /// it is `direct`.
-    pub(crate) branch: bool,
-    /// A `jmp` or `call` to its RIP plus `imm`: a block may go on at the target.
-    pub(crate) direct: bool,
+    /// How it transfers control, if it does (see [`crate::cpu::block`] for what a
+    /// block does at each kind).
+    pub(crate) transfer: Transfer,
     /// It may write memory (which may be code or a page table).
     pub(crate) writes_memory: bool,
     /// It may fault or exit (it accesses memory): everything before it is observable.
@@ -133,12 +148,14 @@ pub(crate) struct FastOp {
     aux: u8,
     mem: MemOperand,
     /// The immediate masked to the operand size, the shift count, or the branch
-    /// displacement from RIP.
-    imm: u64,
+    /// displacement from RIP; for a `ret` a block predicts, the predicted return's
+    /// displacement from RIP (see [`ret_predicted`]).
+    pub(crate) imm: u64,
 }
 
 impl FastOp {
-    /// Where a [`Self::direct`] branch at `rip` goes.
+    /// Where a [`Transfer::Jump`], [`Transfer::Call`] or (taken)
+    /// [`Transfer::Conditional`] at `rip` goes.
     pub(crate) fn target(&self, rip: u64) -> u64 {
         rip.wrapping_add(self.imm)
     }
@@ -148,8 +165,7 @@ impl FastOp {
         FastOp {
             handler: None,
             len: len as u8,
-            branch: false,
-            direct: false,
+            transfer: Transfer::Other,
             writes_memory: true,
             may_fault: true,
             quiet: None,
@@ -410,11 +426,14 @@ pub(crate) fn classify(ins: &Instruction) -> FastOp {
     FastOp {
         handler: Some(f.handler),
         len: ins.len() as u8,
-        branch: ins.flow_control() != iced_x86::FlowControl::Next,
-        direct: matches!(
-            ins.code(),
-            Code::Jmp_rel8_64 | Code::Jmp_rel32_64 | Code::Call_rel32_64
-        ),
+        transfer: match ins.code() {
+            _ if ins.flow_control() == iced_x86::FlowControl::Next => Transfer::None,
+            Code::Jmp_rel8_64 | Code::Jmp_rel32_64 => Transfer::Jump,
+            Code::Call_rel32_64 => Transfer::Call,
+            Code::Retnq => Transfer::Return,
+            _ if ins.is_jcc_short_or_near() => Transfer::Conditional,
+            _ => Transfer::Other,
+        },
         writes_memory: matches!(m, Mnemonic::Push | Mnemonic::Call)
             || (ins.op_count() > 0
                 && ins.op_kind(0) == OpKind::Memory
@@ -729,32 +748,54 @@ pub(crate) struct BlockOp {
 
 /// Where and why a run of operations stopped before its end: the operation with
 /// [`Stop::remaining`] operations after it either faulted (it is not retired; the fault
-/// is in `Cpu::stop_fault`) or retired and wrote what must be seen before anything else
-/// runs: an MMIO write, or a write to code or a page table (which may change what the
-/// rest of the block is). Four bytes, so that a handler's result is one register and
-/// handlers can run one another as tail calls.
+/// is in `Cpu::stop_fault`), or retired and left the block (a branch taken in its
+/// middle, a return to elsewhere than predicted), or retired and wrote what must be
+/// seen before anything else runs: an MMIO write, or a write to code or a page table
+/// (which may change what the rest of the block is). Four bytes, so that a handler's
+/// result is one register and handlers can run one another as tail calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stop(std::num::NonZeroU32);
 
 impl Stop {
     const FAULT: u32 = 1 << 31;
+    const LEFT: u32 = 1 << 30;
+    const KINDS: u32 = Self::FAULT | Self::LEFT;
 
-    fn new(remaining: usize, fault: bool) -> Stop {
-        // A block has at most a few dozen operations: `remaining + 1` is below bit 31
+    fn new(remaining: usize, kind: u32) -> Stop {
+        // A block has at most a few dozen operations: `remaining + 1` is below bit 30
         // and not zero.
-        let v =
-            (remaining as u32 & !Self::FAULT).wrapping_add(1) | if fault { Self::FAULT } else { 0 };
+        let v = (remaining as u32 & !Self::KINDS).wrapping_add(1) | kind;
         Stop(std::num::NonZeroU32::new(v).unwrap_or(std::num::NonZeroU32::MIN))
+    }
+
+    /// The operation faulted.
+    pub(crate) fn fault(remaining: usize) -> Stop {
+        Stop::new(remaining, Self::FAULT)
+    }
+
+    /// The operation retired and left the block.
+    pub(crate) fn left(remaining: usize) -> Stop {
+        Stop::new(remaining, Self::LEFT)
+    }
+
+    /// The operation retired and what it wrote must be seen first.
+    pub(crate) fn after_write(remaining: usize) -> Stop {
+        Stop::new(remaining, 0)
     }
 
     /// How many operations followed the one that stopped.
     pub(crate) fn remaining(self) -> u32 {
-        (self.0.get() & !Self::FAULT).wrapping_sub(1)
+        (self.0.get() & !Self::KINDS).wrapping_sub(1)
     }
 
     /// Whether the operation faulted (rather than stopping after it retired).
     pub(crate) fn faulted(self) -> bool {
         self.0.get() & Self::FAULT != 0
+    }
+
+    /// Whether the operation retired and left the block (execution goes on at RIP).
+    pub(crate) fn left_block(self) -> bool {
+        self.0.get() & Self::LEFT != 0
     }
 }
 
@@ -774,7 +815,7 @@ pub(crate) type Handler = fn(&mut Cpu, &mut GuestMemory, &BlockOp, &[BlockOp]) -
 #[inline(never)]
 fn fault(cpu: &mut Cpu, f: Fault, rest: &[BlockOp]) -> Stop {
     cpu.stop_fault = Some(f);
-    Stop::new(rest.len(), true)
+    Stop::fault(rest.len())
 }
 
 /// Runs the operations in `rest` (RIP is already theirs).
@@ -783,6 +824,17 @@ fn go_on(cpu: &mut Cpu, mem: &mut GuestMemory, rest: &[BlockOp]) -> Flow {
     match rest {
         [next, rest @ ..] => (next.handler)(cpu, mem, next, rest),
         [] => Ok(()),
+    }
+}
+
+/// After an operation that retired and moved RIP elsewhere than the block goes on:
+/// leaves the block (nothing to leave at its end).
+#[inline(always)]
+fn leave(rest: &[BlockOp]) -> Flow {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(Stop::left(rest.len()))
     }
 }
 
@@ -807,7 +859,7 @@ fn go_on_after_write<const FAST: bool>(
             || mem.code_generation() != cpu.seen_code_generation
             || mem.pt_generation() != cpu.seen_pt_generation)
     {
-        return Err(Stop::new(rest.len(), false));
+        return Err(Stop::after_write(rest.len()));
     }
     go_on(cpu, mem, rest)
 }
@@ -1226,16 +1278,15 @@ fn lea<const SIZE: usize>(
     next(cpu, mem, b, rest)
 }
 
-/// A conditional jump (it ends a block).
+/// A conditional jump: a block goes on at the next instruction and leaves when the
+/// jump is taken.
 fn jcc<const CC: u8>(cpu: &mut Cpu, mem: &mut GuestMemory, b: &BlockOp, rest: &[BlockOp]) -> Flow {
-    // `imm` is the target's offset from this instruction.
-    let step = if cpu.cond(CONDITIONS[CC as usize]) {
-        b.op.imm
-    } else {
-        b.op.len as u64
-    };
-    cpu.st.rip = cpu.st.rip.wrapping_add(step);
-    go_on(cpu, mem, rest)
+    if cpu.cond(CONDITIONS[CC as usize]) {
+        // `imm` is the target's offset from this instruction.
+        cpu.st.rip = cpu.st.rip.wrapping_add(b.op.imm);
+        return leave(rest);
+    }
+    next(cpu, mem, b, rest)
 }
 
 fn jmp_rel(cpu: &mut Cpu, mem: &mut GuestMemory, b: &BlockOp, rest: &[BlockOp]) -> Flow {
@@ -1287,6 +1338,48 @@ fn ret<const FAST: bool>(
     go_on(cpu, mem, rest)
 }
 
+/// `ret` in a block that goes on where it predicts the return goes: at the return
+/// address of the `call` earlier in the block, `imm` from the `ret`'s RIP. A return
+/// elsewhere leaves the block.
+fn ret_predicted<const FAST: bool>(
+    cpu: &mut Cpu,
+    mem: &mut GuestMemory,
+    b: &BlockOp,
+    rest: &[BlockOp],
+) -> Flow {
+    let rsp = cpu.st.gpr[RSP];
+    let t = read_mem!(
+        FAST,
+        ret_predicted::<false>,
+        cpu,
+        mem,
+        b,
+        rest,
+        rsp,
+        8,
+        true
+    );
+    if !canonical(t) {
+        if FAST {
+            return retry(ret_predicted::<false>, cpu, mem, b, rest);
+        }
+        return Err(fault(cpu, gp0(), rest));
+    }
+    let predicted = cpu.st.rip.wrapping_add(b.op.imm);
+    cpu.st.gpr[RSP] = rsp.wrapping_add(8);
+    cpu.st.rip = t;
+    if t == predicted {
+        go_on(cpu, mem, rest)
+    } else {
+        leave(rest)
+    }
+}
+
+/// The handler of a `ret` whose return a block predicts (see [`ret_predicted`]).
+pub(crate) fn predicted_return() -> Handler {
+    ret_predicted::<true>
+}
+
 fn push<const FAST: bool>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
@@ -1324,10 +1417,13 @@ mod tests {
     #[test]
     fn stop_keeps_its_place_and_kind() {
         for remaining in 0..=crate::cpu::block::MAX_BLOCK_OPS {
-            for fault in [false, true] {
-                let s = Stop::new(remaining, fault);
+            for (s, fault, left) in [
+                (Stop::fault(remaining), true, false),
+                (Stop::left(remaining), false, true),
+                (Stop::after_write(remaining), false, false),
+            ] {
                 assert_eq!(s.remaining(), remaining as u32);
-                assert_eq!(s.faulted(), fault);
+                assert_eq!((s.faulted(), s.left_block()), (fault, left));
             }
         }
     }

@@ -47,7 +47,7 @@ mod system;
 use arith::{AdcOp, AddOp, AndOp, CmpOp, DecOp, IncOp, NegOp, NotOp, OrOp, SbbOp, SubOp};
 use arith::{TestOp, XorOp};
 use bit::{BitOp, ScanOp};
-pub(crate) use fast::{BlockOp, FastOp, classify};
+pub(crate) use fast::{BlockOp, FastOp, Transfer, classify, predicted_return};
 use string::StringOp;
 
 impl Cpu {
