@@ -450,7 +450,7 @@ impl Cpu {
     ) -> R<u64> {
         // The common case calls nothing (so the caller needs no stack frame for it);
         // the rest is out of line.
-        if let Some(v) = self.read_lin_cached(mem, la, size, ss) {
+        if let Some(v) = self.read_lin_cached(mem, la, size) {
             return Ok(v);
         }
         self.read_lin_uncached(mem, la, size, ss)
@@ -460,15 +460,10 @@ impl Cpu {
     /// TLB lets through and the memory's cache holds; `None` (having done nothing)
     /// otherwise. It calls nothing.
     #[inline(always)]
-    pub(crate) fn read_lin_cached(
-        &self,
-        mem: &GuestMemory,
-        la: u64,
-        size: usize,
-        ss: bool,
-    ) -> Option<u64> {
+    pub(crate) fn read_lin_cached(&self, mem: &GuestMemory, la: u64, size: usize) -> Option<u64> {
+        // A TLB hit is canonical (only canonical pages are entered, and the tag holds
+        // every bit above the page offset): a stack access's #SS needs no test here.
         if (la & 0xfff) as usize + size <= 4096
-            && (!ss || canonical(la))
             && let Some(gpa) = self.tlb_fast(la, false)
         {
             return mem.cached_value(gpa, size);
@@ -535,7 +530,7 @@ impl Cpu {
         ss: bool,
     ) -> R<()> {
         // As in `read_lin`: the common case calls nothing.
-        if self.write_lin_cached(mem, la, size, v, ss) {
+        if self.write_lin_cached(mem, la, size, v) {
             return Ok(());
         }
         self.write_lin_uncached(mem, la, size, v, ss)
@@ -552,10 +547,9 @@ impl Cpu {
         la: u64,
         size: usize,
         v: u64,
-        ss: bool,
     ) -> bool {
+        // As in `read_lin_cached`, a TLB hit is canonical.
         if (la & 0xfff) as usize + size <= 4096
-            && (!ss || canonical(la))
             && let Some(gpa) = self.tlb_fast(la, true)
         {
             return mem.write_cached(gpa, size, v);

@@ -897,7 +897,7 @@ fn retry(
 macro_rules! read_mem {
     ($fast:expr, $slow:expr, $cpu:ident, $mem:ident, $b:ident, $rest:ident, $la:expr, $size:expr, $ss:expr) => {
         if $fast {
-            match $cpu.read_lin_cached($mem, $la, $size, $ss) {
+            match $cpu.read_lin_cached($mem, $la, $size) {
                 Some(v) => v,
                 None => return retry($slow, $cpu, $mem, $b, $rest),
             }
@@ -913,7 +913,7 @@ macro_rules! read_mem {
 macro_rules! write_mem {
     ($fast:expr, $slow:expr, $cpu:ident, $mem:ident, $b:ident, $rest:ident, $la:expr, $size:expr, $v:expr, $ss:expr) => {
         if $fast {
-            if !$cpu.write_lin_cached($mem, $la, $size, $v, $ss) {
+            if !$cpu.write_lin_cached($mem, $la, $size, $v) {
                 return retry($slow, $cpu, $mem, $b, $rest);
             }
         } else {
