@@ -283,6 +283,10 @@ impl Cpu {
                 && let Some(quiet) = op.quiet
             {
                 *handler = quiet;
+            } else if let Some(natural) = op.natural
+                && op.flags.natural_under(&self.undefined)
+            {
+                *handler = natural;
             }
             // A conditional jump or a return may leave the block.
             let exit = matches!(

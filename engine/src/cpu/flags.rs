@@ -5,7 +5,7 @@
 //! 4 or 8). Flags that the architecture leaves undefined follow the recording host's
 //! [`UndefinedRules`] (see [`super::undefined`]), which these functions take.
 
-use super::undefined::{Family, UndefinedRules, WideDoubleShift};
+use super::undefined::{Family, FlagRule, UndefinedBehaviour, UndefinedRules, WideDoubleShift};
 
 pub use crate::arch::rflags::*;
 
@@ -395,6 +395,30 @@ pub fn shift(
     (s.r, (rflags & !STATUS) | f)
 }
 
+/// [`shift`] for `shl`, `shr`, `sar`, `rol` and `ror` where the rules give every flag
+/// left undefined its natural value (see `FlagMasks::is_natural`): the same result and
+/// flags without consulting them.
+#[inline(always)]
+pub fn shift_natural(op: ShiftOp, a: u64, count: u32, size: usize, rflags: u64) -> (u64, u64) {
+    let a = a & mask(size);
+    if count == 0 {
+        return (a, rflags);
+    }
+    let old = rflags & STATUS;
+    let s = match op {
+        ShiftOp::Shl => shl(a, count, size),
+        ShiftOp::Shr => shr(a, count, size),
+        ShiftOp::Sar => sar(a, count, size),
+        ShiftOp::Rol | ShiftOp::Ror => rotate(op == ShiftOp::Rol, a, count, size, old),
+        // Not fast forms: through rules that give natural values.
+        ShiftOp::Rcl | ShiftOp::Rcr => {
+            let rules = UndefinedRules::new(&UndefinedBehaviour::uniform(FlagRule::Result));
+            return shift(op, a, count, size, rflags, &rules);
+        }
+    };
+    (s.r, (rflags & !STATUS) | s.natural)
+}
+
 /// The result of [`shift`] alone, for `shl`, `shr`, `sar`, `rol` and `ror` of a 32- or
 /// 64-bit `a` by a count below the width (as the fast forms mask it): what a block
 /// computes when nothing can read the flags.
@@ -601,6 +625,37 @@ mod tests {
                         assert_eq!(
                             shift_result(op, x, count, size),
                             shift(op, x, count, size, 0, &rules).0,
+                            "{op:?} {x:#x} by {count}, size {size}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// `shift_natural` is `shift` under rules that give every undefined flag its
+    /// natural value, whatever the flags before.
+    #[test]
+    fn shift_natural_is_shift_under_natural_rules() {
+        let rules = UndefinedRules::new(&UndefinedBehaviour::uniform(FlagRule::Result));
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..100 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let rflags = (x >> 7) & STATUS | FIXED1;
+            for op in [
+                ShiftOp::Shl,
+                ShiftOp::Shr,
+                ShiftOp::Sar,
+                ShiftOp::Rol,
+                ShiftOp::Ror,
+            ] {
+                for size in [4, 8] {
+                    for count in 0..(size as u32 * 8) {
+                        assert_eq!(
+                            shift_natural(op, x, count, size, rflags),
+                            shift(op, x, count, size, rflags, &rules),
                             "{op:?} {x:#x} by {count}, size {size}"
                         );
                     }

@@ -517,6 +517,12 @@ pub struct FlagMasks {
 }
 
 impl FlagMasks {
+    /// Whether [`Self::resolve`] gives every flag in `undefined` its natural value.
+    pub fn is_natural(&self, undefined: u64) -> bool {
+        self.result & undefined == undefined
+            && (self.keep | self.set | self.last_step | self.sign_change) & undefined == 0
+    }
+
     /// The status flags of an instruction: `natural` where the architecture defines
     /// them; for the flags in `undefined`, the rules' choice between the old flags, 1,
     /// `natural`, and the OF candidates `last` and `sign` (RFLAGS words whose OF bit is

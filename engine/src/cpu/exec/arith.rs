@@ -23,6 +23,11 @@ pub(crate) trait ArithOp {
     /// to `size`) and the flags before (the carry in; the recording host's `rules` for
     /// the undefined ones).
     fn apply(a: u64, b: u64, size: usize, rflags: u64, rules: &UndefinedRules) -> (u64, u64);
+
+    /// [`Self::apply`] where the rules give the flags it leaves undefined their
+    /// natural values (the fast forms' natural form; not for operations with a carry
+    /// in).
+    fn natural(a: u64, b: u64, size: usize) -> (u64, u64);
 }
 
 /// A one-operand ALU operation.
@@ -54,6 +59,10 @@ impl ArithOp for AddOp {
     fn apply(a: u64, b: u64, size: usize, _: u64, _: &UndefinedRules) -> (u64, u64) {
         flags::add(a, b, false, size)
     }
+    #[inline(always)]
+    fn natural(a: u64, b: u64, size: usize) -> (u64, u64) {
+        flags::add(a, b, false, size)
+    }
 }
 
 impl ArithOp for AdcOp {
@@ -62,12 +71,21 @@ impl ArithOp for AdcOp {
     fn apply(a: u64, b: u64, size: usize, rflags: u64, _: &UndefinedRules) -> (u64, u64) {
         flags::add(a, b, rflags & CF != 0, size)
     }
+    #[inline(always)]
+    fn natural(a: u64, b: u64, size: usize) -> (u64, u64) {
+        // Not a fast form (its carry in is in RFLAGS): as `add` without it.
+        flags::add(a, b, false, size)
+    }
 }
 
 impl ArithOp for SubOp {
     const WRITES: bool = true;
     #[inline(always)]
     fn apply(a: u64, b: u64, size: usize, _: u64, _: &UndefinedRules) -> (u64, u64) {
+        flags::sub(a, b, false, size)
+    }
+    #[inline(always)]
+    fn natural(a: u64, b: u64, size: usize) -> (u64, u64) {
         flags::sub(a, b, false, size)
     }
 }
@@ -78,12 +96,21 @@ impl ArithOp for SbbOp {
     fn apply(a: u64, b: u64, size: usize, rflags: u64, _: &UndefinedRules) -> (u64, u64) {
         flags::sub(a, b, rflags & CF != 0, size)
     }
+    #[inline(always)]
+    fn natural(a: u64, b: u64, size: usize) -> (u64, u64) {
+        // Not a fast form (its carry in is in RFLAGS): as `sub` without it.
+        flags::sub(a, b, false, size)
+    }
 }
 
 impl ArithOp for CmpOp {
     const WRITES: bool = false;
     #[inline(always)]
     fn apply(a: u64, b: u64, size: usize, _: u64, _: &UndefinedRules) -> (u64, u64) {
+        flags::sub(a, b, false, size)
+    }
+    #[inline(always)]
+    fn natural(a: u64, b: u64, size: usize) -> (u64, u64) {
         flags::sub(a, b, false, size)
     }
 }
@@ -94,6 +121,11 @@ impl ArithOp for AndOp {
     fn apply(a: u64, b: u64, size: usize, rflags: u64, rules: &UndefinedRules) -> (u64, u64) {
         logic(Family::And, a & b, size, rflags, rules)
     }
+    #[inline(always)]
+    fn natural(a: u64, b: u64, size: usize) -> (u64, u64) {
+        let r = a & b;
+        (r, flags::szp(r, size))
+    }
 }
 
 impl ArithOp for OrOp {
@@ -101,6 +133,11 @@ impl ArithOp for OrOp {
     #[inline(always)]
     fn apply(a: u64, b: u64, size: usize, rflags: u64, rules: &UndefinedRules) -> (u64, u64) {
         logic(Family::Or, a | b, size, rflags, rules)
+    }
+    #[inline(always)]
+    fn natural(a: u64, b: u64, size: usize) -> (u64, u64) {
+        let r = a | b;
+        (r, flags::szp(r, size))
     }
 }
 
@@ -110,6 +147,11 @@ impl ArithOp for XorOp {
     fn apply(a: u64, b: u64, size: usize, rflags: u64, rules: &UndefinedRules) -> (u64, u64) {
         logic(Family::Xor, a ^ b, size, rflags, rules)
     }
+    #[inline(always)]
+    fn natural(a: u64, b: u64, size: usize) -> (u64, u64) {
+        let r = a ^ b;
+        (r, flags::szp(r, size))
+    }
 }
 
 impl ArithOp for TestOp {
@@ -117,6 +159,11 @@ impl ArithOp for TestOp {
     #[inline(always)]
     fn apply(a: u64, b: u64, size: usize, rflags: u64, rules: &UndefinedRules) -> (u64, u64) {
         logic(Family::Test, a & b, size, rflags, rules)
+    }
+    #[inline(always)]
+    fn natural(a: u64, b: u64, size: usize) -> (u64, u64) {
+        let r = a & b;
+        (r, flags::szp(r, size))
     }
 }
 
@@ -234,5 +281,43 @@ impl Cpu {
             self.st.rflags &= !ZF;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::undefined::{FlagRule, UndefinedBehaviour};
+    use super::*;
+
+    /// Each operation's natural form is `apply` under rules that give every undefined
+    /// flag its natural value, whatever the flags before.
+    #[test]
+    fn natural_is_apply_under_natural_rules() {
+        fn check<Op: ArithOp>(name: &str, rules: &UndefinedRules, a: u64, b: u64, rflags: u64) {
+            for size in [1, 2, 4, 8] {
+                let (a, b) = (a & mask(size), b & mask(size));
+                let (r, f) = Op::apply(a, b, size, rflags, rules);
+                assert_eq!(
+                    Op::natural(a, b, size),
+                    (r, f & STATUS),
+                    "{name} {a:#x}, {b:#x}, size {size}"
+                );
+            }
+        }
+        let rules = UndefinedRules::new(&UndefinedBehaviour::uniform(FlagRule::Result));
+        let mut x = 0x853c_49e6_748f_ea9bu64;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (a, b, rflags) = (x, x.rotate_left(29) ^ (x >> 3), x.rotate_right(11) & STATUS);
+            check::<AddOp>("add", &rules, a, b, rflags);
+            check::<SubOp>("sub", &rules, a, b, rflags);
+            check::<CmpOp>("cmp", &rules, a, b, rflags);
+            check::<AndOp>("and", &rules, a, b, rflags);
+            check::<OrOp>("or", &rules, a, b, rflags);
+            check::<XorOp>("xor", &rules, a, b, rflags);
+            check::<TestOp>("test", &rules, a, b, rflags);
+        }
     }
 }

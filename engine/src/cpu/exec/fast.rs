@@ -139,6 +139,10 @@ pub(crate) struct FastOp {
     /// The same operation without its status flags, for a block in which nothing can
     /// observe them before they are written again (see [`crate::cpu::block`]).
     pub(crate) quiet: Option<Handler>,
+    /// The same operation giving every flag the architecture leaves undefined its
+    /// natural value (no rules consulted), for a block on a recording whose rules say
+    /// so for this operation (see [`FlagEffect::natural_under`]).
+    pub(crate) natural: Option<Handler>,
     /// The status flags it may write.
     pub(crate) flags: FlagEffect,
     /// Destination and source GPR indexes (or [`NO_REG`]), as the handler defines them.
@@ -169,6 +173,7 @@ impl FastOp {
             writes_memory: true,
             may_fault: true,
             quiet: None,
+            natural: None,
             flags: FlagEffect::NONE,
             d: NO_REG,
             s: NO_REG,
@@ -217,6 +222,19 @@ impl FlagEffect {
             None => 0,
         };
         self.written as u64 & !kept
+    }
+}
+
+impl FlagEffect {
+    /// Whether `rules` give every flag this operation leaves undefined its natural
+    /// value (then its natural form computes the same flags without consulting them).
+    pub(crate) fn natural_under(&self, rules: &UndefinedRules) -> bool {
+        match self.family {
+            None => true,
+            Some(f) => rules
+                .masks(f, self.size as usize)
+                .is_natural(self.undefined as u64),
+        }
     }
 }
 
@@ -308,6 +326,13 @@ macro_rules! by_alu_op {
     };
 }
 
+/// How a handler computes the status flags: not at all (a block where nothing can read
+/// them), through the recording host's rules for the undefined ones, or giving those
+/// their natural values (where the rules say so: see [`FlagEffect::natural_under`]).
+const QUIET: u8 = 0;
+const RULES: u8 = 1;
+const NATURAL: u8 = 2;
+
 const SHL: u8 = 0;
 const SHR: u8 = 1;
 const SAR: u8 = 2;
@@ -361,6 +386,7 @@ fn jcc_handler(cc: ConditionCode) -> Handler {
 struct Form {
     handler: Handler,
     quiet: Option<Handler>,
+    natural: Option<Handler>,
     flags: FlagEffect,
     d: u8,
     s: u8,
@@ -373,6 +399,7 @@ fn form(handler: Handler, d: u8, s: u8, imm: u64) -> Option<Form> {
     Some(Form {
         handler,
         quiet: None,
+        natural: None,
         flags: FlagEffect::NONE,
         d,
         s,
@@ -382,6 +409,7 @@ fn form(handler: Handler, d: u8, s: u8, imm: u64) -> Option<Form> {
 }
 
 /// A form that writes the status flags `flags`, and `quiet`, the same without them.
+/// Its natural form, if it has one, is set by the caller.
 fn flagged(
     (handler, quiet): (Handler, Handler),
     flags: FlagEffect,
@@ -392,11 +420,20 @@ fn flagged(
     Some(Form {
         handler,
         quiet: Some(quiet),
+        natural: None,
         flags,
         d,
         s,
         aux: 0,
         imm,
+    })
+}
+
+/// `form` with `natural`, its form that gives every undefined flag its natural value.
+fn with_natural(form: Option<Form>, natural: Handler) -> Option<Form> {
+    form.map(|f| Form {
+        natural: Some(natural),
+        ..f
     })
 }
 
@@ -443,6 +480,7 @@ pub(crate) fn classify(ins: &Instruction) -> FastOp {
             Mnemonic::Push | Mnemonic::Pop | Mnemonic::Call | Mnemonic::Ret
         ) || (has_mem && !matches!(m, Mnemonic::Lea | Mnemonic::Nop)),
         quiet: f.quiet,
+        natural: f.natural,
         flags: f.flags,
         d: f.d,
         s: f.s,
@@ -623,35 +661,44 @@ fn alu_flags(m: Mnemonic, size: usize) -> FlagEffect {
 fn alu_form(o: &Operands, m: Mnemonic) -> Option<Form> {
     let msize = o.msize;
     match (o.reg(0), o.reg(1)) {
-        (Some((d, a)), Some((s, b))) if a == b => flagged(
-            (
-                by_alu_op!(m, by_size48, a, alu_rr; true),
-                by_alu_op!(m, by_size48, a, alu_rr; false),
+        (Some((d, a)), Some((s, b))) if a == b => with_natural(
+            flagged(
+                (
+                    by_alu_op!(m, by_size48, a, alu_rr; { RULES }),
+                    by_alu_op!(m, by_size48, a, alu_rr; { QUIET }),
+                ),
+                alu_flags(m, a as usize),
+                d,
+                s,
+                0,
             ),
-            alu_flags(m, a as usize),
-            d,
-            s,
-            0,
+            by_alu_op!(m, by_size48, a, alu_rr; { NATURAL }),
         ),
-        (Some((d, size)), None) if o.imm(1) => flagged(
-            (
-                by_alu_op!(m, by_size48, size, alu_ri; true),
-                by_alu_op!(m, by_size48, size, alu_ri; false),
+        (Some((d, size)), None) if o.imm(1) => with_natural(
+            flagged(
+                (
+                    by_alu_op!(m, by_size48, size, alu_ri; { RULES }),
+                    by_alu_op!(m, by_size48, size, alu_ri; { QUIET }),
+                ),
+                alu_flags(m, size as usize),
+                d,
+                NO_REG,
+                o.imm1(size as usize),
             ),
-            alu_flags(m, size as usize),
-            d,
-            NO_REG,
-            o.imm1(size as usize),
+            by_alu_op!(m, by_size48, size, alu_ri; { NATURAL }),
         ),
-        (Some((d, size)), None) if o.mem(1) && msize == size as usize => flagged(
-            (
-                by_alu_op!(m, by_size48, size, alu_rm; true, true),
-                by_alu_op!(m, by_size48, size, alu_rm; false, true),
+        (Some((d, size)), None) if o.mem(1) && msize == size as usize => with_natural(
+            flagged(
+                (
+                    by_alu_op!(m, by_size48, size, alu_rm; { RULES }, true),
+                    by_alu_op!(m, by_size48, size, alu_rm; { QUIET }, true),
+                ),
+                alu_flags(m, size as usize),
+                d,
+                NO_REG,
+                0,
             ),
-            alu_flags(m, size as usize),
-            d,
-            NO_REG,
-            0,
+            by_alu_op!(m, by_size48, size, alu_rm; { NATURAL }, true),
         ),
         (None, Some((s, size))) if o.mem(0) && msize == size as usize => {
             form(by_alu_op!(m, by_size, size, alu_mr; true), NO_REG, s, 0)
@@ -685,6 +732,7 @@ fn imul_form(o: &Operands) -> Option<Form> {
     Some(Form {
         handler: by_size48!(size, imul; true, true),
         quiet: Some(by_size48!(size, imul; false, true)),
+        natural: None,
         flags: FlagEffect::new(
             STATUS,
             Family::ImulMultiOperand.undefined_flags(),
@@ -713,12 +761,15 @@ fn shift_form(o: &Operands, m: Mnemonic) -> Option<Form> {
     macro_rules! pair {
         ($op:tt) => {
             (
-                by_size48!(size, shift_ri, $op; true),
-                by_size48!(size, shift_ri, $op; false),
+                (
+                    by_size48!(size, shift_ri, $op; { RULES }),
+                    by_size48!(size, shift_ri, $op; { QUIET }),
+                ),
+                by_size48!(size, shift_ri, $op; { NATURAL }),
             )
         };
     }
-    let (h, op) = match m {
+    let ((h, natural), op) = match m {
         M::Shl | M::Sal => (pair!(SHL), SHL),
         M::Shr => (pair!(SHR), SHR),
         M::Sar => (pair!(SAR), SAR),
@@ -727,12 +778,15 @@ fn shift_form(o: &Operands, m: Mnemonic) -> Option<Form> {
     };
     let (written, undefined, family) =
         flags::shift_flags(shift_op(op), count as u32, size as usize);
-    flagged(
-        h,
-        FlagEffect::new(written, undefined, family, size),
-        d,
-        NO_REG,
-        count,
+    with_natural(
+        flagged(
+            h,
+            FlagEffect::new(written, undefined, family, size),
+            d,
+            NO_REG,
+            count,
+        ),
+        natural,
     )
 }
 
@@ -1097,12 +1151,16 @@ fn extend_m<const SRC: usize, const SIGNED: bool, const SIZE: usize, const FAST:
     next(cpu, mem, b, rest)
 }
 
-/// `d op= b` for a register destination; the status flags only with `FLAGS`.
+/// `d op= b` for a register destination; the status flags as `FLAGS` says.
 #[inline(always)]
-fn alu_to_reg<Op: ArithOp, const SIZE: usize, const FLAGS: bool>(cpu: &mut Cpu, d: u8, b: u64) {
+fn alu_to_reg<Op: ArithOp, const SIZE: usize, const FLAGS: u8>(cpu: &mut Cpu, d: u8, b: u64) {
     let a = gpr::<SIZE>(cpu, d);
-    let (r, f) = Op::apply(a, b, SIZE, cpu.st.rflags, &cpu.undefined);
-    if FLAGS {
+    let (r, f) = if FLAGS == NATURAL {
+        Op::natural(a, b, SIZE)
+    } else {
+        Op::apply(a, b, SIZE, cpu.st.rflags, &cpu.undefined)
+    };
+    if FLAGS != QUIET {
         cpu.set_status(f);
     }
     if Op::WRITES {
@@ -1134,7 +1192,7 @@ fn alu_to_mem<Op: ArithOp, const SIZE: usize, const FAST: bool>(
     }
 }
 
-fn alu_rr<Op: ArithOp, const SIZE: usize, const FLAGS: bool>(
+fn alu_rr<Op: ArithOp, const SIZE: usize, const FLAGS: u8>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
     b: &BlockOp,
@@ -1145,7 +1203,7 @@ fn alu_rr<Op: ArithOp, const SIZE: usize, const FLAGS: bool>(
     next(cpu, mem, b, rest)
 }
 
-fn alu_ri<Op: ArithOp, const SIZE: usize, const FLAGS: bool>(
+fn alu_ri<Op: ArithOp, const SIZE: usize, const FLAGS: u8>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
     b: &BlockOp,
@@ -1155,7 +1213,7 @@ fn alu_ri<Op: ArithOp, const SIZE: usize, const FLAGS: bool>(
     next(cpu, mem, b, rest)
 }
 
-fn alu_rm<Op: ArithOp, const SIZE: usize, const FLAGS: bool, const FAST: bool>(
+fn alu_rm<Op: ArithOp, const SIZE: usize, const FLAGS: u8, const FAST: bool>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
     b: &BlockOp,
@@ -1244,8 +1302,8 @@ fn unary_r<Op: UnaryOp, const SIZE: usize, const FLAGS: bool>(
     next(cpu, mem, b, rest)
 }
 
-/// The status flags only with `FLAGS`.
-fn shift_ri<const OP: u8, const SIZE: usize, const FLAGS: bool>(
+/// The status flags as `FLAGS` says.
+fn shift_ri<const OP: u8, const SIZE: usize, const FLAGS: u8>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
     b: &BlockOp,
@@ -1257,8 +1315,12 @@ fn shift_ri<const OP: u8, const SIZE: usize, const FLAGS: bool>(
     // it is below the operand width.
     let count = op.imm as u32 & (SIZE as u32 * 8 - 1);
     // A register destination is written even for a zero count.
-    if FLAGS {
-        let (r, f) = flags::shift(shift_op(OP), a, count, SIZE, cpu.st.rflags, &cpu.undefined);
+    if FLAGS != QUIET {
+        let (r, f) = if FLAGS == NATURAL {
+            flags::shift_natural(shift_op(OP), a, count, SIZE, cpu.st.rflags)
+        } else {
+            flags::shift(shift_op(OP), a, count, SIZE, cpu.st.rflags, &cpu.undefined)
+        };
         set_gpr::<SIZE>(cpu, op.d, r);
         cpu.st.rflags = f;
     } else {
