@@ -244,6 +244,17 @@ impl Family {
         }
     }
 
+    /// The undefined flags whose natural value (what the replay CPU computes before the
+    /// rules choose) is always 0 for this family: a rule that clears them gives the
+    /// natural value too.
+    pub fn natural_zero(self) -> u64 {
+        use Family::*;
+        match self {
+            Shl | Shr | Sar | And | Or | Xor | Test => AF,
+            _ => 0,
+        }
+    }
+
     /// The rules an undefined `flag` of this family may follow, in the order the fit
     /// prefers them when the probe cannot tell them apart (empty for a defined flag).
     pub fn candidates(self, flag: u64) -> &'static [FlagRule] {
@@ -517,9 +528,11 @@ pub struct FlagMasks {
 }
 
 impl FlagMasks {
-    /// Whether [`Self::resolve`] gives every flag in `undefined` its natural value.
-    pub fn is_natural(&self, undefined: u64) -> bool {
-        self.result & undefined == undefined
+    /// Whether [`Self::resolve`] gives every flag in `undefined` its natural value,
+    /// knowing that the natural value of those in `zero` is 0 (so that clearing them
+    /// gives it too).
+    pub fn is_natural(&self, undefined: u64, zero: u64) -> bool {
+        (self.result | zero) & undefined == undefined
             && (self.keep | self.set | self.last_step | self.sign_change) & undefined == 0
     }
 

@@ -286,11 +286,13 @@ impl Cpu {
 
 #[cfg(test)]
 mod tests {
+    use super::super::super::flags::AF;
     use super::super::super::undefined::{FlagRule, UndefinedBehaviour};
     use super::*;
 
     /// Each operation's natural form is `apply` under rules that give every undefined
-    /// flag its natural value, whatever the flags before.
+    /// flag its natural value (for the logical operations' AF, 0: the result rule or
+    /// the clearing one), whatever the flags before.
     #[test]
     fn natural_is_apply_under_natural_rules() {
         fn check<Op: ArithOp>(name: &str, rules: &UndefinedRules, a: u64, b: u64, rflags: u64) {
@@ -304,20 +306,25 @@ mod tests {
                 );
             }
         }
-        let rules = UndefinedRules::new(&UndefinedBehaviour::uniform(FlagRule::Result));
         let mut x = 0x853c_49e6_748f_ea9bu64;
-        for _ in 0..2000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let (a, b, rflags) = (x, x.rotate_left(29) ^ (x >> 3), x.rotate_right(11) & STATUS);
-            check::<AddOp>("add", &rules, a, b, rflags);
-            check::<SubOp>("sub", &rules, a, b, rflags);
-            check::<CmpOp>("cmp", &rules, a, b, rflags);
-            check::<AndOp>("and", &rules, a, b, rflags);
-            check::<OrOp>("or", &rules, a, b, rflags);
-            check::<XorOp>("xor", &rules, a, b, rflags);
-            check::<TestOp>("test", &rules, a, b, rflags);
+        for rule in [FlagRule::Result, FlagRule::Clear] {
+            let rules = UndefinedRules::new(&UndefinedBehaviour::uniform(rule));
+            for f in [Family::And, Family::Or, Family::Xor, Family::Test] {
+                assert!(rules.masks(f, 8).is_natural(AF, f.natural_zero()), "{f:?}");
+            }
+            for _ in 0..2000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let (a, b, rflags) = (x, x.rotate_left(29) ^ (x >> 3), x.rotate_right(11) & STATUS);
+                check::<AddOp>("add", &rules, a, b, rflags);
+                check::<SubOp>("sub", &rules, a, b, rflags);
+                check::<CmpOp>("cmp", &rules, a, b, rflags);
+                check::<AndOp>("and", &rules, a, b, rflags);
+                check::<OrOp>("or", &rules, a, b, rflags);
+                check::<XorOp>("xor", &rules, a, b, rflags);
+                check::<TestOp>("test", &rules, a, b, rflags);
+            }
         }
     }
 }

@@ -233,7 +233,7 @@ impl FlagEffect {
             None => true,
             Some(f) => rules
                 .masks(f, self.size as usize)
-                .is_natural(self.undefined as u64),
+                .is_natural(self.undefined as u64, f.natural_zero()),
         }
     }
 }
