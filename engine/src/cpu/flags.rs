@@ -30,30 +30,32 @@ pub fn sext(v: u64, size: usize) -> u64 {
     (((v << sh) as i64) >> sh) as u64
 }
 
+/// PF of each low byte: [`PF`] where the number of set bits is even.
+static PF_OF_BYTE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        if (b as u8).count_ones() % 2 == 0 {
+            t[b] = PF as u8;
+        }
+        b += 1;
+    }
+    t
+};
+
 #[inline]
 pub fn parity_even(v: u64) -> bool {
-    // Fold the low byte to a nibble, then look its parity up in a 16-bit table (bit n
-    // of 0x6996 is the odd parity of n): no popcnt instruction is assumed.
-    let b = v as u8;
-    let n = (b ^ (b >> 4)) & 0xf;
-    (0x6996u16 >> n) & 1 == 0
+    PF_OF_BYTE[v as u8 as usize] != 0
 }
 
-/// SF, ZF and PF of a result.
-#[inline]
+/// SF, ZF and PF of a result (without branches: this is on the hot path of every
+/// flag-setting instruction).
+#[inline(always)]
 pub fn szp(r: u64, size: usize) -> u64 {
     let r = r & mask(size);
-    let mut f = 0;
-    if r == 0 {
-        f |= ZF;
-    }
-    if r & sign_bit(size) != 0 {
-        f |= SF;
-    }
-    if parity_even(r) {
-        f |= PF;
-    }
-    f
+    let zf = ((r == 0) as u64) << ZF.trailing_zeros();
+    let sf = ((r >> (size * 8 - 1)) & 1) << SF.trailing_zeros();
+    zf | sf | PF_OF_BYTE[r as u8 as usize] as u64
 }
 
 /// `a + b + carry`.
@@ -591,6 +593,33 @@ pub fn bit_test(
 
 #[cfg(test)]
 mod tests {
+    /// SF, ZF and PF as the architecture defines them, for every size.
+    #[test]
+    fn szp_is_sign_zero_and_parity() {
+        use super::*;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..4000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = if i % 7 == 0 { x & 0xff00 } else { x };
+            for size in [1, 2, 4, 8] {
+                let r = v & mask(size);
+                let mut want = 0;
+                if r == 0 {
+                    want |= ZF;
+                }
+                if r >> (size * 8 - 1) & 1 == 1 {
+                    want |= SF;
+                }
+                if (r & 0xff).count_ones() % 2 == 0 {
+                    want |= PF;
+                }
+                assert_eq!(szp(v, size), want, "{v:#x}, size {size}");
+            }
+        }
+    }
+
     #[test]
     fn parity_matches_popcount() {
         for v in 0..=255u64 {
