@@ -35,7 +35,7 @@ static PF_OF_BYTE: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut b = 0;
     while b < 256 {
-        if (b as u8).count_ones() % 2 == 0 {
+        if (b as u8).count_ones() & 1 == 0 {
             t[b] = PF as u8;
         }
         b += 1;
@@ -612,7 +612,7 @@ mod tests {
                 if r >> (size * 8 - 1) & 1 == 1 {
                     want |= SF;
                 }
-                if (r & 0xff).count_ones() % 2 == 0 {
+                if (r & 0xff).count_ones() & 1 == 0 {
                     want |= PF;
                 }
                 assert_eq!(szp(v, size), want, "{v:#x}, size {size}");
