@@ -1,18 +1,22 @@
 //! Blocks: runs of fast-form instructions within one page of code, in the order they
-//! execute: a direct `jmp` or `call` to the same page goes on at its target; a block is
-//! cut at any other branch, call or return, at the first instruction without a fast
-//! form, at the end of the page and after [`MAX_BLOCK_OPS`] operations. A block's
-//! operations sit side by side and run one into the next: each handler ends by jumping
-//! to the next one's (see `exec/fast.rs`), so a block costs one lookup by RIP and
-//! one call, and its instruction count is written once.
+//! execute: a direct `jmp` or `call` to the same page goes on at its target, a
+//! conditional jump goes on at the next instruction, and a `ret` that returns to a
+//! `call` earlier in the block goes on at its return address. A block is cut at any
+//! other branch or return, at the first instruction without a fast form, at the end of
+//! the page and after [`MAX_BLOCK_OPS`] operations. A block's operations sit side by
+//! side and run one into the next: each handler ends by jumping to the next one's (see
+//! `exec/fast.rs`), so a block costs one lookup by RIP and one call, and its
+//! instruction count is written once.
 //!
 //! A block runs only where executing its instructions one by one through
 //! [`Cpu::step`] would do nothing else: the whole block fits below the instruction
 //! limit, no breakpoint lies on a line it starts an instruction on, RF and the interrupt
-//! shadow are clear, no MMIO input is waiting. It stops early, after the instruction
-//! that caused it, on a fault, an MMIO write, or a write to code or page tables (which
-//! may change what the rest of the block is). Blocks are copies of decoded-cache
-//! entries and are dropped whenever any of those is.
+//! shadow are clear, no MMIO input is waiting. It is left where a conditional jump is
+//! taken or a `ret` returns elsewhere than predicted (execution goes on with the block
+//! there), and it stops, after the instruction that caused it, on a fault, an MMIO
+//! write, or a write to code or page tables (which may change what the rest of the
+//! block is). Blocks are copies of decoded-cache entries and are dropped whenever any
+//! of those is.
 
 use super::exec::{BlockOp, Transfer, predicted_return};
 use super::{Cpu, EMPTY, Exit, FETCHED_UNCACHED, TAG_GPA_LIMIT, flags, next_epoch};
@@ -139,8 +143,10 @@ impl Cpu {
                 break;
             }
             ran = true;
-            let ops_of_block = &ops[e.start as usize..(e.start + e.len) as usize];
-            let Some((first, rest)) = ops_of_block.split_first() else {
+            let Some((first, rest)) = ops
+                .get(e.start as usize..(e.start + e.len) as usize)
+                .and_then(|block| block.split_first())
+            else {
                 break;
             };
             // The operations run one into the next (each handler's tail call); RIP
@@ -149,10 +155,10 @@ impl Cpu {
             match (first.handler)(self, mem, first, rest) {
                 Ok(()) => self.icount = base + e.len as u64,
                 Err(stop) if stop.left_block() => {
-                    self.icount = base + (e.len - stop.remaining()) as u64;
+                    self.icount = base + e.len.saturating_sub(stop.remaining()) as u64;
                 }
                 Err(stop) if stop.faulted() => {
-                    self.icount = base + (e.len - 1 - stop.remaining()) as u64;
+                    self.icount = base + e.len.saturating_sub(1 + stop.remaining()) as u64;
                     self.mmio_write = None;
                     self.mmio_input = None;
                     let fault = self.take_stop_fault();
@@ -160,7 +166,7 @@ impl Cpu {
                     break;
                 }
                 Err(stop) => {
-                    self.icount = base + (e.len - stop.remaining()) as u64;
+                    self.icount = base + e.len.saturating_sub(stop.remaining()) as u64;
                     if let Some((gpa, size, value)) = self.mmio_write.take() {
                         exit = Some(Exit::MmioWrite { gpa, size, value });
                     }
@@ -266,14 +272,17 @@ impl Cpu {
     /// nothing can observe their quiet form (see [`FastOp::quiet`]), going
     /// backwards from the end of the block with the flags still to be read ("live").
     /// Every flag is live at the end of the block (the next block, an interrupt, a
-    /// digest or any reader of the state may look at them) and before an operation
+    /// digest or any reader of the state may look at them), before an operation
     /// that may fault or exit (exception delivery pushes RFLAGS; an exit shows the
-    /// state); an operation that writes memory keeps its own flags too, as the block
-    /// may stop right after it. Otherwise a flag stops being live above an operation
-    /// that sets it whatever its value before (an undefined flag the recording host
-    /// keeps is not set). Blocks run whole or stop only at those operations, and the
-    /// instruction count's boundaries (limits, interrupts, digests) fall between
-    /// blocks, so every flag that can be observed is exact.
+    /// state) and before one that may leave the block (a conditional jump, which also
+    /// reads them, or a return); an operation that writes memory keeps its own flags
+    /// too, as the block may stop right after it. Otherwise a flag stops being live
+    /// above an operation that sets it whatever its value before (an undefined flag the
+    /// recording host keeps is not set). Blocks run whole or stop only at those
+    /// operations, and the instruction count's boundaries (limits, interrupts, digests)
+    /// fall between blocks, so every flag that can be observed is exact. An operation
+    /// whose flags stay takes its natural form where the recording's rules give its
+    /// undefined flags their natural values ([`FastOp::natural`]).
     fn drop_dead_flags(&mut self, start: usize) {
         let mut live = flags::STATUS;
         for BlockOp { handler, op } in self.blocks.ops[start..].iter_mut().rev() {
