@@ -369,6 +369,26 @@ pub fn shift(
     rflags: u64,
     rules: &UndefinedRules,
 ) -> (u64, u64) {
+    shift_by(op, a, count, size, rflags, Some(rules))
+}
+
+/// [`shift`] where the rules give every flag left undefined its natural value (see
+/// `FlagMasks::is_natural`): the same result and flags without consulting them.
+#[inline(always)]
+pub fn shift_natural(op: ShiftOp, a: u64, count: u32, size: usize, rflags: u64) -> (u64, u64) {
+    shift_by(op, a, count, size, rflags, None)
+}
+
+/// [`shift`] under `rules`, or (`None`) giving undefined flags their natural values.
+#[inline(always)]
+fn shift_by(
+    op: ShiftOp,
+    a: u64,
+    count: u32,
+    size: usize,
+    rflags: u64,
+    rules: Option<&UndefinedRules>,
+) -> (u64, u64) {
     let bits = size as u32 * 8;
     let a = a & mask(size);
     if count == 0 {
@@ -384,41 +404,30 @@ pub fn shift(
             let left = op == ShiftOp::Rcl;
             let c = if bits < 32 { count % (bits + 1) } else { count };
             if c == 0 {
+                // Not a fast form: natural values through rules that give them.
+                let natural;
+                let rules = match rules {
+                    Some(r) => r,
+                    None => {
+                        natural =
+                            UndefinedRules::new(&UndefinedBehaviour::uniform(FlagRule::Result));
+                        &natural
+                    }
+                };
                 let f = full_turn_flags(left, a, size, old, rules);
                 return (a, (rflags & !STATUS) | f);
             }
             rotate_through_carry(left, a, count, c, size, old)
         }
     };
+    let Some(rules) = rules else {
+        return (s.r, (rflags & !STATUS) | s.natural);
+    };
     let sign = of_if(msb(s.r, bits) ^ msb(a, bits));
     let f = rules
         .masks(s.family, size)
         .resolve(s.undefined, old, s.natural, s.last, sign);
     (s.r, (rflags & !STATUS) | f)
-}
-
-/// [`shift`] for `shl`, `shr`, `sar`, `rol` and `ror` where the rules give every flag
-/// left undefined its natural value (see `FlagMasks::is_natural`): the same result and
-/// flags without consulting them.
-#[inline(always)]
-pub fn shift_natural(op: ShiftOp, a: u64, count: u32, size: usize, rflags: u64) -> (u64, u64) {
-    let a = a & mask(size);
-    if count == 0 {
-        return (a, rflags);
-    }
-    let old = rflags & STATUS;
-    let s = match op {
-        ShiftOp::Shl => shl(a, count, size),
-        ShiftOp::Shr => shr(a, count, size),
-        ShiftOp::Sar => sar(a, count, size),
-        ShiftOp::Rol | ShiftOp::Ror => rotate(op == ShiftOp::Rol, a, count, size, old),
-        // Not fast forms: through rules that give natural values.
-        ShiftOp::Rcl | ShiftOp::Rcr => {
-            let rules = UndefinedRules::new(&UndefinedBehaviour::uniform(FlagRule::Result));
-            return shift(op, a, count, size, rflags, &rules);
-        }
-    };
-    (s.r, (rflags & !STATUS) | s.natural)
 }
 
 /// The result of [`shift`] alone, for `shl`, `shr`, `sar`, `rol` and `ror` of a 32- or
