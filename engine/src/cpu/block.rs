@@ -143,10 +143,9 @@ impl Cpu {
                 break;
             }
             ran = true;
-            let Some((first, rest)) = ops
-                .get(e.start as usize..(e.start + e.len) as usize)
-                .and_then(|block| block.split_first())
-            else {
+            // Entries name ranges of the arena (built with them, dropped with it).
+            let ops_of_block = &ops[e.start as usize..(e.start + e.len) as usize];
+            let Some((first, rest)) = ops_of_block.split_first() else {
                 break;
             };
             // The operations run one into the next (each handler's tail call); RIP
