@@ -930,17 +930,18 @@ fn next_after_write<const FAST: bool>(
     go_on_after_write::<FAST>(cpu, mem, rest)
 }
 
-/// Runs `slow`, the instance of a handler without `FAST`, out of line: the fast
+/// Runs `slow`, the instance of a handler without `FAST`, out of line (last, so that
+/// the other arguments stay in the registers they came in): the fast
 /// instance gave up before changing anything, and `slow` runs the whole operation
 /// with the complete memory path (translation, faults, MMIO, code and page-table
 /// writes). As a tail call, so that the fast instance needs no stack frame.
 #[inline(never)]
 fn retry(
-    slow: Handler,
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
     b: &BlockOp,
     rest: &[BlockOp],
+    slow: Handler,
 ) -> Flow {
     slow(cpu, mem, b, rest)
 }
@@ -953,7 +954,7 @@ macro_rules! read_mem {
         if $fast {
             match $cpu.read_lin_cached($mem, $la, $size) {
                 Some(v) => v,
-                None => return retry($slow, $cpu, $mem, $b, $rest),
+                None => return retry($cpu, $mem, $b, $rest, $slow),
             }
         } else {
             $cpu.read_lin($mem, $la, $size, $ss)
@@ -968,7 +969,7 @@ macro_rules! write_mem {
     ($fast:expr, $slow:expr, $cpu:ident, $mem:ident, $b:ident, $rest:ident, $la:expr, $size:expr, $v:expr, $ss:expr) => {
         if $fast {
             if !$cpu.write_lin_cached($mem, $la, $size, $v) {
-                return retry($slow, $cpu, $mem, $b, $rest);
+                return retry($cpu, $mem, $b, $rest, $slow);
             }
         } else {
             $cpu.write_lin($mem, $la, $size, $v, $ss)
@@ -1391,7 +1392,7 @@ fn ret<const FAST: bool>(
     let t = read_mem!(FAST, ret::<false>, cpu, mem, b, rest, rsp, 8, true);
     if !canonical(t) {
         if FAST {
-            return retry(ret::<false>, cpu, mem, b, rest);
+            return retry(cpu, mem, b, rest, ret::<false>);
         }
         return Err(fault(cpu, gp0(), rest));
     }
@@ -1423,7 +1424,7 @@ fn ret_predicted<const FAST: bool>(
     );
     if !canonical(t) {
         if FAST {
-            return retry(ret_predicted::<false>, cpu, mem, b, rest);
+            return retry(cpu, mem, b, rest, ret_predicted::<false>);
         }
         return Err(fault(cpu, gp0(), rest));
     }
