@@ -792,8 +792,9 @@ fn shift_form(o: &Operands, m: Mnemonic) -> Option<Form> {
 
 // ---- the handlers ----
 
-/// An operation as blocks run it: a fast form and the handler it runs with (its own, or
-/// its quiet form). A block is a slice of them, in the order they execute.
+/// An operation as blocks run it: a fast form and the handler it runs with (its own,
+/// its quiet form or its natural form). A block is a slice of them, in the order they
+/// execute.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BlockOp {
     pub(crate) handler: Handler,
@@ -1009,7 +1010,7 @@ impl Cpu {
     #[inline(always)]
     fn fast_la(&self, m: &MemOperand) -> u64 {
         if m.flat {
-            // Without branches: a missing register reads as 0.
+            // A missing register (NO_REG) reads as 0.
             let reg = |i: u8| self.st.gpr.get(i as usize).copied().unwrap_or(0);
             return m
                 .disp
