@@ -106,11 +106,11 @@ impl Default for ProbeProgram {
     }
 }
 
-/// xorshift64: the probe's operands.
-struct Rng(u64);
+/// xorshift64: the probe's operands (and the CPU unit tests' random values).
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
