@@ -979,6 +979,33 @@ macro_rules! write_mem {
     };
 }
 
+/// [`read_mem`] of the operation's own memory operand.
+macro_rules! read_operand {
+    ($fast:expr, $slow:expr, $cpu:ident, $mem:ident, $b:ident, $rest:ident, $size:expr) => {{
+        let la = $cpu.fast_la(&$b.op.mem);
+        read_mem!($fast, $slow, $cpu, $mem, $b, $rest, la, $size, $b.op.mem.ss)
+    }};
+}
+
+/// [`write_mem`] of the operation's own memory operand.
+macro_rules! write_operand {
+    ($fast:expr, $slow:expr, $cpu:ident, $mem:ident, $b:ident, $rest:ident, $size:expr, $v:expr) => {{
+        let la = $cpu.fast_la(&$b.op.mem);
+        write_mem!(
+            $fast,
+            $slow,
+            $cpu,
+            $mem,
+            $b,
+            $rest,
+            la,
+            $size,
+            $v,
+            $b.op.mem.ss
+        )
+    }};
+}
+
 #[inline(always)]
 fn set_gpr<const SIZE: usize>(cpu: &mut Cpu, i: u8, v: u64) {
     // Only 32- and 64-bit registers: a 32-bit write zero-extends.
@@ -1057,18 +1084,7 @@ fn mov_rm<const SIZE: usize, const FAST: bool>(
     b: &BlockOp,
     rest: &[BlockOp],
 ) -> Flow {
-    let la = cpu.fast_la(&b.op.mem);
-    let v = read_mem!(
-        FAST,
-        mov_rm::<SIZE, false>,
-        cpu,
-        mem,
-        b,
-        rest,
-        la,
-        SIZE,
-        b.op.mem.ss
-    );
+    let v = read_operand!(FAST, mov_rm::<SIZE, false>, cpu, mem, b, rest, SIZE);
     set_gpr::<SIZE>(cpu, b.op.d, v);
     next(cpu, mem, b, rest)
 }
@@ -1079,20 +1095,8 @@ fn mov_mr<const SIZE: usize, const FAST: bool>(
     b: &BlockOp,
     rest: &[BlockOp],
 ) -> Flow {
-    let la = cpu.fast_la(&b.op.mem);
     let v = gpr::<SIZE>(cpu, b.op.s);
-    write_mem!(
-        FAST,
-        mov_mr::<SIZE, false>,
-        cpu,
-        mem,
-        b,
-        rest,
-        la,
-        SIZE,
-        v,
-        b.op.mem.ss
-    );
+    write_operand!(FAST, mov_mr::<SIZE, false>, cpu, mem, b, rest, SIZE, v);
     next_after_write::<FAST>(cpu, mem, b, rest)
 }
 
@@ -1102,18 +1106,15 @@ fn mov_mi<const SIZE: usize, const FAST: bool>(
     b: &BlockOp,
     rest: &[BlockOp],
 ) -> Flow {
-    let la = cpu.fast_la(&b.op.mem);
-    write_mem!(
+    write_operand!(
         FAST,
         mov_mi::<SIZE, false>,
         cpu,
         mem,
         b,
         rest,
-        la,
         SIZE,
-        b.op.imm,
-        b.op.mem.ss
+        b.op.imm
     );
     next_after_write::<FAST>(cpu, mem, b, rest)
 }
@@ -1137,18 +1138,8 @@ fn extend_m<const SRC: usize, const SIGNED: bool, const SIZE: usize, const FAST:
     b: &BlockOp,
     rest: &[BlockOp],
 ) -> Flow {
-    let la = cpu.fast_la(&b.op.mem);
-    let v = read_mem!(
-        FAST,
-        extend_m::<SRC, SIGNED, SIZE, false>,
-        cpu,
-        mem,
-        b,
-        rest,
-        la,
-        SRC,
-        b.op.mem.ss
-    );
+    let slow = extend_m::<SRC, SIGNED, SIZE, false>;
+    let v = read_operand!(FAST, slow, cpu, mem, b, rest, SRC);
     set_gpr::<SIZE>(cpu, b.op.d, extend(v, SRC, SIGNED));
     next(cpu, mem, b, rest)
 }
@@ -1221,9 +1212,8 @@ fn alu_rm<Op: ArithOp, const SIZE: usize, const FLAGS: u8, const FAST: bool>(
     b: &BlockOp,
     rest: &[BlockOp],
 ) -> Flow {
-    let la = cpu.fast_la(&b.op.mem);
     let slow = alu_rm::<Op, SIZE, FLAGS, false>;
-    let v = read_mem!(FAST, slow, cpu, mem, b, rest, la, SIZE, b.op.mem.ss);
+    let v = read_operand!(FAST, slow, cpu, mem, b, rest, SIZE);
     alu_to_reg::<Op, SIZE, FLAGS>(cpu, b.op.d, v);
     next(cpu, mem, b, rest)
 }
@@ -1259,18 +1249,7 @@ fn imul<const SIZE: usize, const FLAGS: bool, const FAST: bool>(
 ) -> Flow {
     let op = &b.op;
     let a = if op.s == NO_REG {
-        let la = cpu.fast_la(&op.mem);
-        read_mem!(
-            FAST,
-            imul::<SIZE, FLAGS, false>,
-            cpu,
-            mem,
-            b,
-            rest,
-            la,
-            SIZE,
-            op.mem.ss
-        )
+        read_operand!(FAST, imul::<SIZE, FLAGS, false>, cpu, mem, b, rest, SIZE)
     } else {
         gpr::<SIZE>(cpu, op.s)
     };
@@ -1383,22 +1362,30 @@ fn call_rel<const FAST: bool>(
     go_on_after_write::<FAST>(cpu, mem, rest)
 }
 
+/// Pops the return address of a near `ret` in handler instance `$fast` (`$slow` the
+/// other): RSP moves past it; a non-canonical one is a #GP with RSP unchanged.
+macro_rules! pop_return {
+    ($fast:expr, $slow:expr, $cpu:ident, $mem:ident, $b:ident, $rest:ident) => {{
+        let rsp = $cpu.st.gpr[RSP];
+        let t = read_mem!($fast, $slow, $cpu, $mem, $b, $rest, rsp, 8, true);
+        if !canonical(t) {
+            if $fast {
+                return retry($cpu, $mem, $b, $rest, $slow);
+            }
+            return Err(fault($cpu, gp0(), $rest));
+        }
+        $cpu.st.gpr[RSP] = rsp.wrapping_add(8);
+        t
+    }};
+}
+
 fn ret<const FAST: bool>(
     cpu: &mut Cpu,
     mem: &mut GuestMemory,
     b: &BlockOp,
     rest: &[BlockOp],
 ) -> Flow {
-    let rsp = cpu.st.gpr[RSP];
-    let t = read_mem!(FAST, ret::<false>, cpu, mem, b, rest, rsp, 8, true);
-    if !canonical(t) {
-        if FAST {
-            return retry(cpu, mem, b, rest, ret::<false>);
-        }
-        return Err(fault(cpu, gp0(), rest));
-    }
-    cpu.st.gpr[RSP] = rsp.wrapping_add(8);
-    cpu.st.rip = t;
+    cpu.st.rip = pop_return!(FAST, ret::<false>, cpu, mem, b, rest);
     go_on(cpu, mem, rest)
 }
 
@@ -1411,26 +1398,8 @@ fn ret_predicted<const FAST: bool>(
     b: &BlockOp,
     rest: &[BlockOp],
 ) -> Flow {
-    let rsp = cpu.st.gpr[RSP];
-    let t = read_mem!(
-        FAST,
-        ret_predicted::<false>,
-        cpu,
-        mem,
-        b,
-        rest,
-        rsp,
-        8,
-        true
-    );
-    if !canonical(t) {
-        if FAST {
-            return retry(cpu, mem, b, rest, ret_predicted::<false>);
-        }
-        return Err(fault(cpu, gp0(), rest));
-    }
     let predicted = cpu.st.rip.wrapping_add(b.op.imm);
-    cpu.st.gpr[RSP] = rsp.wrapping_add(8);
+    let t = pop_return!(FAST, ret_predicted::<false>, cpu, mem, b, rest);
     cpu.st.rip = t;
     if t == predicted {
         go_on(cpu, mem, rest)
